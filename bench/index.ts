@@ -1,0 +1,22 @@
+/**
+ * `npm run bench -- NAME [options]`: each benchmark is a module `bench/NAME.ts` exporting
+ * `run(argv)`; every figure it prints is next to the reference it is compared against,
+ * measured in the same run.
+ */
+const name = process.argv[2];
+if (!name || name.startsWith('-')) {
+  process.stderr.write('usage: npm run bench -- <name> [options]   (names: prepare, allreduce, step, scaling, checkpoint)\n');
+  process.exit(2);
+}
+if (!/^[a-z][a-z0-9-]*$/.test(name)) {
+  process.stderr.write(`bench: '${name}' is not a benchmark name\n`);
+  process.exit(2);
+}
+let mod: { run(argv: string[]): Promise<void> };
+try {
+  mod = await import(`./${name}.js`);
+} catch (e) {
+  process.stderr.write(`bench: no benchmark named '${name}' (${(e as Error).message})\n`);
+  process.exit(2);
+}
+await mod.run(process.argv.slice(3));

@@ -1,0 +1,36 @@
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { commands } from './commands/index.js';
+import { errorMessage, isUserError } from '../shared/errors.js';
+
+/** The `coordinator` command line: parse, dispatch, and turn errors into one clear line and an exit code. */
+async function main(argv: string[]): Promise<void> {
+  const cli = yargs(argv)
+    .scriptName('coordinator')
+    .strict()
+    .demandCommand(1, 'name a command, or run `coordinator --help`')
+    .recommendCommands()
+    .wrap(Math.min(110, process.stdout.columns ?? 110))
+    .fail((msg, err) => {
+      throw err ?? new UsageError(msg);
+    })
+    .help()
+    .version();
+  for (const c of commands) cli.command(c);
+  await cli.parseAsync();
+}
+
+class UsageError extends Error {}
+
+main(hideBin(process.argv)).catch((e: unknown) => {
+  if (e instanceof UsageError) {
+    process.stderr.write(`coordinator: ${e.message}\nRun 'coordinator --help' for usage.\n`);
+    process.exitCode = 2;
+  } else if (isUserError(e)) {
+    process.stderr.write(`coordinator: error: ${e.message}\n`);
+    process.exitCode = e.exitCode;
+  } else {
+    process.stderr.write(`coordinator: internal error: ${errorMessage(e)}\n${(e as Error)?.stack ?? ''}\n`);
+    process.exitCode = 1;
+  }
+});
