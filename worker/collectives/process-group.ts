@@ -1,0 +1,648 @@
+import { endianness } from 'node:os';
+import * as zmq from 'zeromq';
+import { shardRange, shardRanges } from '../../shared/shard.js';
+import { UserError } from '../../shared/errors.js';
+import { type Wire, WIRES, wireBytes, encode, quantize, decodeAdd, decodeCopy } from './codec.js';
+import { type Header, type OpKindName, MsgType, FLAG_ACK_REQ, ForeignMessage, ProtocolError, decodeMessage, encodeHeader } from './protocol.js';
+import { type Plan, type PlanItem, type PlanRecv, ringPlan, broadcastPlan, segmentsFromCounts } from './schedule.js';
+
+export interface ProcessGroupOptions {
+  rank: number;
+  world: number;
+  /** One per rank, `tcp://host:port` or `ipc:///path`; this rank binds its own and connects to the others. */
+  endpoints: string[];
+  /** A peer that sends nothing the current collective needs for this long fails it (default 30000). */
+  timeoutMs?: number;
+  /** Largest message payload; buffers are cut into chunks of at most this many bytes (default 1 MiB). */
+  chunkBytes?: number;
+  /** Default wire format of allReduce and reduceScatter (default fp32). */
+  wire?: Wire;
+  /** libzmq I/O threads for this group's sockets (default: the shared context, one thread). */
+  ioThreads?: number;
+}
+
+export type CollectiveErrorCode = 'timeout' | 'peer-lost' | 'peer-failed' | 'protocol' | 'aborted' | 'closed' | 'broken' | 'handshake';
+
+/** Why a collective failed; `peer` is the rank held responsible, when there is one. */
+export class CollectiveError extends Error {
+  constructor(
+    message: string,
+    readonly code: CollectiveErrorCode,
+    readonly peer?: number,
+  ) {
+    super(message);
+    this.name = 'CollectiveError';
+  }
+}
+
+export const DEFAULT_TIMEOUT_MS = 30_000;
+export const DEFAULT_CHUNK_BYTES = 1 << 20;
+/**
+ * Sends of the caller's memory that nothing later in the collective proves delivered are copied
+ * when at most this big; bigger ones go zero-copy and the receiver acknowledges the last one.
+ */
+const COPY_MAX_BYTES = 64 << 10;
+/** After a needed peer's connection drops, how long its already-sent messages may still trickle in. */
+const LOST_GRACE_MS = 1000;
+const MAX_FUTURE_OPS = 64;
+
+interface Outgoing {
+  readonly frames: [Buffer, Buffer];
+  readonly op: ActiveOp | null;
+}
+
+/** One socket's send queue: zeromq.js allows one send in flight per socket. */
+class Outbox {
+  private queue: Outgoing[] = [];
+  private busy = false;
+  private drained: (() => void)[] = [];
+
+  constructor(
+    readonly socket: zmq.Push,
+    private readonly onSent: (o: Outgoing) => void,
+    private readonly onError: (o: Outgoing, e: unknown) => void,
+  ) {}
+
+  push(o: Outgoing): void {
+    this.queue.push(o);
+    if (!this.busy) void this.pump();
+  }
+
+  private async pump(): Promise<void> {
+    this.busy = true;
+    let o: Outgoing | undefined;
+    while ((o = this.queue.shift()) !== undefined) {
+      try {
+        await this.socket.send(o.frames);
+        this.onSent(o);
+      } catch (e) {
+        this.onError(o, e);
+      }
+    }
+    this.busy = false;
+    for (const d of this.drained.splice(0)) d();
+  }
+
+  dropOp(op: ActiveOp): void {
+    this.queue = this.queue.filter((o) => o.op !== op);
+  }
+
+  /** Resolves when everything queued so far has been handed to ZeroMQ. */
+  idle(): Promise<void> {
+    return this.busy ? new Promise((r) => this.drained.push(r)) : Promise.resolve();
+  }
+}
+
+interface ActiveOp {
+  readonly kind: OpKindName;
+  readonly generation: number;
+  readonly seq: number;
+  readonly label: string;
+  readonly buf: Float32Array;
+  readonly total: number;
+  readonly wire: Wire;
+  readonly plan: Plan;
+  readonly sendsTotal: number;
+  readonly ackNeeded: boolean;
+  /** Sends from the caller's buffer at steps up to this one are proven delivered by later receives. */
+  readonly protectedUpTo: number;
+  next: number;
+  sendsIssued: number;
+  sendsDone: number;
+  acked: boolean;
+  lastProgress: number;
+  timer: NodeJS.Timeout | null;
+  settled: boolean;
+  resolve(): void;
+  reject(e: Error): void;
+}
+
+interface Incoming {
+  readonly header: Header;
+  readonly payload: Buffer;
+}
+
+/**
+ * A group of ranks running collectives over ZeroMQ, the way torch.distributed runs them over gloo.
+ * Every rank binds a PULL socket on its endpoint and connects a PUSH socket to every other rank;
+ * data flows round the ring (rank r to r+1), the other links carry handshakes, acknowledgements
+ * and failure notices. Collectives run one at a time in call order; every rank must call the
+ * same collectives in the same order with matching sizes. See docs/collectives.md.
+ */
+export class ProcessGroup {
+  readonly rank: number;
+  readonly world: number;
+  readonly endpoints: readonly string[];
+  readonly timeoutMs: number;
+  readonly chunkBytes: number;
+  readonly wire: Wire;
+  /** Messages dropped: not of this protocol, of an older generation or finished op. */
+  readonly stats = { foreign: 0, stale: 0 };
+
+  private readonly chunkElems: number;
+  private readonly context: zmq.Context | undefined;
+  private readonly pull: zmq.Pull;
+  private readonly outboxes: (Outbox | null)[];
+  private generation = 0;
+  private nextSeq = 0;
+  private active: ActiveOp | null = null;
+  private broken: Error | null = null;
+  private pendingFault: Error | null = null;
+  private readonly future = new Map<string, Incoming[]>();
+  private readonly down = new Map<number, number>();
+  private tail: Promise<unknown> = Promise.resolve();
+  private closed = false;
+  private hellos = new Map<number, unknown>();
+  private helloWaiter: (() => void) | null = null;
+
+  private constructor(opts: ProcessGroupOptions) {
+    this.rank = opts.rank;
+    this.world = opts.world;
+    this.endpoints = [...opts.endpoints];
+    this.timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    this.chunkBytes = opts.chunkBytes ?? DEFAULT_CHUNK_BYTES;
+    this.wire = opts.wire ?? 'fp32';
+    this.chunkElems = Math.floor(this.chunkBytes / 4);
+    this.context = opts.ioThreads ? new zmq.Context({ ioThreads: opts.ioThreads }) : undefined;
+    const ctx = this.context ? { context: this.context } : {};
+    this.pull = new zmq.Pull({ ...ctx, maxMessageSize: this.chunkBytes + 65536, linger: 0 });
+    this.outboxes = this.endpoints.map((ep, r) => {
+      if (r === this.rank) return null;
+      const s = new zmq.Push({ ...ctx, sendTimeout: this.timeoutMs, linger: 1000 });
+      s.events.on('disconnect', () => this.peerDown(r));
+      s.events.on('handshake', () => this.down.delete(r));
+      s.connect(ep);
+      return new Outbox(
+        s,
+        (o) => this.sent(o),
+        (o, e) => this.sendFailed(r, o, e),
+      );
+    });
+  }
+
+  /** Binds this rank's endpoint, connects to the others and handshakes with every peer. */
+  static async create(opts: ProcessGroupOptions): Promise<ProcessGroup> {
+    validateOptions(opts);
+    const pg = new ProcessGroup(opts);
+    try {
+      await pg.start();
+    } catch (e) {
+      await pg.close();
+      throw e;
+    }
+    return pg;
+  }
+
+  private async start(): Promise<void> {
+    const ep = this.endpoints[this.rank]!;
+    try {
+      await this.pull.bind(ep);
+    } catch (e) {
+      throw new UserError(`rank ${this.rank}: cannot bind ${ep}: ${(e as Error).message} (is another process using it?)`);
+    }
+    void this.receiveLoop();
+    const hello = Buffer.from(JSON.stringify({ world: this.world, rank: this.rank, chunkBytes: this.chunkBytes, endpoint: ep }));
+    for (let r = 0; r < this.world; r++) if (r !== this.rank) this.outboxes[r]!.push({ frames: [this.header(MsgType.HELLO, 'hello', 0, 0, 0, 0, 0, 'fp32'), hello], op: null });
+    await new Promise<void>((resolve, reject) => {
+      const check = (): void => {
+        const bad = [...this.hellos.entries()].map(([r, h]) => this.helloMismatch(r, h)).find((m) => m !== null);
+        if (bad) {
+          clearTimeout(timer);
+          reject(new CollectiveError(`rank ${this.rank}: handshake failed: ${bad}`, 'handshake'));
+        } else if (this.hellos.size === this.world - 1) {
+          clearTimeout(timer);
+          resolve();
+        }
+      };
+      const timer = setTimeout(() => {
+        this.helloWaiter = null;
+        const missing = this.endpoints.map((e, r) => ({ e, r })).filter(({ r }) => r !== this.rank && !this.hellos.has(r));
+        reject(
+          new CollectiveError(
+            `rank ${this.rank}: handshake timed out after ${this.timeoutMs} ms: no answer from ${missing.map(({ r, e }) => `rank ${r} (${e})`).join(', ')}`,
+            'handshake',
+            missing[0]?.r,
+          ),
+        );
+      }, this.timeoutMs);
+      this.helloWaiter = check;
+      check();
+    });
+    this.helloWaiter = null;
+  }
+
+  private helloMismatch(r: number, h: unknown): string | null {
+    const o = h as { world?: unknown; rank?: unknown; chunkBytes?: unknown } | null;
+    if (!o || typeof o !== 'object') return `rank ${r} (${this.endpoints[r]}) sent an unreadable hello`;
+    if (o.world !== this.world) return `rank ${r} (${this.endpoints[r]}) has world size ${String(o.world)}, this rank ${this.world}`;
+    if (o.rank !== r) return `the process at ${this.endpoints[r]} says it is rank ${String(o.rank)}, expected ${r}`;
+    if (o.chunkBytes !== this.chunkBytes) return `rank ${r} (${this.endpoints[r]}) uses chunkBytes ${String(o.chunkBytes)}, this rank ${this.chunkBytes}`;
+    return null;
+  }
+
+  // ---------------------------------------------------------------- collectives
+
+  /** In-place sum over ranks; bit-identical on every rank (order: docs/collectives.md). */
+  allReduce(buf: Float32Array, opts?: { wire?: Wire }): Promise<void> {
+    const wire = opts?.wire ?? this.wire;
+    if (!WIRES.includes(wire)) return Promise.reject(new RangeError(`allReduce: unknown wire format '${String(wire)}'`));
+    return this.enqueue('allReduce', buf, buf.length, wire, this.world - 2, () =>
+      ringPlan('allReduce', this.world, this.rank, shardRanges(buf.length, this.world), this.chunkElems),
+    );
+  }
+
+  /**
+   * Sums over ranks and returns this rank's range, shardRange(buf.length, world, rank), as a view
+   * into `buf`; the rest of `buf` is scratch afterwards.
+   */
+  async reduceScatter(buf: Float32Array): Promise<Float32Array> {
+    await this.enqueue('reduceScatter', buf, buf.length, this.wire, -1, () =>
+      ringPlan('reduceScatter', this.world, this.rank, shardRanges(buf.length, this.world), this.chunkElems),
+    );
+    const { start, end } = shardRange(buf.length, this.world, this.rank);
+    return buf.subarray(start, end);
+  }
+
+  /** Concatenation of every rank's `local` (all the same length) in rank order. */
+  allGather(local: Float32Array): Promise<Float32Array> {
+    return this.gather('allGather', local, Array.from({ length: this.world }, () => local.length));
+  }
+
+  /** Concatenation of every rank's `local` in rank order; rank r contributes `counts[r]` elements. */
+  allGatherV(local: Float32Array, counts: number[]): Promise<Float32Array> {
+    if (counts.length !== this.world) return Promise.reject(new RangeError(`allGatherV: ${counts.length} counts for world ${this.world}`));
+    if (counts[this.rank] !== local.length)
+      return Promise.reject(new RangeError(`allGatherV: rank ${this.rank} passes ${local.length} elements but counts[${this.rank}] is ${counts[this.rank]}`));
+    return this.gather('allGatherV', local, counts);
+  }
+
+  private async gather(kind: 'allGather' | 'allGatherV' | 'barrier', local: Float32Array, counts: readonly number[]): Promise<Float32Array> {
+    const segs = segmentsFromCounts(counts);
+    const out = new Float32Array(segs[this.world - 1]!.end);
+    out.set(local, segs[this.rank]!.start);
+    await this.enqueue(kind, out, out.length, 'fp32', -1, () => ringPlan('allGather', this.world, this.rank, segs, this.chunkElems));
+    return out;
+  }
+
+  /** Copies `root`'s buffer into every rank's `buf` (all the same length). */
+  broadcast(buf: Float32Array, root: number): Promise<void> {
+    if (!Number.isInteger(root) || root < 0 || root >= this.world) return Promise.reject(new RangeError(`broadcast: root ${root} outside 0..${this.world - 1}`));
+    return this.enqueue('broadcast', buf, buf.length, 'fp32', -1, () => broadcastPlan(this.world, this.rank, root, buf.length, this.chunkElems));
+  }
+
+  /** Resolves once every rank has entered the barrier. */
+  async barrier(): Promise<void> {
+    await this.gather('barrier', new Float32Array([this.rank]), Array.from({ length: this.world }, () => 1));
+  }
+
+  /**
+   * Starts a new generation: the running and queued collectives reject, and messages of older
+   * generations are dropped from now on. Every rank must call it once (the coordinator tells them)
+   * before the group is used again after a failure.
+   */
+  abort(reason = 'aborted by the caller'): void {
+    const err = new CollectiveError(`rank ${this.rank}: collectives of generation ${this.generation} aborted: ${reason}`, 'aborted');
+    this.generation++;
+    this.nextSeq = 0;
+    if (this.active) this.fail(this.active, err, true);
+    this.broken = null;
+    this.pendingFault = null;
+    for (const key of [...this.future.keys()]) if (Number(key.split('/')[0]) < this.generation) this.future.delete(key);
+  }
+
+  /** Lets queued messages go out (bounded), then closes the sockets. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    const drain = Promise.all(this.outboxes.map((o) => o?.idle()));
+    await Promise.race([drain, new Promise((r) => setTimeout(r, Math.min(this.timeoutMs, 2000)).unref())]);
+    this.closed = true;
+    if (this.active) this.fail(this.active, new CollectiveError(`rank ${this.rank}: process group closed during ${this.active.label}`, 'closed'), false);
+    for (const o of this.outboxes) o?.socket.close();
+    this.pull.close();
+  }
+
+  // ---------------------------------------------------------------- op engine
+
+  private enqueue(kind: OpKindName, buf: Float32Array, total: number, wire: Wire, protectedUpTo: number, plan: () => Plan): Promise<void> {
+    if (this.closed) return Promise.reject(new CollectiveError(`rank ${this.rank}: ${kind} on a closed process group`, 'closed'));
+    if (total > 0xffffffff) return Promise.reject(new RangeError(`${kind}: ${total} elements exceed the protocol's 2^32-1`));
+    const generation = this.generation;
+    const seq = this.nextSeq++;
+    const run = this.tail.then(() => this.start1(kind, generation, seq, buf, total, wire, protectedUpTo, plan));
+    this.tail = run.catch(() => undefined);
+    return run;
+  }
+
+  private start1(kind: OpKindName, generation: number, seq: number, buf: Float32Array, total: number, wire: Wire, protectedUpTo: number, mkPlan: () => Plan): Promise<void> {
+    const label = `${kind} #${seq} (generation ${generation})`;
+    if (this.closed) return Promise.reject(new CollectiveError(`rank ${this.rank}: ${label}: process group closed`, 'closed'));
+    if (generation !== this.generation) return Promise.reject(new CollectiveError(`rank ${this.rank}: ${label} aborted before it started`, 'aborted'));
+    if (this.broken)
+      return Promise.reject(
+        new CollectiveError(`rank ${this.rank}: ${label} refused: an earlier collective failed (${this.broken.message}); call abort() on every rank first`, 'broken'),
+      );
+    const plan = mkPlan();
+    let ackNeeded = false;
+    const check = (step: number, start: number, end: number): void => {
+      if (wire === 'fp32' && step > protectedUpTo && (end - start) * 4 > COPY_MAX_BYTES) ackNeeded = true;
+    };
+    for (const s of plan.sends) check(s.step, s.start, s.end);
+    let forwards = 0;
+    for (const r of plan.recvs)
+      if (r.forward) {
+        forwards++;
+        if (r.mode === 'add') check(r.step + 1, r.start, r.end);
+      }
+    return new Promise<void>((resolve, reject) => {
+      const op: ActiveOp = {
+        kind,
+        generation,
+        seq,
+        label,
+        buf,
+        total,
+        wire,
+        plan,
+        sendsTotal: plan.sends.length + forwards,
+        ackNeeded,
+        protectedUpTo,
+        next: 0,
+        sendsIssued: 0,
+        sendsDone: 0,
+        acked: false,
+        lastProgress: Date.now(),
+        timer: null,
+        settled: false,
+        resolve,
+        reject,
+      };
+      this.active = op;
+      if (this.pendingFault) {
+        const f = this.pendingFault;
+        this.pendingFault = null;
+        this.fail(op, new CollectiveError(`rank ${this.rank}: ${label}: ${f.message}`, 'protocol'), true);
+        return;
+      }
+      this.armTimer(op);
+      for (const s of plan.sends) this.sendItem(op, s, null);
+      const key = `${generation}/${seq}`;
+      const early = this.future.get(key);
+      if (early) {
+        this.future.delete(key);
+        for (const m of early) {
+          if (op.settled) break;
+          this.deliver(op, m);
+        }
+      }
+      this.maybeDone(op);
+    });
+  }
+
+  private header(type: MsgType, op: OpKindName, generation: number, seq: number, step: number, chunk: number, total: number, wire: Wire, flags = 0): Buffer {
+    return encodeHeader({ type, op, wire, sender: this.rank, flags, generation, seq, step, chunk, total });
+  }
+
+  private sendItem(op: ActiveOp, item: PlanItem, forwardPayload: Buffer | null): void {
+    const last = ++op.sendsIssued === op.sendsTotal;
+    let payload: Buffer;
+    if (forwardPayload) {
+      payload = forwardPayload;
+    } else {
+      const view = op.buf.subarray(item.start, item.end);
+      // The owner's finished segment of a compressed all-reduce: keep the value the others receive.
+      if (op.kind === 'allReduce' && item.step === this.world - 1) quantize(view, op.wire);
+      if (op.wire !== 'fp32') payload = encode(view, op.wire);
+      else if (item.step <= op.protectedUpTo || view.byteLength > COPY_MAX_BYTES) payload = Buffer.from(view.buffer, view.byteOffset, view.byteLength);
+      else payload = encode(view, 'fp32');
+    }
+    const flags = last && op.ackNeeded ? FLAG_ACK_REQ : 0;
+    const h = this.header(MsgType.DATA, op.kind, op.generation, op.seq, item.step, item.chunk, op.total, op.wire, flags);
+    this.outboxes[op.plan.to]!.push({ frames: [h, payload], op });
+  }
+
+  private sent(o: Outgoing): void {
+    const op = o.op;
+    if (!op || op.settled) return;
+    op.sendsDone++;
+    op.lastProgress = Date.now();
+    this.maybeDone(op);
+  }
+
+  private sendFailed(peer: number, o: Outgoing, e: unknown): void {
+    if (this.closed || !o.op || o.op.settled) return;
+    const why = (e as { code?: string }).code === 'EAGAIN' ? `did not take data for ${this.timeoutMs} ms` : `refused data: ${(e as Error).message}`;
+    this.fail(o.op, new CollectiveError(`rank ${this.rank}: ${o.op.label}: rank ${peer} (${this.endpoints[peer]}) ${why}${this.downNote()}`, 'timeout', peer), true);
+  }
+
+  private maybeDone(op: ActiveOp): void {
+    if (op.settled || op.next < op.plan.recvs.length || op.sendsDone < op.sendsTotal || (op.ackNeeded && !op.acked)) return;
+    op.settled = true;
+    if (op.timer) clearTimeout(op.timer);
+    if (this.active === op) this.active = null;
+    op.resolve();
+  }
+
+  private fail(op: ActiveOp, err: CollectiveError, notify: boolean): void {
+    if (op.settled) return;
+    op.settled = true;
+    if (op.timer) clearTimeout(op.timer);
+    if (this.active === op) this.active = null;
+    for (const o of this.outboxes) o?.dropOp(op);
+    if (err.code !== 'aborted') this.broken = err;
+    if (notify && !this.closed) {
+      const body = Buffer.from(JSON.stringify({ message: err.message, peer: err.peer }));
+      for (let r = 0; r < this.world; r++)
+        if (r !== this.rank) this.outboxes[r]!.push({ frames: [this.header(MsgType.FAIL, op.kind, op.generation, op.seq, 0, 0, op.total, 'fp32'), body], op: null });
+    }
+    op.reject(err);
+  }
+
+  private armTimer(op: ActiveOp): void {
+    const wait = Math.max(1, op.lastProgress + this.timeoutMs - Date.now());
+    op.timer = setTimeout(() => {
+      if (op.settled) return;
+      if (Date.now() - op.lastProgress < this.timeoutMs) return this.armTimer(op);
+      this.fail(op, this.timeoutError(op), true);
+    }, wait);
+  }
+
+  private timeoutError(op: ActiveOp): CollectiveError {
+    const { from, to } = op.plan;
+    const t = this.timeoutMs;
+    if (op.next < op.plan.recvs.length)
+      return new CollectiveError(
+        `rank ${this.rank}: ${op.label} timed out after ${t} ms waiting for rank ${from} (${this.endpoints[from]}): ${op.next} of ${op.plan.recvs.length} messages arrived${this.downNote()}`,
+        'timeout',
+        this.suspect(from),
+      );
+    if (op.sendsDone < op.sendsTotal)
+      return new CollectiveError(`rank ${this.rank}: ${op.label}: rank ${to} (${this.endpoints[to]}) took no data for ${t} ms${this.downNote()}`, 'timeout', this.suspect(to));
+    return new CollectiveError(`rank ${this.rank}: ${op.label}: no acknowledgement from rank ${to} (${this.endpoints[to]}) within ${t} ms${this.downNote()}`, 'timeout', this.suspect(to));
+  }
+
+  /** A disconnected rank is a better suspect than a live neighbour that is merely waiting too. */
+  private suspect(neighbour: number): number {
+    return this.down.has(neighbour) || this.down.size === 0 ? neighbour : [...this.down.keys()][0]!;
+  }
+
+  private downNote(): string {
+    if (this.down.size === 0) return '';
+    const now = Date.now();
+    return `; connection lost to ${[...this.down].map(([r, at]) => `rank ${r} (${this.endpoints[r]}) ${now - at} ms ago`).join(', ')}`;
+  }
+
+  private peerDown(r: number): void {
+    if (this.closed) return;
+    const at = Date.now();
+    this.down.set(r, at);
+    const op = this.active;
+    if (!op) return;
+    const needed = (r === op.plan.from && op.next < op.plan.recvs.length) || (r === op.plan.to && (op.sendsDone < op.sendsTotal || (op.ackNeeded && !op.acked)));
+    if (!needed) return;
+    // Messages the peer sent before it went may still be queued here; give them a moment.
+    const progress = op.lastProgress;
+    setTimeout(() => {
+      if (op.settled || this.down.get(r) !== at || op.lastProgress !== progress) return;
+      this.fail(op, new CollectiveError(`rank ${this.rank}: ${op.label}: lost connection to rank ${r} (${this.endpoints[r]})`, 'peer-lost', r), true);
+    }, Math.min(LOST_GRACE_MS, this.timeoutMs)).unref();
+  }
+
+  // ---------------------------------------------------------------- receiving
+
+  private async receiveLoop(): Promise<void> {
+    for (;;) {
+      let frames: Buffer[];
+      try {
+        frames = await this.pull.receive();
+      } catch (e) {
+        if (this.closed) return;
+        const err = new CollectiveError(`rank ${this.rank}: receive failed on ${this.endpoints[this.rank]}: ${(e as Error).message}`, 'protocol');
+        this.broken = err;
+        if (this.active) this.fail(this.active, err, true);
+        return;
+      }
+      try {
+        this.onMessage(frames);
+      } catch (e) {
+        // A bug here must not kill the loop (and with it every later collective).
+        const err = new CollectiveError(`rank ${this.rank}: internal error handling a message: ${(e as Error).stack ?? String(e)}`, 'protocol');
+        if (this.active) this.fail(this.active, err, true);
+        else this.pendingFault = err;
+      }
+    }
+  }
+
+  private onMessage(frames: Buffer[]): void {
+    let m: Incoming;
+    try {
+      m = decodeMessage(frames, this.world, this.rank);
+    } catch (e) {
+      if (e instanceof ForeignMessage) {
+        this.stats.foreign++;
+        return;
+      }
+      return this.fault(`malformed message: ${(e as Error).message}`);
+    }
+    const h = m.header;
+    if (h.type === MsgType.HELLO) return this.onHello(h, m.payload);
+    if (h.generation < this.generation) {
+      this.stats.stale++;
+      return;
+    }
+    const op = this.active;
+    if (op && h.generation === op.generation && h.seq === op.seq) return this.deliver(op, m);
+    const current = op ? op.seq : this.nextSeq;
+    if (h.generation === this.generation && h.seq < current) {
+      this.stats.stale++;
+      return;
+    }
+    // A peer already in a later collective or generation: keep it for when this rank gets there.
+    const key = `${h.generation}/${h.seq}`;
+    const list = this.future.get(key);
+    if (list) list.push(m);
+    else if (this.future.size >= MAX_FUTURE_OPS) return this.fault(`rank ${h.sender} is more than ${MAX_FUTURE_OPS} collectives ahead (generation ${h.generation}, #${h.seq})`);
+    else this.future.set(key, [m]);
+  }
+
+  private fault(message: string): void {
+    const err = new CollectiveError(`rank ${this.rank}: ${message}`, 'protocol');
+    if (this.active) this.fail(this.active, new CollectiveError(`rank ${this.rank}: ${this.active.label}: ${message}`, 'protocol'), true);
+    else this.pendingFault = err;
+  }
+
+  private onHello(h: Header, payload: Buffer): void {
+    let body: unknown = null;
+    try {
+      body = JSON.parse(payload.toString('utf8'));
+    } catch {
+      body = null;
+    }
+    if (!this.helloWaiter) return; // a late duplicate; the handshake is over
+    this.hellos.set(h.sender, body);
+    this.helloWaiter();
+  }
+
+  private deliver(op: ActiveOp, m: Incoming): void {
+    const h = m.header;
+    if (h.type === MsgType.FAIL) {
+      let info: { message?: unknown; peer?: unknown } = {};
+      try {
+        info = JSON.parse(m.payload.toString('utf8')) as typeof info;
+      } catch {
+        info = { message: m.payload.toString('utf8').slice(0, 500) };
+      }
+      const peer = typeof info.peer === 'number' ? info.peer : h.sender;
+      return this.fail(op, new CollectiveError(`rank ${this.rank}: ${op.label} failed on rank ${h.sender}: ${String(info.message)}`, 'peer-failed', peer), false);
+    }
+    if (h.type === MsgType.ACK) {
+      if (h.sender !== op.plan.to || !op.ackNeeded)
+        return this.fail(op, new CollectiveError(`rank ${this.rank}: ${op.label}: unexpected acknowledgement from rank ${h.sender}`, 'protocol', h.sender), true);
+      op.acked = true;
+      op.lastProgress = Date.now();
+      return this.maybeDone(op);
+    }
+    const bad = this.checkData(op, h, m.payload);
+    if (bad) return this.fail(op, new CollectiveError(`rank ${this.rank}: ${op.label}: ${bad}`, 'protocol', h.sender), true);
+    const r = op.plan.recvs[op.next++]!;
+    const dst = op.buf.subarray(r.start, r.end);
+    if (r.mode === 'add') decodeAdd(dst, m.payload, op.wire);
+    else decodeCopy(dst, m.payload, op.wire);
+    op.lastProgress = Date.now();
+    if (r.forward) this.sendItem(op, { step: r.step + 1, chunk: r.chunk, start: r.start, end: r.end }, r.mode === 'copy' ? m.payload : null);
+    if (h.flags & FLAG_ACK_REQ)
+      this.outboxes[h.sender]!.push({ frames: [this.header(MsgType.ACK, op.kind, op.generation, op.seq, h.step, h.chunk, op.total, 'fp32'), Buffer.alloc(0)], op: null });
+    this.maybeDone(op);
+  }
+
+  /** Why a DATA message cannot be part of this collective, or null when it fits. */
+  private checkData(op: ActiveOp, h: Header, payload: Buffer): string | null {
+    const exp: PlanRecv | undefined = op.plan.recvs[op.next];
+    if (h.op !== op.kind) return `rank ${h.sender} sent data of ${h.op}, this rank is running ${op.kind} (collectives called in different orders?)`;
+    if (h.total !== op.total) return `rank ${h.sender} runs it on ${h.total} elements, this rank on ${op.total}`;
+    if (h.wire !== op.wire) return `rank ${h.sender} sends ${h.wire}, this rank expects ${op.wire}`;
+    if (!exp) return `unexpected extra data from rank ${h.sender} (step ${h.step}, chunk ${h.chunk}): all ${op.plan.recvs.length} messages already arrived`;
+    if (h.sender !== op.plan.from) return `data from rank ${h.sender}, expected it from rank ${op.plan.from}`;
+    if (h.step !== exp.step || h.chunk !== exp.chunk) return `rank ${h.sender} sent step ${h.step} chunk ${h.chunk}, expected step ${exp.step} chunk ${exp.chunk}`;
+    const want = (exp.end - exp.start) * wireBytes[op.wire];
+    if (payload.length !== want) return `rank ${h.sender} sent ${payload.length} bytes for step ${h.step} chunk ${h.chunk}, expected ${want}`;
+    return null;
+  }
+}
+
+function validateOptions(o: ProcessGroupOptions): void {
+  if (endianness() !== 'LE') throw new UserError('collectives: tensors travel as little-endian bytes; this host is big-endian');
+  if (!Number.isInteger(o.world) || o.world < 1 || o.world > 65535) throw new UserError(`collectives: world must be an integer in 1..65535, got ${o.world}`);
+  if (!Number.isInteger(o.rank) || o.rank < 0 || o.rank >= o.world) throw new UserError(`collectives: rank must be in 0..${o.world - 1}, got ${o.rank}`);
+  if (!Array.isArray(o.endpoints) || o.endpoints.length !== o.world)
+    throw new UserError(`collectives: need one endpoint per rank (${o.world}), got ${Array.isArray(o.endpoints) ? o.endpoints.length : 'none'}`);
+  o.endpoints.forEach((e, r) => {
+    if (typeof e !== 'string' || !/^(tcp:\/\/[^\s]+:\d+|ipc:\/\/\S+)$/.test(e))
+      throw new UserError(`collectives: endpoint of rank ${r} is '${String(e)}'; use tcp://host:port or ipc:///path`);
+  });
+  if (new Set(o.endpoints).size !== o.endpoints.length) throw new UserError('collectives: endpoints must be distinct, one per rank');
+  if (o.timeoutMs !== undefined && (!Number.isFinite(o.timeoutMs) || o.timeoutMs <= 0)) throw new UserError(`collectives: timeoutMs must be positive, got ${o.timeoutMs}`);
+  if (o.chunkBytes !== undefined && (!Number.isInteger(o.chunkBytes) || o.chunkBytes < 4 || o.chunkBytes > 256 << 20))
+    throw new UserError(`collectives: chunkBytes must be an integer in 4..${256 << 20}, got ${o.chunkBytes}`);
+  if (o.wire !== undefined && !WIRES.includes(o.wire)) throw new UserError(`collectives: wire must be one of ${WIRES.join(', ')}, got '${String(o.wire)}'`);
+}
+
