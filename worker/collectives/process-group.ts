@@ -112,6 +112,7 @@ interface ActiveOp {
   acked: boolean;
   lastProgress: number;
   timer: NodeJS.Timeout | null;
+  pinger: NodeJS.Timeout | null;
   settled: boolean;
   resolve(): void;
   reject(e: Error): void;
@@ -145,14 +146,22 @@ export class ProcessGroup {
   private readonly outboxes: (Outbox | null)[];
   private generation = 0;
   private nextSeq = 0;
+  /** Ops of this generation numbered below this have finished; their late messages are stale. */
+  private finishedSeq = 0;
   private active: ActiveOp | null = null;
   private broken: Error | null = null;
   private pendingFault: Error | null = null;
   private readonly future = new Map<string, Incoming[]>();
   private readonly down = new Map<number, number>();
+  /** When each peer last sent anything (data, ping, ...): tells a dead or stopped rank from one that waits too. */
+  private readonly lastHeard: number[];
   private tail: Promise<unknown> = Promise.resolve();
   private closed = false;
   private hellos = new Map<number, unknown>();
+  /** Peers that said BYE (they finished, so they have all this rank sent them) or acknowledged ours. */
+  private readonly byeFrom = new Set<number>();
+  private readonly byeAcked = new Set<number>();
+  private byeWaiter: (() => void) | null = null;
   private helloWaiter: (() => void) | null = null;
 
   private constructor(opts: ProcessGroupOptions) {
@@ -163,6 +172,7 @@ export class ProcessGroup {
     this.chunkBytes = opts.chunkBytes ?? DEFAULT_CHUNK_BYTES;
     this.wire = opts.wire ?? 'fp32';
     this.chunkElems = Math.floor(this.chunkBytes / 4);
+    this.lastHeard = this.endpoints.map(() => Date.now());
     this.context = opts.ioThreads ? new zmq.Context({ ioThreads: opts.ioThreads }) : undefined;
     const ctx = this.context ? { context: this.context } : {};
     this.pull = new zmq.Pull({ ...ctx, maxMessageSize: this.chunkBytes + 65536, linger: 0 });
@@ -305,18 +315,38 @@ export class ProcessGroup {
     this.generation++;
     this.nextSeq = 0;
     if (this.active) this.fail(this.active, err, true);
+    this.finishedSeq = 0;
     this.broken = null;
     this.pendingFault = null;
     for (const key of [...this.future.keys()]) if (Number(key.split('/')[0]) < this.generation) this.future.delete(key);
   }
 
-  /** Lets queued messages go out (bounded), then closes the sockets. */
+  /**
+   * Closes the sockets once the peers have everything this rank sent: a collective can finish
+   * here while its last messages still sit in ZeroMQ's queues, and closing (or exiting) then would
+   * lose them. So every peer gets a BYE behind the data and this waits (at most the timeout) for
+   * its acknowledgement, or for the peer's own BYE: a peer that is closing has finished its
+   * collectives, so it has received everything they needed.
+   */
   async close(): Promise<void> {
     if (this.closed) return;
-    const drain = Promise.all(this.outboxes.map((o) => o?.idle()));
-    await Promise.race([drain, new Promise((r) => setTimeout(r, Math.min(this.timeoutMs, 2000)).unref())]);
+    if (this.active) this.fail(this.active, new CollectiveError(`rank ${this.rank}: process group closed during ${this.active.label}`, 'closed'), true);
+    const peers = this.endpoints.map((_, r) => r).filter((r) => r !== this.rank);
+    const pending = (): number[] => peers.filter((r) => !this.byeFrom.has(r) && !this.byeAcked.has(r) && !this.down.has(r));
+    if (this.helloWaiter === null && this.hellos.size === this.world - 1) {
+      for (const r of pending()) this.outboxes[r]!.push({ frames: [this.header(MsgType.BYE, 'hello', 0, 0, 0, 0, 0, 'fp32', FLAG_ACK_REQ), Buffer.alloc(0)], op: null });
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, this.timeoutMs);
+        this.byeWaiter = () => {
+          if (pending().length > 0) return;
+          clearTimeout(timer);
+          resolve();
+        };
+        this.byeWaiter();
+      });
+      this.byeWaiter = null;
+    }
     this.closed = true;
-    if (this.active) this.fail(this.active, new CollectiveError(`rank ${this.rank}: process group closed during ${this.active.label}`, 'closed'), false);
     for (const o of this.outboxes) o?.socket.close();
     this.pull.close();
   }
@@ -372,6 +402,7 @@ export class ProcessGroup {
         acked: false,
         lastProgress: Date.now(),
         timer: null,
+        pinger: null,
         settled: false,
         resolve,
         reject,
@@ -384,6 +415,7 @@ export class ProcessGroup {
         return;
       }
       this.armTimer(op);
+      op.pinger = setInterval(() => this.ping(op), Math.max(50, this.timeoutMs / 4));
       for (const s of plan.sends) this.sendItem(op, s, null);
       const key = `${generation}/${seq}`;
       const early = this.future.get(key);
@@ -438,7 +470,9 @@ export class ProcessGroup {
     if (op.settled || op.next < op.plan.recvs.length || op.sendsDone < op.sendsTotal || (op.ackNeeded && !op.acked)) return;
     op.settled = true;
     if (op.timer) clearTimeout(op.timer);
+    if (op.pinger) clearInterval(op.pinger);
     if (this.active === op) this.active = null;
+    if (op.generation === this.generation) this.finishedSeq = Math.max(this.finishedSeq, op.seq + 1);
     op.resolve();
   }
 
@@ -446,7 +480,9 @@ export class ProcessGroup {
     if (op.settled) return;
     op.settled = true;
     if (op.timer) clearTimeout(op.timer);
+    if (op.pinger) clearInterval(op.pinger);
     if (this.active === op) this.active = null;
+    if (op.generation === this.generation) this.finishedSeq = Math.max(this.finishedSeq, op.seq + 1);
     for (const o of this.outboxes) o?.dropOp(op);
     if (err.code !== 'aborted') this.broken = err;
     if (notify && !this.closed) {
@@ -455,6 +491,13 @@ export class ProcessGroup {
         if (r !== this.rank) this.outboxes[r]!.push({ frames: [this.header(MsgType.FAIL, op.kind, op.generation, op.seq, 0, 0, op.total, 'fp32'), body], op: null });
     }
     op.reject(err);
+  }
+
+  /** While waiting, tell every peer this rank is alive, so that their timeouts blame the right rank. */
+  private ping(op: ActiveOp): void {
+    if (op.settled || this.closed) return;
+    for (let r = 0; r < this.world; r++)
+      if (r !== this.rank) this.outboxes[r]!.push({ frames: [this.header(MsgType.PING, op.kind, op.generation, op.seq, 0, 0, op.total, 'fp32'), Buffer.alloc(0)], op: null });
   }
 
   private armTimer(op: ActiveOp): void {
@@ -469,15 +512,31 @@ export class ProcessGroup {
   private timeoutError(op: ActiveOp): CollectiveError {
     const { from, to } = op.plan;
     const t = this.timeoutMs;
-    if (op.next < op.plan.recvs.length)
-      return new CollectiveError(
-        `rank ${this.rank}: ${op.label} timed out after ${t} ms waiting for rank ${from} (${this.endpoints[from]}): ${op.next} of ${op.plan.recvs.length} messages arrived${this.downNote()}`,
-        'timeout',
-        this.suspect(from),
-      );
-    if (op.sendsDone < op.sendsTotal)
-      return new CollectiveError(`rank ${this.rank}: ${op.label}: rank ${to} (${this.endpoints[to]}) took no data for ${t} ms${this.downNote()}`, 'timeout', this.suspect(to));
-    return new CollectiveError(`rank ${this.rank}: ${op.label}: no acknowledgement from rank ${to} (${this.endpoints[to]}) within ${t} ms${this.downNote()}`, 'timeout', this.suspect(to));
+    const [what, neighbour] =
+      op.next < op.plan.recvs.length
+        ? [`timed out after ${t} ms waiting for rank ${from} (${this.endpoints[from]}): ${op.next} of ${op.plan.recvs.length} messages arrived`, from]
+        : op.sendsDone < op.sendsTotal
+          ? [`rank ${to} (${this.endpoints[to]}) took no data for ${t} ms`, to]
+          : [`no acknowledgement from rank ${to} (${this.endpoints[to]}) within ${t} ms`, to];
+    const silent = this.silentPeer();
+    const blame =
+      silent === null || silent.rank === neighbour
+        ? silent === null
+          ? ''
+          : `; it has sent nothing at all for ${silent.ms} ms (dead, stopped, or not in this collective)`
+        : `; rank ${silent.rank} (${this.endpoints[silent.rank]}) has sent nothing for ${silent.ms} ms (dead, stopped, or not in this collective)`;
+    return new CollectiveError(`rank ${this.rank}: ${op.label}: ${what}${blame}${this.downNote()}`, 'timeout', silent?.rank ?? this.suspect(neighbour));
+  }
+
+  /** The peer silent the longest, if any has been silent for over half the timeout. */
+  private silentPeer(): { rank: number; ms: number } | null {
+    const now = Date.now();
+    let best: { rank: number; ms: number } | null = null;
+    this.lastHeard.forEach((at, r) => {
+      const ms = now - at;
+      if (r !== this.rank && !this.byeFrom.has(r) && ms > this.timeoutMs / 2 && (!best || ms > best.ms)) best = { rank: r, ms };
+    });
+    return best;
   }
 
   /** A disconnected rank is a better suspect than a live neighbour that is merely waiting too. */
@@ -495,6 +554,7 @@ export class ProcessGroup {
     if (this.closed) return;
     const at = Date.now();
     this.down.set(r, at);
+    this.byeWaiter?.();
     const op = this.active;
     if (!op) return;
     const needed = (r === op.plan.from && op.next < op.plan.recvs.length) || (r === op.plan.to && (op.sendsDone < op.sendsTotal || (op.ackNeeded && !op.acked)));
@@ -544,6 +604,19 @@ export class ProcessGroup {
       return this.fault(`malformed message: ${(e as Error).message}`);
     }
     const h = m.header;
+    this.lastHeard[h.sender] = Date.now();
+    if (h.type === MsgType.PING) return;
+    if (h.type === MsgType.BYE) {
+      this.byeFrom.add(h.sender);
+      this.outboxes[h.sender]!.push({ frames: [this.header(MsgType.ACK, 'hello', 0, 0, 0, 0, 0, 'fp32'), Buffer.alloc(0)], op: null });
+      this.byeWaiter?.();
+      return;
+    }
+    if (h.type === MsgType.ACK && h.op === 'hello') {
+      this.byeAcked.add(h.sender);
+      this.byeWaiter?.();
+      return;
+    }
     if (h.type === MsgType.HELLO) return this.onHello(h, m.payload);
     if (h.generation < this.generation) {
       this.stats.stale++;
@@ -551,8 +624,8 @@ export class ProcessGroup {
     }
     const op = this.active;
     if (op && h.generation === op.generation && h.seq === op.seq) return this.deliver(op, m);
-    const current = op ? op.seq : this.nextSeq;
-    if (h.generation === this.generation && h.seq < current) {
+    // Not `nextSeq`: a collective may be queued (numbered) but not started, and its messages count.
+    if (h.generation === this.generation && h.seq < this.finishedSeq) {
       this.stats.stale++;
       return;
     }

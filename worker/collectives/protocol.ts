@@ -8,7 +8,8 @@ import { type Wire, wireCode, wireOfCode, wireBytes } from './codec.js';
  *   off size field
  *     0  4   magic 'CXRC' (0x43525843 read as u32 LE)
  *     4  1   protocol version (1)
- *     5  1   type: 1 DATA, 2 ACK, 3 HELLO, 4 FAIL
+ *     5  1   type: 1 DATA, 2 ACK, 3 HELLO, 4 FAIL, 5 PING (sign of life while waiting),
+ *                6 BYE (closing; answered with ACK of op kind hello)
  *     6  1   op kind (OpKind)
  *     7  1   wire format of the payload: 0 fp32, 1 fp16, 2 bf16
  *     8  2   sender rank
@@ -23,7 +24,7 @@ export const MAGIC = 0x43525843;
 export const VERSION = 1;
 export const HEADER_BYTES = 32;
 
-export const MsgType = { DATA: 1, ACK: 2, HELLO: 3, FAIL: 4 } as const;
+export const MsgType = { DATA: 1, ACK: 2, HELLO: 3, FAIL: 4, PING: 5, BYE: 6 } as const;
 export type MsgType = (typeof MsgType)[keyof typeof MsgType];
 
 export const OpKind = { allReduce: 1, reduceScatter: 2, allGather: 3, allGatherV: 4, broadcast: 5, barrier: 6, hello: 7 } as const;
@@ -85,7 +86,7 @@ export function decodeMessage(frames: readonly Buffer[], world: number, self: nu
   const version = hb.readUInt8(4);
   if (version !== VERSION) throw new ProtocolError(`protocol version ${version}, this rank speaks ${VERSION}`);
   const type = hb.readUInt8(5);
-  if (type < 1 || type > 4) throw new ProtocolError(`unknown message type ${type}`);
+  if (type < 1 || type > 6) throw new ProtocolError(`unknown message type ${type}`);
   const opCode = hb.readUInt8(6);
   const op = opKindNames[opCode];
   if (!op) throw new ProtocolError(`unknown op kind ${opCode}`);
@@ -109,6 +110,6 @@ export function decodeMessage(frames: readonly Buffer[], world: number, self: nu
   };
   if (type === MsgType.DATA && payload.length % wireBytes[wire] !== 0)
     throw new ProtocolError(`${op} data from rank ${sender}: ${payload.length} bytes is not a whole number of ${wire} values`);
-  if (type === MsgType.ACK && payload.length !== 0) throw new ProtocolError(`ACK from rank ${sender} carries ${payload.length} bytes`);
+  if ((type === MsgType.ACK || type === MsgType.PING || type === MsgType.BYE) && payload.length !== 0) throw new ProtocolError(`control message ${type} from rank ${sender} carries ${payload.length} bytes`);
   return { header, payload };
 }
