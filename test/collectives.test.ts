@@ -73,7 +73,7 @@ test('collectives over real processes and sockets equal the sequential reference
         }
       },
     ),
-    { numRuns: 8 },
+    { numRuns: 6 },
   );
 });
 
