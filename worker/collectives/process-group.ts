@@ -4,7 +4,7 @@ import { shardRange, shardRanges } from '../../shared/shard.js';
 import { UserError } from '../../shared/errors.js';
 import { type Wire, WIRES, wireBytes, encode, quantize, decodeAdd, decodeCopy } from './codec.js';
 import { type Header, type OpKindName, MsgType, FLAG_ACK_REQ, ForeignMessage, ProtocolError, decodeMessage, encodeHeader } from './protocol.js';
-import { type Plan, type PlanItem, type PlanRecv, ringPlan, broadcastPlan, segmentsFromCounts } from './schedule.js';
+import { type Plan, type PlanItem, type PlanRecv, ringPlan, broadcastPlan, segmentsFromCounts, referenceSum } from './schedule.js';
 
 export interface ProcessGroupOptions {
   rank: number;
@@ -17,6 +17,8 @@ export interface ProcessGroupOptions {
   chunkBytes?: number;
   /** Default wire format of allReduce and reduceScatter (default fp32). */
   wire?: Wire;
+  /** Collectives up to this many bytes use the one-hop exchange instead of the ring (default 32 KiB; 0: always the ring). */
+  exchangeMaxBytes?: number;
   /** libzmq I/O threads for this group's sockets (default: the shared context, one thread). */
   ioThreads?: number;
 }
@@ -42,6 +44,12 @@ export const DEFAULT_CHUNK_BYTES = 1 << 20;
  * when at most this big; bigger ones go zero-copy and the receiver acknowledges the last one.
  */
 const COPY_MAX_BYTES = 64 << 10;
+/**
+ * Collectives on at most this many bytes are latency-bound: instead of 2(N-1) ring hops, every
+ * rank sends its part straight to every other rank (one hop) and combines locally, in the same
+ * fixed order as the ring (`referenceSum`), so the result is bit-identical to the ring's.
+ */
+export const EXCHANGE_MAX_BYTES = 32 << 10;
 /** After a needed peer's connection drops, how long its already-sent messages may still trickle in. */
 const LOST_GRACE_MS = 1000;
 const MAX_FUTURE_OPS = 64;
@@ -106,6 +114,9 @@ interface ActiveOp {
   readonly ackNeeded: boolean;
   /** Sends from the caller's buffer at steps up to this one are proven delivered by later receives. */
   readonly protectedUpTo: number;
+  readonly exchange: Exchange | null;
+  readonly parts: (Float32Array | undefined)[];
+  got: number;
   next: number;
   sendsIssued: number;
   sendsDone: number;
@@ -116,6 +127,14 @@ interface ActiveOp {
   settled: boolean;
   resolve(): void;
   reject(e: Error): void;
+}
+
+/** The one-hop exchange used for small collectives (see EXCHANGE_MAX_BYTES). */
+interface Exchange {
+  /** Element range of the buffer rank r contributes (all-reduce: all of it). */
+  contrib(r: number): { start: number; end: number };
+  /** Combines the parts once all have arrived; parts[r] is rank r's contribution. */
+  finish(parts: Float32Array[]): void;
 }
 
 interface Incoming {
@@ -137,6 +156,7 @@ export class ProcessGroup {
   readonly timeoutMs: number;
   readonly chunkBytes: number;
   readonly wire: Wire;
+  readonly exchangeMaxBytes: number;
   /** Messages dropped: not of this protocol, of an older generation or finished op. */
   readonly stats = { foreign: 0, stale: 0 };
 
@@ -171,6 +191,7 @@ export class ProcessGroup {
     this.timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.chunkBytes = opts.chunkBytes ?? DEFAULT_CHUNK_BYTES;
     this.wire = opts.wire ?? 'fp32';
+    this.exchangeMaxBytes = opts.exchangeMaxBytes ?? EXCHANGE_MAX_BYTES;
     this.chunkElems = Math.floor(this.chunkBytes / 4);
     this.lastHeard = this.endpoints.map(() => Date.now());
     this.context = opts.ioThreads ? new zmq.Context({ ioThreads: opts.ioThreads }) : undefined;
@@ -256,8 +277,15 @@ export class ProcessGroup {
   allReduce(buf: Float32Array, opts?: { wire?: Wire }): Promise<void> {
     const wire = opts?.wire ?? this.wire;
     if (!WIRES.includes(wire)) return Promise.reject(new RangeError(`allReduce: unknown wire format '${String(wire)}'`));
-    return this.enqueue('allReduce', buf, buf.length, wire, this.world - 2, () =>
-      ringPlan('allReduce', this.world, this.rank, shardRanges(buf.length, this.world), this.chunkElems),
+    const small = wire === 'fp32' && buf.byteLength <= this.exchangeMaxBytes;
+    return this.enqueue(
+      'allReduce',
+      buf,
+      buf.length,
+      wire,
+      this.world - 2,
+      () => ringPlan('allReduce', this.world, this.rank, shardRanges(buf.length, this.world), this.chunkElems),
+      small ? { contrib: () => ({ start: 0, end: buf.length }), finish: (parts) => buf.set(referenceSum(parts)) } : null,
     );
   }
 
@@ -266,8 +294,15 @@ export class ProcessGroup {
    * into `buf`; the rest of `buf` is scratch afterwards.
    */
   async reduceScatter(buf: Float32Array): Promise<Float32Array> {
-    await this.enqueue('reduceScatter', buf, buf.length, this.wire, -1, () =>
-      ringPlan('reduceScatter', this.world, this.rank, shardRanges(buf.length, this.world), this.chunkElems),
+    const small = this.wire === 'fp32' && buf.byteLength <= this.exchangeMaxBytes;
+    await this.enqueue(
+      'reduceScatter',
+      buf,
+      buf.length,
+      this.wire,
+      -1,
+      () => ringPlan('reduceScatter', this.world, this.rank, shardRanges(buf.length, this.world), this.chunkElems),
+      small ? { contrib: () => ({ start: 0, end: buf.length }), finish: (parts) => buf.set(referenceSum(parts, 'fp32', 'reduceScatter')) } : null,
     );
     const { start, end } = shardRange(buf.length, this.world, this.rank);
     return buf.subarray(start, end);
@@ -290,7 +325,16 @@ export class ProcessGroup {
     const segs = segmentsFromCounts(counts);
     const out = new Float32Array(segs[this.world - 1]!.end);
     out.set(local, segs[this.rank]!.start);
-    await this.enqueue(kind, out, out.length, 'fp32', -1, () => ringPlan('allGather', this.world, this.rank, segs, this.chunkElems));
+    const small = out.byteLength <= this.exchangeMaxBytes;
+    await this.enqueue(
+      kind,
+      out,
+      out.length,
+      'fp32',
+      -1,
+      () => ringPlan('allGather', this.world, this.rank, segs, this.chunkElems),
+      small ? { contrib: (r) => segs[r]!, finish: (parts) => parts.forEach((p, r) => r !== this.rank && out.set(p, segs[r]!.start)) } : null,
+    );
     return out;
   }
 
@@ -353,17 +397,27 @@ export class ProcessGroup {
 
   // ---------------------------------------------------------------- op engine
 
-  private enqueue(kind: OpKindName, buf: Float32Array, total: number, wire: Wire, protectedUpTo: number, plan: () => Plan): Promise<void> {
+  private enqueue(kind: OpKindName, buf: Float32Array, total: number, wire: Wire, protectedUpTo: number, plan: () => Plan, exchange: Exchange | null = null): Promise<void> {
     if (this.closed) return Promise.reject(new CollectiveError(`rank ${this.rank}: ${kind} on a closed process group`, 'closed'));
     if (total > 0xffffffff) return Promise.reject(new RangeError(`${kind}: ${total} elements exceed the protocol's 2^32-1`));
     const generation = this.generation;
     const seq = this.nextSeq++;
-    const run = this.tail.then(() => this.start1(kind, generation, seq, buf, total, wire, protectedUpTo, plan));
+    const run = this.tail.then(() => this.start1(kind, generation, seq, buf, total, wire, protectedUpTo, this.world > 1 ? exchange : null, plan));
     this.tail = run.catch(() => undefined);
     return run;
   }
 
-  private start1(kind: OpKindName, generation: number, seq: number, buf: Float32Array, total: number, wire: Wire, protectedUpTo: number, mkPlan: () => Plan): Promise<void> {
+  private start1(
+    kind: OpKindName,
+    generation: number,
+    seq: number,
+    buf: Float32Array,
+    total: number,
+    wire: Wire,
+    protectedUpTo: number,
+    exchange: Exchange | null,
+    mkPlan: () => Plan,
+  ): Promise<void> {
     const label = `${kind} #${seq} (generation ${generation})`;
     if (this.closed) return Promise.reject(new CollectiveError(`rank ${this.rank}: ${label}: process group closed`, 'closed'));
     if (generation !== this.generation) return Promise.reject(new CollectiveError(`rank ${this.rank}: ${label} aborted before it started`, 'aborted'));
@@ -371,7 +425,7 @@ export class ProcessGroup {
       return Promise.reject(
         new CollectiveError(`rank ${this.rank}: ${label} refused: an earlier collective failed (${this.broken.message}); call abort() on every rank first`, 'broken'),
       );
-    const plan = mkPlan();
+    const plan: Plan = exchange ? { sends: [], recvs: [], from: -1, to: -1 } : mkPlan();
     let ackNeeded = false;
     const check = (step: number, start: number, end: number): void => {
       if (wire === 'fp32' && step > protectedUpTo && (end - start) * 4 > COPY_MAX_BYTES) ackNeeded = true;
@@ -393,7 +447,10 @@ export class ProcessGroup {
         total,
         wire,
         plan,
-        sendsTotal: plan.sends.length + forwards,
+        sendsTotal: exchange ? this.world - 1 : plan.sends.length + forwards,
+        exchange,
+        parts: [],
+        got: 0,
         ackNeeded,
         protectedUpTo,
         next: 0,
@@ -417,6 +474,12 @@ export class ProcessGroup {
       this.armTimer(op);
       op.pinger = setInterval(() => this.ping(op), Math.max(50, this.timeoutMs / 4));
       for (const s of plan.sends) this.sendItem(op, s, null);
+      if (exchange) {
+        const { start, end } = exchange.contrib(this.rank);
+        const payload = encode(buf.subarray(start, end), 'fp32');
+        for (let r = 0; r < this.world; r++)
+          if (r !== this.rank) this.outboxes[r]!.push({ frames: [this.header(MsgType.DATA, kind, generation, seq, 0, 0, total, wire), payload], op });
+      }
       const key = `${generation}/${seq}`;
       const early = this.future.get(key);
       if (early) {
@@ -468,6 +531,7 @@ export class ProcessGroup {
 
   private maybeDone(op: ActiveOp): void {
     if (op.settled || op.next < op.plan.recvs.length || op.sendsDone < op.sendsTotal || (op.ackNeeded && !op.acked)) return;
+    if (op.exchange && op.got < this.world - 1) return;
     op.settled = true;
     if (op.timer) clearTimeout(op.timer);
     if (op.pinger) clearInterval(op.pinger);
@@ -512,8 +576,11 @@ export class ProcessGroup {
   private timeoutError(op: ActiveOp): CollectiveError {
     const { from, to } = op.plan;
     const t = this.timeoutMs;
+    const missing = op.exchange ? this.endpoints.map((_, r) => r).find((r) => r !== this.rank && !op.parts[r]) : undefined;
     const [what, neighbour] =
-      op.next < op.plan.recvs.length
+      missing !== undefined
+        ? [`timed out after ${t} ms waiting for rank ${missing} (${this.endpoints[missing]}): ${op.got} of ${this.world - 1} parts arrived`, missing]
+        : op.next < op.plan.recvs.length
         ? [`timed out after ${t} ms waiting for rank ${from} (${this.endpoints[from]}): ${op.next} of ${op.plan.recvs.length} messages arrived`, from]
         : op.sendsDone < op.sendsTotal
           ? [`rank ${to} (${this.endpoints[to]}) took no data for ${t} ms`, to]
@@ -557,7 +624,9 @@ export class ProcessGroup {
     this.byeWaiter?.();
     const op = this.active;
     if (!op) return;
-    const needed = (r === op.plan.from && op.next < op.plan.recvs.length) || (r === op.plan.to && (op.sendsDone < op.sendsTotal || (op.ackNeeded && !op.acked)));
+    const needed =
+      (op.exchange !== null && !op.parts[r]) ||
+      (r === op.plan.from && op.next < op.plan.recvs.length) || (r === op.plan.to && (op.sendsDone < op.sendsTotal || (op.ackNeeded && !op.acked)));
     if (!needed) return;
     // Messages the peer sent before it went may still be queued here; give them a moment.
     const progress = op.lastProgress;
@@ -674,6 +743,7 @@ export class ProcessGroup {
       op.lastProgress = Date.now();
       return this.maybeDone(op);
     }
+    if (op.exchange) return this.deliverPart(op, op.exchange, h, m.payload);
     const bad = this.checkData(op, h, m.payload);
     if (bad) return this.fail(op, new CollectiveError(`rank ${this.rank}: ${op.label}: ${bad}`, 'protocol', h.sender), true);
     const r = op.plan.recvs[op.next++]!;
@@ -684,6 +754,36 @@ export class ProcessGroup {
     if (r.forward) this.sendItem(op, { step: r.step + 1, chunk: r.chunk, start: r.start, end: r.end }, r.mode === 'copy' ? m.payload : null);
     if (h.flags & FLAG_ACK_REQ)
       this.outboxes[h.sender]!.push({ frames: [this.header(MsgType.ACK, op.kind, op.generation, op.seq, h.step, h.chunk, op.total, 'fp32'), Buffer.alloc(0)], op: null });
+    this.maybeDone(op);
+  }
+
+  private deliverPart(op: ActiveOp, ex: Exchange, h: Header, payload: Buffer): void {
+    const { start, end } = ex.contrib(h.sender);
+    const want = (end - start) * 4;
+    const bad =
+      h.op !== op.kind
+        ? `rank ${h.sender} sent data of ${h.op}, this rank is running ${op.kind} (collectives called in different orders?)`
+        : h.total !== op.total
+          ? `rank ${h.sender} runs it on ${h.total} elements, this rank on ${op.total}`
+          : h.wire !== op.wire
+            ? `rank ${h.sender} sends ${h.wire}, this rank expects ${op.wire}`
+            : op.parts[h.sender]
+              ? `rank ${h.sender} sent its part twice`
+              : h.step !== 0 || h.chunk !== 0 || payload.length !== want
+                ? `rank ${h.sender} sent ${payload.length} bytes as step ${h.step} chunk ${h.chunk}, expected ${want} bytes as step 0 chunk 0`
+                : null;
+    if (bad) return this.fail(op, new CollectiveError(`rank ${this.rank}: ${op.label}: ${bad}`, 'protocol', h.sender), true);
+    const part = new Float32Array(end - start);
+    new Uint8Array(part.buffer).set(payload);
+    op.parts[h.sender] = part;
+    op.got++;
+    op.lastProgress = Date.now();
+    if (op.got === this.world - 1) {
+      const own = this.rank;
+      const { start: s0, end: e0 } = ex.contrib(own);
+      op.parts[own] = op.buf.slice(s0, e0);
+      ex.finish(op.parts as Float32Array[]);
+    }
     this.maybeDone(op);
   }
 
