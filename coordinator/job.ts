@@ -23,6 +23,8 @@ export interface JobOptions {
   readonly gpu?: boolean;
   readonly workerArgs?: readonly string[];
   readonly workerEnv?: NodeJS.ProcessEnv;
+  /** Arguments and environment for local worker i alone. */
+  readonly perWorker?: (i: number) => { args?: readonly string[]; env?: NodeJS.ProcessEnv };
   readonly workerOutput?: (line: string) => void;
   readonly step: { readonly name: string; readonly options?: Record<string, unknown> };
   /** The trainer's resolved config, handed to every worker (the job adds its `job` section). */
@@ -42,6 +44,8 @@ export interface JobOptions {
   /** Fail when the world is not complete this long after start (default: 120 s local, unbounded with --listen). */
   readonly rendezvousTimeoutMs?: number;
   readonly onStep?: (s: StepSummary) => void;
+  /** Called once every rank has registered. */
+  readonly onRendezvous?: (workers: readonly WorkerInfo[]) => void;
   readonly onCheckpointShard?: (s: CheckpointShard) => void;
   /** Called once the control plane listens (tests start remote workers from here). */
   readonly onListening?: (address: { control: string; data: string; token: string }) => void;
@@ -146,7 +150,7 @@ export async function runJob(o: JobOptions): Promise<JobResult> {
   o.onListening?.({ control, data: dataEndpoint, token });
 
   const procs = local
-    ? new WorkerProcesses({ count: world, coordinator: control, token, gpu: o.gpu ?? false, args: o.workerArgs, env: o.workerEnv, output: o.workerOutput, log: o.log })
+    ? new WorkerProcesses({ count: world, coordinator: control, token, gpu: o.gpu ?? false, args: o.workerArgs, env: o.workerEnv, perWorker: o.perWorker, output: o.workerOutput, log: o.log })
     : undefined;
 
   let interrupted: (f: JobFailure) => void = () => {};
@@ -181,6 +185,7 @@ export async function runJob(o: JobOptions): Promise<JobResult> {
     const workers = await orFail(Promise.race([server.world, timeout])).finally(() => clearTimeout(timer));
     procs?.setRanks(new Map(workers.map((w) => [w.pid, w.rank])));
     o.log.info(`rendezvous complete: ${workers.map((w) => describeWorker(w)).join('; ')}`);
+    o.onRendezvous?.(workers);
 
     if (endStep > startStep) await orFail(done);
     o.log.info(`all ${endStep - startStep} steps done; shutting the workers down`);

@@ -13,6 +13,8 @@ export interface LaunchOptions {
   /** More arguments for every worker. */
   readonly args?: readonly string[];
   readonly env?: NodeJS.ProcessEnv;
+  /** Extra arguments and environment for worker i alone (heterogeneous devices, fault-injection tests). */
+  readonly perWorker?: (i: number) => { args?: readonly string[]; env?: NodeJS.ProcessEnv };
   /** Where worker output goes, each line prefixed "[worker i] " (default: this process's stderr). */
   readonly output?: (line: string) => void;
   /** Lines of each worker's output kept for error messages. */
@@ -55,9 +57,10 @@ export class WorkerProcesses {
   start(): void {
     const out = this.opts.output ?? ((line: string) => process.stderr.write(line + '\n'));
     for (let i = 0; i < this.opts.count; i++) {
-      const env: NodeJS.ProcessEnv = { ...process.env, ...this.opts.env, CXR_JOB_TOKEN: this.opts.token };
+      const own = this.opts.perWorker?.(i) ?? {};
+      const env: NodeJS.ProcessEnv = { ...process.env, ...this.opts.env, ...own.env, CXR_JOB_TOKEN: this.opts.token };
       if (this.opts.gpu) env.CUDA_VISIBLE_DEVICES = String(i);
-      const args = [this.opts.entry ?? workerEntry, '--coordinator', this.opts.coordinator, '--device', String(i), ...(this.opts.args ?? [])];
+      const args = [this.opts.entry ?? workerEntry, '--coordinator', this.opts.coordinator, '--device', String(i), ...(this.opts.args ?? []), ...(own.args ?? [])];
       const proc = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
       const tail: string[] = [];
       const child: Child = {
