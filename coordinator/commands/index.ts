@@ -1,4 +1,6 @@
 import type { CommandModule } from 'yargs';
+import { dataCommand } from './data.js';
+import { demoCommand } from './demo.js';
 import { probeCommand } from './probe.js';
 
 /**
@@ -6,4 +8,4 @@ import { probeCommand } from './probe.js';
  * (`coordinator --workers 4 ...`).
  */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-export const commands: CommandModule<any, any>[] = [probeCommand];
+export const commands: CommandModule<any, any>[] = [dataCommand, demoCommand, probeCommand];
