@@ -44,6 +44,8 @@ export interface JobOptions {
   /** Fail when the world is not complete this long after start (default: 120 s local, unbounded with --listen). */
   readonly rendezvousTimeoutMs?: number;
   readonly onStep?: (s: StepSummary) => void;
+  /** Called with the local workers' pids once they are started. */
+  readonly onLaunched?: (pids: readonly number[]) => void;
   /** Called once every rank has registered. */
   readonly onRendezvous?: (workers: readonly WorkerInfo[]) => void;
   readonly onCheckpointShard?: (s: CheckpointShard) => void;
@@ -169,7 +171,10 @@ export async function runJob(o: JobOptions): Promise<JobResult> {
   };
 
   try {
-    procs?.start();
+    if (procs) {
+      procs.start();
+      o.onLaunched?.(procs.pids());
+    }
     const rendezvousMs = o.rendezvousTimeoutMs ?? (local ? 120_000 : 0);
     let timer: NodeJS.Timeout | undefined;
     const timeout =

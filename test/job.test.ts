@@ -113,6 +113,7 @@ test('coordinator --listen: workers started first retry until it answers; a work
 test('a worker that dies during start-up fails the job: non-zero, its error output shown, the other worker stopped', async () => {
   const ds = await openDataset(dataDir);
   let pids: number[] = [];
+  let launched: readonly number[] = [];
   const lines: string[] = [];
   try {
     await assert.rejects(
@@ -127,6 +128,7 @@ test('a worker that dies during start-up fails the job: non-zero, its error outp
         workerOutput: (l) => lines.push(l),
         // Worker 1's Node cannot even load its preload module: it dies before registering.
         perWorker: (i) => (i === 1 ? { env: { NODE_OPTIONS: '--require=/nonexistent/preload.cjs' } } : {}),
+        onLaunched: (p) => (launched = p),
       }).catch((e) => {
         pids = [...String(e.message).matchAll(/pid (\d+)/g)].map((m) => Number(m[1]));
         throw e;
@@ -141,7 +143,8 @@ test('a worker that dies during start-up fails the job: non-zero, its error outp
   } finally {
     await ds.close();
   }
-  assert.equal(pids.length, 1);
+  assert.deepEqual(pids, [launched[1]]);
+  assert.ok(!alive(launched[0]!), 'worker 0, waiting in the rendezvous, was stopped');
 });
 
 async function failingJob(opts: { stepOptions?: Record<string, number>; heartbeatTimeoutMs?: number; onStep?: (s: StepSummary, w: readonly WorkerInfo[]) => void }): Promise<{ error: JobFailure; workers: readonly WorkerInfo[] }> {

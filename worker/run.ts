@@ -28,6 +28,8 @@ export interface WorkerOptions {
 
 /** Stopped on the coordinator's word (abort), not by a fault of this worker: nothing to report back. */
 class Aborted extends Error {}
+/** The coordinator shut the job down after this rank's last step: success. */
+class Finished extends Error {}
 
 /**
  * One worker's life: register (with backoff), join the data feed, build the step, prove the
@@ -60,9 +62,12 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
       return c;
     });
     stopped.catch(() => {});
+    let lastRun = -1;
+    // A shutdown can overtake the end-of-data message and the last report's answer: the coordinator
+    // sends it once it holds every rank's last report. It is early only if this rank's last step is not done.
     const orStop = <T>(p: Promise<T>): Promise<T> =>
       Promise.race([p, stopped.then((c) => {
-        throw new Aborted(`the coordinator shut the job down early: ${c.command === 'shutdown' ? c.shutdown.reason : ''}`);
+        throw lastRun === job.endStep - 1 ? new Finished(c.command === 'shutdown' ? c.shutdown.reason : '') : new Aborted(`the coordinator shut the job down before step ${job.endStep - 1}: ${c.command === 'shutdown' ? c.shutdown.reason : ''}`);
       })]);
 
     data = new DataClient({ endpoint: reply.dataEndpoint, rank: reply.rank, generation: reply.generation, prefetch: job.prefetch });
@@ -83,6 +88,7 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
       const batch = decodeBatch(item.payload);
       const info = { step: h.step, epoch: h.epoch, epochStep: h.epochStep, indices: h.indices };
       const r = await orStop(step.run(batch, info));
+      lastRun = h.step;
       const check = job.paramsCheckEvery > 0 && step.paramsHash && ((h.step + 1) % job.paramsCheckEvery === 0 || h.step + 1 === job.endStep);
       const paramsHash = check ? await step.paramsHash!() : '';
       // At most one report in flight: reports stay in order and a failing one surfaces at the next step.
@@ -103,6 +109,10 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
     log.info(`shutdown: ${c.command === 'shutdown' ? c.shutdown.reason : ''}`);
     return 0;
   } catch (e) {
+    if (e instanceof Finished) {
+      log.info(`shutdown: ${e.message}`);
+      return 0;
+    }
     if (e instanceof Aborted || e instanceof FeedAborted) {
       log.error(e.message);
       return 1;
