@@ -247,3 +247,36 @@ test('credit flow across processes: a slow worker finds its prefetch queue full 
     await ds.close();
   }
 });
+
+test('SIGTERM to the coordinator stops every worker and exits 143; a coordinator killed outright leaves no orphans', async () => {
+  const start = async () => {
+    const c = run(coordinatorEntry, ['probe', '--data', dataDir, '--workers', '2', '--batch', '2', '--steps', '200', '--step-option', 'delayMs=100']);
+    let err = '';
+    c.proc.stderr!.on('data', (d) => (err += d));
+    const end = Date.now() + 20_000;
+    while (!/rendezvous complete/.test(err)) {
+      if (Date.now() > end) throw new Error(`no rendezvous: ${err}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const pids = /started 2 worker processes \(pids (\d+), (\d+)\)/.exec(err)!.slice(1).map(Number);
+    return { ...c, pids };
+  };
+  const waitGone = async (pids: number[], ms: number) => {
+    const end = Date.now() + ms;
+    while (pids.some(alive) && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+    return pids.filter(alive);
+  };
+
+  const a = await start();
+  a.proc.kill('SIGTERM');
+  const r = await a.done;
+  assert.equal(r.code, 143, r.stderr);
+  assert.match(r.stderr, /coordinator: error: interrupted by SIGTERM; stopping the workers/);
+  assert.deepEqual(a.pids.filter(alive), [], 'the coordinator waited for its workers to be gone');
+
+  const b = await start();
+  b.proc.kill('SIGKILL');
+  await b.done;
+  // Workers live in their own process groups, so nothing killed them: they must notice the lost coordinator.
+  assert.deepEqual(await waitGone(b.pids, 10_000), [], 'workers of a dead coordinator exit by themselves');
+});
