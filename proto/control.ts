@@ -180,18 +180,25 @@ const PACKAGE = 'cxr.control.v1';
 
 let loaded: ControlProto | undefined;
 
+const LOADER_OPTIONS: protoLoader.Options = { longs: Number, enums: String, defaults: true, oneofs: true };
+
 /** Load proto/control.proto once, after checking it against the TypeScript types above. */
 export function loadControlProto(): ControlProto {
   if (loaded) return loaded;
-  const def = protoLoader.loadSync(PROTO_FILE, { longs: Number, enums: String, defaults: true, oneofs: true });
-  checkAgainstTypes(def);
+  const def = protoLoader.loadSync(PROTO_FILE, LOADER_OPTIONS);
+  checkAgainstTypes(def, PROTO_FILE);
   const ctor = (grpc.loadPackageDefinition(def) as any).cxr.control.v1.Control as grpc.ServiceClientConstructor;
   loaded = { service: ctor.service, Client: ctor as unknown as ControlProto['Client'] };
   return loaded;
 }
 
-function checkAgainstTypes(def: protoLoader.PackageDefinition): void {
-  const where = path.relative(process.cwd(), PROTO_FILE) || PROTO_FILE;
+/** Check a .proto file against the TypeScript types; throws naming the first message or rpc that differs. */
+export function checkProtoFile(file: string): void {
+  checkAgainstTypes(protoLoader.loadSync(file, LOADER_OPTIONS), file);
+}
+
+function checkAgainstTypes(def: protoLoader.PackageDefinition, file: string): void {
+  const where = path.relative(process.cwd(), file) || file;
   for (const [message, fields] of Object.entries(MESSAGE_FIELDS)) {
     const entry = def[`${PACKAGE}.${message}`] as { type?: { field: { name: string }[] } } | undefined;
     if (!entry?.type) throw new Error(`${where}: message ${message} is missing (proto/control.ts expects it)`);
