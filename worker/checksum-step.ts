@@ -11,11 +11,12 @@ import type { StepContext, StepInfo, StepResult, WorkerStep } from './steps.js';
  *
  * Options (fault injection, to exercise the failure paths end to end):
  * - `delayMs`: sleep this long per step (a slow worker: fills its prefetch queue).
+ * - `spinMs`: hold the main thread this long per step, as a synchronous compute kernel does.
  * - `failRank`, `failAtStep`: that rank throws at that step (-1: while the step is being created).
  * - `divergeRank`, `divergeAtStep`: that rank's parameters change after that step (-1: from the start).
  */
 export async function createChecksumStep(ctx: StepContext): Promise<WorkerStep> {
-  const o = ctx.config.job.step.options as Partial<Record<'delayMs' | 'failRank' | 'failAtStep' | 'divergeRank' | 'divergeAtStep', number>>;
+  const o = ctx.config.job.step.options as Partial<Record<'delayMs' | 'spinMs' | 'failRank' | 'failAtStep' | 'divergeRank' | 'divergeAtStep', number>>;
   const mine = (r: number | undefined) => r === ctx.rank;
   if (mine(o.failRank) && o.failAtStep === -1) throw new Error(`checksum step: injected start-up failure on rank ${ctx.rank}`);
   const params = new Float32Array(1024);
@@ -27,6 +28,7 @@ export async function createChecksumStep(ctx: StepContext): Promise<WorkerStep> 
       if (mine(o.failRank) && o.failAtStep === info.step) throw new Error(`checksum step: injected failure on rank ${ctx.rank} at step ${info.step}`);
       const counters = batchChecksum(b, info.indices);
       if (o.delayMs) await new Promise((r) => setTimeout(r, o.delayMs));
+      if (o.spinMs) for (const end = performance.now() + o.spinMs; performance.now() < end; );
       if (mine(o.divergeRank) && o.divergeAtStep === info.step) params[1]! += 1;
       return {
         images: b.n,

@@ -1,3 +1,4 @@
+import { Worker } from 'node:worker_threads';
 import * as grpc from '@grpc/grpc-js';
 import {
   loadControlProto,
@@ -9,6 +10,7 @@ import {
   type RegisterRequest,
   type StepReport,
 } from '../proto/control.js';
+import type { HeartbeatThreadData } from './heartbeat-thread.js';
 import { UserError, errorMessage } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
 
@@ -44,7 +46,7 @@ export async function register(opts: ConnectOptions): Promise<ControlSession> {
     const client = new Client(opts.address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
     try {
       const reply = await unary<RegisterRequest, RegisterReply>(client, 'Register', opts.request, {});
-      return new ControlSession(client, reply, opts.log);
+      return new ControlSession(client, opts.address, reply, opts.log);
     } catch (e) {
       client.close();
       const code = (e as grpc.ServiceError).code;
@@ -77,9 +79,8 @@ const CHANNEL_OPTIONS: grpc.ClientOptions = {
 export class ControlSession {
   readonly rank: number;
   readonly generation: number;
-  private heartbeatTimer?: NodeJS.Timeout;
+  private heartbeats?: Worker;
   private commands?: grpc.ClientReadableStream<Command>;
-  private lastStep = -1;
   private closed = false;
   private resolveCommand!: (c: Command | { command: 'lost'; reason: string }) => void;
   /** The first command (shutdown or abort), or the loss of the coordinator. */
@@ -87,6 +88,7 @@ export class ControlSession {
 
   constructor(
     private readonly client: ControlClient,
+    private readonly address: string,
     readonly reply: RegisterReply,
     private readonly log: Logger,
   ) {
@@ -95,7 +97,10 @@ export class ControlSession {
     this.command = new Promise((r) => (this.resolveCommand = r));
   }
 
-  /** Open the command stream and start heartbeats; `silenceMs` without a successful heartbeat counts as losing the coordinator. */
+  /**
+   * Open the command stream and start heartbeats (from a thread of their own, see
+   * heartbeat-thread.ts); `silenceMs` without a successful heartbeat counts as losing the coordinator.
+   */
   start(silenceMs: number): void {
     this.commands = this.client.Commands({ rank: this.rank, generation: this.generation });
     this.commands.on('data', (c: Command) => this.resolveCommand(c));
@@ -105,19 +110,14 @@ export class ControlSession {
     this.commands.on('end', () => {
       if (!this.closed) this.resolveCommand({ command: 'lost', reason: 'the coordinator closed the command stream' });
     });
-    let lastOk = Date.now();
-    let inFlight = false;
-    this.heartbeatTimer = setInterval(() => {
-      if (inFlight) return;
-      inFlight = true;
-      unary(this.client, 'Heartbeat', { rank: this.rank, generation: this.generation, step: this.lastStep }, { deadline: Date.now() + silenceMs })
-        .then(() => (lastOk = Date.now()))
-        .catch((e: grpc.ServiceError) => {
-          this.log.warn(`heartbeat failed: ${e.details ?? e.message}`);
-          if (Date.now() - lastOk > silenceMs) this.resolveCommand({ command: 'lost', reason: `no heartbeat got through for ${(silenceMs / 1000).toFixed(1)} s (${e.details ?? e.message})` });
-        })
-        .finally(() => (inFlight = false));
-    }, this.reply.heartbeatIntervalMs);
+    const data: HeartbeatThreadData = { address: this.address, rank: this.rank, generation: this.generation, intervalMs: this.reply.heartbeatIntervalMs, silenceMs };
+    this.heartbeats = new Worker(new URL('./heartbeat-thread.js', import.meta.url), { workerData: data });
+    this.heartbeats.on('message', (m: { type: string; reason: string }) => {
+      if (m.type === 'lost' && !this.closed) this.resolveCommand({ command: 'lost', reason: m.reason });
+    });
+    this.heartbeats.on('error', (e) => {
+      if (!this.closed) this.resolveCommand({ command: 'lost', reason: `heartbeat thread failed: ${e.message}` });
+    });
   }
 
   verifyParams(step: number, sha256: string): Promise<ParamsVerdict> {
@@ -125,7 +125,7 @@ export class ControlSession {
   }
 
   async reportStep(r: Omit<StepReport, 'rank' | 'generation'>): Promise<void> {
-    this.lastStep = r.step;
+    this.heartbeats?.postMessage({ step: r.step });
     await unary(this.client, 'ReportStep', { ...r, rank: this.rank, generation: this.generation }, { deadline: Date.now() + 30_000 });
   }
 
@@ -149,7 +149,8 @@ export class ControlSession {
 
   close(): void {
     this.closed = true;
-    clearInterval(this.heartbeatTimer);
+    this.heartbeats?.postMessage({ stop: true });
+    void this.heartbeats?.terminate();
     this.commands?.cancel();
     this.client.close();
   }
