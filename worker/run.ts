@@ -79,31 +79,48 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
       if (!verdict.ok) throw new Error(verdict.message);
     }
 
-    let pending: Promise<void> = Promise.resolve();
+    // Reports go out one after another (so the coordinator sees each rank's steps in order) without
+    // the loop waiting for their answers: a step that holds the main thread delays the send of the
+    // previous report, and waiting for its answer would add a round trip to every step. At most
+    // MAX_UNANSWERED are outstanding; a failed report fails the loop at the next step.
+    const MAX_UNANSWERED = 4;
+    let chain: Promise<void> = Promise.resolve();
+    const unanswered: Promise<void>[] = [];
     for (;;) {
+      // One turn of the event loop per step: a queued batch and a synchronous step resolve as
+      // microtasks only, and without this turn credits, reports and commands would wait for I/O.
+      await new Promise((r) => setImmediate(r));
       const tStep = performance.now();
       const item = await orStop(data.next());
       if (item.kind === 'end') break;
       const h = item.header;
+      const tDecode = performance.now();
       const batch = decodeBatch(item.payload);
+      const decodeSeconds = (performance.now() - tDecode) / 1000;
       const info = { step: h.step, epoch: h.epoch, epochStep: h.epochStep, indices: h.indices };
       const r = await orStop(step.run(batch, info));
       lastRun = h.step;
       const check = job.paramsCheckEvery > 0 && step.paramsHash && ((h.step + 1) % job.paramsCheckEvery === 0 || h.step + 1 === job.endStep);
       const paramsHash = check ? await step.paramsHash!() : '';
-      // At most one report in flight: reports stay in order and a failing one surfaces at the next step.
-      await orStop(pending);
-      pending = session.reportStep({
+      const tAck = performance.now();
+      while (unanswered.length >= MAX_UNANSWERED) await orStop(unanswered.shift()!);
+      const ackSeconds = (performance.now() - tAck) / 1000;
+      const report = {
         step: h.step,
         epoch: h.epoch,
         losses: r.losses ?? {},
-        counters: { ...r.counters, data_queue: item.queued },
+        counters: { ...r.counters, data_queue: item.queued, decode_seconds: decodeSeconds, ack_wait_seconds: ackSeconds },
         images: r.images,
         timings: { compute: r.timings?.compute ?? 0, gather: r.timings?.gather ?? 0, reduce: r.timings?.reduce ?? 0, dataWait: item.waitSeconds, total: (performance.now() - tStep) / 1000 },
         paramsHash,
-      });
+      };
+      chain = chain.then(() => session.reportStep(report));
+      chain.catch(() => {}); // handled: awaited below or at the end
+      unanswered.push(chain);
+      // Surface a failed report now rather than MAX_UNANSWERED steps later.
+      if (unanswered.length > 1) await orStop(Promise.race([unanswered[0]!, Promise.resolve()]));
     }
-    await orStop(pending);
+    await orStop(chain);
     log.info('end of data; waiting for the coordinator to shut down');
     const c = await stopped;
     log.info(`shutdown: ${c.command === 'shutdown' ? c.shutdown.reason : ''}`);
