@@ -353,3 +353,22 @@ test('data prepare: the small NIH fixture works (the bad-input cases start from 
   assert.equal(SPLITS.reduce((a, s) => a + m.splits[s].rows, 0), 12);
   assert.deepEqual(m.image, { height: 16, width: 16, channels: 1, dtype: 'uint8' });
 });
+
+test('data prepare interrupted with SIGINT leaves no output and no temp directory', async (t) => {
+  const root = path.join(teamSharedDir, 'data', 'nih-cxr14-1000');
+  const d = tempDir(t);
+  const out = path.join(d, 'nih');
+  const p = spawn(process.execPath, [coordinatorEntry, 'data', 'prepare', '--format', 'nih', '--labels', path.join(root, 'labels.csv'), '--images', path.join(root, 'images'), '--out', out], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  p.stderr.on('data', (chunk) => {
+    stderr += chunk;
+    // The first progress line means shards are being written into the temp directory.
+    if (/prepare: \d+\/1000/.test(stderr) && !p.killed) p.kill('SIGINT');
+  });
+  const code = await new Promise<number | null>((resolve) => p.on('close', (c) => resolve(c)));
+  assert.equal(code, 130, stderr);
+  assert.match(stderr, /interrupted \(SIGINT\); removed the partial output/);
+  assertNoOutput(out);
+});
