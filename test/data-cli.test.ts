@@ -372,3 +372,32 @@ test('data prepare interrupted with SIGINT leaves no output and no temp director
   assert.match(stderr, /interrupted \(SIGINT\); removed the partial output/);
   assertNoOutput(out);
 });
+
+test('data prepare --format chexpert with MIMIC-CXR columns: images found by dicom_id, patient from subject_id', async (t) => {
+  const d = tempDir(t);
+  const images = path.join(d, 'mimic');
+  const labels = ['No Finding', 'Enlarged Cardiomediastinum', 'Cardiomegaly', 'Lung Opacity', 'Lung Lesion', 'Edema', 'Consolidation', 'Pneumonia', 'Atelectasis', 'Pneumothorax', 'Pleural Effusion', 'Pleural Other', 'Fracture', 'Support Devices'];
+  const rows = [`subject_id,study_id,dicom_id,${labels.join(',')}`];
+  for (let i = 0; i < 4; i++) {
+    const sub = `1000003${i >> 1}`;
+    const dicom = `d${i}-abc`;
+    const dir = path.join(images, 'files', 'p10', `p${sub}`, `s5${i}`);
+    mkdirSync(dir, { recursive: true });
+    await sharp(Buffer.alloc(20 * 20, 40 * i), { raw: { width: 20, height: 20, channels: 1 } }).jpeg().toFile(path.join(dir, `${dicom}.jpg`));
+    rows.push(`${sub},5${i},${dicom},${i === 0 ? '1.0' : ''},,,,,${i === 1 ? '-1.0' : ''},,,,,,,,`);
+  }
+  const csv = path.join(d, 'mimic-cxr-chexpert.csv');
+  writeFileSync(csv, rows.join('\n') + '\n');
+  const out = path.join(d, 'out');
+  const r = await cli([...prepareArgs({ csv, images }, out, 'chexpert'), '--val-fraction', '0', '--test-fraction', '0']);
+  assert.equal(r.code, 0, r.stderr);
+  const ds = await openDataset(out);
+  const b = await ds.split('train').read([0, 1, 2, 3]);
+  assert.deepEqual(b.subjectIds, ['10000030', '10000030', '10000031', '10000031']);
+  assert.deepEqual(b.studyIds, ['10000030/50', '10000030/51', '10000031/52', '10000031/53']);
+  assert.equal(b.paths[3], path.join('files', 'p10', 'p10000031', 's53', 'd3-abc.jpg'));
+  assert.equal(b.labels[0], 1);
+  assert.equal(b.labels[14 + 5], -1);
+  assert.ok(Number.isNaN(b.labels[1]!));
+  await ds.close();
+});
