@@ -62,7 +62,12 @@ export const probeCommand: CommandModule<object, ProbeArgs> = {
       const source = datasetRowSource(ds);
       const globalBatch = a.batch * a.workers;
       if (!(a.batch >= 1 && Number.isInteger(a.batch))) throw new UserError(`--batch must be a positive integer, got ${a.batch}`);
-      const sampler = new Sampler({ size: source.size, globalBatch, seed: a.seed });
+      let sampler: Sampler;
+      try {
+        sampler = new Sampler({ size: source.size, globalBatch, seed: a.seed });
+      } catch (e) {
+        throw new UserError(`--batch ${a.batch} x --workers ${a.workers}: ${(e as Error).message.replace(/^sampler: /, '')} in ${a.data}`);
+      }
       const steps = a.steps ?? (a.epochs ?? 1) * sampler.stepsPerEpoch;
       const options: Record<string, number> = {};
       for (const kv of a['step-option']) {
