@@ -131,7 +131,7 @@ test('parameter hashes: equal hashes pass; a mismatch fails the job naming the r
 });
 
 test('a registered worker that goes silent is named after the heartbeat timeout; one that disconnects is named at once; errors are relayed', async () => {
-  const s = server(2, { heartbeatTimeoutMs: 600 });
+  const s = server(2, { heartbeatTimeoutMs: 1500 });
   const port = await s.start();
   const sessions = await Promise.all([0, 1].map((i) => join(port, req(i, { requestedRank: i }))));
   try {
@@ -141,8 +141,8 @@ test('a registered worker that goes silent is named after the heartbeat timeout;
     const f = await s.failure;
     assert.ok(f instanceof JobFailure);
     assert.equal(f.rank, 1);
-    assert.match(f.message, /worker rank 1 \(host h, pid 1001, device 1\) sent no heartbeat for 0\.\d s \(timeout 0\.6 s/);
-    assert.ok(Date.now() - t0 < 3000);
+    assert.match(f.message, /worker rank 1 \(host h, pid 1001, device 1\) sent no heartbeat for 1\.\d s \(timeout 1\.5 s/);
+    assert.ok(Date.now() - t0 < 5000);
     // The surviving rank is told to stop.
     s.abortAll(f.message);
     const c = await sessions[0]!.command;

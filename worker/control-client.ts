@@ -10,7 +10,7 @@ import {
   type RegisterRequest,
   type StepReport,
 } from '../proto/control.js';
-import type { HeartbeatThreadData } from './heartbeat-thread.js';
+import type { HeartbeatBegin, HeartbeatThreadData } from './heartbeat-thread.js';
 import { UserError, errorMessage } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
 
@@ -39,6 +39,16 @@ const RETRYABLE = new Set([grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDE
  */
 export async function register(opts: ConnectOptions): Promise<ControlSession> {
   const { Client } = loadControlProto();
+  const heartbeats = new Worker(new URL('./heartbeat-thread.js', import.meta.url), { workerData: { address: opts.address } satisfies HeartbeatThreadData });
+  try {
+    return await registerWith(Client, heartbeats, opts);
+  } catch (e) {
+    void heartbeats.terminate();
+    throw e;
+  }
+}
+
+async function registerWith(Client: ReturnType<typeof loadControlProto>['Client'], heartbeats: Worker, opts: ConnectOptions): Promise<ControlSession> {
   const deadline = Date.now() + opts.connectTimeoutMs;
   let backoff = opts.initialBackoffMs ?? 100;
   const maxBackoff = opts.maxBackoffMs ?? 5000;
@@ -46,7 +56,7 @@ export async function register(opts: ConnectOptions): Promise<ControlSession> {
     const client = new Client(opts.address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
     try {
       const reply = await unary<RegisterRequest, RegisterReply>(client, 'Register', opts.request, {});
-      return new ControlSession(client, opts.address, reply, opts.log);
+      return new ControlSession(client, heartbeats, reply, opts.log);
     } catch (e) {
       client.close();
       const code = (e as grpc.ServiceError).code;
@@ -79,7 +89,6 @@ const CHANNEL_OPTIONS: grpc.ClientOptions = {
 export class ControlSession {
   readonly rank: number;
   readonly generation: number;
-  private heartbeats?: Worker;
   private commands?: grpc.ClientReadableStream<Command>;
   private closed = false;
   private resolveCommand!: (c: Command | { command: 'lost'; reason: string }) => void;
@@ -88,7 +97,7 @@ export class ControlSession {
 
   constructor(
     private readonly client: ControlClient,
-    private readonly address: string,
+    private readonly heartbeats: Worker,
     readonly reply: RegisterReply,
     private readonly log: Logger,
   ) {
@@ -110,8 +119,8 @@ export class ControlSession {
     this.commands.on('end', () => {
       if (!this.closed) this.resolveCommand({ command: 'lost', reason: 'the coordinator closed the command stream' });
     });
-    const data: HeartbeatThreadData = { address: this.address, rank: this.rank, generation: this.generation, intervalMs: this.reply.heartbeatIntervalMs, silenceMs };
-    this.heartbeats = new Worker(new URL('./heartbeat-thread.js', import.meta.url), { workerData: data });
+    const begin: HeartbeatBegin = { begin: { rank: this.rank, generation: this.generation, intervalMs: this.reply.heartbeatIntervalMs, silenceMs } };
+    this.heartbeats.postMessage(begin);
     this.heartbeats.on('message', (m: { type: string; reason: string }) => {
       if (m.type === 'lost' && !this.closed) this.resolveCommand({ command: 'lost', reason: m.reason });
     });
@@ -125,7 +134,7 @@ export class ControlSession {
   }
 
   async reportStep(r: Omit<StepReport, 'rank' | 'generation'>): Promise<void> {
-    this.heartbeats?.postMessage({ step: r.step });
+    this.heartbeats.postMessage({ step: r.step });
     await unary(this.client, 'ReportStep', { ...r, rank: this.rank, generation: this.generation }, { deadline: Date.now() + 30_000 });
   }
 
@@ -149,8 +158,8 @@ export class ControlSession {
 
   close(): void {
     this.closed = true;
-    this.heartbeats?.postMessage({ stop: true });
-    void this.heartbeats?.terminate();
+    this.heartbeats.postMessage({ stop: true });
+    void this.heartbeats.terminate();
     this.commands?.cancel();
     this.client.close();
   }

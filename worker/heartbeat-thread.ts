@@ -9,45 +9,58 @@ import { loadControlProto, type HeartbeatReply, type HeartbeatRequest } from '..
  * process stops this thread too, a lost host stops its packets, and a collective waiting on a dead
  * peer times out on its own.
  *
- * workerData: { address, rank, generation, intervalMs, silenceMs }. Messages in: { step }.
- * Messages out: { type: 'lost', reason } when no heartbeat got through for silenceMs.
+ * The thread is started before registration (its module loading and connection overlap the
+ * rendezvous) and beats once it gets `{ begin }`. Messages in: `{ begin }`, `{ step }`, `{ stop }`.
+ * Messages out: `{ type: 'lost', reason }` when no heartbeat got through for silenceMs.
  */
+/** workerData: where to send. */
 export interface HeartbeatThreadData {
   readonly address: string;
-  readonly rank: number;
-  readonly generation: number;
-  readonly intervalMs: number;
-  readonly silenceMs: number;
+}
+
+/** The message that starts the beats, once registration has given this worker its rank. */
+export interface HeartbeatBegin {
+  readonly begin: { readonly rank: number; readonly generation: number; readonly intervalMs: number; readonly silenceMs: number };
 }
 
 const d = workerData as HeartbeatThreadData;
+// Loaded and connected while the worker is still registering, so the beats start at once after.
 const { Client } = loadControlProto();
 const client = new Client(d.address, grpc.credentials.createInsecure(), { 'grpc.initial_reconnect_backoff_ms': 100, 'grpc.max_reconnect_backoff_ms': 1000 });
 let step = -1;
 let lastOk = Date.now();
 let inFlight = false;
 let lost = false;
-parentPort!.on('message', (m: { step?: number; stop?: boolean }) => {
+let timer: NodeJS.Timeout | undefined;
+parentPort!.on('message', (m: { step?: number; stop?: boolean } & Partial<HeartbeatBegin>) => {
   if (typeof m.step === 'number') step = m.step;
+  if (m.begin && !timer) begin(m.begin);
   if (m.stop) {
     clearInterval(timer);
     client.close();
     parentPort!.close();
   }
 });
-const timer = setInterval(() => {
-  if (inFlight || lost) return;
-  inFlight = true;
-  const req: HeartbeatRequest = { rank: d.rank, generation: d.generation, step };
-  client.Heartbeat(req, { deadline: Date.now() + d.silenceMs }, (err: grpc.ServiceError | null, _res?: HeartbeatReply) => {
-    inFlight = false;
-    if (!err) {
-      lastOk = Date.now();
-      return;
-    }
-    if (Date.now() - lastOk > d.silenceMs || err.code === grpc.status.FAILED_PRECONDITION) {
-      lost = true;
-      parentPort!.postMessage({ type: 'lost', reason: `no heartbeat got through for ${((Date.now() - lastOk) / 1000).toFixed(1)} s (${err.details ?? err.message})` });
-    }
-  });
-}, d.intervalMs);
+parentPort!.postMessage({ type: 'ready' });
+
+function begin(b: HeartbeatBegin['begin']): void {
+  lastOk = Date.now();
+  const beat = () => {
+    if (inFlight || lost) return;
+    inFlight = true;
+    const req: HeartbeatRequest = { rank: b.rank, generation: b.generation, step };
+    client.Heartbeat(req, { deadline: Date.now() + b.silenceMs }, (err: grpc.ServiceError | null, _res?: HeartbeatReply) => {
+      inFlight = false;
+      if (!err) {
+        lastOk = Date.now();
+        return;
+      }
+      if (Date.now() - lastOk > b.silenceMs || err.code === grpc.status.FAILED_PRECONDITION) {
+        lost = true;
+        parentPort!.postMessage({ type: 'lost', reason: `no heartbeat got through for ${((Date.now() - lastOk) / 1000).toFixed(1)} s (${err.details ?? err.message})` });
+      }
+    });
+  };
+  beat();
+  timer = setInterval(beat, b.intervalMs);
+}
