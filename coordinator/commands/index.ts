@@ -1,8 +1,9 @@
 import type { CommandModule } from 'yargs';
+import { exportCommand } from './export.js';
 
 /**
  * Every `coordinator` sub-command, one module each. The training command is the default
  * (`coordinator --workers 4 ...`).
  */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-export const commands: CommandModule<any, any>[] = [];
+export const commands: CommandModule<any, any>[] = [exportCommand];

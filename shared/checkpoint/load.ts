@@ -11,8 +11,11 @@ import { ShardReader } from './shard-reader.js';
 export class CheckpointCorruptError extends UserError {}
 
 export interface ResolveOptions {
-  /** The model this run builds: the checkpoint must have the same names and shapes. */
-  readonly layout: ParamLayout;
+  /**
+   * The model this run builds: the checkpoint must have the same names and shapes. 'checkpoint':
+   * take the saved layout as it is (tools such as export that have no model of their own).
+   */
+  readonly layout: ParamLayout | 'checkpoint';
   /**
    * Config values that must equal the saved resolved config (dotted keys into `manifest.config`,
    * e.g. { 'model.preset': 'vit-s16', labelSet: 'chexpert14' }); the first difference is an error.
@@ -28,11 +31,15 @@ export interface LoadOptions extends ResolveOptions {
   readonly rank: number;
   /** 'full' (default): the whole parameter vector; 'shard': only this rank's range; 'none'. */
   readonly params?: 'full' | 'shard' | 'none';
+  /** false: skip the AdamW moments (m and v come back empty), e.g. for export or evaluation. */
+  readonly moments?: boolean;
 }
 
 export interface LoadedCheckpoint {
   readonly dir: string;
   readonly manifest: CheckpointManifest;
+  /** The saved layout (equal to the caller's when one was given). */
+  readonly layout: ParamLayout;
   readonly step: number;
   readonly epoch: number;
   /** This rank's range in the NEW world. */
@@ -86,7 +93,7 @@ function configValue(config: unknown, key: string): unknown {
 /** Refuse a checkpoint that another model or config wrote (UserError, never a fallback). */
 function checkCompatible(dir: string, m: CheckpointManifest, o: ResolveOptions): void {
   const saved = buildLayout(m.layout.entries);
-  const diff = layoutMismatch(o.layout, saved);
+  const diff = o.layout === 'checkpoint' ? null : layoutMismatch(o.layout, saved);
   if (diff)
     throw new UserError(
       `checkpoint ${dir} does not fit this model: ${diff.replace(/, expected/, ' in the checkpoint, this model has')}; ` +
@@ -193,22 +200,25 @@ async function withFallback<T>(p: string, o: ResolveOptions, attempt: (dir: stri
  * verifies every byte, so all ranks fall back together) and give every rank that directory.
  */
 export async function loadCheckpoint(p: string, o: LoadOptions): Promise<LoadedCheckpoint> {
-  const range = shardRange(o.layout.total, o.world, o.rank);
   const mode = o.params ?? 'full';
+  const moments = o.moments ?? true;
   const { value, skipped } = await withFallback(p, o, async (dir, manifest) => {
+    const layout = buildLayout(manifest.layout.entries);
+    const range = shardRange(layout.total, o.world, o.rank);
+    const momentsRange = moments ? range : { start: 0, end: 0 };
     const need = new Set<number>();
     const paramsRange = mode === 'full' ? { start: 0, end: manifest.layout.total } : mode === 'shard' ? range : { start: 0, end: 0 };
     for (const s of manifest.shards) {
       const overlaps = (r: ShardRange) => Math.max(s.start, r.start) < Math.min(s.end, r.end);
-      if (overlaps(range) || overlaps(paramsRange) || (manifest.world === o.world && s.rank === o.rank)) need.add(s.rank);
+      if (overlaps(momentsRange) || overlaps(paramsRange) || (manifest.world === o.world && s.rank === o.rank)) need.add(s.rank);
     }
     const readers = await openShards(dir, manifest, need);
     try {
       const params = await gather(manifest, readers, 'params', paramsRange);
-      const m = await gather(manifest, readers, 'm', range);
-      const v = await gather(manifest, readers, 'v', range);
+      const m = await gather(manifest, readers, 'm', momentsRange);
+      const v = await gather(manifest, readers, 'v', momentsRange);
       const extra = manifest.world === o.world ? await readers.get(o.rank)!.readExtra() : null;
-      return { dir, manifest, step: manifest.step, epoch: manifest.epoch, range, paramsRange, params, m, v, extra };
+      return { dir, manifest, layout, step: manifest.step, epoch: manifest.epoch, range, paramsRange, params, m, v, extra };
     } finally {
       for (const r of readers.values()) await r.close();
     }
