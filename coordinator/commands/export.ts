@@ -48,6 +48,6 @@ export const exportCommand: CommandModule<object, ExportArgs> = {
       'cxr_align.conv1':
         'visual.conv1.weight is the grayscale stem as an RGB kernel whose channels sum to it: feed the gray image replicated to 3 channels',
     });
-    process.stdout.write(`exported step ${ck.step}: ${tensors.length} tensors, ${(bytes / 1e6).toFixed(1)} MB, from ${ck.dir} to ${out}\n`);
+    process.stdout.write(`exported step ${ck.step}: ${tensors.length} tensors, ${(bytes / 1e6).toFixed(2)} MB, from ${ck.dir} to ${out}\n`);
   },
 };
