@@ -18,6 +18,7 @@ import {
   pruneCheckpoints,
   removeUncommitted,
   resolveCheckpoint,
+  ShardReader,
   stepDir,
   writeShard,
   type ShardWritten,
@@ -143,6 +144,35 @@ test('the writer copies out at save(): later changes to the live arrays are not 
     const got = await loadCheckpoint(dir, { world: 1, rank: 0, layout });
     assert.ok(bits(got.params).equals(want));
     assert.equal(rep.bytes, statSync(rep.path).size);
+    // The next saves copy into the first save's staging buffers; a smaller shard and a given-away
+    // (transferred, copy: false) array must come out exact too.
+    const w3 = new CheckpointWriter();
+    const half = Math.floor(layout.total / 2);
+    const states = [randomState(), randomState(), randomState()];
+    for (const [i, st] of states.entries()) {
+      const end = i === 1 ? half : layout.total;
+      const d = stepDir(checkpointsDir(run), 100 + i);
+      const own = i === 2 ? { params: st.params.slice(), m: st.m.slice(), v: st.v.slice() } : null;
+      const r = await w3.save(
+        d,
+        { rank: 0, world: 1, step: 100 + i, layoutHash: layoutHash(layout), start: 0, end, params: (own ?? st).params.subarray(0, end), m: (own ?? st).m.subarray(0, end), v: (own ?? st).v.subarray(0, end) },
+        { copy: !own },
+      );
+      if (own) assert.equal(own.params.byteLength, 0, 'copy: false transfers the buffer to the writer thread');
+      if (i === 1) {
+        // A partial range is no committable checkpoint: read the shard file directly.
+        const rd = await ShardReader.open(r.path);
+        const got = new Float32Array(half);
+        await rd.readFloats('m', 0, half, got);
+        await rd.close();
+        assert.ok(bits(got).equals(bits(st.m.subarray(0, half))));
+        continue;
+      }
+      await commitCheckpoint(d, { step: 100 + i, epoch: 0, sampler: null, rng: null, config: {}, layout, world: 1, shards: [r] });
+      const back = await loadCheckpoint(d, { world: 1, rank: 0, layout });
+      assert.ok(bits(back.params).equals(bits(st.params)) && bits(back.v).equals(bits(st.v)), `save ${i}`);
+    }
+    await w3.close();
     // A failing save surfaces at idle().
     const w2 = new CheckpointWriter();
     void w2.save(dir, { rank: 0, world: 1, step: 5, layoutHash: layoutHash(layout), start: 0, end: 3, ...s }).catch(() => {});

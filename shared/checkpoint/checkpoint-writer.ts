@@ -39,23 +39,40 @@ export class CheckpointWriter {
   private outstanding = new Set<Promise<unknown>>();
   private failure: Error | null = null;
   private inlineChain: Promise<unknown> = Promise.resolve();
+  /**
+   * Staging buffers of finished saves, reused by the next copy-out: copying into pages that are
+   * already mapped costs a memcpy, while fresh allocations pay a page fault per 4 KiB (measured
+   * 4-5x slower here; docs/performance.md "## Checkpoints").
+   */
+  private spare: ArrayBuffer[] = [];
+  private readonly keepBuffers: boolean;
 
-  /** inline: write on this thread instead (tools and tests that have nothing else to do meanwhile). */
-  constructor(opts: { inline?: boolean } = {}) {
+  /**
+   * inline: write on this thread instead (tools and tests that have nothing else to do meanwhile).
+   * keepBuffers (default true): keep one shard's staging copy between saves to make the copy-out cheap.
+   */
+  constructor(opts: { inline?: boolean; keepBuffers?: boolean } = {}) {
     this.inline = opts.inline ?? false;
+    this.keepBuffers = opts.keepBuffers ?? true;
   }
 
   save(stepDir: string, data: ShardData, opts: SaveOptions = {}): Promise<ShardWritten> {
     const t0 = performance.now();
     const copy = opts.copy ?? true;
     const transfer: ArrayBuffer[] = [];
+    const staged: ArrayBuffer[] = [];
     const own = <T extends Float32Array | Uint8Array>(a: T): T => {
       const whole = a.byteOffset === 0 && a.byteLength === a.buffer.byteLength && a.buffer instanceof ArrayBuffer;
       if (!copy && whole) {
-        transfer.push(a.buffer as ArrayBuffer);
+        if (!transfer.includes(a.buffer as ArrayBuffer)) transfer.push(a.buffer as ArrayBuffer);
         return a;
       }
-      return a.slice() as T;
+      const buf = this.takeSpare(a.byteLength);
+      transfer.push(buf);
+      staged.push(buf);
+      const out = (a instanceof Float32Array ? new Float32Array(buf, 0, a.length) : new Uint8Array(buf, 0, a.length)) as T;
+      out.set(a as never);
+      return out;
     };
     const job: ShardData = {
       ...data,
@@ -71,7 +88,7 @@ export class CheckpointWriter {
 
     let p: Promise<ShardWritten>;
     if (this.inline) {
-      p = this.inlineChain.then(() => writeShard(stepDir, job));
+      p = this.inlineChain.then(() => writeShard(stepDir, job)).finally(() => this.giveBack(staged));
       this.inlineChain = p.catch(() => {});
     } else {
       const w = this.ensureWorker();
@@ -113,10 +130,33 @@ export class CheckpointWriter {
     }
   }
 
+  /** The smallest spare buffer that fits, or a new one. */
+  private takeSpare(bytes: number): ArrayBuffer {
+    let best = -1;
+    this.spare.forEach((b, i) => {
+      if (b.byteLength >= bytes && (best < 0 || b.byteLength < this.spare[best]!.byteLength)) best = i;
+    });
+    if (best < 0) return new ArrayBuffer(bytes);
+    return this.spare.splice(best, 1)[0]!;
+  }
+
+  private giveBack(buffers: readonly ArrayBuffer[]): void {
+    if (!this.keepBuffers) return;
+    for (const b of buffers) if (b.byteLength > 0) this.spare.push(b);
+    // A shard needs at most four (params, m, v, extra); keep the largest few.
+    this.spare = this.spare.sort((a, b) => b.byteLength - a.byteLength).slice(0, 4);
+  }
+
+  /** Drop the kept staging buffers (e.g. before evaluation needs the memory). */
+  releaseBuffers(): void {
+    this.spare = [];
+  }
+
   private ensureWorker(): Worker {
     if (this.worker) return this.worker;
     const w = new Worker(new URL('./writer-thread.js', import.meta.url));
-    w.on('message', (msg: { id: number; ok: boolean; result?: ShardWritten; error?: string }) => {
+    w.on('message', (msg: { id: number; ok: boolean; result?: ShardWritten; error?: string; buffers?: ArrayBuffer[] }) => {
+      if (msg.buffers) this.giveBack(msg.buffers);
       const p = this.pending.get(msg.id);
       if (!p) return;
       this.pending.delete(msg.id);

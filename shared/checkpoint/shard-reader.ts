@@ -73,11 +73,15 @@ export class ShardReader {
     const base = sectionOffsets(this.header)[s]!;
     const firstBlock = blockTable(this.header).first[s]!;
     const perRead = Math.max(1, Math.floor(READ_CHUNK / B));
-    const scratch = Buffer.allocUnsafe(Math.min(perRead * B, Math.ceil(to / B) * B - Math.floor(from / B) * B));
+    let scratch: Buffer | null = null;
     for (let blk = Math.floor(from / B); blk * B < to; blk += perRead) {
       const a = blk * B;
       const b = Math.min(len, (blk + perRead) * B, Math.ceil(to / B) * B);
-      const buf = scratch.subarray(0, b - a);
+      // Whole blocks inside the request are read straight into the destination and verified
+      // there; only the partial blocks at the ends go through a scratch buffer.
+      const direct = a >= from && b <= to;
+      if (!direct) scratch ??= Buffer.allocUnsafe(Math.min(perRead * B, Math.ceil(to / B) * B - Math.floor(from / B) * B));
+      const buf = direct ? dest.subarray(a - from, b - from) : scratch!.subarray(0, b - a);
       let got = 0;
       while (got < buf.length) {
         const { bytesRead } = await this.fh.read(buf, got, buf.length - got, base + a + got);
@@ -89,9 +93,11 @@ export class ShardReader {
         if (crc32(block) !== this.crcs[firstBlock + blk + k])
           throw new Error(`${this.path}: checksum mismatch in ${section} block ${blk + k} (bytes ${a + k * B}..): the shard is corrupt`);
       }
-      const lo = Math.max(a, from);
-      const hi = Math.min(b, to);
-      dest.set(buf.subarray(lo - a, hi - a), lo - from);
+      if (!direct) {
+        const lo = Math.max(a, from);
+        const hi = Math.min(b, to);
+        dest.set(buf.subarray(lo - a, hi - a), lo - from);
+      }
     }
   }
 

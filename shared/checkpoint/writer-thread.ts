@@ -13,11 +13,14 @@ if (!port) throw new Error('writer-thread.js runs only as a worker thread (Check
 let chain: Promise<void> = Promise.resolve();
 port.on('message', (job: Job) => {
   chain = chain.then(async () => {
+    // The staging buffers go back to the caller's pool either way, so the next save copies into warm pages.
+    const d = job.data;
+    const buffers = [...new Set([d.params.buffer, d.m.buffer, d.v.buffer, ...(d.extra ? [d.extra.buffer] : [])])] as ArrayBuffer[];
     try {
-      const result = await writeShard(job.stepDir, job.data);
-      port.postMessage({ id: job.id, ok: true, result });
+      const result = await writeShard(job.stepDir, d);
+      port.postMessage({ id: job.id, ok: true, result, buffers }, buffers);
     } catch (e) {
-      port.postMessage({ id: job.id, ok: false, error: e instanceof Error ? e.message : String(e) });
+      port.postMessage({ id: job.id, ok: false, error: e instanceof Error ? e.message : String(e), buffers }, buffers);
     }
   });
 });

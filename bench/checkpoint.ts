@@ -1,0 +1,175 @@
+import { spawnSync } from 'node:child_process';
+import { createHash, randomFillSync } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync, statSync } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { parseArgs } from 'node:util';
+import { buildLayout } from '../shared/params.js';
+import { shardRange } from '../shared/shard.js';
+import { crc32 } from '../shared/checkpoint/format.js';
+import {
+  CheckpointWriter,
+  checkpointsDir,
+  commitCheckpoint,
+  layoutHash,
+  loadCheckpoint,
+  stepDir,
+  type ShardWritten,
+} from '../shared/checkpoint/index.js';
+
+/**
+ * `npm run bench -- checkpoint [--mb 240] [--worlds 2,4] [--dir DIR] [--warm]`
+ *
+ * Save and load throughput of a sharded checkpoint (params + AdamW m + v) written by 2 and 4 ranks
+ * concurrently (one writer thread each, as every worker process has), next to `dd bs=4M
+ * conv=fsync` of the same bytes in the same run; loads (same world and resharded) next to `dd`
+ * reading them back. Loads are cold (page cache dropped) when /proc/sys/vm/drop_caches is
+ * writable, unless --warm. Also: the training stall per checkpoint (the copy-out in save()), the
+ * longest event-loop block on the training thread while the write runs, and the checksum speeds
+ * that chose crc32 blocks + one sha256 per file.
+ */
+export async function run(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      mb: { type: 'string', default: '240' },
+      worlds: { type: 'string', default: '2,4' },
+      dir: { type: 'string' },
+      warm: { type: 'boolean', default: false },
+    },
+  });
+  const totalBytes = Number(values.mb) * 1e6;
+  const n = Math.floor(totalBytes / 12);
+  const worlds = values.worlds!.split(',').map(Number);
+  const base = mkdtempSync(path.join(values.dir ?? os.tmpdir(), 'cxr-bench-ckpt-'));
+  const say = (s: string) => process.stdout.write(s + '\n');
+  const MB = (b: number) => `${(b / 1e6).toFixed(1)} MB`;
+  const rate = (b: number, s: number) => `${(b / s / 1e6).toFixed(0)} MB/s`;
+  const canDrop = !values.warm && dropCaches();
+  try {
+    say(`checkpoint bench: ${MB(n * 12)} (params + m + v, ${n.toLocaleString('en')} float32 each) in ${base}`);
+    say(`machine: ${os.cpus().length} cores (shared with other work: figures are noisy), node ${process.version}`);
+
+    // Checksum speeds on this machine (why: per-block crc32 for ranged verification, one sha256 per file for the manifest).
+    const probe = new Uint8Array(64 << 20);
+    randomFillSync(probe);
+    let t = performance.now();
+    createHash('sha256').update(probe).digest();
+    const shaS = (performance.now() - t) / 1000;
+    t = performance.now();
+    for (let o = 0; o < probe.length; o += 1 << 20) crc32(probe.subarray(o, o + (1 << 20)));
+    const crcS = (performance.now() - t) / 1000;
+    say(`checksums: sha256 ${rate(probe.length, shaS)}, crc32 (1 MiB blocks) ${rate(probe.length, crcS)}`);
+
+    const layout = buildLayout([{ name: 'flat', shape: [n], decay: true }]);
+    const hash = layoutHash(layout);
+    const params = new Float32Array(n);
+    const m = new Float32Array(n);
+    const v = new Float32Array(n);
+    for (const a of [params, m, v]) randomFillSync(new Uint8Array(a.buffer));
+
+    const ddWrite = (): { s: number; bytes: number } => {
+      const count = Math.ceil((n * 12) / (4 << 20));
+      const f = path.join(base, 'dd.bin');
+      const t0 = performance.now();
+      const r = spawnSync('dd', ['if=/dev/zero', `of=${f}`, 'bs=4M', `count=${count}`, 'conv=fsync'], { encoding: 'utf8' });
+      const s = (performance.now() - t0) / 1000;
+      if (r.status !== 0) throw new Error(`dd failed: ${r.stderr}`);
+      rmSync(f);
+      return { s, bytes: count * (4 << 20) };
+    };
+    const ddRead = (files: string[]): { s: number; bytes: number } => {
+      if (canDrop) dropCaches();
+      let bytes = 0;
+      const t0 = performance.now();
+      for (const f of files) {
+        const r = spawnSync('dd', [`if=${f}`, 'of=/dev/null', 'bs=4M'], { encoding: 'utf8' });
+        if (r.status !== 0) throw new Error(`dd failed: ${r.stderr}`);
+        bytes += statSync(f).size;
+      }
+      return { s: (performance.now() - t0) / 1000, bytes };
+    };
+
+    let step = 0;
+    for (const world of worlds) {
+      const writers = Array.from({ length: world }, () => new CheckpointWriter());
+      // Start the writer threads outside the timed region (a trainer keeps its writer for the whole run).
+      const warmDir = path.join(base, 'warm');
+      await Promise.all(writers.map((w, rank) => w.save(warmDir, { rank, world, step: 0, layoutHash: hash, start: 0, end: 0, params: new Float32Array(0), m: new Float32Array(0), v: new Float32Array(0) })));
+      rmSync(warmDir, { recursive: true, force: true });
+
+      const ref = ddWrite();
+      say('');
+      say(`reference: dd if=/dev/zero bs=4M conv=fsync, ${MB(ref.bytes)}: ${ref.s.toFixed(2)} s, ${rate(ref.bytes, ref.s)}`);
+      // Two saves: the first copies into fresh memory, later ones into the writer's kept staging buffers.
+      let dir = '';
+      let reports: ShardWritten[] = [];
+      let bytes = 0;
+      for (const round of ['first save', 'next saves']) {
+        if (dir) rmSync(dir, { recursive: true, force: true });
+        step += 10;
+        dir = stepDir(checkpointsDir(base), step);
+        const loop = monitorEventLoopDelay({ resolution: 5 });
+        const t0 = performance.now();
+        const stalls: number[] = [];
+        const pending: Promise<ShardWritten>[] = [];
+        for (let rank = 0; rank < world; rank++) {
+          const r = shardRange(n, world, rank);
+          const s0 = performance.now();
+          pending.push(writers[rank]!.save(dir, { rank, world, step, layoutHash: hash, ...r, params: params.subarray(r.start, r.end), m: m.subarray(r.start, r.end), v: v.subarray(r.start, r.end) }));
+          stalls.push(performance.now() - s0);
+        }
+        loop.enable();
+        reports = await Promise.all(pending);
+        loop.disable();
+        await commitCheckpoint(dir, { step, epoch: 0, sampler: null, rng: null, config: null, layout, world, shards: reports });
+        const saveS = (performance.now() - t0) / 1000;
+        bytes = reports.reduce((a, r) => a + r.bytes, 0);
+        say(
+          `save (${round}), ${world} ranks concurrently, ${MB(bytes)} incl. commit: ${saveS.toFixed(2)} s, ${rate(bytes, saveS)} = ` +
+            `${((bytes / saveS / (ref.bytes / ref.s)) * 100).toFixed(0)}% of dd (goal >= 70%)`,
+        );
+        say(
+          `  training stall (copy-out of one rank's ${MB(bytes / world)} shard): ${Math.max(...stalls).toFixed(0)} ms max over ranks; ` +
+            `longest event-loop block while the writes ran: ${(loop.max / 1e6).toFixed(0)} ms`,
+        );
+      }
+      await Promise.all(writers.map((w) => w.close()));
+
+      const files = reports.map((r) => r.path);
+      const readRef = ddRead(files);
+      say(`reference: dd of=/dev/null bs=4M of those ${world} files${canDrop ? ' (cold cache)' : ' (warm cache)'}: ${readRef.s.toFixed(2)} s, ${rate(readRef.bytes, readRef.s)}`);
+      for (const to of [world, ...worlds.filter((w) => w !== world)]) {
+        if (canDrop) dropCaches();
+        const l0 = performance.now();
+        // Each rank loads full params + its m/v shard; every byte read is verified.
+        const parts = await Promise.all(Array.from({ length: to }, (_, rank) => loadCheckpoint(dir, { world: to, rank, layout })));
+        const ls = (performance.now() - l0) / 1000;
+        const read = n * 4 * to + n * 8; // params once per rank + moments once overall
+        say(
+          `load ${world} -> ${to} ranks${to !== world ? ' (reshard)' : ''}${canDrop ? ', cold cache' : ', warm cache'}: ${ls.toFixed(2)} s for ` +
+            `${MB(read)} delivered (full params to each rank + its moments), ${rate(read, ls)}; ` +
+            `checkpoint bytes ${MB(bytes)} / time = ${rate(bytes, ls)} (${((bytes / ls / (readRef.bytes / readRef.s)) * 100).toFixed(0)}% of dd read)`,
+        );
+        // Exactness spot check on the way: moments concatenate back to the saved vectors.
+        const cat = Buffer.concat(parts.map((p) => Buffer.from(p.m.buffer)));
+        if (!cat.equals(Buffer.from(m.buffer))) throw new Error(`load ${world} -> ${to}: moments differ from what was saved`);
+      }
+      rmSync(dir, { recursive: true, force: true });
+    }
+  } finally {
+    rmSync(base, { recursive: true, force: true });
+  }
+}
+
+/** Drop the page cache so loads read from disk; false when this machine does not allow it. */
+function dropCaches(): boolean {
+  try {
+    spawnSync('sync');
+    writeFileSync('/proc/sys/vm/drop_caches', '3');
+    return true;
+  } catch {
+    return false;
+  }
+}
