@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, readdirSync, existsSync, writeFileSync, mkdirSync, openSync, writeSync, closeSync, statSync, truncateSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, rmSync, readdirSync, existsSync, writeFileSync, mkdirSync, openSync, writeSync, closeSync, statSync, truncateSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -206,8 +206,18 @@ test('a corrupt or truncated shard is a clear error; from a run directory the lo
     assert.match(warnings[0]!, /step-0000020.*falling back/);
     assert.deepEqual(got.skipped, [stepDir(checkpointsDir(run), 20)]);
     // The coordinator's choice: every byte verified, so all ranks fall back together.
-    const chosen = await resolveCheckpoint(run, { layout, sha256: true });
+    const chosen = await resolveCheckpoint(run, { layout });
     assert.equal(chosen.manifest.step, 10);
+
+    // A whole, self-consistent shard from another save of the same step is still not this checkpoint's.
+    const run2 = tmpRun();
+    try {
+      await save(run2, 10, 2, randomState());
+      copyFileSync(path.join(stepDir(checkpointsDir(run2), 10), 'shard-00000-of-00002.bin'), path.join(stepDir(checkpointsDir(run), 10), 'shard-00000-of-00002.bin'));
+    } finally {
+      rmSync(run2, { recursive: true, force: true });
+    }
+    await assert.rejects(loadCheckpoint(stepDir(checkpointsDir(run), 10), { world: 2, rank: 1, layout }), /shard-00000-of-00002\.bin: header or block checksums differ from those manifest\.json recorded/);
 
     truncateSync(shard, statSync(shard).size - 7);
     await assert.rejects(loadCheckpoint(stepDir(checkpointsDir(run), 20), { world: 2, rank: 0, layout }), /truncated: \d+ bytes, its header says \d+/);

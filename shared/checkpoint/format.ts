@@ -99,6 +99,15 @@ export function shardFileBytes(h: ShardHeader): number {
   return trailerOffset(h) + trailerBytes(h);
 }
 
+/**
+ * A shard's fingerprint, recorded in the manifest: sha256 of its header and its trailer (the crc32
+ * of every block). It binds the manifest to every byte of the shard through the block checksums,
+ * costs no second pass over the data, and is checked whenever a shard is opened.
+ */
+export function shardDigest(header: Uint8Array, trailer: Uint8Array): string {
+  return createHash('sha256').update(header).update(trailer).digest('hex');
+}
+
 export function encodeHeader(h: ShardHeader): Buffer {
   const b = Buffer.alloc(SHARD_HEADER_BYTES);
   b.write(SHARD_MAGIC, 0, 'latin1');

@@ -131,6 +131,7 @@ async function openShards(dir: string, m: CheckpointManifest, only?: Set<number>
       out.set(s.rank, r);
       const h = r.header;
       if (r.bytes !== s.bytes) throw new Error(`${file}: ${r.bytes} bytes, the manifest says ${s.bytes}`);
+      if (r.digest !== s.digest) throw new Error(`${file}: header or block checksums differ from those ${MANIFEST_FILE} recorded (digest ${r.digest}, expected ${s.digest})`);
       if (h.rank !== s.rank || h.world !== m.world || h.start !== s.start || h.end !== s.end || h.step !== m.step || h.layoutHash !== m.layout.hash)
         throw new Error(`${file}: header (step ${h.step}, rank ${h.rank}/${h.world}) does not match ${MANIFEST_FILE}`);
     }
@@ -228,31 +229,27 @@ export async function loadCheckpoint(p: string, o: LoadOptions): Promise<LoadedC
 
 /**
  * The checkpoint to resume from, chosen once (by the coordinator): compatible with this model and
- * config, and every shard's every block verified (`sha256: true` also re-hashes whole files against
- * the manifest). From a run directory, corrupt checkpoints are skipped with a warning.
+ * config, and every block of every shard verified against its checksum. From a run directory,
+ * corrupt checkpoints are skipped with a warning.
  */
 export async function resolveCheckpoint(
   p: string,
-  o: ResolveOptions & { sha256?: boolean },
+  o: ResolveOptions,
 ): Promise<{ dir: string; manifest: CheckpointManifest; skipped: string[] }> {
   const { value, skipped } = await withFallback(p, o, async (dir, manifest) => {
-    await verifyShards(dir, manifest, o.sha256 ?? false);
+    await verifyShards(dir, manifest);
     return { dir, manifest };
   });
   return { ...value, skipped };
 }
 
-/** Verify every shard of a committed checkpoint (block crcs; with sha256 also whole-file hashes). */
-export async function verifyShards(dir: string, manifest: CheckpointManifest, sha256: boolean): Promise<void> {
+/** Verify every shard of a committed checkpoint: sizes, headers, digests, every block's crc32. */
+export async function verifyShards(dir: string, manifest: CheckpointManifest): Promise<void> {
   const readers = await openShards(dir, manifest);
   try {
     for (const s of manifest.shards) {
       const r = readers.get(s.rank)!;
       await r.verifyBlocks();
-      if (sha256) {
-        const got = await r.sha256();
-        if (got !== s.sha256) throw new Error(`${r.path}: sha256 ${got} does not match the manifest's ${s.sha256}`);
-      }
     }
   } finally {
     for (const r of readers.values()) await r.close();

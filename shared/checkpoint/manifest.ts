@@ -17,7 +17,7 @@ const shardRecord = z.object({
   start: z.number().int().nonnegative(),
   end: z.number().int().nonnegative(),
   bytes: z.number().int().positive(),
-  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  digest: z.string().regex(/^[0-9a-f]{64}$/),
 });
 
 const manifestSchema = z.object({
@@ -53,7 +53,7 @@ export interface CommitInput {
   readonly layout: ParamLayout;
   readonly world: number;
   /** Every rank's report from its writer (ShardWritten), in any order. */
-  readonly shards: readonly Pick<ShardWritten, 'file' | 'rank' | 'start' | 'end' | 'bytes' | 'sha256'>[];
+  readonly shards: readonly Pick<ShardWritten, 'file' | 'rank' | 'start' | 'end' | 'bytes' | 'digest'>[];
   readonly meta?: unknown;
 }
 
@@ -96,7 +96,7 @@ export async function commitCheckpoint(stepDirPath: string, c: CommitInput): Pro
     } finally {
       await fh.close();
     }
-    shards.push({ file: s.file, rank: r, start: s.start, end: s.end, bytes: s.bytes, sha256: s.sha256 });
+    shards.push({ file: s.file, rank: r, start: s.start, end: s.end, bytes: s.bytes, digest: s.digest });
   }
   if (byRank.size !== c.world) throw new Error(`commit step ${c.step}: ${byRank.size} shard reports for world ${c.world}`);
   const keep = new Set(shards.map((s) => s.file));

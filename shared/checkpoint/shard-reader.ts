@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { promises as fsp, type Stats } from 'node:fs';
 import {
   SECTION_NAMES,
@@ -7,6 +6,7 @@ import {
   blockTable,
   crc32,
   decodeHeader,
+  shardDigest,
   sectionOffsets,
   shardFileBytes,
   trailerOffset,
@@ -29,6 +29,8 @@ export class ShardReader {
     private readonly fh: fsp.FileHandle,
     private readonly crcs: Uint32Array,
     readonly bytes: number,
+    /** shardDigest of this file, as the manifest should record it. */
+    readonly digest: string,
   ) {}
 
   static async open(file: string): Promise<ShardReader> {
@@ -48,7 +50,7 @@ export class ShardReader {
       if (tb.readUInt32LE(total * 4) !== crc32(tb.subarray(0, total * 4))) throw new Error(`${file}: block checksum table damaged`);
       const crcs = new Uint32Array(total);
       for (let i = 0; i < total; i++) crcs[i] = tb.readUInt32LE(i * 4);
-      return new ShardReader(file, h, fh, crcs, st.size);
+      return new ShardReader(file, h, fh, crcs, st.size, shardDigest(head, tb));
     } catch (e) {
       await fh.close();
       throw e;
@@ -124,18 +126,5 @@ export class ShardReader {
         await this.readBytes(s, off, off + n, buf.subarray(0, n));
       }
     }
-  }
-
-  /** The whole file's sha256, as the manifest records it. */
-  async sha256(): Promise<string> {
-    const sha = createHash('sha256');
-    const buf = Buffer.allocUnsafe(READ_CHUNK);
-    for (let pos = 0; pos < this.bytes; ) {
-      const { bytesRead } = await this.fh.read(buf, 0, Math.min(buf.length, this.bytes - pos), pos);
-      if (bytesRead === 0) throw new Error(`${this.path}: unexpected end of file`);
-      sha.update(buf.subarray(0, bytesRead));
-      pos += bytesRead;
-    }
-    return sha.digest('hex');
   }
 }

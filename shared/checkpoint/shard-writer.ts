@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { fsyncDir, tempSibling } from '../fs-atomic.js';
@@ -8,6 +7,7 @@ import {
   SHARD_VERSION,
   crc32,
   encodeHeader,
+  shardDigest,
   shardFileBytes,
   shardFileName,
   type ShardHeader,
@@ -41,7 +41,8 @@ export interface ShardWritten {
   readonly start: number;
   readonly end: number;
   readonly bytes: number;
-  readonly sha256: string;
+  /** sha256 of the header and block-checksum table (format.ts shardDigest). */
+  readonly digest: string;
   /** Wall time of the write in the background (not the training stall). */
   readonly seconds: number;
 }
@@ -85,7 +86,6 @@ export async function writeShard(stepDir: string, d: ShardData): Promise<ShardWr
   const target = path.join(stepDir, file);
   const tmp = tempSibling(target);
   const fh = await fsp.open(tmp, 'wx');
-  const sha = createHash('sha256');
   let pos = 0;
   let inflight: Promise<void> | null = null;
   const writeAt = async (buf: Uint8Array, at: number) => {
@@ -95,15 +95,16 @@ export async function writeShard(stepDir: string, d: ShardData): Promise<ShardWr
       done += bytesWritten;
     }
   };
-  // Hash this chunk while the previous one is being written, then queue it: one write in flight.
+  // Checksum the next chunk while the previous one is being written: one write in flight.
   const emit = async (buf: Uint8Array) => {
-    sha.update(buf);
     if (inflight) await inflight;
     inflight = writeAt(buf, pos);
     pos += buf.byteLength;
   };
+  const headerBytes = encodeHeader(header);
+  let trailer: Buffer;
   try {
-    await emit(encodeHeader(header));
+    await emit(headerBytes);
     const crcs: number[] = [];
     for (const section of [bytesOf(d.params), bytesOf(d.m), bytesOf(d.v), extra]) {
       for (let off = 0; off < section.byteLength; off += WRITE_CHUNK) {
@@ -112,7 +113,7 @@ export async function writeShard(stepDir: string, d: ShardData): Promise<ShardWr
         await emit(chunk);
       }
     }
-    const trailer = Buffer.alloc(crcs.length * 4 + 12);
+    trailer = Buffer.alloc(crcs.length * 4 + 12);
     crcs.forEach((c, i) => trailer.writeUInt32LE(c, i * 4));
     trailer.writeUInt32LE(crc32(trailer.subarray(0, crcs.length * 4)), crcs.length * 4);
     trailer.write(SHARD_END_MAGIC, crcs.length * 4 + 4, 'latin1');
@@ -138,7 +139,7 @@ export async function writeShard(stepDir: string, d: ShardData): Promise<ShardWr
     start: d.start,
     end: d.end,
     bytes: pos,
-    sha256: sha.digest('hex'),
+    digest: shardDigest(headerBytes, trailer),
     seconds: (performance.now() - t0) / 1000,
   };
 }
