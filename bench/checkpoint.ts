@@ -19,7 +19,7 @@ import {
 } from '../shared/checkpoint/index.js';
 
 /**
- * `npm run bench -- checkpoint [--mb 240] [--worlds 2,4] [--reps 3] [--dir DIR] [--warm]`
+ * `npm run bench -- checkpoint [--mb 240] [--worlds 2,4] [--reps 5] [--dir DIR] [--warm]`
  *
  * Save and load throughput of a sharded checkpoint (params + AdamW m + v) written by 2 and 4 ranks
  * concurrently (one writer thread each, as every worker process has), next to `dd bs=4M
@@ -37,7 +37,7 @@ export async function run(argv: string[]): Promise<void> {
       worlds: { type: 'string', default: '2,4' },
       dir: { type: 'string' },
       warm: { type: 'boolean', default: false },
-      reps: { type: 'string', default: '3' },
+      reps: { type: 'string', default: '5' },
     },
   });
   const totalBytes = Number(values.mb) * 1e6;
@@ -52,7 +52,7 @@ export async function run(argv: string[]): Promise<void> {
   const cleanup: string[] = [base];
   try {
     say(`checkpoint bench: ${MB(n * 12)} (params + m + v, ${n.toLocaleString('en')} float32 each) in ${base}`);
-    say(`machine: ${os.cpus().length} cores (shared with other work: figures are noisy), node ${process.version}`);
+    say(`machine: ${os.cpus().length} cores, load average ${os.loadavg().map((x) => x.toFixed(1)).join(' ')} (shared with other work: figures are noisy), node ${process.version}`);
 
     // Checksum speeds on this machine: why the shards carry crc32 per 1 MiB block and no sha256 of the data.
     const probe = new Uint8Array(64 << 20);
@@ -114,7 +114,8 @@ export async function run(argv: string[]): Promise<void> {
       let dir = '';
       let reports: ShardWritten[] = [];
       let bytes = 0;
-      const ratios: number[] = [];
+      const saveRates: number[] = [];
+      const ddRates: number[] = [];
       say('');
       for (let round = 0; round <= reps; round++) {
         if (dir) rmSync(dir, { recursive: true, force: true });
@@ -140,7 +141,10 @@ export async function run(argv: string[]): Promise<void> {
         const cpu = process.cpuUsage(cpu0);
         bytes = reports.reduce((a, r) => a + r.bytes, 0);
         const ratio = bytes / saveS / (ref.bytes / ref.s);
-        if (round > 0) ratios.push(ratio);
+        if (round > 0) {
+          saveRates.push(bytes / saveS);
+          ddRates.push(ref.bytes / ref.s);
+        }
         say(
           `save ${round === 0 ? '(first, fresh buffers)' : `#${round}`}, ${world} ranks concurrently, ${MB(bytes)} incl. commit: ` +
             `${saveS.toFixed(2)} s, ${rate(bytes, saveS)}; dd (same bytes from memory) bs=4M conv=fsync just before: ${ref.s.toFixed(2)} s, ` +
@@ -154,8 +158,11 @@ export async function run(argv: string[]): Promise<void> {
       }
       const zero = ddWrite('/dev/zero');
       say(`  for context: dd if=/dev/zero bs=4M conv=fsync, ${MB(zero.bytes)}: ${zero.s.toFixed(2)} s, ${rate(zero.bytes, zero.s)}`);
-      ratios.sort((a, b) => a - b);
-      say(`save/dd, ${world} ranks, median of ${reps}: ${(ratios[Math.floor(ratios.length / 2)]! * 100).toFixed(0)}% (goal >= 70%)`);
+      const med = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)]!;
+      say(
+        `SAVE ${world} ranks: median ${rate(med(saveRates), 1)} vs dd median ${rate(med(ddRates), 1)} over ${reps} interleaved pairs = ` +
+          `${((med(saveRates) / med(ddRates)) * 100).toFixed(0)}% (goal >= 70%); load average now ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}`,
+      );
       await Promise.all(writers.map((w) => w.close()));
 
       const files = reports.map((r) => r.path);
