@@ -25,3 +25,5 @@ export {
   type ResolveOptions,
 } from './load.js';
 export { ShardReader } from './shard-reader.js';
+export { checkpointDue, type CheckpointSchedule, type ScheduleState } from './schedule.js';
+export { loadInitWeights, openClipTensors, openClipShape, type InitWeights } from './open-clip.js';
