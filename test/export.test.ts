@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { buildLayout, type ParamLayout } from '../shared/params.js';
@@ -156,6 +156,20 @@ test('coordinator export (a real process) writes the latest committed checkpoint
     assert.equal(bad.status, 2);
     assert.match(bad.stderr, /coordinator: error: checkpoint path .*nope does not exist/);
     assert.equal(existsSync(path.join(run, 'x.safetensors')), false);
+
+    // `coordinator checkpoints`: lists, verifies, and flags a damaged shard.
+    mkdirSync(stepDir(checkpointsDir(run), 20));
+    const ls = spawnSync(process.execPath, [coordinatorEntry, 'checkpoints', '--run', run, '--verify'], { encoding: 'utf8' });
+    assert.equal(ls.status, 0, ls.stderr);
+    assert.match(ls.stdout, /^12 +verified +1 +1 /m);
+    assert.match(ls.stdout, /^20 +uncommitted/m);
+    const fd = openSync(rep.path, 'r+');
+    writeSync(fd, Buffer.from([1, 2, 3]), 0, 3, 200);
+    closeSync(fd);
+    const bad2 = spawnSync(process.execPath, [coordinatorEntry, 'checkpoints', '--run', run, '--verify'], { encoding: 'utf8' });
+    assert.equal(bad2.status, 2);
+    assert.match(bad2.stdout, /^12 +CORRUPT .*checksum mismatch in params block 0/m);
+    assert.match(bad2.stderr, /1 committed checkpoint\(s\) under .* are corrupt/);
 
     const py = ['/usr/bin/python3', 'python3'].find((p) => spawnSync(p, ['-c', 'import torch'], { stdio: 'ignore' }).status === 0);
     if (!py) {

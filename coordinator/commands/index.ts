@@ -1,4 +1,5 @@
 import type { CommandModule } from 'yargs';
+import { checkpointsCommand } from './checkpoints.js';
 import { exportCommand } from './export.js';
 
 /**
@@ -6,4 +7,4 @@ import { exportCommand } from './export.js';
  * (`coordinator --workers 4 ...`).
  */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-export const commands: CommandModule<any, any>[] = [exportCommand];
+export const commands: CommandModule<any, any>[] = [exportCommand, checkpointsCommand];
