@@ -171,7 +171,7 @@ test('coordinator export (a real process) writes the latest committed checkpoint
     assert.match(bad2.stdout, /^12 +CORRUPT .*checksum mismatch in params block 0/m);
     assert.match(bad2.stderr, /1 committed checkpoint\(s\) under .* are corrupt/);
 
-    const py = ['/usr/bin/python3', 'python3'].find((p) => spawnSync(p, ['-c', 'import torch'], { stdio: 'ignore' }).status === 0);
+    const py = ['/usr/bin/python3', 'python3'].find((p) => spawnSync(p, ['-c', 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)'], { stdio: 'ignore' }).status === 0);
     if (!py) {
       t.skip('PyTorch check skipped: no python3 with torch (apt-get install -y python3-torch)');
       return;
