@@ -294,3 +294,26 @@ test('commit refuses a missing or foreign shard and drops leftovers of another w
     rmSync(run, { recursive: true, force: true });
   }
 });
+
+test('a resharding load reads and verifies only the byte ranges it needs', async () => {
+  const run = tmpRun();
+  try {
+    const s = randomState();
+    await save(run, 10, 2, s); // 64-byte blocks
+    const dir = stepDir(checkpointsDir(run), 10);
+    const old1 = shardRange(layout.total, 2, 1);
+    // Damage the last block of rank 1's v section: only new ranks whose range reaches the end read it.
+    const vEnd = 128 + (old1.end - old1.start) * 12;
+    const fd = openSync(path.join(dir, 'shard-00001-of-00002.bin'), 'r+');
+    writeSync(fd, Buffer.from([0xde, 0xad]), 0, 2, vEnd - 3);
+    closeSync(fd);
+    for (const rank of [0, 1, 2]) {
+      const got = await loadCheckpoint(dir, { world: 4, rank, layout, params: 'shard' });
+      assert.ok(bits(got.v).equals(bits(s.v.subarray(got.range.start, got.range.end))), `rank ${rank}`);
+    }
+    await assert.rejects(loadCheckpoint(dir, { world: 4, rank: 3, layout, params: 'shard' }), /shard-00001-of-00002\.bin: checksum mismatch in v block/);
+    await assert.rejects(resolveCheckpoint(dir, { layout }), CheckpointCorruptError);
+  } finally {
+    rmSync(run, { recursive: true, force: true });
+  }
+});

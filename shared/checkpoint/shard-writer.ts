@@ -68,6 +68,8 @@ export async function writeShard(stepDir: string, d: ShardData): Promise<ShardWr
         `${d.params.length}/${d.m.length}/${d.v.length}`,
     );
   if (!Number.isInteger(d.rank) || d.rank < 0 || d.rank >= d.world) throw new Error(`writeShard: rank ${d.rank} outside world ${d.world}`);
+  if (!Number.isSafeInteger(d.step) || d.step < 0) throw new Error(`writeShard: step must be a non-negative integer, got ${d.step}`);
+  if (!/^[0-9a-f]{64}$/.test(d.layoutHash)) throw new Error(`writeShard: layoutHash must be layoutHash(layout) (64 hex digits), got '${d.layoutHash}'`);
   const extra = d.extra ?? new Uint8Array(0);
   const blockBytes = d.blockBytes ?? DEFAULT_BLOCK_BYTES;
   const header: ShardHeader = {
