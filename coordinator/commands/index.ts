@@ -1,5 +1,7 @@
 import type { CommandModule } from 'yargs';
 import { checkpointsCommand } from './checkpoints.js';
+import { dataCommand } from './data.js';
+import { demoCommand } from './demo.js';
 import { exportCommand } from './export.js';
 
 /**
@@ -7,4 +9,4 @@ import { exportCommand } from './export.js';
  * (`coordinator --workers 4 ...`).
  */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-export const commands: CommandModule<any, any>[] = [exportCommand, checkpointsCommand];
+export const commands: CommandModule<any, any>[] = [dataCommand, demoCommand, exportCommand, checkpointsCommand];
