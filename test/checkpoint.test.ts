@@ -238,6 +238,8 @@ test('another model or config is refused naming the first mismatching parameter,
       loadCheckpoint(run, { world: 1, rank: 0, layout: wider }),
       (e: Error) => e instanceof UserError && !(e instanceof CheckpointCorruptError) && /parameter 'head.bias' has shape \[13\] in the checkpoint, this model has \[14\]/.test(e.message),
     );
+    const shorter = buildLayout(layout.entries.slice(0, -1));
+    await assert.rejects(loadCheckpoint(run, { world: 1, rank: 0, layout: shorter }), /the checkpoint has a parameter this model lacks: 'head.bias' \[13\]/);
     await assert.rejects(
       loadCheckpoint(run, { world: 1, rank: 0, layout, requireConfig: { labelSet: 'nih14' } }),
       /trained with labelSet="chexpert14", this run has labelSet="nih14"/,

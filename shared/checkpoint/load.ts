@@ -94,11 +94,14 @@ function configValue(config: unknown, key: string): unknown {
 function checkCompatible(dir: string, m: CheckpointManifest, o: ResolveOptions): void {
   const saved = buildLayout(m.layout.entries);
   const diff = o.layout === 'checkpoint' ? null : layoutMismatch(o.layout, saved);
-  if (diff)
-    throw new UserError(
-      `checkpoint ${dir} does not fit this model: ${diff.replace(/, expected/, ' in the checkpoint, this model has')}; ` +
-        `resume with the model preset and label set it was trained with`,
-    );
+  if (diff) {
+    // layoutMismatch speaks of "expected" (this model) and "got" (the checkpoint): say which is which.
+    const said = diff
+      .replace(/^unexpected extra parameter/, 'the checkpoint has a parameter this model lacks:')
+      .replace(/^missing parameter/, 'the checkpoint lacks parameter')
+      .replace(/, expected/, ' in the checkpoint, this model has');
+    throw new UserError(`checkpoint ${dir} does not fit this model: ${said}; resume with the model preset and label set it was trained with`);
+  }
   for (const [key, want] of Object.entries(o.requireConfig ?? {})) {
     const got = configValue(m.config, key);
     if (JSON.stringify(got) !== JSON.stringify(want))
