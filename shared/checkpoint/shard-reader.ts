@@ -75,25 +75,41 @@ export class ShardReader {
     const base = sectionOffsets(this.header)[s]!;
     const firstBlock = blockTable(this.header).first[s]!;
     const perRead = Math.max(1, Math.floor(READ_CHUNK / B));
-    let scratch: Buffer | null = null;
+    const chunks: { blk: number; a: number; b: number; direct: boolean }[] = [];
     for (let blk = Math.floor(from / B); blk * B < to; blk += perRead) {
       const a = blk * B;
       const b = Math.min(len, (blk + perRead) * B, Math.ceil(to / B) * B);
       // Whole blocks inside the request are read straight into the destination and verified
       // there; only the partial blocks at the ends go through a scratch buffer.
-      const direct = a >= from && b <= to;
-      if (!direct) scratch ??= Buffer.allocUnsafe(Math.min(perRead * B, Math.ceil(to / B) * B - Math.floor(from / B) * B));
-      const buf = direct ? dest.subarray(a - from, b - from) : scratch!.subarray(0, b - a);
+      chunks.push({ blk, a, b, direct: a >= from && b <= to });
+    }
+    const scratchBytes = Math.max(0, ...chunks.filter((c) => !c.direct).map((c) => c.b - c.a));
+    const scratch = [0, 1].map(() => (scratchBytes ? Buffer.allocUnsafe(scratchBytes) : null));
+    const load = async (i: number): Promise<Uint8Array> => {
+      const { a, b, direct } = chunks[i]!;
+      const buf = direct ? dest.subarray(a - from, b - from) : scratch[i % 2]!.subarray(0, b - a);
       let got = 0;
       while (got < buf.length) {
         const { bytesRead } = await this.fh.read(buf, got, buf.length - got, base + a + got);
         if (bytesRead === 0) throw new Error(`${this.path}: unexpected end of file in ${section}`);
         got += bytesRead;
       }
+      return buf;
+    };
+    // One read ahead: the next chunk comes off the disk (libuv thread pool) while this one is checksummed.
+    let next: Promise<Uint8Array> | null = load(0);
+    for (let i = 0; i < chunks.length; i++) {
+      const buf: Uint8Array = await next!;
+      next = i + 1 < chunks.length ? load(i + 1) : null;
+      // A failure below must not leave the read-ahead's rejection unobserved.
+      next?.catch(() => {});
+      const { blk, a, b, direct } = chunks[i]!;
       for (let k = 0; k * B < buf.length; k++) {
         const block = buf.subarray(k * B, Math.min(buf.length, (k + 1) * B));
-        if (crc32(block) !== this.crcs[firstBlock + blk + k])
+        if (crc32(block) !== this.crcs[firstBlock + blk + k]) {
+          await next?.catch(() => {});
           throw new Error(`${this.path}: checksum mismatch in ${section} block ${blk + k} (bytes ${a + k * B}..): the shard is corrupt`);
+        }
       }
       if (!direct) {
         const lo = Math.max(a, from);
