@@ -103,8 +103,10 @@ export async function commitCheckpoint(stepDirPath: string, c: CommitInput): Pro
   for (const name of await fsp.readdir(stepDirPath)) {
     if (!keep.has(name)) await fsp.rm(path.join(stepDirPath, name), { recursive: true, force: true });
   }
+  // Every directory entry on the way down must be durable before the manifest makes it count.
   await fsyncDir(stepDirPath);
   await fsyncDir(path.dirname(stepDirPath));
+  await fsyncDir(path.dirname(path.dirname(stepDirPath)));
   const manifest: CheckpointManifest = {
     format: MANIFEST_FORMAT,
     version: MANIFEST_VERSION,
