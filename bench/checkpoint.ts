@@ -1,6 +1,7 @@
-import { spawnSync } from 'node:child_process';
+import { fork, spawnSync } from 'node:child_process';
 import { createHash, randomFillSync } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync, writeFileSync, statSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readSync, rmSync, writeFileSync, statSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
@@ -21,8 +22,8 @@ import {
 /**
  * `npm run bench -- checkpoint [--mb 240] [--worlds 2,4] [--reps 5] [--dir DIR] [--warm]`
  *
- * Save and load throughput of a sharded checkpoint (params + AdamW m + v) written by 2 and 4 ranks
- * concurrently (one writer thread each, as every worker process has), next to `dd bs=4M
+ * Save and load throughput of a sharded checkpoint (params + AdamW m + v) written by 2 and 4 rank
+ * processes concurrently (each with its CheckpointWriter, as every worker has), next to `dd bs=4M
  * conv=fsync` of the same bytes in the same run; loads (same world and resharded) next to `dd`
  * reading them back. Loads are cold (page cache dropped) when /proc/sys/vm/drop_caches is
  * writable, unless --warm. Also: the training stall per checkpoint (the copy-out in save()), the
@@ -103,11 +104,9 @@ export async function run(argv: string[]): Promise<void> {
 
     let step = 0;
     for (const world of worlds) {
-      const writers = Array.from({ length: world }, () => new CheckpointWriter());
-      // Start the writer threads outside the timed region (a trainer keeps its writer for the whole run).
-      const warmDir = path.join(base, 'warm');
-      await Promise.all(writers.map((w, rank) => w.save(warmDir, { rank, world, step: 0, layoutHash: hash, start: 0, end: 0, params: new Float32Array(0), m: new Float32Array(0), v: new Float32Array(0) })));
-      rmSync(warmDir, { recursive: true, force: true });
+      // One process per rank, as in training: each holds its slices and its own CheckpointWriter
+      // (started before the timed saves, as a trainer keeps its writer for the whole run).
+      const ranks = await Promise.all(Array.from({ length: world }, (_, rank) => startRank(src, n, world, rank, hash, base)));
 
       // The first save copies into fresh memory; later ones into the writer's kept staging buffers.
       // The virtual disk's speed swings run to run, so each save is paired with a dd just before it.
@@ -122,23 +121,14 @@ export async function run(argv: string[]): Promise<void> {
         const ref = ddWrite(src);
         step += 10;
         dir = stepDir(checkpointsDir(base), step);
-        const loop = monitorEventLoopDelay({ resolution: 5 });
         const t0 = performance.now();
         const cpu0 = process.cpuUsage();
-        const stalls: number[] = [];
-        const pending: Promise<ShardWritten>[] = [];
-        for (let rank = 0; rank < world; rank++) {
-          const r = shardRange(n, world, rank);
-          const s0 = performance.now();
-          pending.push(writers[rank]!.save(dir, { rank, world, step, layoutHash: hash, ...r, params: params.subarray(r.start, r.end), m: m.subarray(r.start, r.end), v: v.subarray(r.start, r.end) }));
-          stalls.push(performance.now() - s0);
-        }
-        loop.enable();
-        reports = await Promise.all(pending);
-        loop.disable();
+        const results = await Promise.all(ranks.map((r) => r.save(dir, step)));
+        reports = results.map((r) => r.report);
         await commitCheckpoint(dir, { step, epoch: 0, sampler: null, rng: null, config: null, layout, world, shards: reports });
         const saveS = (performance.now() - t0) / 1000;
         const cpu = process.cpuUsage(cpu0);
+        const cpuS = (cpu.user + cpu.system) / 1e6 + results.reduce((a, r) => a + r.cpuS, 0);
         bytes = reports.reduce((a, r) => a + r.bytes, 0);
         const ratio = bytes / saveS / (ref.bytes / ref.s);
         if (round > 0) {
@@ -146,16 +136,17 @@ export async function run(argv: string[]): Promise<void> {
           ddRates.push(ref.bytes / ref.s);
         }
         say(
-          `save ${round === 0 ? '(first, fresh buffers)' : `#${round}`}, ${world} ranks concurrently, ${MB(bytes)} incl. commit: ` +
+          `save ${round === 0 ? '(first, fresh buffers)' : `#${round}`}, ${world} rank processes concurrently, ${MB(bytes)} incl. commit: ` +
             `${saveS.toFixed(2)} s, ${rate(bytes, saveS)}; dd (same bytes from memory) bs=4M conv=fsync just before: ${ref.s.toFixed(2)} s, ` +
             `${rate(ref.bytes, ref.s)}; save/dd = ${(ratio * 100).toFixed(0)}%`,
         );
         say(
-          `  training stall (copy-out of one rank's ${MB(bytes / world)} shard): ${Math.max(...stalls).toFixed(0)} ms max over ranks; ` +
-            `longest event-loop block while the writes ran: ${(loop.max / 1e6).toFixed(0)} ms; CPU for the whole save ` +
-            `(copy-out, checksums, writes, commit; all threads): ${((cpu.user + cpu.system) / 1e6).toFixed(2)} s`,
+          `  training stall (copy-out of one rank's ${MB(bytes / world)} shard): ${Math.max(...results.map((r) => r.stallMs)).toFixed(0)} ms max over ranks; ` +
+            `longest event-loop block on a rank while its write ran: ${Math.max(...results.map((r) => r.loopMaxMs)).toFixed(0)} ms; ` +
+            `CPU for the whole save (all processes and threads): ${cpuS.toFixed(2)} s`,
         );
       }
+      await Promise.all(ranks.map((r) => r.stop()));
       const zero = ddWrite('/dev/zero');
       say(`  for context: dd if=/dev/zero bs=4M conv=fsync, ${MB(zero.bytes)}: ${zero.s.toFixed(2)} s, ${rate(zero.bytes, zero.s)}`);
       const med = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)]!;
@@ -163,7 +154,6 @@ export async function run(argv: string[]): Promise<void> {
         `SAVE ${world} ranks: median ${rate(med(saveRates), 1)} vs dd median ${rate(med(ddRates), 1)} over ${reps} interleaved pairs = ` +
           `${((med(saveRates) / med(ddRates)) * 100).toFixed(0)}% (goal >= 70%); load average now ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}`,
       );
-      await Promise.all(writers.map((w) => w.close()));
 
       const files = reports.map((r) => r.path);
       const readRef = ddRead(files);
@@ -201,3 +191,72 @@ function dropCaches(): boolean {
     return false;
   }
 }
+
+interface SaveResult {
+  report: ShardWritten;
+  stallMs: number;
+  loopMaxMs: number;
+  cpuS: number;
+}
+
+/** A rank process (this module run with CXR_BENCH_CKPT_RANK), driven over the IPC channel. */
+async function startRank(src: string, n: number, world: number, rank: number, hash: string, base: string) {
+  const child = fork(fileURLToPath(import.meta.url), [], {
+    env: { ...process.env, CXR_BENCH_CKPT_RANK: JSON.stringify({ src, n, world, rank, hash, base }) },
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  const replies: ((m: unknown) => void)[] = [];
+  child.on('message', (m) => replies.shift()?.(m));
+  const exited = new Promise<void>((res) => child.on('exit', () => res()));
+  const ask = <T>(msg: unknown): Promise<T> =>
+    new Promise<T>((res, rej) => {
+      replies.push((m) => res(m as T));
+      void exited.then(() => rej(new Error(`bench rank ${rank} exited`)));
+      if (msg !== null) child.send(msg as object);
+    });
+  await ask<{ ready: true }>(null);
+  return {
+    save: (dir: string, step: number) => ask<SaveResult>({ cmd: 'save', dir, step }),
+    stop: async () => {
+      child.send({ cmd: 'exit' });
+      await exited;
+    },
+  };
+}
+
+async function rankMain(spec: { src: string; n: number; world: number; rank: number; hash: string; base: string }): Promise<void> {
+  const { start, end } = shardRange(spec.n, spec.world, spec.rank);
+  const fd = openSync(spec.src, 'r');
+  const slice = (k: number) => {
+    const a = new Float32Array(end - start);
+    readSync(fd, new Uint8Array(a.buffer), 0, a.byteLength, (k * spec.n + start) * 4);
+    return a;
+  };
+  const [params, m, v] = [0, 1, 2].map(slice) as [Float32Array, Float32Array, Float32Array];
+  closeSync(fd);
+  const writer = new CheckpointWriter();
+  const empty = new Float32Array(0);
+  const warm = path.join(spec.base, `warm-${spec.rank}`);
+  await writer.save(warm, { rank: 0, world: 1, step: 0, layoutHash: spec.hash, start: 0, end: 0, params: empty, m: empty, v: empty });
+  rmSync(warm, { recursive: true, force: true });
+  process.on('message', async (msg: { cmd: 'save' | 'exit'; dir: string; step: number }) => {
+    if (msg.cmd === 'exit') {
+      await writer.close();
+      process.disconnect();
+      return;
+    }
+    const cpu0 = process.cpuUsage();
+    const loop = monitorEventLoopDelay({ resolution: 5 });
+    const t0 = performance.now();
+    const p = writer.save(msg.dir, { rank: spec.rank, world: spec.world, step: msg.step, layoutHash: spec.hash, start, end, params, m, v });
+    const stallMs = performance.now() - t0;
+    loop.enable();
+    const report = await p;
+    loop.disable();
+    const cpu = process.cpuUsage(cpu0);
+    process.send!({ report, stallMs, loopMaxMs: loop.max / 1e6, cpuS: (cpu.user + cpu.system) / 1e6 } satisfies SaveResult);
+  });
+  process.send!({ ready: true });
+}
+
+if (process.env.CXR_BENCH_CKPT_RANK) await rankMain(JSON.parse(process.env.CXR_BENCH_CKPT_RANK));
