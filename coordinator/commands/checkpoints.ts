@@ -13,7 +13,7 @@ interface Args {
 /** `coordinator checkpoints --run DIR [--verify]`: what a run has saved, and whether it is intact. */
 export const checkpointsCommand: CommandModule<object, Args> = {
   command: 'checkpoints',
-  describe: "List a run's checkpoints (committed or interrupted); --verify checks every shard's checksums",
+  describe: "a run's checkpoints, committed or interrupted (--verify: check every shard)",
   builder: (y) =>
     y
       .option('run', { type: 'string', demandOption: true, describe: 'the run directory (holding checkpoints/)' })

@@ -16,7 +16,7 @@ interface ExportArgs {
 /** `coordinator export`: a checkpoint's parameters as safetensors under open_clip's names and layouts. */
 export const exportCommand: CommandModule<object, ExportArgs> = {
   command: 'export',
-  describe: "Write a checkpoint's parameters as safetensors with open_clip names (PyTorch layouts)",
+  describe: "a checkpoint's parameters as safetensors with open_clip names (PyTorch layouts)",
   builder: (y) =>
     y
       .option('checkpoint', {
