@@ -1,6 +1,8 @@
 import type { CommandModule } from 'yargs';
+import { checkpointsCommand } from './checkpoints.js';
 import { dataCommand } from './data.js';
 import { demoCommand } from './demo.js';
+import { exportCommand } from './export.js';
 import { probeCommand } from './probe.js';
 
 /**
@@ -8,4 +10,4 @@ import { probeCommand } from './probe.js';
  * (`coordinator --workers 4 ...`).
  */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-export const commands: CommandModule<any, any>[] = [dataCommand, demoCommand, probeCommand];
+export const commands: CommandModule<any, any>[] = [dataCommand, demoCommand, exportCommand, checkpointsCommand, probeCommand];
