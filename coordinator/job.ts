@@ -4,7 +4,7 @@ import { ControlServer, JobFailure, describeWorker, type StepSummary, type Worke
 import { DataFeed, type RankFeedStats, type RowSource } from './data-feed.js';
 import { WorkerProcesses } from './launcher.js';
 import { Sampler } from './sampler.js';
-import type { CheckpointShard } from '../proto/control.js';
+import type { ShardWritten } from '../shared/checkpoint/shard-writer.js';
 import { UserError } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
 import type { WorkerJobSection } from '../shared/job-config.js';
@@ -48,7 +48,7 @@ export interface JobOptions {
   readonly onLaunched?: (pids: readonly number[]) => void;
   /** Called once every rank has registered. */
   readonly onRendezvous?: (workers: readonly WorkerInfo[]) => void;
-  readonly onCheckpointShard?: (s: CheckpointShard) => void;
+  readonly onCheckpointShard?: (s: ShardWritten) => void;
   /** Called once the control plane listens (tests start remote workers from here). */
   readonly onListening?: (address: { control: string; data: string; token: string }) => void;
   readonly log: Logger;

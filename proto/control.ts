@@ -85,6 +85,11 @@ export interface CheckpointShard {
   path: string;
   sha256: string;
   bytes: number;
+  world: number;
+  start: number;
+  end: number;
+  hostPath: string;
+  seconds: number;
 }
 
 export type CheckpointAck = Record<string, never>;
@@ -121,7 +126,7 @@ export const MESSAGE_FIELDS = {
   StepTimings: ['compute', 'gather', 'reduce', 'dataWait', 'total'] satisfies Fields<StepTimings>,
   StepReport: ['rank', 'generation', 'step', 'epoch', 'losses', 'counters', 'timings', 'images', 'paramsHash'] satisfies Fields<StepReport>,
   StepAck: [],
-  CheckpointShard: ['rank', 'generation', 'step', 'path', 'sha256', 'bytes'] satisfies Fields<CheckpointShard>,
+  CheckpointShard: ['rank', 'generation', 'step', 'path', 'sha256', 'bytes', 'world', 'start', 'end', 'hostPath', 'seconds'] satisfies Fields<CheckpointShard>,
   CheckpointAck: [],
   ErrorReport: ['rank', 'generation', 'message', 'stack', 'userError'] satisfies Fields<ErrorReport>,
   ErrorAck: [],

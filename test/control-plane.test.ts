@@ -180,3 +180,19 @@ test('a registered worker that goes silent is named after the heartbeat timeout;
     await s3.close(100);
   }
 });
+
+test('a checkpoint shard report crosses the control plane unchanged, in the checkpoint writer\'s shape', async () => {
+  const got: unknown[] = [];
+  const s = server(2, { onCheckpointShard: (w) => got.push(w) });
+  const port = await s.start();
+  const two = await Promise.all([0, 1].map((i) => join(port, req(i, { requestedRank: i }))));
+  try {
+    const w = { file: 'shard-00001-of-00002.bin', path: '/runs/a/checkpoints/step-0000020/shard-00001-of-00002.bin', rank: 1, world: 2, step: 20, start: 5_000_001, end: 10_000_000, bytes: 120_000_123, digest: 'ab'.repeat(32), seconds: 0.75 };
+    await two[1]!.commitCheckpoint(w);
+    assert.deepEqual(got, [w]);
+    await assert.rejects(two[0]!.commitCheckpoint(w), /checkpoint shard of rank 1 reported by rank 0/);
+  } finally {
+    two.forEach((x) => x.close());
+    await s.close(100);
+  }
+});

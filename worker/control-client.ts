@@ -10,6 +10,7 @@ import {
   type RegisterRequest,
   type StepReport,
 } from '../proto/control.js';
+import type { ShardWritten } from '../shared/checkpoint/shard-writer.js';
 import type { HeartbeatBegin, HeartbeatThreadData } from './heartbeat-thread.js';
 import { UserError, errorMessage } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
@@ -138,8 +139,23 @@ export class ControlSession {
     await unary(this.client, 'ReportStep', { ...r, rank: this.rank, generation: this.generation }, { deadline: Date.now() + 30_000 });
   }
 
-  async commitCheckpoint(s: Omit<CheckpointShard, 'rank' | 'generation'>): Promise<void> {
-    await unary(this.client, 'CommitCheckpoint', { ...s, rank: this.rank, generation: this.generation }, { deadline: Date.now() + 30_000 });
+  /** Phase one of the checkpoint commit: this rank's shard is written and fsynced (the checkpoint writer's report). */
+  async commitCheckpoint(w: ShardWritten): Promise<void> {
+    if (w.rank !== this.rank) throw new Error(`checkpoint shard of rank ${w.rank} reported by rank ${this.rank}`);
+    const s: CheckpointShard = {
+      rank: this.rank,
+      generation: this.generation,
+      step: w.step,
+      path: w.file,
+      sha256: w.digest,
+      bytes: w.bytes,
+      world: w.world,
+      start: w.start,
+      end: w.end,
+      hostPath: w.path,
+      seconds: w.seconds,
+    };
+    await unary(this.client, 'CommitCheckpoint', s, { deadline: Date.now() + 30_000 });
   }
 
   /** Best effort: the worker is failing anyway, so a lost coordinator must not hide the original error. */

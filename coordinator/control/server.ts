@@ -10,6 +10,7 @@ import {
   type StepTimings,
 } from '../../proto/control.js';
 import type { Logger } from '../../shared/log.js';
+import type { ShardWritten } from '../../shared/checkpoint/shard-writer.js';
 import { UserError } from '../../shared/errors.js';
 
 /** What the coordinator knows about one registered worker. */
@@ -56,7 +57,8 @@ export interface ControlServerOptions {
   readonly heartbeatTimeoutMs: number;
   readonly log: Logger;
   readonly onStep?: (s: StepSummary) => void;
-  readonly onCheckpointShard?: (s: CheckpointShard) => void;
+  /** A rank wrote its checkpoint shard; the record is shaped for shared/checkpoint's commitCheckpoint. */
+  readonly onCheckpointShard?: (s: ShardWritten) => void;
 }
 
 /**
@@ -312,7 +314,7 @@ export class ControlServer {
       CommitCheckpoint: (call, cb) => {
         const err = this.checkRank(call.request.rank, call.request.generation);
         if (err) return cb(err);
-        this.opts.onCheckpointShard?.(call.request);
+        this.opts.onCheckpointShard?.(shardWritten(call.request));
         cb(null, {});
       },
 
@@ -374,6 +376,11 @@ export function hashMismatch(hashes: readonly string[], step: number): string | 
   if (groups.size <= 1) return null;
   const parts = [...groups].map(([h, ranks]) => `rank${ranks.length > 1 ? 's' : ''} ${ranks.join(', ')}: ${h ? h.slice(0, 16) + '...' : '(none)'}`);
   return `parameter hashes differ at step ${step}, so the replicas have diverged (${parts.join('; ')})`;
+}
+
+/** The control-plane record back in the checkpoint writer's shape. */
+export function shardWritten(c: CheckpointShard): ShardWritten {
+  return { file: c.path, path: c.hostPath, rank: c.rank, world: c.world, step: c.step, start: c.start, end: c.end, bytes: c.bytes, digest: c.sha256, seconds: c.seconds };
 }
 
 function tokenMatches(got: string, want: string): boolean {
