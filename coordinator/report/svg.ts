@@ -40,6 +40,13 @@ function svgOpen(kind: string, width: number, height: number, title: string): st
   );
 }
 
+/** Rough width of 11px sans-serif text, for margins (no font metrics without a DOM). */
+const textWidth = (text: string) => text.length * 6.2;
+const MAX_LABEL = 44;
+/** Long names are cut with an ellipsis on the axis; the full name stays in the tooltip. */
+export const clip = (text: string) => (text.length > MAX_LABEL ? text.slice(0, MAX_LABEL - 1) + '\u2026' : text);
+const labelMargin = (labels: readonly string[]) => Math.max(120, Math.min(MAX_LABEL, Math.max(0, ...labels.map((l) => l.length))) * 6.2 + 20);
+
 function emptyNote(x: number, y: number, text: string): string {
   return `<text x="${x}" y="${y}" text-anchor="middle" fill="#888">${esc(text)}</text>`;
 }
@@ -125,8 +132,8 @@ export interface AurocRun {
 /** Per-label AUROC as dots with confidence-interval whiskers; one row per label, one dot per run. */
 export function aurocChart(labels: readonly string[], runs: readonly AurocRun[], title = 'Per-label AUROC (95% CI)'): string {
   const rowH = runs.length > 1 ? 26 : 20;
-  const m = { l: 200, r: 70, t: 44, b: 40 };
-  const W = 640, H = m.t + m.b + rowH * Math.max(1, labels.length);
+  const m = { l: labelMargin(labels), r: 70, t: 44, b: 40 };
+  const W = m.l + 440, H = m.t + m.b + rowH * Math.max(1, labels.length);
   const pw = W - m.l - m.r;
   let out = svgOpen('auroc', W, H, title);
   const values = runs.flatMap((r) => labels.flatMap((l) => [r.auroc[l], ...(r.ci?.[l] ?? [])])).filter((x): x is number => typeof x === 'number');
@@ -142,7 +149,7 @@ export function aurocChart(labels: readonly string[], runs: readonly AurocRun[],
   labels.forEach((label, i) => {
     const yc = m.t + i * rowH + rowH / 2;
     if (i % 2 === 0) out += `<rect x="${m.l}" y="${n2(yc - rowH / 2)}" width="${pw}" height="${rowH}" fill="#f7f7f7"/>`;
-    out += `<text x="${m.l - 8}" y="${n2(yc + 4)}" text-anchor="end" fill="#222">${esc(label)}</text>`;
+    out += `<text x="${m.l - 8}" y="${n2(yc + 4)}" text-anchor="end" fill="#222">${esc(clip(label))}<title>${esc(label)}</title></text>`;
     runs.forEach((run, k) => {
       const y = runs.length > 1 ? yc + (k - (runs.length - 1) / 2) * 9 : yc;
       const v = run.auroc[label];
@@ -173,8 +180,8 @@ export function aurocChart(labels: readonly string[], runs: readonly AurocRun[],
 /** Diverging bars of B - A in AUROC points; green gains and red losses beyond the threshold. */
 export function diffChart(rows: readonly ComparisonRow[], nameA: string, nameB: string): string {
   const rowH = 20;
-  const m = { l: 200, r: 60, t: 44, b: 40 };
-  const W = 640, H = m.t + m.b + rowH * rows.length + 8;
+  const m = { l: labelMargin(rows.map((r) => r.label)), r: 60, t: 44, b: 40 };
+  const W = m.l + 440, H = m.t + m.b + rowH * rows.length + 8;
   const pw = W - m.l - m.r;
   let out = svgOpen('compare', W, H, `AUROC difference: ${nameB} \u2212 ${nameA} (points)`);
   const diffs = rows.map((r) => r.diffPoints).filter((x): x is number => x !== null);
@@ -188,7 +195,7 @@ export function diffChart(rows: readonly ComparisonRow[], nameA: string, nameB: 
   rows.forEach((r, i) => {
     const y = m.t + i * rowH + (r.summary ? 8 : 0);
     const color = r.verdict === 'gain' ? GAIN : r.verdict === 'loss' ? LOSS : NEUTRAL;
-    out += `<text x="${m.l - 8}" y="${y + 14}" text-anchor="end" fill="#222"${r.summary ? ' font-weight="600"' : ''}>${esc(r.label)}</text>`;
+    out += `<text x="${m.l - 8}" y="${y + 14}" text-anchor="end" fill="#222"${r.summary ? ' font-weight="600"' : ''}>${esc(clip(r.label))}<title>${esc(r.label)}</title></text>`;
     if (r.diffPoints === null) {
       out += `<text x="${n2(sx(0) + 6)}" y="${y + 14}" fill="#999">n/a</text>`;
       return;
@@ -196,8 +203,12 @@ export function diffChart(rows: readonly ComparisonRow[], nameA: string, nameB: 
     const a = sx(Math.min(0, r.diffPoints)), b = sx(Math.max(0, r.diffPoints));
     out += `<rect class="bar ${r.verdict}" data-label="${esc(r.label)}" x="${n2(a)}" y="${y + 4}" width="${n2(Math.max(1, b - a))}" height="${rowH - 8}" fill="${color}">`;
     out += `<title>${esc(`${r.label}: ${fmtPoints(r.diffPoints)} points`)}</title></rect>`;
-    const tx = r.diffPoints >= 0 ? b + 4 : a - 4;
-    out += `<text x="${n2(tx)}" y="${y + 14}" text-anchor="${r.diffPoints >= 0 ? 'start' : 'end'}" fill="${color}">${esc(fmtPoints(r.diffPoints))}</text>`;
+    // The value goes beyond the bar's end, or inside it (white) when that would run into the axis labels.
+    const text = fmtPoints(r.diffPoints);
+    const inside = r.diffPoints < 0 ? a - 4 - textWidth(text) < m.l : b + 4 + textWidth(text) > W - 4;
+    const tx = r.diffPoints >= 0 ? (inside ? b - 4 : b + 4) : inside ? a + 4 : a - 4;
+    const anchor = (r.diffPoints >= 0) !== inside ? 'start' : 'end';
+    out += `<text x="${n2(tx)}" y="${y + 14}" text-anchor="${anchor}" fill="${inside ? '#fff' : color}">${esc(text)}</text>`;
   });
   out += `<line x1="${n2(sx(0))}" x2="${n2(sx(0))}" y1="${m.t - 4}" y2="${H - m.b}" stroke="#444"/>`;
   return out + '</svg>';
@@ -215,7 +226,7 @@ export function divergingColor(v: number): string {
 export function heatmap(labels: readonly string[], matrix: readonly (readonly number[])[], title = 'Cosine similarity of label text embeddings'): string {
   const L = labels.length;
   const cell = L <= 16 ? 34 : Math.max(12, Math.floor(540 / L));
-  const m = { l: 190, t: 44 + 6, b: 150, r: 70 };
+  const m = { l: labelMargin(labels), t: 50, b: Math.min(MAX_LABEL, Math.max(...labels.map((l) => l.length))) * 5.2 + 30, r: 70 };
   const W = m.l + cell * L + m.r, H = m.t + cell * L + m.b;
   let out = svgOpen('heatmap', W, H, title);
   for (let i = 0; i < L; i++) {
@@ -226,9 +237,9 @@ export function heatmap(labels: readonly string[], matrix: readonly (readonly nu
       out += `<title>${esc(`${labels[i]} \u00b7 ${labels[j]}: ${v.toFixed(3)}`)}</title></rect>`;
       if (cell >= 28) out += `<text x="${x + cell / 2}" y="${y + cell / 2 + 3.5}" text-anchor="middle" font-size="9.5" fill="${Math.abs(v) > 0.6 ? '#fff' : '#333'}">${v.toFixed(2)}</text>`;
     }
-    out += `<text x="${m.l - 6}" y="${m.t + i * cell + cell / 2 + 4}" text-anchor="end" fill="#222">${esc(labels[i])}</text>`;
+    out += `<text x="${m.l - 6}" y="${m.t + i * cell + cell / 2 + 4}" text-anchor="end" fill="#222">${esc(clip(labels[i]!))}<title>${esc(labels[i])}</title></text>`;
     const cx = m.l + i * cell + cell / 2, cy = m.t + L * cell + 6;
-    out += `<text transform="translate(${cx + 4} ${cy}) rotate(-55)" text-anchor="end" fill="#222">${esc(labels[i])}</text>`;
+    out += `<text transform="translate(${cx + 4} ${cy}) rotate(-55)" text-anchor="end" fill="#222">${esc(clip(labels[i]!))}</text>`;
   }
   // Colour scale.
   const sx = m.l + L * cell + 18, sh = Math.min(200, L * cell);
@@ -249,8 +260,8 @@ export interface ScatterGroup {
 
 /** 2-D scatter of projected embeddings, one colour per group, legend with counts on the right. */
 export function scatter(points: readonly [number, number][], groups: readonly ScatterGroup[], title: string, axes: [string, string]): string {
-  const m = { l: 40, r: 210, t: 40, b: 40 };
-  const W = 760, H = 520;
+  const m = { l: 40, r: Math.min(MAX_LABEL, Math.max(10, ...groups.map((g) => g.name.length + 6))) * 6.2 + 40, t: 40, b: 40 };
+  const W = 560 + m.r, H = Math.max(520, m.t + 20 + groups.length * 17);
   const pw = W - m.l - m.r, ph = H - m.t - m.b;
   let out = svgOpen('projection', W, H, title);
   if (points.length === 0) return out + emptyNote(W / 2, H / 2, 'no test embeddings') + '</svg>';
@@ -269,7 +280,7 @@ export function scatter(points: readonly [number, number][], groups: readonly Sc
     out += '</g>';
     const ly = m.t + 8 + gi * 17;
     out += `<g class="legend" data-group="${gi}"><circle cx="${W - m.r + 18}" cy="${ly}" r="5" fill="${g.color}"/>`;
-    out += `<text x="${W - m.r + 28}" y="${ly + 4}" fill="#222">${esc(g.name)} (${g.members.length})</text></g>`;
+    out += `<text x="${W - m.r + 28}" y="${ly + 4}" fill="#222">${esc(clip(g.name))} (${g.members.length})</text></g>`;
   });
   return out + '</svg>';
 }
