@@ -28,7 +28,9 @@ export function verdictOf(diffPoints: number | null): Verdict {
 
 function row(label: string, a: number | null | undefined, b: number | null | undefined, summary = false): ComparisonRow {
   const av = a ?? null, bv = b ?? null;
-  const diffPoints = av === null || bv === null ? null : (bv - av) * 100;
+  // Rounded to 1e-9 points so that decimal inputs sit exactly on the threshold (0.895 - 0.9 is
+  // -0.5000000000000004 in binary floating point, and must not count as a loss).
+  const diffPoints = av === null || bv === null ? null : Math.round((bv - av) * 100 * 1e9) / 1e9;
   return { label, a: av, b: bv, diffPoints, verdict: verdictOf(diffPoints), ...(summary ? { summary } : {}) };
 }
 
