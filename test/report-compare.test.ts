@@ -25,8 +25,9 @@ test('comparison rows cover both runs, in points, with the mean rows last', () =
   assert.deepEqual(rows.map((r) => r.verdict), ['gain', 'same', 'n/a', 'n/a', 'gain', 'same']);
   const plain = formatComparisonTable(rows, { nameA: 'base', nameB: 'text', color: false });
   assert.ok(!plain.includes('\x1b['));
-  assert.match(plain, /^A\s+0\.8000\s+0\.8100\s+\+1\.00$/m);
-  assert.match(plain, /A: gain, Mean: gain/);
+  assert.match(plain, /^A\s+0\.8000\s+0\.8100\s+\+1\.00  gain$/m);
+  assert.match(plain, /^B\s+0\.9000\s+0\.8950\s+\u22120\.50$/m);
+  assert.match(plain, /^Mean\s+0\.8500\s+0\.8600\s+\+1\.00  gain$/m);
   const colored = formatComparisonTable(rows, { nameA: 'base', nameB: 'text', color: true });
   assert.match(colored, /\x1b\[32mA\s+0\.8000/);
 });

@@ -48,28 +48,27 @@ export function compareEvals(a: EvalResult, b: EvalResult): ComparisonRow[] {
 const fmtAuroc = (x: number | null) => (x === null ? '-' : x.toFixed(4));
 export const fmtPoints = (d: number | null) => (d === null ? '-' : `${d > 0 ? '+' : d < 0 ? '\u2212' : '\u00b1'}${Math.abs(d).toFixed(2)}`);
 
-/** The comparison as a terminal table; ANSI colour (green gain, red loss) only when asked. */
+/**
+ * The comparison as a terminal table. With colour, gains are green and losses red; without
+ * (pipes, logs), a verdict column carries the same information.
+ */
 export function formatComparisonTable(rows: readonly ComparisonRow[], opts: { nameA: string; nameB: string; color: boolean }): string {
-  const head = ['label', opts.nameA, opts.nameB, 'diff (pts)'];
-  const body = rows.map((r) => [r.label, fmtAuroc(r.a), fmtAuroc(r.b), fmtPoints(r.diffPoints)]);
+  const head = ['label', opts.nameA, opts.nameB, 'diff (pts)', ...(opts.color ? [] : [''])];
+  const word = (v: Verdict) => (v === 'gain' || v === 'loss' ? v : '');
+  const body = rows.map((r) => [r.label, fmtAuroc(r.a), fmtAuroc(r.b), fmtPoints(r.diffPoints), ...(opts.color ? [] : [word(r.verdict)])]);
   const widths = head.map((h, c) => Math.max(h.length, ...body.map((r) => r[c]!.length)));
   const line = (cells: string[]) =>
-    cells.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  ');
-  const paint = (text: string, v: Verdict) =>
-    !opts.color ? text : v === 'gain' ? `\x1b[32m${text}\x1b[0m` : v === 'loss' ? `\x1b[31m${text}\x1b[0m` : text;
-  const rule = widths.map((w) => '-'.repeat(w)).join('  ');
+    cells.map((cell, c) => (c === 0 || c === 4 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  ').trimEnd();
+  const paint = (text: string, v: Verdict) => (v === 'gain' ? `\x1b[32m${text}\x1b[0m` : v === 'loss' ? `\x1b[31m${text}\x1b[0m` : text);
+  const rule = widths.map((w) => '-'.repeat(w)).join('  ').trimEnd();
   const out = [line(head), rule];
   rows.forEach((r, i) => {
     if (r.summary && !rows[i - 1]?.summary) out.push(rule);
-    const cells = body[i]!;
-    const text = line(cells);
-    out.push(opts.color && r.summary ? `\x1b[1m${paint(text, r.verdict)}\x1b[0m` : paint(text, r.verdict));
+    const text = line(body[i]!);
+    if (!opts.color) out.push(text);
+    else out.push(r.summary ? `\x1b[1m${paint(text, r.verdict)}\x1b[0m` : paint(text, r.verdict));
   });
   out.push('');
-  out.push(`diff = (${opts.nameB} - ${opts.nameA}) x 100 AUROC points; beyond \u00b1${SIGNIFICANT_POINTS} marked as gain/loss${opts.color ? ' (green/red)' : ''}.`);
-  if (!opts.color) {
-    const marks = rows.filter((r) => r.verdict === 'gain' || r.verdict === 'loss').map((r) => `${r.label}: ${r.verdict}`);
-    if (marks.length) out.push(marks.join(', '));
-  }
+  out.push(`diff = (${opts.nameB} - ${opts.nameA}) x 100 AUROC points; beyond \u00b1${SIGNIFICANT_POINTS} is a gain${opts.color ? ' (green)' : ''} or a loss${opts.color ? ' (red)' : ''}.`);
   return out.join('\n') + '\n';
 }
