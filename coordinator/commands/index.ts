@@ -1,5 +1,6 @@
 import type { CommandModule } from 'yargs';
 import { compareCommand } from './compare.js';
+import { doctorCommand } from './doctor.js';
 import { reportCommand } from './report.js';
 
 /**
@@ -7,4 +8,4 @@ import { reportCommand } from './report.js';
  * (`coordinator --workers 4 ...`).
  */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-export const commands: CommandModule<any, any>[] = [reportCommand, compareCommand];
+export const commands: CommandModule<any, any>[] = [reportCommand, compareCommand, doctorCommand];
