@@ -1,43 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { cosineMatrix, downsampleMinMax, ema, niceTicks, pca2 } from '../coordinator/report/math.js';
-
-/** Exact symmetric eigen-decomposition by cyclic Jacobi rotations: the reference for PCA. */
-function jacobiEigen(A: number[][]): { values: number[]; vectors: number[][] } {
-  const n = A.length;
-  const a = A.map((r) => r.slice());
-  const v: number[][] = A.map((_, i) => A.map((__, j) => (i === j ? 1 : 0)));
-  for (let sweep = 0; sweep < 100; sweep++) {
-    let off = 0;
-    for (let p = 0; p < n; p++) for (let q = p + 1; q < n; q++) off += a[p]![q]! ** 2;
-    if (off < 1e-22) break;
-    for (let p = 0; p < n; p++)
-      for (let q = p + 1; q < n; q++) {
-        if (Math.abs(a[p]![q]!) < 1e-300) continue;
-        const theta = (a[q]![q]! - a[p]![p]!) / (2 * a[p]![q]!);
-        const t = Math.sign(theta || 1) / (Math.abs(theta) + Math.sqrt(theta * theta + 1));
-        const c = 1 / Math.sqrt(t * t + 1), s = t * c;
-        for (let k = 0; k < n; k++) {
-          const akp = a[k]![p]!, akq = a[k]![q]!;
-          a[k]![p] = c * akp - s * akq;
-          a[k]![q] = s * akp + c * akq;
-        }
-        for (let k = 0; k < n; k++) {
-          const apk = a[p]![k]!, aqk = a[q]![k]!;
-          a[p]![k] = c * apk - s * aqk;
-          a[q]![k] = s * apk + c * aqk;
-        }
-        for (let k = 0; k < n; k++) {
-          const vkp = v[k]![p]!, vkq = v[k]![q]!;
-          v[k]![p] = c * vkp - s * vkq;
-          v[k]![q] = s * vkp + c * vkq;
-        }
-      }
-  }
-  const order = a.map((_, i) => i).sort((i, j) => a[j]![j]! - a[i]![i]!);
-  return { values: order.map((i) => a[i]![i]!), vectors: order.map((i) => v.map((row) => row[i]!)) };
-}
+import { cosineMatrix, downsampleMinMax, ema, niceTicks, pca2, symmetricEigen } from '../coordinator/report/math.js';
 
 test('cosine similarity: unit diagonal, symmetric, known angles, zero rows give 0', () => {
   const m = cosineMatrix([[1, 0], [0, 2], [1, 1], [0, 0]]);
@@ -46,6 +10,29 @@ test('cosine similarity: unit diagonal, symmetric, known angles, zero rows give 
   assert.ok(Math.abs(m[0]![2]! - Math.SQRT1_2) < 1e-12);
   assert.equal(m[1]![2], m[2]![1]);
   assert.deepEqual(m[3], [0, 0, 0, 0]);
+});
+
+test('Jacobi eigen-decomposition: A v = lambda v, orthonormal vectors, descending values', () => {
+  fc.assert(
+    fc.property(fc.integer({ min: 1, max: 8 }), fc.array(fc.double({ min: -10, max: 10, noNaN: true }), { minLength: 64, maxLength: 64 }), (n, raw) => {
+      const A = Array.from({ length: n }, (_, i) => Array.from({ length: n }, (_, j) => raw[Math.min(i, j) * 8 + Math.max(i, j)]!));
+      const { values, vectors } = symmetricEigen(A);
+      const scale = Math.max(1, ...A.flat().map(Math.abs));
+      for (let i = 0; i < n; i++) {
+        if (i > 0) assert.ok(values[i - 1]! >= values[i]!);
+        const v = vectors[i]!;
+        for (let r = 0; r < n; r++) {
+          const av = A[r]!.reduce((s, x, k) => s + x * v[k]!, 0);
+          assert.ok(Math.abs(av - values[i]! * v[r]!) < 1e-9 * scale * n, `A v = lambda v, pair ${i}`);
+        }
+        for (let j = 0; j <= i; j++) {
+          const d = v.reduce((s, x, k) => s + x * vectors[j]![k]!, 0);
+          assert.ok(Math.abs(d - (i === j ? 1 : 0)) < 1e-9);
+        }
+      }
+    }),
+    { numRuns: 100, seed: 11 },
+  );
 });
 
 test('PCA matches the exact eigenvectors of the covariance (Jacobi reference)', () => {
@@ -59,7 +46,7 @@ test('PCA matches the exact eigenvectors of the covariance (Jacobi reference)', 
         const n = rows.length;
         const mean = Array.from({ length: d }, (_, k) => rows.reduce((s, r) => s + r[k]!, 0) / n);
         const C = Array.from({ length: d }, (_, i) => Array.from({ length: d }, (_, j) => rows.reduce((s, r) => s + (r[i]! - mean[i]!) * (r[j]! - mean[j]!), 0)));
-        const { values, vectors } = jacobiEigen(C);
+        const { values, vectors } = symmetricEigen(C);
         fc.pre(values[0]! - values[1]! > 1e-3 * values[0]! && values[1]! - (values[2] ?? 0) > 1e-3 * values[0]!);
         const { points, explained } = pca2(rows, 5000, 1e-15);
         const total = values.reduce((s, x) => s + x, 0);

@@ -25,12 +25,59 @@ export interface Projection {
 }
 
 /**
- * Project rows onto their first two principal components. Orthogonal (subspace) iteration on
- * the covariance, applied implicitly as Xc^T (Xc v) so a 512-wide embedding never needs its
- * 512x512 covariance. Deterministic: fixed start vectors, and each component's sign chosen so
- * that its largest-magnitude entry is positive.
+ * Eigen-decomposition of a small symmetric matrix by cyclic Jacobi rotations: eigenvalues in
+ * descending order and their unit eigenvectors (vectors[i] belongs to values[i]).
  */
-export function pca2(rows: readonly (readonly number[])[], maxIter = 500, tol = 1e-10): Projection {
+export function symmetricEigen(A: readonly (readonly number[])[]): { values: number[]; vectors: number[][] } {
+  const n = A.length;
+  const a = A.map((r) => r.slice());
+  const v: number[][] = A.map((_, i) => A.map((__, j) => (i === j ? 1 : 0)));
+  for (let sweep = 0; sweep < 100; sweep++) {
+    let off = 0, diag = 0;
+    for (let p = 0; p < n; p++) {
+      diag += a[p]![p]! ** 2;
+      for (let q = p + 1; q < n; q++) off += a[p]![q]! ** 2;
+    }
+    if (off <= 1e-30 * Math.max(diag, 1e-300)) break;
+    for (let p = 0; p < n; p++)
+      for (let q = p + 1; q < n; q++) {
+        const apq = a[p]![q]!;
+        if (apq === 0) continue;
+        const theta = (a[q]![q]! - a[p]![p]!) / (2 * apq);
+        const t = (theta >= 0 ? 1 : -1) / (Math.abs(theta) + Math.sqrt(theta * theta + 1));
+        const c = 1 / Math.sqrt(t * t + 1), s = t * c;
+        for (let k = 0; k < n; k++) {
+          const akp = a[k]![p]!, akq = a[k]![q]!;
+          a[k]![p] = c * akp - s * akq;
+          a[k]![q] = s * akp + c * akq;
+        }
+        for (let k = 0; k < n; k++) {
+          const apk = a[p]![k]!, aqk = a[q]![k]!;
+          a[p]![k] = c * apk - s * aqk;
+          a[q]![k] = s * apk + c * aqk;
+        }
+        for (let k = 0; k < n; k++) {
+          const vkp = v[k]![p]!, vkq = v[k]![q]!;
+          v[k]![p] = c * vkp - s * vkq;
+          v[k]![q] = s * vkp + c * vkq;
+        }
+      }
+  }
+  const order = a.map((_, i) => i).sort((i, j) => a[j]![j]! - a[i]![i]!);
+  return { values: order.map((i) => a[i]![i]!), vectors: order.map((i) => v.map((row) => row[i]!)) };
+}
+
+/**
+ * Project rows onto their first two principal components. Block subspace iteration with a
+ * Rayleigh-Ritz step on a handful of vectors (the top two converge at the rate of the gap to
+ * the 7th eigenvalue, not the 3rd), the covariance applied implicitly as Xc^T (Xc V) in one
+ * pass over the rows, so a 512-wide embedding never needs its 512x512 covariance.
+ * Deterministic: fixed start vectors, and each component's sign chosen so that its
+ * largest-magnitude entry is positive. The default iteration cap bounds the time on data with
+ * no dominant directions (isotropic noise), where the top two are ill-defined anyway; the
+ * result is then still an orthonormal projection and `explained` is measured, not assumed.
+ */
+export function pca2(rows: readonly (readonly number[])[], maxIter = 60, tol = 1e-9): Projection {
   const n = rows.length;
   if (n === 0) return { points: [], explained: [0, 0] };
   const d = rows[0]!.length;
@@ -40,84 +87,93 @@ export function pca2(rows: readonly (readonly number[])[], maxIter = 500, tol = 
   let total = 0;
   for (const r of X) for (let k = 0; k < d; k++) total += r[k]! * r[k]!;
   const comps = Math.min(2, d);
+  const block = Math.min(d, 6);
 
-  // Covariance times v (unnormalised: Xc^T Xc v).
-  const covTimes = (v: Float64Array): Float64Array => {
-    const out = new Float64Array(d);
+  const dot = (a: Float64Array, b: Float64Array) => {
+    let s = 0;
+    for (let k = 0; k < d; k++) s += a[k]! * b[k]!;
+    return s;
+  };
+  // C V for all block vectors in one pass over the rows (C = Xc^T Xc, unnormalised).
+  const covTimes = (V: Float64Array[]): Float64Array[] => {
+    const out = V.map(() => new Float64Array(d));
+    const proj = new Float64Array(V.length);
     for (const r of X) {
-      let dot = 0;
-      for (let k = 0; k < d; k++) dot += r[k]! * v[k]!;
-      if (dot !== 0) for (let k = 0; k < d; k++) out[k]! += dot * r[k]!;
+      for (let c = 0; c < V.length; c++) proj[c] = dot(r, V[c]!);
+      for (let c = 0; c < V.length; c++) {
+        const p = proj[c]!, o = out[c]!;
+        if (p !== 0) for (let k = 0; k < d; k++) o[k]! += p * r[k]!;
+      }
     }
     return out;
   };
   const orthonormalize = (vs: Float64Array[]): void => {
     for (let i = 0; i < vs.length; i++) {
-      for (let j = 0; j < i; j++) {
-        let dot = 0;
-        for (let k = 0; k < d; k++) dot += vs[i]![k]! * vs[j]![k]!;
-        for (let k = 0; k < d; k++) vs[i]![k]! -= dot * vs[j]![k]!;
+      // Replacement candidates for a vector that collapses (rank-deficient data): the unit axes
+      // in turn; at most d tries, and some axis is always outside the span of i < d vectors.
+      for (let attempt = 0; ; attempt++) {
+        const v = vs[i]!;
+        const before = Math.sqrt(dot(v, v));
+        for (let pass = 0; pass < 2; pass++)
+          for (let j = 0; j < i; j++) {
+            const p = dot(v, vs[j]!);
+            for (let k = 0; k < d; k++) v[k]! -= p * vs[j]![k]!;
+          }
+        const norm = Math.sqrt(dot(v, v));
+        // Relative test: what is left after removing the other directions may be rounding
+        // noise, which normalised would not be orthogonal to them.
+        if (norm > 1e-10 * before && norm > 1e-150) {
+          for (let k = 0; k < d; k++) v[k]! /= norm;
+          break;
+        }
+        if (attempt >= d) throw new Error(`pca2: cannot build ${vs.length} orthonormal vectors in ${d} dimensions`);
+        v.fill(0);
+        v[(i + attempt) % d] = 1;
       }
-      let norm = 0;
-      for (let k = 0; k < d; k++) norm += vs[i]![k]! ** 2;
-      norm = Math.sqrt(norm);
-      if (norm < 1e-300) {
-        // Degenerate (rank-deficient) data: any unit vector orthogonal to the others will do.
-        vs[i]!.fill(0);
-        vs[i]![i % d] = 1;
-        if (i > 0) orthonormalize(vs.slice(0, i + 1));
-      } else for (let k = 0; k < d; k++) vs[i]![k]! /= norm;
     }
   };
-  // Fixed, generic start vectors (not axis-aligned, so no component is missed by symmetry).
-  let V: Float64Array[] = Array.from({ length: comps }, (_, c) => Float64Array.from({ length: d }, (_, k) => Math.sin(1 + k * 1.618 + c * 2.718)));
+  const combine = (V: Float64Array[], Q: number[][]): Float64Array[] =>
+    Q.map((q) => {
+      const out = new Float64Array(d);
+      q.forEach((w, c) => {
+        for (let k = 0; k < d; k++) out[k]! += w * V[c]![k]!;
+      });
+      return out;
+    });
+
+  let V: Float64Array[] = Array.from({ length: block }, (_, c) => Float64Array.from({ length: d }, (_, k) => Math.sin(1 + k * 1.618 + c * 2.718)));
   orthonormalize(V);
+  let ritz: Float64Array[] = V.slice(0, comps);
   for (let it = 0; it < maxIter; it++) {
-    const W = V.map(covTimes);
-    orthonormalize(W);
+    const W = covTimes(V);
+    // Rayleigh-Ritz: the best approximations to the top eigenvectors within span(V).
+    const H = V.map((vi) => W.map((wj) => dot(vi, wj)));
+    for (let i = 0; i < block; i++) for (let j = 0; j < i; j++) H[i]![j] = H[j]![i] = (H[i]![j]! + H[j]![i]!) / 2;
+    const { vectors } = symmetricEigen(H);
+    const next = combine(V, vectors.slice(0, comps));
     let change = 0;
-    for (let c = 0; c < comps; c++) {
-      let dot = 0;
-      for (let k = 0; k < d; k++) dot += W[c]![k]! * V[c]![k]!;
-      change = Math.max(change, 1 - Math.abs(dot));
-    }
-    V = W;
-    if (change < tol) break;
+    for (let c = 0; c < comps; c++) change = Math.max(change, 1 - Math.abs(dot(next[c]!, ritz[c]!)));
+    ritz = next;
+    if (it > 0 && change < tol) break;
+    V = combine(W, vectors);
+    orthonormalize(V);
   }
-  // Rayleigh-Ritz on the 2-D subspace, so the two directions are the eigenvectors themselves
-  // even when the top eigenvalues are close and iteration left them mixed.
-  if (comps === 2) {
-    const CV = V.map(covTimes);
-    const dot = (a: Float64Array, b: Float64Array) => a.reduce((s, x, k) => s + x * b[k]!, 0);
-    const a = dot(V[0]!, CV[0]!), b = dot(V[0]!, CV[1]!), c = dot(V[1]!, CV[1]!);
-    const theta = 0.5 * Math.atan2(2 * b, a - c);
-    const cs = Math.cos(theta), sn = Math.sin(theta);
-    const v0 = V[0]!.map((x, k) => cs * x + sn * V[1]![k]!);
-    const v1 = V[0]!.map((x, k) => -sn * x + cs * V[1]![k]!);
-    V = [v0, v1];
-    if (dot(v1, covTimes(v1)) > dot(v0, covTimes(v0))) V = [v1, v0];
-  }
-  for (const v of V) {
+  for (const v of ritz) {
     let best = 0;
     for (let k = 0; k < d; k++) if (Math.abs(v[k]!) > Math.abs(v[best]!)) best = k;
     if (v[best]! < 0) for (let k = 0; k < d; k++) v[k] = -v[k]!;
   }
   const points = X.map((r) => {
     const p: [number, number] = [0, 0];
-    for (let c = 0; c < comps; c++) {
-      let dot = 0;
-      for (let k = 0; k < d; k++) dot += r[k]! * V[c]![k]!;
-      p[c] = dot;
-    }
+    for (let c = 0; c < comps; c++) p[c] = dot(r, ritz[c]!);
     return p;
   });
-  const variance = [0, 0];
+  let v0 = 0, v1 = 0;
   for (const p of points) {
-    variance[0]! += p[0] ** 2;
-    variance[1]! += p[1] ** 2;
+    v0 += p[0] ** 2;
+    v1 += p[1] ** 2;
   }
-  const explained: [number, number] = total > 0 ? [variance[0]! / total, variance[1]! / total] : [0, 0];
-  return { points, explained };
+  return { points, explained: total > 0 ? [v0 / total, v1 / total] : [0, 0] };
 }
 
 /**
