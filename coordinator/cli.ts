@@ -26,6 +26,12 @@ async function main(argv: string[]): Promise<void> {
 
 class UsageError extends Error {}
 
+// `coordinator data inspect DIR | head` closes stdout early: that is the reader's choice, not a failure.
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code === 'EPIPE') process.exit(0);
+  throw e;
+});
+
 main(hideBin(process.argv)).catch((e: unknown) => {
   if (e instanceof UsageError) {
     process.stderr.write(`coordinator: ${e.message}\nRun 'coordinator --help' for usage.\n`);

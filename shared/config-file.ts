@@ -178,19 +178,33 @@ export interface CommandShape {
  * command's options and fill in every option the command line did not give.
  */
 export function configFileMiddleware(rawArgs: readonly string[], modules: readonly CommandShape[]) {
-  return (argv: Record<string, unknown>, y: { getOptions(): YargsOptionsView & { configuration?: Record<string, unknown> } }): void => {
+  // yargs runs global middleware once per command level, innermost first; the innermost has
+  // the options of the command actually run, so the file is applied there and only there.
+  let applied = false;
+  return (
+    argv: Record<string, unknown>,
+    y: { getOptions(): YargsOptionsView & { configuration?: Record<string, unknown> }; getInternalMethods?: () => { getContext?: () => { fullCommands?: string[] } } },
+  ): void => {
     const file = argv.config;
-    if (file === undefined) return;
+    if (file === undefined || applied) return;
+    applied = true;
     if (typeof file !== 'string' || file === '') throw new UserError('--config needs a file name (YAML or JSON)');
-    const name = (argv._ as unknown[] | undefined)?.[0];
-    const words = (m: CommandShape) => [...[m.command ?? []].flat(), ...[m.aliases ?? []].flat()];
-    const mod = modules.find((m) =>
-      words(m).some((w) => {
-        const first = w.split(/\s+/)[0]!;
-        return name === undefined ? first === '$0' || first === '*' : first === String(name);
-      }),
-    );
-    const positionals = mod ? words(mod).flatMap(positionalsOf) : [];
+    // The chain of command strings being run ('data <command>', 'inspect <dir>'), when yargs
+    // exposes it; else the top-level module named by the first word.
+    let chain = y.getInternalMethods?.().getContext?.().fullCommands;
+    if (!chain) {
+      const name = (argv._ as unknown[] | undefined)?.[0];
+      const words = (m: CommandShape) => [...[m.command ?? []].flat(), ...[m.aliases ?? []].flat()];
+      const mod = modules.find((m) =>
+        words(m).some((w) => {
+          const first = w.split(/\s+/)[0]!;
+          return name === undefined ? first === '$0' || first === '*' : first === String(name);
+        }),
+      );
+      chain = mod ? [[mod.command ?? []].flat()[0] ?? ''] : [];
+    }
+    const positionals = chain.flatMap(positionalsOf);
+    const name = chain.map((c) => c.trim().split(/\s+/)[0]!).filter((w) => w && w !== '$0' && w !== '*').join(' ');
     const exclude = new Set(['help', 'version', 'config', '$0', '_', ...positionals]);
     const o = y.getOptions();
     const specs = optionSpecsFromYargs(o, exclude);
@@ -201,7 +215,7 @@ export function configFileMiddleware(rawArgs: readonly string[], modules: readon
         throw new UserError(`config file ${file}: '${key}' is a positional argument of this command; give it on the command line`);
       }
     }
-    const values = validateConfig(doc, specs, file, `coordinator${name === undefined ? '' : ` ${String(name)}`}`);
+    const values = validateConfig(doc, specs, file, `coordinator${name ? ` ${name}` : ''}`);
     mergeConfig(argv, values, specs, optionsGivenOnCli(rawArgs, o));
   };
 }

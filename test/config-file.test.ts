@@ -102,6 +102,35 @@ test('the hook on a real yargs command: file fills options, flags win, defaults 
   }
 });
 
+test('the hook on nested commands: the innermost command options, its positionals kept out, its full name in errors', async () => {
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'cxr-cfg-'));
+  try {
+    const file = path.join(dir, 'c.yaml');
+    const run = async (args: string[]) => {
+      let seen: Record<string, unknown> = {};
+      const data = {
+        command: 'data <command>',
+        describe: 'd',
+        builder: (y: ReturnType<typeof yargs>) =>
+          y.command({ command: 'inspect <dir>', describe: 'i', builder: (y2: ReturnType<typeof yargs>) => y2.positional('dir', { type: 'string' }).option('deep', { type: 'boolean', default: false }), handler: (a: Record<string, unknown>) => void (seen = a) } as never).demandCommand(1),
+        handler: () => {},
+      };
+      await yargs(args).strict().option('config', { type: 'string', global: true }).middleware(configFileMiddleware(args, [data]) as never, true)
+        .command(data as never).fail((msg, err) => { throw err ?? new Error(msg); }).parseAsync();
+      return seen;
+    };
+    await fsp.writeFile(file, 'deep: true\n');
+    assert.equal((await run(['data', 'inspect', 'D', '--config', file])).deep, true);
+    assert.equal((await run(['data', 'inspect', 'D', '--config', file, '--no-deep'])).deep, false);
+    await fsp.writeFile(file, 'dir: /x\n');
+    await assert.rejects(run(['data', 'inspect', 'D', '--config', file]), isUser(/'dir' is a positional argument/));
+    await fsp.writeFile(file, 'shallow: 1\n');
+    await assert.rejects(run(['data', 'inspect', 'D', '--config', file]), isUser(/unknown key 'shallow' for 'coordinator data inspect' \(its options: deep\)/));
+  } finally {
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+});
+
 test('--config through the real coordinator CLI', async () => {
   const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'cxr-cfg-cli-'));
   try {

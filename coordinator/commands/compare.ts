@@ -14,7 +14,7 @@ interface CompareArgs {
 /** `coordinator compare A B`: per-label AUROC of two runs and B - A in points, in the terminal. */
 export const compareCommand: CommandModule<object, CompareArgs> = {
   command: 'compare <run-a> <run-b>',
-  describe: 'Per-label AUROC of two runs side by side with the differences (B - A, in AUROC points)',
+  describe: 'per-label AUROC of two runs side by side, B - A in AUROC points',
   builder: (y) =>
     y
       .positional('run-a', { type: 'string', demandOption: true, describe: 'baseline run directory' })

@@ -12,7 +12,7 @@ interface DoctorArgs {
 /** `coordinator doctor`: what works on this machine, and what to do about what does not. */
 export const doctorCommand: CommandModule<object, DoctorArgs> = {
   command: 'doctor',
-  describe: 'Check this machine: TF.js backends, GPUs, ZeroMQ, Node, free disk and ports, with a hint per problem',
+  describe: 'check this machine: TF.js backends, GPUs, ZeroMQ, Node, free disk and ports, with a hint per problem',
   builder: (y) =>
     y
       .option('run-dir', { type: 'string', default: 'runs', describe: 'where runs will be written (free space is checked there)' })

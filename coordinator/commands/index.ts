@@ -1,6 +1,10 @@
 import type { CommandModule } from 'yargs';
+import { checkpointsCommand } from './checkpoints.js';
 import { compareCommand } from './compare.js';
+import { dataCommand } from './data.js';
+import { demoCommand } from './demo.js';
 import { doctorCommand } from './doctor.js';
+import { exportCommand } from './export.js';
 import { reportCommand } from './report.js';
 
 /**
@@ -8,4 +12,4 @@ import { reportCommand } from './report.js';
  * (`coordinator --workers 4 ...`).
  */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-export const commands: CommandModule<any, any>[] = [reportCommand, compareCommand, doctorCommand];
+export const commands: CommandModule<any, any>[] = [dataCommand, demoCommand, exportCommand, checkpointsCommand, reportCommand, compareCommand, doctorCommand];

@@ -11,7 +11,7 @@ interface ReportArgs {
 /** `coordinator report RUN`: the run's HTML report and its charts as SVG files. */
 export const reportCommand: CommandModule<object, ReportArgs> = {
   command: 'report <run>',
-  describe: 'Write a self-contained HTML report of a run: loss and lr curves, per-label AUROC, comparison, embeddings',
+  describe: 'a self-contained HTML report of a run (curves, per-label AUROC, comparison, embeddings) plus its charts as SVG',
   builder: (y) =>
     y
       .positional('run', { type: 'string', demandOption: true, describe: 'run directory (holds config.json, metrics.jsonl, eval.json)' })
