@@ -41,7 +41,7 @@ function svgOpen(kind: string, width: number, height: number, title: string): st
 }
 
 /** Rough width of 11px sans-serif text, for margins (no font metrics without a DOM). */
-const textWidth = (text: string) => text.length * 6.2;
+const textWidth = (text: string) => text.length * 6.6;
 const MAX_LABEL = 44;
 /** Long names are cut with an ellipsis on the axis; the full name stays in the tooltip. */
 export const clip = (text: string) => (text.length > MAX_LABEL ? text.slice(0, MAX_LABEL - 1) + '\u2026' : text);
@@ -82,9 +82,14 @@ export function lineChart(spec: LineChartSpec): string {
   let x0 = Math.min(...all.map((p) => p[0])), x1 = Math.max(...all.map((p) => p[0]));
   let y0 = Math.min(...all.map((p) => p[1])), y1 = Math.max(...all.map((p) => p[1]));
   if (x1 === x0) x1 = x0 + 1;
-  const yt = niceTicks(y0, y1, 5);
-  y0 = Math.min(y0, yt[0] ?? y0);
-  y1 = Math.max(y1, yt[yt.length - 1] ?? y1);
+  // Extend the y range to whole tick steps so the curve starts and ends between gridlines.
+  let yt = niceTicks(y0, y1, 5);
+  if (yt.length >= 2) {
+    const step = yt[1]! - yt[0]!;
+    y0 = Math.floor(y0 / step + 1e-9) * step;
+    y1 = Math.ceil(y1 / step - 1e-9) * step;
+    yt = Array.from({ length: Math.round((y1 - y0) / step) + 1 }, (_, i) => Number((y0 + i * step).toPrecision(12)));
+  }
   if (y1 === y0) y1 = y0 + 1;
   const sx = (x: number) => m.l + ((x - x0) / (x1 - x0)) * pw;
   const sy = (y: number) => m.t + ph - ((y - y0) / (y1 - y0)) * ph;
@@ -114,7 +119,7 @@ export function lineChart(spec: LineChartSpec): string {
   for (const s of [...spec.series].reverse()) {
     if (s.noLegend) continue;
     const label = esc(s.name);
-    const w = 22 + s.name.length * 6.2;
+    const w = 34 + textWidth(s.name);
     lx -= w;
     out += `<line x1="${n2(lx)}" x2="${n2(lx + 16)}" y1="31" y2="31" stroke="${s.color}" stroke-width="2"${s.dashed ? ' stroke-dasharray="5 3"' : ''}/>`;
     out += `<text x="${n2(lx + 20)}" y="34" fill="#333">${label}</text>`;
@@ -171,7 +176,7 @@ export function aurocChart(labels: readonly string[], runs: readonly AurocRun[],
   });
   let lx = W - m.r;
   for (const run of [...runs].reverse()) {
-    lx -= 24 + run.name.length * 6.2;
+    lx -= 34 + textWidth(run.name);
     out += `<circle cx="${n2(lx + 6)}" cy="31" r="4" fill="${run.color}"/><text x="${n2(lx + 14)}" y="34" fill="#333">${esc(run.name)}</text>`;
   }
   return out + '</svg>';
