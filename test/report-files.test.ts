@@ -84,3 +84,23 @@ test('a run directory is read whole; an empty or missing one is a clear error', 
     await fsp.rm(dir, { recursive: true, force: true });
   }
 });
+
+test('environment.json records node, host and this checkout\'s git commit, plus the run facts given', async () => {
+  const { writeRunEnvironment } = await import('../coordinator/report/environment.js');
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'cxr-env-'));
+  try {
+    const env = await writeRunEnvironment(dir, { backend: 'wasm', workers: 2 });
+    const back = JSON.parse(await fsp.readFile(path.join(dir, 'environment.json'), 'utf8')) as Record<string, unknown>;
+    assert.deepEqual(back, env);
+    assert.equal(back.node, process.version);
+    assert.equal(back.host, os.hostname());
+    assert.equal(back.backend, 'wasm');
+    // In a checkout the commit must be found; an unpacked package has none.
+    const { existsSync } = await import('node:fs');
+    const { packageRoot } = await import('../shared/paths.js');
+    if (existsSync(path.join(packageRoot, '.git'))) assert.match(String(back.git_commit), /^[0-9a-f]{40}$/);
+    else assert.equal(back.git_commit, null);
+  } finally {
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+});
