@@ -1,8 +1,10 @@
 import type { CommandModule } from 'yargs';
+import { trainCommand } from './train.js';
+import { evalCommand } from './eval.js';
 
 /**
  * Every `coordinator` sub-command, one module each. The training command is the default
  * (`coordinator --workers 4 ...`).
  */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-export const commands: CommandModule<any, any>[] = [];
+export const commands: CommandModule<any, any>[] = [trainCommand, evalCommand];
