@@ -231,6 +231,17 @@ export function labelPriorTarget(kind: LabelPriorKind, labels: readonly string[]
 }
 
 /**
+ * x with its gradient multiplied by k (value unchanged). A parameter that enters a batch-level
+ * loss directly (the contrastive temperature) gets the whole global gradient on every rank, so
+ * each rank passes it through with k = 1/world and the rank sum is exact again.
+ */
+export function scaleGradient<T extends tf.Tensor>(x: T, k: number): T {
+  if (k === 1) return x;
+  const f = tf.customGrad((xIn) => ({ value: tf.clone(xIn as tf.Tensor), gradFunc: (dy: tf.Tensor) => tf.mul(dy, k) }));
+  return f(x) as T;
+}
+
+/**
  * The global [N, D] matrix with rows [offset, offset + n) live (differentiable) and every other row
  * a constant made from the gathered values: gradients flow only into this rank's slice.
  */

@@ -8,6 +8,7 @@ import {
   labelPriorLoss,
   multiPositiveTargets,
   resolveTargets,
+  scaleGradient,
   sampleTextEmbeddings,
   withLiveSlice,
   type TargetOptions,
@@ -138,7 +139,7 @@ export async function computeGradients(model: CxrModel, batch: LocalBatch, comm:
           const t = sampleTextEmbeddings(text.positive, text.negative, tgt, msk);
           const Z = gatheredImg ? withLiveSlice(gatheredImg, z, offset) : z;
           const T = gatheredTxt ? withLiveSlice(gatheredTxt, t, offset) : t;
-          con = contrastiveLoss(Z, T, G!, model.p('logit_scale'));
+          con = contrastiveLoss(Z, T, G!, scaleGradient(model.p<tf.Scalar>('logit_scale'), 1 / comm.world));
         }
         if (usePrior) prior = labelPriorLoss(text.names, S!, comm.world);
       } else {

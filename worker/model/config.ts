@@ -51,9 +51,13 @@ export function resolveModelConfig(opts: {
   head?: 'text' | 'linear';
   textEmbeddingsFile?: string | null;
   textDim?: number;
+  /** Shape changes for tests and experiments (the preset name is kept for the record). */
+  overrides?: Partial<Omit<PresetShape, 'imageSize'>>;
 }): ModelConfig {
-  const p = PRESETS[opts.preset as ModelPreset];
-  if (!p) throw new UserError(`--model '${opts.preset}' is not one of ${MODEL_PRESETS.join(', ')}`);
+  const preset = PRESETS[opts.preset as ModelPreset];
+  if (!preset) throw new UserError(`--model '${opts.preset}' is not one of ${MODEL_PRESETS.join(', ')}`);
+  const p: PresetShape = { ...preset, ...opts.overrides };
+  if (p.width % p.heads !== 0) throw new UserError(`model width ${p.width} is not a multiple of ${p.heads} heads`);
   if (p.imageSize !== null && p.imageSize !== opts.imageSize)
     throw new UserError(
       `--model ${opts.preset} needs ${p.imageSize}x${p.imageSize} images but the dataset has ${opts.imageSize}x${opts.imageSize}; ` +
