@@ -1,10 +1,12 @@
 import type { CommandModule } from 'yargs';
 import { trainCommand } from './train.js';
 import { evalCommand } from './eval.js';
+import { dataCommand } from './data.js';
+import { demoCommand } from './demo.js';
 
 /**
  * Every `coordinator` sub-command, one module each. The training command is the default
  * (`coordinator --workers 4 ...`).
  */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-export const commands: CommandModule<any, any>[] = [trainCommand, evalCommand];
+export const commands: CommandModule<any, any>[] = [trainCommand, evalCommand, dataCommand, demoCommand];
