@@ -107,7 +107,9 @@ function unsortedSegmentSum(args: { inputs: tf.NamedTensorInfoMap; backend: unkn
   const inner = rest.reduce((a, c) => a * c, 1);
   return withScratch(backend, (run) => {
     const ids = segmentIds.dtype === 'int32' ? segmentIds : run('Cast', { x: segmentIds }, { dtype: 'int32' });
-    const oneHot = run('OneHot', { indices: ids }, { dtype: 'float32', depth: numSegments, onValue: 1, offValue: 0 });
+    // wasm's OneHot always writes int32 (whatever dtype says), so it is cast explicitly.
+    const oneHotInt = run('OneHot', { indices: ids }, { dtype: 'int32', depth: numSegments, onValue: 1, offValue: 0 });
+    const oneHot = run('Cast', { x: oneHotInt }, { dtype: 'float32' });
     const oh3 = run('Reshape', { x: oneHot }, { shape: [1, n, numSegments] });
     const xf = x.dtype === 'float32' ? x : run('Cast', { x }, { dtype: 'float32' });
     const x3 = run('Reshape', { x: xf }, { shape: [1, n, inner] });
