@@ -49,3 +49,28 @@ test('report: per-label nulls, means, competition mean, uncertain/blank rows lef
   const [lo, hi] = b1.ci!.mean_auroc!;
   assert.ok(lo <= hi && hi <= 1);
 });
+
+test('a bootstrap replicate scored by row multiplicities equals the AUROC of the materialised resample', async () => {
+  const { sortedColumn, weightedAuroc } = await import('../shared/metrics/auroc.js');
+  const rand = mulberry32(9);
+  for (let trial = 0; trial < 100; trial++) {
+    const n = 2 + Math.floor(rand() * 30);
+    const scores = Float32Array.from({ length: n }, () => Math.floor(rand() * 4) / 4);
+    const labels = Float32Array.from({ length: n }, () => [1, 0, 0, NaN, -1][Math.floor(rand() * 5)]!);
+    const counts = new Int32Array(n);
+    for (let i = 0; i < n; i++) counts[Math.floor(rand() * n)]++;
+    const s: number[] = [];
+    const y: number[] = [];
+    counts.forEach((c, i) => {
+      for (let k = 0; k < c; k++) if (labels[i] === 1 || labels[i] === 0) {
+        s.push(scores[i]!);
+        y.push(labels[i]!);
+      }
+    });
+    const col = sortedColumn({ scores, labels, n, labelNames: ['x'] }, 0);
+    const a = weightedAuroc(col, counts);
+    const b = bruteForce(s, y);
+    if (b === null) assert.equal(a, null);
+    else assert.ok(Math.abs(a! - b) < 1e-12, `trial ${trial}: ${a} vs ${b}`);
+  }
+});

@@ -34,19 +34,57 @@ export interface LabelScores {
   labelNames: readonly string[];
 }
 
-function columnAuroc(d: LabelScores, l: number, rows: ArrayLike<number>): number | null {
+/**
+ * One label's rows with a 1/0 label, sorted by score once, with tie groups marked, so that any
+ * bootstrap replicate (a multiplicity per row) is scored in one linear pass instead of a sort.
+ */
+export interface SortedColumn {
+  rows: Int32Array;
+  positive: Uint8Array;
+  /** 1 where a new tie group starts. */
+  groupStart: Uint8Array;
+}
+
+export function sortedColumn(d: LabelScores, l: number): SortedColumn {
   const L = d.labelNames.length;
-  const s: number[] = [];
-  const y: number[] = [];
-  for (let r = 0; r < rows.length; r++) {
-    const i = rows[r]!;
+  const rows: number[] = [];
+  for (let i = 0; i < d.n; i++) {
     const v = d.labels[i * L + l]!;
-    if (v === 1 || v === 0) {
-      s.push(d.scores[i * L + l]!);
-      y.push(v);
-    }
+    if (v === 1 || v === 0) rows.push(i);
   }
-  return auroc(s, y);
+  rows.sort((a, b) => d.scores[a * L + l]! - d.scores[b * L + l]!);
+  const positive = Uint8Array.from(rows, (i) => (d.labels[i * L + l] === 1 ? 1 : 0));
+  const groupStart = Uint8Array.from(rows, (i, k) => (k === 0 || d.scores[i * L + l] !== d.scores[rows[k - 1]! * L + l] ? 1 : 0));
+  return { rows: Int32Array.from(rows), positive, groupStart };
+}
+
+/**
+ * Mann-Whitney AUROC of a column where row i counts `weight[i]` times (a bootstrap resample),
+ * or once when weight is null: pairs (positive above negative) plus half the tied pairs.
+ */
+export function weightedAuroc(c: SortedColumn, weight: Int32Array | null): number | null {
+  let negBelow = 0;
+  let pos = 0;
+  let neg = 0;
+  let num = 0;
+  let gPos = 0;
+  let gNeg = 0;
+  const flush = () => {
+    num += gPos * negBelow + 0.5 * gPos * gNeg;
+    negBelow += gNeg;
+    pos += gPos;
+    neg += gNeg;
+    gPos = 0;
+    gNeg = 0;
+  };
+  for (let k = 0; k < c.rows.length; k++) {
+    if (c.groupStart[k]) flush();
+    const w = weight ? weight[c.rows[k]!]! : 1;
+    if (c.positive[k]) gPos += w;
+    else gNeg += w;
+  }
+  flush();
+  return pos === 0 || neg === 0 ? null : num / (pos * neg);
 }
 
 function meanOf(values: (number | null)[]): number | null {
@@ -94,13 +132,13 @@ export function aurocReport(
   bootstrap?: { replicates: number; seed: number; level?: number },
 ): AurocReport {
   const L = d.labelNames.length;
-  const all = Array.from({ length: d.n }, (_, i) => i);
+  const columns = d.labelNames.map((_, l) => sortedColumn(d, l));
   const comp = d.labelNames.map((name) => competition.includes(name));
-  const evalRows = (rows: ArrayLike<number>) => {
-    const per = d.labelNames.map((_, l) => columnAuroc(d, l, rows));
+  const evalRows = (weight: Int32Array | null) => {
+    const per = columns.map((c) => weightedAuroc(c, weight));
     return { per, mean: meanOf(per), meanComp: meanOf(per.filter((_, l) => comp[l])) };
   };
-  const base = evalRows(all);
+  const base = evalRows(null);
   const report: AurocReport = {
     n: d.n,
     auroc: Object.fromEntries(d.labelNames.map((name, l) => [name, base.per[l]!])),
@@ -113,10 +151,11 @@ export function aurocReport(
     const per: number[][] = Array.from({ length: L }, () => []);
     const means: number[] = [];
     const comps: number[] = [];
-    const rows = new Int32Array(d.n);
+    const counts = new Int32Array(d.n);
     for (let b = 0; b < bootstrap.replicates; b++) {
-      for (let i = 0; i < d.n; i++) rows[i] = Math.floor(rand() * d.n);
-      const r = evalRows(rows);
+      counts.fill(0);
+      for (let i = 0; i < d.n; i++) counts[Math.floor(rand() * d.n)]++;
+      const r = evalRows(counts);
       r.per.forEach((v, l) => v !== null && per[l]!.push(v));
       if (r.mean !== null) means.push(r.mean);
       if (r.meanComp !== null) comps.push(r.meanComp);
