@@ -63,6 +63,9 @@ function torchStepMs(preset: string, batch: number, image: number, steps: number
   const env = { ...process.env };
   delete env.OPENBLAS_CORETYPE;
   delete env.OPENBLAS_L2_SIZE;
+  // One thread for the BLAS too (torch.set_num_threads does not reach a pthread OpenBLAS).
+  env.OPENBLAS_NUM_THREADS = '1';
+  env.OMP_NUM_THREADS = '1';
   const a = ['--image', image, '--patch', cfg.patchSize, '--width', cfg.width, '--layers', cfg.layers, '--heads', cfg.heads, '--dim', cfg.embedDim, '--labels', 14, '--batch', batch, '--steps', steps, '--warmup', 1, '--threads', 1].map(String);
   const r = spawnSync('/usr/bin/python3', [script, ...a], { env, encoding: 'utf8' });
   if (r.status !== 0) return `PyTorch reference unavailable (${(r.stderr || r.error?.message || '').trim().split('\n').pop()}); apt-get install -y python3-torch`;
