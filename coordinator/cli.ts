@@ -2,6 +2,7 @@ import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { commands } from './commands/index.js';
 import { errorMessage, isUserError } from '../shared/errors.js';
+import { configFileMiddleware } from '../shared/config-file.js';
 
 /** The `coordinator` command line: parse, dispatch, and turn errors into one clear line and an exit code. */
 async function main(argv: string[]): Promise<void> {
@@ -14,6 +15,9 @@ async function main(argv: string[]): Promise<void> {
     .fail((msg, err) => {
       throw err ?? new UsageError(msg);
     })
+    .option('config', { type: 'string', global: true, describe: 'YAML or JSON file of option values; command-line flags override it' })
+    // Before validation, so options required by a command can come from the file.
+    .middleware(configFileMiddleware(argv, commands) as never, true)
     .help()
     .version();
   for (const c of commands) cli.command(c);
@@ -21,6 +25,12 @@ async function main(argv: string[]): Promise<void> {
 }
 
 class UsageError extends Error {}
+
+// `coordinator data inspect DIR | head` closes stdout early: that is the reader's choice, not a failure.
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code === 'EPIPE') process.exit(0);
+  throw e;
+});
 
 main(hideBin(process.argv)).catch((e: unknown) => {
   if (e instanceof UsageError) {

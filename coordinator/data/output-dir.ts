@@ -1,4 +1,4 @@
-import { existsSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { UserError } from '../../shared/errors.js';
@@ -15,21 +15,8 @@ import { MANIFEST_FILE } from '../../shared/dataset/manifest.js';
  */
 export async function buildDirAtomically<T>(out: string, overwrite: boolean, fill: (tmp: string) => Promise<T>): Promise<T> {
   const target = path.resolve(out);
-  const existing = await fsp.stat(target).catch(() => null);
-  if (existing) {
-    if (!overwrite) throw new UserError(`--out ${out} already exists: pass --overwrite to replace it, or choose another directory`);
-    if (!existing.isDirectory()) throw new UserError(`--out ${out} exists and is not a directory: remove it or choose another path`);
-    const entries = await fsp.readdir(target);
-    if (entries.length > 0 && !entries.includes(MANIFEST_FILE))
-      throw new UserError(`--out ${out} is a non-empty directory without ${MANIFEST_FILE} (not a dataset): refusing to replace it even with --overwrite`);
-  }
-  const tmp = tempSibling(target);
-  try {
-    await fsp.mkdir(path.dirname(target), { recursive: true });
-    await fsp.mkdir(tmp);
-  } catch (e) {
-    throw new UserError(`--out ${out}: cannot create the output directory (${(e as Error).message}); choose a writable location`);
-  }
+  const existing = await checkOutputDir(out, overwrite);
+  const tmp = await makeTempSibling(out, target);
   const onSignal = (sig: NodeJS.Signals) => {
     rmSync(tmp, { recursive: true, force: true });
     process.stderr.write(`\ncoordinator: interrupted (${sig}); removed the partial output ${tmp}\n`);
@@ -59,7 +46,32 @@ export async function buildDirAtomically<T>(out: string, overwrite: boolean, fil
   }
 }
 
-/** True when `dir` exists (used by commands that explain what they will replace). */
-export function exists(dir: string): boolean {
-  return existsSync(dir);
+/**
+ * Refuse an `--out` that cannot be used, before any slow work: it exists without `overwrite`,
+ * it is not a dataset, or its parent is not writable. Returns whether it exists.
+ */
+export async function checkOutputDir(out: string, overwrite: boolean): Promise<boolean> {
+  const target = path.resolve(out);
+  const existing = await fsp.stat(target).catch(() => null);
+  if (existing) {
+    if (!overwrite) throw new UserError(`--out ${out} already exists: pass --overwrite to replace it, or choose another directory`);
+    if (!existing.isDirectory()) throw new UserError(`--out ${out} exists and is not a directory: remove it or choose another path`);
+    const entries = await fsp.readdir(target);
+    if (entries.length > 0 && !entries.includes(MANIFEST_FILE))
+      throw new UserError(`--out ${out} is a non-empty directory without ${MANIFEST_FILE} (not a dataset): refusing to replace it even with --overwrite`);
+  }
+  // Creating (and removing) the temp sibling proves the location is writable.
+  await fsp.rm(await makeTempSibling(out, target), { recursive: true, force: true });
+  return existing !== null;
+}
+
+async function makeTempSibling(out: string, target: string): Promise<string> {
+  const tmp = tempSibling(target);
+  try {
+    await fsp.mkdir(path.dirname(target), { recursive: true });
+    await fsp.mkdir(tmp);
+  } catch (e) {
+    throw new UserError(`--out ${out}: cannot create the output directory (${(e as Error).message}); choose a writable location`);
+  }
+  return tmp;
 }

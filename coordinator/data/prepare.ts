@@ -3,7 +3,7 @@ import { UserError, errorMessage } from '../../shared/errors.js';
 import { DatasetWriter } from '../../shared/dataset/writer.js';
 import type { Manifest } from '../../shared/dataset/manifest.js';
 import { splitPatients, checkFractions, type SplitFractions } from '../../shared/dataset/split.js';
-import { buildDirAtomically } from './output-dir.js';
+import { buildDirAtomically, checkOutputDir } from './output-dir.js';
 import { configureDecoder, decodeGray } from './decode.js';
 import { FORMATS, readLabelCsv, type LabelFormat } from './label-csv.js';
 import { locateImages } from './locate.js';
@@ -38,6 +38,7 @@ export function checkPrepareOptions(o: PrepareOptions): void {
  */
 export async function runPrepare(o: PrepareOptions): Promise<Manifest> {
   checkPrepareOptions(o);
+  await checkOutputDir(o.out, o.overwrite);
   const table = await readLabelCsv(o.labels, o.format);
   const files = await locateImages(table, o.images);
   const perPatient = new Map<string, number>();

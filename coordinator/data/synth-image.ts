@@ -173,8 +173,8 @@ export function renderStudy(out: Uint8Array, size: number, anatomy: Anatomy, pre
   }
   if (present.has('Lung Lesion')) {
     const s = side();
-    const r = rng.uniform(0.028, 0.04);
-    c.ellipse(lungCx(s) + j(0.07), rng.uniform(0.3, 0.6), r, r, 70 + j(10), 0.25);
+    const r = rng.uniform(0.045, 0.06);
+    c.ellipse(lungCx(s) + j(0.06), rng.uniform(0.32, 0.58), r, r, 90 + j(10), 0.2);
   }
   if (present.has('Edema')) {
     const y = 0.46 + j(0.03);
@@ -194,23 +194,23 @@ export function renderStudy(out: Uint8Array, size: number, anatomy: Anatomy, pre
     const n = 4 + rng.int(3);
     for (let k = 0; k < n; k++) {
       const r = rng.uniform(0.03, 0.05);
-      c.ellipse(cx + j(0.06), cy + j(0.05), r, r * rng.uniform(0.7, 1.2), 38 + j(6), 0.4, inLung(s));
+      c.ellipse(cx + j(0.06), cy + j(0.05), r, r * rng.uniform(0.7, 1.2), 48 + j(6), 0.4, inLung(s));
     }
   }
   if (present.has('Pneumonia')) {
     const s = side();
     const cx = lungCx(s) + j(0.03);
     const cy = rng.uniform(0.3, 0.4);
-    const n = 8 + rng.int(5);
+    const n = 10 + rng.int(5);
     for (let k = 0; k < n; k++) {
-      const r = rng.uniform(0.014, 0.022);
-      c.ellipse(cx + j(0.08), cy + j(0.08), r, r, 55 + j(10), 0.5);
+      const r = rng.uniform(0.018, 0.026);
+      c.ellipse(cx + j(0.08), cy + j(0.08), r, r, 70 + j(10), 0.5);
     }
   }
   if (present.has('Atelectasis')) {
     const s = side();
     const y = rng.uniform(0.55, 0.64);
-    c.line(lungCx(s) - 0.12, y + j(0.02), lungCx(s) + 0.12, y + j(0.02), rng.uniform(0.016, 0.022), 55 + j(8));
+    c.line(lungCx(s) - 0.13, y + j(0.02), lungCx(s) + 0.13, y + j(0.02), rng.uniform(0.024, 0.03), 65 + j(8));
   }
   if (present.has('Pneumothorax')) {
     // Crescent between the lung and a smaller lung shifted medially and down: no markings, darker.
@@ -247,14 +247,14 @@ export function renderStudy(out: Uint8Array, size: number, anatomy: Anatomy, pre
     const s = side();
     const x = 0.5 + s * 0.445;
     const y = rng.uniform(0.3, 0.45);
-    c.line(x, y, x - s * 0.015, y + rng.uniform(0.18, 0.24), 0.014, 50 + j(8));
+    c.line(x, y, x - s * 0.015, y + rng.uniform(0.22, 0.28), 0.022, 75 + j(8));
   }
   if (present.has('Fracture')) {
     const s = side();
     const x = 0.5 + s * rng.uniform(0.4, 0.43);
     const y = rng.uniform(0.28, 0.55);
-    c.line(x - 0.03, y, x, y + 0.01, 0.013, 75);
-    c.line(x + 0.004, y + 0.03, x + 0.035, y + 0.04, 0.013, 75);
+    c.line(x - 0.05, y, x, y + 0.012, 0.018, 100);
+    c.line(x + 0.005, y + 0.04, x + 0.055, y + 0.052, 0.018, 100);
   }
   if (present.has('Support Devices')) {
     const kind = rng.int(3);

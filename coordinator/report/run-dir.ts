@@ -1,0 +1,164 @@
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { z } from 'zod';
+import { UserError } from '../../shared/errors.js';
+import { readRunEmbeddings, type RunEmbeddings } from './embeddings.js';
+
+/**
+ * Readers for the files a training run leaves in its run directory (written by the trainer):
+ * `config.json`, `metrics.jsonl`, `eval.json`, `environment.json` and `embeddings.json`.
+ * Every reader names the file (and line) of anything malformed, so a broken run directory
+ * gives one clear error instead of a blank chart.
+ */
+
+/** One line of `metrics.jsonl`: one training step. Loss terms are the keys starting with `loss`. */
+const metricsLineSchema = z
+  .object({
+    step: z.number().int().nonnegative(),
+    epoch: z.number().nonnegative(),
+    lr: z.number().nonnegative(),
+    images_per_s: z.number().nonnegative(),
+    loss: z.number().nullable(),
+  })
+  .catchall(z.unknown());
+export type MetricsLine = z.infer<typeof metricsLineSchema>;
+
+const aurocValue = z.number().min(0).max(1).nullable();
+const evalSchema = z
+  .object({
+    split: z.string(),
+    n: z.number().int().nonnegative(),
+    auroc: z.record(z.string(), aurocValue),
+    mean_auroc: aurocValue,
+    mean_auroc_competition: aurocValue,
+    ci: z.record(z.string(), z.tuple([z.number(), z.number()]).nullable()).optional(),
+  })
+  .catchall(z.unknown());
+export type EvalResult = z.infer<typeof evalSchema>;
+
+const environmentSchema = z.record(z.string(), z.unknown());
+export type RunEnvironment = Record<string, unknown>;
+
+export interface RunData {
+  dir: string;
+  /** The run's name in reports: the directory's base name. */
+  name: string;
+  config: Record<string, unknown> | null;
+  metrics: MetricsLine[];
+  evaluation: EvalResult | null;
+  environment: RunEnvironment | null;
+  embeddings: RunEmbeddings | null;
+  /** Notes about what was skipped (a torn last metrics line), shown in the report. */
+  notes: string[];
+}
+
+async function readText(file: string): Promise<string | null> {
+  try {
+    return await fsp.readFile(file, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw new UserError(`${file}: cannot read (${(e as Error).message})`);
+  }
+}
+
+function parseJson(text: string, file: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new UserError(`${file}: not valid JSON (${(e as Error).message})`);
+  }
+}
+
+function zodProblem(err: z.ZodError): string {
+  const issue = err.issues[0]!;
+  const where = issue.path.length ? `'${issue.path.join('.')}'` : 'the top level';
+  return `${where}: ${issue.message}`;
+}
+
+/**
+ * Parse `metrics.jsonl`. A final line without its newline is what a run killed mid-write
+ * leaves behind; it is skipped with a note. Any other bad line is an error naming the line.
+ */
+export function parseMetricsJsonl(text: string, file: string, notes: string[] = []): MetricsLine[] {
+  const out: MetricsLine[] = [];
+  const lines = text.split('\n');
+  const torn = !text.endsWith('\n') && text.length > 0;
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i]!.trim();
+    if (line === '') continue;
+    const last = i === lines.length - 1;
+    let doc: unknown;
+    try {
+      doc = JSON.parse(line);
+    } catch (e) {
+      if (last && torn) {
+        notes.push(`${path.basename(file)}: skipped the incomplete last line ${i + 1} (the run was interrupted while writing it)`);
+        break;
+      }
+      throw new UserError(`${file}:${i + 1}: not valid JSON (${(e as Error).message})`);
+    }
+    const parsed = metricsLineSchema.safeParse(doc);
+    if (!parsed.success) throw new UserError(`${file}:${i + 1}: ${zodProblem(parsed.error)}`);
+    out.push(parsed.data);
+  }
+  return out;
+}
+
+export function parseEval(doc: unknown, file: string): EvalResult {
+  const parsed = evalSchema.safeParse(doc);
+  if (!parsed.success) throw new UserError(`${file}: invalid evaluation result at ${zodProblem(parsed.error)}`);
+  const ev = parsed.data;
+  for (const [label, ci] of Object.entries(ev.ci ?? {})) {
+    if (!(label in ev.auroc)) throw new UserError(`${file}: 'ci.${label}' names a label that is not in 'auroc'`);
+    if (ci && !(ci[0] <= ci[1])) throw new UserError(`${file}: 'ci.${label}' has lower bound ${ci[0]} above upper bound ${ci[1]}`);
+  }
+  return ev;
+}
+
+/** Numeric series in the metrics: every loss term, in first-seen order (`loss` first). */
+export function lossKeys(metrics: readonly MetricsLine[]): string[] {
+  const keys = new Set<string>();
+  for (const m of metrics) for (const k of Object.keys(m)) if (k === 'loss' || k.startsWith('loss_')) keys.add(k);
+  return [...keys].sort((a, b) => (a === 'loss' ? -1 : b === 'loss' ? 1 : 0));
+}
+
+/** Step-time split keys (`time_*_s`) present in the metrics, in first-seen order. */
+export function timeKeys(metrics: readonly MetricsLine[]): string[] {
+  const keys = new Set<string>();
+  for (const m of metrics) for (const k of Object.keys(m)) if (/^time_.+_s$/.test(k)) keys.add(k);
+  return [...keys];
+}
+
+/** Read everything a run directory holds; missing files are null, malformed ones an error. */
+export async function readRunDir(dir: string): Promise<RunData> {
+  const abs = path.resolve(dir);
+  const st = await fsp.stat(abs).catch(() => null);
+  if (!st?.isDirectory()) throw new UserError(`${dir}: not a run directory (it does not exist or is not a directory)`);
+  const notes: string[] = [];
+  const file = (name: string) => path.join(abs, name);
+
+  const configText = await readText(file('config.json'));
+  let config: Record<string, unknown> | null = null;
+  if (configText !== null) {
+    const doc = parseJson(configText, file('config.json'));
+    if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw new UserError(`${file('config.json')}: expected a JSON object`);
+    config = doc as Record<string, unknown>;
+  }
+  const metricsText = await readText(file('metrics.jsonl'));
+  const metrics = metricsText === null ? [] : parseMetricsJsonl(metricsText, file('metrics.jsonl'), notes);
+  const evalText = await readText(file('eval.json'));
+  const evaluation = evalText === null ? null : parseEval(parseJson(evalText, file('eval.json')), file('eval.json'));
+  const envText = await readText(file('environment.json'));
+  let environment: RunEnvironment | null = null;
+  if (envText !== null) {
+    const parsed = environmentSchema.safeParse(parseJson(envText, file('environment.json')));
+    if (!parsed.success) throw new UserError(`${file('environment.json')}: expected a JSON object`);
+    environment = parsed.data;
+  }
+  const embeddings = await readRunEmbeddings(abs);
+
+  if (!config && metrics.length === 0 && !evaluation) {
+    throw new UserError(`${dir}: no config.json, metrics.jsonl or eval.json here; is this a run directory (the --run-dir of a training run)?`);
+  }
+  return { dir: abs, name: path.basename(abs), config, metrics, evaluation, environment, embeddings, notes };
+}

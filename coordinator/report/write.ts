@@ -1,0 +1,41 @@
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { writeFileAtomic } from '../../shared/fs-atomic.js';
+import { UserError } from '../../shared/errors.js';
+import { buildReport } from './build.js';
+import { readRunDir } from './run-dir.js';
+
+export interface WriteReportOptions {
+  /** A second run to compare against (its AUROC side by side, differences coloured). */
+  compareDir?: string;
+  /** The HTML file to write; default `RUN/report.html`. Charts go next to it as `report-*.svg`. */
+  out?: string;
+}
+
+export interface WrittenReport {
+  html: string;
+  svgs: string[];
+}
+
+/**
+ * Write the report of a run directory: the HTML page and every chart as a standalone SVG next
+ * to it (`<out dir>/report-<chart>.svg`). Each file is written atomically. The trainer calls
+ * this at the end of every run; `coordinator report` is the same function.
+ */
+export async function writeReport(runDir: string, opts: WriteReportOptions = {}): Promise<WrittenReport> {
+  const run = await readRunDir(runDir);
+  const compare = opts.compareDir ? await readRunDir(opts.compareDir) : undefined;
+  const out = path.resolve(opts.out ?? path.join(run.dir, 'report.html'));
+  const dir = path.dirname(out);
+  const st = await fsp.stat(dir).catch(() => null);
+  if (!st?.isDirectory()) throw new UserError(`--out ${out}: the folder ${dir} does not exist; create it first`);
+  const built = buildReport(run, compare);
+  const svgs: string[] = [];
+  for (const c of built.charts) {
+    const file = path.join(dir, `report-${c.name}.svg`);
+    await writeFileAtomic(file, `<?xml version="1.0" encoding="UTF-8"?>\n${c.svg}\n`);
+    svgs.push(file);
+  }
+  await writeFileAtomic(out, built.html);
+  return { html: out, svgs };
+}

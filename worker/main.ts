@@ -1,0 +1,57 @@
+import { hostname } from 'node:os';
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { createLogger } from '../shared/log.js';
+import { errorMessage, isUserError } from '../shared/errors.js';
+import { runWorker } from './run.js';
+
+/**
+ * The `worker` command: one process per accelerator. Started by `coordinator --workers N` on the
+ * same host, or on its own (Kubernetes) as `worker --coordinator HOST:PORT --token T`.
+ */
+async function main(argv: string[]): Promise<number> {
+  const args = await yargs(argv)
+    .scriptName('worker')
+    .strict()
+    .option('coordinator', { type: 'string', demandOption: true, describe: 'HOST:PORT of the coordinator control plane' })
+    .option('token', { type: 'string', describe: 'job token (default: $CXR_JOB_TOKEN)' })
+    .option('device', { type: 'number', default: -1, describe: 'device index this worker drives (the launcher sets it)' })
+    .option('rank', { type: 'number', default: -1, describe: 'ask for this rank (default: ranks in arrival order)' })
+    .option('advertise', { type: 'string', describe: 'address peers reach this worker at (default: 127.0.0.1 for a loopback coordinator, else $POD_IP or the host name)' })
+    .option('collective-port', { type: 'number', default: 0, describe: 'port of the worker<->worker collective socket (default: a free one)' })
+    .option('connect-timeout', { type: 'number', default: 300, describe: 'seconds to keep retrying while the coordinator is not reachable' })
+    .help()
+    .version()
+    .parseAsync();
+  const log = createLogger(`worker${args.device >= 0 ? `-${args.device}` : ''}`);
+  const token = args.token ?? process.env.CXR_JOB_TOKEN;
+  if (!token) {
+    process.stderr.write('worker: error: no job token: pass --token or set CXR_JOB_TOKEN\n');
+    return 2;
+  }
+  const host = args.coordinator.replace(/:\d+$/, '');
+  const loopback = /^(127\.|localhost$|\[?::1\]?$)/.test(host);
+  const advertise = args.advertise ?? (loopback ? '127.0.0.1' : (process.env.POD_IP ?? hostname()));
+  return runWorker({
+    coordinator: args.coordinator,
+    token,
+    device: args.device,
+    rank: args.rank,
+    advertise,
+    collectivePort: args['collective-port'],
+    connectTimeoutMs: args['connect-timeout'] * 1000,
+    log,
+  });
+}
+
+main(hideBin(process.argv)).then(
+  (code) => {
+    process.exitCode = code;
+    // Sockets and timers of libraries (ZeroMQ, gRPC, TensorFlow.js) must not keep a finished worker alive.
+    setTimeout(() => process.exit(code), 200).unref();
+  },
+  (e: unknown) => {
+    process.stderr.write(isUserError(e) ? `worker: error: ${e.message}\n` : `worker: internal error: ${errorMessage(e)}\n${(e as Error)?.stack ?? ''}\n`);
+    process.exit(isUserError(e) ? e.exitCode : 1);
+  },
+);

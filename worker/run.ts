@@ -1,0 +1,164 @@
+import { createServer } from 'node:net';
+import { hostname } from 'node:os';
+import { decodeBatch } from '../shared/dataset/wire.js';
+import { parseWorkerConfig } from '../shared/job-config.js';
+import { UserError, errorMessage } from '../shared/errors.js';
+import type { Logger } from '../shared/log.js';
+import { register, type ControlSession } from './control-client.js';
+import { DataClient, FeedAborted } from './data-client.js';
+import { stepFactory, type StepFactory, type WorkerStep } from './steps.js';
+
+export interface WorkerOptions {
+  /** "HOST:PORT" of the coordinator's control plane. */
+  readonly coordinator: string;
+  readonly token: string;
+  /** Device index (--device); -1 when none. */
+  readonly device: number;
+  /** Requested rank, or -1 for arrival order. */
+  readonly rank: number;
+  /** The address peers reach this worker's collective socket at. */
+  readonly advertise: string;
+  /** Collective port; 0 picks a free one. */
+  readonly collectivePort: number;
+  readonly connectTimeoutMs: number;
+  readonly log: Logger;
+  /** Replace the step the coordinator names (tests, embedding); default: worker/steps.ts. */
+  readonly step?: StepFactory;
+}
+
+/** Stopped on the coordinator's word (abort), not by a fault of this worker: nothing to report back. */
+class Aborted extends Error {}
+/** The coordinator shut the job down after this rank's last step: success. */
+class Finished extends Error {}
+
+/**
+ * One worker's life: register (with backoff), join the data feed, build the step, prove the
+ * replicas identical, run steps until end-of-data reporting each, then wait for the coordinator's
+ * shutdown. Resolves with the process exit code.
+ */
+export async function runWorker(o: WorkerOptions): Promise<number> {
+  const loopback = /^(127\.|localhost$|\[?::1\]?$)/.test(o.coordinator.replace(/:\d+$/, ''));
+  const port = o.collectivePort || (await freePort(loopback ? '127.0.0.1' : '0.0.0.0'));
+  const collectiveEndpoint = `tcp://${bracket(o.advertise)}:${port}`;
+  const session = await register({
+    address: o.coordinator,
+    connectTimeoutMs: o.connectTimeoutMs,
+    log: o.log,
+    request: { jobToken: o.token, host: hostname(), device: o.device, pid: process.pid, collectiveEndpoint, requestedRank: o.rank, backend: '' },
+  });
+  const reply = session.reply;
+  const log = o.log.child({ rank: reply.rank });
+  let step: WorkerStep | undefined;
+  let data: DataClient | undefined;
+  try {
+    const config = parseWorkerConfig(reply.configJson);
+    const job = config.job;
+    log.info(`rank ${reply.rank} of ${reply.worldSize}; data feed ${reply.dataEndpoint}; step '${job.step.name}', steps ${job.startStep}..${job.endStep - 1}`);
+    session.start(job.heartbeatTimeoutMs);
+    // Every await below races the coordinator's commands: an abort or a lost coordinator stops the worker at once.
+    const stopped = session.command.then((c) => {
+      if (c.command === 'abort') throw new Aborted(`aborted by the coordinator: ${c.abort.reason}`);
+      if (c.command === 'lost') throw new Error(`lost the coordinator at ${o.coordinator}: ${c.reason}`);
+      return c;
+    });
+    stopped.catch(() => {});
+    let lastRun = -1;
+    // A shutdown can overtake the end-of-data message and the last report's answer: the coordinator
+    // sends it once it holds every rank's last report. It is early only if this rank's last step is not done.
+    const orStop = <T>(p: Promise<T>): Promise<T> =>
+      Promise.race([p, stopped.then((c) => {
+        throw lastRun === job.endStep - 1 ? new Finished(c.command === 'shutdown' ? c.shutdown.reason : '') : new Aborted(`the coordinator shut the job down before step ${job.endStep - 1}: ${c.command === 'shutdown' ? c.shutdown.reason : ''}`);
+      })]);
+
+    data = new DataClient({ endpoint: reply.dataEndpoint, rank: reply.rank, generation: reply.generation, prefetch: job.prefetch });
+    await data.start();
+    const bind = `tcp://${loopback ? '127.0.0.1' : '0.0.0.0'}:${port}`;
+    step = await orStop((o.step ?? stepFactory(job.step.name))({ rank: reply.rank, world: reply.worldSize, peers: reply.peerEndpoints, collectiveBind: bind, device: o.device, config, control: session, log }));
+    if (step.paramsHash) {
+      const verdict = await orStop(session.verifyParams(job.startStep, await step.paramsHash()));
+      if (!verdict.ok) throw new Error(verdict.message);
+    }
+
+    // Reports go out one after another (so the coordinator sees each rank's steps in order) without
+    // the loop waiting for their answers: a step that holds the main thread delays the send of the
+    // previous report, and waiting for its answer would add a round trip to every step. At most
+    // MAX_UNANSWERED are outstanding; a failed report fails the loop at the next step.
+    const MAX_UNANSWERED = 4;
+    let chain: Promise<void> = Promise.resolve();
+    const unanswered: Promise<void>[] = [];
+    for (;;) {
+      // One turn of the event loop per step: a queued batch and a synchronous step resolve as
+      // microtasks only, and without this turn credits, reports and commands would wait for I/O.
+      await new Promise((r) => setImmediate(r));
+      const tStep = performance.now();
+      const item = await orStop(data.next());
+      if (item.kind === 'end') break;
+      const h = item.header;
+      const tDecode = performance.now();
+      const batch = decodeBatch(item.payload);
+      const decodeSeconds = (performance.now() - tDecode) / 1000;
+      const info = { step: h.step, epoch: h.epoch, epochStep: h.epochStep, indices: h.indices };
+      const r = await orStop(step.run(batch, info));
+      lastRun = h.step;
+      const check = job.paramsCheckEvery > 0 && step.paramsHash && ((h.step + 1) % job.paramsCheckEvery === 0 || h.step + 1 === job.endStep);
+      const paramsHash = check ? await step.paramsHash!() : '';
+      const tAck = performance.now();
+      while (unanswered.length >= MAX_UNANSWERED) await orStop(unanswered.shift()!);
+      const ackSeconds = (performance.now() - tAck) / 1000;
+      const report = {
+        step: h.step,
+        epoch: h.epoch,
+        losses: r.losses ?? {},
+        counters: { ...r.counters, data_queue: item.queued, decode_seconds: decodeSeconds, ack_wait_seconds: ackSeconds },
+        images: r.images,
+        timings: { compute: r.timings?.compute ?? 0, gather: r.timings?.gather ?? 0, reduce: r.timings?.reduce ?? 0, dataWait: item.waitSeconds, total: (performance.now() - tStep) / 1000 },
+        paramsHash,
+      };
+      chain = chain.then(() => session.reportStep(report));
+      chain.catch(() => {}); // handled: awaited below or at the end
+      unanswered.push(chain);
+      // Surface a failed report now rather than MAX_UNANSWERED steps later.
+      if (unanswered.length > 1) await orStop(Promise.race([unanswered[0]!, Promise.resolve()]));
+    }
+    await orStop(chain);
+    log.info('end of data; waiting for the coordinator to shut down');
+    const c = await stopped;
+    log.info(`shutdown: ${c.command === 'shutdown' ? c.shutdown.reason : ''}`);
+    return 0;
+  } catch (e) {
+    if (e instanceof Finished) {
+      log.info(`shutdown: ${e.message}`);
+      return 0;
+    }
+    if (e instanceof Aborted || e instanceof FeedAborted) {
+      log.error(e.message);
+      return 1;
+    }
+    log.error(errorMessage(e));
+    await session.reportError(e);
+    return e instanceof UserError ? e.exitCode : 1;
+  } finally {
+    await step?.close?.().catch(() => {});
+    data?.close();
+    session.close();
+  }
+}
+
+/** A port free right now on `host` (the collective socket binds it after the rendezvous). */
+function freePort(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.unref();
+    s.on('error', reject);
+    s.listen(0, host, () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function bracket(host: string): string {
+  return host.includes(':') ? `[${host}]` : host;
+}
+
+export type { ControlSession };
