@@ -1,4 +1,6 @@
 import type { CommandModule } from 'yargs';
+import { trainCommand } from './train.js';
+import { evalCommand } from './eval.js';
 import { checkpointsCommand } from './checkpoints.js';
 import { compareCommand } from './compare.js';
 import { dataCommand } from './data.js';
@@ -14,6 +16,8 @@ import { reportCommand } from './report.js';
  */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export const commands: CommandModule<any, any>[] = [
+  trainCommand,
+  evalCommand,
   dataCommand,
   demoCommand,
   exportCommand,

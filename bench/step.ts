@@ -1,0 +1,100 @@
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import { packageRoot } from '../shared/paths.js';
+import { loadLabelSet } from '../shared/labels.js';
+import { mulberry32 } from '../shared/rng.js';
+import { initBackend, type BackendChoice } from '../worker/backend.js';
+import { labelPriorTarget } from '../worker/losses.js';
+import { resolveModelConfig } from '../worker/model/config.js';
+import { CxrModel, initialParams } from '../worker/model/vit.js';
+import { adamwStep, clipFactor, decayMask, scaleInPlace, sumOfSquares } from '../worker/optim.js';
+import { computeGradients, localComm } from '../worker/step.js';
+
+/**
+ * `npm run bench -- step [--models tiny,small] [--backends wasm,cpu] [--batch 32] [--image 64] [--steps 3]`:
+ * time of one full training step (forward, backward, all three losses, clipping, AdamW, writing the
+ * parameters back) per model and backend, next to PyTorch's time for the same architecture, batch
+ * and losses measured in the same run on one thread (bench/reference/vit_step.py).
+ */
+function arg(argv: string[], name: string, dflt: string): string {
+  const i = argv.indexOf(`--${name}`);
+  return i >= 0 && argv[i + 1] ? argv[i + 1]! : dflt;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+async function tfjsStepMs(backend: BackendChoice, preset: string, batch: number, image: number, steps: number): Promise<number[]> {
+  await initBackend(backend);
+  if (tf.getBackend() !== backend) await tf.setBackend(backend);
+  const set = loadLabelSet('chexpert14');
+  const L = set.labels.length;
+  const cfg = resolveModelConfig({ preset, imageSize: image, labels: set.labels });
+  const params = initialParams(cfg, 0);
+  const model = new CxrModel(cfg, params);
+  const mask = decayMask(model.layout);
+  const m = new Float32Array(params.length);
+  const v = new Float32Array(params.length);
+  const r = mulberry32(1);
+  const images = Uint8Array.from({ length: batch * image * image }, () => Math.floor(r() * 256));
+  const labels = Float32Array.from({ length: batch * L }, () => (r() < 0.5 ? 1 : 0));
+  const opts = {
+    weights: { classification: 1, contrastive: 0.5, labelPrior: 0.1 },
+    targets: { uncertainty: set.labels.map(() => 'ignore' as const), blank: 'mask' as const, seed: 0 },
+    posWeight: null,
+    priorTarget: labelPriorTarget('orth', set.labels, null),
+  };
+  const times: number[] = [];
+  for (let s = 1; s <= steps + 1; s++) {
+    const t0 = performance.now();
+    const g = await computeGradients(model, { n: batch, images, labels, indices: Array.from({ length: batch }, (_, i) => i), epoch: 0 }, localComm, opts);
+    scaleInPlace(g.grads, clipFactor(Math.sqrt(sumOfSquares(g.grads)), 1));
+    adamwStep(params, g.grads, m, v, { start: 0, end: params.length }, { lr: 1e-4, beta1: 0.9, beta2: 0.98, eps: 1e-6, weightDecay: 0.05 }, s, mask);
+    model.assignFlat(params);
+    if (s > 1) times.push(performance.now() - t0); // the first step compiles/warms kernels
+  }
+  model.dispose();
+  return times;
+}
+
+function torchStepMs(preset: string, batch: number, image: number, steps: number): { ms: number[]; params: number; torch: string } | string {
+  const cfg = resolveModelConfig({ preset, imageSize: image, labels: loadLabelSet('chexpert14').labels });
+  const script = path.join(packageRoot, 'bench', 'reference', 'vit_step.py');
+  const env = { ...process.env };
+  delete env.OPENBLAS_CORETYPE;
+  delete env.OPENBLAS_L2_SIZE;
+  // One thread for the BLAS too (torch.set_num_threads does not reach a pthread OpenBLAS).
+  env.OPENBLAS_NUM_THREADS = '1';
+  env.OMP_NUM_THREADS = '1';
+  const a = ['--image', image, '--patch', cfg.patchSize, '--width', cfg.width, '--layers', cfg.layers, '--heads', cfg.heads, '--dim', cfg.embedDim, '--labels', 14, '--batch', batch, '--steps', steps, '--warmup', 1, '--threads', 1].map(String);
+  const r = spawnSync('/usr/bin/python3', [script, ...a], { env, encoding: 'utf8' });
+  if (r.status !== 0) return `PyTorch reference unavailable (${(r.stderr || r.error?.message || '').trim().split('\n').pop()}); apt-get install -y python3-torch`;
+  return JSON.parse(r.stdout.trim().split('\n').pop()!) as { ms: number[]; params: number; torch: string };
+}
+
+export async function run(argv: string[]): Promise<void> {
+  const models = arg(argv, 'models', 'tiny,small').split(',');
+  const backends = arg(argv, 'backends', 'wasm,cpu').split(',') as BackendChoice[];
+  const batch = Number(arg(argv, 'batch', '32'));
+  const image = Number(arg(argv, 'image', '64'));
+  const steps = Number(arg(argv, 'steps', '3'));
+  process.stdout.write(`training step, batch ${batch} of ${image}x${image}, median of ${steps} steps after 1 warm-up (machine load affects both columns alike)\n`);
+  process.stdout.write(`${'model'.padEnd(6)} ${'backend'.padEnd(8)} ${'tfjs s/step'.padStart(12)} ${'PyTorch s/step'.padStart(15)} ${'ratio'.padStart(7)}\n`);
+  for (const preset of models) {
+    const ref = torchStepMs(preset, batch, image, steps);
+    for (const be of backends) {
+      // The cpu backend is ~10x slower; one step of `small` on it takes minutes, so it gets one.
+      const n = be === 'cpu' ? 1 : steps;
+      const ms = median(await tfjsStepMs(be, preset, batch, image, n));
+      const refMs = typeof ref === 'string' ? null : median(ref.ms);
+      process.stdout.write(
+        `${preset.padEnd(6)} ${be.padEnd(8)} ${(ms / 1000).toFixed(3).padStart(12)} ${(refMs === null ? 'n/a' : (refMs / 1000).toFixed(3)).padStart(15)} ${(refMs === null ? '' : (ms / refMs).toFixed(2) + 'x').padStart(7)}\n`,
+      );
+    }
+    if (typeof ref === 'string') process.stdout.write(`  ${ref}\n`);
+    else {
+      const ours = initialParams(resolveModelConfig({ preset, imageSize: image, labels: loadLabelSet('chexpert14').labels }), 0).length;
+      process.stdout.write(`  PyTorch ${ref.torch}, one thread; parameters: PyTorch ${ref.params}, tfjs ${ours}${ref.params === ours ? ' (same model)' : ' (MISMATCH)'}\n`);
+    }
+  }
+}

@@ -1,0 +1,36 @@
+import * as path from 'node:path';
+import type { CommandModule } from 'yargs';
+import { writeJsonAtomic } from '../../shared/fs-atomic.js';
+import { BACKEND_CHOICES, type BackendChoice } from '../../worker/backend.js';
+import { openTrainData } from '../train-data.js';
+import { evalSaved } from '../train-local.js';
+
+interface EvalArgs {
+  checkpoint: string;
+  data: string;
+  split: 'train' | 'val' | 'test';
+  out: string;
+  backend: BackendChoice;
+  bootstrap: number;
+  seed: number;
+}
+
+export const evalCommand: CommandModule<object, EvalArgs> = {
+  command: 'eval',
+  describe: 'per-label AUROC of a saved model on a dataset split',
+  builder: (y) =>
+    y
+      .option('checkpoint', { type: 'string', demandOption: true, describe: 'run directory (or its model.json)' })
+      .option('data', { type: 'string', demandOption: true, describe: 'dataset directory' })
+      .option('split', { choices: ['train', 'val', 'test'] as const, default: 'test' as const })
+      .option('out', { type: 'string', demandOption: true, describe: 'eval.json to write' })
+      .option('backend', { choices: BACKEND_CHOICES, default: 'auto' as BackendChoice })
+      .option('bootstrap', { type: 'number', default: 1000, describe: 'bootstrap replicates for 95% CIs (0: none)' })
+      .option('seed', { type: 'number', default: 0, describe: 'bootstrap seed' }) as never,
+  handler: async (a) => {
+    const data = await openTrainData(path.resolve(a.data));
+    const rep = await evalSaved(path.resolve(a.checkpoint), data, a.split, a.backend, { replicates: a.bootstrap, seed: a.seed }, (l) => process.stderr.write(l + '\n'));
+    await writeJsonAtomic(path.resolve(a.out), rep);
+    process.stdout.write(`${a.split}: n ${rep.n}, mean AUROC ${rep.mean_auroc?.toFixed(4) ?? 'n/a'} (competition ${rep.mean_auroc_competition?.toFixed(4) ?? 'n/a'}) -> ${a.out}\n`);
+  },
+};

@@ -1,0 +1,180 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import { initBackend } from '../worker/backend.js';
+import { resolveModelConfig } from '../worker/model/config.js';
+import { CxrModel, initialParams, modelLayout } from '../worker/model/vit.js';
+import { computeGradients, localComm, type StepComm, type StepOptions } from '../worker/step.js';
+import { labelPriorTarget } from '../worker/losses.js';
+import { adamwStep, decayMask } from '../worker/optim.js';
+import { mulberry32 } from '../shared/rng.js';
+import { evalSaved, trainLocal, type TrainConfig } from '../coordinator/train-local.js';
+import { syntheticData } from './helpers/synthetic.js';
+
+await initBackend('cpu');
+
+const labels = ['Atelectasis', 'Cardiomegaly', 'Edema', 'Pleural Effusion'];
+const micro = (head: 'text' | 'linear' = 'text') =>
+  resolveModelConfig({ preset: 'tiny', imageSize: 16, labels, head, overrides: { width: 16, layers: 2, heads: 2, embedDim: 8 }, textDim: 6 });
+
+function batchOf(n: number, seed: number) {
+  const r = mulberry32(seed);
+  const images = Uint8Array.from({ length: n * 256 }, () => Math.floor(r() * 256));
+  // Rows 0 and 3 share a label vector, so the multi-positive targets are exercised across ranks.
+  const labelsArr = Float32Array.from({ length: n * 4 }, (_, k) => [1, 0, -1, NaN, 0, 1][Math.floor(r() * 6)]!);
+  labelsArr.set(labelsArr.subarray(0, 4), 12);
+  return { images, labels: labelsArr };
+}
+
+const opts: StepOptions = {
+  weights: { classification: 1, contrastive: 0.7, labelPrior: 0.3 },
+  targets: { uncertainty: ['lsr-ones', 'ones', 'lsr-zeros', 'ignore'], blank: 'mask', seed: 5 },
+  posWeight: Float32Array.from([2, 1, 1, 3]),
+  priorTarget: labelPriorTarget('orth', labels, null),
+};
+
+/** N in-process ranks whose collectives meet at a barrier: gathers concatenate, reduces sum in rank order. */
+function simulatedWorld(world: number): StepComm[] {
+  let pending: { bufs: (Float32Array | null)[]; resolve: ((v: Float32Array[]) => void)[] } | null = null;
+  const meet = (rank: number, buf: Float32Array) =>
+    new Promise<Float32Array[]>((resolve) => {
+      pending ??= { bufs: Array(world).fill(null), resolve: [] };
+      pending.bufs[rank] = buf;
+      pending.resolve.push(resolve);
+      if (pending.bufs.every((b) => b !== null)) {
+        const p = pending;
+        pending = null;
+        p.resolve.forEach((f) => f(p.bufs as Float32Array[]));
+      }
+    });
+  return Array.from({ length: world }, (_, rank) => ({
+    rank,
+    world,
+    async allGather(local) {
+      const all = await meet(rank, local);
+      const out = new Float32Array(all.reduce((a, b) => a + b.length, 0));
+      let o = 0;
+      for (const b of all) {
+        out.set(b, o);
+        o += b.length;
+      }
+      return out;
+    },
+    async allReduceSum(buf) {
+      const all = await meet(rank, buf.slice());
+      buf.fill(0);
+      for (const b of all) for (let i = 0; i < buf.length; i++) buf[i]! += b[i]!;
+    },
+  }));
+}
+
+test('two simulated ranks with half batches each sum to the one-process gradient of the whole batch', async () => {
+  const cfg = micro();
+  const params = initialParams(cfg, 9);
+  const n = 6;
+  const { images, labels: lab } = batchOf(n, 1);
+  const indices = [40, 41, 42, 43, 44, 45];
+  const one = new CxrModel(cfg, params);
+  const whole = await computeGradients(one, { n, images, labels: lab, indices, epoch: 1 }, localComm, opts);
+  const replicas = [new CxrModel(cfg, params), new CxrModel(cfg, params)];
+  const comms = simulatedWorld(2);
+  const parts = await Promise.all(
+    [0, 1].map((r) =>
+      computeGradients(
+        replicas[r]!,
+        { n: 3, images: images.subarray(r * 3 * 256, (r + 1) * 3 * 256), labels: lab.subarray(r * 12, (r + 1) * 12), indices: indices.slice(r * 3, r * 3 + 3), epoch: 1 },
+        comms[r]!,
+        opts,
+      ),
+    ),
+  );
+  assert.deepEqual(parts[0]!.grads, parts[1]!.grads, 'every rank holds the same summed gradient');
+  let maxErr = 0;
+  let maxMag = 0;
+  whole.grads.forEach((g, i) => {
+    maxErr = Math.max(maxErr, Math.abs(g - parts[0]!.grads[i]!));
+    maxMag = Math.max(maxMag, Math.abs(g));
+  });
+  const worst = one.layout.entries
+    .map((e) => ({ name: e.name, err: Math.max(...Array.from(e.shape.length ? whole.grads.subarray(e.offset, e.offset + e.size) : whole.grads.subarray(e.offset, e.offset + 1), (g, i) => Math.abs(g - parts[0]!.grads[e.offset + i]!))) }))
+    .sort((a, b) => b.err - a.err)[0]!;
+  assert.ok(maxMag > 0 && maxErr / maxMag < 1e-5, `max abs difference ${maxErr} (in ${worst.name}) vs max gradient ${maxMag}`);
+  const t0 = parts[0]!.terms;
+  const t1 = parts[1]!.terms;
+  assert.ok(Math.abs(t0.classification + t1.classification - whole.terms.classification) < 1e-5);
+  assert.ok(Math.abs(t0.contrastive - whole.terms.contrastive) < 1e-5);
+  assert.ok(Math.abs(t0.labelPrior + t1.labelPrior - whole.terms.labelPrior) < 1e-6);
+  [one, ...replicas].forEach((m) => m.dispose());
+});
+
+test('hundreds of training steps leave the number of live tensors unchanged', async () => {
+  for (const head of ['text', 'linear'] as const) {
+    const cfg = micro(head);
+    const params = initialParams(cfg, 2);
+    const model = new CxrModel(cfg, params);
+    const mask = decayMask(model.layout);
+    const m = new Float32Array(params.length);
+    const v = new Float32Array(params.length);
+    const { images, labels: lab } = batchOf(6, 3);
+    let after10 = 0;
+    for (let s = 1; s <= 200; s++) {
+      const r = await computeGradients(model, { n: 6, images, labels: lab, indices: [0, 1, 2, 3, 4, 5], epoch: 0 }, localComm, opts);
+      adamwStep(params, r.grads, m, v, { start: 0, end: params.length }, { lr: 1e-3, beta1: 0.9, beta2: 0.98, eps: 1e-6, weightDecay: 0.1 }, s, mask);
+      model.assignFlat(params);
+      if (s === 10) after10 = tf.memory().numTensors;
+    }
+    assert.equal(tf.memory().numTensors, after10, `${head} head: tensors grew`);
+    model.dispose();
+  }
+});
+
+test('layout: open_clip names and TF layouts; vit-b16 has ViT-B/16 shapes; decay off for norms, biases, embeddings', () => {
+  const cfg = resolveModelConfig({ preset: 'vit-b16', imageSize: 224, labels });
+  const layout = modelLayout(cfg);
+  const shape = (n: string) => layout.entries.find((e) => e.name === n)?.shape;
+  assert.deepEqual(shape('visual.conv1.weight'), [16, 16, 1, 768]);
+  assert.deepEqual(shape('visual.positional_embedding'), [197, 768]);
+  assert.deepEqual(shape('visual.transformer.resblocks.11.attn.in_proj_weight'), [768, 2304]);
+  assert.deepEqual(shape('visual.transformer.resblocks.11.mlp.c_fc.weight'), [768, 3072]);
+  assert.deepEqual(shape('visual.proj'), [768, 512]);
+  assert.equal(shape('visual.transformer.resblocks.12.ln_1.weight'), undefined);
+  const visual = layout.entries.filter((e) => e.name.startsWith('visual.')).reduce((a, e) => a + e.size, 0);
+  // open_clip ViT-B-16 visual: 86,192,640 parameters with a 3-channel stem (16*16*2*768 more than ours).
+  assert.equal(visual + 16 * 16 * 2 * 768, 86_192_640);
+  const decay = new Map(layout.entries.map((e) => [e.name, e.decay]));
+  assert.equal(decay.get('visual.class_embedding'), false);
+  assert.equal(decay.get('visual.ln_pre.weight'), false);
+  assert.equal(decay.get('visual.transformer.resblocks.0.attn.in_proj_bias'), false);
+  assert.equal(decay.get('visual.transformer.resblocks.0.attn.in_proj_weight'), true);
+  assert.equal(decay.get('logit_scale'), false);
+  assert.throws(() => resolveModelConfig({ preset: 'vit-b16', imageSize: 64, labels }), /224x224/);
+});
+
+test('a trained run writes config, metrics and eval; the saved model re-evaluates to the same AUROC', async () => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'cxr-train-'));
+  try {
+    const data = syntheticData({ size: 16, labels, counts: { train: 48, val: 8, test: 24 }, seed: 2, uncertain: 0.05 });
+    const cfg: TrainConfig = {
+      data: 'memory', out: dir, workers: 1, model: 'tiny', epochs: null, steps: 3, batchSize: 16, seed: 1, eval: 'test', backend: 'cpu',
+      lr: 1e-3, warmupSteps: 1, minLrRatio: 0.1, weightDecay: 0.05, clipNorm: 1, head: 'text', textEmbeddings: null,
+      wCls: 1, wCon: 0.5, wPrior: 0.1, labelPrior: 'orth', uncertainty: 'lsr-ones', uncertaintyLabel: ['Edema=zeros'], blank: 'mask', posWeight: 'balanced', bootstrap: 20,
+    };
+    const r = await trainLocal(cfg, data, { update() {}, done() {} }, () => {});
+    const lines = (await readFile(path.join(dir, 'metrics.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l));
+    assert.equal(lines.length, 3);
+    for (const k of ['step', 'epoch', 'loss', 'loss_classification', 'loss_contrastive', 'loss_label_prior', 'lr', 'images_per_s']) assert.ok(k in lines[0], k);
+    const saved = JSON.parse(await readFile(path.join(dir, 'eval.json'), 'utf8'));
+    assert.equal(saved.split, 'test');
+    assert.equal(saved.n, 24);
+    assert.deepEqual(Object.keys(saved.auroc), labels);
+    const config = JSON.parse(await readFile(path.join(dir, 'config.json'), 'utf8'));
+    assert.deepEqual(config.resolved.uncertainty, ['lsr-ones', 'lsr-ones', 'zeros', 'lsr-ones']);
+    const again = await evalSaved(dir, data, 'test', 'cpu', { replicates: 20, seed: 1 }, () => {});
+    assert.deepEqual(again.auroc, r.evalReport!.auroc);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});

@@ -1,0 +1,49 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { promisify } from 'node:util';
+import { coordinatorEntry } from '../shared/paths.js';
+import { runSynth } from '../coordinator/data/synth-run.js';
+
+const run = promisify(execFile);
+
+test('coordinator trains (default command), writes the run directory, and `coordinator eval` reproduces eval.json', async () => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'cxr-cli-'));
+  try {
+    const data = path.join(dir, 'data');
+    await runSynth(data, false, { count: 120, imageSize: 16, seed: 1, fractions: { val: 0.1, test: 0.3 } });
+    const out = path.join(dir, 'run');
+    const r = await run(process.execPath, [coordinatorEntry, '--workers', '1', '--data', data, '--out', out, '--model', 'tiny', '--steps', '3',
+      '--batch-size', '16', '--seed', '2', '--backend', 'wasm', '--uncertainty', 'lsr-ones', '--bootstrap', '50']);
+    assert.match(r.stderr, /backend: wasm/);
+    assert.match(r.stdout, /trained 3 steps/);
+    const metrics = (await readFile(path.join(out, 'metrics.jsonl'), 'utf8')).trim().split('\n');
+    assert.equal(metrics.length, 3);
+    const evalJson = JSON.parse(await readFile(path.join(out, 'eval.json'), 'utf8'));
+    assert.ok(evalJson.ci.mean_auroc.length === 2);
+    const again = path.join(dir, 'again.json');
+    await run(process.execPath, [coordinatorEntry, 'eval', '--checkpoint', out, '--data', data, '--split', 'test', '--out', again, '--backend', 'wasm', '--bootstrap', '50', '--seed', '2']);
+    assert.deepEqual(JSON.parse(await readFile(again, 'utf8')), evalJson);
+
+    // A damaged model file is refused with the file named, and nothing is written.
+    const bin = path.join(out, 'model.bin');
+    const bytes = await readFile(bin);
+    bytes[0] = bytes[0]! ^ 0xff;
+    await writeFile(bin, bytes);
+    const bad = path.join(dir, 'bad.json');
+    await assert.rejects(
+      run(process.execPath, [coordinatorEntry, 'eval', '--checkpoint', out, '--data', data, '--out', bad, '--backend', 'wasm']),
+      (e: { code?: number; stderr?: string }) => e.code !== 0 && /model\.bin: sha256 does not match/.test(e.stderr ?? ''),
+    );
+    await assert.rejects(readFile(bad));
+    await assert.rejects(
+      run(process.execPath, [coordinatorEntry, '--data', data, '--out', path.join(dir, 'x'), '--uncertainty-label', 'Nope=ones', '--backend', 'wasm']),
+      (e: { stderr?: string }) => /no label 'Nope'/.test(e.stderr ?? ''),
+    );
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});

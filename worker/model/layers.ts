@@ -1,0 +1,60 @@
+import * as tf from '@tensorflow/tfjs';
+
+/**
+ * Layer norm over the last axis of a 2-D tensor with a hand-written gradient: autodiff through
+ * mean/variance records ~20 kernels per call, this backward needs 8, which matters on wasm.
+ */
+export function layerNorm(x: tf.Tensor2D, gamma: tf.Tensor1D, beta: tf.Tensor1D, eps = 1e-5): tf.Tensor2D {
+  const f = tf.customGrad((xIn, gIn, bIn, save) => {
+    const xi = xIn as tf.Tensor2D;
+    const { mean, variance } = tf.moments(xi, -1, true);
+    const rstd = tf.rsqrt(tf.add(variance, eps));
+    const xhat = tf.mul(tf.sub(xi, mean), rstd);
+    (save as tf.GradSaveFunc)([xhat, rstd, gIn as tf.Tensor]);
+    const value = tf.add(tf.mul(xhat, gIn as tf.Tensor), bIn as tf.Tensor) as tf.Tensor2D;
+    const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]) => {
+      const [xh, rs, g] = saved as [tf.Tensor2D, tf.Tensor2D, tf.Tensor1D];
+      const dxhat = tf.mul(dy, g);
+      const m1 = tf.mean(dxhat, -1, true);
+      const m2 = tf.mean(tf.mul(dxhat, xh), -1, true);
+      const dx = tf.mul(tf.sub(tf.sub(dxhat, m1), tf.mul(xh, m2)), rs);
+      const dg = tf.sum(tf.mul(dy, xh), 0);
+      const db = tf.sum(dy, 0);
+      return [dx, dg, db];
+    };
+    return { value, gradFunc };
+  });
+  return f(x, gamma, beta) as tf.Tensor2D;
+}
+
+const SQRT1_2 = Math.SQRT1_2;
+const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
+
+/** Exact (erf) GELU, as torch.nn.GELU() in open_clip, with its closed-form derivative. */
+export function gelu<T extends tf.Tensor>(x: T): T {
+  const f = tf.customGrad((xIn, save) => {
+    const xi = xIn as tf.Tensor;
+    const cdf = tf.mul(0.5, tf.add(1, tf.erf(tf.mul(xi, SQRT1_2))));
+    (save as tf.GradSaveFunc)([xi, cdf]);
+    return {
+      value: tf.mul(xi, cdf),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [xs, c] = saved as [tf.Tensor, tf.Tensor];
+        const pdf = tf.mul(tf.exp(tf.mul(tf.square(xs), -0.5)), INV_SQRT_2PI);
+        return [tf.mul(dy, tf.add(c, tf.mul(xs, pdf)))];
+      },
+    };
+  });
+  return f(x) as T;
+}
+
+/** x @ W + b for 2-D x. */
+export function dense(x: tf.Tensor2D, w: tf.Tensor2D, b?: tf.Tensor1D): tf.Tensor2D {
+  const y = tf.matMul(x, w);
+  return b ? (tf.add(y, b) as tf.Tensor2D) : (y as tf.Tensor2D);
+}
+
+/** Rows scaled to unit L2 norm (eps keeps an all-zero row finite). */
+export function l2Normalize(x: tf.Tensor2D, eps = 1e-12): tf.Tensor2D {
+  return tf.mul(x, tf.rsqrt(tf.maximum(tf.sum(tf.square(x), -1, true), eps))) as tf.Tensor2D;
+}

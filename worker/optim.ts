@@ -1,0 +1,99 @@
+import type { ParamLayout } from '../shared/params.js';
+
+/**
+ * AdamW, the learning-rate schedule and gradient clipping as pure functions on flat float32
+ * vectors, so that a ZeRO-1 rank can update just its shard of the flat parameter vector.
+ */
+
+export interface AdamWHyper {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+}
+
+export const DEFAULT_ADAMW: Omit<AdamWHyper, 'lr'> = { beta1: 0.9, beta2: 0.98, eps: 1e-6, weightDecay: 0.1 };
+
+export interface FlatRange {
+  start: number;
+  end: number;
+}
+
+/** 1 where weight decay applies, per element of the flat layout. */
+export function decayMask(layout: ParamLayout): Uint8Array {
+  const mask = new Uint8Array(layout.total);
+  for (const e of layout.entries) if (e.decay) mask.fill(1, e.offset, e.offset + e.size);
+  return mask;
+}
+
+/**
+ * One AdamW update (PyTorch's torch.optim.AdamW, decoupled decay) of params[range] in place.
+ * `params`, `grads` and `decay` are indexed over the whole flat vector; `m` and `v` hold only the
+ * range (index i - range.start), which is the shard a ZeRO-1 rank owns. `step` counts from 1.
+ */
+export function adamwStep(
+  params: Float32Array,
+  grads: Float32Array,
+  m: Float32Array,
+  v: Float32Array,
+  range: FlatRange,
+  hyper: AdamWHyper,
+  step: number,
+  decay: Uint8Array,
+): void {
+  const { lr, beta1, beta2, eps, weightDecay } = hyper;
+  if (m.length !== range.end - range.start || v.length !== m.length)
+    throw new Error(`adamwStep: moments hold ${m.length}/${v.length} values for a range of ${range.end - range.start}`);
+  const bc1 = 1 - beta1 ** step;
+  const bc2 = 1 - beta2 ** step;
+  const stepSize = lr / bc1;
+  const sqrtBc2 = Math.sqrt(bc2);
+  const shrink = 1 - lr * weightDecay;
+  for (let i = range.start, k = 0; i < range.end; i++, k++) {
+    const g = grads[i]!;
+    const mk = beta1 * m[k]! + (1 - beta1) * g;
+    const vk = beta2 * v[k]! + (1 - beta2) * g * g;
+    m[k] = mk;
+    v[k] = vk;
+    let p = params[i]!;
+    if (decay[i]) p *= shrink;
+    params[i] = p - (stepSize * mk) / (Math.sqrt(vk) / sqrtBc2 + eps);
+  }
+}
+
+export interface Schedule {
+  baseLr: number;
+  warmupSteps: number;
+  totalSteps: number;
+  /** Final learning rate as a fraction of baseLr. */
+  minLrRatio: number;
+}
+
+/** Linear warmup from 0 over warmupSteps, then cosine decay to minLrRatio * baseLr at totalSteps. `step` counts from 1. */
+export function learningRate(s: Schedule, step: number): number {
+  if (s.warmupSteps > 0 && step <= s.warmupSteps) return (s.baseLr * step) / s.warmupSteps;
+  const span = Math.max(1, s.totalSteps - s.warmupSteps);
+  const t = Math.min(1, Math.max(0, (step - s.warmupSteps) / span));
+  const min = s.baseLr * s.minLrRatio;
+  return min + (s.baseLr - min) * 0.5 * (1 + Math.cos(Math.PI * t));
+}
+
+/** Sum of squares of a flat vector (float64 accumulation); ranks can add theirs for a sharded norm. */
+export function sumOfSquares(x: Float32Array, range: FlatRange = { start: 0, end: x.length }): number {
+  let s = 0;
+  for (let i = range.start; i < range.end; i++) s += x[i]! * x[i]!;
+  return s;
+}
+
+/** The factor that clips to a global norm of maxNorm (1 when already within it, or clipping off). */
+export function clipFactor(globalNorm: number, maxNorm: number): number {
+  if (!(maxNorm > 0) || globalNorm <= maxNorm) return 1;
+  return maxNorm / (globalNorm + 1e-6);
+}
+
+/** Scale a range of a flat vector in place. */
+export function scaleInPlace(x: Float32Array, factor: number, range: FlatRange = { start: 0, end: x.length }): void {
+  if (factor === 1) return;
+  for (let i = range.start; i < range.end; i++) x[i]! *= factor;
+}

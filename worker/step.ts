@@ -1,0 +1,179 @@
+import * as tf from '@tensorflow/tfjs';
+import type { CxrModel } from './model/vit.js';
+import {
+  classificationLoss,
+  contrastiveLoss,
+  cosineLogits,
+  labelGroups,
+  labelPriorLoss,
+  multiPositiveTargets,
+  resolveTargets,
+  scaleGradient,
+  sampleTextEmbeddings,
+  withLiveSlice,
+  type TargetOptions,
+} from './losses.js';
+
+/**
+ * The collectives one training step needs. `allGather` concatenates every rank's buffer in rank
+ * order (buffers may differ in length); `allReduceSum` sums in place with a fixed order so that
+ * every rank gets the same bytes. World 1 is `localComm`; the coordinator plugs in ZeroMQ.
+ */
+export interface StepComm {
+  rank: number;
+  world: number;
+  allGather(local: Float32Array): Promise<Float32Array>;
+  allReduceSum(buf: Float32Array): Promise<void>;
+}
+
+export const localComm: StepComm = {
+  rank: 0,
+  world: 1,
+  allGather: async (local) => local,
+  allReduceSum: async () => {},
+};
+
+export interface LossWeights {
+  classification: number;
+  contrastive: number;
+  labelPrior: number;
+}
+
+export interface StepOptions {
+  weights: LossWeights;
+  targets: TargetOptions;
+  /** Per-label positive weights, or null for none. */
+  posWeight: Float32Array | null;
+  /** Label-prior target S [L*L] (used when weights.labelPrior > 0). */
+  priorTarget: Float32Array;
+}
+
+/** This rank's slice of a global batch. */
+export interface LocalBatch {
+  n: number;
+  images: Uint8Array;
+  /** Raw labels n*L: 1, 0, -1, NaN. */
+  labels: Float32Array;
+  /** Dataset indices of the samples (keys of the label-smoothing draws). */
+  indices: readonly number[];
+  epoch: number;
+}
+
+export interface StepTerms {
+  /** This rank's share of each term: summing over ranks gives the global value. */
+  classification: number;
+  contrastive: number;
+  labelPrior: number;
+  total: number;
+}
+
+export interface StepResult {
+  /** Gradient of the global loss, summed over ranks (flat layout). */
+  grads: Float32Array;
+  terms: StepTerms;
+  globalBatch: number;
+}
+
+/**
+ * Forward and backward for one global batch, with gradients summed over ranks.
+ *
+ * With more than one rank and the contrastive term on, the image and text embeddings of the
+ * slice are first computed without a tape and all-gathered, because the loss needs every rank's
+ * values before the taped pass (tfjs cannot suspend a tape across an await). World 1 skips it.
+ */
+export async function computeGradients(model: CxrModel, batch: LocalBatch, comm: StepComm, opts: StepOptions): Promise<StepResult> {
+  const L = model.config.labels.length;
+  const { n } = batch;
+  const textHead = model.config.head === 'text';
+  const w = opts.weights;
+  const useContrastive = textHead && w.contrastive > 0;
+  const usePrior = textHead && w.labelPrior > 0;
+
+  const counts = await comm.allGather(Float32Array.of(n));
+  const sizes = Array.from(counts);
+  const offset = sizes.slice(0, comm.rank).reduce((a, b) => a + b, 0);
+  const N = sizes.reduce((a, b) => a + b, 0);
+
+  const { targets, mask } = resolveTargets(batch.labels, n, L, opts.targets, batch.indices, batch.epoch);
+  let contrastTargets: Float32Array | null = null;
+  let gatheredImg: Float32Array | null = null;
+  let gatheredTxt: Float32Array | null = null;
+  if (useContrastive) {
+    const allLabels = comm.world > 1 ? await comm.allGather(batch.labels) : batch.labels;
+    contrastTargets = multiPositiveTargets(labelGroups(allLabels, N, L));
+    if (comm.world > 1) {
+      const [zi, zt] = tf.tidy(() => {
+        const x = model.pixelsToInput(batch.images, n);
+        const text = model.encodeText();
+        const tgt = tf.tensor2d(targets, [n, L]);
+        const msk = tf.tensor2d(mask, [n, L]);
+        return [model.encodeImages(x), sampleTextEmbeddings(text.positive, text.negative, tgt, msk)];
+      });
+      const zv = Float32Array.from(zi.dataSync());
+      const tv = Float32Array.from(zt.dataSync());
+      zi.dispose();
+      zt.dispose();
+      gatheredImg = await comm.allGather(zv);
+      gatheredTxt = await comm.allGather(tv);
+    }
+  }
+
+  const kept: tf.Scalar[] = [];
+  const { grads, value } = tf.tidy(() => {
+    const x = model.pixelsToInput(batch.images, n);
+    const tgt = tf.tensor2d(targets, [n, L]);
+    const msk = tf.tensor2d(mask, [n, L]);
+    const pw = opts.posWeight ? tf.tensor1d(opts.posWeight) : null;
+    const S = usePrior ? tf.tensor2d(opts.priorTarget, [L, L]) : null;
+    const G = contrastTargets ? tf.tensor2d(contrastTargets, [N, N]) : null;
+    return tf.variableGrads(() => {
+      const z = model.encodeImages(x);
+      let cls: tf.Scalar;
+      let con: tf.Scalar = tf.scalar(0);
+      let prior: tf.Scalar = tf.scalar(0);
+      if (textHead) {
+        const text = model.encodeText();
+        const logits = cosineLogits(z, text.names, model.p('cls.log_scale'), model.p('cls.bias'));
+        cls = classificationLoss(logits, tgt, msk, pw, N);
+        if (useContrastive) {
+          const t = sampleTextEmbeddings(text.positive, text.negative, tgt, msk);
+          const Z = gatheredImg ? withLiveSlice(gatheredImg, z, offset) : z;
+          const T = gatheredTxt ? withLiveSlice(gatheredTxt, t, offset) : t;
+          con = contrastiveLoss(Z, T, G!, scaleGradient(model.p<tf.Scalar>('logit_scale'), 1 / comm.world));
+        }
+        if (usePrior) prior = labelPriorLoss(text.names, S!, comm.world);
+      } else {
+        const logits = tf.add(tf.matMul(z, model.p<tf.Tensor2D>('cls.weight')), model.p('cls.bias')) as tf.Tensor2D;
+        cls = classificationLoss(logits, tgt, msk, pw, N);
+      }
+      kept.push(tf.keep(cls), tf.keep(con), tf.keep(prior));
+      return tf.addN([tf.mul(cls, w.classification), tf.mul(con, w.contrastive), tf.mul(prior, w.labelPrior)]) as tf.Scalar;
+    }, model.variables);
+  });
+  const [cls, con, prior] = kept.map((t) => t.dataSync()[0]!) as [number, number, number];
+  const total = value.dataSync()[0]!;
+  kept.forEach((t) => t.dispose());
+  value.dispose();
+  const flat = model.flattenGrads(grads);
+  Object.values(grads).forEach((g) => g.dispose());
+  await comm.allReduceSum(flat);
+  return { grads: flat, terms: { classification: cls, contrastive: con, labelPrior: prior, total }, globalBatch: N };
+}
+
+/** Scores [n, L] (logits) for evaluation, computed in chunks to bound memory. */
+export function predictLogits(model: CxrModel, images: Uint8Array, n: number, chunk = 64): Float32Array {
+  const L = model.config.labels.length;
+  const px = model.config.imageSize ** 2;
+  const out = new Float32Array(n * L);
+  for (let s = 0; s < n; s += chunk) {
+    const m = Math.min(chunk, n - s);
+    const logits = tf.tidy(() => {
+      const z = model.encodeImages(model.pixelsToInput(images.subarray(s * px, (s + m) * px), m));
+      if (model.config.head === 'text') return cosineLogits(z, model.encodeText().names, model.p('cls.log_scale'), model.p('cls.bias'));
+      return tf.add(tf.matMul(z, model.p<tf.Tensor2D>('cls.weight')), model.p('cls.bias')) as tf.Tensor2D;
+    });
+    out.set(logits.dataSync() as Float32Array, s * L);
+    logits.dispose();
+  }
+  return out;
+}

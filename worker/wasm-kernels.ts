@@ -1,0 +1,171 @@
+import * as tf from '@tensorflow/tfjs';
+
+/**
+ * Gradient kernels that tfjs-backend-wasm 4.22 does not ship, built only from kernels it does
+ * ship (StridedSlice, PadV2, BatchMatMul, Concat, OneHot, Cast), so they run at XNNPACK speed
+ * and need no extra wasm code:
+ * - Conv2DBackpropFilter: the gradient of conv2d with respect to its filter (a conv patch stem).
+ * - UnsortedSegmentSum: the gradient of gather (embedding lookups).
+ * The model itself avoids both ops on its hot path (patch embedding is reshape + matMul), but
+ * any conv/gather a user model adds trains on wasm instead of failing with "kernel not found".
+ */
+
+// The backend object is opaque here; only disposeData is used on it.
+interface WasmBackendLike {
+  disposeData(dataId: object, force?: boolean): boolean;
+}
+type Info = tf.TensorInfo;
+type Run = (name: string, inputs: Record<string, Info> | Info[], attrs: Record<string, unknown>) => Info;
+
+function runner(backend: WasmBackendLike, scratch: Info[]): Run {
+  return (name, inputs, attrs) => {
+    const k = tf.getKernel(name, 'wasm');
+    if (!k) throw new Error(`wasm backend has no '${name}' kernel`);
+    const out = k.kernelFunc({ inputs: inputs as unknown as tf.NamedTensorInfoMap, backend: backend as unknown as tf.KernelBackend, attrs: attrs as tf.NamedAttrMap }) as Info;
+    scratch.push(out);
+    return out;
+  };
+}
+
+/** Run `body` with a scratch list; every intermediate except the returned one is freed. */
+function withScratch(backend: WasmBackendLike, body: (run: Run) => Info): Info {
+  const scratch: Info[] = [];
+  const out = body(runner(backend, scratch));
+  for (const t of scratch) if (t !== out) backend.disposeData(t.dataId);
+  return out;
+}
+
+interface Conv2DBackpropFilterAttrs {
+  strides: number | [number, number];
+  pad: 'valid' | 'same' | number | tf.backend_util.ExplicitPadding;
+  dataFormat: 'NHWC' | 'NCHW';
+  dimRoundingMode?: 'floor' | 'round' | 'ceil';
+  filterShape: [number, number, number, number];
+}
+
+/**
+ * dW[i, j, :, :] = X_ij^T dY, where X_ij [b*oh*ow, ci] are the input pixels that kernel tap
+ * (i, j) touches, taken from the zero-padded input with one strided slice per tap.
+ */
+function conv2DBackpropFilter(args: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs: tf.NamedAttrMap }): Info {
+  const { x, dy } = args.inputs as { x: Info; dy: Info };
+  const attrs = args.attrs as unknown as Conv2DBackpropFilterAttrs;
+  if (attrs.dataFormat !== 'NHWC') throw new Error('Conv2DBackpropFilter (wasm): only NHWC is supported');
+  const backend = args.backend as WasmBackendLike;
+  const info = tf.backend_util.computeConv2DInfo(
+    x.shape as [number, number, number, number],
+    attrs.filterShape,
+    attrs.strides,
+    1,
+    attrs.pad,
+    attrs.dimRoundingMode,
+    false,
+    'channelsLast',
+  );
+  const { batchSize: b, inChannels: ci, outChannels: co, outHeight: oh, outWidth: ow } = info;
+  const { filterHeight: fh, filterWidth: fw, strideHeight: sh, strideWidth: sw, dilationHeight: dh, dilationWidth: dw } = info;
+  const { top, bottom, left, right } = info.padInfo;
+  return withScratch(backend, (run) => {
+    const xp =
+      top || bottom || left || right
+        ? run('PadV2', { x }, { paddings: [[0, 0], [top, bottom], [left, right], [0, 0]], constantValue: 0 })
+        : x;
+    const dy2 = run('Reshape', { x: dy }, { shape: [1, b * oh * ow, co] });
+    const taps: Info[] = [];
+    for (let i = 0; i < fh; i++) {
+      for (let j = 0; j < fw; j++) {
+        const patch = run(
+          'StridedSlice',
+          { x: xp },
+          {
+            begin: [0, i * dh, j * dw, 0],
+            end: [b, i * dh + (oh - 1) * sh + 1, j * dw + (ow - 1) * sw + 1, ci],
+            strides: [1, sh, sw, 1],
+            beginMask: 0, endMask: 0, ellipsisMask: 0, newAxisMask: 0, shrinkAxisMask: 0,
+          },
+        );
+        const p2 = run('Reshape', { x: patch }, { shape: [1, b * oh * ow, ci] });
+        taps.push(run('BatchMatMul', { a: p2, b: dy2 }, { transposeA: true, transposeB: false }));
+      }
+    }
+    const stacked = taps.length === 1 ? taps[0]! : run('Concat', taps, { axis: 0 });
+    return run('Reshape', { x: stacked }, { shape: [fh, fw, ci, co] });
+  });
+}
+
+/**
+ * out[s] = sum of x[i] over i with segmentIds[i] = s, as onehot(segmentIds)^T x: one matMul,
+ * exact up to float summation order. Ids outside [0, numSegments) contribute nothing, as in TF.
+ */
+function unsortedSegmentSum(args: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs: tf.NamedAttrMap }): Info {
+  const { x, segmentIds } = args.inputs as { x: Info; segmentIds: Info };
+  const { numSegments } = args.attrs as unknown as { numSegments: number };
+  const backend = args.backend as WasmBackendLike;
+  if (segmentIds.shape.length !== 1) throw new Error('UnsortedSegmentSum (wasm): segmentIds must be 1-D');
+  const n = segmentIds.shape[0]!;
+  const rest = x.shape.slice(1);
+  const inner = rest.reduce((a, c) => a * c, 1);
+  return withScratch(backend, (run) => {
+    const ids = segmentIds.dtype === 'int32' ? segmentIds : run('Cast', { x: segmentIds }, { dtype: 'int32' });
+    // wasm's OneHot always writes int32 (whatever dtype says), so it is cast explicitly.
+    const oneHotInt = run('OneHot', { indices: ids }, { dtype: 'int32', depth: numSegments, onValue: 1, offValue: 0 });
+    const oneHot = run('Cast', { x: oneHotInt }, { dtype: 'float32' });
+    const oh3 = run('Reshape', { x: oneHot }, { shape: [1, n, numSegments] });
+    const xf = x.dtype === 'float32' ? x : run('Cast', { x }, { dtype: 'float32' });
+    const x3 = run('Reshape', { x: xf }, { shape: [1, n, inner] });
+    const sum = run('BatchMatMul', { a: oh3, b: x3 }, { transposeA: true, transposeB: false });
+    const shaped = run('Reshape', { x: sum }, { shape: [numSegments, ...rest] });
+    return x.dtype === 'float32' ? shaped : run('Cast', { x: shaped }, { dtype: x.dtype });
+  });
+}
+
+/**
+ * BatchMatMul with transposeA/transposeB runs about 10x slower than the plain product on
+ * tfjs-backend-wasm 4.22 (XNNPACK only takes the untransposed layout), and every matMul gradient
+ * uses those flags. Transposing the operand first (a memory-bound copy) and multiplying plainly
+ * gives the same values at a fraction of the cost, for every caller including tfjs's own gradients.
+ */
+function untransposedBatchMatMul(plain: tf.KernelFunc) {
+  return (args: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs: tf.NamedAttrMap }): Info => {
+    const { a, b } = args.inputs as { a: Info; b: Info };
+    const { transposeA, transposeB } = args.attrs as unknown as { transposeA: boolean; transposeB: boolean };
+    const backend = args.backend as WasmBackendLike;
+    const call = (x: Info, y: Info) =>
+      plain({ inputs: { a: x, b: y }, backend: backend as unknown as tf.KernelBackend, attrs: { transposeA: false, transposeB: false } }) as Info;
+    if (!transposeA && !transposeB) return call(a, b);
+    const swapLast = (t: Info) => {
+      const perm = t.shape.map((_, i) => i);
+      const r = perm.length;
+      [perm[r - 2], perm[r - 1]] = [perm[r - 1]!, perm[r - 2]!];
+      return tf.getKernel('Transpose', 'wasm')!.kernelFunc({
+        inputs: { x: t },
+        backend: backend as unknown as tf.KernelBackend,
+        attrs: { perm },
+      }) as Info;
+    };
+    const at = transposeA ? swapLast(a) : a;
+    const bt = transposeB ? swapLast(b) : b;
+    const out = call(at, bt);
+    if (at !== a) backend.disposeData(at.dataId);
+    if (bt !== b) backend.disposeData(bt.dataId);
+    return out;
+  };
+}
+
+let registered = false;
+
+/** Register the missing kernels on the wasm backend (idempotent; kernels wasm gains later win). */
+export function registerWasmGradientKernels(): void {
+  if (registered) return;
+  registered = true;
+  const add = (kernelName: string, kernelFunc: tf.KernelFunc) => {
+    if (!tf.getKernel(kernelName, 'wasm')) tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc });
+  };
+  add('Conv2DBackpropFilter', conv2DBackpropFilter as unknown as tf.KernelFunc);
+  add('UnsortedSegmentSum', unsortedSegmentSum as unknown as tf.KernelFunc);
+  const mm = tf.getKernel('BatchMatMul', 'wasm');
+  if (mm) {
+    tf.unregisterKernel('BatchMatMul', 'wasm');
+    tf.registerKernel({ kernelName: 'BatchMatMul', backendName: 'wasm', kernelFunc: untransposedBatchMatMul(mm.kernelFunc) as unknown as tf.KernelFunc });
+  }
+}
