@@ -3,6 +3,7 @@ import type { WorkerConfig } from '../shared/job-config.js';
 import type { Logger } from '../shared/log.js';
 import type { ControlSession } from './control-client.js';
 import { createChecksumStep } from './checksum-step.js';
+import { createTrainStep } from './train-step.js';
 
 /** Where a step is in the run. */
 export interface StepInfo {
@@ -53,11 +54,11 @@ export interface StepContext {
 export type StepFactory = (ctx: StepContext) => Promise<WorkerStep>;
 
 /**
- * The steps a worker can run, selected by the coordinator's `job.step.name`. The training step
- * registers here as `train`.
+ * The steps a worker can run, selected by the coordinator's `job.step.name`.
  */
 export const STEPS: Readonly<Record<string, StepFactory>> = {
   checksum: createChecksumStep,
+  train: createTrainStep,
 };
 
 export function stepFactory(name: string): StepFactory {
