@@ -60,6 +60,8 @@ export interface MetricsRecord {
 export interface TrainJobResult {
   steps: number;
   seconds: number;
+  /** sha256 of the final parameters, the same on every rank (checked at the last step). */
+  paramsHash: string;
   evalReport: { split: string; mean_auroc: number | null; mean_auroc_competition: number | null } | null;
 }
 
@@ -201,7 +203,7 @@ export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Pr
         metrics.observeEval(evalReport as unknown as Parameters<TrainingMetrics['observeEval']>[0]);
       }
       metrics.setPhase('done');
-      return { steps: result.stepsRun, seconds: result.seconds, evalReport };
+      return { steps: result.stepsRun, seconds: result.seconds, paramsHash: result.lastStep?.paramsHash ?? '', evalReport };
     } catch (e) {
       metrics.setPhase('failed');
       bar?.stop();

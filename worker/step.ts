@@ -163,7 +163,10 @@ export async function computeGradients(model: CxrModel, batch: LocalBatch, comm:
   Object.values(grads).forEach((g) => g.dispose());
   // A ZeRO-1 caller reduce-scatters instead (each rank needs only its shard of the sum).
   if (reduce) await comm.allReduceSum(flat);
-  return { grads: flat, terms: { classification: cls, contrastive: con, labelPrior: prior, total }, globalBatch: N };
+  // Every rank evaluates the whole contrastive loss (its slice live), so its share is 1/world of it.
+  const conShare = con / comm.world;
+  const share = comm.world === 1 ? total : w.classification * cls + w.contrastive * conShare + w.labelPrior * prior;
+  return { grads: flat, terms: { classification: cls, contrastive: conShare, labelPrior: prior, total: share }, globalBatch: N };
 }
 
 /** Scores [n, L] (logits) for evaluation, computed in chunks to bound memory. */

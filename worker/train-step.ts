@@ -142,7 +142,7 @@ export async function createTrainStep(ctx: StepContext): Promise<WorkerStep> {
     const r = await evalSplit(t.eval, final && t.eval === 'test');
     if (rank !== 0) return;
     const rep = aurocReport({ scores: r.scores, labels: r.labels, n: r.n, labelNames: t.model.labels }, t.competition, t.bootstrap > 0 ? { replicates: t.bootstrap, seed: job.seed } : undefined);
-    await writeJsonAtomic(path.join(t.out, file), { split: t.eval, step, epoch, ...rep });
+    await writeJsonAtomic(path.join(t.out, file), final ? { split: t.eval, ...rep } : { split: t.eval, step, epoch, ...rep });
     if (r.embeddings && t.model.head === 'text') {
       const names = tf.tidy(() => {
         const e = model.encodeText().names;

@@ -9,7 +9,7 @@ import { writeReport } from '../report/index.js';
 import { trainDistributed } from '../train-job.js';
 import type { TrainConfig } from '../train-local.js';
 
-interface TrainArgs {
+export interface TrainArgs {
   workers: number;
   data: string;
   out: string;
