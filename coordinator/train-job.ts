@@ -1,5 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
+import { checkpointDue, checkpointsDir, commitCheckpoint, listCheckpoints, pruneCheckpoints, removeUncommitted, resolveCheckpoint, stepDir } from '../shared/checkpoint/index.js';
+import type { ShardWritten } from '../shared/checkpoint/shard-writer.js';
 import { openDataset } from '../shared/dataset/reader.js';
 import { UserError } from '../shared/errors.js';
 import { writeJsonAtomic } from '../shared/fs-atomic.js';
@@ -19,6 +21,7 @@ import { serveMetrics, TrainingMetrics } from './metrics-server.js';
 import { writeRunEnvironment } from './report/environment.js';
 import { Sampler } from './sampler.js';
 import { labelSetFor, type TrainConfig } from './train-local.js';
+import type { CheckpointFlags } from './checkpoint-flags.js';
 
 /** Where and how the workers run (the rest of the run is TrainConfig). */
 export interface TrainJobOptions {
@@ -36,6 +39,8 @@ export interface TrainJobOptions {
   /** Show a progress bar / progress lines (default true). */
   progress?: boolean;
   workerOutput?: (line: string) => void;
+  /** Checkpoint flags; `resume: 'auto'` resumes the newest committed checkpoint in the run directory, if any. */
+  checkpoints?: Partial<CheckpointFlags>;
   log: Logger;
 }
 
@@ -58,7 +63,12 @@ export interface MetricsRecord {
 }
 
 export interface TrainJobResult {
+  /** Steps run by this invocation (fewer than the total when resumed). */
   steps: number;
+  /** The step this invocation started from (0, or the resumed checkpoint's). */
+  startStep: number;
+  /** The committed checkpoint of the final state. */
+  checkpoint: string;
   seconds: number;
   /** sha256 of the final parameters, the same on every rank (checked at the last step). */
   paramsHash: string;
@@ -120,7 +130,7 @@ export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Pr
       posWeight = balancedPosWeights(all, L);
     }
     const textHead = cfg.head === 'text';
-    const section: TrainSection = {
+    const section: { -readonly [K in keyof TrainSection]: TrainSection[K] } = {
       backend: cfg.backend,
       model,
       fixedPrompts: text ? Array.from(text.vectors) : null,
@@ -135,9 +145,38 @@ export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Pr
       eval: cfg.eval,
       competition: [...(set?.competition ?? [])],
       bootstrap: cfg.bootstrap,
+      resume: null,
+      initWeights: null,
     };
 
+    const ck = o.checkpoints ?? {};
+    const layout = modelLayout(model);
+    // What a resumed run must share with the checkpoint: the model and the data order.
+    const savedConfig = { model, labelSet: set?.name ?? null, labels, seed: cfg.seed, globalBatch: cfg.batchSize, trainRows: source.size };
+    const ckRoot = checkpointsDir(cfg.out);
+    let resume: { dir: string; step: number } | null = null;
+    if (ck.resume) {
+      const from = ck.resume === 'auto' ? cfg.out : ck.resume;
+      const any = ck.resume !== 'auto' || (await listCheckpoints(ckRoot)).some((c) => c.committed);
+      if (any) {
+        const r = await resolveCheckpoint(from, {
+          layout,
+          requireConfig: { 'model.preset': model.preset, 'model.head': model.head, labelSet: savedConfig.labelSet, seed: cfg.seed, globalBatch: cfg.batchSize, trainRows: source.size },
+          onWarning: (msg) => o.log.warn(msg),
+        });
+        resume = { dir: r.dir, step: r.manifest.step };
+        o.log.info(`resuming from ${r.dir}: step ${r.manifest.step} of ${totalSteps}, saved by ${r.manifest.world} worker${r.manifest.world > 1 ? 's' : ''}`);
+      } else o.log.info(`--resume auto: no committed checkpoint in ${ckRoot}; starting fresh`);
+    }
+    const startStep = resume?.step ?? 0;
+    if (startStep >= totalSteps) throw new UserError(`${resume!.dir} is at step ${startStep}: nothing left of ${totalSteps} steps (--steps and --epochs are totals; raise them to train on)`);
+    section.resume = resume?.dir ?? null;
+    section.initWeights = ck.initWeights ? path.resolve(ck.initWeights) : null;
+
     await fsp.mkdir(cfg.out, { recursive: true });
+    // A crashed save leaves a step directory without a manifest; no save runs now.
+    const removed = await removeUncommitted(ckRoot);
+    if (removed.length) o.log.warn(`removed ${removed.length} uncommitted checkpoint director${removed.length > 1 ? 'ies' : 'y'} of an interrupted save: ${removed.join(', ')}`);
     await writeJsonAtomic(path.join(cfg.out, 'config.json'), {
       ...cfg,
       resolved: {
@@ -154,14 +193,54 @@ export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Pr
     });
     await writeRunEnvironment(cfg.out, { workers: cfg.workers });
     // Stale results of an earlier run in the same directory would be read as this run's.
-    for (const f of await fsp.readdir(cfg.out)) if (f === 'eval.json' || /^eval-epoch-\d+\.json$/.test(f)) await fsp.rm(path.join(cfg.out, f));
+    if (startStep === 0) for (const f of await fsp.readdir(cfg.out)) if (f === 'eval.json' || /^eval-epoch-\d+\.json$/.test(f)) await fsp.rm(path.join(cfg.out, f));
+    else await fsp.rm(path.join(cfg.out, 'eval.json'), { force: true });
 
     const metrics = new TrainingMetrics();
     metrics.setWorkersExpected(cfg.workers);
     const server = o.metricsPort !== undefined ? await serveMetrics(metrics, { port: o.metricsPort }) : null;
     if (server) o.log.info(`metrics on ${server.url}`);
     const bar = o.progress === false ? null : createProgress({ label: 'train', total: totalSteps, unit: 'steps', logger: o.log });
-    const file = await fsp.open(path.join(cfg.out, 'metrics.jsonl'), 'w');
+    // A resumed run continues metrics.jsonl from the checkpoint: lines of steps after it (run
+    // before a crash, lost with it) are dropped so that every step appears once.
+    const metricsPath = path.join(cfg.out, 'metrics.jsonl');
+    let kept = '';
+    if (startStep > 0) {
+      const old = await fsp.readFile(metricsPath, 'utf8').catch(() => '');
+      kept = old.split('\n').filter((l) => l.trim() && (JSON.parse(l) as { step: number }).step <= startStep).map((l) => l + '\n').join('');
+    }
+    await fsp.writeFile(metricsPath, kept);
+    const file = await fsp.open(metricsPath, 'a');
+    // Checkpoints: the coordinator decides after which steps the ranks save (the feed tells them),
+    // collects their shard reports and commits each checkpoint once all are in.
+    const endStep = totalSteps;
+    const schedule = { everySteps: ck.checkpointEvery ?? 0, everyMinutes: ck.checkpointEveryMinutes ?? 0 };
+    let last = { step: startStep, lastAtMs: Date.now() };
+    const checkpointAfter = (step: number): boolean => {
+      const S = step + 1;
+      const due = S === endStep || checkpointDue(schedule, { step: S, lastStep: last.step, lastAtMs: last.lastAtMs }, Date.now());
+      if (due) last = { step: S, lastAtMs: Date.now() };
+      return due;
+    };
+    const shards = new Map<number, ShardWritten[]>();
+    let committing: Promise<unknown> = Promise.resolve();
+    let lastCommitted = '';
+    const onCheckpointShard = (w: ShardWritten) => {
+      const got = [...(shards.get(w.step) ?? []), w];
+      shards.set(w.step, got);
+      if (got.length < cfg.workers) return;
+      shards.delete(w.step);
+      const t0 = performance.now();
+      const dir = stepDir(ckRoot, w.step);
+      const pos = sampler.positionAt(w.step);
+      committing = committing.then(async () => {
+        await commitCheckpoint(dir, { step: w.step, epoch: pos.epoch, sampler: { ...pos, seed: cfg.seed, globalBatch: cfg.batchSize, size: source.size }, rng: { seed: cfg.seed, note: 'the sampler and label smoothing are pure functions of (seed, epoch, index): no state to save' }, config: savedConfig, layout, world: cfg.workers, shards: got });
+        await pruneCheckpoints(ckRoot, ck.keepCheckpoints ?? 3);
+        metrics.observeCheckpoint('save', Math.max(...got.map((g) => g.seconds ?? 0)) + (performance.now() - t0) / 1000, w.step);
+        lastCommitted = dir;
+        o.log.info(`checkpoint ${dir} committed`);
+      });
+    };
     let writing: Promise<unknown> = Promise.resolve();
     let lastAt = performance.now();
     try {
@@ -179,8 +258,11 @@ export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Pr
         source,
         seed: cfg.seed,
         globalBatch: cfg.batchSize,
-        steps: totalSteps,
+        startStep,
+        steps: totalSteps - startStep,
         prefetch: o.prefetch,
+        checkpointAfter,
+        onCheckpointShard,
         paramsCheckEvery: o.paramsCheckEvery ?? 50,
         onRendezvous: (w) => metrics.setWorkersUp(w.length),
         onStep: (s) => {
@@ -196,6 +278,8 @@ export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Pr
         log: o.log,
       });
       await writing;
+      await committing;
+      if (lastCommitted !== stepDir(ckRoot, endStep)) throw new Error(`the final checkpoint (step ${endStep}) was not committed`);
       bar?.stop();
       let evalReport: TrainJobResult['evalReport'] = null;
       if (cfg.eval !== 'none') {
@@ -203,8 +287,9 @@ export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Pr
         metrics.observeEval(evalReport as unknown as Parameters<TrainingMetrics['observeEval']>[0]);
       }
       metrics.setPhase('done');
-      return { steps: result.stepsRun, seconds: result.seconds, paramsHash: result.lastStep?.paramsHash ?? '', evalReport };
+      return { steps: result.stepsRun, startStep, checkpoint: lastCommitted, seconds: result.seconds, paramsHash: result.lastStep?.paramsHash ?? '', evalReport };
     } catch (e) {
+      await committing.catch(() => {});
       metrics.setPhase('failed');
       bar?.stop();
       throw e;

@@ -13,6 +13,8 @@ export interface StepInfo {
   readonly epochStep: number;
   /** The training-split rows of this rank's slice, in batch order. */
   readonly indices: readonly number[];
+  /** Save a checkpoint after this step (the coordinator's decision, the same on every rank). */
+  readonly checkpoint: boolean;
 }
 
 /** What one step reports (the worker loop adds data wait, total time and the step's position). */

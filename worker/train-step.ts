@@ -4,6 +4,7 @@ import { openDataset, type Dataset } from '../shared/dataset/reader.js';
 import type { SplitName } from '../shared/dataset/manifest.js';
 import { writeJsonAtomic } from '../shared/fs-atomic.js';
 import { aurocReport } from '../shared/metrics/auroc.js';
+import { CheckpointWriter, checkpointsDir, layoutHash, loadCheckpoint, loadInitWeights, stepDir } from '../shared/checkpoint/index.js';
 import { paramsSha256 } from '../shared/params-hash.js';
 import { shardRange, shardRanges } from '../shared/shard.js';
 import { writeRunEmbeddings } from '../coordinator/report/embeddings.js';
@@ -42,6 +43,10 @@ export interface TrainSection {
   /** Competition labels (mean AUROC over them), from the label set. */
   readonly competition: string[];
   readonly bootstrap: number;
+  /** A committed step directory the coordinator chose (resolveCheckpoint) to resume from, or null. */
+  readonly resume: string | null;
+  /** A safetensors file with open_clip names to start from (--init-weights), or null. */
+  readonly initWeights: string | null;
 }
 
 /** Per-epoch evaluation files; the run's final one is eval.json. */
@@ -65,15 +70,33 @@ export async function createTrainStep(ctx: StepContext): Promise<WorkerStep> {
   const endpoints = ctx.peers.map((p, r) => (r === rank ? ctx.collectiveBind : p));
   const pg = world > 1 ? await ProcessGroup.create({ rank, world, endpoints }) : null;
 
-  const params = initialParams(t.model, job.seed);
+  let params: Float32Array = initialParams(t.model, job.seed);
   const fixed = t.fixedPrompts ? Float32Array.from(t.fixedPrompts) : undefined;
   const model = new CxrModel(t.model, params, fixed);
   const total = model.layout.total;
   const own = shardRange(total, world, rank);
   const paramCounts = shardRanges(total, world).map((s) => s.end - s.start);
   const mask = decayMask(model.layout);
-  const m = new Float32Array(own.end - own.start);
-  const v = new Float32Array(own.end - own.start);
+  let m: Float32Array = new Float32Array(own.end - own.start);
+  let v: Float32Array = new Float32Array(own.end - own.start);
+  if (t.resume) {
+    // Any world size: this rank reads the whole vector and m, v of its new range from the overlapping old shards.
+    const ck = await loadCheckpoint(t.resume, { layout: model.layout, world, rank });
+    if (ck.step !== job.startStep) throw new Error(`the coordinator resumes at step ${job.startStep} but ${t.resume} holds step ${ck.step}`);
+    params = ck.params;
+    m = ck.m;
+    v = ck.v;
+    model.assignFlat(params);
+    ctx.log.info(`resumed from ${ck.dir} (step ${ck.step}, saved by ${ck.manifest.world} worker${ck.manifest.world > 1 ? 's' : ''})`);
+  } else if (t.initWeights) {
+    const w = await loadInitWeights(t.initWeights, model.layout, params);
+    params = w.params;
+    model.assignFlat(params);
+    if (rank === 0) ctx.log.info(`initial weights from ${t.initWeights}: ${w.loaded.length} tensors loaded, ${w.missing.length} kept fresh (${w.missing.slice(0, 5).join(', ')}${w.missing.length > 5 ? ', ...' : ''})`);
+  }
+  const writer = new CheckpointWriter();
+  const lHash = layoutHash(model.layout);
+  let saving: Promise<void> = Promise.resolve();
   const hyper = { ...DEFAULT_ADAMW, weightDecay: t.optimizer.weightDecay, lr: 0 };
   const schedule: Schedule = { baseLr: t.optimizer.lr, warmupSteps: Math.min(t.optimizer.warmupSteps, t.optimizer.totalSteps), totalSteps: t.optimizer.totalSteps, minLrRatio: t.optimizer.minLrRatio };
   const rowCounts = shardRanges(job.globalBatch, world).map((s) => s.end - s.start);
@@ -184,6 +207,20 @@ export async function createTrainStep(ctx: StepContext): Promise<WorkerStep> {
       const losses = { loss: small[5]!, loss_classification: small[2]!, loss_contrastive: small[3]!, loss_label_prior: small[4]!, lr: hyper.lr, grad_norm: norm };
       const last = info.step + 1 === job.endStep;
       const epochEnd = info.epochStep === job.stepsPerEpoch - 1;
+      if (info.checkpoint) {
+        // Training waits only for the previous save and the copy-out; the write runs in the
+        // background and reports itself to the coordinator, which commits once every rank has.
+        await saving;
+        await writer.idle();
+        const S = info.step + 1;
+        const save = writer
+          .save(stepDir(checkpointsDir(t.out), S), { rank, world, step: S, layoutHash: lHash, start: own.start, end: own.end, params: params.subarray(own.start, own.end), m, v })
+          .then((w) => ctx.control.commitCheckpoint(w));
+        saving = save;
+        save.catch(() => {}); // rethrown at the next checkpoint or the end
+        // The run's last checkpoint is reported before the last step, so the coordinator commits it before the job ends.
+        if (last) await save;
+      }
       if (last && rank === 0) await saveParams(t.out, t.model, params, info.step + 1, fixed);
       if (epochEnd && !last) await evaluate(evalEpochFile(info.epoch), false, info.step + 1, info.epoch);
       if (last) await evaluate('eval.json', true, info.step + 1, info.epoch);
@@ -191,6 +228,7 @@ export async function createTrainStep(ctx: StepContext): Promise<WorkerStep> {
     },
     paramsHash: () => paramsSha256(params),
     async close() {
+      await writer.close().catch(() => {});
       model.dispose();
       await (dataset as Dataset | null)?.close();
       await pg?.close();

@@ -8,6 +8,7 @@ import { createLogger } from '../../shared/log.js';
 import { writeReport } from '../report/index.js';
 import { trainDistributed } from '../train-job.js';
 import type { TrainConfig } from '../train-local.js';
+import { checkpointFlags } from '../checkpoint-flags.js';
 
 export interface TrainArgs {
   workers: number;
@@ -45,6 +46,11 @@ export interface TrainArgs {
   'params-check-every': number;
   'metrics-port'?: number;
   report: boolean;
+  'checkpoint-every': number;
+  'checkpoint-every-minutes': number;
+  'keep-checkpoints': number;
+  resume?: string;
+  'init-weights'?: string;
 }
 
 export function trainOptions<T>(y: Argv<T>) {
@@ -146,13 +152,22 @@ export async function runTraining(args: TrainArgs): Promise<void> {
     prefetch: args.prefetch,
     paramsCheckEvery: args['params-check-every'],
     metricsPort: args['metrics-port'],
+    checkpoints: {
+      checkpointEvery: args['checkpoint-every'],
+      checkpointEveryMinutes: args['checkpoint-every-minutes'],
+      keepCheckpoints: args['keep-checkpoints'],
+      resume: args.resume,
+      initWeights: args['init-weights'],
+    },
     log,
   });
   const e = r.evalReport;
   const report = args.report ? (await writeReport(cfg.out)).html : null;
   process.stdout.write(
+    (r.startStep > 0 ? `resumed at step ${r.startStep}; ` : '') +
     `trained ${r.steps} steps with ${cfg.workers} worker${cfg.workers > 1 ? 's' : ''} in ${r.seconds.toFixed(1)} s; run directory ${cfg.out}` +
       (e ? `\n${e.split} mean AUROC ${e.mean_auroc?.toFixed(4) ?? 'n/a'} (competition labels ${e.mean_auroc_competition?.toFixed(4) ?? 'n/a'}), eval.json written` : '') +
+      `\ncheckpoint: ${r.checkpoint}` +
       (report ? `\nreport: ${report}` : '') +
       '\n',
   );
@@ -161,6 +176,6 @@ export async function runTraining(args: TrainArgs): Promise<void> {
 export const trainCommand: CommandModule<object, TrainArgs> = {
   command: '$0',
   describe: 'train a model (the default command)',
-  builder: (y) => jobOptions(trainOptions(y)) as unknown as Argv<TrainArgs>,
+  builder: (y) => checkpointFlags(jobOptions(trainOptions(y))) as unknown as Argv<TrainArgs>,
   handler: (args) => runTraining(args),
 };
