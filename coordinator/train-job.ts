@@ -152,7 +152,7 @@ export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Pr
     const ck = o.checkpoints ?? {};
     const layout = modelLayout(model);
     // What a resumed run must share with the checkpoint: the model and the data order.
-    const savedConfig = { model, labelSet: set?.name ?? null, labels, seed: cfg.seed, globalBatch: cfg.batchSize, trainRows: source.size };
+    const savedConfig = { model, fixedPrompts: section.fixedPrompts, labelSet: set?.name ?? null, labels, seed: cfg.seed, globalBatch: cfg.batchSize, trainRows: source.size };
     const ckRoot = checkpointsDir(cfg.out);
     let resume: { dir: string; step: number } | null = null;
     if (ck.resume) {

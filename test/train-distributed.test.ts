@@ -10,6 +10,8 @@ import { writeReport } from '../coordinator/report/index.js';
 import { paramsSha256 } from '../shared/params-hash.js';
 import { createLogger } from '../shared/log.js';
 import { openDataset } from '../shared/dataset/reader.js';
+import { evalSaved } from '../coordinator/train-local.js';
+import { openTrainData } from '../coordinator/train-data.js';
 
 const log = createLogger('test', 'warn');
 const quiet = () => {};
@@ -86,6 +88,10 @@ test('2 workers: train across an epoch boundary, evaluate per epoch and at the e
     const emb = JSON.parse(await readFile(path.join(out, 'embeddings.json'), 'utf8'));
     assert.equal(emb.labels.length, 14);
     await stat(path.join(out, 'environment.json'));
+    // The distributed evaluation agrees with `coordinator eval` on the final checkpoint (one process).
+    const again = await evalSaved(r.checkpoint, await openTrainData(data), 'test', 'wasm', { replicates: 20, seed: cfg.seed }, () => {});
+    assert.equal(again.n, ev.n);
+    for (const [label, v] of Object.entries(ev.auroc as Record<string, number | null>)) assert.ok(v === null ? again.auroc[label] === null : Math.abs(again.auroc[label]! - v) < 1e-6, label);
     const rep = await writeReport(out);
     assert.match(await readFile(rep.html, 'utf8'), /<html/i);
   } finally {
