@@ -68,7 +68,10 @@ export async function createTrainStep(ctx: StepContext): Promise<WorkerStep> {
   ctx.log.info(`backend: ${backend.name} (${backend.reason})`);
   const { rank, world } = ctx;
   const endpoints = ctx.peers.map((p, r) => (r === rank ? ctx.collectiveBind : p));
-  const pg = world > 1 ? await ProcessGroup.create({ rank, world, endpoints }) : null;
+  // Rank 0 alone computes AUROC (bootstrap) and writes files after an evaluation while the others
+  // already wait in the next step's first collective: the timeout must cover that, not just a
+  // step. A peer that dies is still noticed at once (its connection drops).
+  const pg = world > 1 ? await ProcessGroup.create({ rank, world, endpoints, timeoutMs: 300_000 }) : null;
 
   let params: Float32Array = initialParams(t.model, job.seed);
   const fixed = t.fixedPrompts ? Float32Array.from(t.fixedPrompts) : undefined;
