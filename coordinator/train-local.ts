@@ -1,26 +1,20 @@
-import { promises as fsp } from 'node:fs';
+import { existsSync } from 'node:fs';
 import * as path from 'node:path';
+import { checkpointsDir, loadCheckpoint } from '../shared/checkpoint/index.js';
 import { UserError } from '../shared/errors.js';
-import { writeJsonAtomic } from '../shared/fs-atomic.js';
 import { BUILTIN_LABEL_SETS, loadLabelSet, type LabelSet } from '../shared/labels.js';
 import { aurocReport, type AurocReport } from '../shared/metrics/auroc.js';
-import { initBackend, type BackendChoice, type BackendInfo } from '../worker/backend.js';
-import {
-  balancedPosWeights,
-  labelPriorTarget,
-  uncertaintyPolicies,
-  type BlankPolicy,
-  type LabelPriorKind,
-} from '../worker/losses.js';
-import { resolveModelConfig, type ModelConfig } from '../worker/model/config.js';
-import { existsSync } from 'node:fs';
-import { checkpointsDir, loadCheckpoint } from '../shared/checkpoint/index.js';
-import { loadParams, PARAMS_JSON, saveParams } from '../worker/model/params-file.js';
-import { loadTextEmbeddings } from '../worker/model/text-embeddings.js';
-import { CxrModel, initialParams } from '../worker/model/vit.js';
-import { DEFAULT_ADAMW, adamwStep, clipFactor, decayMask, learningRate, scaleInPlace, sumOfSquares } from '../worker/optim.js';
-import { computeGradients, localComm, predictLogits, type StepComm, type StepOptions } from '../worker/step.js';
-import { globalBatchIndices } from './local-sampler.js';
+import { initBackend, type BackendChoice } from '../worker/backend.js';
+import type { BlankPolicy, LabelPriorKind } from '../worker/losses.js';
+import type { ModelConfig } from '../worker/model/config.js';
+import { loadParams, PARAMS_JSON } from '../worker/model/params-file.js';
+import { CxrModel } from '../worker/model/vit.js';
+import { predictLogits } from '../worker/step.js';
+
+/**
+ * The trainer's config and single-process evaluation (`coordinator eval`). Training itself runs
+ * in worker processes for every worker count: coordinator/train-job.ts and worker/train-step.ts.
+ */
 
 export type SplitName = 'train' | 'val' | 'test';
 
@@ -65,18 +59,6 @@ export interface TrainConfig {
   bootstrap: number;
 }
 
-export interface StepRecord {
-  step: number;
-  epoch: number;
-  loss: number;
-  loss_classification: number;
-  loss_contrastive: number;
-  loss_label_prior: number;
-  lr: number;
-  grad_norm: number;
-  images_per_s: number;
-}
-
 /** The label set a dataset's labels belong to (by manifest name, else by identical label list). */
 export function labelSetFor(name: string, labels: readonly string[]): LabelSet | null {
   const candidates = [name, ...BUILTIN_LABEL_SETS];
@@ -89,106 +71,6 @@ export function labelSetFor(name: string, labels: readonly string[]): LabelSet |
     }
   }
   return null;
-}
-
-/** Read training labels in chunks (for positive weights) without holding the pixels. */
-async function allLabels(split: ReturnType<TrainData['split']>, L: number): Promise<Float32Array> {
-  const out = new Float32Array(split.length * L);
-  for (let s = 0; s < split.length; s += 1024) {
-    const idx = Array.from({ length: Math.min(1024, split.length - s) }, (_, i) => s + i);
-    out.set((await split.read(idx)).labels, s * L);
-  }
-  return out;
-}
-
-export interface Progress {
-  update(step: number, total: number, rec: StepRecord): void;
-  done(): void;
-}
-
-/**
- * Train in this process (world 1 through the same step code the workers run) and write the run
- * directory: config.json, metrics.jsonl, model.json + model.bin, eval.json.
- */
-export async function trainLocal(cfg: TrainConfig, data: TrainData, progress: Progress, log: (line: string) => void, comm: StepComm = localComm): Promise<{ backend: BackendInfo; steps: number; evalReport: (AurocReport & { split: string }) | null }> {
-  const backend = await initBackend(cfg.backend);
-  log(`backend: ${backend.name} (${backend.reason})`);
-  const labels = [...data.labelNames];
-  const L = labels.length;
-  const train = data.split('train');
-  if (train.length < cfg.batchSize) throw new UserError(`--batch-size ${cfg.batchSize} is larger than the ${train.length} training images in ${cfg.data}`);
-  const perEpoch = Math.floor(train.length / cfg.batchSize);
-  const totalSteps = cfg.steps ?? (cfg.epochs ?? 1) * perEpoch;
-  if (!(totalSteps > 0)) throw new UserError('nothing to train: give --epochs or --steps greater than 0');
-  const text = cfg.textEmbeddings ? loadTextEmbeddings(cfg.textEmbeddings, labels) : null;
-  const modelCfg: ModelConfig = resolveModelConfig({
-    preset: cfg.model,
-    imageSize: data.imageSize,
-    labels,
-    head: cfg.head,
-    textEmbeddingsFile: cfg.textEmbeddings,
-    ...(text ? { textDim: text.dim } : {}),
-  });
-  const set = labelSetFor(data.labelSet, labels);
-  const stepOpts: StepOptions = {
-    weights: { classification: cfg.wCls, contrastive: cfg.head === 'text' ? cfg.wCon : 0, labelPrior: cfg.head === 'text' ? cfg.wPrior : 0 },
-    targets: { uncertainty: uncertaintyPolicies(labels, cfg.uncertainty, cfg.uncertaintyLabel), blank: cfg.blank, seed: cfg.seed },
-    posWeight: cfg.posWeight === 'balanced' ? balancedPosWeights(await allLabels(train, L), L) : null,
-    priorTarget: labelPriorTarget(cfg.labelPrior, labels, set),
-  };
-  await fsp.mkdir(cfg.out, { recursive: true });
-  await writeJsonAtomic(path.join(cfg.out, 'config.json'), {
-    ...cfg,
-    resolved: { backend, model: modelCfg, totalSteps, stepsPerEpoch: perEpoch, labelSet: set?.name ?? null, adamw: { ...DEFAULT_ADAMW, weightDecay: cfg.weightDecay }, posWeight: stepOpts.posWeight ? Array.from(stepOpts.posWeight) : null, uncertainty: stepOpts.targets.uncertainty },
-  });
-
-  const params = initialParams(modelCfg, cfg.seed);
-  const model = new CxrModel(modelCfg, params, text?.vectors);
-  const mask = decayMask(model.layout);
-  const m = new Float32Array(model.layout.total);
-  const v = new Float32Array(model.layout.total);
-  const hyper = { ...DEFAULT_ADAMW, weightDecay: cfg.weightDecay, lr: 0 };
-  const schedule = { baseLr: cfg.lr, warmupSteps: Math.min(cfg.warmupSteps, totalSteps), totalSteps, minLrRatio: cfg.minLrRatio };
-  const metricsPath = path.join(cfg.out, 'metrics.jsonl');
-  const metrics = await fsp.open(metricsPath, 'w');
-  try {
-    for (let s = 0; s < totalSteps; s++) {
-      const t0 = performance.now();
-      const { epoch, indices } = globalBatchIndices(train.length, cfg.batchSize, cfg.seed, s);
-      const batch = await train.read(indices);
-      const r = await computeGradients(model, { n: batch.n, images: batch.images, labels: batch.labels, indices, epoch }, comm, stepOpts);
-      const norm = Math.sqrt(sumOfSquares(r.grads));
-      if (!Number.isFinite(norm)) throw new Error(`step ${s + 1}: the gradient is not finite (loss ${r.terms.total}); lower --lr`);
-      scaleInPlace(r.grads, clipFactor(norm, cfg.clipNorm));
-      hyper.lr = learningRate(schedule, s + 1);
-      adamwStep(params, r.grads, m, v, { start: 0, end: params.length }, hyper, s + 1, mask);
-      model.assignFlat(params);
-      const rec: StepRecord = {
-        step: s + 1,
-        epoch,
-        loss: r.terms.total,
-        loss_classification: r.terms.classification,
-        loss_contrastive: r.terms.contrastive,
-        loss_label_prior: r.terms.labelPrior,
-        lr: hyper.lr,
-        grad_norm: norm,
-        images_per_s: batch.n / ((performance.now() - t0) / 1000),
-      };
-      await metrics.write(JSON.stringify(rec) + '\n');
-      progress.update(s + 1, totalSteps, rec);
-    }
-  } finally {
-    await metrics.close();
-    progress.done();
-  }
-  await saveParams(cfg.out, modelCfg, params, totalSteps, text?.vectors);
-  let evalReport: (AurocReport & { split: string }) | null = null;
-  if (cfg.eval !== 'none') {
-    evalReport = await evaluate(model, data, cfg.eval, set, { replicates: cfg.bootstrap, seed: cfg.seed });
-    await writeJsonAtomic(path.join(cfg.out, 'eval.json'), evalReport);
-  }
-  model.dispose();
-  return { backend, steps: totalSteps, evalReport };
 }
 
 /** Per-label AUROC of a model on a split, reading it in chunks. */

@@ -11,8 +11,10 @@ import { computeGradients, localComm, type StepComm, type StepOptions } from '..
 import { labelPriorTarget } from '../worker/losses.js';
 import { adamwStep, decayMask } from '../worker/optim.js';
 import { mulberry32 } from '../shared/rng.js';
-import { evalSaved, trainLocal, type TrainConfig } from '../coordinator/train-local.js';
-import { syntheticData } from './helpers/synthetic.js';
+import { evalSaved, type TrainConfig } from '../coordinator/train-local.js';
+import { trainDistributed } from '../coordinator/train-job.js';
+import { createLogger } from '../shared/log.js';
+import { syntheticData, writeDataset } from './helpers/synthetic.js';
 
 await initBackend('cpu');
 
@@ -159,12 +161,13 @@ test('a trained run writes config, metrics and eval; the saved model re-evaluate
   const dir = await mkdtemp(path.join(tmpdir(), 'cxr-train-'));
   try {
     const data = syntheticData({ size: 16, labels, counts: { train: 48, val: 8, test: 24 }, seed: 2, uncertain: 0.05 });
+    await writeDataset(path.join(dir, 'data'), data);
     const cfg: TrainConfig = {
-      data: 'memory', out: dir, workers: 1, model: 'tiny', epochs: null, steps: 3, batchSize: 16, seed: 1, eval: 'test', backend: 'cpu',
+      data: path.join(dir, 'data'), out: dir, workers: 1, model: 'tiny', epochs: null, steps: 3, batchSize: 16, seed: 1, eval: 'test', backend: 'cpu',
       lr: 1e-3, warmupSteps: 1, minLrRatio: 0.1, weightDecay: 0.05, clipNorm: 1, head: 'text', textEmbeddings: null,
       wCls: 1, wCon: 0.5, wPrior: 0.1, labelPrior: 'orth', uncertainty: 'lsr-ones', uncertaintyLabel: ['Edema=zeros'], blank: 'mask', posWeight: 'balanced', bootstrap: 20,
     };
-    const r = await trainLocal(cfg, data, { update() {}, done() {} }, () => {});
+    const r = await trainDistributed(cfg, { log: createLogger('test', 'warn'), progress: false, workerOutput: () => {} });
     const lines = (await readFile(path.join(dir, 'metrics.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l));
     assert.equal(lines.length, 3);
     for (const k of ['step', 'epoch', 'loss', 'loss_classification', 'loss_contrastive', 'loss_label_prior', 'lr', 'images_per_s']) assert.ok(k in lines[0], k);
@@ -175,7 +178,7 @@ test('a trained run writes config, metrics and eval; the saved model re-evaluate
     const config = JSON.parse(await readFile(path.join(dir, 'config.json'), 'utf8'));
     assert.deepEqual(config.resolved.uncertainty, ['lsr-ones', 'lsr-ones', 'zeros', 'lsr-ones']);
     const again = await evalSaved(dir, data, 'test', 'cpu', { replicates: 20, seed: 1 }, () => {});
-    assert.deepEqual(again.auroc, r.evalReport!.auroc);
+    assert.deepEqual(again.auroc, (r.evalReport as unknown as { auroc: unknown }).auroc);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -2,7 +2,6 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { adamwStep, clipFactor, decayMask, learningRate, scaleInPlace, sumOfSquares } from '../worker/optim.js';
 import { buildLayout } from '../shared/params.js';
-import { epochPermutation, globalBatchIndices } from '../coordinator/local-sampler.js';
 
 test('AdamW matches a float64 reference of torch.optim.AdamW, and a sharded update equals the whole', () => {
   const layout = buildLayout([
@@ -51,14 +50,4 @@ test('warmup-cosine schedule and global-norm clipping', () => {
   assert.ok(Math.abs(Math.hypot(g[0]!, g[1]!) - 1) < 1e-6);
   assert.equal(clipFactor(0.5, 1), 1);
   assert.equal(clipFactor(10, 0), 1);
-});
-
-test('epoch permutation: a seeded permutation per epoch; global batches drop the incomplete tail', () => {
-  const p = epochPermutation(100, 7, 0);
-  assert.deepEqual([...p].sort((a, b) => a - b), Array.from({ length: 100 }, (_, i) => i));
-  assert.deepEqual(epochPermutation(100, 7, 0), p);
-  assert.notDeepEqual(epochPermutation(100, 7, 1), p);
-  const b = globalBatchIndices(10, 3, 1, 3);
-  assert.equal(b.epoch, 1);
-  assert.deepEqual(b.indices, Array.from(epochPermutation(10, 1, 1).subarray(0, 3)));
 });

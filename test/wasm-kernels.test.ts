@@ -3,8 +3,10 @@ import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../worker/backend.js';
 import { mulberry32, normalSource } from '../shared/rng.js';
-import { trainLocal, type TrainConfig } from '../coordinator/train-local.js';
-import { syntheticData } from './helpers/synthetic.js';
+import type { TrainConfig } from '../coordinator/train-local.js';
+import { trainDistributed } from '../coordinator/train-job.js';
+import { createLogger } from '../shared/log.js';
+import { syntheticData, writeDataset } from './helpers/synthetic.js';
 
 const info = await initBackend('wasm');
 
@@ -92,14 +94,16 @@ test('transposed matMuls on wasm (explicit-transpose kernel) equal the cpu kerne
 test('the tiny model learns a synthetic task on wasm (test mean AUROC > 0.9)', async () => {
   const labels = ['Atelectasis', 'Cardiomegaly', 'Consolidation', 'Edema', 'Pleural Effusion', 'Pneumothorax'];
   const data = syntheticData({ size: 32, labels, counts: { train: 640, val: 16, test: 200 }, seed: 3, uncertain: 0.05 });
+  const out = await import('node:fs/promises').then((f) => f.mkdtemp('/tmp/cxr-learn-'));
+  await writeDataset(`${out}/data`, data);
   const cfg: TrainConfig = {
-    data: 'memory', out: await import('node:fs/promises').then((f) => f.mkdtemp('/tmp/cxr-learn-')), workers: 1, model: 'tiny', epochs: 3, steps: null,
+    data: `${out}/data`, out, workers: 1, model: 'tiny', epochs: 3, steps: null,
     batchSize: 32, seed: 1, eval: 'test', backend: 'wasm', lr: 1e-3, warmupSteps: 10, minLrRatio: 0.1, weightDecay: 0.05, clipNorm: 1,
     head: 'text', textEmbeddings: null, wCls: 1, wCon: 0.5, wPrior: 0.1, labelPrior: 'orth', uncertainty: 'lsr-ones', uncertaintyLabel: [],
     blank: 'mask', posWeight: 'none', bootstrap: 0,
   };
   try {
-    const r = await trainLocal(cfg, data, { update() {}, done() {} }, () => {});
+    const r = await trainDistributed(cfg, { log: createLogger('test', 'warn'), progress: false, workerOutput: () => {} });
     assert.ok(r.evalReport!.mean_auroc! > 0.9, `mean AUROC ${r.evalReport!.mean_auroc}`);
   } finally {
     await import('node:fs/promises').then((f) => f.rm(cfg.out, { recursive: true, force: true }));

@@ -1,4 +1,6 @@
+import { mkdir } from 'node:fs/promises';
 import { mulberry32 } from '../../shared/rng.js';
+import { DatasetWriter } from '../../shared/dataset/writer.js';
 import type { SplitName, TrainData } from '../../coordinator/train-local.js';
 
 /**
@@ -57,4 +59,19 @@ export function syntheticData(opts: { size: number; labels: string[]; labelSet?:
       };
     },
   };
+}
+
+/** Write an in-memory dataset as a dataset directory (shared/dataset format), for the trainer's real path. */
+export async function writeDataset(dir: string, data: TrainData): Promise<void> {
+  await mkdir(dir, { recursive: true });
+  const w = new DatasetWriter(dir, { height: data.imageSize, width: data.imageSize, labelSet: data.labelSet, labels: data.labelNames });
+  const px = data.imageSize * data.imageSize;
+  const L = data.labelNames.length;
+  for (const split of ['train', 'val', 'test'] as const) {
+    const s = data.split(split);
+    const b = await s.read(Array.from({ length: s.length }, (_, i) => i));
+    for (let i = 0; i < b.n; i++)
+      await w.add(split, { image: b.images.subarray(i * px, (i + 1) * px), labels: b.labels.subarray(i * L, (i + 1) * L), subjectId: `${split}-p${i}`, studyId: `${split}-s${i}`, path: `${split}/${i}.png` });
+  }
+  await w.finish({ createdBy: 'test/helpers/synthetic.ts', source: { kind: 'test-synthetic' } });
 }
