@@ -34,7 +34,7 @@ export interface TrainJobOptions {
   prefetch?: number;
   /** Compare replica parameter hashes every this many steps. */
   paramsCheckEvery?: number;
-  /** Serve Prometheus metrics and /healthz on this port. */
+  /** Serve Prometheus metrics and /healthz on this port (all interfaces with --listen, for the cluster's scraper; else loopback). */
   metricsPort?: number;
   /** Show a progress bar / progress lines (default true). */
   progress?: boolean;
@@ -198,7 +198,7 @@ export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Pr
 
     const metrics = new TrainingMetrics();
     metrics.setWorkersExpected(cfg.workers);
-    const server = o.metricsPort !== undefined ? await serveMetrics(metrics, { port: o.metricsPort }) : null;
+    const server = o.metricsPort !== undefined ? await serveMetrics(metrics, { port: o.metricsPort, ...(o.listen ? { host: '0.0.0.0' } : {}) }) : null;
     if (server) o.log.info(`metrics on ${server.url}`);
     const bar = o.progress === false ? null : createProgress({ label: 'train', total: totalSteps, unit: 'steps', logger: o.log });
     // A resumed run continues metrics.jsonl from the checkpoint: lines of steps after it (run
