@@ -43,7 +43,8 @@ test('N workers with per-worker batch b train the model 1 worker trains with bat
     // All three loss terms are on, so the gathered embeddings and the rank scaling are exercised.
     for (const k of ['loss_classification', 'loss_contrastive', 'loss_label_prior']) assert.ok(lines.every((l) => l[k] > 0), k);
     const maxA = a.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
-    for (const workers of [2, 4]) {
+    // 3 workers: uneven slices of the batch (6, 5, 5) and of the parameter vector.
+    for (const workers of [2, 3, 4]) {
       const out = path.join(dir, `w${workers}`);
       // params-check-every 1: the job fails at the first step whose replicas differ by one bit.
       const r = await trainDistributed(toTrainConfig(args(data, out, workers)), { log, progress: false, workerOutput: quiet });

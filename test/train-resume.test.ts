@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import { promisify } from 'node:util';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -12,6 +13,7 @@ import { checkpointsDir, stepDir } from '../shared/checkpoint/index.js';
 import { createLogger } from '../shared/log.js';
 import { coordinatorEntry } from '../shared/paths.js';
 
+const run = promisify(execFile);
 const log = createLogger('test', 'warn');
 const quiet = () => {};
 const COMMON = ['--model', 'tiny', '--uncertainty', 'lsr-ones', '--batch-size', '16', '--seed', '5', '--eval', 'none', '--backend', 'wasm', '--lr', '3e-3', '--warmup-steps', '2', '--no-report', '--params-check-every', '1'];
@@ -27,7 +29,7 @@ function args(data: string, out: string, workers: number, steps: number): TrainA
 const opts = (checkpoints: TrainJobOptions['checkpoints']): TrainJobOptions => ({ log, progress: false, workerOutput: quiet, checkpoints });
 const lines = async (out: string) => (await readFile(path.join(out, 'metrics.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l));
 
-test('resume: 20 steps straight = 10 + resume to 20 bit for bit (same world); 2 -> 4 workers continues from the same sample position', async () => {
+test('resume: 20 steps straight = 10 + resume to 20 bit for bit (same world); 2 -> 4 workers continues from the same sample position; --init-weights', async () => {
   const dir = await mkdtemp(path.join(tmpdir(), 'cxr-resume-'));
   try {
     const data = path.join(dir, 'data');
@@ -56,6 +58,13 @@ test('resume: 20 steps straight = 10 + resume to 20 bit for bit (same world); 2 
     assert.ok(Math.abs(b[0].loss - a[10].loss) <= 1e-5 * Math.abs(a[10].loss), `step 11 loss ${b[0].loss} vs ${a[10].loss}`);
 
     await assert.rejects(trainDistributed(toTrainConfig(args(data, same, 2, 20)), opts({ resume: 'auto' })), /nothing left of 20 steps/);
+
+    // --init-weights: the exported safetensors of the final checkpoint, trained one step with lr 0, gives its parameters back.
+    const st = path.join(dir, 'final.safetensors');
+    await run(process.execPath, [coordinatorEntry, 'export', '--checkpoint', straight, '--out', st]);
+    const init = path.join(dir, 'init');
+    await trainDistributed(toTrainConfig({ ...args(data, init, 2, 1), lr: 0 }), opts({ initWeights: st }));
+    assert.deepEqual(await readFile(path.join(init, 'model.bin')), await readFile(path.join(straight, 'model.bin')));
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
