@@ -41,6 +41,10 @@ test('coordinator trains (default command), writes the run directory, and `coord
     );
     await assert.rejects(readFile(bad));
     await assert.rejects(
+      run(process.execPath, [coordinatorEntry, '--data', data, '--out', out, '--steps', '1', '--batch-size', '16', '--backend', 'wasm']),
+      (e: { stderr?: string }) => /already holds a run \(metrics\.jsonl\)/.test(e.stderr ?? ''),
+    );
+    await assert.rejects(
       run(process.execPath, [coordinatorEntry, '--data', data, '--out', path.join(dir, 'x'), '--uncertainty-label', 'Nope=ones', '--backend', 'wasm']),
       (e: { stderr?: string }) => /no label 'Nope'/.test(e.stderr ?? ''),
     );
