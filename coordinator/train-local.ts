@@ -135,6 +135,10 @@ export async function trainLocal(cfg: TrainConfig, data: TrainData, progress: Pr
     priorTarget: labelPriorTarget(cfg.labelPrior, labels, set),
   };
   await fsp.mkdir(cfg.out, { recursive: true });
+  // A finished or interrupted run is never overwritten: its metrics and model would be mixed up.
+  for (const f of ['metrics.jsonl', 'model.json'])
+    if (await fsp.stat(path.join(cfg.out, f)).then(() => true, () => false))
+      throw new UserError(`--out ${cfg.out} already holds a run (${f}); choose a new run directory or remove it`);
   await writeJsonAtomic(path.join(cfg.out, 'config.json'), {
     ...cfg,
     resolved: { backend, model: modelCfg, totalSteps, stepsPerEpoch: perEpoch, labelSet: set?.name ?? null, adamw: { ...DEFAULT_ADAMW, weightDecay: cfg.weightDecay }, posWeight: stepOpts.posWeight ? Array.from(stepOpts.posWeight) : null, uncertainty: stepOpts.targets.uncertainty },
