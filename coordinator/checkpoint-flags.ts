@@ -21,7 +21,7 @@ export function checkpointFlags<T>(y: Argv<T>) {
     .option('keep-checkpoints', { type: 'number', default: 3, describe: 'keep the newest K committed checkpoints (at least 1)' })
     .option('resume', {
       type: 'string',
-      describe: 'resume from a run directory (its newest intact committed checkpoint) or one step-NNNNNNN directory; --steps/--epochs are totals',
+      describe: "resume from a run directory (its newest intact committed checkpoint), one step-NNNNNNN directory, or 'auto' (the newest in --out if any, else start fresh: for restarts); --steps/--epochs are totals",
     })
     .option('init-weights', { type: 'string', describe: 'initialise from a safetensors file with open_clip names (e.g. `coordinator export` output)' })
     .check((a) => {

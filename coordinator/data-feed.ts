@@ -24,6 +24,8 @@ export interface DataFeedOptions {
   readonly endStep: number;
   /** The most credit a worker may hold (its prefetch depth); more is a protocol error. */
   readonly prefetch: number;
+  /** Whether the ranks save a checkpoint after global step `step` (asked once per step, in step order). */
+  readonly checkpointAfter?: (step: number) => boolean;
   readonly log: Logger;
 }
 
@@ -48,6 +50,7 @@ export class DataFeed {
   private readonly router = new zmq.Router({ sendHighWaterMark: 0, linger: 0 });
   private readonly routes: (Buffer | undefined)[];
   private readonly cursor: number[];
+  private readonly decisions = new Map<number, { save: boolean; left: number }>();
   private readonly stats: RankFeedStats[];
   private readonly pumping: boolean[];
   private readonly endSent: boolean[];
@@ -160,7 +163,7 @@ export class DataFeed {
         s.maxAhead = Math.max(s.maxAhead, this.opts.prefetch - s.credit);
         await this.send(
           rank,
-          { v: FEED_PROTOCOL_VERSION, type: 'batch', generation: this.opts.generation, step, epoch: pos.epoch, epochStep: pos.step, indices: Array.from(indices) },
+          { v: FEED_PROTOCOL_VERSION, type: 'batch', generation: this.opts.generation, step, epoch: pos.epoch, epochStep: pos.step, indices: Array.from(indices), ...(this.checkpointAfter(step) ? { checkpoint: true } : {}) },
           payload,
         );
       }
@@ -174,6 +177,22 @@ export class DataFeed {
     } finally {
       this.pumping[rank] = false;
     }
+  }
+
+  /**
+   * Whether ranks save after `step`: asked of the caller once per step, when the first rank's
+   * slice goes out, and remembered until every rank has had it, so all ranks get the same answer
+   * even from a clock-based rule.
+   */
+  private checkpointAfter(step: number): boolean {
+    if (!this.opts.checkpointAfter) return false;
+    let d = this.decisions.get(step);
+    if (!d) {
+      d = { save: this.opts.checkpointAfter(step), left: this.opts.world };
+      this.decisions.set(step, d);
+    }
+    if (--d.left === 0) this.decisions.delete(step);
+    return d.save;
   }
 
   /** One send in flight on the socket at a time (zeromq.js sends zero-copy and allows one pending send). */

@@ -49,6 +49,8 @@ export interface JobOptions {
   /** Called once every rank has registered. */
   readonly onRendezvous?: (workers: readonly WorkerInfo[]) => void;
   readonly onCheckpointShard?: (s: ShardWritten) => void;
+  /** Whether the ranks save a checkpoint after global step `step` (asked once per step, in step order, as the feed sends it). */
+  readonly checkpointAfter?: (step: number) => boolean;
   /** Called once the control plane listens (tests start remote workers from here). */
   readonly onListening?: (address: { control: string; data: string; token: string }) => void;
   readonly log: Logger;
@@ -101,6 +103,7 @@ export async function runJob(o: JobOptions): Promise<JobResult> {
     startStep,
     endStep,
     prefetch,
+    checkpointAfter: o.checkpointAfter,
     log: o.log,
   });
   const boundData = await feed.start();

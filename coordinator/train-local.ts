@@ -13,7 +13,9 @@ import {
   type LabelPriorKind,
 } from '../worker/losses.js';
 import { resolveModelConfig, type ModelConfig } from '../worker/model/config.js';
-import { loadParams, saveParams } from '../worker/model/params-file.js';
+import { existsSync } from 'node:fs';
+import { checkpointsDir, loadCheckpoint } from '../shared/checkpoint/index.js';
+import { loadParams, PARAMS_JSON, saveParams } from '../worker/model/params-file.js';
 import { loadTextEmbeddings } from '../worker/model/text-embeddings.js';
 import { CxrModel, initialParams } from '../worker/model/vit.js';
 import { DEFAULT_ADAMW, adamwStep, clipFactor, decayMask, learningRate, scaleInPlace, sumOfSquares } from '../worker/optim.js';
@@ -217,11 +219,25 @@ export async function evaluate(
   return { split: splitName, ...rep };
 }
 
+/**
+ * A trained model from a run directory's model.json/model.bin, or from a sharded checkpoint (a
+ * step directory, or a run directory without model.json: its newest committed checkpoint).
+ */
+export async function loadSavedModel(where: string): Promise<{ doc: { config: ModelConfig; fixedPrompts?: number[] | null }; params: Float32Array }> {
+  const isStep = existsSync(path.join(where, 'manifest.json'));
+  const isRunWithoutModel = !existsSync(path.join(where, PARAMS_JSON)) && existsSync(checkpointsDir(where)) && !where.endsWith('.json');
+  if (!isStep && !isRunWithoutModel) return loadParams(where);
+  const ck = await loadCheckpoint(where, { layout: 'checkpoint', world: 1, rank: 0, moments: false });
+  const c = ck.manifest.config as { model?: ModelConfig; fixedPrompts?: number[] | null } | null;
+  if (!c?.model) throw new UserError(`${ck.dir}: the checkpoint's config has no model section (not written by the trainer); use coordinator export for its weights`);
+  return { doc: { config: c.model, fixedPrompts: c.fixedPrompts ?? null }, params: ck.params };
+}
+
 /** `coordinator eval`: load a saved model and evaluate it on a split. */
 export async function evalSaved(checkpoint: string, data: TrainData, splitName: SplitName, backendChoice: BackendChoice, bootstrap: { replicates: number; seed: number }, log: (line: string) => void) {
   const backend = await initBackend(backendChoice);
   log(`backend: ${backend.name} (${backend.reason})`);
-  const { doc, params } = await loadParams(checkpoint);
+  const { doc, params } = await loadSavedModel(checkpoint);
   const labels = [...data.labelNames];
   if (doc.config.labels.length !== labels.length || doc.config.labels.some((l, i) => l !== labels[i]))
     throw new UserError(`${checkpoint}: the model was trained on labels [${doc.config.labels.join(', ')}], the dataset has [${labels.join(', ')}]`);

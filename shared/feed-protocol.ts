@@ -40,6 +40,8 @@ export interface BatchMsg {
   readonly epochStep: number;
   /** Rows of the training split in this slice, in order (frame 2 holds them in this order). */
   readonly indices: number[];
+  /** Save a checkpoint after this step (the coordinator decides once per step, the same for every rank). */
+  readonly checkpoint?: boolean;
 }
 
 export interface EndMsg {

@@ -105,8 +105,10 @@ test('two simulated ranks with half batches each sum to the one-process gradient
   const t0 = parts[0]!.terms;
   const t1 = parts[1]!.terms;
   assert.ok(Math.abs(t0.classification + t1.classification - whole.terms.classification) < 1e-5);
-  assert.ok(Math.abs(t0.contrastive - whole.terms.contrastive) < 1e-5);
+  // Each rank evaluates the whole contrastive loss and reports half of it: the terms are shares that sum to the global value.
+  assert.ok(Math.abs(t0.contrastive + t1.contrastive - whole.terms.contrastive) < 1e-5);
   assert.ok(Math.abs(t0.labelPrior + t1.labelPrior - whole.terms.labelPrior) < 1e-6);
+  assert.ok(Math.abs(t0.total + t1.total - whole.terms.total) < 1e-5);
   [one, ...replicas].forEach((m) => m.dispose());
 });
 

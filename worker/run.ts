@@ -97,7 +97,7 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
       const tDecode = performance.now();
       const batch = decodeBatch(item.payload);
       const decodeSeconds = (performance.now() - tDecode) / 1000;
-      const info = { step: h.step, epoch: h.epoch, epochStep: h.epochStep, indices: h.indices };
+      const info = { step: h.step, epoch: h.epoch, epochStep: h.epochStep, indices: h.indices, checkpoint: h.checkpoint === true };
       const r = await orStop(step.run(batch, info));
       lastRun = h.step;
       const check = job.paramsCheckEvery > 0 && step.paramsHash && ((h.step + 1) % job.paramsCheckEvery === 0 || h.step + 1 === job.endStep);

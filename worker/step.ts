@@ -22,6 +22,11 @@ import {
 export interface StepComm {
   rank: number;
   world: number;
+  /**
+   * Rows of the global batch on each rank, when the caller knows them (the data-parallel trainer
+   * cuts every global batch with shardRange): saves a collective per step. Absent: gathered.
+   */
+  rowCounts?: readonly number[];
   allGather(local: Float32Array): Promise<Float32Array>;
   allReduceSum(buf: Float32Array): Promise<void>;
 }
@@ -68,7 +73,7 @@ export interface StepTerms {
 }
 
 export interface StepResult {
-  /** Gradient of the global loss, summed over ranks (flat layout). */
+  /** Gradient of the global loss (flat layout): summed over ranks, or this rank's part with `reduce` false. */
   grads: Float32Array;
   terms: StepTerms;
   globalBatch: number;
@@ -81,7 +86,7 @@ export interface StepResult {
  * slice are first computed without a tape and all-gathered, because the loss needs every rank's
  * values before the taped pass (tfjs cannot suspend a tape across an await). World 1 skips it.
  */
-export async function computeGradients(model: CxrModel, batch: LocalBatch, comm: StepComm, opts: StepOptions): Promise<StepResult> {
+export async function computeGradients(model: CxrModel, batch: LocalBatch, comm: StepComm, opts: StepOptions, reduce = true): Promise<StepResult> {
   const L = model.config.labels.length;
   const { n } = batch;
   const textHead = model.config.head === 'text';
@@ -89,8 +94,8 @@ export async function computeGradients(model: CxrModel, batch: LocalBatch, comm:
   const useContrastive = textHead && w.contrastive > 0;
   const usePrior = textHead && w.labelPrior > 0;
 
-  const counts = await comm.allGather(Float32Array.of(n));
-  const sizes = Array.from(counts);
+  const sizes = comm.rowCounts ? [...comm.rowCounts] : Array.from(await comm.allGather(Float32Array.of(n)));
+  if (sizes[comm.rank] !== n) throw new Error(`step: this rank holds ${n} rows, the batch plan says ${sizes[comm.rank]}`);
   const offset = sizes.slice(0, comm.rank).reduce((a, b) => a + b, 0);
   const N = sizes.reduce((a, b) => a + b, 0);
 
@@ -156,8 +161,12 @@ export async function computeGradients(model: CxrModel, batch: LocalBatch, comm:
   value.dispose();
   const flat = model.flattenGrads(grads);
   Object.values(grads).forEach((g) => g.dispose());
-  await comm.allReduceSum(flat);
-  return { grads: flat, terms: { classification: cls, contrastive: con, labelPrior: prior, total }, globalBatch: N };
+  // A ZeRO-1 caller reduce-scatters instead (each rank needs only its shard of the sum).
+  if (reduce) await comm.allReduceSum(flat);
+  // Every rank evaluates the whole contrastive loss (its slice live), so its share is 1/world of it.
+  const conShare = con / comm.world;
+  const share = comm.world === 1 ? total : w.classification * cls + w.contrastive * conShare + w.labelPrior * prior;
+  return { grads: flat, terms: { classification: cls, contrastive: conShare, labelPrior: prior, total: share }, globalBatch: N };
 }
 
 /** Scores [n, L] (logits) for evaluation, computed in chunks to bound memory. */

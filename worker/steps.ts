@@ -3,6 +3,7 @@ import type { WorkerConfig } from '../shared/job-config.js';
 import type { Logger } from '../shared/log.js';
 import type { ControlSession } from './control-client.js';
 import { createChecksumStep } from './checksum-step.js';
+import { createTrainStep } from './train-step.js';
 
 /** Where a step is in the run. */
 export interface StepInfo {
@@ -12,6 +13,8 @@ export interface StepInfo {
   readonly epochStep: number;
   /** The training-split rows of this rank's slice, in batch order. */
   readonly indices: readonly number[];
+  /** Save a checkpoint after this step (the coordinator's decision, the same on every rank). */
+  readonly checkpoint: boolean;
 }
 
 /** What one step reports (the worker loop adds data wait, total time and the step's position). */
@@ -53,11 +56,11 @@ export interface StepContext {
 export type StepFactory = (ctx: StepContext) => Promise<WorkerStep>;
 
 /**
- * The steps a worker can run, selected by the coordinator's `job.step.name`. The training step
- * registers here as `train`.
+ * The steps a worker can run, selected by the coordinator's `job.step.name`.
  */
 export const STEPS: Readonly<Record<string, StepFactory>> = {
   checksum: createChecksumStep,
+  train: createTrainStep,
 };
 
 export function stepFactory(name: string): StepFactory {

@@ -20,7 +20,7 @@ export const evalCommand: CommandModule<object, EvalArgs> = {
   describe: 'per-label AUROC of a saved model on a dataset split',
   builder: (y) =>
     y
-      .option('checkpoint', { type: 'string', demandOption: true, describe: 'run directory (or its model.json)' })
+      .option('checkpoint', { type: 'string', demandOption: true, describe: 'run directory (its model.json), its model.json, or a checkpoint step directory' })
       .option('data', { type: 'string', demandOption: true, describe: 'dataset directory' })
       .option('split', { choices: ['train', 'val', 'test'] as const, default: 'test' as const })
       .option('out', { type: 'string', demandOption: true, describe: 'eval.json to write' })

@@ -1,14 +1,16 @@
 import * as path from 'node:path';
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
-import cliProgress from 'cli-progress';
 import { UserError } from '../../shared/errors.js';
 import { BACKEND_CHOICES, type BackendChoice } from '../../worker/backend.js';
 import { UNCERTAINTY_POLICIES } from '../../worker/losses.js';
 import { MODEL_PRESETS } from '../../worker/model/config.js';
-import { openTrainData } from '../train-data.js';
-import { trainLocal, type Progress, type TrainConfig } from '../train-local.js';
+import { createLogger } from '../../shared/log.js';
+import { writeReport } from '../report/index.js';
+import { trainDistributed } from '../train-job.js';
+import type { TrainConfig } from '../train-local.js';
+import { checkpointFlags } from '../checkpoint-flags.js';
 
-interface TrainArgs {
+export interface TrainArgs {
   workers: number;
   data: string;
   out: string;
@@ -35,51 +37,31 @@ interface TrainArgs {
   blank: 'mask' | 'zeros';
   'pos-weight': 'none' | 'balanced';
   bootstrap: number;
-}
-
-/** Progress: a bar on a TTY, otherwise one plain line every `every` steps and at the end. */
-function makeProgress(): Progress {
-  if (process.stderr.isTTY) {
-    const bar = new cliProgress.SingleBar(
-      { stream: process.stderr, format: 'train [{bar}] {value}/{total} loss {loss} lr {lr} {ips} img/s eta {eta_formatted}', hideCursor: true },
-      cliProgress.Presets.shades_classic,
-    );
-    let started = false;
-    return {
-      update(step, total, rec) {
-        const payload = { loss: rec.loss.toFixed(4), lr: rec.lr.toExponential(2), ips: rec.images_per_s.toFixed(1) };
-        if (!started) {
-          bar.start(total, 0, payload);
-          started = true;
-        }
-        bar.update(step, payload);
-      },
-      done() {
-        if (started) bar.stop();
-      },
-    };
-  }
-  return {
-    update(step, total, rec) {
-      const every = Math.max(1, Math.floor(total / 50));
-      if (step % every === 0 || step === total)
-        process.stderr.write(
-          `step ${step}/${total} epoch ${rec.epoch} loss ${rec.loss.toFixed(4)} (cls ${rec.loss_classification.toFixed(4)} con ${rec.loss_contrastive.toFixed(4)} prior ${rec.loss_label_prior.toFixed(4)}) lr ${rec.lr.toExponential(2)} ${rec.images_per_s.toFixed(1)} img/s\n`,
-        );
-    },
-    done() {},
-  };
+  listen?: string;
+  advertise?: string;
+  'data-port'?: number;
+  token?: string;
+  gpu: boolean;
+  prefetch: number;
+  'params-check-every': number;
+  'metrics-port'?: number;
+  report: boolean;
+  'checkpoint-every': number;
+  'checkpoint-every-minutes': number;
+  'keep-checkpoints': number;
+  resume?: string;
+  'init-weights'?: string;
 }
 
 export function trainOptions<T>(y: Argv<T>) {
   return y
-    .option('workers', { type: 'number', default: 1, describe: 'worker count (this build trains in-process with 1)' })
+    .option('workers', { type: 'number', default: 1, describe: 'worker processes (ranks); the model equals one process with the same global batch' })
     .option('data', { type: 'string', demandOption: true, describe: 'dataset directory (coordinator data prepare)' })
     .option('out', { type: 'string', demandOption: true, describe: 'run directory to create' })
     .option('model', { type: 'string', choices: MODEL_PRESETS as unknown as string[], default: 'tiny' })
     .option('epochs', { type: 'number', describe: 'passes over the training split' })
     .option('steps', { type: 'number', describe: 'optimizer steps (instead of --epochs)' })
-    .option('batch-size', { type: 'number', default: 32, describe: 'global batch size' })
+    .option('batch-size', { type: 'number', default: 32, describe: 'global batch size (all workers together; each gets its shardRange of it)' })
     .option('seed', { type: 'number', default: 0 })
     .option('eval', { choices: ['test', 'val', 'none'] as const, default: 'test' as const, describe: 'split evaluated after training' })
     .option('backend', { choices: BACKEND_CHOICES, default: 'auto' as BackendChoice })
@@ -101,9 +83,23 @@ export function trainOptions<T>(y: Argv<T>) {
     .option('bootstrap', { type: 'number', default: 1000, describe: 'bootstrap replicates for the AUROC 95% CI (0: none)' });
 }
 
+/** Where the workers run and how the job is watched (train and demo). */
+export function jobOptions<T>(y: Argv<T>) {
+  return y
+    .option('listen', { type: 'string', describe: 'HOST:PORT: wait for remote workers there instead of starting local ones' })
+    .option('advertise', { type: 'string', describe: 'address workers reach this coordinator at (with --listen)' })
+    .option('data-port', { type: 'number', describe: 'data-feed port with --listen (default: the control port + 1)' })
+    .option('token', { type: 'string', describe: 'job token remote workers must present (default: $CXR_JOB_TOKEN; generated for local workers)' })
+    .option('gpu', { type: 'boolean', default: false, describe: 'pin local workers to GPUs (CUDA_VISIBLE_DEVICES)' })
+    .option('prefetch', { type: 'number', default: 2, describe: 'batches queued ahead per worker' })
+    .option('params-check-every', { type: 'number', default: 50, describe: 'compare replica parameter hashes every K steps' })
+    .option('metrics-port', { type: 'number', describe: 'serve Prometheus /metrics and /healthz on this port' })
+    .option('report', { type: 'boolean', default: true, describe: 'write report.html at the end of the run' });
+}
+
 export function toTrainConfig(a: ArgumentsCamelCase<TrainArgs> | TrainArgs): TrainConfig {
   const args = a as TrainArgs;
-  if (args.workers !== 1) throw new UserError(`--workers ${args.workers}: this build trains in one process; use --workers 1`);
+  if (!Number.isInteger(args.workers) || args.workers < 1) throw new UserError(`--workers must be a positive integer, got ${args.workers}`);
   if (args.epochs !== undefined && args.steps !== undefined) throw new UserError('give --epochs or --steps, not both');
   const positive = (v: number, name: string) => {
     if (!Number.isInteger(v) || v <= 0) throw new UserError(`${name} must be a positive integer, got ${v}`);
@@ -143,19 +139,43 @@ export function toTrainConfig(a: ArgumentsCamelCase<TrainArgs> | TrainArgs): Tra
   };
 }
 
+/** Train, then write the report; prints where everything is. */
+export async function runTraining(args: TrainArgs): Promise<void> {
+  const cfg = toTrainConfig(args);
+  const log = createLogger('coordinator');
+  const r = await trainDistributed(cfg, {
+    listen: args.listen,
+    advertise: args.advertise,
+    dataPort: args['data-port'],
+    token: args.token ?? process.env.CXR_JOB_TOKEN,
+    gpu: args.gpu,
+    prefetch: args.prefetch,
+    paramsCheckEvery: args['params-check-every'],
+    metricsPort: args['metrics-port'],
+    checkpoints: {
+      checkpointEvery: args['checkpoint-every'],
+      checkpointEveryMinutes: args['checkpoint-every-minutes'],
+      keepCheckpoints: args['keep-checkpoints'],
+      resume: args.resume,
+      initWeights: args['init-weights'],
+    },
+    log,
+  });
+  const e = r.evalReport;
+  const report = args.report ? (await writeReport(cfg.out)).html : null;
+  process.stdout.write(
+    (r.startStep > 0 ? `resumed at step ${r.startStep}; ` : '') +
+    `trained ${r.steps} steps with ${cfg.workers} worker${cfg.workers > 1 ? 's' : ''} in ${r.seconds.toFixed(1)} s; run directory ${cfg.out}` +
+      (e ? `\n${e.split} mean AUROC ${e.mean_auroc?.toFixed(4) ?? 'n/a'} (competition labels ${e.mean_auroc_competition?.toFixed(4) ?? 'n/a'}), eval.json written` : '') +
+      `\ncheckpoint: ${r.checkpoint}` +
+      (report ? `\nreport: ${report}` : '') +
+      '\n',
+  );
+}
+
 export const trainCommand: CommandModule<object, TrainArgs> = {
   command: '$0',
   describe: 'train a model (the default command)',
-  builder: (y) => trainOptions(y) as unknown as Argv<TrainArgs>,
-  handler: async (args) => {
-    const cfg = toTrainConfig(args);
-    const data = await openTrainData(cfg.data);
-    const r = await trainLocal(cfg, data, makeProgress(), (l) => process.stderr.write(l + '\n'));
-    const e = r.evalReport;
-    process.stdout.write(
-      `trained ${r.steps} steps on ${r.backend.name}; run directory ${cfg.out}` +
-        (e ? `\n${e.split} mean AUROC ${e.mean_auroc?.toFixed(4) ?? 'n/a'} (competition labels ${e.mean_auroc_competition?.toFixed(4) ?? 'n/a'}), eval.json written` : '') +
-        '\n',
-    );
-  },
+  builder: (y) => checkpointFlags(jobOptions(trainOptions(y))) as unknown as Argv<TrainArgs>,
+  handler: (args) => runTraining(args),
 };

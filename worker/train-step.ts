@@ -1,0 +1,240 @@
+import * as path from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import { openDataset, type Dataset } from '../shared/dataset/reader.js';
+import type { SplitName } from '../shared/dataset/manifest.js';
+import { writeJsonAtomic } from '../shared/fs-atomic.js';
+import { aurocReport } from '../shared/metrics/auroc.js';
+import { CheckpointWriter, checkpointsDir, layoutHash, loadCheckpoint, loadInitWeights, stepDir } from '../shared/checkpoint/index.js';
+import { paramsSha256 } from '../shared/params-hash.js';
+import { shardRange, shardRanges } from '../shared/shard.js';
+import { writeRunEmbeddings } from '../coordinator/report/embeddings.js';
+import { initBackend, type BackendChoice } from './backend.js';
+import { ProcessGroup } from './collectives/index.js';
+import type { BlankPolicy, UncertaintyPolicy } from './losses.js';
+import { cosineLogits } from './losses.js';
+import type { ModelConfig } from './model/config.js';
+import { saveParams } from './model/params-file.js';
+import { CxrModel, initialParams } from './model/vit.js';
+import { DEFAULT_ADAMW, adamwStep, clipFactor, decayMask, learningRate, scaleInPlace, sumOfSquares, type Schedule } from './optim.js';
+import { computeGradients, type StepComm, type StepOptions } from './step.js';
+import type { StepContext, StepInfo, StepResult, WorkerStep } from './steps.js';
+import type { SampleBatch } from '../shared/dataset/reader.js';
+
+/**
+ * What the `train` step reads from the resolved config (key `train`), written by the coordinator's
+ * train command: everything a rank needs to build the identical model and optimizer on its own.
+ */
+export interface TrainSection {
+  readonly backend: BackendChoice;
+  readonly model: ModelConfig;
+  /** Fixed prompt vectors (--text-embeddings), or null for learnable text. */
+  readonly fixedPrompts: number[] | null;
+  readonly weights: { classification: number; contrastive: number; labelPrior: number };
+  readonly uncertainty: UncertaintyPolicy[];
+  readonly blank: BlankPolicy;
+  readonly posWeight: number[] | null;
+  readonly priorTarget: number[];
+  readonly optimizer: { lr: number; warmupSteps: number; totalSteps: number; minLrRatio: number; weightDecay: number; clipNorm: number };
+  /** The run directory (shared storage with remote workers): rank 0 writes the model and evaluations there. */
+  readonly out: string;
+  /** The dataset directory the ranks read evaluation splits from (shared storage with remote workers). */
+  readonly data: string;
+  readonly eval: 'test' | 'val' | 'none';
+  /** Competition labels (mean AUROC over them), from the label set. */
+  readonly competition: string[];
+  readonly bootstrap: number;
+  /** A committed step directory the coordinator chose (resolveCheckpoint) to resume from, or null. */
+  readonly resume: string | null;
+  /** A safetensors file with open_clip names to start from (--init-weights), or null. */
+  readonly initWeights: string | null;
+}
+
+/** Per-epoch evaluation files; the run's final one is eval.json. */
+export const evalEpochFile = (epoch: number): string => `eval-epoch-${epoch}.json`;
+
+/**
+ * The data-parallel training step (issue 5, ZeRO-1 shape of DESIGN.md). Every rank builds the same
+ * model from the seed (the rendezvous hash check proves it). Per step: forward/backward on this
+ * rank's slice with the embeddings all-gathered for the contrastive loss, reduce-scatter of the
+ * flat gradient, the global gradient norm from an all-reduce of per-shard sums of squares, AdamW on
+ * this rank's shardRange of the flat vector (it holds m and v for that range only), all-gather of
+ * the updated ranges, assignment to the model. All collectives run in a fixed order, so every rank
+ * ends each step with bit-identical parameters.
+ */
+export async function createTrainStep(ctx: StepContext): Promise<WorkerStep> {
+  const t = ctx.config.train as TrainSection;
+  const job = ctx.config.job;
+  const backend = await initBackend(t.backend);
+  ctx.log.info(`backend: ${backend.name} (${backend.reason})`);
+  const { rank, world } = ctx;
+  const endpoints = ctx.peers.map((p, r) => (r === rank ? ctx.collectiveBind : p));
+  // Rank 0 alone computes AUROC (bootstrap) and writes files after an evaluation while the others
+  // already wait in the next step's first collective: the timeout must cover that, not just a
+  // step. A peer that dies is still noticed at once (its connection drops).
+  const pg = world > 1 ? await ProcessGroup.create({ rank, world, endpoints, timeoutMs: 300_000 }) : null;
+
+  let params: Float32Array = initialParams(t.model, job.seed);
+  const fixed = t.fixedPrompts ? Float32Array.from(t.fixedPrompts) : undefined;
+  const model = new CxrModel(t.model, params, fixed);
+  const total = model.layout.total;
+  const own = shardRange(total, world, rank);
+  const paramCounts = shardRanges(total, world).map((s) => s.end - s.start);
+  const mask = decayMask(model.layout);
+  let m: Float32Array = new Float32Array(own.end - own.start);
+  let v: Float32Array = new Float32Array(own.end - own.start);
+  if (t.resume) {
+    // Any world size: this rank reads the whole vector and m, v of its new range from the overlapping old shards.
+    const ck = await loadCheckpoint(t.resume, { layout: model.layout, world, rank });
+    if (ck.step !== job.startStep) throw new Error(`the coordinator resumes at step ${job.startStep} but ${t.resume} holds step ${ck.step}`);
+    params = ck.params;
+    m = ck.m;
+    v = ck.v;
+    model.assignFlat(params);
+    ctx.log.info(`resumed from ${ck.dir} (step ${ck.step}, saved by ${ck.manifest.world} worker${ck.manifest.world > 1 ? 's' : ''})`);
+  } else if (t.initWeights) {
+    const w = await loadInitWeights(t.initWeights, model.layout, params);
+    params = w.params;
+    model.assignFlat(params);
+    if (rank === 0) ctx.log.info(`initial weights from ${t.initWeights}: ${w.loaded.length} tensors loaded, ${w.missing.length} kept fresh (${w.missing.slice(0, 5).join(', ')}${w.missing.length > 5 ? ', ...' : ''})`);
+  }
+  const writer = new CheckpointWriter();
+  const lHash = layoutHash(model.layout);
+  let saving: Promise<void> = Promise.resolve();
+  const hyper = { ...DEFAULT_ADAMW, weightDecay: t.optimizer.weightDecay, lr: 0 };
+  const schedule: Schedule = { baseLr: t.optimizer.lr, warmupSteps: Math.min(t.optimizer.warmupSteps, t.optimizer.totalSteps), totalSteps: t.optimizer.totalSteps, minLrRatio: t.optimizer.minLrRatio };
+  const rowCounts = shardRanges(job.globalBatch, world).map((s) => s.end - s.start);
+  const stepOpts: StepOptions = {
+    weights: t.weights,
+    targets: { uncertainty: t.uncertainty, blank: t.blank, seed: job.seed },
+    posWeight: t.posWeight ? Float32Array.from(t.posWeight) : null,
+    priorTarget: Float32Array.from(t.priorTarget),
+  };
+
+  const timing = { gather: 0 };
+  const comm: StepComm = {
+    rank,
+    world,
+    rowCounts,
+    async allGather(local) {
+      if (!pg) return local;
+      const t0 = performance.now();
+      const width = local.length / rowCounts[rank]!;
+      if (!Number.isInteger(width)) throw new Error(`train step: gathering ${local.length} values from ${rowCounts[rank]} rows`);
+      const out = await pg.allGatherV(local, rowCounts.map((c) => c * width));
+      timing.gather += (performance.now() - t0) / 1000;
+      return out;
+    },
+    async allReduceSum(buf) {
+      if (pg) await pg.allReduce(buf);
+    },
+  };
+
+  let dataset: Dataset | null = null;
+  const evalSplit = async (split: SplitName, withEmbeddings: boolean) => {
+    dataset ??= await openDataset(t.data);
+    const reader = dataset.split(split);
+    const L = t.model.labels.length;
+    const D = t.model.embedDim;
+    const rows = shardRanges(reader.length, world);
+    const mine = rows[rank]!;
+    const n = mine.end - mine.start;
+    const scores = new Float32Array(n * L);
+    const labels = new Float32Array(n * L);
+    const emb = new Float32Array(withEmbeddings ? n * D : 0);
+    for (let s = 0; s < n; s += 128) {
+      const k = Math.min(128, n - s);
+      const b = await reader.read(Array.from({ length: k }, (_, i) => mine.start + s + i));
+      const [logits, z] = tf.tidy(() => {
+        const zz = model.encodeImages(model.pixelsToInput(b.images, k));
+        const lg = t.model.head === 'text' ? cosineLogits(zz, model.encodeText().names, model.p('cls.log_scale'), model.p('cls.bias')) : (tf.add(tf.matMul(zz, model.p<tf.Tensor2D>('cls.weight')), model.p('cls.bias')) as tf.Tensor2D);
+        return [lg, tf.div(zz, tf.norm(zz, 'euclidean', 1, true))];
+      });
+      scores.set(logits.dataSync() as Float32Array, s * L);
+      if (withEmbeddings) emb.set(z.dataSync() as Float32Array, s * D);
+      logits.dispose();
+      z.dispose();
+      labels.set(b.labels, s * L);
+    }
+    const gather = async (x: Float32Array, width: number) => (pg ? pg.allGatherV(x, rows.map((r) => (r.end - r.start) * width)) : x);
+    const allScores = await gather(scores, L);
+    const allLabels = await gather(labels, L);
+    const allEmb = withEmbeddings ? await gather(emb, D) : null;
+    return { n: reader.length, scores: allScores, labels: allLabels, embeddings: allEmb };
+  };
+
+  /** Scores the eval split on every rank's share; rank 0 computes AUROC and writes `file`. */
+  const evaluate = async (file: string, final: boolean, step: number, epoch: number) => {
+    if (t.eval === 'none') return;
+    const r = await evalSplit(t.eval, final && t.eval === 'test');
+    if (rank !== 0) return;
+    const rep = aurocReport({ scores: r.scores, labels: r.labels, n: r.n, labelNames: t.model.labels }, t.competition, t.bootstrap > 0 ? { replicates: t.bootstrap, seed: job.seed } : undefined);
+    await writeJsonAtomic(path.join(t.out, file), final ? { split: t.eval, ...rep } : { split: t.eval, step, epoch, ...rep });
+    if (r.embeddings && t.model.head === 'text') {
+      const names = tf.tidy(() => {
+        const e = model.encodeText().names;
+        return tf.div(e, tf.norm(e, 'euclidean', 1, true));
+      });
+      const labelEmbeddings = Float32Array.from(names.dataSync());
+      names.dispose();
+      await writeRunEmbeddings(t.out, { labels: t.model.labels, labelEmbeddings, testEmbeddings: r.embeddings, testLabels: r.labels });
+    }
+  };
+
+  return {
+    async run(b: SampleBatch, info: StepInfo): Promise<StepResult> {
+      const t0 = performance.now();
+      timing.gather = 0;
+      const r = await computeGradients(model, { n: b.n, images: b.images, labels: b.labels, indices: info.indices, epoch: info.epoch }, comm, stepOpts, false);
+      const tReduce = performance.now();
+      const grads = r.grads;
+      if (pg) await pg.reduceScatter(grads);
+      // The global norm and the loss terms in one small all-reduce. The float64 sum of squares
+      // travels as a float32 pair (hi, lo) so that the norm keeps its precision.
+      const ss = sumOfSquares(grads, own);
+      const hi = Math.fround(ss);
+      const small = Float32Array.of(hi, ss - hi, r.terms.classification, r.terms.contrastive, r.terms.labelPrior, r.terms.total);
+      if (pg) await pg.allReduce(small);
+      const reduceSeconds1 = (performance.now() - tReduce) / 1000;
+      const norm = Math.sqrt(small[0]! + small[1]!);
+      if (!Number.isFinite(norm)) throw new Error(`step ${info.step + 1}: the gradient is not finite (loss ${small[5]}); lower --lr`);
+      const tOpt = performance.now();
+      scaleInPlace(grads, clipFactor(norm, t.optimizer.clipNorm), own);
+      hyper.lr = learningRate(schedule, info.step + 1);
+      adamwStep(params, grads, m, v, own, hyper, info.step + 1, mask);
+      const optSeconds = (performance.now() - tOpt) / 1000;
+      const tGather = performance.now();
+      if (pg) params.set(await pg.allGatherV(params.slice(own.start, own.end), paramCounts));
+      const reduceSeconds = reduceSeconds1 + (performance.now() - tGather) / 1000;
+      model.assignFlat(params);
+      const computeSeconds = (tReduce - t0) / 1000 - timing.gather + optSeconds;
+      const losses = { loss: small[5]!, loss_classification: small[2]!, loss_contrastive: small[3]!, loss_label_prior: small[4]!, lr: hyper.lr, grad_norm: norm };
+      const last = info.step + 1 === job.endStep;
+      const epochEnd = info.epochStep === job.stepsPerEpoch - 1;
+      if (info.checkpoint) {
+        // Training waits only for the previous save and the copy-out; the write runs in the
+        // background and reports itself to the coordinator, which commits once every rank has.
+        await saving;
+        await writer.idle();
+        const S = info.step + 1;
+        const save = writer
+          .save(stepDir(checkpointsDir(t.out), S), { rank, world, step: S, layoutHash: lHash, start: own.start, end: own.end, params: params.subarray(own.start, own.end), m, v })
+          .then((w) => ctx.control.commitCheckpoint(w));
+        saving = save;
+        save.catch(() => {}); // rethrown at the next checkpoint or the end
+        // The run's last checkpoint is reported before the last step, so the coordinator commits it before the job ends.
+        if (last) await save;
+      }
+      if (last && rank === 0) await saveParams(t.out, t.model, params, info.step + 1, fixed);
+      if (epochEnd && !last) await evaluate(evalEpochFile(info.epoch), false, info.step + 1, info.epoch);
+      if (last) await evaluate('eval.json', true, info.step + 1, info.epoch);
+      return { images: b.n, losses, timings: { compute: computeSeconds, gather: timing.gather, reduce: reduceSeconds } };
+    },
+    paramsHash: () => paramsSha256(params),
+    async close() {
+      await writer.close().catch(() => {});
+      model.dispose();
+      await (dataset as Dataset | null)?.close();
+      await pg?.close();
+    },
+  };
+}
