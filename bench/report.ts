@@ -6,7 +6,8 @@ import { parseMetricsJsonl } from '../coordinator/report/run-dir.js';
 import { pca2 } from '../coordinator/report/math.js';
 import { writeReport } from '../coordinator/report/write.js';
 import { writeRunEmbeddings } from '../coordinator/report/embeddings.js';
-import { writeFixtureRun, mulberry32 } from '../test/fixtures/run-dir.js';
+import { writeFixtureRun } from '../test/fixtures/run-dir.js';
+import { mulberry32 } from '../shared/rng.js';
 
 /**
  * `npm run bench -- report [--steps 100000] [--test 2000] [--dim 512]`: how long the end-of-run

@@ -173,6 +173,14 @@ export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Pr
     section.resume = resume?.dir ?? null;
     section.initWeights = ck.initWeights ? path.resolve(ck.initWeights) : null;
 
+    // A finished or interrupted run is never overwritten by a fresh start (its metrics and model
+    // would be mixed up), except with --resume auto and nothing committed: a restart of a run that
+    // died before its first checkpoint starts it over.
+    const resumingHere = resume !== null && path.resolve(resume.dir).startsWith(path.resolve(cfg.out) + path.sep);
+    if (!resumingHere && ck.resume !== 'auto')
+      for (const f of ['metrics.jsonl', 'model.json'])
+        if (await fsp.stat(path.join(cfg.out, f)).then(() => true, () => false))
+          throw new UserError(`--out ${cfg.out} already holds a run (${f}); choose a new run directory, remove it, or continue it with --resume ${cfg.out}`);
     await fsp.mkdir(cfg.out, { recursive: true });
     // A crashed save leaves a step directory without a manifest; no save runs now.
     const removed = await removeUncommitted(ckRoot);

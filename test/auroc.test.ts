@@ -45,8 +45,9 @@ test('report: per-label nulls, means, competition mean, uncertain/blank rows lef
   const b1 = aurocReport({ scores, labels, n, labelNames }, ['Atelectasis'], { replicates: 50, seed: 3 });
   const b2 = aurocReport({ scores, labels, n, labelNames }, ['Atelectasis'], { replicates: 50, seed: 3 });
   assert.deepEqual(b1.ci, b2.ci);
-  assert.equal(b1.ci!.auroc.Hernia, null);
-  const [lo, hi] = b1.ci!.mean_auroc!;
+  assert.equal(b1.ci!.Hernia, null);
+  assert.deepEqual(b1.bootstrap, { level: 0.95, replicates: 50, seed: 3 });
+  const [lo, hi] = b1.mean_auroc_ci!;
   assert.ok(lo <= hi && hi <= 1);
 });
 

@@ -23,7 +23,8 @@ test('coordinator trains (default command), writes the run directory, and `coord
     const metrics = (await readFile(path.join(out, 'metrics.jsonl'), 'utf8')).trim().split('\n');
     assert.equal(metrics.length, 3);
     const evalJson = JSON.parse(await readFile(path.join(out, 'eval.json'), 'utf8'));
-    assert.ok(evalJson.ci.mean_auroc.length === 2);
+    assert.equal(evalJson.mean_auroc_ci.length, 2);
+    assert.equal(Object.keys(evalJson.ci).length, 14);
     const again = path.join(dir, 'again.json');
     await run(process.execPath, [coordinatorEntry, 'eval', '--checkpoint', out, '--data', data, '--split', 'test', '--out', again, '--backend', 'wasm', '--bootstrap', '50', '--seed', '2']);
     assert.deepEqual(JSON.parse(await readFile(again, 'utf8')), evalJson);
@@ -39,6 +40,10 @@ test('coordinator trains (default command), writes the run directory, and `coord
       (e: { code?: number; stderr?: string }) => e.code !== 0 && /model\.bin: sha256 does not match/.test(e.stderr ?? ''),
     );
     await assert.rejects(readFile(bad));
+    await assert.rejects(
+      run(process.execPath, [coordinatorEntry, '--data', data, '--out', out, '--steps', '1', '--batch-size', '16', '--backend', 'wasm']),
+      (e: { stderr?: string }) => /already holds a run \(metrics\.jsonl\)/.test(e.stderr ?? ''),
+    );
     await assert.rejects(
       run(process.execPath, [coordinatorEntry, '--data', data, '--out', path.join(dir, 'x'), '--uncertainty-label', 'Nope=ones', '--backend', 'wasm']),
       (e: { stderr?: string }) => /no label 'Nope'/.test(e.stderr ?? ''),

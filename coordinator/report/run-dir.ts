@@ -31,13 +31,7 @@ const evalSchema = z
     auroc: z.record(z.string(), aurocValue),
     mean_auroc: aurocValue,
     mean_auroc_competition: aurocValue,
-    // shared/metrics/auroc.ts writes { level, replicates, seed, auroc: { label: [lo, hi] }, ... }; the per-label intervals are what the report shows.
-    ci: z
-      .preprocess(
-        (v) => (v && typeof v === 'object' && 'auroc' in v && typeof (v as { auroc: unknown }).auroc === 'object' ? (v as { auroc: unknown }).auroc : v),
-        z.record(z.string(), z.tuple([z.number(), z.number()]).nullable()),
-      )
-      .optional(),
+    ci: z.record(z.string(), z.tuple([z.number(), z.number()]).nullable()).optional(),
   })
   .catchall(z.unknown());
 export type EvalResult = z.infer<typeof evalSchema>;

@@ -99,14 +99,11 @@ export interface AurocReport {
   mean_auroc: number | null;
   /** Mean over the competition labels present with both classes. */
   mean_auroc_competition: number | null;
-  ci?: {
-    level: number;
-    replicates: number;
-    seed: number;
-    auroc: Record<string, [number, number] | null>;
-    mean_auroc: [number, number] | null;
-    mean_auroc_competition: [number, number] | null;
-  };
+  /** Bootstrap 95% (level) interval per label: [lo, hi], null for a label with one class. */
+  ci?: Record<string, [number, number] | null>;
+  mean_auroc_ci?: [number, number] | null;
+  mean_auroc_competition_ci?: [number, number] | null;
+  bootstrap?: { level: number; replicates: number; seed: number };
 }
 
 function percentileInterval(xs: number[], level: number): [number, number] | null {
@@ -160,14 +157,10 @@ export function aurocReport(
       if (r.mean !== null) means.push(r.mean);
       if (r.meanComp !== null) comps.push(r.meanComp);
     }
-    report.ci = {
-      level,
-      replicates: bootstrap.replicates,
-      seed: bootstrap.seed,
-      auroc: Object.fromEntries(d.labelNames.map((name, l) => [name, base.per[l] === null ? null : percentileInterval(per[l]!, level)])),
-      mean_auroc: percentileInterval(means, level),
-      mean_auroc_competition: base.meanComp === null ? null : percentileInterval(comps, level),
-    };
+    report.ci = Object.fromEntries(d.labelNames.map((name, l) => [name, base.per[l] === null ? null : percentileInterval(per[l]!, level)]));
+    report.mean_auroc_ci = percentileInterval(means, level);
+    report.mean_auroc_competition_ci = base.meanComp === null ? null : percentileInterval(comps, level);
+    report.bootstrap = { level, replicates: bootstrap.replicates, seed: bootstrap.seed };
   }
   return report;
 }
