@@ -4,6 +4,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { parseAllDocuments } from 'yaml';
+import { COLLECTIVES_ENV } from '../worker/collectives/index.js';
 import { coordinatorEntry, packageRoot, workerEntry } from '../shared/paths.js';
 
 /**
@@ -79,6 +80,8 @@ test('ports, names and the token agree across the coordinator, its Service and t
   const mounts = (c: Doc) => c.volumeMounts.find((m: Doc) => m.name === 'shared').mountPath;
   assert.equal(mounts(work), mounts(container('coordinator.yaml', 'Job')), 'checkpoint shards need one shared path');
   assert.ok(coord.get('out')!.startsWith(mounts(work) + '/'));
+  for (const [k, v] of Object.entries(COLLECTIVES_ENV))
+    assert.equal(work.env.find((e: Doc) => e.name === k)?.value, v, `worker pods need ${k}=${v} (COLLECTIVES_ENV), as local workers get it`);
 });
 
 test('kustomize renders the set', (t) => {
