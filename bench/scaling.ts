@@ -13,7 +13,8 @@ import { createLogger } from '../shared/log.js';
  * being the reference measured in the same run. Per world size: images/s over the steps after
  * the warm-up, speedup over 1 worker, and the share of step time in communication (embedding
  * all-gather + gradient reduce-scatter, norm all-reduce and parameter all-gather) and in data wait
- * (the slowest rank's per step, as metrics.jsonl records them).
+ * (the slowest rank's per step, as metrics.jsonl records them). `--w-con 0` turns the contrastive
+ * loss off: no embedding all-gather and no tape-free forward pass (docs/performance.md "Scaling").
  */
 export async function run(argv: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -25,6 +26,7 @@ export async function run(argv: string[]): Promise<void> {
       'image-size': { type: 'string', default: '32' },
       workers: { type: 'string', default: '1,2,4' },
       backend: { type: 'string', default: 'wasm' },
+      'w-con': { type: 'string', default: '0.5' },
     },
   });
   const b = Number(values['per-worker']);
@@ -39,7 +41,7 @@ export async function run(argv: string[]): Promise<void> {
     const data = path.join(dir, 'data');
     const maxWorld = Math.max(...worlds);
     await runSynth(data, false, { count: Math.max(600, b * maxWorld * (steps + 2) + 50), imageSize: size, seed: 1, fractions: { val: 0.02, test: 0.02 } });
-    line(`scaling: tiny model, ${size}px, per-worker batch ${b}, ${steps} steps (first ${warmup} not timed), backend ${values.backend}; ${cpus().length} cores, load average ${loadavg().map((x) => x.toFixed(2)).join(' ')} at start`);
+    line(`scaling: tiny model, ${size}px, per-worker batch ${b}, ${steps} steps (first ${warmup} not timed), backend ${values.backend}, contrastive weight ${values['w-con']}; ${cpus().length} cores, load average ${loadavg().map((x) => x.toFixed(2)).join(' ')} at start`);
     line('workers  global batch  images/s  speedup  comm share  data wait share  compute share');
     let base = 0;
     const results: Record<number, number> = {};
@@ -47,7 +49,7 @@ export async function run(argv: string[]): Promise<void> {
       const out = path.join(dir, `w${w}`);
       const args = {
         workers: w, data, out, model: 'tiny', steps, 'batch-size': b * w, seed: 0, eval: 'none', backend: values.backend, lr: 1e-3, 'warmup-steps': 2,
-        'min-lr-ratio': 0.1, 'weight-decay': 0.05, 'clip-norm': 1, head: 'text', 'w-cls': 1, 'w-con': 0.5, 'w-prior': 0.1, 'label-prior': 'graph',
+        'min-lr-ratio': 0.1, 'weight-decay': 0.05, 'clip-norm': 1, head: 'text', 'w-cls': 1, 'w-con': Number(values['w-con']), 'w-prior': 0.1, 'label-prior': 'graph',
         uncertainty: 'ignore', 'uncertainty-label': [], blank: 'mask', 'pos-weight': 'none', bootstrap: 0, gpu: false, prefetch: 2,
         'params-check-every': 0, report: false, 'checkpoint-every': 0, 'checkpoint-every-minutes': 0, 'keep-checkpoints': 1,
       } as unknown as TrainArgs;
