@@ -115,16 +115,20 @@ export async function loadSavedModel(where: string): Promise<{ doc: { config: Mo
 export async function evalSaved(checkpoint: string, data: TrainData, splitName: SplitName, backendChoice: BackendChoice, bootstrap: { replicates: number; seed: number }, log: (line: string) => void) {
   const backend = await initBackend(backendChoice);
   log(`backend: ${backend.name} (${backend.reason})`);
-  const { doc, params } = await loadSavedModel(checkpoint);
-  const labels = [...data.labelNames];
-  if (doc.config.labels.length !== labels.length || doc.config.labels.some((l, i) => l !== labels[i]))
-    throw new UserError(`${checkpoint}: the model was trained on labels [${doc.config.labels.join(', ')}], the dataset has [${labels.join(', ')}]`);
-  if (doc.config.imageSize !== data.imageSize)
-    throw new UserError(`${checkpoint}: the model takes ${doc.config.imageSize}px images, the dataset has ${data.imageSize}px`);
-  const model = new CxrModel(doc.config, params, doc.fixedPrompts ? Float32Array.from(doc.fixedPrompts) : undefined);
+  const model = await loadModelFor(checkpoint, data.labelNames, data.imageSize);
   try {
-    return await evaluate(model, data, splitName, labelSetFor(data.labelSet, labels), bootstrap);
+    return await evaluate(model, data, splitName, labelSetFor(data.labelSet, data.labelNames), bootstrap);
   } finally {
     model.dispose();
   }
+}
+
+/** A saved model, refused unless it was trained on exactly these labels and this image size. */
+export async function loadModelFor(checkpoint: string, labels: readonly string[], imageSize: number): Promise<CxrModel> {
+  const { doc, params } = await loadSavedModel(checkpoint);
+  if (doc.config.labels.length !== labels.length || doc.config.labels.some((l, i) => l !== labels[i]))
+    throw new UserError(`${checkpoint}: the model was trained on labels [${doc.config.labels.join(', ')}], the dataset has [${labels.join(', ')}]`);
+  if (doc.config.imageSize !== imageSize)
+    throw new UserError(`${checkpoint}: the model takes ${doc.config.imageSize}px images, the dataset has ${imageSize}px`);
+  return new CxrModel(doc.config, params, doc.fixedPrompts ? Float32Array.from(doc.fixedPrompts) : undefined);
 }

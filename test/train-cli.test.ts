@@ -7,6 +7,8 @@ import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { coordinatorEntry } from '../shared/paths.js';
 import { runSynth } from '../coordinator/data/synth-run.js';
+import { openDataset } from '../shared/dataset/reader.js';
+import { tableFromIPC } from 'apache-arrow';
 
 const run = promisify(execFile);
 
@@ -28,6 +30,23 @@ test('coordinator trains (default command), writes the run directory, and `coord
     const again = path.join(dir, 'again.json');
     await run(process.execPath, [coordinatorEntry, 'eval', '--checkpoint', out, '--data', data, '--split', 'test', '--out', again, '--backend', 'wasm', '--bootstrap', '50', '--seed', '2']);
     assert.deepEqual(JSON.parse(await readFile(again, 'utf8')), evalJson);
+
+    // `coordinator embed`: one L2-normalised embedding per test row, with the dataset's labels.
+    const emb = path.join(dir, 'test-embeddings.arrow');
+    await run(process.execPath, [coordinatorEntry, 'embed', '--checkpoint', out, '--data', data, '--split', 'test', '--out', emb, '--backend', 'wasm']);
+    const table = tableFromIPC(await readFile(emb));
+    assert.equal(table.numRows, evalJson.n);
+    assert.deepEqual(JSON.parse(table.schema.metadata.get('cxr.labels')!), Object.keys(evalJson.auroc));
+    const ds = await openDataset(data);
+    const truth = await ds.split('test').read(Array.from({ length: evalJson.n }, (_, i) => i));
+    await ds.close();
+    for (let i = 0; i < table.numRows; i++) {
+      const row = table.get(i)!;
+      const e = row.embedding.toArray() as Float32Array;
+      assert.ok(Math.abs(Math.hypot(...e) - 1) < 1e-5, `row ${i} is not unit length`);
+      assert.deepEqual([...(row.labels.toArray() as Float32Array)], [...truth.labels.subarray(i * 14, (i + 1) * 14)]);
+      assert.equal(row.path, truth.paths[i]);
+    }
 
     // A damaged model file is refused with the file named, and nothing is written.
     const bin = path.join(out, 'model.bin');

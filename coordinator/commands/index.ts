@@ -6,6 +6,7 @@ import { compareCommand } from './compare.js';
 import { dataCommand } from './data.js';
 import { demoCommand } from './demo.js';
 import { doctorCommand } from './doctor.js';
+import { embedCommand } from './embed.js';
 import { exportCommand } from './export.js';
 import { probeCommand } from './probe.js';
 import { reportCommand } from './report.js';
@@ -26,4 +27,5 @@ export const commands: CommandModule<any, any>[] = [
   reportCommand,
   compareCommand,
   doctorCommand,
+  embedCommand,
 ];
