@@ -86,7 +86,7 @@ export class TrainingMetrics {
     this.step = new Gauge({ name: 'cxr_train_step', help: 'Last completed training step', registers });
     this.epoch = new Gauge({ name: 'cxr_train_epoch', help: 'Epoch (fractional) at the last step', registers });
     this.lr = new Gauge({ name: 'cxr_train_learning_rate', help: 'Learning rate at the last step', registers });
-    this.loss = new Gauge({ name: 'cxr_train_loss', help: 'Loss at the last step, per term (total, contrastive, classification, prior, ...)', labelNames: ['term'], registers });
+    this.loss = new Gauge({ name: 'cxr_train_loss', help: 'Loss at the last step, per term (total, contrastive, classification, label_prior, ...)', labelNames: ['term'], registers });
     this.imagesPerS = new Gauge({ name: 'cxr_train_images_per_second', help: 'Training throughput over the last step, all workers', registers });
     this.stepsTotal = new Counter({ name: 'cxr_train_steps_total', help: 'Training steps completed by this coordinator process', registers });
     this.phaseSeconds = new Histogram({ name: 'cxr_step_phase_seconds', help: 'Time per step in each phase: compute, gather, reduce, data_wait', labelNames: ['phase'], buckets: PHASE_BUCKETS, registers });

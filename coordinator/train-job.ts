@@ -281,6 +281,8 @@ export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Pr
           lastAt = now;
           writing = writing.then(() => file.write(JSON.stringify(rec) + '\n'));
           metrics.observeStep(rec as unknown as Parameters<TrainingMetrics['observeStep']>[0]);
+          // The ZeRO-1 reduce-scatter + parameter all-gather move an all-reduce's bytes.
+          if (cfg.workers > 1 && rec.time_reduce_s > 0) metrics.observeCollective('allreduce', layout.total * 4, rec.time_reduce_s, cfg.workers);
           bar?.update(rec.step, { epoch: rec.epoch, loss: rec.loss.toFixed(4), 'img/s': rec.images_per_s.toFixed(1) });
         },
         log: o.log,

@@ -19,7 +19,7 @@ test('a real metrics server on an ephemeral port: scrape /metrics, /healthz flip
     metrics.setWorkersExpected(4);
     metrics.setWorkersUp(4);
     metrics.observeStep({
-      step: 120, epoch: 0.6, lr: 2.5e-4, images_per_s: 96.5, loss: 3.1, loss_contrastive: 2.7, loss_classification: 0.38, loss_prior: 0.02,
+      step: 120, epoch: 0.6, lr: 2.5e-4, images_per_s: 96.5, loss: 3.1, loss_contrastive: 2.7, loss_classification: 0.38, loss_label_prior: 0.02,
       time_compute_s: 0.5, time_gather_s: 0.03, time_reduce_s: 0.1, time_data_wait_s: 0.002,
     });
     const busbw = metrics.observeCollective('allreduce', 64 * 2 ** 20, 0.1, 4);
@@ -35,7 +35,7 @@ test('a real metrics server on an ephemeral port: scrape /metrics, /healthz flip
     assert.equal(sample(text, 'cxr_train_step'), 120);
     assert.equal(sample(text, 'cxr_train_learning_rate'), 2.5e-4);
     assert.equal(sample(text, 'cxr_train_images_per_second'), 96.5);
-    for (const [term, v] of [['total', 3.1], ['contrastive', 2.7], ['classification', 0.38], ['prior', 0.02]] as const) {
+    for (const [term, v] of [['total', 3.1], ['contrastive', 2.7], ['classification', 0.38], ['label_prior', 0.02]] as const) {
       assert.equal(sample(text, 'cxr_train_loss', `term="${term}"`), v, term);
     }
     assert.equal(sample(text, 'cxr_step_phase_seconds_count', 'phase="gather"'), 1);

@@ -44,7 +44,7 @@ const TERM_TITLES: Record<string, string> = {
   loss: 'Total loss',
   loss_contrastive: 'Contrastive loss',
   loss_classification: 'Classification loss',
-  loss_prior: 'Label-prior (orthogonality) loss',
+  loss_label_prior: 'Label-prior loss',
 };
 const termTitle = (k: string) => TERM_TITLES[k] ?? `Loss term ${k.replace(/^loss_/, '')}`;
 
