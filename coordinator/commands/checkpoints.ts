@@ -17,7 +17,8 @@ export const checkpointsCommand: CommandModule<object, Args> = {
   builder: (y) =>
     y
       .option('run', { type: 'string', demandOption: true, describe: 'the run directory (holding checkpoints/)' })
-      .option('verify', { type: 'boolean', default: false, describe: 'read every shard and check every block checksum' }),
+      .option('verify', { type: 'boolean', default: false, describe: 'read every shard and check every block checksum' })
+      .example('$0 checkpoints --run runs/a --verify', 'list the checkpoints of runs/a and check every shard'),
   handler: async (a) => {
     const root = existsSync(checkpointsDir(a.run)) ? checkpointsDir(a.run) : path.resolve(a.run);
     if (!existsSync(root)) throw new UserError(`${path.resolve(a.run)} does not exist`);

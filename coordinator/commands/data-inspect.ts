@@ -14,7 +14,9 @@ export const dataInspectCommand: CommandModule<object, Args> = {
   builder: (y) =>
     y
       .positional('dir', { type: 'string', demandOption: true, describe: 'dataset directory' })
-      .option('json', { type: 'boolean', default: false, describe: 'print the manifest and shard checks as JSON' }),
+      .option('json', { type: 'boolean', default: false, describe: 'print the manifest and shard checks as JSON' })
+      .example('$0 data inspect data/nih64', 'summary table and a sha256 check of every shard')
+      .example('$0 data inspect data/nih64 --json', 'the same as JSON, for scripts'),
   handler: async (a) => {
     const r = await inspectDataset(a.dir);
     const m = r.manifest;

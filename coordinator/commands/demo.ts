@@ -40,7 +40,9 @@ export const demoCommand: CommandModule<object, Args> = {
       .option('workers', { type: 'number', default: 4, describe: 'worker processes' })
       .option('epochs', { type: 'number', default: 3, describe: 'passes over the training split' })
       .option('batch-size', { type: 'number', default: 64, describe: 'global batch size' })
-      .option('train', { type: 'boolean', default: true, describe: 'train after making the data (--no-train: data only)' }),
+      .option('train', { type: 'boolean', default: true, describe: 'train after making the data (--no-train: data only)' })
+      .example('$0 demo', 'what npm start runs: synthetic data, 4 workers, evaluation, report')
+      .example('$0 demo --workers 2 --epochs 1', 'a shorter run'),
   handler: async (a) => {
     const dataDir = path.join(a.dir, 'data');
     const o: SynthOptions = { count: a.count, imageSize: a['image-size'], seed: a.seed, fractions: { val: 0.1, test: 0.2 } };

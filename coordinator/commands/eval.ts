@@ -26,7 +26,8 @@ export const evalCommand: CommandModule<object, EvalArgs> = {
       .option('out', { type: 'string', demandOption: true, describe: 'eval.json to write' })
       .option('backend', { choices: BACKEND_CHOICES, default: 'auto' as BackendChoice })
       .option('bootstrap', { type: 'number', default: 1000, describe: 'bootstrap replicates for 95% CIs (0: none)' })
-      .option('seed', { type: 'number', default: 0, describe: 'bootstrap seed' }) as never,
+      .option('seed', { type: 'number', default: 0, describe: 'bootstrap seed' })
+      .example('$0 eval --checkpoint runs/a --data data/nih64 --split test --out runs/a/test-eval.json', 'per-label AUROC with 95% CIs') as never,
   handler: async (a) => {
     const data = await openTrainData(path.resolve(a.data));
     const rep = await evalSaved(path.resolve(a.checkpoint), data, a.split, a.backend, { replicates: a.bootstrap, seed: a.seed }, (l) => process.stderr.write(l + '\n'));

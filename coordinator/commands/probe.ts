@@ -54,7 +54,9 @@ export const probeCommand: CommandModule<object, ProbeArgs> = {
       .option('heartbeat-timeout', { type: 'number', default: 15, describe: 'seconds of worker silence that fail the job' })
       .option('rendezvous-timeout', { type: 'number', describe: 'seconds to wait for all workers (default 120 local, unbounded with --listen)' })
       .option('gpu', { type: 'boolean', default: false, describe: 'pin local workers to GPUs (CUDA_VISIBLE_DEVICES)' })
-      .option('step-option', { type: 'string', array: true, default: [], hidden: true, describe: 'KEY=NUMBER for the checksum step (fault injection)' }),
+      .option('step-option', { type: 'string', array: true, default: [], hidden: true, describe: 'KEY=NUMBER for the checksum step (fault injection)' })
+      .example('$0 probe --data data/nih64 --workers 2', 'stream one epoch through 2 local workers, verifying every slice')
+      .example('$0 probe --listen 0.0.0.0:29400 --workers 4 --data data/nih64', 'the same with remote workers (worker --coordinator HOST:29400)'),
   handler: async (a) => {
     const log = createLogger('coordinator');
     const ds = await openDataset(a.data);

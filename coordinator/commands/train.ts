@@ -176,6 +176,10 @@ export async function runTraining(args: TrainArgs): Promise<void> {
 export const trainCommand: CommandModule<object, TrainArgs> = {
   command: '$0',
   describe: 'train a model (the default command)',
-  builder: (y) => checkpointFlags(jobOptions(trainOptions(y))) as unknown as Argv<TrainArgs>,
+  builder: (y) =>
+    checkpointFlags(jobOptions(trainOptions(y)))
+      .example('$0 --workers 4 --data data/nih64 --out runs/a --epochs 8 --batch-size 64', 'train with 4 worker processes (global batch 64)')
+      .example('$0 --workers 2 --data data/nih64 --out runs/a --epochs 16 --batch-size 64 --resume auto', 'continue runs/a on 2 workers from its last checkpoint')
+      .example('$0 --config train.yaml --lr 1e-4', 'options from a file, one overridden') as unknown as Argv<TrainArgs>,
   handler: (args) => runTraining(args),
 };
