@@ -17,7 +17,7 @@ import { fileURLToPath } from 'node:url';
 import { teamSharedDir } from '../shared/paths.js';
 import { UserError } from '../shared/errors.js';
 import type { BenchRankJob } from './allreduce-rank.js';
-import { COLLECTIVES_ENV, type Wire } from '../worker/collectives/index.js';
+import { COLLECTIVES_ENV, DEFAULT_SOCKET_BUFFER_BYTES, type Wire } from '../worker/collectives/index.js';
 
 interface Row {
   world: number;
@@ -155,7 +155,7 @@ export async function run(argv: string[]): Promise<void> {
   const latIters = Math.max(iters, 200);
   const log = (s: string): void => void (json ? process.stderr : process.stdout).write(s + '\n');
 
-  log(`allreduce: ZeroMQ ring over ${transport}, chunk ${chunkBytes / 1024} KiB, socket buffers ${socketBufferBytes === undefined ? 'default' : socketBufferBytes === 0 ? 'OS autotuning' : `${socketBufferBytes / 1024} KiB`}, wire ${wire}, ${mallocDefaults ? 'glibc malloc defaults' : 'COLLECTIVES_ENV'}, ${iters} iterations (1 KiB latency: ${latIters}); load average ${(await import('node:os')).loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+  log(`allreduce: ZeroMQ ring over ${transport}, chunk ${chunkBytes / 1024} KiB, socket buffers ${socketBufferBytes === undefined ? `${DEFAULT_SOCKET_BUFFER_BYTES / 1024} KiB` : socketBufferBytes === 0 ? 'OS autotuning' : `${socketBufferBytes / 1024} KiB`}, wire ${wire}, ${mallocDefaults ? 'glibc malloc defaults' : 'COLLECTIVES_ENV'}, ${iters} iterations (1 KiB latency: ${latIters}); load average ${(await import('node:os')).loadavg().map((x) => x.toFixed(2)).join(' ')}`);
   const rows: Row[] = [];
   const latency = new Map<number, number>();
   for (const world of worlds) {
