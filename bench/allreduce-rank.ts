@@ -12,6 +12,7 @@ export interface BenchRankJob {
   endpoints: string[];
   chunkBytes: number;
   ioThreads?: number;
+  socketBufferBytes?: number;
   wire: Wire;
   cases: { bytes: number; iters: number }[];
 }
@@ -27,6 +28,7 @@ async function main(job: BenchRankJob): Promise<void> {
     chunkBytes: job.chunkBytes,
     timeoutMs: 60_000,
     ...(job.ioThreads ? { ioThreads: job.ioThreads } : {}),
+    ...(job.socketBufferBytes !== undefined ? { socketBufferBytes: job.socketBufferBytes } : {}),
   });
   for (const c of job.cases) {
     const buf = new Float32Array(c.bytes / 4).fill(1);

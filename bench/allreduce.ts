@@ -1,6 +1,7 @@
 /**
  * `npm run bench -- allreduce [--worlds 2,4] [--mib 1,64] [--iters 10] [--json] [--no-reference]
- *   [--transport tcp|ipc] [--chunk-kib 1024] [--wire fp32|fp16|bf16] [--io-threads N] [--malloc-defaults]`
+ *   [--transport tcp|ipc] [--chunk-kib 1024] [--wire fp32|fp16|bf16] [--io-threads N] [--sockbuf-kib 256|0]
+ *   [--malloc-defaults]`
  *
  * Our ZeroMQ ring all-reduce on real processes, reported as nccl-tests do (algbw = bytes/time,
  * busbw = algbw * 2(n-1)/n), next to the references measured in the same run: PyTorch gloo over
@@ -16,7 +17,7 @@ import { fileURLToPath } from 'node:url';
 import { teamSharedDir } from '../shared/paths.js';
 import { UserError } from '../shared/errors.js';
 import type { BenchRankJob } from './allreduce-rank.js';
-import { COLLECTIVES_ENV, type Wire } from '../worker/collectives/index.js';
+import { COLLECTIVES_ENV, DEFAULT_SOCKET_BUFFER_BYTES, type Wire } from '../worker/collectives/index.js';
 
 interface Row {
   world: number;
@@ -63,14 +64,14 @@ async function freePorts(n: number): Promise<number[]> {
 }
 
 /** Runs one world size in fresh processes; rank 0 reports each case. */
-async function ours(world: number, cases: { bytes: number; iters: number }[], o: { transport: string; chunkBytes: number; wire: Wire; ioThreads?: number; mallocDefaults: boolean }): Promise<Map<number, number>> {
+async function ours(world: number, cases: { bytes: number; iters: number }[], o: { transport: string; chunkBytes: number; wire: Wire; ioThreads?: number; socketBufferBytes?: number; mallocDefaults: boolean }): Promise<Map<number, number>> {
   const dir = mkdtempSync(path.join(tmpdir(), 'cxr-bench-ar-'));
   try {
     const endpoints = o.transport === 'ipc' ? Array.from({ length: world }, (_, r) => `ipc://${path.join(dir, `r${r}.sock`)}`) : (await freePorts(world)).map((p) => `tcp://127.0.0.1:${p}`);
     const results = new Map<number, number>();
     await Promise.all(
       Array.from({ length: world }, (_, rank) => {
-        const job: BenchRankJob = { rank, world, endpoints, chunkBytes: o.chunkBytes, wire: o.wire, cases, ...(o.ioThreads ? { ioThreads: o.ioThreads } : {}) };
+        const job: BenchRankJob = { rank, world, endpoints, chunkBytes: o.chunkBytes, wire: o.wire, cases, ...(o.ioThreads ? { ioThreads: o.ioThreads } : {}), ...(o.socketBufferBytes !== undefined ? { socketBufferBytes: o.socketBufferBytes } : {}) };
         const env = o.mallocDefaults ? process.env : { ...process.env, ...COLLECTIVES_ENV };
         const child = spawn(process.execPath, [rankScript, JSON.stringify(job)], { stdio: ['ignore', 'pipe', 'inherit'], env });
         let out = '';
@@ -141,6 +142,9 @@ export async function run(argv: string[]): Promise<void> {
   const chunkBytes = Math.round(Number(option(argv, 'chunk-kib', '1024')) * 1024);
   const wire = option(argv, 'wire', 'fp32') as Wire;
   const ioThreads = Number(option(argv, 'io-threads', '0')) || undefined;
+  const sockbufOpt = option(argv, 'sockbuf-kib', '');
+  const socketBufferBytes = sockbufOpt === '' ? undefined : Math.round(Number(sockbufOpt) * 1024);
+  if (socketBufferBytes !== undefined && !(socketBufferBytes >= 0)) throw new UserError(`allreduce bench: --sockbuf-kib must be a number >= 0 (0: the OS's autotuning), got '${sockbufOpt}'`);
   const json = argv.includes('--json');
   const reference = !argv.includes('--no-reference');
   // Ranks run with COLLECTIVES_ENV (glibc malloc tuning), as workers should; this flag measures without.
@@ -151,12 +155,12 @@ export async function run(argv: string[]): Promise<void> {
   const latIters = Math.max(iters, 200);
   const log = (s: string): void => void (json ? process.stderr : process.stdout).write(s + '\n');
 
-  log(`allreduce: ZeroMQ ring over ${transport}, chunk ${chunkBytes / 1024} KiB, wire ${wire}, ${mallocDefaults ? 'glibc malloc defaults' : 'COLLECTIVES_ENV'}, ${iters} iterations (1 KiB latency: ${latIters}); load average ${(await import('node:os')).loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+  log(`allreduce: ZeroMQ ring over ${transport}, chunk ${chunkBytes / 1024} KiB, socket buffers ${socketBufferBytes === undefined ? `${DEFAULT_SOCKET_BUFFER_BYTES / 1024} KiB` : socketBufferBytes === 0 ? 'OS autotuning' : `${socketBufferBytes / 1024} KiB`}, wire ${wire}, ${mallocDefaults ? 'glibc malloc defaults' : 'COLLECTIVES_ENV'}, ${iters} iterations (1 KiB latency: ${latIters}); load average ${(await import('node:os')).loadavg().map((x) => x.toFixed(2)).join(' ')}`);
   const rows: Row[] = [];
   const latency = new Map<number, number>();
   for (const world of worlds) {
     const cases = [...mibs.map((m) => ({ bytes: Math.floor((m * 1024 * 1024) / 4) * 4, iters })), { bytes: LATENCY_BYTES, iters: latIters }];
-    const res = await ours(world, cases, { transport, chunkBytes, wire, mallocDefaults, ...(ioThreads ? { ioThreads } : {}) });
+    const res = await ours(world, cases, { transport, chunkBytes, wire, mallocDefaults, ...(ioThreads ? { ioThreads } : {}), ...(socketBufferBytes !== undefined ? { socketBufferBytes } : {}) });
     for (const c of cases.slice(0, -1)) rows.push(row(world, c.bytes, res.get(c.bytes)!));
     latency.set(world, res.get(LATENCY_BYTES)!);
   }

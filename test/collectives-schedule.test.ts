@@ -7,6 +7,7 @@ import { type Plan, ringPlan, broadcastPlan, chunkRanges, segmentsFromCounts, re
 import { packBuckets, flattenInto, unflattenFrom } from '../worker/collectives/buckets.js';
 import { decodeMessage, encodeHeader, ForeignMessage, ProtocolError, MsgType } from '../worker/collectives/protocol.js';
 import { randomTensor } from './fixtures/collective-data.js';
+import { addF32, addF32Loop, simdAddAvailable } from '../worker/collectives/simd-add.js';
 
 /**
  * Runs the plans of all ranks in memory with the arithmetic of the process group (FIFO per link,
@@ -182,6 +183,30 @@ test('bf16 encoding keeps the top 16 bits rounded to nearest even', () => {
   const back = new Float32Array(1000);
   decodeCopy(back, encode(x, 'bf16'), 'bf16');
   assert.deepEqual(back, q);
+});
+
+test('the SIMD add equals the fp32 loop bit for bit at any length and source alignment, infinities and subnormals included', () => {
+  assert.ok(simdAddAvailable, 'Node 20 runs WebAssembly SIMD; without it the loop would silently run instead');
+  const special = new Float32Array([Infinity, -Infinity, 1e-45, -1e-45, 3.4028234663852886e38, -0, 0, 1.1754942e-38]);
+  // Lengths around the 4-lane vectors and the 256 KiB pieces the kernel copies through.
+  for (const n of [0, 1, 3, 4, 5, 7, 8, 1023, 65535, 65536, 65537, 65536 * 2 + 3]) {
+    for (const offset of [0, 1, 2, 3]) {
+      const a = randomTensor(n, n, 0);
+      const b = randomTensor(n, n, 1);
+      for (let i = 0; i < Math.min(n, special.length); i++) {
+        a[n - 1 - i] = special[i]!;
+        b[i] = special[(i + 3) % special.length]!;
+      }
+      const want = a.slice();
+      addF32Loop(want, b);
+      const raw = Buffer.alloc(n * 4 + offset);
+      raw.set(new Uint8Array(b.buffer), offset);
+      const got = a.slice();
+      addF32(got, raw.subarray(offset));
+      assert.deepEqual(new Uint32Array(got.buffer), new Uint32Array(want.buffer), `length ${n}, source offset ${offset}`);
+    }
+  }
+  assert.throws(() => addF32(new Float32Array(2), new Uint8Array(4)), /4 source bytes for 2 elements/);
 });
 
 test('headers round-trip; foreign and malformed messages are told apart', () => {

@@ -4,6 +4,8 @@
  * fp16 overflows to +-Infinity above 65504 and loses values below 2^-24; bf16 keeps fp32's range
  * with 8 bits of mantissa, so it is the safer choice for raw gradients.
  */
+import { addF32 } from './simd-add.js';
+
 export type Wire = 'fp32' | 'fp16' | 'bf16';
 
 export const WIRES: readonly Wire[] = ['fp32', 'fp16', 'bf16'];
@@ -96,12 +98,8 @@ function aligned(payload: Uint8Array, elemBytes: number): Uint8Array {
 /** dst[i] = dst[i] + decode(payload)[i], in fp32 (the add of the reduce-scatter). */
 export function decodeAdd(dst: Float32Array, payload: Uint8Array, wire: Wire): void {
   const n = dst.length;
+  if (wire === 'fp32') return addF32(dst, payload.subarray(0, n * 4));
   const p = aligned(payload, wireBytes[wire]);
-  if (wire === 'fp32') {
-    const src = new Float32Array(p.buffer, p.byteOffset, n);
-    for (let i = 0; i < n; i++) dst[i] = dst[i]! + src[i]!;
-    return;
-  }
   const src = new Uint16Array(p.buffer, p.byteOffset, n);
   if (wire === 'fp16') {
     for (let i = 0; i < n; i++) dst[i] = dst[i]! + F16_TABLE[src[i]!]!;

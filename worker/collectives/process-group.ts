@@ -21,6 +21,8 @@ export interface ProcessGroupOptions {
   exchangeMaxBytes?: number;
   /** libzmq I/O threads for this group's sockets (default: the shared context, one thread). */
   ioThreads?: number;
+  /** Kernel send and receive buffer of every socket (SO_SNDBUF/SO_RCVBUF), bytes (default 256 KiB; 0: the OS's autotuning). */
+  socketBufferBytes?: number;
 }
 
 export type CollectiveErrorCode = 'timeout' | 'peer-lost' | 'peer-failed' | 'protocol' | 'aborted' | 'closed' | 'broken' | 'handshake';
@@ -50,6 +52,13 @@ export const COLLECTIVES_ENV: Readonly<Record<string, string>> = {
 
 export const DEFAULT_TIMEOUT_MS = 30_000;
 export const DEFAULT_CHUNK_BYTES = 1 << 20;
+/**
+ * Fixed kernel socket buffers. With Linux's autotuning, loopback TCP grows them to several MiB,
+ * so the bytes in flight fall out of the cache between the sender's copy in and the receiver's
+ * copy out; with 256 KiB both copies stay in L2. Measured at 2 ranks, 64 MiB, same load: median
+ * 230 ms with autotuning, 80-130 ms with 256 KiB (64-128 KiB: 120-150 ms, 1 MiB: 180 ms, 4 MiB: 320-370 ms).
+ */
+export const DEFAULT_SOCKET_BUFFER_BYTES = 256 << 10;
 /**
  * Sends of the caller's memory that nothing later in the collective proves delivered are copied
  * when at most this big; bigger ones go zero-copy and the receiver acknowledges the last one.
@@ -207,10 +216,11 @@ export class ProcessGroup {
     this.lastHeard = this.endpoints.map(() => Date.now());
     this.context = opts.ioThreads ? new zmq.Context({ ioThreads: opts.ioThreads }) : undefined;
     const ctx = this.context ? { context: this.context } : {};
-    this.pull = new zmq.Pull({ ...ctx, maxMessageSize: this.chunkBytes + 65536, linger: 0 });
+    const sockBuf = opts.socketBufferBytes ?? DEFAULT_SOCKET_BUFFER_BYTES;
+    this.pull = new zmq.Pull({ ...ctx, maxMessageSize: this.chunkBytes + 65536, linger: 0, ...(sockBuf > 0 ? { receiveBufferSize: sockBuf } : {}) });
     this.outboxes = this.endpoints.map((ep, r) => {
       if (r === this.rank) return null;
-      const s = new zmq.Push({ ...ctx, sendTimeout: this.timeoutMs, linger: 1000 });
+      const s = new zmq.Push({ ...ctx, sendTimeout: this.timeoutMs, linger: 1000, ...(sockBuf > 0 ? { sendBufferSize: sockBuf } : {}) });
       s.events.on('disconnect', () => this.peerDown(r));
       s.events.on('handshake', () => this.down.delete(r));
       s.connect(ep);
@@ -827,6 +837,8 @@ function validateOptions(o: ProcessGroupOptions): void {
   if (o.timeoutMs !== undefined && (!Number.isFinite(o.timeoutMs) || o.timeoutMs <= 0)) throw new UserError(`collectives: timeoutMs must be positive, got ${o.timeoutMs}`);
   if (o.chunkBytes !== undefined && (!Number.isInteger(o.chunkBytes) || o.chunkBytes < 4 || o.chunkBytes > 256 << 20))
     throw new UserError(`collectives: chunkBytes must be an integer in 4..${256 << 20}, got ${o.chunkBytes}`);
+  if (o.socketBufferBytes !== undefined && (!Number.isInteger(o.socketBufferBytes) || o.socketBufferBytes < 0 || o.socketBufferBytes > 1 << 30))
+    throw new UserError(`collectives: socketBufferBytes must be an integer in 0..${1 << 30}, got ${o.socketBufferBytes}`);
   if (o.wire !== undefined && !WIRES.includes(o.wire)) throw new UserError(`collectives: wire must be one of ${WIRES.join(', ')}, got '${String(o.wire)}'`);
 }
 
