@@ -2,6 +2,7 @@ import { existsSync } from 'node:fs';
 import * as path from 'node:path';
 import { checkpointsDir, loadCheckpoint } from '../shared/checkpoint/index.js';
 import { UserError } from '../shared/errors.js';
+import { createProgress } from '../shared/progress.js';
 import { BUILTIN_LABEL_SETS, loadLabelSet, type LabelSet } from '../shared/labels.js';
 import { aurocReport, type AurocReport } from '../shared/metrics/auroc.js';
 import { initBackend, type BackendChoice } from '../worker/backend.js';
@@ -86,12 +87,15 @@ export async function evaluate(
   const L = model.config.labels.length;
   const scores = new Float32Array(split.length * L);
   const labels = new Float32Array(split.length * L);
+  const bar = createProgress({ label: `eval ${splitName}`, total: split.length, unit: 'images' });
   for (let s = 0; s < split.length; s += 256) {
     const idx = Array.from({ length: Math.min(256, split.length - s) }, (_, i) => s + i);
     const b = await split.read(idx);
     scores.set(predictLogits(model, b.images, b.n), s * L);
     labels.set(b.labels, s * L);
+    bar.update(s + b.n);
   }
+  bar.stop();
   const competition = set?.competition ?? [];
   const rep = aurocReport({ scores, labels, n: split.length, labelNames: model.config.labels }, competition, bootstrap.replicates > 0 ? bootstrap : undefined);
   return { split: splitName, ...rep };
