@@ -1,26 +1,13 @@
 import * as path from 'node:path';
 import type { CommandModule } from 'yargs';
-import { BACKEND_CHOICES, type BackendChoice } from '../../worker/backend.js';
 import { embedSplit } from '../embed.js';
+import { savedModelOptions, type SavedModelArgs } from './eval.js';
 
-interface EmbedArgs {
-  checkpoint: string;
-  data: string;
-  split: 'train' | 'val' | 'test';
-  out: string;
-  backend: BackendChoice;
-}
-
-export const embedCommand: CommandModule<object, EmbedArgs> = {
+export const embedCommand: CommandModule<object, SavedModelArgs> = {
   command: 'embed',
   describe: 'image embeddings and labels of a dataset split under a saved model, as an Arrow file',
   builder: (y) =>
-    y
-      .option('checkpoint', { type: 'string', demandOption: true, describe: 'run directory (its newest checkpoint) or a checkpoint step directory' })
-      .option('data', { type: 'string', demandOption: true, describe: 'dataset directory' })
-      .option('split', { choices: ['train', 'val', 'test'] as const, default: 'test' as const })
-      .option('out', { type: 'string', demandOption: true, describe: 'Arrow IPC file to write (columns embedding, labels, subject_id, study_id, path)' })
-      .option('backend', { choices: BACKEND_CHOICES, default: 'auto' as BackendChoice })
+    savedModelOptions(y, 'Arrow IPC file to write (columns embedding, labels, subject_id, study_id, path)')
       .example('$0 embed --checkpoint runs/a --data data/nih64 --split test --out runs/a/test-embeddings.arrow', 'L2-normalised test embeddings for a UMAP plot') as never,
   handler: async (a) => {
     const out = path.resolve(a.out);

@@ -1,16 +1,29 @@
 import * as path from 'node:path';
-import type { CommandModule } from 'yargs';
+import type { Argv, CommandModule } from 'yargs';
 import { writeJsonAtomic } from '../../shared/fs-atomic.js';
 import { BACKEND_CHOICES, type BackendChoice } from '../../worker/backend.js';
 import { openTrainData } from '../train-data.js';
 import { evalSaved } from '../train-local.js';
 
-interface EvalArgs {
+/** The options of every command that runs a saved model over a dataset split (eval, embed). */
+export interface SavedModelArgs {
   checkpoint: string;
   data: string;
   split: 'train' | 'val' | 'test';
   out: string;
   backend: BackendChoice;
+}
+
+export function savedModelOptions(y: Argv, out: string): Argv<SavedModelArgs> {
+  return y
+    .option('checkpoint', { type: 'string', demandOption: true, describe: 'run directory (its newest checkpoint), its model.json, or a checkpoint step directory' })
+    .option('data', { type: 'string', demandOption: true, describe: 'dataset directory' })
+    .option('split', { choices: ['train', 'val', 'test'] as const, default: 'test' as const })
+    .option('out', { type: 'string', demandOption: true, describe: out })
+    .option('backend', { choices: BACKEND_CHOICES, default: 'auto' as BackendChoice });
+}
+
+interface EvalArgs extends SavedModelArgs {
   bootstrap: number;
   seed: number;
 }
@@ -19,12 +32,7 @@ export const evalCommand: CommandModule<object, EvalArgs> = {
   command: 'eval',
   describe: 'per-label AUROC of a saved model on a dataset split',
   builder: (y) =>
-    y
-      .option('checkpoint', { type: 'string', demandOption: true, describe: 'run directory (its model.json), its model.json, or a checkpoint step directory' })
-      .option('data', { type: 'string', demandOption: true, describe: 'dataset directory' })
-      .option('split', { choices: ['train', 'val', 'test'] as const, default: 'test' as const })
-      .option('out', { type: 'string', demandOption: true, describe: 'eval.json to write' })
-      .option('backend', { choices: BACKEND_CHOICES, default: 'auto' as BackendChoice })
+    savedModelOptions(y, 'eval.json to write')
       .option('bootstrap', { type: 'number', default: 1000, describe: 'bootstrap replicates for 95% CIs (0: none)' })
       .option('seed', { type: 'number', default: 0, describe: 'bootstrap seed' })
       .example('$0 eval --checkpoint runs/a --data data/nih64 --split test --out runs/a/test-eval.json', 'per-label AUROC with 95% CIs') as never,
