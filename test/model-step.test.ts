@@ -183,3 +183,53 @@ test('a trained run writes config, metrics and eval; the saved model re-evaluate
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('avg readout is the mean of ln_post over the patch tokens; tok reads the class token; same parameters', () => {
+  // Zero blocks, so the reference is short: tokens = ln_pre([cls; patches @ W] + pos).
+  const shape = (pool?: 'tok' | 'avg') => {
+    const c = resolveModelConfig({ preset: 'tiny', imageSize: 16, labels, head: 'linear', overrides: { width: 16, layers: 0, heads: 2, embedDim: 8 } });
+    if (pool) c.pool = pool;
+    else delete c.pool;
+    return c;
+  };
+  assert.equal(modelLayout(shape('tok')).total, modelLayout(shape('avg')).total);
+  const params = initialParams(shape('avg'), 3);
+  // Non-trivial ln_post so the reference's order (norm, then mean) matters.
+  const r = mulberry32(9);
+  const layout = modelLayout(shape('avg'));
+  for (const e of layout.entries) if (e.name.startsWith('visual.ln_post')) for (let i = 0; i < e.size; i++) params[e.offset + i] = r() * 2 - 0.5;
+  const images = Uint8Array.from({ length: 2 * 256 }, () => Math.floor(r() * 256));
+  const out = (pool?: 'tok' | 'avg') => {
+    const m = new CxrModel(shape(pool), params);
+    try {
+      return tf.tidy(() => m.encodeImages(m.pixelsToInput(images, 2)).arraySync());
+    } finally {
+      m.dispose();
+    }
+  };
+  const ref = new CxrModel(shape('avg'), params);
+  const [avgRef, tokRef] = tf.tidy(() => {
+    const x = ref.pixelsToInput(images, 2);
+    const patches = tf.reshape(tf.transpose(tf.reshape(x, [2, 2, 8, 2, 8]), [0, 1, 3, 2, 4]), [8, 64]);
+    const stem = tf.reshape(tf.matMul(patches, tf.reshape(ref.p('visual.conv1.weight'), [64, 16])), [2, 4, 16]);
+    const cls = tf.broadcastTo(tf.reshape(ref.p('visual.class_embedding'), [1, 1, 16]), [2, 1, 16]);
+    const tokens = tf.add(tf.concat([cls, stem], 1), ref.p('visual.positional_embedding'));
+    const ln = (t: tf.Tensor, g: string) => {
+      const { mean, variance } = tf.moments(t, -1, true);
+      return tf.add(tf.mul(tf.div(tf.sub(t, mean), tf.sqrt(tf.add(variance, 1e-5))), ref.p(`${g}.weight`)), ref.p(`${g}.bias`));
+    };
+    const h = ln(tokens, 'visual.ln_pre');
+    const post = ln(h, 'visual.ln_post') as tf.Tensor3D;
+    const proj = ref.p<tf.Tensor2D>('visual.proj');
+    const avg = tf.matMul(tf.mean(tf.slice(post, [0, 1, 0], [2, 4, 16]), 1) as tf.Tensor2D, proj);
+    const tok = tf.matMul(tf.reshape(tf.slice(post, [0, 0, 0], [2, 1, 16]), [2, 16]) as tf.Tensor2D, proj);
+    return [avg.arraySync() as number[][], tok.arraySync() as number[][]];
+  });
+  ref.dispose();
+  const close = (a: number[][], b: number[][]) => a.every((row, i) => row.every((v, j) => Math.abs(v - b[i]![j]!) < 1e-4));
+  assert.ok(close(out('avg'), avgRef), 'avg readout');
+  assert.ok(close(out('tok'), tokRef), 'tok readout');
+  // A model.json from before the option (no `pool`) reads the class token.
+  assert.ok(close(out(), tokRef), 'missing pool means tok');
+  assert.ok(!close(avgRef, tokRef));
+});

@@ -185,9 +185,16 @@ export class CxrModel {
     const tokens = tf.add(tf.concat([cls, stem], 1), this.p('visual.positional_embedding'));
     let h = layerNorm(tf.reshape(tokens, [B * Tk, W]) as tf.Tensor2D, this.p('visual.ln_pre.weight'), this.p('visual.ln_pre.bias'));
     for (let i = 0; i < c.layers; i++) h = this.block(h, i, B, Tk);
-    const clsOut = tf.reshape(tf.slice(tf.reshape(h, [B, Tk, W]), [0, 0, 0], [B, 1, W]), [B, W]) as tf.Tensor2D;
-    const normed = layerNorm(clsOut, this.p('visual.ln_post.weight'), this.p('visual.ln_post.bias'));
-    return tf.matMul(normed, this.p<tf.Tensor2D>('visual.proj'));
+    let pooled: tf.Tensor2D;
+    if ((c.pool ?? 'tok') === 'avg') {
+      // open_clip with final_ln_after_pool=False: ln_post on every token, then the patch tokens' mean.
+      const normed = layerNorm(h, this.p('visual.ln_post.weight'), this.p('visual.ln_post.bias'));
+      pooled = tf.mean(tf.slice(tf.reshape(normed, [B, Tk, W]), [0, 1, 0], [B, G, W]), 1) as tf.Tensor2D;
+    } else {
+      const clsOut = tf.reshape(tf.slice(tf.reshape(h, [B, Tk, W]), [0, 0, 0], [B, 1, W]), [B, W]) as tf.Tensor2D;
+      pooled = layerNorm(clsOut, this.p('visual.ln_post.weight'), this.p('visual.ln_post.bias'));
+    }
+    return tf.matMul(pooled, this.p<tf.Tensor2D>('visual.proj'));
   }
 
   private block(x: tf.Tensor2D, i: number, B: number, Tk: number): tf.Tensor2D {
