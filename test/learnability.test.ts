@@ -1,12 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { runSynth } from '../coordinator/data/synth-run.js';
-import { openTrainData } from '../coordinator/train-data.js';
-import { trainLocal, type TrainConfig } from '../coordinator/train-local.js';
+import { trainDistributed } from '../coordinator/train-job.js';
 import { trainOptions, toTrainConfig } from '../coordinator/commands/train.js';
+import { createLogger } from '../shared/log.js';
+import type { AurocReport } from '../shared/metrics/auroc.js';
 import yargs from 'yargs';
 
 /**
@@ -30,12 +31,11 @@ test(`tiny preset with default flags learns the synthetic signs: mean test AUROC
   try {
     const dataDir = path.join(dir, 'data');
     await runSynth(dataDir, false, { count: COUNT, imageSize: SIZE, seed: 0, fractions: { val: 0.05, test: 0.3 } });
-    const args = await trainOptions(yargs([])).parseAsync(['--data', dataDir, '--out', path.join(dir, 'run'), '--steps', String(STEPS), '--backend', 'wasm', '--bootstrap', '0']);
-    const cfg: TrainConfig = toTrainConfig(args as never);
-    const data = await openTrainData(dataDir);
-    const r = await trainLocal(cfg, data, { update() {}, done() {} }, () => {});
-    const e = r.evalReport!;
-    const per = Object.entries(e.auroc).map(([k, v]) => `${k} ${v === null ? 'null' : v.toFixed(3)}`).join(', ');
+    const out = path.join(dir, 'run');
+    const args = await trainOptions(yargs([])).parseAsync(['--data', dataDir, '--out', out, '--steps', String(STEPS), '--backend', 'wasm', '--bootstrap', '0', '--no-report']);
+    await trainDistributed(toTrainConfig(args as never), { log: createLogger('test', 'warn'), progress: false, workerOutput: () => {} });
+    const e = JSON.parse(await readFile(path.join(out, 'eval.json'), 'utf8')) as AurocReport;
+    const per = Object.entries(e.auroc).map(([k, v]) => `${k} ${v === null ? 'null' : (v as number).toFixed(3)}`).join(', ');
     assert.ok(e.mean_auroc !== null && e.mean_auroc >= FLOOR, `mean test AUROC ${e.mean_auroc} < ${FLOOR}: ${per}`);
     // The coarse signs (bright upper mediastinum, wide heart, bright lower zone) are learned first.
     for (const l of ['Cardiomegaly', 'Pleural Effusion']) assert.ok((e.auroc[l] ?? 0) >= 0.75, `${l} AUROC ${e.auroc[l]} < 0.75: ${per}`);
