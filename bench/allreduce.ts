@@ -10,11 +10,12 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { teamSharedDir } from '../shared/paths.js';
+import { freePorts } from '../shared/free-ports.js';
+import { endpointsFor } from '../test/fixtures/collective-cluster.js';
 import { UserError } from '../shared/errors.js';
 import type { BenchRankJob } from './allreduce-rank.js';
 import { COLLECTIVES_ENV, DEFAULT_SOCKET_BUFFER_BYTES, type Wire } from '../worker/collectives/index.js';
@@ -51,23 +52,12 @@ function row(world: number, bytes: number, median: number): Row {
   return { world, bytes, median_s: median, algbw_GBps: algbw, busbw_GBps: (algbw * 2 * (world - 1)) / world };
 }
 
-async function freePorts(n: number): Promise<number[]> {
-  const servers = await Promise.all(
-    Array.from({ length: n }, () => new Promise<ReturnType<typeof createServer>>((resolve) => {
-      const s = createServer();
-      s.listen(0, '127.0.0.1', () => resolve(s));
-    })),
-  );
-  const ports = servers.map((s) => (s.address() as { port: number }).port);
-  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
-  return ports;
-}
 
 /** Runs one world size in fresh processes; rank 0 reports each case. */
 async function ours(world: number, cases: { bytes: number; iters: number }[], o: { transport: string; chunkBytes: number; wire: Wire; ioThreads?: number; socketBufferBytes?: number; mallocDefaults: boolean }): Promise<Map<number, number>> {
   const dir = mkdtempSync(path.join(tmpdir(), 'cxr-bench-ar-'));
   try {
-    const endpoints = o.transport === 'ipc' ? Array.from({ length: world }, (_, r) => `ipc://${path.join(dir, `r${r}.sock`)}`) : (await freePorts(world)).map((p) => `tcp://127.0.0.1:${p}`);
+    const endpoints = await endpointsFor(world, o.transport as 'ipc' | 'tcp', dir);
     const results = new Map<number, number>();
     await Promise.all(
       Array.from({ length: world }, (_, rank) => {

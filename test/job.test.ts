@@ -2,7 +2,6 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { DatasetWriter } from '../shared/dataset/writer.js';
@@ -13,6 +12,7 @@ import { JobFailure, type StepSummary } from '../coordinator/control/server.js';
 import type { WorkerInfo } from '../coordinator/control/server.js';
 import { coordinatorEntry, workerEntry } from '../shared/paths.js';
 import { createLogger } from '../shared/log.js';
+import { freePorts } from '../shared/free-ports.js';
 
 /**
  * The whole path on real processes, real gRPC and real ZeroMQ: `coordinator probe` launches or
@@ -60,15 +60,6 @@ function run(entry: string, args: string[], env: NodeJS.ProcessEnv = {}): { proc
   return { proc, done };
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 function alive(pid: number): boolean {
   try {
@@ -94,7 +85,7 @@ test('coordinator probe --workers 2: launch, rendezvous, data feed, step reports
 });
 
 test('coordinator --listen: workers started first retry until it answers; a worker with a wrong token is refused and the job goes on', async () => {
-  const port = await freePort();
+  const [port] = await freePorts(1);
   const address = `127.0.0.1:${port}`;
   const workers = [0, 1].map(() => run(workerEntry, ['--coordinator', address, '--connect-timeout', '30'], { CXR_JOB_TOKEN: 'right-token' }));
   await new Promise((r) => setTimeout(r, 1500));

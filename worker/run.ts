@@ -1,9 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { hostname, tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { decodeBatch } from '../shared/dataset/wire.js';
+import { freePorts } from '../shared/free-ports.js';
 import { parseWorkerConfig } from '../shared/job-config.js';
 import { UserError, errorMessage } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
@@ -44,7 +44,7 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
   // Ranks of a job on this host (a loopback coordinator) talk over Unix sockets: measured faster
   // than loopback TCP for the all-reduce (docs/performance.md, "Collectives"). --collective-port keeps TCP.
   const ipc = loopback && !o.collectivePort;
-  const port = ipc ? 0 : o.collectivePort || (await freePort(loopback ? '127.0.0.1' : '0.0.0.0'));
+  const port = ipc ? 0 : o.collectivePort || (await freePorts(1, loopback ? '127.0.0.1' : '0.0.0.0'))[0]!;
   const collectiveEndpoint = ipc
     ? `ipc://${path.join(tmpdir(), `cxr-collective-${process.pid}-${randomBytes(4).toString('hex')}.sock`)}`
     : `tcp://${bracket(o.advertise)}:${port}`;
@@ -154,18 +154,6 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
   }
 }
 
-/** A port free right now on `host` (the collective socket binds it after the rendezvous). */
-function freePort(host: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.unref();
-    s.on('error', reject);
-    s.listen(0, host, () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 function bracket(host: string): string {
   return host.includes(':') ? `[${host}]` : host;
