@@ -19,14 +19,16 @@ export async function fsyncDir(dir: string): Promise<void> {
 }
 
 /**
- * Write a file so that readers see either the old content or the complete new one:
- * temp name, fsync, rename, fsync of the directory.
+ * Create `target` so that readers see either the old content or the complete new one: `fill`
+ * writes a temp sibling, which is then fsynced, renamed over `target`, and the directory fsynced.
+ * If `fill` or any step fails, the temp file is removed and `target` is untouched.
  */
-export async function writeFileAtomic(target: string, data: string | Uint8Array): Promise<void> {
+export async function writeAtomically<T>(target: string, fill: (fh: fsp.FileHandle) => Promise<T>): Promise<T> {
   const tmp = tempSibling(target);
   const fh = await fsp.open(tmp, 'wx');
+  let result: T;
   try {
-    await fh.writeFile(data);
+    result = await fill(fh);
     await fh.sync();
   } catch (e) {
     await fh.close();
@@ -41,6 +43,12 @@ export async function writeFileAtomic(target: string, data: string | Uint8Array)
     throw e;
   }
   await fsyncDir(path.dirname(target));
+  return result;
+}
+
+/** Write a whole file atomically (see writeAtomically). */
+export async function writeFileAtomic(target: string, data: string | Uint8Array): Promise<void> {
+  await writeAtomically(target, (fh) => fh.writeFile(data));
 }
 
 /** Write JSON atomically, pretty-printed with a trailing newline. */

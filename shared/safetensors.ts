@@ -1,7 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { UserError } from './errors.js';
-import { fsyncDir, tempSibling } from './fs-atomic.js';
+import { writeAtomically } from './fs-atomic.js';
 
 /**
  * The safetensors format (huggingface/safetensors): an 8-byte little-endian header length N, N
@@ -218,17 +218,15 @@ export async function writeSafetensors(file: string, tensors: readonly TensorOut
   const len = Buffer.alloc(8);
   len.writeBigUInt64LE(BigInt(json.length));
   await fsp.mkdir(path.dirname(path.resolve(file)), { recursive: true });
-  const tmp = tempSibling(path.resolve(file));
-  const fh = await fsp.open(tmp, 'wx');
-  let pos = 0;
-  const write = async (b: Uint8Array) => {
-    for (let done = 0; done < b.byteLength; ) {
-      const { bytesWritten } = await fh.write(b, done, b.byteLength - done, pos + done);
-      done += bytesWritten;
-    }
-    pos += b.byteLength;
-  };
-  try {
+  return writeAtomically(path.resolve(file), async (fh) => {
+    let pos = 0;
+    const write = async (b: Uint8Array) => {
+      for (let done = 0; done < b.byteLength; ) {
+        const { bytesWritten } = await fh.write(b, done, b.byteLength - done, pos + done);
+        done += bytesWritten;
+      }
+      pos += b.byteLength;
+    };
     await write(len);
     await write(json);
     for (const t of tensors) {
@@ -237,14 +235,6 @@ export async function writeSafetensors(file: string, tensors: readonly TensorOut
       if (data.length !== want) throw new Error(`writeSafetensors: '${t.name}' has ${data.length} values for shape ${JSON.stringify(t.shape)}`);
       await write(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
     }
-    await fh.sync();
-  } catch (e) {
-    await fh.close();
-    await fsp.rm(tmp, { force: true });
-    throw e;
-  }
-  await fh.close();
-  await fsp.rename(tmp, path.resolve(file));
-  await fsyncDir(path.dirname(path.resolve(file)));
-  return pos;
+    return pos;
+  });
 }

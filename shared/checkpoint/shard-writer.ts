@@ -1,6 +1,6 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { fsyncDir, tempSibling } from '../fs-atomic.js';
+import { writeAtomically } from '../fs-atomic.js';
 import {
   DEFAULT_BLOCK_BYTES,
   SHARD_END_MAGIC,
@@ -86,52 +86,48 @@ export async function writeShard(stepDir: string, d: ShardData): Promise<ShardWr
   await fsp.mkdir(stepDir, { recursive: true });
   const file = shardFileName(d.rank, d.world);
   const target = path.join(stepDir, file);
-  const tmp = tempSibling(target);
-  const fh = await fsp.open(tmp, 'wx');
-  let pos = 0;
-  let inflight: Promise<void> | null = null;
-  const writeAt = async (buf: Uint8Array, at: number) => {
-    let done = 0;
-    while (done < buf.byteLength) {
-      const { bytesWritten } = await fh.write(buf, done, buf.byteLength - done, at + done);
-      done += bytesWritten;
-    }
-  };
-  // Checksum the next chunk while the previous one is being written: one write in flight.
-  const emit = async (buf: Uint8Array) => {
-    if (inflight) await inflight;
-    inflight = writeAt(buf, pos);
-    pos += buf.byteLength;
-  };
   const headerBytes = encodeHeader(header);
-  let trailer: Buffer;
-  try {
-    await emit(headerBytes);
-    const crcs: number[] = [];
-    for (const section of [bytesOf(d.params), bytesOf(d.m), bytesOf(d.v), extra]) {
-      for (let off = 0; off < section.byteLength; off += WRITE_CHUNK) {
-        const chunk = section.subarray(off, Math.min(section.byteLength, off + WRITE_CHUNK));
-        for (let b = 0; b < chunk.byteLength; b += blockBytes) crcs.push(crc32(chunk.subarray(b, Math.min(chunk.byteLength, b + blockBytes))));
-        await emit(chunk);
+  const trailer = await writeAtomically(target, async (fh) => {
+    let pos = 0;
+    let inflight: Promise<void> | null = null;
+    const writeAt = async (buf: Uint8Array, at: number) => {
+      let done = 0;
+      while (done < buf.byteLength) {
+        const { bytesWritten } = await fh.write(buf, done, buf.byteLength - done, at + done);
+        done += bytesWritten;
       }
+    };
+    // Checksum the next chunk while the previous one is being written: one write in flight.
+    const emit = async (buf: Uint8Array) => {
+      if (inflight) await inflight;
+      inflight = writeAt(buf, pos);
+      pos += buf.byteLength;
+    };
+    let trailer: Buffer;
+    try {
+      await emit(headerBytes);
+      const crcs: number[] = [];
+      for (const section of [bytesOf(d.params), bytesOf(d.m), bytesOf(d.v), extra]) {
+        for (let off = 0; off < section.byteLength; off += WRITE_CHUNK) {
+          const chunk = section.subarray(off, Math.min(section.byteLength, off + WRITE_CHUNK));
+          for (let b = 0; b < chunk.byteLength; b += blockBytes) crcs.push(crc32(chunk.subarray(b, Math.min(chunk.byteLength, b + blockBytes))));
+          await emit(chunk);
+        }
+      }
+      trailer = Buffer.alloc(crcs.length * 4 + 12);
+      crcs.forEach((c, i) => trailer.writeUInt32LE(c, i * 4));
+      trailer.writeUInt32LE(crc32(trailer.subarray(0, crcs.length * 4)), crcs.length * 4);
+      trailer.write(SHARD_END_MAGIC, crcs.length * 4 + 4, 'latin1');
+      await emit(trailer);
+      await inflight;
+    } catch (e) {
+      // The file handle closes after this: no write may still be running on it.
+      await (inflight as Promise<void> | null)?.catch(() => {});
+      throw e;
     }
-    trailer = Buffer.alloc(crcs.length * 4 + 12);
-    crcs.forEach((c, i) => trailer.writeUInt32LE(c, i * 4));
-    trailer.writeUInt32LE(crc32(trailer.subarray(0, crcs.length * 4)), crcs.length * 4);
-    trailer.write(SHARD_END_MAGIC, crcs.length * 4 + 4, 'latin1');
-    await emit(trailer);
-    await inflight;
     if (pos !== shardFileBytes(header)) throw new Error(`writeShard: wrote ${pos} bytes, format says ${shardFileBytes(header)}`);
-    await fh.sync();
-  } catch (e) {
-    await (inflight as Promise<void> | null)?.catch(() => {});
-    await fh.close();
-    await fsp.rm(tmp, { force: true });
-    throw e;
-  }
-  await fh.close();
-  await fsp.rename(tmp, target);
-  await fsyncDir(stepDir);
+    return trailer;
+  });
   return {
     file,
     path: target,
@@ -140,7 +136,7 @@ export async function writeShard(stepDir: string, d: ShardData): Promise<ShardWr
     step: d.step,
     start: d.start,
     end: d.end,
-    bytes: pos,
+    bytes: shardFileBytes(header),
     digest: shardDigest(headerBytes, trailer),
     seconds: (performance.now() - t0) / 1000,
   };
