@@ -233,3 +233,32 @@ test('avg readout is the mean of ln_post over the patch tokens; tok reads the cl
   assert.ok(close(out(), tokRef), 'missing pool means tok');
   assert.ok(!close(avgRef, tokRef));
 });
+
+test('stem input: tiny standardises each image (exposure and contrast drop out); vit-b16 keeps the fixed affine map', () => {
+  const tiny = resolveModelConfig({ preset: 'tiny', imageSize: 16, labels, overrides: { width: 16, layers: 1, heads: 2, embedDim: 8 } });
+  const b16 = resolveModelConfig({ preset: 'vit-b16', imageSize: 224, labels });
+  assert.equal(tiny.inputNorm, 'image');
+  assert.equal(tiny.posInitStd, 1);
+  assert.equal(b16.inputNorm, 'fixed');
+  assert.equal(b16.posInitStd, undefined, 'vit-b16 keeps open_clip\'s position-embedding init');
+  const model = new CxrModel(tiny, initialParams(tiny, 0));
+  const r = mulberry32(3);
+  const a = Uint8Array.from({ length: 256 }, () => Math.floor(r() * 100));
+  // The same picture at another gain and offset, and a blank picture.
+  const images = Uint8Array.from([...a, ...a.map((p) => 2 * p + 40), ...new Uint8Array(256).fill(77)]);
+  const x = model.pixelsToInput(images, 3);
+  const v = x.arraySync().map((img) => img.flat());
+  x.dispose();
+  const mean = v[0]!.reduce((s, y) => s + y, 0) / 256;
+  const variance = v[0]!.reduce((s, y) => s + (y - mean) ** 2, 0) / 256;
+  assert.ok(Math.abs(mean) < 1e-5 && Math.abs(variance - 1) < 1e-3, `standardised: mean ${mean}, variance ${variance}`);
+  for (let i = 0; i < 256; i++) assert.ok(Math.abs(v[0]![i]! - v[1]![i]!) < 1e-4, `pixel ${i}: ${v[0]![i]} vs ${v[1]![i]} after 2p + 40`);
+  assert.ok(v[2]!.every((y) => y === 0), 'a blank image maps to zeros, not NaN');
+  const fixed = new CxrModel({ ...tiny, inputNorm: 'fixed' }, initialParams(tiny, 0));
+  const y = fixed.pixelsToInput(a, 1);
+  const w = y.dataSync();
+  for (let i = 0; i < 256; i++) assert.ok(Math.abs(w[i]! - (a[i]! / 255 - 0.5) / 0.25) < 1e-6);
+  y.dispose();
+  model.dispose();
+  fixed.dispose();
+});

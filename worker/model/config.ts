@@ -1,6 +1,14 @@
 import { UserError } from '../../shared/errors.js';
 
 export type ImagePool = 'tok' | 'avg';
+/**
+ * What the stem sees. `fixed`: (p/255 - 0.5) / 0.25, an affine map of the pixels that folds exactly
+ * into open_clip's RGB normalisation (docs/model.md), so CLIP/BiomedCLIP weights load. `image`:
+ * every image standardised to mean 0, variance 1 over its own pixels, which takes exposure and
+ * contrast (the gain and offset that differ between studies) out of what a model trained from
+ * scratch must learn.
+ */
+export type InputNorm = 'fixed' | 'image';
 export type ModelPreset = 'tiny' | 'small' | 'vit-b16';
 export const MODEL_PRESETS: readonly ModelPreset[] = ['tiny', 'small', 'vit-b16'];
 
@@ -22,6 +30,13 @@ export interface ModelConfig {
    * existed) means `tok`.
    */
   pool?: ImagePool;
+  /** Stem input normalisation; a missing value (model.json written before the option existed) means `fixed`. */
+  inputNorm?: InputNorm;
+  /**
+   * Initial std of the learned position embedding; a missing value means open_clip's width^-0.5.
+   * Initialisation only: a saved model does not depend on it.
+   */
+  posInitStd?: number;
   /**
    * `text`: classify by cosine similarity to the label text embeddings (the text branch);
    * `linear`: the visual-only baseline, a plain linear classifier on the image embedding.
@@ -39,21 +54,27 @@ interface PresetShape {
   heads: number;
   embedDim: number;
   pool: ImagePool;
+  inputNorm: InputNorm;
+  /** null: open_clip's width^-0.5. */
+  posInitStd: number | null;
 }
 
 /**
  * `tiny`/`small` take their image size from the dataset (any multiple of the patch size);
  * `vit-b16` is open_clip ViT-B-16 exactly (224 px, patch 16, width 768, 12 layers, 12 heads,
  * embed dim 512), so its visual weights can be loaded by name.
- * The CPU presets pool by averaging the patch tokens: trained from scratch for a few hundred steps,
- * a class-token readout must first learn to attend to the one patch that holds a small sign, and
- * it does not in 3 epochs of 3,000 synthetic images (docs/results.md); the mean gives every patch
- * a direct gradient path. The parameters are the same either way.
+ * The CPU presets are tuned to learn from scratch in a few hundred steps (docs/results.md, the
+ * synthetic ablations): they pool by averaging the patch tokens (every patch gets a direct
+ * gradient path; a class token must first learn where to attend), standardise each image (exposure
+ * and contrast vary between studies), and start the position embedding at std 1 rather than
+ * width^-0.5 (a sign is often only a sign at its place: a dark lung apex is a pneumothorax, a dark
+ * corner is air, so tokens need their position at a scale that survives the patch content). The
+ * parameters are the same either way; `vit-b16` keeps open_clip's choices so its weights load.
  */
 const PRESETS: Record<ModelPreset, PresetShape> = {
-  tiny: { imageSize: null, patchSize: 8, width: 128, layers: 4, heads: 4, embedDim: 128, pool: 'avg' },
-  small: { imageSize: null, patchSize: 8, width: 256, layers: 6, heads: 8, embedDim: 256, pool: 'avg' },
-  'vit-b16': { imageSize: 224, patchSize: 16, width: 768, layers: 12, heads: 12, embedDim: 512, pool: 'tok' },
+  tiny: { imageSize: null, patchSize: 8, width: 128, layers: 4, heads: 4, embedDim: 128, pool: 'avg', inputNorm: 'image', posInitStd: 1 },
+  small: { imageSize: null, patchSize: 8, width: 256, layers: 6, heads: 8, embedDim: 256, pool: 'avg', inputNorm: 'image', posInitStd: 1 },
+  'vit-b16': { imageSize: 224, patchSize: 16, width: 768, layers: 12, heads: 12, embedDim: 512, pool: 'tok', inputNorm: 'fixed', posInitStd: null },
 };
 
 export function resolveModelConfig(opts: {
@@ -89,6 +110,8 @@ export function resolveModelConfig(opts: {
     heads: p.heads,
     embedDim: p.embedDim,
     pool: p.pool,
+    inputNorm: p.inputNorm,
+    ...(p.posInitStd !== null ? { posInitStd: p.posInitStd } : {}),
     head: opts.head ?? 'text',
     text,
     labels: [...opts.labels],
