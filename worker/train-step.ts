@@ -9,7 +9,7 @@ import { paramsSha256 } from '../shared/params-hash.js';
 import { shardRange, shardRanges } from '../shared/shard.js';
 import { writeRunEmbeddings } from '../coordinator/report/embeddings.js';
 import { initBackend, type BackendChoice } from './backend.js';
-import { ProcessGroup } from './collectives/index.js';
+import { ThreadedProcessGroup } from './collectives/threaded-group.js';
 import type { BlankPolicy, UncertaintyPolicy } from './losses.js';
 import { cosineLogits } from './losses.js';
 import type { ModelConfig } from './model/config.js';
@@ -71,7 +71,19 @@ export async function createTrainStep(ctx: StepContext): Promise<WorkerStep> {
   // Rank 0 alone computes AUROC (bootstrap) and writes files after an evaluation while the others
   // already wait in the next step's first collective: the timeout must cover that, not just a
   // step. A peer that dies is still noticed at once (its connection drops).
-  const pg = world > 1 ? await ProcessGroup.create({ rank, world, endpoints, timeoutMs: 300_000 }) : null;
+  // The group lives in a comm thread: the step's embedding all-gather blocks inside the tape.
+  const pg = world > 1 ? await ThreadedProcessGroup.create({ rank, world, endpoints, timeoutMs: 300_000 }) : null;
+  try {
+    return await trainStepWith(ctx, t, pg);
+  } catch (e) {
+    await pg?.close();
+    throw e;
+  }
+}
+
+async function trainStepWith(ctx: StepContext, t: TrainSection, pg: ThreadedProcessGroup | null): Promise<WorkerStep> {
+  const job = ctx.config.job;
+  const { rank, world } = ctx;
 
   let params: Float32Array = initialParams(t.model, job.seed);
   const fixed = t.fixedPrompts ? Float32Array.from(t.fixedPrompts) : undefined;
@@ -111,6 +123,11 @@ export async function createTrainStep(ctx: StepContext): Promise<WorkerStep> {
   };
 
   const timing = { gather: 0 };
+  const countsOf = (local: Float32Array): number[] => {
+    const width = local.length / rowCounts[rank]!;
+    if (!Number.isInteger(width)) throw new Error(`train step: gathering ${local.length} values from ${rowCounts[rank]} rows`);
+    return rowCounts.map((c) => c * width);
+  };
   const comm: StepComm = {
     rank,
     world,
@@ -118,9 +135,14 @@ export async function createTrainStep(ctx: StepContext): Promise<WorkerStep> {
     async allGather(local) {
       if (!pg) return local;
       const t0 = performance.now();
-      const width = local.length / rowCounts[rank]!;
-      if (!Number.isInteger(width)) throw new Error(`train step: gathering ${local.length} values from ${rowCounts[rank]} rows`);
-      const out = await pg.allGatherV(local, rowCounts.map((c) => c * width));
+      const out = await pg.allGatherV(local, countsOf(local));
+      timing.gather += (performance.now() - t0) / 1000;
+      return out;
+    },
+    allGatherSync(local) {
+      if (!pg) return local;
+      const t0 = performance.now();
+      const out = pg.allGatherVSync(local, countsOf(local));
       timing.gather += (performance.now() - t0) / 1000;
       return out;
     },
@@ -186,8 +208,8 @@ export async function createTrainStep(ctx: StepContext): Promise<WorkerStep> {
       timing.gather = 0;
       const r = await computeGradients(model, { n: b.n, images: b.images, labels: b.labels, indices: info.indices, epoch: info.epoch }, comm, stepOpts, false);
       const tReduce = performance.now();
-      const grads = r.grads;
-      if (pg) await pg.reduceScatter(grads);
+      // The gradient moves to the comm thread and comes back with this rank's range summed.
+      const grads = pg ? await pg.reduceScatter(r.grads) : r.grads;
       // The global norm and the loss terms in one small all-reduce. The float64 sum of squares
       // travels as a float32 pair (hi, lo) so that the norm keeps its precision.
       const ss = sumOfSquares(grads, own);
