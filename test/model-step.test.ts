@@ -7,7 +7,7 @@ import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../worker/backend.js';
 import { resolveModelConfig } from '../worker/model/config.js';
 import { CxrModel, initialParams, modelLayout } from '../worker/model/vit.js';
-import { computeGradients, localComm, type StepComm, type StepOptions } from '../worker/step.js';
+import { computeGradients, localComm, packRows, splitRows, type StepComm, type StepOptions } from '../worker/step.js';
 import { labelPriorTarget } from '../worker/losses.js';
 import { adamwStep, decayMask } from '../worker/optim.js';
 import { mulberry32 } from '../shared/rng.js';
@@ -254,4 +254,18 @@ test('avg readout is the mean of ln_post over the patch tokens; tok reads the cl
   // A model.json from before the option (no `pool`) reads the class token.
   assert.ok(close(out(), tokRef), 'missing pool means tok');
   assert.ok(!close(avgRef, tokRef));
+});
+
+test('packRows/splitRows: one buffer per rank carries several row-aligned parts, split back in rank order', () => {
+  // Rank 0 holds 2 rows, rank 1 none, rank 2 one; parts of widths 1 and 3.
+  const sizes = [2, 0, 1];
+  const rank = (r: number, rows: number) => [Float32Array.from({ length: rows }, (_, i) => 10 * r + i), Float32Array.from({ length: rows * 3 }, (_, i) => 100 * r + i)];
+  const packed = sizes.map((n, r) => packRows(rank(r, n)));
+  assert.deepEqual(Array.from(packed[0]!), [0, 1, 0, 1, 2, 3, 4, 5]);
+  const all = new Float32Array(packed.reduce((a, p) => a + p.length, 0));
+  packed.reduce((at, p) => (all.set(p, at), at + p.length), 0);
+  const [a, b] = splitRows(all, sizes, [1, 3]);
+  assert.deepEqual(Array.from(a!), [0, 1, 20]);
+  assert.deepEqual(Array.from(b!), [0, 1, 2, 3, 4, 5, 200, 201, 202]);
+  assert.throws(() => splitRows(all.subarray(1), sizes, [1, 3]), /11 values for 3 rows of width 4/);
 });
