@@ -109,6 +109,10 @@ async function trainStepWith(ctx: StepContext, t: TrainSection, pg: ThreadedProc
     model.assignFlat(params);
     if (rank === 0) ctx.log.info(`initial weights from ${t.initWeights}: ${w.loaded.length} tensors loaded, ${w.missing.length} kept fresh (${w.missing.slice(0, 5).join(', ')}${w.missing.length > 5 ? ', ...' : ''})`);
   }
+  // The parameter all-gather moves `params` to the comm thread and back (no copy): it must own its
+  // memory. The model's variables may alias it until the next assignFlat (the cpu backend keeps
+  // the arrays it is given), so nothing reads them between that all-gather and assignFlat.
+  if (params.byteOffset !== 0 || params.byteLength !== params.buffer.byteLength) params = params.slice();
   const writer = new CheckpointWriter();
   const lHash = layoutHash(model.layout);
   let saving: Promise<void> = Promise.resolve();
@@ -225,7 +229,8 @@ async function trainStepWith(ctx: StepContext, t: TrainSection, pg: ThreadedProc
       adamwStep(params, grads, m, v, own, hyper, info.step + 1, mask);
       const optSeconds = (performance.now() - tOpt) / 1000;
       const tGather = performance.now();
-      if (pg) params.set(await pg.allGatherV(params.slice(own.start, own.end), paramCounts));
+      // The parameters move to the comm thread and come back with the other ranks' ranges filled in.
+      if (pg) params = await pg.allGatherVInPlace(params, paramCounts);
       const reduceSeconds = reduceSeconds1 + (performance.now() - tGather) / 1000;
       model.assignFlat(params);
       const computeSeconds = (tReduce - t0) / 1000 - timing.gather + optSeconds;

@@ -23,6 +23,7 @@ export interface CommThreadData {
 
 export type CommRequest =
   | { readonly id: number; readonly sync: boolean; readonly op: 'allGatherV'; readonly buf: Float32Array; readonly counts: number[] }
+  | { readonly id: number; readonly sync: false; readonly op: 'allGatherVInPlace'; readonly buf: Float32Array; readonly counts: number[] }
   | { readonly id: number; readonly sync: false; readonly op: 'allReduce' | 'reduceScatter'; readonly buf: Float32Array }
   | { readonly id: number; readonly sync: false; readonly op: 'close' };
 
@@ -72,6 +73,7 @@ if (parentPort && (workerData as Partial<CommThreadData> | null)?.signal) {
     const g = pg!;
     let p: Promise<Float32Array>;
     if (req.op === 'allGatherV') p = g.allGatherV(req.buf, req.counts);
+    else if (req.op === 'allGatherVInPlace') p = g.allGatherVInPlace(req.buf, req.counts).then(() => req.buf);
     else if (req.op === 'allReduce') p = g.allReduce(req.buf).then(() => req.buf);
     else p = g.reduceScatter(req.buf).then(() => req.buf);
     p.then(

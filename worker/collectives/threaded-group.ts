@@ -103,13 +103,22 @@ export class ThreadedProcessGroup {
    * sum in this rank's shardRange(buf.length, world, rank) and scratch elsewhere.
    */
   async reduceScatter(buf: Float32Array): Promise<Float32Array> {
-    if (buf.byteOffset !== 0 || buf.byteLength !== buf.buffer.byteLength) throw new RangeError('reduceScatter: the buffer must own its whole ArrayBuffer (it is moved to the comm thread)');
+    ownsBuffer(buf, 'reduceScatter');
     return (await this.request({ op: 'reduceScatter', buf }, [buf.buffer as ArrayBuffer]))!;
   }
 
   /** Rank-order concatenation; rank r contributes `counts[r]` elements. */
   async allGatherV(local: Float32Array, counts: readonly number[]): Promise<Float32Array> {
     return (await this.request({ op: 'allGatherV', buf: local, counts: [...counts] }))!;
+  }
+
+  /**
+   * ProcessGroup.allGatherVInPlace: `buf` holds this rank's part at its offset; it is taken over
+   * (detached) and the same memory comes back holding every rank's part.
+   */
+  async allGatherVInPlace(buf: Float32Array, counts: readonly number[]): Promise<Float32Array> {
+    ownsBuffer(buf, 'allGatherVInPlace');
+    return (await this.request({ op: 'allGatherVInPlace', buf, counts: [...counts] }, [buf.buffer as ArrayBuffer]))!;
   }
 
   /**
@@ -158,7 +167,7 @@ export class ThreadedProcessGroup {
     return this.closing;
   }
 
-  private request(req: { op: 'allGatherV'; buf: Float32Array; counts: number[] } | { op: 'allReduce' | 'reduceScatter'; buf: Float32Array }, transfer: ArrayBuffer[] = []): Promise<Float32Array | undefined> {
+  private request(req: { op: 'allGatherV' | 'allGatherVInPlace'; buf: Float32Array; counts: number[] } | { op: 'allReduce' | 'reduceScatter'; buf: Float32Array }, transfer: ArrayBuffer[] = []): Promise<Float32Array | undefined> {
     if (this.dead) return Promise.reject(this.dead);
     if (this.closing) return Promise.reject(new CollectiveError(`rank ${this.rank}: ${req.op} on a closed process group`, 'closed'));
     const id = this.nextId++;
@@ -172,6 +181,10 @@ export class ThreadedProcessGroup {
 /** Closes every group still open (before process.exit, which would abort in libzmq's teardown). */
 export async function closeAllThreadedGroups(): Promise<void> {
   await Promise.all([...live].map((g) => g.close()));
+}
+
+function ownsBuffer(buf: Float32Array, what: string): void {
+  if (buf.byteOffset !== 0 || buf.byteLength !== buf.buffer.byteLength) throw new RangeError(`${what}: the array must span its whole ArrayBuffer (it is moved to the comm thread, not copied)`);
 }
 
 function fromWire(e: WireError): Error {
