@@ -22,7 +22,7 @@ function expected(op: RankOp, world: number, rank: number): Float32Array {
   return Float32Array.from(op.counts!.flatMap((n, r) => [...randomTensor(n, op.seed, r)]));
 }
 
-test('threaded group: blocking all-gathers between asynchronous collectives give the ProcessGroup\'s bits, in call order', { timeout: 60_000 }, async () => {
+test('threaded group: blocking all-gathers between asynchronous collectives (in-place all-gather included) give the ProcessGroup\'s bits, in call order', { timeout: 60_000 }, async () => {
   const ops: RankOp[] = [
     { kind: 'allGatherVSync', counts: [3 * 7, 0, 5 * 7], seed: 1 },
     { kind: 'reduceScatter', length: 300_001, seed: 2 },
@@ -30,6 +30,8 @@ test('threaded group: blocking all-gathers between asynchronous collectives give
     { kind: 'allGatherVSync', counts: [100_000, 50_001, 3], seed: 3 },
     { kind: 'allReduce', length: 6, seed: 4 },
     { kind: 'allGatherV', counts: [283_334, 283_334, 283_333], seed: 5 },
+    { kind: 'allGatherVInPlace', counts: [283_334, 283_334, 283_333], seed: 7 },
+    { kind: 'allGatherVInPlace', counts: [5, 0, 2], seed: 8 },
     { kind: 'allGatherVSync', counts: [16 * 270, 16 * 270, 16 * 270], seed: 6 },
   ];
   const { cluster, results } = await runRanks({ world: 3, ops, threaded: true });
