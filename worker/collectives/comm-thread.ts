@@ -60,22 +60,29 @@ if (parentPort && (workerData as Partial<CommThreadData> | null)?.signal) {
   const run = (req: CommRequest): void => {
     if (req.op === 'close') {
       // Collectives already asked for run first: ProcessGroup queues them in call order.
-      void (pg ? pg.close() : Promise.resolve()).then(
-        () => {
-          port.postMessage({ id: req.id } satisfies CommReply);
+      void (pg ? pg.close() : Promise.resolve())
+        .then(
+          () => port.postMessage({ id: req.id } satisfies CommReply),
+          (e: unknown) => port.postMessage({ id: req.id, error: toWireError(e) } satisfies CommReply),
+        )
+        .finally(() => {
+          // Nothing else keeps the thread alive: it ends.
           d.syncPort.close();
           port.close();
-        },
-        (e: unknown) => port.postMessage({ id: req.id, error: toWireError(e) } satisfies CommReply),
-      );
+        });
       return;
     }
     const g = pg!;
     let p: Promise<Float32Array>;
-    if (req.op === 'allGatherV') p = g.allGatherV(req.buf, req.counts);
-    else if (req.op === 'allGatherVInPlace') p = g.allGatherVInPlace(req.buf, req.counts).then(() => req.buf);
-    else if (req.op === 'allReduce') p = g.allReduce(req.buf).then(() => req.buf);
-    else p = g.reduceScatter(req.buf).then(() => req.buf);
+    try {
+      if (req.op === 'allGatherV') p = g.allGatherV(req.buf, req.counts);
+      else if (req.op === 'allGatherVInPlace') p = g.allGatherVInPlace(req.buf, req.counts).then(() => req.buf);
+      else if (req.op === 'allReduce') p = g.allReduce(req.buf).then(() => req.buf);
+      else p = g.reduceScatter(req.buf).then(() => req.buf);
+    } catch (e) {
+      // Answered like any failure: a blocked main thread must hear of it, not wait out its bound.
+      p = Promise.reject(e);
+    }
     p.then(
       (result) => answer(req, { id: req.id, result }, [result.buffer as ArrayBuffer]),
       (e: unknown) => answer(req, { id: req.id, error: toWireError(e) }),

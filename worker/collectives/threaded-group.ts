@@ -37,6 +37,7 @@ export class ThreadedProcessGroup {
   private dead: Error | null = null;
   private closing: Promise<void> | null = null;
   private readonly exited: Promise<void>;
+  private hasExited = false;
 
   private constructor(
     private readonly thread: Worker,
@@ -48,7 +49,12 @@ export class ThreadedProcessGroup {
     this.world = opts.world;
     this.timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.signal = new Int32Array(signal);
-    this.exited = new Promise((resolve) => thread.once('exit', () => resolve()));
+    this.exited = new Promise((resolve) =>
+      thread.once('exit', () => {
+        this.hasExited = true;
+        resolve();
+      }),
+    );
     thread.on('message', (m: CommReply) => {
       const w = this.waiting.get(m.id);
       if (!w) return;
@@ -151,17 +157,23 @@ export class ThreadedProcessGroup {
     return got.result!;
   }
 
-  /** Closes the group (ProcessGroup.close: waits for the peers to have everything) and ends the thread. */
+  /**
+   * Closes the group (ProcessGroup.close: waits at most the timeout for the peers to have
+   * everything) and ends the thread. A thread that gave no answer before (stuck) gets the same
+   * bound once more; after that this resolves without it.
+   */
   close(): Promise<void> {
     this.closing ??= (async () => {
-      if (!this.dead) {
+      if (!this.hasExited) {
         const id = this.nextId++;
         const done = new Promise<void>((resolve) => this.waiting.set(id, { resolve: () => resolve(), reject: () => resolve() }));
         this.thread.postMessage({ id, sync: false, op: 'close' } satisfies CommRequest);
-        await done;
+        let timer: NodeJS.Timeout | undefined;
+        const bound = new Promise<void>((resolve) => (timer = setTimeout(resolve, this.timeoutMs + THREAD_GRACE_MS)));
+        await Promise.race([done.then(() => this.exited), bound]);
+        clearTimeout(timer);
       }
       this.syncPort.close();
-      await this.exited;
       live.delete(this);
     })();
     return this.closing;
