@@ -63,7 +63,6 @@ export const evalEpochFile = (epoch: number): string => `eval-epoch-${epoch}.jso
  */
 export async function createTrainStep(ctx: StepContext): Promise<WorkerStep> {
   const t = ctx.config.train as TrainSection;
-  const job = ctx.config.job;
   const backend = await initBackend(t.backend);
   ctx.log.info(`backend: ${backend.name} (${backend.reason})`);
   const { rank, world } = ctx;
@@ -81,6 +80,7 @@ export async function createTrainStep(ctx: StepContext): Promise<WorkerStep> {
   }
 }
 
+/** The step itself, once its comm thread (if any) is up; the caller closes the thread if this throws. */
 async function trainStepWith(ctx: StepContext, t: TrainSection, pg: ThreadedProcessGroup | null): Promise<WorkerStep> {
   const job = ctx.config.job;
   const { rank, world } = ctx;
