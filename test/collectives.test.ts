@@ -26,6 +26,8 @@ function expected(op: RankOp, world: number, rank: number): Float32Array {
     case 'allGather':
       return Float32Array.from(inputs(op.length!).flatMap((t) => [...t]));
     case 'allGatherV':
+    case 'allGatherVSync':
+    case 'allGatherVInPlace':
       return Float32Array.from(op.counts!.flatMap((n, r) => [...randomTensor(n, op.seed, r)]));
     case 'broadcast':
       return randomTensor(op.length!, op.seed, op.root!);

@@ -7,7 +7,7 @@ import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../worker/backend.js';
 import { resolveModelConfig } from '../worker/model/config.js';
 import { CxrModel, initialParams, modelLayout } from '../worker/model/vit.js';
-import { computeGradients, localComm, type StepComm, type StepOptions } from '../worker/step.js';
+import { computeGradients, localComm, packRows, splitRows, type StepComm, type StepOptions } from '../worker/step.js';
 import { labelPriorTarget } from '../worker/losses.js';
 import { adamwStep, decayMask } from '../worker/optim.js';
 import { mulberry32 } from '../shared/rng.js';
@@ -38,8 +38,15 @@ const opts: StepOptions = {
   priorTarget: labelPriorTarget('orth', labels, null),
 };
 
-/** N in-process ranks whose collectives meet at a barrier: gathers concatenate, reduces sum in rank order. */
-function simulatedWorld(world: number): StepComm[] {
+/**
+ * N in-process ranks holding rowCounts[r] rows each: their async collectives meet at a barrier
+ * (gathers concatenate, reduces sum in rank order). A synchronous gather cannot wait for ranks on
+ * the same thread, so `run` runs the ranks twice: the first run records what each rank
+ * contributes (and gets zeros back), the second gets the rank-order concatenation of those. What a
+ * rank contributes depends only on its own inputs, which the second run checks bit for bit.
+ */
+async function simulatedWorld<T>(rowCounts: number[], step: (comm: StepComm) => Promise<T>): Promise<T[]> {
+  const world = rowCounts.length;
   let pending: { bufs: (Float32Array | null)[]; resolve: ((v: Float32Array[]) => void)[] } | null = null;
   const meet = (rank: number, buf: Float32Array) =>
     new Promise<Float32Array[]>((resolve) => {
@@ -52,25 +59,42 @@ function simulatedWorld(world: number): StepComm[] {
         p.resolve.forEach((f) => f(p.bufs as Float32Array[]));
       }
     });
-  return Array.from({ length: world }, (_, rank) => ({
-    rank,
-    world,
-    async allGather(local) {
-      const all = await meet(rank, local);
-      const out = new Float32Array(all.reduce((a, b) => a + b.length, 0));
-      let o = 0;
-      for (const b of all) {
-        out.set(b, o);
-        o += b.length;
-      }
-      return out;
-    },
-    async allReduceSum(buf) {
-      const all = await meet(rank, buf.slice());
-      buf.fill(0);
-      for (const b of all) for (let i = 0; i < buf.length; i++) buf[i]! += b[i]!;
-    },
-  }));
+  const concat = (all: readonly Float32Array[]) => {
+    const out = new Float32Array(all.reduce((a, b) => a + b.length, 0));
+    let o = 0;
+    for (const b of all) {
+      out.set(b, o);
+      o += b.length;
+    }
+    return out;
+  };
+  const recorded: Float32Array[][] = rowCounts.map(() => []);
+  const comms = (replay: boolean): StepComm[] =>
+    rowCounts.map((rows, rank) => {
+      let call = 0;
+      return {
+        rank,
+        world,
+        rowCounts,
+        allGather: async (local) => concat(await meet(rank, local)),
+        allGatherSync(local) {
+          const k = call++;
+          if (!replay) {
+            recorded[rank]![k] = local.slice();
+            return new Float32Array((local.length / rows) * rowCounts.reduce((a, b) => a + b, 0));
+          }
+          assert.deepEqual(local, recorded[rank]![k], `rank ${rank} contributes the same to sync gather #${k} in both runs`);
+          return concat(recorded.map((r) => r[k]!));
+        },
+        async allReduceSum(buf) {
+          const all = await meet(rank, buf.slice());
+          buf.fill(0);
+          for (const b of all) for (let i = 0; i < buf.length; i++) buf[i]! += b[i]!;
+        },
+      };
+    });
+  await Promise.all(comms(false).map(step));
+  return Promise.all(comms(true).map(step));
 }
 
 test('two simulated ranks with half batches each sum to the one-process gradient of the whole batch', async () => {
@@ -82,17 +106,15 @@ test('two simulated ranks with half batches each sum to the one-process gradient
   const one = new CxrModel(cfg, params);
   const whole = await computeGradients(one, { n, images, labels: lab, indices, epoch: 1 }, localComm, opts);
   const replicas = [new CxrModel(cfg, params), new CxrModel(cfg, params)];
-  const comms = simulatedWorld(2);
-  const parts = await Promise.all(
-    [0, 1].map((r) =>
-      computeGradients(
-        replicas[r]!,
-        { n: 3, images: images.subarray(r * 3 * 256, (r + 1) * 3 * 256), labels: lab.subarray(r * 12, (r + 1) * 12), indices: indices.slice(r * 3, r * 3 + 3), epoch: 1 },
-        comms[r]!,
-        opts,
-      ),
-    ),
-  );
+  const parts = await simulatedWorld([3, 3], (comm) => {
+    const r = comm.rank;
+    return computeGradients(
+      replicas[r]!,
+      { n: 3, images: images.subarray(r * 3 * 256, (r + 1) * 3 * 256), labels: lab.subarray(r * 12, (r + 1) * 12), indices: indices.slice(r * 3, r * 3 + 3), epoch: 1 },
+      comm,
+      opts,
+    );
+  });
   assert.deepEqual(parts[0]!.grads, parts[1]!.grads, 'every rank holds the same summed gradient');
   let maxErr = 0;
   let maxMag = 0;
@@ -261,4 +283,18 @@ test('stem input: tiny standardises each image (exposure and contrast drop out);
   y.dispose();
   model.dispose();
   fixed.dispose();
+});
+
+test('packRows/splitRows: one buffer per rank carries several row-aligned parts, split back in rank order', () => {
+  // Rank 0 holds 2 rows, rank 1 none, rank 2 one; parts of widths 1 and 3.
+  const sizes = [2, 0, 1];
+  const rank = (r: number, rows: number) => [Float32Array.from({ length: rows }, (_, i) => 10 * r + i), Float32Array.from({ length: rows * 3 }, (_, i) => 100 * r + i)];
+  const packed = sizes.map((n, r) => packRows(rank(r, n)));
+  assert.deepEqual(Array.from(packed[0]!), [0, 1, 0, 1, 2, 3, 4, 5]);
+  const all = new Float32Array(packed.reduce((a, p) => a + p.length, 0));
+  packed.reduce((at, p) => (all.set(p, at), at + p.length), 0);
+  const [a, b] = splitRows(all, sizes, [1, 3]);
+  assert.deepEqual(Array.from(a!), [0, 1, 20]);
+  assert.deepEqual(Array.from(b!), [0, 1, 2, 3, 4, 5, 200, 201, 202]);
+  assert.throws(() => splitRows(all.subarray(1), sizes, [1, 3]), /11 values for 3 rows of width 4/);
 });

@@ -4,6 +4,7 @@ import { hideBin } from 'yargs/helpers';
 import { createLogger } from '../shared/log.js';
 import { errorMessage, isUserError } from '../shared/errors.js';
 import { runWorker } from './run.js';
+import { closeAllThreadedGroups } from './collectives/threaded-group.js';
 
 /**
  * The `worker` command: one process per accelerator. Started by `coordinator --workers N` on the
@@ -44,14 +45,19 @@ async function main(argv: string[]): Promise<number> {
   });
 }
 
+// A comm thread still holding ZeroMQ sockets at process.exit makes libzmq abort the process
+// (exit code 134 instead of ours): steps close theirs, and this catches any left over.
+const exit = (code: number): Promise<never> => closeAllThreadedGroups().then(() => process.exit(code), () => process.exit(code));
+
 main(hideBin(process.argv)).then(
-  (code) => {
+  async (code) => {
     process.exitCode = code;
+    await closeAllThreadedGroups().catch(() => {});
     // Sockets and timers of libraries (ZeroMQ, gRPC, TensorFlow.js) must not keep a finished worker alive.
     setTimeout(() => process.exit(code), 200).unref();
   },
-  (e: unknown) => {
+  async (e: unknown) => {
     process.stderr.write(isUserError(e) ? `worker: error: ${e.message}\n` : `worker: internal error: ${errorMessage(e)}\n${(e as Error)?.stack ?? ''}\n`);
-    process.exit(isUserError(e) ? e.exitCode : 1);
+    await exit(isUserError(e) ? e.exitCode : 1);
   },
 );

@@ -16,8 +16,10 @@ import {
 
 /**
  * The collectives one training step needs. `allGather` concatenates every rank's buffer in rank
- * order (buffers may differ in length); `allReduceSum` sums in place with a fixed order so that
- * every rank gets the same bytes. World 1 is `localComm`; the coordinator plugs in ZeroMQ.
+ * order (buffers may differ in length); `allGatherSync` does the same without returning to the
+ * event loop (the step calls it inside the tape, which cannot span an await); `allReduceSum` sums
+ * in place with a fixed order so that every rank gets the same bytes. World 1 is `localComm`; the
+ * train step plugs in ZeroMQ through its comm thread (worker/collectives/threaded-group.ts).
  */
 export interface StepComm {
   rank: number;
@@ -28,6 +30,7 @@ export interface StepComm {
    */
   rowCounts?: readonly number[];
   allGather(local: Float32Array): Promise<Float32Array>;
+  allGatherSync(local: Float32Array): Float32Array;
   allReduceSum(buf: Float32Array): Promise<void>;
 }
 
@@ -35,6 +38,7 @@ export const localComm: StepComm = {
   rank: 0,
   world: 1,
   allGather: async (local) => local,
+  allGatherSync: (local) => local,
   allReduceSum: async () => {},
 };
 
@@ -82,9 +86,10 @@ export interface StepResult {
 /**
  * Forward and backward for one global batch, with gradients summed over ranks.
  *
- * With more than one rank and the contrastive term on, the image and text embeddings of the
- * slice are first computed without a tape and all-gathered, because the loss needs every rank's
- * values before the taped pass (tfjs cannot suspend a tape across an await). World 1 skips it.
+ * With more than one rank and the contrastive term on, the loss needs every rank's embeddings:
+ * inside the tape, this rank's image and text embeddings are read out and all-gathered with its
+ * labels in one synchronous collective, and the global matrices are built with this rank's slice
+ * live (the taped tensors), so the forward runs once.
  */
 export async function computeGradients(model: CxrModel, batch: LocalBatch, comm: StepComm, opts: StepOptions, reduce = true): Promise<StepResult> {
   const L = model.config.labels.length;
@@ -100,28 +105,6 @@ export async function computeGradients(model: CxrModel, batch: LocalBatch, comm:
   const N = sizes.reduce((a, b) => a + b, 0);
 
   const { targets, mask } = resolveTargets(batch.labels, n, L, opts.targets, batch.indices, batch.epoch);
-  let contrastTargets: Float32Array | null = null;
-  let gatheredImg: Float32Array | null = null;
-  let gatheredTxt: Float32Array | null = null;
-  if (useContrastive) {
-    const allLabels = comm.world > 1 ? await comm.allGather(batch.labels) : batch.labels;
-    contrastTargets = multiPositiveTargets(labelGroups(allLabels, N, L));
-    if (comm.world > 1) {
-      const [zi, zt] = tf.tidy(() => {
-        const x = model.pixelsToInput(batch.images, n);
-        const text = model.encodeText();
-        const tgt = tf.tensor2d(targets, [n, L]);
-        const msk = tf.tensor2d(mask, [n, L]);
-        return [model.encodeImages(x), sampleTextEmbeddings(text.positive, text.negative, tgt, msk)];
-      });
-      const zv = Float32Array.from(zi.dataSync());
-      const tv = Float32Array.from(zt.dataSync());
-      zi.dispose();
-      zt.dispose();
-      gatheredImg = await comm.allGather(zv);
-      gatheredTxt = await comm.allGather(tv);
-    }
-  }
 
   const kept: tf.Scalar[] = [];
   const { grads, value } = tf.tidy(() => {
@@ -130,7 +113,6 @@ export async function computeGradients(model: CxrModel, batch: LocalBatch, comm:
     const msk = tf.tensor2d(mask, [n, L]);
     const pw = opts.posWeight ? tf.tensor1d(opts.posWeight) : null;
     const S = usePrior ? tf.tensor2d(opts.priorTarget, [L, L]) : null;
-    const G = contrastTargets ? tf.tensor2d(contrastTargets, [N, N]) : null;
     return tf.variableGrads(() => {
       const z = model.encodeImages(x);
       let cls: tf.Scalar;
@@ -142,9 +124,17 @@ export async function computeGradients(model: CxrModel, batch: LocalBatch, comm:
         cls = classificationLoss(logits, tgt, msk, pw, N);
         if (useContrastive) {
           const t = sampleTextEmbeddings(text.positive, text.negative, tgt, msk);
-          const Z = gatheredImg ? withLiveSlice(gatheredImg, z, offset) : z;
-          const T = gatheredTxt ? withLiveSlice(gatheredTxt, t, offset) : t;
-          con = contrastiveLoss(Z, T, G!, scaleGradient(model.p<tf.Scalar>('logit_scale'), 1 / comm.world));
+          let Z = z;
+          let T = t;
+          let allLabels = batch.labels;
+          if (comm.world > 1) {
+            const g = splitRows(comm.allGatherSync(packRows([batch.labels, z.dataSync() as Float32Array, t.dataSync() as Float32Array])), sizes, [L, z.shape[1], t.shape[1]]);
+            allLabels = g[0]!;
+            Z = withLiveSlice(g[1]!, z, offset);
+            T = withLiveSlice(g[2]!, t, offset);
+          }
+          const G = tf.tensor2d(multiPositiveTargets(labelGroups(allLabels, N, L)), [N, N]);
+          con = contrastiveLoss(Z, T, G, scaleGradient(model.p<tf.Scalar>('logit_scale'), 1 / comm.world));
         }
         if (usePrior) prior = labelPriorLoss(text.names, S!, comm.world);
       } else {
@@ -167,6 +157,41 @@ export async function computeGradients(model: CxrModel, batch: LocalBatch, comm:
   const conShare = con / comm.world;
   const share = comm.world === 1 ? total : w.classification * cls + w.contrastive * conShare + w.labelPrior * prior;
   return { grads: flat, terms: { classification: cls, contrastive: conShare, labelPrior: prior, total: share }, globalBatch: N };
+}
+
+/**
+ * One rank's rows as one buffer: each part is this rank's rows of one width, laid end to end,
+ * so that a single all-gather carries them all (one round trip instead of one per part).
+ */
+export function packRows(parts: readonly Float32Array[]): Float32Array {
+  const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+/**
+ * Undoes packRows over the rank-order concatenation of every rank's packed rows (rank r holding
+ * sizes[r] rows): part i of the result is [sum(sizes), widths[i]], rows in rank order.
+ */
+export function splitRows(gathered: Float32Array, sizes: readonly number[], widths: readonly number[]): Float32Array[] {
+  const N = sizes.reduce((a, b) => a + b, 0);
+  const rowWidth = widths.reduce((a, b) => a + b, 0);
+  if (gathered.length !== N * rowWidth) throw new Error(`splitRows: ${gathered.length} values for ${N} rows of width ${rowWidth}`);
+  const out = widths.map((wd) => new Float32Array(N * wd));
+  let src = 0;
+  let row = 0;
+  for (const m of sizes) {
+    widths.forEach((wd, i) => {
+      out[i]!.set(gathered.subarray(src, src + m * wd), row * wd);
+      src += m * wd;
+    });
+    row += m;
+  }
+  return out;
 }
 
 /** Scores [n, L] (logits) for evaluation, computed in chunks to bound memory. */

@@ -9,7 +9,7 @@ import { paramsSha256 } from '../shared/params-hash.js';
 import { shardRange, shardRanges } from '../shared/shard.js';
 import { writeRunEmbeddings } from '../coordinator/report/embeddings.js';
 import { initBackend, type BackendChoice } from './backend.js';
-import { ProcessGroup } from './collectives/index.js';
+import { ThreadedProcessGroup } from './collectives/threaded-group.js';
 import type { BlankPolicy, UncertaintyPolicy } from './losses.js';
 import { cosineLogits } from './losses.js';
 import type { ModelConfig } from './model/config.js';
@@ -63,7 +63,6 @@ export const evalEpochFile = (epoch: number): string => `eval-epoch-${epoch}.jso
  */
 export async function createTrainStep(ctx: StepContext): Promise<WorkerStep> {
   const t = ctx.config.train as TrainSection;
-  const job = ctx.config.job;
   const backend = await initBackend(t.backend);
   ctx.log.info(`backend: ${backend.name} (${backend.reason})`);
   const { rank, world } = ctx;
@@ -71,7 +70,20 @@ export async function createTrainStep(ctx: StepContext): Promise<WorkerStep> {
   // Rank 0 alone computes AUROC (bootstrap) and writes files after an evaluation while the others
   // already wait in the next step's first collective: the timeout must cover that, not just a
   // step. A peer that dies is still noticed at once (its connection drops).
-  const pg = world > 1 ? await ProcessGroup.create({ rank, world, endpoints, timeoutMs: 300_000 }) : null;
+  // The group lives in a comm thread: the step's embedding all-gather blocks inside the tape.
+  const pg = world > 1 ? await ThreadedProcessGroup.create({ rank, world, endpoints, timeoutMs: 300_000 }) : null;
+  try {
+    return await trainStepWith(ctx, t, pg);
+  } catch (e) {
+    await pg?.close();
+    throw e;
+  }
+}
+
+/** The step itself, once its comm thread (if any) is up; the caller closes the thread if this throws. */
+async function trainStepWith(ctx: StepContext, t: TrainSection, pg: ThreadedProcessGroup | null): Promise<WorkerStep> {
+  const job = ctx.config.job;
+  const { rank, world } = ctx;
 
   let params: Float32Array = initialParams(t.model, job.seed);
   const fixed = t.fixedPrompts ? Float32Array.from(t.fixedPrompts) : undefined;
@@ -97,6 +109,10 @@ export async function createTrainStep(ctx: StepContext): Promise<WorkerStep> {
     model.assignFlat(params);
     if (rank === 0) ctx.log.info(`initial weights from ${t.initWeights}: ${w.loaded.length} tensors loaded, ${w.missing.length} kept fresh (${w.missing.slice(0, 5).join(', ')}${w.missing.length > 5 ? ', ...' : ''})`);
   }
+  // The parameter all-gather moves `params` to the comm thread and back (no copy): it must own its
+  // memory. The model's variables may alias it until the next assignFlat (the cpu backend keeps
+  // the arrays it is given), so nothing reads them between that all-gather and assignFlat.
+  if (params.byteOffset !== 0 || params.byteLength !== params.buffer.byteLength) params = params.slice();
   const writer = new CheckpointWriter();
   const lHash = layoutHash(model.layout);
   let saving: Promise<void> = Promise.resolve();
@@ -111,6 +127,11 @@ export async function createTrainStep(ctx: StepContext): Promise<WorkerStep> {
   };
 
   const timing = { gather: 0 };
+  const countsOf = (local: Float32Array): number[] => {
+    const width = local.length / rowCounts[rank]!;
+    if (!Number.isInteger(width)) throw new Error(`train step: gathering ${local.length} values from ${rowCounts[rank]} rows`);
+    return rowCounts.map((c) => c * width);
+  };
   const comm: StepComm = {
     rank,
     world,
@@ -118,9 +139,14 @@ export async function createTrainStep(ctx: StepContext): Promise<WorkerStep> {
     async allGather(local) {
       if (!pg) return local;
       const t0 = performance.now();
-      const width = local.length / rowCounts[rank]!;
-      if (!Number.isInteger(width)) throw new Error(`train step: gathering ${local.length} values from ${rowCounts[rank]} rows`);
-      const out = await pg.allGatherV(local, rowCounts.map((c) => c * width));
+      const out = await pg.allGatherV(local, countsOf(local));
+      timing.gather += (performance.now() - t0) / 1000;
+      return out;
+    },
+    allGatherSync(local) {
+      if (!pg) return local;
+      const t0 = performance.now();
+      const out = pg.allGatherVSync(local, countsOf(local));
       timing.gather += (performance.now() - t0) / 1000;
       return out;
     },
@@ -186,8 +212,8 @@ export async function createTrainStep(ctx: StepContext): Promise<WorkerStep> {
       timing.gather = 0;
       const r = await computeGradients(model, { n: b.n, images: b.images, labels: b.labels, indices: info.indices, epoch: info.epoch }, comm, stepOpts, false);
       const tReduce = performance.now();
-      const grads = r.grads;
-      if (pg) await pg.reduceScatter(grads);
+      // The gradient moves to the comm thread and comes back with this rank's range summed.
+      const grads = pg ? await pg.reduceScatter(r.grads) : r.grads;
       // The global norm and the loss terms in one small all-reduce. The float64 sum of squares
       // travels as a float32 pair (hi, lo) so that the norm keeps its precision.
       const ss = sumOfSquares(grads, own);
@@ -203,7 +229,8 @@ export async function createTrainStep(ctx: StepContext): Promise<WorkerStep> {
       adamwStep(params, grads, m, v, own, hyper, info.step + 1, mask);
       const optSeconds = (performance.now() - tOpt) / 1000;
       const tGather = performance.now();
-      if (pg) params.set(await pg.allGatherV(params.slice(own.start, own.end), paramCounts));
+      // The parameters move to the comm thread and come back with the other ranks' ranges filled in.
+      if (pg) params = await pg.allGatherVInPlace(params, paramCounts);
       const reduceSeconds = reduceSeconds1 + (performance.now() - tGather) / 1000;
       model.assignFlat(params);
       const computeSeconds = (tReduce - t0) / 1000 - timing.gather + optSeconds;

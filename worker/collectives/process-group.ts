@@ -342,10 +342,21 @@ export class ProcessGroup {
     return this.gather('allGatherV', local, counts);
   }
 
-  private async gather(kind: 'allGather' | 'allGatherV' | 'barrier', local: Float32Array, counts: readonly number[]): Promise<Float32Array> {
+  /**
+   * allGatherV without a new array: `buf` holds this rank's part at its offset (counts[0] + ... +
+   * counts[rank-1]) and receives every other rank's part at theirs. Same messages as allGatherV.
+   */
+  async allGatherVInPlace(buf: Float32Array, counts: number[]): Promise<void> {
+    if (counts.length !== this.world) throw new RangeError(`allGatherVInPlace: ${counts.length} counts for world ${this.world}`);
+    const total = counts.reduce((a, b) => a + b, 0);
+    if (buf.length !== total) throw new RangeError(`allGatherVInPlace: rank ${this.rank} passes ${buf.length} elements but the counts add up to ${total}`);
+    await this.gather('allGatherV', null, counts, buf);
+  }
+
+  private async gather(kind: 'allGather' | 'allGatherV' | 'barrier', local: Float32Array | null, counts: readonly number[], into?: Float32Array): Promise<Float32Array> {
     const segs = segmentsFromCounts(counts);
-    const out = new Float32Array(segs[this.world - 1]!.end);
-    out.set(local, segs[this.rank]!.start);
+    const out = into ?? new Float32Array(segs[this.world - 1]!.end);
+    if (local) out.set(local, segs[this.rank]!.start);
     const small = out.byteLength <= this.exchangeMaxBytes;
     await this.enqueue(
       kind,
