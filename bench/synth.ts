@@ -1,4 +1,5 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -8,6 +9,7 @@ import { runSynth } from '../coordinator/data/synth-run.js';
 import { openDataset } from '../shared/dataset/reader.js';
 import type { SampleBatch } from '../shared/dataset/columns.js';
 import { Prng } from '../shared/dataset/prng.js';
+import { packageRoot } from '../shared/paths.js';
 
 /**
  * `npm run bench -- synth [--count 3000] [--epochs 3]`: how fast `data synth` is, and whether its
@@ -15,9 +17,13 @@ import { Prng } from '../shared/dataset/prng.js';
  * position-aware linear head; no attention, wasm backend) is trained on train with masked BCE
  * (only 1/0 labels count) and scored by per-label AUROC on test. The tiny ViT of the trainer must
  * reach mean test AUROC >= 0.95 after 3 epochs; this probe is the reference that the data allows it.
+ *
+ * `--replica JSON` also trains bench/reference/tiny_replica.py (PyTorch, python3-torch) on the same
+ * splits with the JSON's overrides (`'{}'`: the tiny preset's configuration), about 25 s per
+ * 3-epoch run: the fast loop for ablations of the preset (docs/results.md, run G).
  */
 export async function run(argv: string[]): Promise<void> {
-  const { values } = parseArgs({ args: argv, options: { count: { type: 'string', default: '3000' }, epochs: { type: 'string', default: '3' } } });
+  const { values } = parseArgs({ args: argv, options: { count: { type: 'string', default: '3000' }, epochs: { type: 'string', default: '3' }, replica: { type: 'string' } } });
   const count = Number(values.count);
   const epochs = Number(values.epochs);
   const dir = mkdtempSync(path.join(tmpdir(), 'cxr-bench-synth-'));
@@ -37,6 +43,7 @@ export async function run(argv: string[]): Promise<void> {
     const tr = await all('train');
     const te = await all('test');
     await ds.close();
+    if (values.replica !== undefined) replica(path.join(dir, 'split'), tr, te, ds.labelNames, values.replica);
     const aucs = probe(tr, te, ds.labelNames.length, epochs);
     const defined = aucs.filter((a) => !Number.isNaN(a));
     ds.labelNames.forEach((l, k) => process.stdout.write(`  ${l.padEnd(28)} ${aucs[k]!.toFixed(3)}\n`));
@@ -99,4 +106,30 @@ function probe(tr: SampleBatch, te: SampleBatch, L: number, epochs: number): num
     for (const p of pos) for (const n of neg) w += p > n ? 1 : p === n ? 0.5 : 0;
     return w / (pos.length * neg.length);
   });
+}
+
+/** Train the PyTorch replica of the tiny preset on the same splits and print its per-label AUROC. */
+function replica(prefix: string, tr: SampleBatch, te: SampleBatch, labelNames: readonly string[], overrides: string): void {
+  let extra: Record<string, unknown>;
+  try {
+    extra = JSON.parse(overrides) as Record<string, unknown>;
+  } catch (e) {
+    throw new Error(`--replica: not a JSON object: ${(e as Error).message}`);
+  }
+  for (const [name, b] of [['train', tr], ['test', te]] as const) {
+    writeFileSync(`${prefix}.${name}.img`, b.images);
+    writeFileSync(`${prefix}.${name}.lab`, new Uint8Array(b.labels.buffer, b.labels.byteOffset, b.labels.byteLength));
+  }
+  const env: NodeJS.ProcessEnv = { ...process.env, OPENBLAS_NUM_THREADS: '1', OMP_NUM_THREADS: '1' };
+  delete env.OPENBLAS_CORETYPE;
+  delete env.OPENBLAS_L2_SIZE;
+  const cfg = JSON.stringify({ ...extra, data: prefix, size: tr.height, labels: labelNames.length });
+  const r = spawnSync('/usr/bin/python3', [path.join(packageRoot, 'bench', 'reference', 'tiny_replica.py'), cfg], { env, encoding: 'utf8' });
+  if (r.status !== 0) {
+    process.stdout.write(`PyTorch replica unavailable (${(r.stderr || r.error?.message || '').trim().split('\n').pop()}); apt-get install -y python3-torch\n`);
+    return;
+  }
+  const out = JSON.parse(r.stdout.trim().split('\n').pop()!) as { mean: number; secs: number; auroc: (number | null)[]; train_auroc: (number | null)[] };
+  labelNames.forEach((l, k) => process.stdout.write(`  ${l.padEnd(28)} ${out.auroc[k]?.toFixed(3) ?? 'null'}  (train ${out.train_auroc[k]?.toFixed(3) ?? 'null'})\n`));
+  process.stdout.write(`PyTorch replica of the tiny preset (${overrides}): mean test AUROC ${out.mean.toFixed(4)} in ${out.secs} s\n`);
 }
