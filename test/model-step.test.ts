@@ -256,6 +256,47 @@ test('avg readout is the mean of ln_post over the patch tokens; tok reads the cl
   assert.ok(!close(avgRef, tokRef));
 });
 
+test('spatial readout (the CPU presets): ln_post patch tokens reduced by one shared map, the grid mapped by a position-aware one', () => {
+  const c = resolveModelConfig({ preset: 'tiny', imageSize: 16, labels, head: 'linear', overrides: { width: 16, layers: 0, heads: 2, embedDim: 8 } });
+  assert.equal(c.pool, 'spatial');
+  const r = c.spatialRank!;
+  const layout = modelLayout(c);
+  const entry = (n: string) => layout.entries.find((e) => e.name === n)!;
+  assert.deepEqual(entry('visual.spatial_pool.reduce.weight').shape, [16, r]);
+  assert.deepEqual(entry('visual.spatial_pool.map.weight').shape, [4 * r, 16]);
+  assert.equal(entry('visual.spatial_pool.map.bias').decay, false);
+  const params = initialParams(c, 4);
+  const rnd = mulberry32(11);
+  for (const e of layout.entries) if (e.name.startsWith('visual.ln_post') || e.name === 'visual.spatial_pool.map.bias') for (let i = 0; i < e.size; i++) params[e.offset + i] = rnd() - 0.5;
+  const images = Uint8Array.from({ length: 2 * 256 }, () => Math.floor(rnd() * 256));
+  const m = new CxrModel(c, params);
+  const [got, want] = tf.tidy(() => {
+    const x = m.pixelsToInput(images, 2);
+    const patches = tf.reshape(tf.transpose(tf.reshape(x, [2, 2, 8, 2, 8]), [0, 1, 3, 2, 4]), [8, 64]);
+    const stem = tf.reshape(tf.matMul(patches, tf.reshape(m.p('visual.conv1.weight'), [64, 16])), [2, 4, 16]);
+    const cls = tf.broadcastTo(tf.reshape(m.p('visual.class_embedding'), [1, 1, 16]), [2, 1, 16]);
+    const tokens = tf.add(tf.concat([cls, stem], 1), m.p('visual.positional_embedding'));
+    const ln = (t: tf.Tensor, g: string) => {
+      const { mean, variance } = tf.moments(t, -1, true);
+      return tf.add(tf.mul(tf.div(tf.sub(t, mean), tf.sqrt(tf.add(variance, 1e-5))), m.p(`${g}.weight`)), m.p(`${g}.bias`));
+    };
+    const post = ln(ln(tokens, 'visual.ln_pre'), 'visual.ln_post') as tf.Tensor3D;
+    // Row b of the grid is [token 1's r features, token 2's, ...]: a token's place picks its rows of the map.
+    const grid = tf.reshape(tf.matMul(tf.reshape(tf.slice(post, [0, 1, 0], [2, 4, 16]), [8, 16]), m.p<tf.Tensor2D>('visual.spatial_pool.reduce.weight')), [2, 4 * r]);
+    const pooled = tf.add(tf.matMul(grid, m.p<tf.Tensor2D>('visual.spatial_pool.map.weight')), m.p('visual.spatial_pool.map.bias'));
+    return [m.encodeImages(x).arraySync(), tf.matMul(pooled, m.p<tf.Tensor2D>('visual.proj')).arraySync() as number[][]];
+  });
+  m.dispose();
+  got.forEach((row, i) => row.forEach((v, j) => assert.ok(Math.abs(v - want[i]![j]!) < 1e-4, `[${i}][${j}]: ${v} vs ${want[i]![j]}`)));
+  // Swapping two patches changes the embedding: the readout is not a symmetric pool.
+  const swapped = images.slice();
+  for (let y = 0; y < 8; y++) for (let x = 0; x < 8; x++) [swapped[y * 16 + x], swapped[y * 16 + x + 8]] = [images[y * 16 + x + 8]!, images[y * 16 + x]!];
+  const m2 = new CxrModel(c, params);
+  const moved = tf.tidy(() => m2.encodeImages(m2.pixelsToInput(swapped, 2)).arraySync());
+  m2.dispose();
+  assert.ok(moved[0]!.some((v, j) => Math.abs(v - got[0]![j]!) > 1e-3), 'moving a patch moves the embedding');
+});
+
 test('stem input: tiny standardises each image (exposure and contrast drop out); vit-b16 keeps the fixed affine map', () => {
   const tiny = resolveModelConfig({ preset: 'tiny', imageSize: 16, labels, overrides: { width: 16, layers: 1, heads: 2, embedDim: 8 } });
   const b16 = resolveModelConfig({ preset: 'vit-b16', imageSize: 224, labels });

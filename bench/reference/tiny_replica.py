@@ -1,5 +1,5 @@
 """PyTorch replica of the tiny preset's training on synthetic data, for fast ablations
-(`npm run bench -- synth --replica JSON`): the same forward pass (grayscale ViT, patch-mean readout,
+(`npm run bench -- synth --replica JSON`): the same forward pass (grayscale ViT, spatial readout,
 cosine classifier to learnable label prompts through the text head), open_clip init, masked BCE /
 (N * L), soft multi-positive InfoNCE, the label prior against the identity, AdamW (no decay on
 norms, biases, embeddings), warmup + cosine, clipping at norm 1. Not bit-identical to the trainer
@@ -8,8 +8,9 @@ norms, biases, embeddings), warmup + cosine, clipping at norm 1. Not bit-identic
 
 Input: DATA.{train,test}.img (uint8 n*S*S) and DATA.{train,test}.lab (float32 n*14, NaN blank).
 Options: one JSON object overriding CFG below. Variant knobs used in docs/results.md:
-  pool avg|avgln|tok|max|flat|sp|lq|attn, stem linear|mlp|conv|convbn|convin|convnone, cnn 1,
-  imgnorm 0|1, posstd, sincos, clsscale, lnpre 0|1, stembias, head text|linear, blank mask|zeros.
+  pool spatial|avg|avgln|tok|max|flat|flatr|sp|lq|attn, rank, stem linear|mlp|conv|convbn|convin|convnone,
+  cnn 1, imgnorm 0|1, posstd, sincos, clsscale, lnpre 0|1, stembias, posall, biasinit, head text|linear,
+  blank mask|zeros.
 Prints one JSON line: {"cfg", "mean", "secs", "auroc": [per label], "train_auroc": [per label]}.
 """
 import json
@@ -23,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 CFG = dict(epochs=3, batch=32, lr=1e-3, warmup=20, wd=0.05, clip=1.0, wcls=1.0, wcon=0.5, wprior=0.1, blank='mask',
-           pool='avg', patch=8, width=128, layers=4, heads=4, dim=128, seed=0, data='', head='text', stem='linear',
+           pool='spatial', patch=8, width=128, layers=4, heads=4, dim=128, seed=0, data='', head='text', stem='linear',
            threads=1, lnpre=1, minlr=0.1, imgnorm=1, posstd=1.0, clsscale=30.0, size=64, labels=14)
 cfg = dict(CFG)
 cfg.update(json.loads(sys.argv[1]) if len(sys.argv) > 1 else {})
@@ -106,6 +107,13 @@ class Model(nn.Module):
         self.cls_bias = nn.Parameter(torch.zeros(L))
         self.lin = nn.Linear(D, L)
         self.flat = nn.Linear(G * W, D)
+        r = cfg.get('rank', 16)
+        self.flatr1 = nn.Linear(W, r, bias=False)
+        self.flatr2 = nn.Linear(G * r, D)
+        self.flatw = nn.Linear(G * r, W)
+        nn.init.normal_(self.flatr1.weight, std=W ** -0.5)
+        nn.init.normal_(self.flatw.weight, std=(G * r) ** -0.5)
+        nn.init.zeros_(self.flatw.bias)
         self.queries = nn.Parameter(torch.randn(cfg.get('nq', L), W) * sc)  # attn / lq readouts
         self.spatial = nn.Parameter(torch.zeros(G, L))  # sp readout
         if cfg.get('cnn'):
@@ -123,7 +131,9 @@ class Model(nn.Module):
         x = torch.cat([self.class_embedding.expand(x.shape[0], 1, -1), x], 1) + self.positional_embedding
         if cfg['lnpre']:
             x = self.ln_pre(x)
-        for b in self.blocks:
+        for i, b in enumerate(self.blocks):
+            if cfg.get('posall') and i > 0:
+                x = x + self.positional_embedding
             x = b(x)
         pool = cfg['pool']
         if pool == 'tok':
@@ -133,6 +143,10 @@ class Model(nn.Module):
         h = self.ln_post(x)[:, 1:]
         if pool == 'flat':
             return self.flat(h.flatten(1))
+        if pool == 'spatial':
+            return self.flatw(self.flatr1(h).flatten(1)) @ self.proj
+        if pool == 'flatr':
+            return self.flatr2(self.flatr1(h).flatten(1))
         if pool == 'max':
             return h.max(1)[0] @ self.proj
         if pool == 'attn':
@@ -179,6 +193,12 @@ def main():
     xtr, ytr = load('train')
     xte, yte = load('test')
     m = Model()
+    if cfg.get('biasinit'):
+        lab = ((ytr == 1) | (ytr == 0)).float()
+        p = ((ytr == 1).float().sum(0) / lab.sum(0).clamp(min=1)).clamp(0.01, 0.99)
+        with torch.no_grad():
+            m.cls_bias.copy_(torch.log(p / (1 - p)))
+            m.lin.bias.copy_(torch.log(p / (1 - p)))
     decay = [p for n, p in m.named_parameters() if p.ndim >= 2 and 'embedding' not in n and 'prompts' not in n]
     rest = [p for n, p in m.named_parameters() if not (p.ndim >= 2 and 'embedding' not in n and 'prompts' not in n)]
     opt = torch.optim.AdamW([{'params': decay, 'weight_decay': cfg['wd']}, {'params': rest, 'weight_decay': 0}],

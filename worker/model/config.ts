@@ -1,6 +1,8 @@
 import { UserError } from '../../shared/errors.js';
 
-export type ImagePool = 'tok' | 'avg';
+export type ImagePool = 'tok' | 'avg' | 'spatial';
+/** Features per patch token in the `spatial` readout. */
+export const SPATIAL_RANK = 16;
 /**
  * What the stem sees. `fixed`: (p/255 - 0.5) / 0.25, an affine map of the pixels that folds exactly
  * into open_clip's RGB normalisation (docs/model.md), so CLIP/BiomedCLIP weights load. `image`:
@@ -25,11 +27,16 @@ export interface ModelConfig {
   /** Joint image-text embedding dimension (open_clip's `embed_dim`). */
   embedDim: number;
   /**
-   * Image readout, open_clip's `pool_type`: `tok` reads the class token (CLIP's ViTs), `avg` the
-   * mean of the patch tokens after ln_post. A missing value (model.json written before the option
-   * existed) means `tok`.
+   * Image readout: `tok` reads the class token (CLIP's ViTs, open_clip `pool_type='tok'`), `avg` the
+   * mean of the patch tokens after ln_post (`pool_type='avg'`), `spatial` a position-aware linear
+   * map of the patch tokens after ln_post (each token reduced to `spatialRank` features by one
+   * shared matrix, the whole grid of them mapped to the width; its own parameters
+   * `visual.spatial_pool.*`). A missing value (model.json written before the option existed)
+   * means `tok`.
    */
   pool?: ImagePool;
+  /** Features per patch token of the `spatial` readout (present exactly when pool is `spatial`). */
+  spatialRank?: number;
   /** Stem input normalisation; a missing value (model.json written before the option existed) means `fixed`. */
   inputNorm?: InputNorm;
   /**
@@ -64,16 +71,16 @@ interface PresetShape {
  * `vit-b16` is open_clip ViT-B-16 exactly (224 px, patch 16, width 768, 12 layers, 12 heads,
  * embed dim 512), so its visual weights can be loaded by name.
  * The CPU presets are tuned to learn from scratch in a few hundred steps (docs/results.md, the
- * synthetic ablations): they pool by averaging the patch tokens (every patch gets a direct
- * gradient path; a class token must first learn where to attend), standardise each image (exposure
- * and contrast vary between studies), and start the position embedding at std 1 rather than
- * width^-0.5 (a sign is often only a sign at its place: a dark lung apex is a pneumothorax, a dark
- * corner is air, so tokens need their position at a scale that survives the patch content). The
- * parameters are the same either way; `vit-b16` keeps open_clip's choices so its weights load.
+ * synthetic ablations). Many signs are only signs at their place (a dark lung apex is a
+ * pneumothorax, a dark corner is air; a bright band at the chest wall is pleural, one over the
+ * mediastinum is not), so they read out with the position-aware `spatial` map instead of a pooled
+ * token, standardise each image (exposure and contrast vary between studies), and start the
+ * position embedding at std 1 rather than width^-0.5 (so tokens carry their place at a scale that
+ * survives the patch content). `vit-b16` keeps open_clip's choices so its weights load.
  */
 const PRESETS: Record<ModelPreset, PresetShape> = {
-  tiny: { imageSize: null, patchSize: 8, width: 128, layers: 4, heads: 4, embedDim: 128, pool: 'avg', inputNorm: 'image', posInitStd: 1 },
-  small: { imageSize: null, patchSize: 8, width: 256, layers: 6, heads: 8, embedDim: 256, pool: 'avg', inputNorm: 'image', posInitStd: 1 },
+  tiny: { imageSize: null, patchSize: 8, width: 128, layers: 4, heads: 4, embedDim: 128, pool: 'spatial', inputNorm: 'image', posInitStd: 1 },
+  small: { imageSize: null, patchSize: 8, width: 256, layers: 6, heads: 8, embedDim: 256, pool: 'spatial', inputNorm: 'image', posInitStd: 1 },
   'vit-b16': { imageSize: 224, patchSize: 16, width: 768, layers: 12, heads: 12, embedDim: 512, pool: 'tok', inputNorm: 'fixed', posInitStd: null },
 };
 
@@ -110,6 +117,7 @@ export function resolveModelConfig(opts: {
     heads: p.heads,
     embedDim: p.embedDim,
     pool: p.pool,
+    ...(p.pool === 'spatial' ? { spatialRank: SPATIAL_RANK } : {}),
     inputNorm: p.inputNorm,
     ...(p.posInitStd !== null ? { posInitStd: p.posInitStd } : {}),
     head: opts.head ?? 'text',

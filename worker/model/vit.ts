@@ -39,6 +39,11 @@ export function labelPrompts(labels: readonly string[]): string[] {
   return [...names, ...names.map((n) => `Positive ${n}`), ...names.map((n) => `Negative ${n}`)];
 }
 
+function spatialRank(c: ModelConfig): number {
+  if (!c.spatialRank) throw new Error('model: the spatial readout needs config.spatialRank');
+  return c.spatialRank;
+}
+
 function paramSpecs(c: ModelConfig): Spec[] {
   const W = c.width;
   const scale = W ** -0.5;
@@ -70,6 +75,12 @@ function paramSpecs(c: ModelConfig): Spec[] {
   }
   p('visual.ln_post.weight', [W], false, ones);
   p('visual.ln_post.bias', [W], false, zeros);
+  if (c.pool === 'spatial') {
+    const r = spatialRank(c);
+    p('visual.spatial_pool.reduce.weight', [W, r], true, { std: scale });
+    p('visual.spatial_pool.map.weight', [(tokenCount(c) - 1) * r, W], true, { std: ((tokenCount(c) - 1) * r) ** -0.5 });
+    p('visual.spatial_pool.map.bias', [W], false, zeros);
+  }
   p('visual.proj', [W, c.embedDim], true, { std: scale });
   const L = c.labels.length;
   const D = c.embedDim;
@@ -196,7 +207,14 @@ export class CxrModel {
     let h = layerNorm(tf.reshape(tokens, [B * Tk, W]) as tf.Tensor2D, this.p('visual.ln_pre.weight'), this.p('visual.ln_pre.bias'));
     for (let i = 0; i < c.layers; i++) h = this.block(h, i, B, Tk);
     let pooled: tf.Tensor2D;
-    if ((c.pool ?? 'tok') === 'avg') {
+    if (c.pool === 'spatial') {
+      // A pooled token must first learn position-independent codes for every sign; this map reads
+      // each patch's features where they are, so a sign is learned as soon as its token shows it.
+      const normed = layerNorm(h, this.p('visual.ln_post.weight'), this.p('visual.ln_post.bias'));
+      const grid = tf.reshape(tf.slice(tf.reshape(normed, [B, Tk, W]), [0, 1, 0], [B, G, W]), [B * G, W]) as tf.Tensor2D;
+      const reduced = tf.reshape(tf.matMul(grid, this.p<tf.Tensor2D>('visual.spatial_pool.reduce.weight')), [B, G * spatialRank(c)]) as tf.Tensor2D;
+      pooled = dense(reduced, this.p('visual.spatial_pool.map.weight'), this.p('visual.spatial_pool.map.bias'));
+    } else if ((c.pool ?? 'tok') === 'avg') {
       // open_clip with final_ln_after_pool=False: ln_post on every token, then the patch tokens' mean.
       const normed = layerNorm(h, this.p('visual.ln_post.weight'), this.p('visual.ln_post.bias'));
       pooled = tf.mean(tf.slice(tf.reshape(normed, [B, Tk, W]), [0, 1, 0], [B, G, W]), 1) as tf.Tensor2D;
