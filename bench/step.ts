@@ -66,7 +66,8 @@ function torchStepMs(preset: string, batch: number, image: number, steps: number
   // One thread for the BLAS too (torch.set_num_threads does not reach a pthread OpenBLAS).
   env.OPENBLAS_NUM_THREADS = '1';
   env.OMP_NUM_THREADS = '1';
-  const a = ['--image', image, '--patch', cfg.patchSize, '--width', cfg.width, '--layers', cfg.layers, '--heads', cfg.heads, '--dim', cfg.embedDim, '--labels', 14, '--batch', batch, '--steps', steps, '--warmup', 1, '--threads', 1].map(String);
+  const a = ['--image', image, '--patch', cfg.patchSize, '--width', cfg.width, '--layers', cfg.layers, '--heads', cfg.heads, '--dim', cfg.embedDim, '--labels', 14, '--batch', batch, '--steps', steps, '--warmup', 1, '--threads', 1,
+    '--pool', cfg.pool ?? 'tok', '--rank', cfg.spatialRank ?? 16, '--image-norm', cfg.inputNorm === 'image' ? 1 : 0].map(String);
   const r = spawnSync('/usr/bin/python3', [script, ...a], { env, encoding: 'utf8' });
   if (r.status !== 0) return `PyTorch reference unavailable (${(r.stderr || r.error?.message || '').trim().split('\n').pop()}); apt-get install -y python3-torch`;
   return JSON.parse(r.stdout.trim().split('\n').pop()!) as { ms: number[]; params: number; torch: string };

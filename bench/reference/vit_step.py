@@ -30,9 +30,13 @@ class Block(nn.Module):
 
 
 class Model(nn.Module):
-    def __init__(self, image, patch, w, layers, heads, dim, labels, text_dim):
+    def __init__(self, image, patch, w, layers, heads, dim, labels, text_dim, pool, rank):
         super().__init__()
         tokens = (image // patch) ** 2 + 1
+        self.pool = pool
+        if pool == 'spatial':
+            self.reduce = nn.Linear(w, rank, bias=False)
+            self.map = nn.Linear((tokens - 1) * rank, w)
         self.conv1 = nn.Conv2d(1, w, patch, patch, bias=False)
         self.class_embedding = nn.Parameter(torch.randn(w) * w ** -0.5)
         self.positional_embedding = nn.Parameter(torch.randn(tokens, w) * w ** -0.5)
@@ -55,6 +59,10 @@ class Model(nn.Module):
         x = self.ln_pre(x)
         for b in self.blocks:
             x = b(x)
+        if self.pool == 'spatial':
+            return self.map(self.reduce(self.ln_post(x[:, 1:])).flatten(1)) @ self.proj
+        if self.pool == 'avg':
+            return self.ln_post(x[:, 1:]).mean(1) @ self.proj
         return self.ln_post(x[:, 0]) @ self.proj
 
     def encode_text(self):
@@ -64,7 +72,9 @@ class Model(nn.Module):
         return t[:L], t[L:2 * L], t[2 * L:]
 
 
-def step(model, opt, x, targets, mask, groups, S):
+def step(model, opt, x, targets, mask, groups, S, image_norm):
+    if image_norm:  # the CPU presets standardise each image
+        x = (x - x.mean((1, 2, 3), keepdim=True)) / x.var((1, 2, 3), unbiased=False, keepdim=True).add(1e-6).sqrt()
     z = model.encode_image(x)
     names, pos, neg = model.encode_text()
     zn = F.normalize(z, dim=-1)
@@ -90,10 +100,13 @@ def main():
     p = argparse.ArgumentParser()
     for k, d in [('image', 64), ('patch', 8), ('width', 128), ('layers', 4), ('heads', 4), ('dim', 128), ('labels', 14), ('batch', 32), ('steps', 5), ('warmup', 2), ('threads', 1)]:
         p.add_argument('--' + k, type=int, default=d)
+    p.add_argument('--pool', default='tok', choices=['tok', 'avg', 'spatial'])
+    p.add_argument('--rank', type=int, default=16)
+    p.add_argument('--image-norm', type=int, default=0)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = Model(a.image, a.patch, a.width, a.layers, a.heads, a.dim, a.labels, a.dim)
+    model = Model(a.image, a.patch, a.width, a.layers, a.heads, a.dim, a.labels, a.dim, a.pool, a.rank)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.05)
     x = torch.randn(a.batch, 1, a.image, a.image)
     raw = torch.randint(0, 2, (a.batch, a.labels)).float()
@@ -101,11 +114,11 @@ def main():
     groups = torch.tensor([hash(tuple(r.tolist())) % (2 ** 31) for r in raw])
     S = torch.eye(a.labels)
     for _ in range(a.warmup):
-        step(model, opt, x, raw, mask, groups, S)
+        step(model, opt, x, raw, mask, groups, S, a.image_norm)
     times = []
     for _ in range(a.steps):
         t = time.perf_counter()
-        step(model, opt, x, raw, mask, groups, S)
+        step(model, opt, x, raw, mask, groups, S, a.image_norm)
         times.append((time.perf_counter() - t) * 1000)
     print(json.dumps({'ms': times, 'params': sum(q.numel() for q in model.parameters()), 'torch': torch.__version__, 'threads': torch.get_num_threads()}))
 
