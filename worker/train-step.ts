@@ -71,7 +71,8 @@ export async function createTrainStep(ctx: StepContext): Promise<WorkerStep> {
   // already wait in the next step's first collective: the timeout must cover that, not just a
   // step. A peer that dies is still noticed at once (its connection drops).
   // The group lives in a comm thread: the step's embedding all-gather blocks inside the tape.
-  const pg = world > 1 ? await ThreadedProcessGroup.create({ rank, world, endpoints, timeoutMs: 300_000 }) : null;
+  // The control session interrupts the in-tape gather when the coordinator aborts the job.
+  const pg = world > 1 ? await ThreadedProcessGroup.create({ rank, world, endpoints, timeoutMs: 300_000 }, ctx.control) : null;
   try {
     return await trainStepWith(ctx, t, pg);
   } catch (e) {
