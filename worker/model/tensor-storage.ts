@@ -8,8 +8,11 @@ import * as tf from '@tensorflow/tfjs';
  * (tfjs-node), `storageOf` answers null and callers take the ordinary tfjs path.
  *
  * A view is valid until the next tfjs call (the wasm heap can grow, which replaces its buffer):
- * take it, copy, drop it. Writing through it changes every tensor that shares the data (a reshape
- * of a variable does): callers write only into variables that own their data, between steps.
+ * take it, copy, drop it. Reading is safe on both backends. Writing is not on wasm: a step after
+ * writing the variables' heap memory in place computed something else than a model built from
+ * the same values (test/tensor-storage.test.ts catches it). The backend keeps state derived from
+ * a tensor under its id (its XNNPACK operators cache packed weights that way, the likely cause),
+ * which only a new tensor, assigned, refreshes. So variables are written in place on cpu only.
  */
 
 interface WasmBackendLike {
@@ -42,10 +45,10 @@ export function readInto(t: tf.Tensor, out: Float32Array, offset: number): void 
 }
 
 /**
- * Overwrites variable `v` with `values` (its size). In place where the backend exposes the
- * storage and the variable alone holds it (refcount 1, so no other tensor sees the write);
- * otherwise a new tensor is assigned. On the cpu backend, whose tensors keep the very array they
- * were made from, the new tensor gets a copy: the variable must never alias the caller's vector.
+ * Overwrites variable `v` with `values` (its size). On the cpu backend in place when the variable
+ * alone holds its data (refcount 1, so no other tensor sees the write); otherwise a new tensor is
+ * assigned (wasm copies `values` into its heap). The cpu backend keeps the very array a tensor is
+ * made from, so there the new tensor gets a copy: the variable must never alias the caller's vector.
  */
 export function overwriteVariable(v: tf.Variable, values: Float32Array): void {
   if (values.length !== v.size) throw new Error(`overwriteVariable: ${values.length} values for ${v.name} of size ${v.size}`);
@@ -60,6 +63,7 @@ export function overwriteVariable(v: tf.Variable, values: Float32Array): void {
 }
 
 function soleStorage(v: tf.Variable): Float32Array | null {
+  if (tf.getBackend() !== 'cpu') return null;
   const backend = tf.backend() as unknown as { refCount?(dataId: tf.DataId): number };
   if (typeof backend.refCount !== 'function' || backend.refCount(v.dataId) !== 1) return null;
   return storageOf(v);
