@@ -54,9 +54,10 @@ async function main(job: ProbeJob): Promise<void> {
       priorTarget: labelPriorTarget('graph', set.labels, set),
     };
     const indices = Array.from({ length: job.batch }, (_, i) => i);
+    const grads = new Float32Array(params.length); // reused across steps, as the train step does
     for (let s = 0; s < job.warmup + job.steps; s++) {
       const t0 = performance.now();
-      await computeGradients(model, { n: job.batch, images, labels, indices, epoch: 0 }, localComm, opts);
+      await computeGradients(model, { n: job.batch, images, labels, indices, epoch: 0 }, localComm, opts, true, grads);
       model.assignFlat(params);
       if (s >= job.warmup) times.push(performance.now() - t0);
     }

@@ -213,7 +213,9 @@ export async function runJob(o: JobOptions): Promise<JobResult> {
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
-    await server.close(500);
+    // Until every worker has gone (their streams close), keep answering heartbeats for two beats
+    // at least: a worker blocked in a collective hears an abort only in a heartbeat reply.
+    await server.close(Math.max(500, 2 * heartbeatIntervalMs));
     await feed.close();
   }
 }

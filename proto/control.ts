@@ -42,7 +42,10 @@ export interface HeartbeatRequest {
   step: number;
 }
 
-export type HeartbeatReply = Record<string, never>;
+export interface HeartbeatReply {
+  /** Non-empty once the coordinator has aborted the job. */
+  abortReason: string;
+}
 
 export interface ParamsHash {
   rank: number;
@@ -120,7 +123,7 @@ export const MESSAGE_FIELDS = {
   RegisterRequest: ['jobToken', 'host', 'device', 'pid', 'collectiveEndpoint', 'requestedRank', 'backend'] satisfies Fields<RegisterRequest>,
   RegisterReply: ['rank', 'worldSize', 'peerEndpoints', 'configJson', 'dataEndpoint', 'generation', 'heartbeatIntervalMs'] satisfies Fields<RegisterReply>,
   HeartbeatRequest: ['rank', 'generation', 'step'] satisfies Fields<HeartbeatRequest>,
-  HeartbeatReply: [],
+  HeartbeatReply: ['abortReason'] satisfies Fields<HeartbeatReply>,
   ParamsHash: ['rank', 'generation', 'step', 'sha256'] satisfies Fields<ParamsHash>,
   ParamsVerdict: ['ok', 'message'] satisfies Fields<ParamsVerdict>,
   StepTimings: ['compute', 'gather', 'reduce', 'dataWait', 'total'] satisfies Fields<StepTimings>,

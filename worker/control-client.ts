@@ -1,4 +1,4 @@
-import { Worker } from 'node:worker_threads';
+import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import * as grpc from '@grpc/grpc-js';
 import {
   loadControlProto,
@@ -11,7 +11,9 @@ import {
   type StepReport,
 } from '../proto/control.js';
 import type { ShardWritten } from '../shared/checkpoint/shard-writer.js';
-import type { HeartbeatBegin, HeartbeatThreadData } from './heartbeat-thread.js';
+import type { HeartbeatBegin, HeartbeatThreadData, StopReason } from './heartbeat-thread.js';
+import { interruptSignal } from './collectives/interrupt.js';
+import type { Interrupter } from './collectives/threaded-group.js';
 import { UserError, errorMessage } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
 
@@ -40,16 +42,18 @@ const RETRYABLE = new Set([grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDE
  */
 export async function register(opts: ConnectOptions): Promise<ControlSession> {
   const { Client } = loadControlProto();
-  const heartbeats = new Worker(new URL('./heartbeat-thread.js', import.meta.url), { workerData: { address: opts.address } satisfies HeartbeatThreadData });
+  const { port1: abortPort, port2 } = new MessageChannel();
+  const heartbeats = new Worker(new URL('./heartbeat-thread.js', import.meta.url), { workerData: { address: opts.address, abortPort: port2 } satisfies HeartbeatThreadData, transferList: [port2] });
   try {
-    return await registerWith(Client, heartbeats, opts);
+    return await registerWith(Client, { thread: heartbeats, abortPort }, opts);
   } catch (e) {
     void heartbeats.terminate();
+    abortPort.close();
     throw e;
   }
 }
 
-async function registerWith(Client: ReturnType<typeof loadControlProto>['Client'], heartbeats: Worker, opts: ConnectOptions): Promise<ControlSession> {
+async function registerWith(Client: ReturnType<typeof loadControlProto>['Client'], heartbeats: HeartbeatLine, opts: ConnectOptions): Promise<ControlSession> {
   const deadline = Date.now() + opts.connectTimeoutMs;
   let backoff = opts.initialBackoffMs ?? 100;
   const maxBackoff = opts.maxBackoffMs ?? 5000;
@@ -76,6 +80,19 @@ async function registerWith(Client: ReturnType<typeof loadControlProto>['Client'
   }
 }
 
+/** The heartbeat thread and the port it posts the coordinator's abort reason on. */
+interface HeartbeatLine {
+  readonly thread: Worker;
+  readonly abortPort: MessagePort;
+}
+
+/** How a worker ends when the coordinator aborts the job (exit non-zero, nothing reported back). */
+export class AbortedByCoordinator extends Error {
+  constructor(readonly reason: string) {
+    super(`aborted by the coordinator: ${reason}`);
+  }
+}
+
 const CHANNEL_OPTIONS: grpc.ClientOptions = {
   'grpc.initial_reconnect_backoff_ms': 100,
   'grpc.max_reconnect_backoff_ms': 1000,
@@ -86,8 +103,12 @@ const CHANNEL_OPTIONS: grpc.ClientOptions = {
  * A registered worker's line to the coordinator: heartbeats, reports, the command stream.
  * `lost` settles when the coordinator goes away (stream broken, heartbeats failing for longer
  * than the allowed silence): the worker then stops instead of training on as an orphan.
+ *
+ * It is also the Interrupter of the worker's collective groups: the coordinator's abort, heard on
+ * the command stream (main thread) or in a heartbeat reply (heartbeat thread, which works while
+ * the main thread is blocked in a collective), sets their interrupt words.
  */
-export class ControlSession {
+export class ControlSession implements Interrupter {
   readonly rank: number;
   readonly generation: number;
   private commands?: grpc.ClientReadableStream<Command>;
@@ -96,12 +117,19 @@ export class ControlSession {
   /** The first command (shutdown or abort), or the loss of the coordinator. */
   readonly command: Promise<Command | { command: 'lost'; reason: string }>;
 
+  private readonly heartbeats: Worker;
+  private readonly abortPort: MessagePort;
+  private stopReason: StopReason | null = null;
+  private readonly watched: SharedArrayBuffer[] = [];
+
   constructor(
     private readonly client: ControlClient,
-    private readonly heartbeats: Worker,
+    line: HeartbeatLine,
     readonly reply: RegisterReply,
     private readonly log: Logger,
   ) {
+    this.heartbeats = line.thread;
+    this.abortPort = line.abortPort;
     this.rank = reply.rank;
     this.generation = reply.generation;
     this.command = new Promise((r) => (this.resolveCommand = r));
@@ -113,7 +141,10 @@ export class ControlSession {
    */
   start(silenceMs: number): void {
     this.commands = this.client.Commands({ rank: this.rank, generation: this.generation });
-    this.commands.on('data', (c: Command) => this.resolveCommand(c));
+    this.commands.on('data', (c: Command) => {
+      if (c.command === 'abort') this.aborted(c.abort.reason);
+      this.resolveCommand(c);
+    });
     this.commands.on('error', (e: grpc.ServiceError) => {
       if (!this.closed) this.resolveCommand({ command: 'lost', reason: `command stream broke: ${e.details ?? e.message}` });
     });
@@ -123,11 +154,42 @@ export class ControlSession {
     const begin: HeartbeatBegin = { begin: { rank: this.rank, generation: this.generation, intervalMs: this.reply.heartbeatIntervalMs, silenceMs } };
     this.heartbeats.postMessage(begin);
     this.heartbeats.on('message', (m: { type: string; reason: string }) => {
-      if (m.type === 'lost' && !this.closed) this.resolveCommand({ command: 'lost', reason: m.reason });
+      if (this.closed) return;
+      if (m.type === 'lost') this.resolveCommand({ command: 'lost', reason: m.reason });
+      if (m.type === 'abort') {
+        this.aborted(m.reason);
+        this.resolveCommand({ command: 'abort', abort: { reason: m.reason } });
+      }
     });
     this.heartbeats.on('error', (e) => {
       if (!this.closed) this.resolveCommand({ command: 'lost', reason: `heartbeat thread failed: ${e.message}` });
     });
+  }
+
+  /** Interrupter: the heartbeat thread (and this session) will interrupt the group with this signal buffer on an abort. */
+  watch(signal: SharedArrayBuffer): void {
+    this.watched.push(signal);
+    this.heartbeats.postMessage({ watch: signal });
+    if (this.stopReason !== null) interruptSignal(signal);
+  }
+
+  /**
+   * Interrupter: why the groups were interrupted (the coordinator's abort, or its loss), read
+   * without the event loop: the main thread may be blocked.
+   */
+  error(): Error | null {
+    if (this.stopReason === null) {
+      const m = receiveMessageOnPort(this.abortPort);
+      if (m) this.stopReason = m.message as StopReason;
+    }
+    if (this.stopReason === null) return null;
+    return this.stopReason.kind === 'abort' ? new AbortedByCoordinator(this.stopReason.reason) : new Error(`lost the coordinator: ${this.stopReason.reason}`);
+  }
+
+  private aborted(reason: string): void {
+    if (this.stopReason !== null) return;
+    this.stopReason = { kind: 'abort', reason };
+    for (const s of this.watched) interruptSignal(s);
   }
 
   verifyParams(step: number, sha256: string): Promise<ParamsVerdict> {
@@ -176,6 +238,7 @@ export class ControlSession {
     this.closed = true;
     this.heartbeats.postMessage({ stop: true });
     void this.heartbeats.terminate();
+    this.abortPort.close();
     this.commands?.cancel();
     this.client.close();
   }

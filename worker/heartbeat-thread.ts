@@ -1,4 +1,5 @@
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
+import { interruptSignal } from './collectives/interrupt.js';
 import * as grpc from '@grpc/grpc-js';
 import { loadControlProto, type HeartbeatReply, type HeartbeatRequest } from '../proto/control.js';
 
@@ -9,13 +10,28 @@ import { loadControlProto, type HeartbeatReply, type HeartbeatRequest } from '..
  * process stops this thread too, a lost host stops its packets, and a collective waiting on a dead
  * peer times out on its own.
  *
+ * The same independence carries the coordinator's abort to a main thread blocked in a collective
+ * (`Atomics.wait` in the in-tape all-gather, which a stalled peer would hold for the group's whole
+ * timeout): the heartbeat reply says when the job is aborted, and this thread then sets the
+ * interrupt word of every group signal buffer it was given and wakes the main thread, after
+ * posting the reason on `abortPort`, which the main thread reads without its event loop. Losing
+ * the coordinator (no heartbeat through for silenceMs) stops the main thread the same way.
+ *
  * The thread is started before registration (its module loading and connection overlap the
- * rendezvous) and beats once it gets `{ begin }`. Messages in: `{ begin }`, `{ step }`, `{ stop }`.
- * Messages out: `{ type: 'lost', reason }` when no heartbeat got through for silenceMs.
+ * rendezvous) and beats once it gets `{ begin }`. Messages in: `{ begin }`, `{ step }`,
+ * `{ watch: SharedArrayBuffer }`, `{ stop }`. Messages out: `{ type: 'lost', reason }` when no
+ * heartbeat got through for silenceMs, `{ type: 'abort', reason }` when a reply carried the abort.
  */
-/** workerData: where to send. */
+/** workerData: where to send, and where the abort reason goes. */
 export interface HeartbeatThreadData {
   readonly address: string;
+  readonly abortPort: MessagePort;
+}
+
+/** What the heartbeat thread posts on `abortPort` before it interrupts the main thread. */
+export interface StopReason {
+  readonly kind: 'abort' | 'lost';
+  readonly reason: string;
 }
 
 /** The message that starts the beats, once registration has given this worker its rank. */
@@ -32,8 +48,14 @@ let lastOk = Date.now();
 let inFlight = false;
 let lost = false;
 let timer: NodeJS.Timeout | undefined;
-parentPort!.on('message', (m: { step?: number; stop?: boolean } & Partial<HeartbeatBegin>) => {
+let stopped: StopReason | null = null;
+const watched: SharedArrayBuffer[] = [];
+parentPort!.on('message', (m: { step?: number; stop?: boolean; watch?: SharedArrayBuffer } & Partial<HeartbeatBegin>) => {
   if (typeof m.step === 'number') step = m.step;
+  if (m.watch) {
+    watched.push(m.watch);
+    if (stopped !== null) interruptSignal(m.watch);
+  }
   if (m.begin && !timer) begin(m.begin);
   if (m.stop) {
     clearInterval(timer);
@@ -49,18 +71,32 @@ function begin(b: HeartbeatBegin['begin']): void {
     if (inFlight || lost) return;
     inFlight = true;
     const req: HeartbeatRequest = { rank: b.rank, generation: b.generation, step };
-    client.Heartbeat(req, { deadline: Date.now() + b.silenceMs }, (err: grpc.ServiceError | null, _res?: HeartbeatReply) => {
+    client.Heartbeat(req, { deadline: Date.now() + b.silenceMs }, (err: grpc.ServiceError | null, res?: HeartbeatReply) => {
       inFlight = false;
       if (!err) {
         lastOk = Date.now();
+        if (res?.abortReason && stopped === null) {
+          stop({ kind: 'abort', reason: res.abortReason });
+          parentPort!.postMessage({ type: 'abort', reason: res.abortReason });
+        }
         return;
       }
       if (Date.now() - lastOk > b.silenceMs || err.code === grpc.status.FAILED_PRECONDITION) {
         lost = true;
-        parentPort!.postMessage({ type: 'lost', reason: `no heartbeat got through for ${((Date.now() - lastOk) / 1000).toFixed(1)} s (${err.details ?? err.message})` });
+        const reason = `no heartbeat got through for ${((Date.now() - lastOk) / 1000).toFixed(1)} s (${err.details ?? err.message})`;
+        // A main thread blocked in a collective must hear this too: the orphan stops either way.
+        stop({ kind: 'lost', reason });
+        parentPort!.postMessage({ type: 'lost', reason });
       }
     });
   };
   beat();
   timer = setInterval(beat, b.intervalMs);
+}
+
+/** The coordinator aborted the job or is lost: the reason first (the woken main thread reads it), then the wake-up. */
+function stop(why: StopReason): void {
+  stopped = why;
+  d.abortPort.postMessage(why);
+  for (const sab of watched) interruptSignal(sab);
 }

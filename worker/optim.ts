@@ -50,15 +50,24 @@ export function adamwStep(
   const stepSize = lr / bc1;
   const sqrtBc2 = Math.sqrt(bc2);
   const shrink = 1 - lr * weightDecay;
-  for (let i = range.start, k = 0; i < range.end; i++, k++) {
-    const g = grads[i]!;
-    const mk = beta1 * m[k]! + (1 - beta1) * g;
-    const vk = beta2 * v[k]! + (1 - beta2) * g * g;
-    m[k] = mk;
-    v[k] = vk;
-    let p = params[i]!;
-    if (decay[i]) p *= shrink;
-    params[i] = p - (stepSize * mk) / (Math.sqrt(vk) / sqrtBc2 + eps);
+  const a1 = 1 - beta1;
+  const a2 = 1 - beta2;
+  // The mask is constant over each parameter tensor: the loop runs over runs of equal decay with
+  // the factor hoisted (x * 1 is x, so the arithmetic is the same as multiplying only where it
+  // applies). Hoisting 1 - beta also leaves every value bit-identical to the plain formula.
+  for (let i = range.start; i < range.end; ) {
+    const d = decay[i]!;
+    let j = i + 1;
+    while (j < range.end && decay[j] === d) j++;
+    const f = d ? shrink : 1;
+    for (let k = i - range.start; i < j; i++, k++) {
+      const g = grads[i]!;
+      const mk = beta1 * m[k]! + a1 * g;
+      const vk = beta2 * v[k]! + a2 * g * g;
+      m[k] = mk;
+      v[k] = vk;
+      params[i] = params[i]! * f - (stepSize * mk) / (Math.sqrt(vk) / sqrtBc2 + eps);
+    }
   }
 }
 

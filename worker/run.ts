@@ -7,7 +7,7 @@ import { freePorts } from '../shared/free-ports.js';
 import { parseWorkerConfig } from '../shared/job-config.js';
 import { UserError, errorMessage } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
-import { register, type ControlSession } from './control-client.js';
+import { AbortedByCoordinator, register, type ControlSession } from './control-client.js';
 import { DataClient, FeedAborted } from './data-client.js';
 import { stepFactory, type StepFactory, type WorkerStep } from './steps.js';
 
@@ -29,7 +29,7 @@ export interface WorkerOptions {
   readonly step?: StepFactory;
 }
 
-/** Stopped on the coordinator's word (abort), not by a fault of this worker: nothing to report back. */
+/** Stopped on the coordinator's word (abort, shutdown too early), not by a fault of this worker: nothing to report back. */
 class Aborted extends Error {}
 /** The coordinator shut the job down after this rank's last step: success. */
 class Finished extends Error {}
@@ -65,7 +65,7 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
     session.start(job.heartbeatTimeoutMs);
     // Every await below races the coordinator's commands: an abort or a lost coordinator stops the worker at once.
     const stopped = session.command.then((c) => {
-      if (c.command === 'abort') throw new Aborted(`aborted by the coordinator: ${c.abort.reason}`);
+      if (c.command === 'abort') throw new AbortedByCoordinator(c.abort.reason);
       if (c.command === 'lost') throw new Error(`lost the coordinator at ${o.coordinator}: ${c.reason}`);
       return c;
     });
@@ -138,7 +138,8 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
       log.info(`shutdown: ${e.message}`);
       return 0;
     }
-    if (e instanceof Aborted || e instanceof FeedAborted) {
+    // AbortedByCoordinator also comes from inside a step: a collective the abort interrupted.
+    if (e instanceof Aborted || e instanceof AbortedByCoordinator || e instanceof FeedAborted) {
       log.error(e.message);
       return 1;
     }

@@ -90,8 +90,11 @@ export interface StepResult {
  * inside the tape, this rank's image and text embeddings are read out and all-gathered with its
  * labels in one synchronous collective, and the global matrices are built with this rank's slice
  * live (the taped tensors), so the forward runs once.
+ *
+ * `into` (the layout's size), when given, receives the flat gradient and is returned as `grads`:
+ * a step that reuses one vector across steps makes no model-sized garbage per step.
  */
-export async function computeGradients(model: CxrModel, batch: LocalBatch, comm: StepComm, opts: StepOptions, reduce = true): Promise<StepResult> {
+export async function computeGradients(model: CxrModel, batch: LocalBatch, comm: StepComm, opts: StepOptions, reduce = true, into?: Float32Array): Promise<StepResult> {
   const L = model.config.labels.length;
   const { n } = batch;
   const textHead = model.config.head === 'text';
@@ -149,7 +152,7 @@ export async function computeGradients(model: CxrModel, batch: LocalBatch, comm:
   const total = value.dataSync()[0]!;
   kept.forEach((t) => t.dispose());
   value.dispose();
-  const flat = model.flattenGrads(grads);
+  const flat = model.flattenGrads(grads, into);
   Object.values(grads).forEach((g) => g.dispose());
   // A ZeRO-1 caller reduce-scatters instead (each rank needs only its shard of the sum).
   if (reduce) await comm.allReduceSum(flat);

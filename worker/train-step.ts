@@ -71,7 +71,8 @@ export async function createTrainStep(ctx: StepContext): Promise<WorkerStep> {
   // already wait in the next step's first collective: the timeout must cover that, not just a
   // step. A peer that dies is still noticed at once (its connection drops).
   // The group lives in a comm thread: the step's embedding all-gather blocks inside the tape.
-  const pg = world > 1 ? await ThreadedProcessGroup.create({ rank, world, endpoints, timeoutMs: 300_000 }) : null;
+  // The control session interrupts the in-tape gather when the coordinator aborts the job.
+  const pg = world > 1 ? await ThreadedProcessGroup.create({ rank, world, endpoints, timeoutMs: 300_000 }, ctx.control) : null;
   try {
     return await trainStepWith(ctx, t, pg);
   } catch (e) {
@@ -110,9 +111,11 @@ async function trainStepWith(ctx: StepContext, t: TrainSection, pg: ThreadedProc
     if (rank === 0) ctx.log.info(`initial weights from ${t.initWeights}: ${w.loaded.length} tensors loaded, ${w.missing.length} kept fresh (${w.missing.slice(0, 5).join(', ')}${w.missing.length > 5 ? ', ...' : ''})`);
   }
   // The parameter all-gather moves `params` to the comm thread and back (no copy): it must own its
-  // memory. The model's variables may alias it until the next assignFlat (the cpu backend keeps
-  // the arrays it is given), so nothing reads them between that all-gather and assignFlat.
+  // memory. The model's variables never alias it (assignFlat writes into their own storage).
   if (params.byteOffset !== 0 || params.byteLength !== params.buffer.byteLength) params = params.slice();
+  // The flat gradient: filled by the step, moved to the comm thread and back by the
+  // reduce-scatter, and filled again by the next step.
+  let gradBuf: Float32Array = new Float32Array(total);
   const writer = new CheckpointWriter();
   const lHash = layoutHash(model.layout);
   let saving: Promise<void> = Promise.resolve();
@@ -210,10 +213,11 @@ async function trainStepWith(ctx: StepContext, t: TrainSection, pg: ThreadedProc
     async run(b: SampleBatch, info: StepInfo): Promise<StepResult> {
       const t0 = performance.now();
       timing.gather = 0;
-      const r = await computeGradients(model, { n: b.n, images: b.images, labels: b.labels, indices: info.indices, epoch: info.epoch }, comm, stepOpts, false);
+      const r = await computeGradients(model, { n: b.n, images: b.images, labels: b.labels, indices: info.indices, epoch: info.epoch }, comm, stepOpts, false, gradBuf);
       const tReduce = performance.now();
       // The gradient moves to the comm thread and comes back with this rank's range summed.
       const grads = pg ? await pg.reduceScatter(r.grads) : r.grads;
+      gradBuf = grads;
       // The global norm and the loss terms in one small all-reduce. The float64 sum of squares
       // travels as a float32 pair (hi, lo) so that the norm keeps its precision.
       const ss = sumOfSquares(grads, own);

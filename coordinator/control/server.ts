@@ -102,6 +102,7 @@ export class ControlServer {
   private heartbeatTimer?: NodeJS.Timeout;
   private closing = false;
   private failed?: JobFailure;
+  private abortReason?: string;
   private resolveFailure!: (f: JobFailure) => void;
   private resolveWorld!: (w: WorkerInfo[]) => void;
   private port = 0;
@@ -152,6 +153,8 @@ export class ControlServer {
 
   /** Tell every connected worker to stop (non-zero exit on their side). */
   abortAll(reason: string): void {
+    // Heartbeat replies carry it too: they reach a worker whose main thread is blocked.
+    this.abortReason ??= reason;
     this.broadcast({ command: 'abort', abort: { reason } });
   }
 
@@ -272,7 +275,7 @@ export class ControlServer {
         const err = this.checkRank(call.request.rank, call.request.generation);
         if (err) return cb(err);
         this.lastStep[call.request.rank] = call.request.step;
-        cb(null, {});
+        cb(null, { abortReason: this.abortReason ?? '' });
       },
 
       VerifyParams: (call, cb) => {

@@ -16,7 +16,7 @@ import { CollectiveError, ProcessGroup, type ProcessGroupOptions } from './proce
  */
 export interface CommThreadData {
   readonly options: ProcessGroupOptions;
-  /** Int32 [0]: id of the last synchronous request answered on syncPort. */
+  /** Int32 [0]: id of the last synchronous request answered on syncPort; [1]: the main thread's interrupt word. */
   readonly signal: SharedArrayBuffer;
   readonly syncPort: MessagePort;
 }
@@ -25,7 +25,7 @@ export type CommRequest =
   | { readonly id: number; readonly sync: boolean; readonly op: 'allGatherV'; readonly buf: Float32Array; readonly counts: number[] }
   | { readonly id: number; readonly sync: false; readonly op: 'allGatherVInPlace'; readonly buf: Float32Array; readonly counts: number[] }
   | { readonly id: number; readonly sync: false; readonly op: 'allReduce' | 'reduceScatter'; readonly buf: Float32Array }
-  | { readonly id: number; readonly sync: false; readonly op: 'close' };
+  | { readonly id: number; readonly sync: false; readonly op: 'close'; readonly flush: boolean };
 
 export interface WireError {
   readonly message: string;
@@ -60,7 +60,7 @@ if (parentPort && (workerData as Partial<CommThreadData> | null)?.signal) {
   const run = (req: CommRequest): void => {
     if (req.op === 'close') {
       // Collectives already asked for run first: ProcessGroup queues them in call order.
-      void (pg ? pg.close() : Promise.resolve())
+      void (pg ? pg.close({ flush: req.flush }) : Promise.resolve())
         .then(
           () => port.postMessage({ id: req.id } satisfies CommReply),
           (e: unknown) => port.postMessage({ id: req.id, error: toWireError(e) } satisfies CommReply),

@@ -402,14 +402,15 @@ export class ProcessGroup {
    * here while its last messages still sit in ZeroMQ's queues, and closing (or exiting) then would
    * lose them. So every peer gets a BYE behind the data and this waits (at most the timeout) for
    * its acknowledgement, or for the peer's own BYE: a peer that is closing has finished its
-   * collectives, so it has received everything they needed.
+   * collectives, so it has received everything they needed. With `flush: false` (the job is
+   * aborted: nothing sent still matters, and a stalled peer would never answer) it closes at once.
    */
-  async close(): Promise<void> {
+  async close(opts: { flush?: boolean } = {}): Promise<void> {
     if (this.closed) return;
     if (this.active) this.fail(this.active, new CollectiveError(`rank ${this.rank}: process group closed during ${this.active.label}`, 'closed'), true);
     const peers = this.endpoints.map((_, r) => r).filter((r) => r !== this.rank);
     const pending = (): number[] => peers.filter((r) => !this.byeFrom.has(r) && !this.byeAcked.has(r) && !this.down.has(r));
-    if (this.helloWaiter === null && this.hellos.size === this.world - 1) {
+    if (opts.flush !== false && this.helloWaiter === null && this.hellos.size === this.world - 1) {
       for (const r of pending()) this.outboxes[r]!.push({ frames: [this.header(MsgType.BYE, 'hello', 0, 0, 0, 0, 0, 'fp32', FLAG_ACK_REQ), Buffer.alloc(0)], op: null });
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, this.timeoutMs);

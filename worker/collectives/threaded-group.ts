@@ -1,6 +1,7 @@
 import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { UserError } from '../../shared/errors.js';
 import type { CommEvent, CommReply, CommRequest, CommThreadData, WireError } from './comm-thread.js';
+import { ANSWERED, INTERRUPT, SIGNAL_BYTES } from './interrupt.js';
 import { CollectiveError, DEFAULT_TIMEOUT_MS, type CollectiveErrorCode, type ProcessGroupOptions } from './process-group.js';
 
 /**
@@ -11,6 +12,18 @@ import { CollectiveError, DEFAULT_TIMEOUT_MS, type CollectiveErrorCode, type Pro
 const THREAD_GRACE_MS = 10_000;
 
 const live = new Set<ThreadedProcessGroup>();
+
+/**
+ * Something outside the main thread (the coordinator's abort, heard by the heartbeat thread) that
+ * can stop a main thread blocked in `allGatherVSync`: the group hands it its signal buffer
+ * (`watch`), and it calls `interruptSignal` (interrupt.ts) on it from any thread, after which
+ * `error()` says why.
+ */
+export interface Interrupter {
+  watch(signal: SharedArrayBuffer): void;
+  /** Why the group was interrupted, once it has been (else null). */
+  error(): Error | null;
+}
 
 /**
  * A ProcessGroup run by a thread of its own (comm-thread.ts), as the training step uses it: the
@@ -44,6 +57,7 @@ export class ThreadedProcessGroup {
     private readonly syncPort: MessagePort,
     signal: SharedArrayBuffer,
     opts: ProcessGroupOptions,
+    private readonly interrupter: Interrupter | null,
   ) {
     this.rank = opts.rank;
     this.world = opts.world;
@@ -73,13 +87,14 @@ export class ThreadedProcessGroup {
   }
 
   /** Starts the thread, which binds, connects and handshakes (ProcessGroup.create); rejects with its error. */
-  static async create(opts: ProcessGroupOptions): Promise<ThreadedProcessGroup> {
-    const signal = new SharedArrayBuffer(4);
+  static async create(opts: ProcessGroupOptions, interrupter?: Interrupter): Promise<ThreadedProcessGroup> {
+    const signal = new SharedArrayBuffer(SIGNAL_BYTES);
     const { port1, port2 } = new MessageChannel();
     const data: CommThreadData = { options: opts, signal, syncPort: port2 };
     const thread = new Worker(new URL('./comm-thread.js', import.meta.url), { workerData: data, transferList: [port2] });
-    const g = new ThreadedProcessGroup(thread, port1, signal, opts);
+    const g = new ThreadedProcessGroup(thread, port1, signal, opts, interrupter ?? null);
     live.add(g);
+    interrupter?.watch(signal);
     const started = await new Promise<CommEvent>((resolve, reject) => {
       const onMessage = (m: CommEvent | CommReply) => {
         if ('ready' in m || 'startError' in m) {
@@ -137,19 +152,24 @@ export class ThreadedProcessGroup {
     if (this.dead) throw this.dead;
     if (this.closing) throw new CollectiveError(`rank ${this.rank}: allGatherV on a closed process group`, 'closed');
     const id = this.nextId++;
-    const before = Atomics.load(this.signal, 0);
+    const before = Atomics.load(this.signal, ANSWERED);
     this.thread.postMessage({ id, sync: true, op: 'allGatherV', buf: local, counts: [...counts] } satisfies CommRequest);
     const limit = this.timeoutMs + THREAD_GRACE_MS;
     const deadline = performance.now() + limit;
     let seen = before;
     while (seen !== id) {
+      if (this.interrupted()) {
+        // The comm thread still runs the gather; close() drops it without waiting for the peers.
+        this.dead = this.interrupter?.error() ?? new CollectiveError(`rank ${this.rank}: allGatherV interrupted`, 'aborted');
+        throw this.dead;
+      }
       const left = deadline - performance.now();
       if (left <= 0) {
         this.dead = new CollectiveError(`rank ${this.rank}: allGatherV: the comm thread gave no answer within ${limit} ms (the group's timeout is ${this.timeoutMs} ms): it is stuck or gone`, 'timeout');
         throw this.dead;
       }
-      Atomics.wait(this.signal, 0, seen, left);
-      seen = Atomics.load(this.signal, 0);
+      Atomics.wait(this.signal, ANSWERED, seen, left);
+      seen = Atomics.load(this.signal, ANSWERED);
     }
     const got = receiveMessageOnPort(this.syncPort)?.message as CommReply | undefined;
     if (!got || got.id !== id) throw new CollectiveError(`rank ${this.rank}: allGatherV: the comm thread answered request ${got?.id ?? 'none'} to request ${id}`, 'protocol');
@@ -157,17 +177,23 @@ export class ThreadedProcessGroup {
     return got.result!;
   }
 
+  /** Whether the interrupter has stopped this group (the coordinator aborted the job). */
+  interrupted(): boolean {
+    return Atomics.load(this.signal, INTERRUPT) !== 0;
+  }
+
   /**
    * Closes the group (ProcessGroup.close: waits at most the timeout for the peers to have
    * everything) and ends the thread. A thread that gave no answer before (stuck) gets the same
-   * bound once more; after that this resolves without it.
+   * bound once more; after that this resolves without it. An interrupted group (the job is
+   * aborted, a peer may be stalled) closes its sockets without waiting for the peers.
    */
   close(): Promise<void> {
     this.closing ??= (async () => {
       if (!this.hasExited) {
         const id = this.nextId++;
         const done = new Promise<void>((resolve) => this.waiting.set(id, { resolve: () => resolve(), reject: () => resolve() }));
-        this.thread.postMessage({ id, sync: false, op: 'close' } satisfies CommRequest);
+        this.thread.postMessage({ id, sync: false, op: 'close', flush: !this.interrupted() } satisfies CommRequest);
         let timer: NodeJS.Timeout | undefined;
         const bound = new Promise<void>((resolve) => (timer = setTimeout(resolve, this.timeoutMs + THREAD_GRACE_MS)));
         await Promise.race([done.then(() => this.exited), bound]);

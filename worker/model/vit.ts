@@ -4,6 +4,7 @@ import { labelText } from '../../shared/labels.js';
 import { type ModelConfig, tokenCount } from './config.js';
 import { dense, gelu, layerNorm } from './layers.js';
 import { mulberry32, normalSource } from '../../shared/rng.js';
+import { overwriteVariable, readInto } from './tensor-storage.js';
 
 /**
  * Pixels enter as uint8 grayscale. With `inputNorm: 'fixed'` the stem sees (p/255 - PIXEL_MEAN) /
@@ -151,8 +152,12 @@ export class CxrModel {
       throw new Error(`model: ${params.length} parameters given, the layout has ${this.layout.total}`);
     // Variable names must be unique per process (tests hold several replicas), so they are prefixed.
     const prefix = `cxr${instances++}/`;
+    // Each variable gets its own copy (the cpu backend would otherwise keep a view of `params`)
+    // and holds it alone (the initial tensor is released), so assignFlat can write in place.
     this.variables = this.layout.entries.map((e) => {
-      const v = tf.variable(tf.tensor(params.subarray(e.offset, e.offset + e.size), [...e.shape]), true, prefix + e.name);
+      const t = tf.tensor(params.slice(e.offset, e.offset + e.size), [...e.shape]);
+      const v = tf.variable(t, true, prefix + e.name);
+      t.dispose();
       this.byName.set(e.name, v);
       return v;
     });
@@ -258,30 +263,36 @@ export class CxrModel {
     return { names, positive, negative };
   }
 
-  /** Gradients (keyed by layout name) to one flat vector; a parameter without a gradient gets zeros. */
-  flattenGrads(grads: tf.NamedTensorMap): Float32Array {
-    const out = new Float32Array(this.layout.total);
+  /**
+   * Gradients (keyed by variable name) to one flat vector; a parameter without a gradient gets
+   * zeros. `into` (the layout's size) is reused when given: the step keeps one across steps.
+   */
+  flattenGrads(grads: tf.NamedTensorMap, into?: Float32Array): Float32Array {
+    if (into && into.length !== this.layout.total) throw new Error(`flattenGrads: a buffer of ${into.length} for a layout of ${this.layout.total}`);
+    const out = into ?? new Float32Array(this.layout.total);
     this.variables.forEach((v, k) => {
+      const e = this.layout.entries[k]!;
       const g = grads[v.name];
-      if (g) out.set(g.dataSync() as Float32Array, this.layout.entries[k]!.offset);
+      if (g) readInto(g, out, e.offset);
+      else if (into) out.fill(0, e.offset, e.offset + e.size);
     });
     return out;
   }
 
-  /** Overwrite every variable from a flat vector in layout order. */
+  /**
+   * Overwrite every variable from a flat vector in layout order. The variables never keep a view
+   * of `params` (their storage is written in place where the backend allows, else copied), so the
+   * caller may reuse or move the vector afterwards.
+   */
   assignFlat(params: Float32Array): void {
     if (params.length !== this.layout.total) throw new Error(`assignFlat: ${params.length} values for a layout of ${this.layout.total}`);
-    this.layout.entries.forEach((e, k) => {
-      const t = tf.tensor(params.subarray(e.offset, e.offset + e.size), [...e.shape]);
-      this.variables[k]!.assign(t);
-      t.dispose();
-    });
+    this.layout.entries.forEach((e, k) => overwriteVariable(this.variables[k]!, params.subarray(e.offset, e.offset + e.size)));
   }
 
   /** The current parameters as one flat vector in layout order. */
   readFlat(): Float32Array {
     const out = new Float32Array(this.layout.total);
-    this.layout.entries.forEach((e, k) => out.set(this.variables[k]!.dataSync() as Float32Array, e.offset));
+    this.layout.entries.forEach((e, k) => readInto(this.variables[k]!, out, e.offset));
     return out;
   }
 
