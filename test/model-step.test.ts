@@ -206,6 +206,23 @@ test('a trained run writes config, metrics and eval; the saved model re-evaluate
   }
 });
 
+/**
+ * Reference forward of a zero-block, width-16 model on two 16x16 images, written out op by op:
+ * ln_post(ln_pre([cls; patches @ W] + pos)), [2, 5, 16].
+ */
+function zeroBlockTokens(m: CxrModel, images: Uint8Array): tf.Tensor3D {
+  const x = m.pixelsToInput(images, 2);
+  const patches = tf.reshape(tf.transpose(tf.reshape(x, [2, 2, 8, 2, 8]), [0, 1, 3, 2, 4]), [8, 64]);
+  const stem = tf.reshape(tf.matMul(patches, tf.reshape(m.p('visual.conv1.weight'), [64, 16])), [2, 4, 16]);
+  const cls = tf.broadcastTo(tf.reshape(m.p('visual.class_embedding'), [1, 1, 16]), [2, 1, 16]);
+  const tokens = tf.add(tf.concat([cls, stem], 1), m.p('visual.positional_embedding'));
+  const ln = (t: tf.Tensor, g: string) => {
+    const { mean, variance } = tf.moments(t, -1, true);
+    return tf.add(tf.mul(tf.div(tf.sub(t, mean), tf.sqrt(tf.add(variance, 1e-5))), m.p(`${g}.weight`)), m.p(`${g}.bias`));
+  };
+  return ln(ln(tokens, 'visual.ln_pre'), 'visual.ln_post') as tf.Tensor3D;
+}
+
 test('avg readout is the mean of ln_post over the patch tokens; tok reads the class token; same parameters', () => {
   // Zero blocks, so the reference is short: tokens = ln_pre([cls; patches @ W] + pos).
   const shape = (pool?: 'tok' | 'avg') => {
@@ -231,17 +248,7 @@ test('avg readout is the mean of ln_post over the patch tokens; tok reads the cl
   };
   const ref = new CxrModel(shape('avg'), params);
   const [avgRef, tokRef] = tf.tidy(() => {
-    const x = ref.pixelsToInput(images, 2);
-    const patches = tf.reshape(tf.transpose(tf.reshape(x, [2, 2, 8, 2, 8]), [0, 1, 3, 2, 4]), [8, 64]);
-    const stem = tf.reshape(tf.matMul(patches, tf.reshape(ref.p('visual.conv1.weight'), [64, 16])), [2, 4, 16]);
-    const cls = tf.broadcastTo(tf.reshape(ref.p('visual.class_embedding'), [1, 1, 16]), [2, 1, 16]);
-    const tokens = tf.add(tf.concat([cls, stem], 1), ref.p('visual.positional_embedding'));
-    const ln = (t: tf.Tensor, g: string) => {
-      const { mean, variance } = tf.moments(t, -1, true);
-      return tf.add(tf.mul(tf.div(tf.sub(t, mean), tf.sqrt(tf.add(variance, 1e-5))), ref.p(`${g}.weight`)), ref.p(`${g}.bias`));
-    };
-    const h = ln(tokens, 'visual.ln_pre');
-    const post = ln(h, 'visual.ln_post') as tf.Tensor3D;
+    const post = zeroBlockTokens(ref, images);
     const proj = ref.p<tf.Tensor2D>('visual.proj');
     const avg = tf.matMul(tf.mean(tf.slice(post, [0, 1, 0], [2, 4, 16]), 1) as tf.Tensor2D, proj);
     const tok = tf.matMul(tf.reshape(tf.slice(post, [0, 0, 0], [2, 1, 16]), [2, 16]) as tf.Tensor2D, proj);
@@ -271,20 +278,11 @@ test('spatial readout (the CPU presets): ln_post patch tokens reduced by one sha
   const images = Uint8Array.from({ length: 2 * 256 }, () => Math.floor(rnd() * 256));
   const m = new CxrModel(c, params);
   const [got, want] = tf.tidy(() => {
-    const x = m.pixelsToInput(images, 2);
-    const patches = tf.reshape(tf.transpose(tf.reshape(x, [2, 2, 8, 2, 8]), [0, 1, 3, 2, 4]), [8, 64]);
-    const stem = tf.reshape(tf.matMul(patches, tf.reshape(m.p('visual.conv1.weight'), [64, 16])), [2, 4, 16]);
-    const cls = tf.broadcastTo(tf.reshape(m.p('visual.class_embedding'), [1, 1, 16]), [2, 1, 16]);
-    const tokens = tf.add(tf.concat([cls, stem], 1), m.p('visual.positional_embedding'));
-    const ln = (t: tf.Tensor, g: string) => {
-      const { mean, variance } = tf.moments(t, -1, true);
-      return tf.add(tf.mul(tf.div(tf.sub(t, mean), tf.sqrt(tf.add(variance, 1e-5))), m.p(`${g}.weight`)), m.p(`${g}.bias`));
-    };
-    const post = ln(ln(tokens, 'visual.ln_pre'), 'visual.ln_post') as tf.Tensor3D;
+    const post = zeroBlockTokens(m, images);
     // Row b of the grid is [token 1's r features, token 2's, ...]: a token's place picks its rows of the map.
     const grid = tf.reshape(tf.matMul(tf.reshape(tf.slice(post, [0, 1, 0], [2, 4, 16]), [8, 16]), m.p<tf.Tensor2D>('visual.spatial_pool.reduce.weight')), [2, 4 * r]);
     const pooled = tf.add(tf.matMul(grid, m.p<tf.Tensor2D>('visual.spatial_pool.map.weight')), m.p('visual.spatial_pool.map.bias'));
-    return [m.encodeImages(x).arraySync(), tf.matMul(pooled, m.p<tf.Tensor2D>('visual.proj')).arraySync() as number[][]];
+    return [m.encodeImages(m.pixelsToInput(images, 2)).arraySync(), tf.matMul(pooled, m.p<tf.Tensor2D>('visual.proj')).arraySync() as number[][]];
   });
   m.dispose();
   got.forEach((row, i) => row.forEach((v, j) => assert.ok(Math.abs(v - want[i]![j]!) < 1e-4, `[${i}][${j}]: ${v} vs ${want[i]![j]}`)));
