@@ -3,6 +3,8 @@
  * `run(argv)`; every figure it prints is next to the reference it is compared against,
  * measured in the same run.
  */
+import { isUserError } from '../shared/errors.js';
+
 const name = process.argv[2];
 if (!name || name.startsWith('-')) {
   process.stderr.write('usage: npm run bench -- <name> [options]   (names: prepare, synth, allreduce, step, scaling, checkpoint)\n');
@@ -19,4 +21,11 @@ try {
   process.stderr.write(`bench: no benchmark named '${name}' (${(e as Error).message})\n`);
   process.exit(2);
 }
-await mod.run(process.argv.slice(3));
+try {
+  await mod.run(process.argv.slice(3));
+} catch (e) {
+  // A wrong option is the user's to fix: its message, not a stack.
+  if (!isUserError(e)) throw e;
+  process.stderr.write(`bench ${name}: error: ${e.message}\n`);
+  process.exit(e.exitCode);
+}

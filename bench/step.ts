@@ -1,7 +1,4 @@
-import { spawnSync } from 'node:child_process';
-import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { packageRoot } from '../shared/paths.js';
 import { loadLabelSet } from '../shared/labels.js';
 import { mulberry32 } from '../shared/rng.js';
 import { initBackend, type BackendChoice } from '../worker/backend.js';
@@ -10,6 +7,7 @@ import { resolveModelConfig } from '../worker/model/config.js';
 import { CxrModel, initialParams } from '../worker/model/vit.js';
 import { adamwStep, clipFactor, decayMask, scaleInPlace, sumOfSquares } from '../worker/optim.js';
 import { computeGradients, localComm } from '../worker/step.js';
+import { runTorchReference } from './torch-reference.js';
 
 /**
  * `npm run bench -- step [--models tiny,small] [--backends wasm,cpu] [--batch 32] [--image 64] [--steps 3]`:
@@ -59,18 +57,9 @@ async function tfjsStepMs(backend: BackendChoice, preset: string, batch: number,
 
 function torchStepMs(preset: string, batch: number, image: number, steps: number): { ms: number[]; params: number; torch: string } | string {
   const cfg = resolveModelConfig({ preset, imageSize: image, labels: loadLabelSet('chexpert14').labels });
-  const script = path.join(packageRoot, 'bench', 'reference', 'vit_step.py');
-  const env = { ...process.env };
-  delete env.OPENBLAS_CORETYPE;
-  delete env.OPENBLAS_L2_SIZE;
-  // One thread for the BLAS too (torch.set_num_threads does not reach a pthread OpenBLAS).
-  env.OPENBLAS_NUM_THREADS = '1';
-  env.OMP_NUM_THREADS = '1';
   const a = ['--image', image, '--patch', cfg.patchSize, '--width', cfg.width, '--layers', cfg.layers, '--heads', cfg.heads, '--dim', cfg.embedDim, '--labels', 14, '--batch', batch, '--steps', steps, '--warmup', 1, '--threads', 1,
     '--pool', cfg.pool ?? 'tok', '--rank', cfg.spatialRank ?? 16, '--image-norm', cfg.inputNorm === 'image' ? 1 : 0].map(String);
-  const r = spawnSync('/usr/bin/python3', [script, ...a], { env, encoding: 'utf8' });
-  if (r.status !== 0) return `PyTorch reference unavailable (${(r.stderr || r.error?.message || '').trim().split('\n').pop()}); apt-get install -y python3-torch`;
-  return JSON.parse(r.stdout.trim().split('\n').pop()!) as { ms: number[]; params: number; torch: string };
+  return runTorchReference<{ ms: number[]; params: number; torch: string }>('vit_step.py', a);
 }
 
 export async function run(argv: string[]): Promise<void> {

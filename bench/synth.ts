@@ -1,4 +1,3 @@
-import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -9,7 +8,8 @@ import { runSynth } from '../coordinator/data/synth-run.js';
 import { openDataset } from '../shared/dataset/reader.js';
 import type { SampleBatch } from '../shared/dataset/columns.js';
 import { Prng } from '../shared/dataset/prng.js';
-import { packageRoot } from '../shared/paths.js';
+import { UserError } from '../shared/errors.js';
+import { runTorchReference } from './torch-reference.js';
 
 /**
  * `npm run bench -- synth [--count 3000] [--epochs 3]`: how fast `data synth` is, and whether its
@@ -26,6 +26,7 @@ export async function run(argv: string[]): Promise<void> {
   const { values } = parseArgs({ args: argv, options: { count: { type: 'string', default: '3000' }, epochs: { type: 'string', default: '3' }, replica: { type: 'string' } } });
   const count = Number(values.count);
   const epochs = Number(values.epochs);
+  const replicaOverrides = values.replica !== undefined ? parseReplica(values.replica) : null;
   const dir = mkdtempSync(path.join(tmpdir(), 'cxr-bench-synth-'));
   try {
     const out = path.join(dir, 'ds');
@@ -43,7 +44,7 @@ export async function run(argv: string[]): Promise<void> {
     const tr = await all('train');
     const te = await all('test');
     await ds.close();
-    if (values.replica !== undefined) replica(path.join(dir, 'split'), tr, te, ds.labelNames, values.replica);
+    if (values.replica !== undefined) replica(path.join(dir, 'split'), tr, te, ds.labelNames, values.replica, replicaOverrides!);
     const aucs = probe(tr, te, ds.labelNames.length, epochs);
     const defined = aucs.filter((a) => !Number.isNaN(a));
     ds.labelNames.forEach((l, k) => process.stdout.write(`  ${l.padEnd(28)} ${aucs[k]!.toFixed(3)}\n`));
@@ -108,28 +109,30 @@ function probe(tr: SampleBatch, te: SampleBatch, L: number, epochs: number): num
   });
 }
 
-/** Train the PyTorch replica of the tiny preset on the same splits and print its per-label AUROC. */
-function replica(prefix: string, tr: SampleBatch, te: SampleBatch, labelNames: readonly string[], overrides: string): void {
-  let extra: Record<string, unknown>;
+/** The --replica overrides, checked before any data is generated. */
+function parseReplica(overrides: string): object {
+  let extra: unknown;
   try {
-    extra = JSON.parse(overrides) as Record<string, unknown>;
+    extra = JSON.parse(overrides);
   } catch (e) {
-    throw new Error(`--replica: not a JSON object: ${(e as Error).message}`);
+    throw new UserError(`--replica '${overrides}' is not JSON (${(e as Error).message}); pass an object of overrides, e.g. '{"seed":1}'`);
   }
+  if (typeof extra !== 'object' || extra === null || Array.isArray(extra)) throw new UserError(`--replica '${overrides}' is not a JSON object; pass an object of overrides, e.g. '{"seed":1}'`);
+  return extra;
+}
+
+/** Train the PyTorch replica of the tiny preset on the same splits and print its per-label AUROC. */
+function replica(prefix: string, tr: SampleBatch, te: SampleBatch, labelNames: readonly string[], overrides: string, extra: object): void {
   for (const [name, b] of [['train', tr], ['test', te]] as const) {
     writeFileSync(`${prefix}.${name}.img`, b.images);
     writeFileSync(`${prefix}.${name}.lab`, new Uint8Array(b.labels.buffer, b.labels.byteOffset, b.labels.byteLength));
   }
-  const env: NodeJS.ProcessEnv = { ...process.env, OPENBLAS_NUM_THREADS: '1', OMP_NUM_THREADS: '1' };
-  delete env.OPENBLAS_CORETYPE;
-  delete env.OPENBLAS_L2_SIZE;
   const cfg = JSON.stringify({ ...extra, data: prefix, size: tr.height, labels: labelNames.length });
-  const r = spawnSync('/usr/bin/python3', [path.join(packageRoot, 'bench', 'reference', 'tiny_replica.py'), cfg], { env, encoding: 'utf8' });
-  if (r.status !== 0) {
-    process.stdout.write(`PyTorch replica unavailable (${(r.stderr || r.error?.message || '').trim().split('\n').pop()}); apt-get install -y python3-torch\n`);
+  const out = runTorchReference<{ mean: number; secs: number; auroc: (number | null)[]; train_auroc: (number | null)[] }>('tiny_replica.py', [cfg]);
+  if (typeof out === 'string') {
+    process.stdout.write(`${out}\n`);
     return;
   }
-  const out = JSON.parse(r.stdout.trim().split('\n').pop()!) as { mean: number; secs: number; auroc: (number | null)[]; train_auroc: (number | null)[] };
   labelNames.forEach((l, k) => process.stdout.write(`  ${l.padEnd(28)} ${out.auroc[k]?.toFixed(3) ?? 'null'}  (train ${out.train_auroc[k]?.toFixed(3) ?? 'null'})\n`));
   process.stdout.write(`PyTorch replica of the tiny preset (${overrides}): mean test AUROC ${out.mean.toFixed(4)} in ${out.secs} s\n`);
 }
