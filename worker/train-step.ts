@@ -9,7 +9,7 @@ import { paramsSha256 } from '../shared/params-hash.js';
 import { shardRange, shardRanges } from '../shared/shard.js';
 import { writeRunEmbeddings } from '../coordinator/report/embeddings.js';
 import { initBackend, type BackendChoice } from './backend.js';
-import { ThreadedProcessGroup } from './collectives/threaded-group.js';
+import { ThreadedProcessGroup, spansBuffer } from './collectives/threaded-group.js';
 import type { BlankPolicy, UncertaintyPolicy } from './losses.js';
 import { cosineLogits } from './losses.js';
 import type { ModelConfig } from './model/config.js';
@@ -112,7 +112,7 @@ async function trainStepWith(ctx: StepContext, t: TrainSection, pg: ThreadedProc
   }
   // The parameter all-gather moves `params` to the comm thread and back (no copy): it must own its
   // memory. The model's variables never alias it (assignFlat writes into their own storage).
-  if (params.byteOffset !== 0 || params.byteLength !== params.buffer.byteLength) params = params.slice();
+  if (!spansBuffer(params)) params = params.slice();
   // The flat gradient: filled by the step, moved to the comm thread and back by the
   // reduce-scatter, and filled again by the next step.
   let gradBuf: Float32Array = new Float32Array(total);

@@ -1,5 +1,6 @@
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { UserError } from '../../shared/errors.js';
+import { ANSWERED } from './interrupt.js';
 import { CollectiveError, ProcessGroup, type ProcessGroupOptions } from './process-group.js';
 
 /**
@@ -11,12 +12,12 @@ import { CollectiveError, ProcessGroup, type ProcessGroupOptions } from './proce
  * span an await needs.
  *
  * Requests come in on parentPort, one kind of answer per request: asynchronous ones go back on
- * parentPort, synchronous ones on `syncPort` followed by storing the request id in `signal[0]` and
+ * parentPort, synchronous ones on `syncPort` followed by storing the request id in the ANSWERED word and
  * waking the blocked main thread. Errors travel as plain fields and are rebuilt on the other side.
  */
 export interface CommThreadData {
   readonly options: ProcessGroupOptions;
-  /** Int32 [0]: id of the last synchronous request answered on syncPort; [1]: the main thread's interrupt word. */
+  /** The words of interrupt.ts: ANSWERED (last synchronous request answered on syncPort) and INTERRUPT. */
   readonly signal: SharedArrayBuffer;
   readonly syncPort: MessagePort;
 }
@@ -50,8 +51,8 @@ if (parentPort && (workerData as Partial<CommThreadData> | null)?.signal) {
   const answer = (req: CommRequest, reply: CommReply, transfer: ArrayBuffer[] = []): void => {
     if (req.sync) {
       d.syncPort.postMessage(reply, transfer);
-      Atomics.store(signal, 0, req.id);
-      Atomics.notify(signal, 0);
+      Atomics.store(signal, ANSWERED, req.id);
+      Atomics.notify(signal, ANSWERED);
     } else {
       port.postMessage(reply, transfer);
     }

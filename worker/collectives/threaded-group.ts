@@ -221,8 +221,13 @@ export async function closeAllThreadedGroups(): Promise<void> {
   await Promise.all([...live].map((g) => g.close()));
 }
 
+/** Whether `buf` spans its whole ArrayBuffer, so that it can be moved to the comm thread and back. */
+export function spansBuffer(buf: Float32Array): boolean {
+  return buf.byteOffset === 0 && buf.byteLength === buf.buffer.byteLength;
+}
+
 function ownsBuffer(buf: Float32Array, what: string): void {
-  if (buf.byteOffset !== 0 || buf.byteLength !== buf.buffer.byteLength) throw new RangeError(`${what}: the array must span its whole ArrayBuffer (it is moved to the comm thread, not copied)`);
+  if (!spansBuffer(buf)) throw new RangeError(`${what}: the array must span its whole ArrayBuffer (it is moved to the comm thread, not copied)`);
 }
 
 function fromWire(e: WireError): Error {

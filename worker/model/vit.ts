@@ -211,18 +211,18 @@ export class CxrModel {
     const tokens = tf.add(tf.concat([cls, stem], 1), this.p('visual.positional_embedding'));
     let h = layerNorm(tf.reshape(tokens, [B * Tk, W]) as tf.Tensor2D, this.p('visual.ln_pre.weight'), this.p('visual.ln_pre.bias'));
     for (let i = 0; i < c.layers; i++) h = this.block(h, i, B, Tk);
+    // ln_post on every token, then the patch tokens [B, G, W] (open_clip's final_ln_after_pool=False).
+    const patchesAfterLnPost = () =>
+      tf.slice(tf.reshape(layerNorm(h, this.p('visual.ln_post.weight'), this.p('visual.ln_post.bias')), [B, Tk, W]), [0, 1, 0], [B, G, W]) as tf.Tensor3D;
     let pooled: tf.Tensor2D;
     if (c.pool === 'spatial') {
       // A pooled token must first learn position-independent codes for every sign; this map reads
       // each patch's features where they are, so a sign is learned as soon as its token shows it.
-      const normed = layerNorm(h, this.p('visual.ln_post.weight'), this.p('visual.ln_post.bias'));
-      const grid = tf.reshape(tf.slice(tf.reshape(normed, [B, Tk, W]), [0, 1, 0], [B, G, W]), [B * G, W]) as tf.Tensor2D;
+      const grid = tf.reshape(patchesAfterLnPost(), [B * G, W]) as tf.Tensor2D;
       const reduced = tf.reshape(tf.matMul(grid, this.p<tf.Tensor2D>('visual.spatial_pool.reduce.weight')), [B, G * spatialRank(c)]) as tf.Tensor2D;
       pooled = dense(reduced, this.p('visual.spatial_pool.map.weight'), this.p('visual.spatial_pool.map.bias'));
     } else if ((c.pool ?? 'tok') === 'avg') {
-      // open_clip with final_ln_after_pool=False: ln_post on every token, then the patch tokens' mean.
-      const normed = layerNorm(h, this.p('visual.ln_post.weight'), this.p('visual.ln_post.bias'));
-      pooled = tf.mean(tf.slice(tf.reshape(normed, [B, Tk, W]), [0, 1, 0], [B, G, W]), 1) as tf.Tensor2D;
+      pooled = tf.mean(patchesAfterLnPost(), 1) as tf.Tensor2D;
     } else {
       const clsOut = tf.reshape(tf.slice(tf.reshape(h, [B, Tk, W]), [0, 0, 0], [B, 1, W]), [B, W]) as tf.Tensor2D;
       pooled = layerNorm(clsOut, this.p('visual.ln_post.weight'), this.p('visual.ln_post.bias'));
