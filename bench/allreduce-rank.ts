@@ -13,6 +13,8 @@ export interface BenchRankJob {
   chunkBytes: number;
   ioThreads?: number;
   socketBufferBytes?: number;
+  sharedMemory: boolean;
+  shmChunkBytes?: number;
   wire: Wire;
   cases: { bytes: number; iters: number }[];
 }
@@ -29,7 +31,10 @@ async function main(job: BenchRankJob): Promise<void> {
     timeoutMs: 60_000,
     ...(job.ioThreads ? { ioThreads: job.ioThreads } : {}),
     ...(job.socketBufferBytes !== undefined ? { socketBufferBytes: job.socketBufferBytes } : {}),
+    sharedMemory: job.sharedMemory,
+    ...(job.shmChunkBytes ? { shmChunkBytes: job.shmChunkBytes } : {}),
   });
+  if (job.rank === 0) process.stdout.write(JSON.stringify({ dataPath: pg.dataPath }) + '\n');
   for (const c of job.cases) {
     const buf = new Float32Array(c.bytes / 4).fill(1);
     for (let i = 0; i < 2; i++) await pg.allReduce(buf, { wire: job.wire });

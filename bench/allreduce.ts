@@ -1,12 +1,14 @@
 /**
  * `npm run bench -- allreduce [--worlds 2,4] [--mib 1,64] [--iters 10] [--json] [--no-reference]
- *   [--transport tcp|ipc] [--chunk-kib 1024] [--wire fp32|fp16|bf16] [--io-threads N] [--sockbuf-kib 256|0]
- *   [--malloc-defaults]`
+ *   [--shm both|on|off] [--transport tcp|ipc] [--chunk-kib 1024] [--shm-chunk-kib 4096]
+ *   [--wire fp32|fp16|bf16] [--io-threads N] [--sockbuf-kib 256|0] [--malloc-defaults]`
  *
  * Our ZeroMQ ring all-reduce on real processes, reported as nccl-tests do (algbw = bytes/time,
  * busbw = algbw * 2(n-1)/n), next to the references measured in the same run: PyTorch gloo over
  * loopback (../shared/bench/gloo_allreduce.py) and iperf3's loopback TCP rate. Plus the 1 KiB
- * latency of both. `--json` prints our cases as a JSON array with the keys of the gloo script.
+ * latency of both. By default ours runs twice: with the same-host shared-memory data path (what
+ * ranks on one host use) and with every byte on the socket (what ranks on different hosts use).
+ * `--json` prints the first of those as a JSON array with the keys of the gloo script.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
@@ -18,9 +20,10 @@ import { freePorts } from '../shared/free-ports.js';
 import { endpointsFor } from '../test/fixtures/collective-cluster.js';
 import { UserError } from '../shared/errors.js';
 import type { BenchRankJob } from './allreduce-rank.js';
-import { COLLECTIVES_ENV, DEFAULT_SOCKET_BUFFER_BYTES, type Wire } from '../worker/collectives/index.js';
+import { COLLECTIVES_ENV, DEFAULT_SOCKET_BUFFER_BYTES, type DataPath, type Wire } from '../worker/collectives/index.js';
 
 interface Row {
+  path: DataPathName;
   world: number;
   bytes: number;
   median_s: number;
@@ -47,21 +50,39 @@ function numbers(s: string, name: string): number[] {
   return xs;
 }
 
-function row(world: number, bytes: number, median: number): Row {
+type DataPathName = 'shared-memory' | 'socket';
+
+function row(path: DataPathName, world: number, bytes: number, median: number): Row {
   const algbw = bytes / median / 1e9;
-  return { world, bytes, median_s: median, algbw_GBps: algbw, busbw_GBps: (algbw * 2 * (world - 1)) / world };
+  return { path, world, bytes, median_s: median, algbw_GBps: algbw, busbw_GBps: (algbw * 2 * (world - 1)) / world };
 }
 
 
 /** Runs one world size in fresh processes; rank 0 reports each case. */
-async function ours(world: number, cases: { bytes: number; iters: number }[], o: { transport: string; chunkBytes: number; wire: Wire; ioThreads?: number; socketBufferBytes?: number; mallocDefaults: boolean }): Promise<Map<number, number>> {
+async function ours(
+  world: number,
+  cases: { bytes: number; iters: number }[],
+  o: { transport: string; chunkBytes: number; sharedMemory: boolean; shmChunkBytes?: number; wire: Wire; ioThreads?: number; socketBufferBytes?: number; mallocDefaults: boolean },
+): Promise<{ medians: Map<number, number>; dataPath: DataPath | null }> {
   const dir = mkdtempSync(path.join(tmpdir(), 'cxr-bench-ar-'));
   try {
     const endpoints = await endpointsFor(world, o.transport as 'ipc' | 'tcp', dir);
     const results = new Map<number, number>();
+    let dataPath: DataPath | null = null;
     await Promise.all(
       Array.from({ length: world }, (_, rank) => {
-        const job: BenchRankJob = { rank, world, endpoints, chunkBytes: o.chunkBytes, wire: o.wire, cases, ...(o.ioThreads ? { ioThreads: o.ioThreads } : {}), ...(o.socketBufferBytes !== undefined ? { socketBufferBytes: o.socketBufferBytes } : {}) };
+        const job: BenchRankJob = {
+          rank,
+          world,
+          endpoints,
+          chunkBytes: o.chunkBytes,
+          sharedMemory: o.sharedMemory,
+          wire: o.wire,
+          cases,
+          ...(o.shmChunkBytes ? { shmChunkBytes: o.shmChunkBytes } : {}),
+          ...(o.ioThreads ? { ioThreads: o.ioThreads } : {}),
+          ...(o.socketBufferBytes !== undefined ? { socketBufferBytes: o.socketBufferBytes } : {}),
+        };
         const env = o.mallocDefaults ? process.env : { ...process.env, ...COLLECTIVES_ENV };
         const child = spawn(process.execPath, [rankScript, JSON.stringify(job)], { stdio: ['ignore', 'pipe', 'inherit'], env });
         let out = '';
@@ -70,15 +91,16 @@ async function ours(world: number, cases: { bytes: number; iters: number }[], o:
           child.once('exit', (code) => {
             if (code !== 0) return reject(new Error(`allreduce bench: rank ${rank} of ${world} exited with ${code}`));
             for (const line of out.split('\n').filter(Boolean)) {
-              const r = JSON.parse(line) as { bytes: number; median_s: number };
-              results.set(r.bytes, r.median_s);
+              const r = JSON.parse(line) as { bytes: number; median_s: number } | { dataPath: DataPath };
+              if ('dataPath' in r) dataPath = r.dataPath;
+              else results.set(r.bytes, r.median_s);
             }
             resolve();
           }),
         );
       }),
     );
-    return results;
+    return { medians: results, dataPath };
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -130,6 +152,11 @@ export async function run(argv: string[]): Promise<void> {
   const iters = Number(option(argv, 'iters', '10'));
   const transport = option(argv, 'transport', 'tcp');
   const chunkBytes = Math.round(Number(option(argv, 'chunk-kib', '1024')) * 1024);
+  const shmChunkOpt = option(argv, 'shm-chunk-kib', '');
+  const shmChunkBytes = shmChunkOpt === '' ? undefined : Math.round(Number(shmChunkOpt) * 1024);
+  const shm = option(argv, 'shm', 'both');
+  if (!['both', 'on', 'off'].includes(shm)) throw new UserError(`allreduce bench: --shm must be both, on or off, got '${shm}'`);
+  const paths: DataPathName[] = shm === 'both' ? ['shared-memory', 'socket'] : shm === 'on' ? ['shared-memory'] : ['socket'];
   const wire = option(argv, 'wire', 'fp32') as Wire;
   const ioThreads = Number(option(argv, 'io-threads', '0')) || undefined;
   const sockbufOpt = option(argv, 'sockbuf-kib', '');
@@ -147,13 +174,28 @@ export async function run(argv: string[]): Promise<void> {
 
   log(`allreduce: ZeroMQ ring over ${transport}, chunk ${chunkBytes / 1024} KiB, socket buffers ${socketBufferBytes === undefined ? `${DEFAULT_SOCKET_BUFFER_BYTES / 1024} KiB` : socketBufferBytes === 0 ? 'OS autotuning' : `${socketBufferBytes / 1024} KiB`}, wire ${wire}, ${mallocDefaults ? 'glibc malloc defaults' : 'COLLECTIVES_ENV'}, ${iters} iterations (1 KiB latency: ${latIters}); load average ${(await import('node:os')).loadavg().map((x) => x.toFixed(2)).join(' ')}`);
   const rows: Row[] = [];
-  const latency = new Map<number, number>();
-  for (const world of worlds) {
-    const cases = [...mibs.map((m) => ({ bytes: Math.floor((m * 1024 * 1024) / 4) * 4, iters })), { bytes: LATENCY_BYTES, iters: latIters }];
-    const res = await ours(world, cases, { transport, chunkBytes, wire, mallocDefaults, ...(ioThreads ? { ioThreads } : {}), ...(socketBufferBytes !== undefined ? { socketBufferBytes } : {}) });
-    for (const c of cases.slice(0, -1)) rows.push(row(world, c.bytes, res.get(c.bytes)!));
-    latency.set(world, res.get(LATENCY_BYTES)!);
-  }
+  const latency: { path: DataPathName; world: number; s: number }[] = [];
+  for (const p of paths)
+    for (const world of worlds) {
+      const cases = [...mibs.map((m) => ({ bytes: Math.floor((m * 1024 * 1024) / 4) * 4, iters })), { bytes: LATENCY_BYTES, iters: latIters }];
+      const res = await ours(world, cases, {
+        transport,
+        chunkBytes,
+        sharedMemory: p === 'shared-memory',
+        wire,
+        mallocDefaults,
+        ...(shmChunkBytes ? { shmChunkBytes } : {}),
+        ...(ioThreads ? { ioThreads } : {}),
+        ...(socketBufferBytes !== undefined ? { socketBufferBytes } : {}),
+      });
+      const dp = res.dataPath;
+      // Asked for shared memory but not given it (no /dev/shm, not a tmpfs): say so, never mislabel.
+      if (p === 'shared-memory' && (dp?.send !== 'shared-memory' || dp.receive !== 'shared-memory'))
+        throw new UserError(`allreduce bench: the ranks did not use shared memory: ${dp?.note ?? 'rank 0 reported no data path'} (run with --shm off)`);
+      log(`world=${world} ${p}: ring chunk ${(dp?.chunkBytes ?? chunkBytes) / 1024} KiB`);
+      for (const c of cases.slice(0, -1)) rows.push(row(p, world, c.bytes, res.medians.get(c.bytes)!));
+      latency.push({ path: p, world, s: res.medians.get(LATENCY_BYTES)! });
+    }
 
   let glooRows: Row[] | string = 'skipped (--no-reference)';
   let glooLat: Row[] | string = glooRows;
@@ -168,17 +210,17 @@ export async function run(argv: string[]): Promise<void> {
   for (const r of rows) {
     const g = findGloo(r.world, r.bytes);
     const ref = g ? `   gloo: busbw ${fmt(g.busbw_GBps)} GB/s (median ${fmt(g.median_s * 1e3, 2)} ms)   ours/gloo ${fmt(r.busbw_GBps / g.busbw_GBps, 2)}x` : '';
-    log(`world=${r.world} size=${size(r.bytes)}  ours: median ${fmt(r.median_s * 1e3, 2)} ms  algbw ${fmt(r.algbw_GBps)} GB/s  busbw ${fmt(r.busbw_GBps)} GB/s${ref}`);
+    log(`world=${r.world} size=${size(r.bytes)} ${r.path.padEnd(13)}  ours: median ${fmt(r.median_s * 1e3, 2)} ms  algbw ${fmt(r.algbw_GBps)} GB/s  busbw ${fmt(r.busbw_GBps)} GB/s${ref}`);
   }
-  for (const [w, t] of latency) {
+  for (const { path: p, world: w, s: t } of latency) {
     const g = typeof glooLat === 'string' ? undefined : glooLat.find((r) => r.world === w);
-    log(`world=${w} latency 1 KiB  ours: ${fmt(t * 1e6, 1)} us${g ? `   gloo: ${fmt(g.median_s * 1e6, 1)} us   ours/gloo ${fmt(t / g.median_s, 2)}x` : ''}`);
+    log(`world=${w} latency 1 KiB ${p.padEnd(13)}  ours: ${fmt(t * 1e6, 1)} us${g ? `   gloo: ${fmt(g.median_s * 1e6, 1)} us   ours/gloo ${fmt(t / g.median_s, 2)}x` : ''}`);
   }
   if (typeof glooRows === 'string') log(`gloo reference: ${glooRows}`);
   if (typeof tcp === 'string') log(`iperf3 reference: ${tcp}`);
   else {
     log(`iperf3 loopback TCP: ${fmt(tcp)} GB/s`);
-    for (const r of rows.filter((x) => x.world === 2)) log(`world=2 size=${size(r.bytes)}  ours busbw / iperf3 = ${fmt((100 * r.busbw_GBps) / tcp, 1)}%`);
+    for (const r of rows.filter((x) => x.world === 2)) log(`world=2 size=${size(r.bytes)} ${r.path.padEnd(13)}  ours busbw / iperf3 = ${fmt((100 * r.busbw_GBps) / tcp, 1)}%`);
   }
-  if (json) process.stdout.write(JSON.stringify(rows) + '\n');
+  if (json) process.stdout.write(JSON.stringify(rows.filter((r) => r.path === paths[0]).map(({ path: _, ...r }) => r)) + '\n');
 }

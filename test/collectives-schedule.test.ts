@@ -5,9 +5,10 @@ import { shardRange, shardRanges } from '../shared/shard.js';
 import { type Wire, encode, decodeAdd, decodeCopy, quantize, f32BitsToF16, f16ToF32, f32BitsToBf16 } from '../worker/collectives/codec.js';
 import { type Plan, ringPlan, broadcastPlan, chunkRanges, segmentsFromCounts, reductionOrder, referenceSum, sendSegment, recvSegment } from '../worker/collectives/schedule.js';
 import { packBuckets, flattenInto, unflattenFrom } from '../worker/collectives/buckets.js';
-import { decodeMessage, encodeHeader, ForeignMessage, ProtocolError, MsgType } from '../worker/collectives/protocol.js';
+import { decodeMessage, encodeHeader, ForeignMessage, ProtocolError, MsgType, FLAG_SHM } from '../worker/collectives/protocol.js';
+import { encodeDescriptor, encodeRelease } from '../worker/collectives/shm.js';
 import { randomTensor } from './fixtures/collective-data.js';
-import { addF32, addF32Loop, simdAddAvailable } from '../worker/collectives/simd-add.js';
+import { addF32, addF32From, addF32Loop, simdAddAvailable } from '../worker/collectives/simd-add.js';
 
 /**
  * Runs the plans of all ranks in memory with the arithmetic of the process group (FIFO per link,
@@ -204,6 +205,11 @@ test('the SIMD add equals the fp32 loop bit for bit at any length and source ali
       const got = a.slice();
       addF32(got, raw.subarray(offset));
       assert.deepEqual(new Uint32Array(got.buffer), new Uint32Array(want.buffer), `length ${n}, source offset ${offset}`);
+      // The shared-memory path fills the kernel's memory piece by piece from the segment.
+      const filled = a.slice();
+      const src = raw.subarray(offset);
+      addF32From(filled, (into, at) => into.set(src.subarray(at, at + into.length)));
+      assert.deepEqual(new Uint32Array(filled.buffer), new Uint32Array(want.buffer), `addF32From, length ${n}`);
     }
   }
   assert.throws(() => addF32(new Float32Array(2), new Uint8Array(4)), /4 source bytes for 2 elements/);
@@ -218,6 +224,13 @@ test('headers round-trip; foreign and malformed messages are told apart', () => 
   assert.throws(() => decodeMessage([encodeHeader({ ...h, sender: 5 }), Buffer.alloc(8)], 4, 0), /sender rank 5 outside 0..3/);
   assert.throws(() => decodeMessage([encodeHeader(h), Buffer.alloc(7)], 4, 0), ProtocolError);
   assert.throws(() => decodeMessage([encodeHeader({ ...h, sender: 0 }), Buffer.alloc(8)], 4, 0), /claims to come from this rank/);
+  // Shared-memory data carries a 12-byte descriptor; a release exactly 8 bytes.
+  const shm = { ...h, flags: FLAG_SHM };
+  assert.deepEqual(decodeMessage([encodeHeader(shm), encodeDescriptor(3, 4096)], 4, 0).header, shm);
+  assert.throws(() => decodeMessage([encodeHeader(shm), Buffer.alloc(8)], 4, 0), /descriptor of 8 bytes, expected 12/);
+  const rel = { ...h, type: MsgType.RELEASE, flags: 0 };
+  assert.equal(decodeMessage([encodeHeader(rel), encodeRelease(4)], 4, 0).header.type, MsgType.RELEASE);
+  assert.throws(() => decodeMessage([encodeHeader(rel), Buffer.alloc(4)], 4, 0), /release from rank 2 carries 4 bytes/);
 });
 
 test('buckets group consecutive tensors up to the size limit and round-trip', () => {

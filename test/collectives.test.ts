@@ -10,6 +10,7 @@ import { randomTensor } from './fixtures/collective-data.js';
 import { runRanks } from './fixtures/collective-cluster.js';
 import type { RankOp } from './fixtures/collective-rank.js';
 import type { Wire } from '../worker/collectives/codec.js';
+import { DEFAULT_SHM_DIR, shmDirProblem } from '../worker/collectives/shm.js';
 
 const bits = (a: Float32Array): Uint32Array => new Uint32Array(a.buffer, a.byteOffset, a.length);
 
@@ -36,6 +37,9 @@ function expected(op: RankOp, world: number, rank: number): Float32Array {
   }
 }
 
+// The shared-memory path needs a tmpfs /dev/shm; where there is none the groups fall back to the socket.
+const shmUsable = shmDirProblem(DEFAULT_SHM_DIR) === null;
+
 const lengthArb = fc.oneof(fc.constantFrom(0, 1, 2, 7, 97, 1009, 4099), fc.nat(3000));
 
 const opArb = (world: number): fc.Arbitrary<RankOp> =>
@@ -60,12 +64,22 @@ test('collectives over real processes and sockets equal the sequential reference
           chunkBytes: fc.constantFrom(16, 256, 1000, 4096, 1 << 20),
           // 0: every collective on the ring; otherwise small ones take the one-hop exchange.
           exchangeMaxBytes: fc.constantFrom(0, 0, 4096),
+          // Per rank: whether it offers and reads shared memory (a rank without it puts both its
+          // ring links on the socket, so mixed rings take both paths in one collective).
+          sharedMemory: fc.array(fc.boolean(), { minLength: world, maxLength: world }),
         }),
       ),
-      async ({ world, ops, transport, chunkBytes, exchangeMaxBytes }) => {
-        const { cluster, results } = await runRanks({ world, ops, transport, chunkBytes, exchangeMaxBytes });
+      async ({ world, ops, transport, chunkBytes, exchangeMaxBytes, sharedMemory }) => {
+        // The shared-memory chunk as small as the socket's, so that these lengths pipeline there too.
+        const { cluster, results } = await runRanks({ world, ops, transport, chunkBytes, exchangeMaxBytes, sharedMemory, shmChunkBytes: chunkBytes });
         try {
           for (const res of results) assert.ok(res?.ok, `rank ${res?.rank} failed: ${JSON.stringify(res?.errors)}`);
+          // Rank r sends through shared memory exactly when it and its successor both have it on.
+          if (shmUsable)
+            results.forEach((res, r) => {
+              const shm = world > 1 && sharedMemory[r]! && sharedMemory[(r + 1) % world]!;
+              assert.equal(res!.dataPath!.send, shm ? 'shared-memory' : 'socket', `rank ${r} of ${JSON.stringify(sharedMemory)}: ${res!.dataPath!.note}`);
+            });
           ops.forEach((op, i) => {
             for (let r = 0; r < world; r++) {
               const want = expected(op, world, r);

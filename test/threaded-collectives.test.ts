@@ -4,6 +4,7 @@ import { shardRange } from '../shared/shard.js';
 import { referenceSum } from '../worker/collectives/index.js';
 import { randomTensor } from './fixtures/collective-data.js';
 import { runRanks } from './fixtures/collective-cluster.js';
+import { DEFAULT_SHM_DIR, shmDirProblem } from '../worker/collectives/shm.js';
 import type { RankOp } from './fixtures/collective-rank.js';
 
 // The train step's collectives run in a comm thread (worker/collectives/threaded-group.ts) and its
@@ -38,6 +39,8 @@ test('threaded group: blocking all-gathers between asynchronous collectives (in-
   try {
     for (let r = 0; r < 3; r++) {
       assert.deepEqual(results[r]!.errors, [], `rank ${r}`);
+      // Ranks on one host find each other's shared memory, also from inside the comm thread.
+      if (shmDirProblem(DEFAULT_SHM_DIR) === null) assert.equal(results[r]!.dataPath?.send, 'shared-memory', JSON.stringify(results[r]!.dataPath));
       // The process ended on its own (no abort in libzmq's teardown: the thread closed first).
       assert.equal(cluster.children[r]!.exitCode, 0, `rank ${r} exit code`);
       ops.forEach((op, i) => assert.deepEqual(bits(cluster.output(r, i)), bits(expected(op, 3, r)), `rank ${r} op ${i} (${op.kind})`));

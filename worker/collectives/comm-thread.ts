@@ -1,7 +1,7 @@
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { UserError } from '../../shared/errors.js';
 import { ANSWERED } from './interrupt.js';
-import { CollectiveError, ProcessGroup, type ProcessGroupOptions } from './process-group.js';
+import { CollectiveError, ProcessGroup, type DataPath, type ProcessGroupOptions } from './process-group.js';
 
 /**
  * The body of a worker's comm thread (threaded-group.ts has the main thread's handle): it owns
@@ -36,7 +36,7 @@ export interface WireError {
 }
 
 export type CommReply = { readonly id: number; readonly result?: Float32Array; readonly error?: WireError };
-export type CommEvent = { readonly ready: true } | { readonly startError: WireError };
+export type CommEvent = { readonly ready: true; readonly dataPath: DataPath } | { readonly startError: WireError };
 
 export function toWireError(e: unknown): WireError {
   if (e instanceof CollectiveError) return { message: e.message, kind: 'collective', code: e.code, ...(e.peer !== undefined ? { peer: e.peer } : {}) };
@@ -94,7 +94,7 @@ if (parentPort && (workerData as Partial<CommThreadData> | null)?.signal) {
   ProcessGroup.create(d.options).then(
     (g) => {
       pg = g;
-      port.postMessage({ ready: true } satisfies CommEvent);
+      port.postMessage({ ready: true, dataPath: g.dataPath } satisfies CommEvent);
     },
     (e: unknown) => {
       port.postMessage({ startError: toWireError(e) } satisfies CommEvent);

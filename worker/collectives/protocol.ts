@@ -1,19 +1,23 @@
 import { type Wire, wireCode, wireOfCode, wireBytes } from './codec.js';
+import { DESCRIPTOR_BYTES } from './shm.js';
 
 /**
  * Message format between ranks. Every message is two ZeroMQ frames: a fixed 32-byte little-endian
- * header and a payload (tensor bytes for DATA, UTF-8 JSON for HELLO, UTF-8 text for FAIL, empty
- * for ACK).
+ * header and a payload (tensor bytes for DATA, or with FLAG_SHM a 12-byte shared-memory
+ * descriptor (shm.ts); UTF-8 JSON for HELLO, LINK and FAIL; 8 bytes for RELEASE; empty for ACK).
  *
  *   off size field
  *     0  4   magic 'CXRC' (0x43525843 read as u32 LE)
- *     4  1   protocol version (1)
+ *     4  1   protocol version (2)
  *     5  1   type: 1 DATA, 2 ACK, 3 HELLO, 4 FAIL, 5 PING (sign of life while waiting),
- *                6 BYE (closing; answered with ACK of op kind hello)
+ *                6 BYE (closing; answered with ACK of op kind hello), 7 RELEASE (shared-memory
+ *                slots consumed, u48 count), 8 LINK (answer to a HELLO: whether the shared-memory
+ *                segment it offered could be opened here)
  *     6  1   op kind (OpKind)
  *     7  1   wire format of the payload: 0 fp32, 1 fp16, 2 bf16
  *     8  2   sender rank
- *    10  2   flags: bit 0 ACK_REQ (the receiver answers with ACK once it has this message)
+ *    10  2   flags: bit 0 ACK_REQ (the receiver answers with ACK once it has this message),
+ *                bit 1 SHM (DATA whose bytes are in the sender's shared-memory segment)
  *    12  4   generation
  *    16  4   op sequence number within the generation (every rank numbers its collectives 0, 1, ...)
  *    20  4   ring step
@@ -21,10 +25,10 @@ import { type Wire, wireCode, wireOfCode, wireBytes } from './codec.js';
  *    28  4   total elements of the collective's buffer (catches ranks calling with other lengths)
  */
 export const MAGIC = 0x43525843;
-export const VERSION = 1;
+export const VERSION = 2;
 export const HEADER_BYTES = 32;
 
-export const MsgType = { DATA: 1, ACK: 2, HELLO: 3, FAIL: 4, PING: 5, BYE: 6 } as const;
+export const MsgType = { DATA: 1, ACK: 2, HELLO: 3, FAIL: 4, PING: 5, BYE: 6, RELEASE: 7, LINK: 8 } as const;
 export type MsgType = (typeof MsgType)[keyof typeof MsgType];
 
 export const OpKind = { allReduce: 1, reduceScatter: 2, allGather: 3, allGatherV: 4, broadcast: 5, barrier: 6, hello: 7 } as const;
@@ -32,6 +36,7 @@ export type OpKindName = keyof typeof OpKind;
 const opKindNames = Object.fromEntries(Object.entries(OpKind).map(([k, v]) => [v, k])) as Record<number, OpKindName>;
 
 export const FLAG_ACK_REQ = 1;
+export const FLAG_SHM = 2;
 
 export interface Header {
   type: MsgType;
@@ -86,7 +91,7 @@ export function decodeMessage(frames: readonly Buffer[], world: number, self: nu
   const version = hb.readUInt8(4);
   if (version !== VERSION) throw new ProtocolError(`protocol version ${version}, this rank speaks ${VERSION}`);
   const type = hb.readUInt8(5);
-  if (type < 1 || type > 6) throw new ProtocolError(`unknown message type ${type}`);
+  if (type < 1 || type > 8) throw new ProtocolError(`unknown message type ${type}`);
   const opCode = hb.readUInt8(6);
   const op = opKindNames[opCode];
   if (!op) throw new ProtocolError(`unknown op kind ${opCode}`);
@@ -108,8 +113,11 @@ export function decodeMessage(frames: readonly Buffer[], world: number, self: nu
     chunk: hb.readUInt32LE(24),
     total: hb.readUInt32LE(28),
   };
-  if (type === MsgType.DATA && payload.length % wireBytes[wire] !== 0)
+  if (type === MsgType.DATA && header.flags & FLAG_SHM) {
+    if (payload.length !== DESCRIPTOR_BYTES) throw new ProtocolError(`${op} shared-memory data from rank ${sender}: descriptor of ${payload.length} bytes, expected ${DESCRIPTOR_BYTES}`);
+  } else if (type === MsgType.DATA && payload.length % wireBytes[wire] !== 0)
     throw new ProtocolError(`${op} data from rank ${sender}: ${payload.length} bytes is not a whole number of ${wire} values`);
   if ((type === MsgType.ACK || type === MsgType.PING || type === MsgType.BYE) && payload.length !== 0) throw new ProtocolError(`control message ${type} from rank ${sender} carries ${payload.length} bytes`);
+  if (type === MsgType.RELEASE && payload.length !== 8) throw new ProtocolError(`release from rank ${sender} carries ${payload.length} bytes, expected 8`);
   return { header, payload };
 }

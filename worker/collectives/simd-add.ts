@@ -99,11 +99,28 @@ export function addF32(dst: Float32Array, src: Uint8Array): void {
     const aligned = src.byteOffset % 4 === 0 ? src : Uint8Array.from(src);
     return addF32Loop(dst, new Float32Array(aligned.buffer, aligned.byteOffset, dst.length));
   }
-  const { add, bytes, floats } = kernel;
+  addPieces(dst, (into, at) => into.set(src.subarray(at, at + into.length)));
+}
+
+/**
+ * dst[i] = dst[i] + src[i] in fp32, where `fill(into, at)` writes the source's bytes at..at+into.length
+ * into `into` (for example a read from a file straight into the kernel's memory, saving a copy).
+ */
+export function addF32From(dst: Float32Array, fill: (into: Uint8Array, at: number) => void): void {
+  if (!kernel) {
+    const src = new Uint8Array(dst.byteLength);
+    for (let at = 0; at < src.length; at += PIECE_BYTES) fill(src.subarray(at, Math.min(src.length, at + PIECE_BYTES)), at);
+    return addF32Loop(dst, new Float32Array(src.buffer));
+  }
+  addPieces(dst, fill);
+}
+
+function addPieces(dst: Float32Array, fill: (into: Uint8Array, at: number) => void): void {
+  const { add, bytes, floats } = kernel!;
   const out = new Uint8Array(dst.buffer, dst.byteOffset, dst.byteLength);
   for (let at = 0; at < out.length; at += PIECE_BYTES) {
     const len = Math.min(PIECE_BYTES, out.length - at);
-    bytes.set(src.subarray(at, at + len), S);
+    fill(bytes.subarray(S, S + len), at);
     bytes.set(out.subarray(at, at + len), D);
     const vec = len & ~15;
     add(D, S, vec);

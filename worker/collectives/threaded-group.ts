@@ -2,7 +2,7 @@ import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from '
 import { UserError } from '../../shared/errors.js';
 import type { CommEvent, CommReply, CommRequest, CommThreadData, WireError } from './comm-thread.js';
 import { ANSWERED, INTERRUPT, SIGNAL_BYTES } from './interrupt.js';
-import { CollectiveError, DEFAULT_TIMEOUT_MS, type CollectiveErrorCode, type ProcessGroupOptions } from './process-group.js';
+import { CollectiveError, DEFAULT_TIMEOUT_MS, type CollectiveErrorCode, type DataPath, type ProcessGroupOptions } from './process-group.js';
 
 /**
  * How much longer than the group's timeout a blocked main thread waits for the comm thread: the
@@ -43,6 +43,8 @@ export class ThreadedProcessGroup {
   readonly rank: number;
   readonly world: number;
   readonly timeoutMs: number;
+  /** Which path bulk data takes on this rank's ring links (set once the thread has handshaken). */
+  dataPath: DataPath | null = null;
   private readonly signal: Int32Array;
   private nextId = 1;
   private readonly waiting = new Map<number, { resolve(r: Float32Array | undefined): void; reject(e: Error): void }>();
@@ -111,6 +113,7 @@ export class ThreadedProcessGroup {
       await g.exited;
       throw fromWire(started.startError);
     }
+    g.dataPath = started.dataPath;
     return g;
   }
 

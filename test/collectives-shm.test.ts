@@ -1,0 +1,186 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import * as zmq from 'zeromq';
+import { referenceSum } from '../worker/collectives/index.js';
+import { encodeHeader, MsgType, FLAG_SHM } from '../worker/collectives/protocol.js';
+import { DEFAULT_SHM_DIR, ShmPeer, ShmSegment, decodeDescriptor, decodeRelease, encodeDescriptor, encodeRelease, shmDirProblem, shmSlots } from '../worker/collectives/shm.js';
+import { randomTensor } from './fixtures/collective-data.js';
+import { runRanks } from './fixtures/collective-cluster.js';
+import type { RankOp } from './fixtures/collective-rank.js';
+
+// Every test here needs a tmpfs; a host without /dev/shm runs the socket path only (collectives.test.ts).
+const skip = shmDirProblem(DEFAULT_SHM_DIR) ?? false;
+const bits = (a: Float32Array): Uint32Array => new Uint32Array(a.buffer, a.byteOffset, a.length);
+const shmTempDir = (): string => mkdtempSync(path.join(DEFAULT_SHM_DIR, 'cxr-shm-test-'));
+
+test('descriptors and releases round-trip and reject what cannot be one', () => {
+  assert.deepEqual(decodeDescriptor(encodeDescriptor(2 ** 40 + 5, 4 << 20)), { counter: 2 ** 40 + 5, bytes: 4 << 20 });
+  assert.equal(decodeDescriptor(Buffer.alloc(8)), null);
+  const bad = encodeDescriptor(1, 1);
+  bad[7] = 1;
+  assert.equal(decodeDescriptor(bad), null);
+  assert.equal(decodeRelease(encodeRelease(123_456_789_012)), 123_456_789_012);
+  assert.equal(decodeRelease(Buffer.alloc(6)), null);
+  assert.equal(shmSlots(1 << 20), 8);
+  assert.equal(shmSlots(4 << 20), 4);
+  assert.equal(shmSlots(64 << 20), 2);
+});
+
+test('a directory that is not a tmpfs, or not there, is refused with the reason', () => {
+  const disk = mkdtempSync(path.join(tmpdir(), 'cxr-shm-disk-'));
+  try {
+    const why = shmDirProblem(disk);
+    if (why !== null) assert.match(why, /not a tmpfs/);
+    assert.match(shmDirProblem(path.join(disk, 'missing'))!, /does not exist/);
+    if (why !== null) assert.throws(() => ShmSegment.create(disk, 2, 64), /not a tmpfs/);
+  } finally {
+    rmSync(disk, { recursive: true, force: true });
+  }
+});
+
+test('a segment carries slots from writer to reader in order and never lets a slot be overwritten before its release', { skip }, () => {
+  const dir = shmTempDir();
+  try {
+    const seg = ShmSegment.create(dir, 3, 16);
+    const peer = ShmPeer.open(seg.offer());
+    assert.ok(peer instanceof ShmPeer, String(peer));
+    const data = (k: number): Buffer => Buffer.from(Array.from({ length: 16 }, (_, i) => (k * 31 + i) & 255));
+    for (let k = 0; k < 3; k++) assert.equal(seg.write(data(k)), k);
+    assert.equal(seg.canWrite(), false);
+    assert.throws(() => seg.write(data(3)), /no free slot/);
+    assert.equal(seg.release(4), false, 'a release beyond what was written');
+    for (let k = 0; k < 3; k++) {
+      assert.equal(peer.check(k + 1, 16), `shared-memory slot ${k + 1} arrived, expected ${k}`);
+      const head = Buffer.alloc(6);
+      const tail = Buffer.alloc(10);
+      peer.read(head);
+      peer.read(tail, 6);
+      assert.deepEqual(Buffer.concat([head, tail]), data(k));
+      peer.advance();
+    }
+    assert.equal(seg.release(2), true);
+    assert.equal(seg.release(1), false, 'a release going backwards');
+    for (let k = 3; k < 5; k++) assert.equal(seg.write(data(k)), k);
+    assert.equal(seg.canWrite(), false);
+    const got = Buffer.alloc(16);
+    peer.read(got);
+    assert.deepEqual(got, data(3), 'slot 0 holds counter 3 after the wrap');
+    assert.match(peer.check(3, 17)!, /exceeds the 16-byte slot/);
+    assert.equal(seg.release(5), true);
+    assert.throws(() => seg.write(Buffer.alloc(17)), /do not fit/);
+    peer.close();
+    seg.close();
+    assert.deepEqual(readdirSync(dir), []);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a segment is only used when it is the announced one: another file or a missing path is told apart', { skip }, () => {
+  const dir = shmTempDir();
+  try {
+    const seg = ShmSegment.create(dir, 2, 64);
+    assert.match(String(ShmPeer.open({ ...seg.offer(), token: '00'.repeat(16) })), /not the announced segment/);
+    assert.match(String(ShmPeer.open({ ...seg.offer(), path: path.join(dir, 'elsewhere') })), /not visible here/);
+    assert.match(String(ShmPeer.open({ path: 3 })), /malformed/);
+    writeFileSync(path.join(dir, 'impostor'), Buffer.alloc(64 + 128));
+    assert.match(String(ShmPeer.open({ ...seg.offer(), path: path.join(dir, 'impostor') })), /not the announced segment/);
+    seg.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+const expectSum = (op: RankOp, world: number): Float32Array =>
+  referenceSum(Array.from({ length: world }, (_, r) => randomTensor(op.length!, op.seed, r)), op.wire ?? 'fp32');
+
+test('same-host ranks move data through shared memory with the ring large chunk; segment names are gone after the handshake', { skip, timeout: 60_000 }, async () => {
+  const shmDir = shmTempDir();
+  let during: string[] = ['not checked'];
+  // 6 MB buffers: one 2 MB chunk per ring step, 4 steps per all-reduce, so four all-reduces wrap the 4 slots several times.
+  const ops: RankOp[] = [0, 1, 2, 3].map((i) => ({ kind: 'allReduce' as const, length: 1_500_007, seed: 40 + i, ...(i === 2 ? { wire: 'bf16' as const } : {}) }));
+  const { cluster, results } = await runRanks({ world: 3, ops, transport: 'tcp', shmDir, beforeGo: () => void (during = readdirSync(shmDir)) });
+  try {
+    assert.deepEqual(during, [], 'each segment is unlinked once its reader has it open');
+    for (const res of results) {
+      assert.ok(res?.ok, JSON.stringify(res?.errors));
+      assert.deepEqual(res.dataPath, { send: 'shared-memory', receive: 'shared-memory', note: null, chunkBytes: 4 << 20 });
+    }
+    ops.forEach((op, i) => {
+      const want = bits(expectSum(op, 3));
+      for (let r = 0; r < 3; r++) assert.deepEqual(bits(cluster.output(r, i)), want, `op ${i} rank ${r}`);
+    });
+    assert.deepEqual(readdirSync(shmDir), []);
+  } finally {
+    cluster.cleanup();
+    rmSync(shmDir, { recursive: true, force: true });
+  }
+});
+
+test('a ring with one rank off shared memory mixes both paths in one collective and keeps the reference bits', { skip, timeout: 60_000 }, async () => {
+  const ops: RankOp[] = [
+    { kind: 'allReduce', length: 100_003, seed: 1 },
+    { kind: 'allReduce', length: 100_003, seed: 2, wire: 'fp16' },
+    { kind: 'broadcast', length: 70_001, root: 2, seed: 3 },
+    { kind: 'allGatherV', counts: [30_000, 0, 41_234], seed: 4 },
+  ];
+  const { cluster, results } = await runRanks({ world: 3, ops, chunkBytes: 64 << 10, sharedMemory: [true, false, true] });
+  try {
+    for (const res of results) assert.ok(res?.ok, JSON.stringify(res?.errors));
+    // 0 -> 1 and 1 -> 2 touch the rank without it; 2 -> 0 is in shared memory.
+    assert.deepEqual(
+      results.map((r) => [r!.dataPath!.send, r!.dataPath!.receive, r!.dataPath!.chunkBytes]),
+      [
+        ['socket', 'shared-memory', 64 << 10],
+        ['socket', 'socket', 64 << 10],
+        ['shared-memory', 'socket', 64 << 10],
+      ],
+    );
+    assert.match(results[0]!.dataPath!.note!, /rank 1 does not read this rank's segment: shared memory turned off on the reader/);
+    assert.match(results[1]!.dataPath!.note!, /shared memory turned off/);
+    for (const i of [0, 1]) for (let r = 0; r < 3; r++) assert.deepEqual(bits(cluster.output(r, i)), bits(expectSum(ops[i]!, 3)), `op ${i} rank ${r}`);
+    for (let r = 0; r < 3; r++) assert.deepEqual(bits(cluster.output(r, 2)), bits(randomTensor(70_001, 3, 2)), `broadcast rank ${r}`);
+    const gathered = Float32Array.from([...randomTensor(30_000, 4, 0), ...randomTensor(41_234, 4, 2)]);
+    for (let r = 0; r < 3; r++) assert.deepEqual(bits(cluster.output(r, 3)), bits(gathered), `allGatherV rank ${r}`);
+  } finally {
+    cluster.cleanup();
+  }
+});
+
+test('a forged shared-memory descriptor fails the collective with a protocol error, and abort() recovers the link', { skip, timeout: 60_000 }, async () => {
+  const length = 50_021;
+  const ops: RankOp[] = [10, 11, 12].map((seed) => ({ kind: 'allReduce' as const, length, seed }));
+  const sockets: zmq.Push[] = [];
+  const { cluster, results } = await runRanks({
+    world: 2,
+    transport: 'tcp',
+    ops,
+    abortOnError: true,
+    beforeGo: async (c) => {
+      const push = new zmq.Push({ linger: 1000 });
+      sockets.push(push);
+      push.connect(c.endpoints[0]!);
+      // Claims rank 1's slot 5 while rank 0 expects slot 0.
+      const h = encodeHeader({ type: MsgType.DATA, op: 'allReduce', wire: 'fp32', sender: 1, flags: FLAG_SHM, generation: 0, seq: 0, step: 0, chunk: 0, total: length });
+      await push.send([h, encodeDescriptor(5, 100_040)]);
+      await new Promise((r) => setTimeout(r, 200));
+    },
+  });
+  try {
+    for (const s of sockets) s.close();
+    for (const res of results) {
+      assert.ok(res, 'no rank may crash');
+      assert.equal(res.dataPath!.send, 'shared-memory');
+      assert.equal(res.errors.length, 1, JSON.stringify(res.errors));
+      assert.equal(res.errors[0]!.op, 0);
+    }
+    assert.equal(results[0]!.errors[0]!.code, 'protocol');
+    assert.match(results[0]!.errors[0]!.message, /shared-memory slot 5 arrived, expected 0 \(from rank 1\)/);
+    for (const i of [1, 2]) for (const r of [0, 1]) assert.deepEqual(bits(cluster.output(r, i)), bits(expectSum(ops[i]!, 2)), `op ${i} rank ${r}`);
+  } finally {
+    cluster.cleanup();
+  }
+});
