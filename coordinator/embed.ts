@@ -4,7 +4,8 @@ import { openDataset } from '../shared/dataset/reader.js';
 import { UserError } from '../shared/errors.js';
 import { writeFileAtomic } from '../shared/fs-atomic.js';
 import { initBackend, type BackendChoice } from '../worker/backend.js';
-import { loadModelFor, type SplitName } from './train-local.js';
+import { loadModelFor } from './saved-model.js';
+import type { SplitName } from './train-config.js';
 
 /**
  * `coordinator embed`: the image embeddings of a split under a saved model, for users' own

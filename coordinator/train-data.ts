@@ -1,6 +1,6 @@
 import { UserError } from '../shared/errors.js';
 import { openDataset } from '../shared/dataset/reader.js';
-import type { TrainData } from './train-local.js';
+import type { TrainData } from './train-config.js';
 
 /** A dataset directory (shared/dataset format) as the trainer's view of it. */
 export async function openTrainData(dir: string): Promise<TrainData> {

@@ -20,7 +20,7 @@ import { runJob } from './job.js';
 import { serveMetrics, TrainingMetrics } from './metrics-server.js';
 import { writeRunEnvironment } from './report/environment.js';
 import { Sampler } from './sampler.js';
-import { labelSetFor, type TrainConfig } from './train-local.js';
+import { labelSetFor, type TrainConfig } from './train-config.js';
 import type { CheckpointFlags } from './checkpoint-flags.js';
 
 /** Where and how the workers run (the rest of the run is TrainConfig). */

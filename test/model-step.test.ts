@@ -11,7 +11,8 @@ import { computeGradients, localComm, packRows, splitRows, type StepComm, type S
 import { labelPriorTarget } from '../worker/losses.js';
 import { adamwStep, decayMask } from '../worker/optim.js';
 import { mulberry32 } from '../shared/rng.js';
-import { evalSaved, type TrainConfig } from '../coordinator/train-local.js';
+import { evalSaved } from '../coordinator/saved-model.js';
+import type { TrainConfig } from '../coordinator/train-config.js';
 import { trainDistributed } from '../coordinator/train-job.js';
 import { createLogger } from '../shared/log.js';
 import { syntheticData, writeDataset } from './helpers/synthetic.js';

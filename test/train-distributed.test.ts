@@ -10,7 +10,7 @@ import { writeReport } from '../coordinator/report/index.js';
 import { paramsSha256 } from '../shared/params-hash.js';
 import { createLogger } from '../shared/log.js';
 import { openDataset } from '../shared/dataset/reader.js';
-import { evalSaved } from '../coordinator/train-local.js';
+import { evalSaved } from '../coordinator/saved-model.js';
 import { openTrainData } from '../coordinator/train-data.js';
 
 const log = createLogger('test', 'warn');

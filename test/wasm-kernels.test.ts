@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../worker/backend.js';
 import { mulberry32, normalSource } from '../shared/rng.js';
-import type { TrainConfig } from '../coordinator/train-local.js';
+import type { TrainConfig } from '../coordinator/train-config.js';
 import { trainDistributed } from '../coordinator/train-job.js';
 import { createLogger } from '../shared/log.js';
 import { syntheticData, writeDataset } from './helpers/synthetic.js';

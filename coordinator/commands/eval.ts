@@ -3,7 +3,7 @@ import type { Argv, CommandModule } from 'yargs';
 import { writeJsonAtomic } from '../../shared/fs-atomic.js';
 import { BACKEND_CHOICES, type BackendChoice } from '../../worker/backend.js';
 import { openTrainData } from '../train-data.js';
-import { evalSaved } from '../train-local.js';
+import { evalSaved } from '../saved-model.js';
 
 /** The options of every command that runs a saved model over a dataset split (eval, embed). */
 export interface SavedModelArgs {

@@ -7,7 +7,7 @@ import { MODEL_PRESETS } from '../../worker/model/config.js';
 import { createLogger } from '../../shared/log.js';
 import { writeReport } from '../report/index.js';
 import { trainDistributed } from '../train-job.js';
-import type { TrainConfig } from '../train-local.js';
+import type { TrainConfig } from '../train-config.js';
 import { checkpointFlags } from '../checkpoint-flags.js';
 
 export interface TrainArgs {

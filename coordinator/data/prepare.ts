@@ -7,7 +7,7 @@ import { buildDirAtomically, checkOutputDir } from './output-dir.js';
 import { configureDecoder, decodeGray } from './decode.js';
 import { FORMATS, readLabelCsv, type LabelFormat } from './label-csv.js';
 import { locateImages } from './locate.js';
-import { Progress } from './progress.js';
+import { createProgress } from '../../shared/progress.js';
 
 export interface PrepareOptions {
   format: LabelFormat;
@@ -50,7 +50,7 @@ export async function runPrepare(o: PrepareOptions): Promise<Manifest> {
 
   return buildDirAtomically(o.out, o.overwrite, async (tmp) => {
     const w = new DatasetWriter(tmp, { height: size, width: size, labelSet: table.labelSet.name, labels: table.labelSet.labels });
-    const progress = o.progress === false ? null : new Progress('prepare', table.rows.length);
+    const progress = o.progress === false ? null : createProgress({ label: 'prepare', total: table.rows.length, unit: 'images' });
     const n = table.rows.length;
     const decode = (i: number): Promise<Uint8Array> => {
       const p = decodeGray(files[i]!, size).catch((e: unknown) => {
@@ -75,7 +75,7 @@ export async function runPrepare(o: PrepareOptions): Promise<Manifest> {
           studyId: r.studyId,
           path: path.relative(rootAbs, path.resolve(files[i]!)),
         });
-        progress?.tick();
+        progress?.increment();
       }
       progress?.stop();
       return await w.finish({

@@ -1,7 +1,7 @@
 import { mkdir } from 'node:fs/promises';
 import { mulberry32 } from '../../shared/rng.js';
 import { DatasetWriter } from '../../shared/dataset/writer.js';
-import type { SplitName, TrainData } from '../../coordinator/train-local.js';
+import type { SplitName, TrainData } from '../../coordinator/train-config.js';
 
 /**
  * An in-memory learnable dataset: label l present draws a bright square in cell l of a grid,

@@ -3,76 +3,16 @@ import * as path from 'node:path';
 import { checkpointsDir, loadCheckpoint } from '../shared/checkpoint/index.js';
 import { UserError } from '../shared/errors.js';
 import { createProgress } from '../shared/progress.js';
-import { BUILTIN_LABEL_SETS, loadLabelSet, type LabelSet } from '../shared/labels.js';
+import type { LabelSet } from '../shared/labels.js';
 import { aurocReport, type AurocReport } from '../shared/metrics/auroc.js';
 import { initBackend, type BackendChoice } from '../worker/backend.js';
-import type { BlankPolicy, LabelPriorKind } from '../worker/losses.js';
 import type { ModelConfig } from '../worker/model/config.js';
 import { loadParams, PARAMS_JSON } from '../worker/model/params-file.js';
 import { CxrModel } from '../worker/model/vit.js';
 import { predictLogits } from '../worker/step.js';
+import { labelSetFor, type SplitName, type TrainData } from './train-config.js';
 
-/**
- * The trainer's config and single-process evaluation (`coordinator eval`). Training itself runs
- * in worker processes for every worker count: coordinator/train-job.ts and worker/train-step.ts.
- */
-
-export type SplitName = 'train' | 'val' | 'test';
-
-/** What training needs of a dataset (the shape of shared/dataset/reader's Dataset). */
-export interface TrainData {
-  readonly labelNames: readonly string[];
-  /** Label-set name from the manifest, for the label graph. */
-  readonly labelSet: string;
-  readonly imageSize: number;
-  split(name: SplitName): {
-    readonly length: number;
-    read(indices: ArrayLike<number>): Promise<{ n: number; images: Uint8Array; labels: Float32Array }>;
-  };
-}
-
-export interface TrainConfig {
-  data: string;
-  out: string;
-  workers: number;
-  model: string;
-  epochs: number | null;
-  steps: number | null;
-  batchSize: number;
-  seed: number;
-  eval: 'test' | 'val' | 'none';
-  backend: BackendChoice;
-  lr: number;
-  warmupSteps: number;
-  minLrRatio: number;
-  weightDecay: number;
-  clipNorm: number;
-  head: 'text' | 'linear';
-  textEmbeddings: string | null;
-  wCls: number;
-  wCon: number;
-  wPrior: number;
-  labelPrior: LabelPriorKind;
-  uncertainty: string;
-  uncertaintyLabel: string[];
-  blank: BlankPolicy;
-  posWeight: 'none' | 'balanced';
-  bootstrap: number;
-}
-
-/** The label set a dataset's labels belong to (by manifest name, else by identical label list). */
-export function labelSetFor(name: string, labels: readonly string[]): LabelSet | null {
-  const candidates = [name, ...BUILTIN_LABEL_SETS];
-  for (const c of candidates) {
-    try {
-      const set = loadLabelSet(c);
-      if (set.labels.length === labels.length && set.labels.every((l, i) => l === labels[i])) return set;
-    } catch {
-      /* not a loadable set */
-    }
-  }
-  return null;
-}
+/** A saved model (run directory or checkpoint), loaded and evaluated in this process: `coordinator eval`, `embed`. */
 
 /** Per-label AUROC of a model on a split, reading it in chunks. */
 export async function evaluate(
