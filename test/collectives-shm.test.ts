@@ -184,3 +184,35 @@ test('a forged shared-memory descriptor fails the collective with a protocol err
     cluster.cleanup();
   }
 });
+
+test('a reader that stops taking slots leaves its writer without room, and the writer names it within the timeout', { skip, timeout: 60_000 }, async () => {
+  const timeoutMs = 1500;
+  let cont = (): void => undefined;
+  // 2 MB through 64 KiB slots: rank 0 fills its 8 slots long before the buffer is through.
+  const { cluster, results } = await runRanks({
+    world: 2,
+    timeoutMs,
+    transport: 'tcp',
+    chunkBytes: 64 << 10,
+    shmChunkBytes: 64 << 10,
+    ops: [{ kind: 'allReduce', length: 500_000, seed: 1 }],
+    beforeGo: (c) => {
+      c.children[1]!.kill('SIGSTOP');
+      cont = () => {
+        c.children[1]!.kill('SIGCONT');
+        c.children[1]!.kill('SIGKILL');
+      };
+      c.children[0]!.once('exit', () => cont());
+    },
+  });
+  try {
+    const e = results[0]!.errors[0]!;
+    assert.ok(e, 'rank 0 did not fail');
+    assert.equal(e.peer, 1, e.message);
+    assert.match(e.message, /rank 1 \(tcp:\/\/127\.0\.0\.1:\d+\)/);
+    assert.ok(e.ms <= timeoutMs + 1000, `rank 0 took ${e.ms} ms: ${e.message}`);
+  } finally {
+    cont();
+    cluster.cleanup();
+  }
+});
