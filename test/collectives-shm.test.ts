@@ -4,7 +4,7 @@ import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import * as zmq from 'zeromq';
-import { referenceSum } from '../worker/collectives/index.js';
+import { ProcessGroup, referenceSum, type DataPath } from '../worker/collectives/index.js';
 import { encodeHeader, MsgType, FLAG_SHM } from '../worker/collectives/protocol.js';
 import { DEFAULT_SHM_DIR, ShmPeer, ShmSegment, decodeDescriptor, decodeRelease, encodeDescriptor, encodeRelease, shmDirProblem, shmSlots } from '../worker/collectives/shm.js';
 import { randomTensor } from './fixtures/collective-data.js';
@@ -214,5 +214,33 @@ test('a reader that stops taking slots leaves its writer without room, and the w
   } finally {
     cont();
     cluster.cleanup();
+  }
+});
+
+test('CXR_SHM_DISABLE=1 takes every link back to the socket, as NCCL_SHM_DISABLE does', { skip, timeout: 30_000 }, async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'cxr-shm-env-'));
+  const endpoints = [0, 1].map((r) => `ipc://${path.join(dir, `r${r}.sock`)}`);
+  const pair = async (): Promise<DataPath[]> => {
+    const groups = await Promise.all([0, 1].map((rank) => ProcessGroup.create({ rank, world: 2, endpoints, timeoutMs: 10_000 })));
+    const bufs = [0, 1].map((r) => randomTensor(30_000, 9, r));
+    await Promise.all(groups.map((g, r) => g.allReduce(bufs[r]!)));
+    assert.deepEqual(bits(bufs[0]!), bits(referenceSum([0, 1].map((r) => randomTensor(30_000, 9, r)))));
+    const paths = groups.map((g) => g.dataPath);
+    await Promise.all(groups.map((g) => g.close()));
+    return paths;
+  };
+  const saved = process.env.CXR_SHM_DISABLE;
+  try {
+    process.env.CXR_SHM_DISABLE = '1';
+    for (const p of await pair()) {
+      assert.equal(p.send, 'socket');
+      assert.match(p.note!, /shared memory turned off/);
+    }
+    delete process.env.CXR_SHM_DISABLE;
+    for (const p of await pair()) assert.deepEqual([p.send, p.receive], ['shared-memory', 'shared-memory']);
+  } finally {
+    if (saved === undefined) delete process.env.CXR_SHM_DISABLE;
+    else process.env.CXR_SHM_DISABLE = saved;
+    rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -25,7 +25,7 @@ export interface ProcessGroupOptions {
   ioThreads?: number;
   /** Kernel send and receive buffer of every socket (SO_SNDBUF/SO_RCVBUF), bytes (default 256 KiB; 0: the OS's autotuning). */
   socketBufferBytes?: number;
-  /** Move bulk data to a ring successor on the same host through shared memory (default true; see shm.ts). */
+  /** Move bulk data to a ring successor on the same host through shared memory (default true unless CXR_SHM_DISABLE=1; see shm.ts). */
   sharedMemory?: boolean;
   /** Where the shared-memory segments live (default /dev/shm; must be a tmpfs). */
   shmDir?: string;
@@ -259,7 +259,8 @@ export class ProcessGroup {
     this.wire = opts.wire ?? 'fp32';
     this.exchangeMaxBytes = opts.exchangeMaxBytes ?? EXCHANGE_MAX_BYTES;
     this.chunkElems = Math.floor(this.chunkBytes / 4);
-    this.useShm = opts.sharedMemory ?? true;
+    // Like NCCL_SHM_DISABLE: an operator can take every link back to the socket without a code change.
+    this.useShm = opts.sharedMemory ?? process.env.CXR_SHM_DISABLE !== '1';
     this.shmChunkBytes = opts.shmChunkBytes ?? DEFAULT_SHM_CHUNK_BYTES;
     this.shmDir = opts.shmDir ?? DEFAULT_SHM_DIR;
     this.lastHeard = this.endpoints.map(() => Date.now());
