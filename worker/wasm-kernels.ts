@@ -205,10 +205,21 @@ function gemmFor(backend: WasmBackendLike): SimdGemm | null {
   return g;
 }
 
+let simdOff = false;
+
+/**
+ * Route batch > 1 products to the SIMD GEMM where it runs (true, the default) or to the backend's
+ * own kernel (false): for benchmarks that compare the two in one run, and to rule the kernel out
+ * when chasing a numerical difference.
+ */
+export function useSimdBatchMatMul(on: boolean): void {
+  simdOff = !on;
+}
+
 /** Which BatchMatMul path serves batch > 1 on the active wasm backend: 'simd' or 'fallback'. */
 export function wasmBatchMatMulPath(): 'simd' | 'fallback' {
   if (tf.getBackend() !== 'wasm') throw new Error(`wasmBatchMatMulPath: the active backend is ${tf.getBackend()}, not wasm`);
-  return gemmFor(tf.backend() as unknown as WasmBackendLike) ? 'simd' : 'fallback';
+  return !simdOff && gemmFor(tf.backend() as unknown as WasmBackendLike) ? 'simd' : 'fallback';
 }
 
 /**
@@ -224,7 +235,7 @@ function simdBatchedMatMul(plain: (args: { inputs: tf.NamedTensorInfoMap; backen
     const backend = args.backend as WasmBackendLike;
     const outer = tf.backend_util.assertAndGetBroadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2));
     const batch = outer.reduce((x, y) => x * y, 1);
-    if (batch <= 1 || a.dtype !== 'float32' || b.dtype !== 'float32') return plain(args);
+    if (batch <= 1 || simdOff || a.dtype !== 'float32' || b.dtype !== 'float32') return plain(args);
     const gemm = gemmFor(backend);
     if (!gemm) return plain(args);
     const ra = a.shape.length;
