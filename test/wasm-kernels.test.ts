@@ -5,7 +5,7 @@ import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { initBackend } from '../worker/backend.js';
-import { broadcastBatchIndex, wasmBatchMatMulPath } from '../worker/wasm-kernels.js';
+import { broadcastBatchIndex, setSimdMatMulScope, wasmBatchMatMulPath } from '../worker/wasm-kernels.js';
 import { sleb, uleb } from '../worker/wasm-asm.js';
 import { mulberry32, normalSource } from '../shared/rng.js';
 import type { TrainConfig } from '../coordinator/train-local.js';
@@ -118,6 +118,25 @@ test('batched matMul on wasm takes the SIMD GEMM and equals the cpu kernel: odd 
       );
     }
   });
+});
+
+test('the SIMD GEMM scope switch: batch-1 products on it (scope all) equal the cpu kernel; none routes around it', () => {
+  try {
+    setSimdMatMulScope('all');
+    // 37 x 41 x 29: full 4x8 panels (the contiguous packing) and ragged edges in every layout.
+    const [m, n, k] = [37, 41, 29];
+    const av = randArray(m * k, 41);
+    const bv = randArray(k * n, 42);
+    for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]] as const) {
+      sameOnCpu(`2-D ${ta} ${tb}`, () => tf.matMul(tf.tensor2d(av, ta ? [k, m] : [m, k]), tf.tensor2d(bv, tb ? [n, k] : [k, n]), ta, tb));
+    }
+    setSimdMatMulScope('none');
+    assert.equal(wasmBatchMatMulPath(), 'fallback');
+    sameOnCpu('batched on the backend kernel', () => tf.matMul(tf.tensor3d(av.subarray(0, 3 * 4 * 5), [3, 4, 5]), tf.tensor3d(bv.subarray(0, 3 * 5 * 6), [3, 5, 6])));
+  } finally {
+    setSimdMatMulScope('batched');
+  }
+  assert.equal(wasmBatchMatMulPath(), 'simd');
 });
 
 test('batched matMul on wasm broadcasts batch dims like NumPy', () => {

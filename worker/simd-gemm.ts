@@ -12,11 +12,13 @@ import { assembleModule, Body, type Label } from './wasm-asm.js';
  * handled (no Transpose copy, and the product loop is the same for all four layouts). The
  * micro-kernel keeps a 4x8 block of C in eight f32x4 accumulators and streams the two panels:
  * per k, two vector loads of B, four load-splats of A, eight mul + eight add (wasm SIMD has no
- * FMA). The panel of B stays in L1 while the panels of A pass under it.
+ * FMA). The panel of B stays in L1 while the panels of A pass under it. There is no blocking of
+ * k or m beyond that: right for the attention products (k <= 65 here); on the big dense products
+ * XNNPACK is as fast or faster (`npm run bench -- batch-matmul`), so batch 1 stays with it.
  *
  * Every C element is sum_k a[i,k]*b[k,j] accumulated in increasing k with f32 mul then f32 add,
- * one thread, fixed order: the same bits on every run. (They differ from the cpu backend's in
- * rounding only: it accumulates in the same order, but tfjs-backend-cpu blocks k.)
+ * one thread, fixed order: the same bits on every run, and for a matrix whatever else is in the
+ * batch. (Other kernels sum in other orders, so they agree to rounding, not bit for bit.)
  */
 
 const I = 'i32';
@@ -69,26 +71,48 @@ function packBody(): Body {
   const dStride = f.local(I); // width * 4 bytes between consecutive inner indices
   f.get(width).i32Const(2).i32Shl().set(dStride);
   whileLoop(f, () => f.get(o).get(outer).i32LtU(), () => {
-    f.i32Const(0).set(lane);
-    f.loop((lanes) => {
-      f.get(dst).get(lane).i32Const(2).i32Shl().i32Add().set(d);
-      f.get(inner).set(x);
-      // The panel's lanes past the last row/column are zeros, so the kernel needs no edge case.
-      f.get(o).get(lane).i32Add().get(outer).i32LtU().if(() => {
-        f.get(src).get(o).get(lane).i32Add().get(rs).i32Mul().i32Add().set(s);
+    f.block((done) => {
+      // A full panel whose outer indices are adjacent in memory (A transposed, B not) is `width`
+      // contiguous floats per inner index: vector copies, one pass down the rows. Lane by lane,
+      // the same rows would be walked `width` times at a large stride, which at power-of-two
+      // strides (a [2080, 512] gradient) keeps evicting itself from L1.
+      f.get(rs).i32Const(4).i32Eq().get(o).get(width).i32Add().get(outer).i32GtU().i32Eqz().i32And().if(() => {
+        f.get(src).get(o).i32Const(2).i32Shl().i32Add().set(s);
+        f.get(dst).set(d);
+        f.get(inner).set(x);
         countdown(f, x, () => {
-          f.get(d).get(s).f32Load().f32Store();
+          f.i32Const(0).set(lane);
+          f.loop((chunks) => {
+            f.get(d).get(lane).i32Add().get(s).get(lane).i32Add().v128Load().v128Store();
+            addTo(f, lane, 16);
+            f.get(lane).get(dStride).i32LtU().brIf(chunks);
+          });
           addTo(f, s, { local: cs });
           addTo(f, d, { local: dStride });
         });
+        f.br(done);
       });
-      // x is 0 here after a copied lane; an absent one is filled with zeros.
-      countdown(f, x, () => {
-        f.get(d).f32Const0().f32Store();
-        addTo(f, d, { local: dStride });
+      f.i32Const(0).set(lane);
+      f.loop((lanes) => {
+        f.get(dst).get(lane).i32Const(2).i32Shl().i32Add().set(d);
+        f.get(inner).set(x);
+        // The panel's lanes past the last row/column are zeros, so the kernel needs no edge case.
+        f.get(o).get(lane).i32Add().get(outer).i32LtU().if(() => {
+          f.get(src).get(o).get(lane).i32Add().get(rs).i32Mul().i32Add().set(s);
+          countdown(f, x, () => {
+            f.get(d).get(s).f32Load().f32Store();
+            addTo(f, s, { local: cs });
+            addTo(f, d, { local: dStride });
+          });
+        });
+        // x is 0 here after a copied lane; an absent one is filled with zeros.
+        countdown(f, x, () => {
+          f.get(d).f32Const0().f32Store();
+          addTo(f, d, { local: dStride });
+        });
+        addTo(f, lane, 1);
+        f.get(lane).get(width).i32LtU().brIf(lanes);
       });
-      addTo(f, lane, 1);
-      f.get(lane).get(width).i32LtU().brIf(lanes);
     });
     // next panel: dst += inner * width * 4, o += width
     f.get(dst).get(inner).get(dStride).i32Mul().i32Add().set(dst);

@@ -205,21 +205,24 @@ function gemmFor(backend: WasmBackendLike): SimdGemm | null {
   return g;
 }
 
-let simdOff = false;
+/** Which BatchMatMul products the SIMD GEMM takes where it runs; the others go to `plain`. */
+export type SimdMatMulScope = 'none' | 'batched' | 'all';
+let scope: SimdMatMulScope = 'batched';
 
 /**
- * Route batch > 1 products to the SIMD GEMM where it runs (true, the default) or to the backend's
- * own kernel (false): for benchmarks that compare the two in one run, and to rule the kernel out
- * when chasing a numerical difference.
+ * Route products to the SIMD GEMM (where it runs): 'batched' (the default) takes batch > 1,
+ * 'all' also batch 1 (XNNPACK's), 'none' leaves every product to the backend's own kernels. For
+ * benchmarks that compare the paths in one run, and to rule the kernel out when chasing a
+ * numerical difference.
  */
-export function useSimdBatchMatMul(on: boolean): void {
-  simdOff = !on;
+export function setSimdMatMulScope(s: SimdMatMulScope): void {
+  scope = s;
 }
 
 /** Which BatchMatMul path serves batch > 1 on the active wasm backend: 'simd' or 'fallback'. */
 export function wasmBatchMatMulPath(): 'simd' | 'fallback' {
   if (tf.getBackend() !== 'wasm') throw new Error(`wasmBatchMatMulPath: the active backend is ${tf.getBackend()}, not wasm`);
-  return !simdOff && gemmFor(tf.backend() as unknown as WasmBackendLike) ? 'simd' : 'fallback';
+  return scope !== 'none' && gemmFor(tf.backend() as unknown as WasmBackendLike) ? 'simd' : 'fallback';
 }
 
 /**
@@ -235,7 +238,7 @@ function simdBatchedMatMul(plain: (args: { inputs: tf.NamedTensorInfoMap; backen
     const backend = args.backend as WasmBackendLike;
     const outer = tf.backend_util.assertAndGetBroadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2));
     const batch = outer.reduce((x, y) => x * y, 1);
-    if (batch <= 1 || simdOff || a.dtype !== 'float32' || b.dtype !== 'float32') return plain(args);
+    if (scope === 'none' || (batch <= 1 && scope !== 'all') || a.dtype !== 'float32' || b.dtype !== 'float32') return plain(args);
     const gemm = gemmFor(backend);
     if (!gemm) return plain(args);
     const ra = a.shape.length;
