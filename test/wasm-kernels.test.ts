@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { initBackend } from '../worker/backend.js';
 import { broadcastBatchIndex, setSimdMatMulScope, wasmBatchMatMulPath } from '../worker/wasm-kernels.js';
 import { sleb, uleb } from '../worker/wasm-asm.js';
+import { simdGemm, simdGemmSupported } from '../worker/simd-gemm.js';
 import { mulberry32, normalSource } from '../shared/rng.js';
 import type { TrainConfig } from '../coordinator/train-local.js';
 import { trainDistributed } from '../coordinator/train-job.js';
@@ -200,6 +201,15 @@ test('without wasm SIMD (tfjs flag off) batched matMul falls back to the backend
   const want = tf.tidy(() => tf.matMul(tf.tensor3d(out.a, [3, 4, 5]), tf.tensor3d(out.b, [3, 6, 5]), false, true).dataSync());
   tf.setBackend('wasm');
   want.forEach((w, i) => assert.ok(Math.abs(w - out.values[i]!) < 1e-4, `element ${i}: ${out.values[i]} vs ${w}`));
+});
+
+test('the SIMD GEMM binds to a plain memory and refuses what it cannot import (the threaded build\'s shared memory)', () => {
+  // The project's lib settings carry no WebAssembly types.
+  const { Memory } = (globalThis as unknown as { WebAssembly: { Memory: new (d: { initial: number; maximum?: number; shared?: boolean }) => object } }).WebAssembly;
+  assert.equal(simdGemmSupported, true);
+  assert.notEqual(simdGemm(new Memory({ initial: 1 })), null);
+  assert.equal(simdGemm(new Memory({ initial: 1, maximum: 4, shared: true })), null);
+  assert.equal(simdGemm(undefined), null);
 });
 
 test('the wasm assembler encodes LEB128 immediates', () => {
