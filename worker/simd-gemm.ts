@@ -6,7 +6,8 @@ import { assembleModule, Body, type Label } from './wasm-asm.js';
  * serves its batch-1 path.
  *
  * The module imports the backend's own WebAssembly.Memory, so operands are read and results written
- * where tfjs keeps them (no copies). Per matrix, op(A) [m, k] is packed into panels of 4 rows
+ * where tfjs keeps them (nothing is copied between memories; the only copies are the kernel's
+ * own packed panels, in a scratch tensor). Per matrix, op(A) [m, k] is packed into panels of 4 rows
  * ([k][4] each) and op(B) [k, n] into panels of 8 columns ([k][8] each), zero-padded at the
  * edges; the packing reads any row/column strides, which is how transposeA/transposeB are
  * handled (no Transpose copy, and the product loop is the same for all four layouts). The
