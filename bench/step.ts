@@ -22,7 +22,8 @@ function arg(argv: string[], name: string, dflt: string): string {
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
-async function tfjsStepMs(backend: BackendChoice, preset: string, batch: number, image: number, steps: number): Promise<number[]> {
+/** One full training step of `preset` on `backend` (the setup the step bench times), run by run(). */
+export async function trainingStep(backend: BackendChoice, preset: string, batch: number, image: number): Promise<{ run(): Promise<void>; dispose(): void }> {
   await initBackend(backend);
   if (tf.getBackend() !== backend) await tf.setBackend(backend);
   const set = loadLabelSet('chexpert14');
@@ -42,16 +43,28 @@ async function tfjsStepMs(backend: BackendChoice, preset: string, batch: number,
     posWeight: null,
     priorTarget: labelPriorTarget('orth', set.labels, null),
   };
+  let s = 0;
+  return {
+    async run() {
+      s++;
+      const g = await computeGradients(model, { n: batch, images, labels, indices: Array.from({ length: batch }, (_, i) => i), epoch: 0 }, localComm, opts);
+      scaleInPlace(g.grads, clipFactor(Math.sqrt(sumOfSquares(g.grads)), 1));
+      adamwStep(params, g.grads, m, v, { start: 0, end: params.length }, { lr: 1e-4, beta1: 0.9, beta2: 0.98, eps: 1e-6, weightDecay: 0.05 }, s, mask);
+      model.assignFlat(params);
+    },
+    dispose: () => model.dispose(),
+  };
+}
+
+async function tfjsStepMs(backend: BackendChoice, preset: string, batch: number, image: number, steps: number): Promise<number[]> {
+  const step = await trainingStep(backend, preset, batch, image);
   const times: number[] = [];
   for (let s = 1; s <= steps + 1; s++) {
     const t0 = performance.now();
-    const g = await computeGradients(model, { n: batch, images, labels, indices: Array.from({ length: batch }, (_, i) => i), epoch: 0 }, localComm, opts);
-    scaleInPlace(g.grads, clipFactor(Math.sqrt(sumOfSquares(g.grads)), 1));
-    adamwStep(params, g.grads, m, v, { start: 0, end: params.length }, { lr: 1e-4, beta1: 0.9, beta2: 0.98, eps: 1e-6, weightDecay: 0.05 }, s, mask);
-    model.assignFlat(params);
+    await step.run();
     if (s > 1) times.push(performance.now() - t0); // the first step compiles/warms kernels
   }
-  model.dispose();
+  step.dispose();
   return times;
 }
 

@@ -1,7 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { initBackend } from '../worker/backend.js';
+import { broadcastBatchIndex, setSimdMatMulScope, wasmBatchMatMulPath } from '../worker/wasm-kernels.js';
+import { sleb, uleb } from '../worker/wasm-asm.js';
+import { simdGemm, simdGemmSupported } from '../worker/simd-gemm.js';
 import { mulberry32, normalSource } from '../shared/rng.js';
 import type { TrainConfig } from '../coordinator/train-config.js';
 import { trainDistributed } from '../coordinator/train-job.js';
@@ -89,6 +95,137 @@ test('transposed matMuls on wasm (explicit-transpose kernel) equal the cpu kerne
       tf.matMul(tf.tensor2d(a.subarray(0, 30), ta ? [5, 6] : [6, 5]), tf.tensor2d(b.subarray(0, 15), tb ? [3, 5] : [5, 3]), ta, tb),
     );
   }
+});
+
+test('batched matMul on wasm takes the SIMD GEMM and equals the cpu kernel: odd sizes, batch 1..N, all four layouts', () => {
+  // Node 20 has wasm SIMD: the fast path must be the one tested here, not the fallback.
+  assert.equal(wasmBatchMatMulPath(), 'simd');
+  const r = mulberry32(7);
+  const dim = () => 1 + Math.floor(r() * 19);
+  const shapes: [number, number, number, number][] = [
+    [2, 65, 65, 32], // the tiny model's attention products
+    [3, 65, 32, 65],
+    [5, 1, 1, 1],
+    [2, 4, 8, 3], // exactly one register block
+    [3, 5, 9, 0], // empty inner dimension: zeros
+    ...Array.from({ length: 8 }, (): [number, number, number, number] => [1 + Math.floor(r() * 6), dim(), dim(), dim()]),
+  ];
+  shapes.forEach(([batch, m, n, k], s) => {
+    for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]] as const) {
+      const av = randArray(batch * m * k, 100 + s);
+      const bv = randArray(batch * k * n, 200 + s);
+      sameOnCpu(`[${batch}] ${m}x${k} . ${k}x${n} ${ta} ${tb}`, () =>
+        tf.matMul(tf.tensor3d(av, ta ? [batch, k, m] : [batch, m, k]), tf.tensor3d(bv, tb ? [batch, n, k] : [batch, k, n]), ta, tb),
+      );
+    }
+  });
+});
+
+test('the SIMD GEMM scope switch: batch-1 products on it (scope all) equal the cpu kernel; none routes around it', () => {
+  try {
+    setSimdMatMulScope('all');
+    // 37 x 41 x 29: full 4x8 panels (the contiguous packing) and ragged edges in every layout.
+    const [m, n, k] = [37, 41, 29];
+    const av = randArray(m * k, 41);
+    const bv = randArray(k * n, 42);
+    for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]] as const) {
+      sameOnCpu(`2-D ${ta} ${tb}`, () => tf.matMul(tf.tensor2d(av, ta ? [k, m] : [m, k]), tf.tensor2d(bv, tb ? [n, k] : [k, n]), ta, tb));
+    }
+    setSimdMatMulScope('none');
+    assert.equal(wasmBatchMatMulPath(), 'fallback');
+    sameOnCpu('batched on the backend kernel', () => tf.matMul(tf.tensor3d(av.subarray(0, 3 * 4 * 5), [3, 4, 5]), tf.tensor3d(bv.subarray(0, 3 * 5 * 6), [3, 5, 6])));
+  } finally {
+    setSimdMatMulScope('batched');
+  }
+  assert.equal(wasmBatchMatMulPath(), 'simd');
+});
+
+test('batched matMul on wasm broadcasts batch dims like NumPy', () => {
+  const a = randArray(2 * 1 * 5 * 3, 11);
+  const b = randArray(1 * 4 * 3 * 6, 12);
+  // The reference repeats the operands explicitly, so it does not depend on any kernel's broadcasting.
+  sameOnCpu('[2,1] x [1,4]', () => {
+    if (tf.getBackend() === 'wasm') return tf.matMul(tf.tensor4d(a, [2, 1, 5, 3]), tf.tensor4d(b, [1, 4, 3, 6]));
+    return tf.matMul(tf.tile(tf.tensor4d(a, [2, 1, 5, 3]), [1, 4, 1, 1]), tf.tile(tf.tensor4d(b, [1, 4, 3, 6]), [2, 1, 1, 1]));
+  });
+  sameOnCpu('[3] x 2-D', () => tf.matMul(tf.tensor3d(a.subarray(0, 3 * 2 * 5), [3, 2, 5]), tf.tensor2d(b.subarray(0, 5 * 6), [6, 5]), false, true));
+  sameOnCpu('[1] x [4]', () => tf.matMul(tf.tensor3d(a.subarray(0, 15), [1, 3, 5]), tf.tensor3d(b.subarray(0, 4 * 5 * 2), [4, 5, 2])));
+  assert.deepEqual([...broadcastBatchIndex([2, 4], [1, 4])], [0, 1, 2, 3, 0, 1, 2, 3]);
+  assert.deepEqual([...broadcastBatchIndex([2, 3], [2, 1])], [0, 0, 0, 1, 1, 1]);
+  assert.deepEqual([...broadcastBatchIndex([2, 3], [3])], [0, 1, 2, 0, 1, 2]);
+  assert.deepEqual([...broadcastBatchIndex([2, 3], [])], [0, 0, 0, 0, 0, 0]);
+});
+
+test('batched matMul on wasm gives the same bits every run, whatever the batch order', () => {
+  const [batch, m, n, k] = [6, 13, 11, 9];
+  const av = randArray(batch * m * k, 21);
+  const bv = randArray(batch * n * k, 22);
+  const once = () => tf.tidy(() => tf.matMul(tf.tensor3d(av, [batch, k, m]), tf.tensor3d(bv, [batch, n, k]), true, true).dataSync().slice());
+  const first = once();
+  assert.deepEqual(once(), first);
+  // Each matrix is its own fixed-order sum: reversing the batch only reverses the results.
+  const rev = tf.tidy(() => {
+    const A = tf.reverse(tf.tensor3d(av, [batch, k, m]), 0);
+    const B = tf.reverse(tf.tensor3d(bv, [batch, n, k]), 0);
+    return tf.reverse(tf.matMul(A, B, true, true), 0).dataSync().slice();
+  });
+  assert.deepEqual(rev, first);
+});
+
+test('attention gradients through the SIMD batched matMul equal the cpu backend', () => {
+  const [bh, t, d] = [6, 7, 5];
+  const qv = randArray(bh * t * d, 31);
+  const kv = randArray(bh * t * d, 32);
+  const vv = randArray(bh * t * d, 33);
+  const wv = randArray(bh * t * d, 34);
+  const attention = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) =>
+    tf.sum(tf.mul(tf.matMul(tf.softmax(tf.matMul(tf.mul(q, d ** -0.5), k, false, true)), v), tf.tensor3d(wv, [bh, t, d])));
+  for (let which = 0; which < 3; which++) {
+    sameOnCpu(`d/d${'qkv'[which]}`, () =>
+      tf.tidy(() => {
+        const args = [qv, kv, vv].map((x) => tf.tensor3d(x, [bh, t, d]));
+        return tf.grads(attention)(args)[which]!;
+      }),
+    );
+  }
+});
+
+test('without wasm SIMD (tfjs flag off) batched matMul falls back to the backend kernel and stays correct', () => {
+  const fixture = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures', 'wasm-no-simd.js');
+  const r = spawnSync(process.execPath, [fixture, '--run'], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  const out = JSON.parse(r.stdout.trim().split('\n').pop()!) as { path: string; simdFlag: boolean; values: number[]; a: number[]; b: number[] };
+  assert.equal(out.simdFlag, false);
+  assert.equal(out.path, 'fallback');
+  tf.setBackend('cpu');
+  const want = tf.tidy(() => tf.matMul(tf.tensor3d(out.a, [3, 4, 5]), tf.tensor3d(out.b, [3, 6, 5]), false, true).dataSync());
+  tf.setBackend('wasm');
+  want.forEach((w, i) => assert.ok(Math.abs(w - out.values[i]!) < 1e-4, `element ${i}: ${out.values[i]} vs ${w}`));
+});
+
+test('the SIMD GEMM binds to a plain memory and refuses what it cannot import (the threaded build\'s shared memory)', () => {
+  // The project's lib settings carry no WebAssembly types.
+  const { Memory } = (globalThis as unknown as { WebAssembly: { Memory: new (d: { initial: number; maximum?: number; shared?: boolean }) => object } }).WebAssembly;
+  assert.equal(simdGemmSupported, true);
+  assert.notEqual(simdGemm(new Memory({ initial: 1 })), null);
+  assert.equal(simdGemm(new Memory({ initial: 1, maximum: 4, shared: true })), null);
+  assert.equal(simdGemm(undefined), null);
+});
+
+test('the wasm assembler encodes LEB128 immediates', () => {
+  assert.deepEqual(uleb(0), [0]);
+  assert.deepEqual(uleb(127), [0x7f]);
+  assert.deepEqual(uleb(128), [0x80, 0x01]);
+  assert.deepEqual(uleb(228), [0xe4, 0x01]);
+  assert.deepEqual(uleb(0xffffffff), [0xff, 0xff, 0xff, 0xff, 0x0f]);
+  assert.deepEqual(sleb(0), [0]);
+  assert.deepEqual(sleb(63), [0x3f]);
+  assert.deepEqual(sleb(64), [0xc0, 0x00]);
+  assert.deepEqual(sleb(-1), [0x7f]);
+  assert.deepEqual(sleb(-64), [0x40]);
+  assert.deepEqual(sleb(-65), [0xbf, 0x7f]);
+  assert.throws(() => uleb(-1), RangeError);
+  assert.throws(() => sleb(2 ** 31), RangeError);
 });
 
 test('the tiny model learns a synthetic task on wasm (test mean AUROC > 0.9)', async () => {

@@ -1,18 +1,26 @@
 import * as tf from '@tensorflow/tfjs';
+import { gemmScratchBytes, simdGemm, type SimdGemm } from './simd-gemm.js';
 
 /**
- * Gradient kernels that tfjs-backend-wasm 4.22 does not ship, built only from kernels it does
- * ship (StridedSlice, PadV2, BatchMatMul, Concat, OneHot, Cast), so they run at XNNPACK speed
- * and need no extra wasm code:
+ * Kernels of tfjs-backend-wasm 4.22 replaced or added here. BatchMatMul: transposed batch-1
+ * products go through an explicit Transpose to XNNPACK, and batch > 1 products through the SIMD
+ * GEMM of ./simd-gemm.ts (both below). Gradient kernels it does not ship, built only from kernels
+ * it does ship (StridedSlice, PadV2, BatchMatMul, Concat, OneHot, Cast), so they run at XNNPACK
+ * speed and need no extra wasm code:
  * - Conv2DBackpropFilter: the gradient of conv2d with respect to its filter (a conv patch stem).
  * - UnsortedSegmentSum: the gradient of gather (embedding lookups).
  * The model itself avoids both ops on its hot path (patch embedding is reshape + matMul), but
  * any conv/gather a user model adds trains on wasm instead of failing with "kernel not found".
  */
 
-// The backend object is opaque here; only disposeData is used on it.
+// The backend object is opaque here; these are the parts used on it.
 interface WasmBackendLike {
   disposeData(dataId: object, force?: boolean): boolean;
+  makeOutput(shape: number[], dtype: 'float32'): Info;
+  /** Byte offset of a tensor's values in the backend's heap. */
+  getMemoryOffset(dataId: object): number;
+  /** The Emscripten module; `asm.memory` is its exported heap. */
+  wasm: { asm?: { memory?: unknown } } | null;
 }
 type Info = tf.TensorInfo;
 type Run = (name: string, inputs: Record<string, Info> | Info[], attrs: Record<string, unknown>) => Info;
@@ -152,6 +160,111 @@ function untransposedBatchMatMul(plain: tf.KernelFunc) {
   };
 }
 
+/**
+ * For each index of the broadcast batch shape `outer` (row-major), the flat index into an
+ * operand's batch dims `dims`: right-aligned as in NumPy, a size-1 (or missing) dim repeats.
+ */
+export function broadcastBatchIndex(outer: readonly number[], dims: readonly number[]): Int32Array {
+  const total = outer.reduce((x, y) => x * y, 1);
+  const out = new Int32Array(total);
+  const lead = outer.length - dims.length;
+  for (let t = 0; t < total; t++) {
+    let rest = t;
+    let idx = 0;
+    let stride = 1;
+    for (let d = outer.length - 1; d >= lead; d--) {
+      const coord = rest % outer[d]!;
+      rest = Math.floor(rest / outer[d]!);
+      const size = dims[d - lead]!;
+      if (size !== 1) idx += coord * stride;
+      stride *= size;
+    }
+    out[t] = idx;
+  }
+  return out;
+}
+
+const gemms = new WeakMap<object, SimdGemm | null>();
+
+/** Whether tfjs decided this engine lacks wasm SIMD (the flag may not be evaluated yet: then no). */
+function tfjsSaysNoSimd(): boolean {
+  try {
+    return tf.env().get('WASM_HAS_SIMD_SUPPORT') === false;
+  } catch {
+    return false;
+  }
+}
+
+/** The SIMD GEMM bound to this backend's heap, or null where it cannot run (made once per backend). */
+function gemmFor(backend: WasmBackendLike): SimdGemm | null {
+  let g = gemms.get(backend);
+  if (g === undefined) {
+    g = tfjsSaysNoSimd() ? null : simdGemm(backend.wasm?.asm?.memory);
+    gemms.set(backend, g);
+  }
+  return g;
+}
+
+/** Which BatchMatMul products the SIMD GEMM takes where it runs; the others go to `plain`. */
+export type SimdMatMulScope = 'none' | 'batched' | 'all';
+let scope: SimdMatMulScope = 'batched';
+
+/**
+ * Route products to the SIMD GEMM (where it runs): 'batched' (the default) takes batch > 1,
+ * 'all' also batch 1 (XNNPACK's), 'none' leaves every product to the backend's own kernels. For
+ * benchmarks that compare the paths in one run, and to rule the kernel out when chasing a
+ * numerical difference.
+ */
+export function setSimdMatMulScope(s: SimdMatMulScope): void {
+  scope = s;
+}
+
+/** Which BatchMatMul path serves batch > 1 on the active wasm backend: 'simd' or 'fallback'. */
+export function wasmBatchMatMulPath(): 'simd' | 'fallback' {
+  if (tf.getBackend() !== 'wasm') throw new Error(`wasmBatchMatMulPath: the active backend is ${tf.getBackend()}, not wasm`);
+  return scope !== 'none' && gemmFor(tf.backend() as unknown as WasmBackendLike) ? 'simd' : 'fallback';
+}
+
+/**
+ * BatchMatMul with batch > 1 (the attention products and their gradients) on the SIMD GEMM of
+ * worker/simd-gemm.ts, which reads the operands in place in any of the four layouts; the wasm
+ * kernel runs these in a scalar loop. Batch 1 (the dense layers) keeps XNNPACK through `plain`,
+ * as do engines without wasm SIMD.
+ */
+function simdBatchedMatMul(plain: (args: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs: tf.NamedAttrMap }) => Info) {
+  return (args: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs: tf.NamedAttrMap }): Info => {
+    const { a, b } = args.inputs as { a: Info; b: Info };
+    const { transposeA, transposeB } = args.attrs as unknown as { transposeA: boolean; transposeB: boolean };
+    const backend = args.backend as WasmBackendLike;
+    const outer = tf.backend_util.assertAndGetBroadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2));
+    const batch = outer.reduce((x, y) => x * y, 1);
+    if (scope === 'none' || (batch <= 1 && scope !== 'all') || a.dtype !== 'float32' || b.dtype !== 'float32') return plain(args);
+    const gemm = gemmFor(backend);
+    if (!gemm) return plain(args);
+    const ra = a.shape.length;
+    const rb = b.shape.length;
+    const [m, k] = transposeA ? [a.shape[ra - 1]!, a.shape[ra - 2]!] : [a.shape[ra - 2]!, a.shape[ra - 1]!];
+    const [kb, n] = transposeB ? [b.shape[rb - 1]!, b.shape[rb - 2]!] : [b.shape[rb - 2]!, b.shape[rb - 1]!];
+    if (k !== kb) {
+      throw new Error(`Error in matMul: inner shapes (${k}) and (${kb}) of Tensors with shapes ${a.shape} and ${b.shape} and transposeA=${transposeA} and transposeB=${transposeB} must match.`);
+    }
+    const out = backend.makeOutput([...outer, m, n], 'float32');
+    if (m === 0 || n === 0) return out;
+    const scratch = backend.makeOutput([gemmScratchBytes(m, n, k) / 4], 'float32');
+    gemm.run({
+      m, n, k, transposeA, transposeB,
+      a: backend.getMemoryOffset(a.dataId),
+      b: backend.getMemoryOffset(b.dataId),
+      aIndex: broadcastBatchIndex(outer, a.shape.slice(0, -2)),
+      bIndex: broadcastBatchIndex(outer, b.shape.slice(0, -2)),
+      c: backend.getMemoryOffset(out.dataId),
+      scratch: backend.getMemoryOffset(scratch.dataId),
+    });
+    backend.disposeData(scratch.dataId);
+    return out;
+  };
+}
+
 let registered = false;
 
 /** Register the missing kernels on the wasm backend (idempotent; kernels wasm gains later win). */
@@ -166,6 +279,7 @@ export function registerWasmGradientKernels(): void {
   const mm = tf.getKernel('BatchMatMul', 'wasm');
   if (mm) {
     tf.unregisterKernel('BatchMatMul', 'wasm');
-    tf.registerKernel({ kernelName: 'BatchMatMul', backendName: 'wasm', kernelFunc: untransposedBatchMatMul(mm.kernelFunc) as unknown as tf.KernelFunc });
+    const kernelFunc = simdBatchedMatMul(untransposedBatchMatMul(mm.kernelFunc));
+    tf.registerKernel({ kernelName: 'BatchMatMul', backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
   }
 }

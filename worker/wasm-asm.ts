@@ -1,0 +1,226 @@
+/**
+ * A tiny WebAssembly assembler for the project's hand-written SIMD kernels: the build has no wasm
+ * toolchain, and a kernel of more than a few dozen instructions written as raw bytes (as
+ * worker/collectives/simd-add.ts is) cannot be reviewed. Each method emits one instruction and
+ * is named after it in the text format (`local.get` -> get, `f32x4.add` -> f32x4Add), so a body
+ * reads as the WAT it stands for. Only what the kernels use is here: i32 and v128 values, one
+ * imported memory, functions without results, structured control with named labels.
+ */
+
+export type ValType = 'i32' | 'f32' | 'v128';
+const VALTYPE: Record<ValType, number> = { i32: 0x7f, f32: 0x7d, v128: 0x7b };
+
+/** Unsigned LEB128. */
+export function uleb(n: number): number[] {
+  if (!Number.isInteger(n) || n < 0 || n > 0xffffffff) throw new RangeError(`uleb: ${n} is not a u32`);
+  const out: number[] = [];
+  do {
+    let byte = n & 0x7f;
+    n >>>= 7;
+    if (n !== 0) byte |= 0x80;
+    out.push(byte);
+  } while (n !== 0);
+  return out;
+}
+
+/** Signed LEB128 (i32 constants). */
+export function sleb(n: number): number[] {
+  if (!Number.isInteger(n) || n < -0x80000000 || n > 0x7fffffff) throw new RangeError(`sleb: ${n} is not an i32`);
+  const out: number[] = [];
+  for (;;) {
+    const byte = n & 0x7f;
+    n >>= 7;
+    if ((n === 0 && (byte & 0x40) === 0) || (n === -1 && (byte & 0x40) !== 0)) {
+      out.push(byte);
+      return out;
+    }
+    out.push(byte | 0x80);
+  }
+}
+
+/** A branch target: the block or loop it was made for (`br` to a loop repeats it). */
+export interface Label {
+  readonly id: number;
+}
+
+/** The body of one function: its locals and instructions. Parameters are locals 0..n-1. */
+export class Body {
+  readonly code: number[] = [];
+  private readonly localTypes: ValType[] = [];
+  private readonly open: Label[] = [];
+  private nextLabel = 0;
+
+  constructor(readonly params: readonly ValType[]) {}
+
+  /** Declare a local; returns its index. */
+  local(type: ValType): number {
+    this.localTypes.push(type);
+    return this.params.length + this.localTypes.length - 1;
+  }
+
+  private emit(...bytes: number[]): this {
+    for (const b of bytes) this.code.push(b);
+    return this;
+  }
+
+  private simd(op: number, ...imm: number[]): this {
+    return this.emit(0xfd, ...uleb(op), ...imm);
+  }
+
+  /** memarg: log2 alignment hint, then the constant offset added to the address. */
+  private memarg(align: number, offset: number): number[] {
+    return [...uleb(align), ...uleb(offset)];
+  }
+
+  private structured(opcode: number, inner: (label: Label) => void): this {
+    const label: Label = { id: this.nextLabel++ };
+    this.emit(opcode, 0x40); // blocktype: no values
+    this.open.push(label);
+    inner(label);
+    this.open.pop();
+    return this.emit(0x0b);
+  }
+
+  private depth(label: Label): number {
+    const i = this.open.lastIndexOf(label);
+    if (i < 0) throw new Error('wasm-asm: branch to a label that is not open here');
+    return this.open.length - 1 - i;
+  }
+
+  block(inner: (label: Label) => void): this {
+    return this.structured(0x02, inner);
+  }
+  loop(inner: (label: Label) => void): this {
+    return this.structured(0x03, inner);
+  }
+  /** if (pops an i32) without else. */
+  if(inner: (label: Label) => void): this {
+    return this.structured(0x04, inner);
+  }
+  br(label: Label): this {
+    return this.emit(0x0c, ...uleb(this.depth(label)));
+  }
+  brIf(label: Label): this {
+    return this.emit(0x0d, ...uleb(this.depth(label)));
+  }
+
+  get(i: number): this {
+    return this.emit(0x20, ...uleb(i));
+  }
+  set(i: number): this {
+    return this.emit(0x21, ...uleb(i));
+  }
+  tee(i: number): this {
+    return this.emit(0x22, ...uleb(i));
+  }
+
+  i32Const(n: number): this {
+    return this.emit(0x41, ...sleb(n));
+  }
+  i32Add(): this {
+    return this.emit(0x6a);
+  }
+  i32Sub(): this {
+    return this.emit(0x6b);
+  }
+  i32Mul(): this {
+    return this.emit(0x6c);
+  }
+  i32Shl(): this {
+    return this.emit(0x74);
+  }
+  i32Eqz(): this {
+    return this.emit(0x45);
+  }
+  i32Eq(): this {
+    return this.emit(0x46);
+  }
+  i32Ne(): this {
+    return this.emit(0x47);
+  }
+  i32LtU(): this {
+    return this.emit(0x49);
+  }
+  i32GtU(): this {
+    return this.emit(0x4b);
+  }
+  i32GeU(): this {
+    return this.emit(0x4f);
+  }
+  i32And(): this {
+    return this.emit(0x71);
+  }
+  /** select: pops a, b, cond; pushes cond ? a : b. */
+  select(): this {
+    return this.emit(0x1b);
+  }
+
+  f32Load(offset = 0): this {
+    return this.emit(0x2a, ...this.memarg(2, offset));
+  }
+  f32Store(offset = 0): this {
+    return this.emit(0x38, ...this.memarg(2, offset));
+  }
+  f32Const0(): this {
+    return this.emit(0x43, 0, 0, 0, 0);
+  }
+
+  v128Load(offset = 0): this {
+    return this.simd(0x00, ...this.memarg(4, offset));
+  }
+  /** Loads one f32 and puts it in all four lanes. */
+  v128Load32Splat(offset = 0): this {
+    return this.simd(0x09, ...this.memarg(2, offset));
+  }
+  v128Store(offset = 0): this {
+    return this.simd(0x0b, ...this.memarg(4, offset));
+  }
+  v128Zero(): this {
+    return this.simd(0x0c, ...new Array<number>(16).fill(0));
+  }
+  f32x4Add(): this {
+    return this.simd(0xe4);
+  }
+  f32x4Mul(): this {
+    return this.simd(0xe6);
+  }
+
+  /** The function's code-section entry: size, locals, instructions, end. */
+  encode(): number[] {
+    if (this.open.length) throw new Error('wasm-asm: a block is still open');
+    const locals = this.localTypes.flatMap((t) => [1, VALTYPE[t]]);
+    const body = [...uleb(this.localTypes.length), ...locals, ...this.code, 0x0b];
+    return [...uleb(body.length), ...body];
+  }
+}
+
+export interface FuncDef {
+  /** Exported under this name. */
+  name: string;
+  body: Body;
+}
+
+function section(id: number, content: number[]): number[] {
+  return [id, ...uleb(content.length), ...content];
+}
+
+function name(s: string): number[] {
+  const bytes = [...new TextEncoder().encode(s)];
+  return [...uleb(bytes.length), ...bytes];
+}
+
+/**
+ * A module that imports one memory as `e.m` (at least one page, any maximum) and exports the
+ * given functions, which take their parameters and return nothing.
+ */
+export function assembleModule(funcs: readonly FuncDef[]): Uint8Array {
+  const types = funcs.flatMap((f) => [0x60, ...uleb(f.body.params.length), ...f.body.params.map((t) => VALTYPE[t]), 0]);
+  return new Uint8Array([
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
+    ...section(1, [...uleb(funcs.length), ...types]),
+    ...section(2, [1, ...name('e'), ...name('m'), 0x02, 0x00, 1]),
+    ...section(3, [...uleb(funcs.length), ...funcs.map((_, i) => uleb(i)).flat()]),
+    ...section(7, [...uleb(funcs.length), ...funcs.flatMap((f, i) => [...name(f.name), 0x00, ...uleb(i)])]),
+    ...section(10, [...uleb(funcs.length), ...funcs.flatMap((f) => f.body.encode())]),
+  ]);
+}
