@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, mkdtempSync, rmSync, readdirSync, existsSync, writeFileSync, mkdirSync, openSync, writeSync, closeSync, statSync, truncateSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, rmSync, readdirSync, existsSync, writeFileSync, mkdirSync, openSync, readSync, writeSync, closeSync, statSync, truncateSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -190,9 +190,13 @@ test('a corrupt or truncated shard is a clear error; from a run directory the lo
     await save(run, 10, 2, old);
     await save(run, 20, 2, randomState());
     const shard = path.join(stepDir(checkpointsDir(run), 20), 'shard-00001-of-00002.bin');
-    // Flip one byte inside the m section of rank 1's shard.
+    // Flip one byte inside the m section of rank 1's shard (inverted, so it always changes:
+    // writing a fixed value left random data as it was one time in 256).
+    const at = 128 + (shardRange(layout.total, 2, 1).end - shardRange(layout.total, 2, 1).start) * 4 + 10;
     const fd = openSync(shard, 'r+');
-    writeSync(fd, Buffer.from([0xff ^ 0x5a]), 0, 1, 128 + (shardRange(layout.total, 2, 1).end - shardRange(layout.total, 2, 1).start) * 4 + 10);
+    const byte = Buffer.alloc(1);
+    readSync(fd, byte, 0, 1, at);
+    writeSync(fd, Buffer.from([byte[0]! ^ 0xff]), 0, 1, at);
     closeSync(fd);
     await assert.rejects(
       loadCheckpoint(stepDir(checkpointsDir(run), 20), { world: 1, rank: 0, layout }),
