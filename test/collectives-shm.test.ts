@@ -1,12 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import * as zmq from 'zeromq';
 import { ProcessGroup, referenceSum, type DataPath } from '../worker/collectives/index.js';
 import { encodeHeader, MsgType, FLAG_SHM } from '../worker/collectives/protocol.js';
-import { DEFAULT_SHM_DIR, ShmPeer, ShmSegment, decodeDescriptor, decodeRelease, encodeDescriptor, encodeRelease, shmDirProblem, shmSlots } from '../worker/collectives/shm.js';
+import { DEFAULT_SHM_DIR, ShmPeer, ShmSegment, decodeDescriptor, decodeRelease, encodeDescriptor, encodeRelease, shmDirProblem, shmSlots, sweepStaleSegments } from '../worker/collectives/shm.js';
 import { randomTensor } from './fixtures/collective-data.js';
 import { runRanks } from './fixtures/collective-cluster.js';
 import type { RankOp } from './fixtures/collective-rank.js';
@@ -74,6 +75,24 @@ test('a segment carries slots from writer to reader in order and never lets a sl
     peer.close();
     seg.close();
     assert.deepEqual(readdirSync(dir), []);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('segments left by a process killed during its handshake are removed by the next one; live ones stay', { skip }, () => {
+  const dir = shmTempDir();
+  try {
+    const gone = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' });
+    const dead = `cxr-collectives-${gone.stdout}-0badf00d`;
+    const live = `cxr-collectives-${process.pid}-00c0ffee`;
+    for (const name of [dead, live, 'unrelated-file']) writeFileSync(path.join(dir, name), 'x');
+    const seg = ShmSegment.create(dir, 2, 64);
+    const left = readdirSync(dir).sort();
+    assert.ok(!left.includes(dead), `${dead} should have been removed`);
+    assert.ok(left.includes(live) && left.includes('unrelated-file'), JSON.stringify(left));
+    assert.deepEqual(sweepStaleSegments(dir), []);
+    seg.close();
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, fstatSync, openSync, readSync, statSync, statfsSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, openSync, readdirSync, readSync, statSync, statfsSync, unlinkSync, writeSync } from 'node:fs';
 import * as path from 'node:path';
 
 /**
@@ -113,6 +113,7 @@ export class ShmSegment {
   static create(dir: string, slots: number, slotBytes: number): ShmSegment {
     const problem = shmDirProblem(dir);
     if (problem) throw new Error(problem);
+    sweepStaleSegments(dir);
     const token = randomBytes(TOKEN_BYTES);
     const file = path.join(dir, `cxr-collectives-${process.pid}-${token.toString('hex', 0, 4)}`);
     const fd = openSync(file, 'wx+', 0o600);
@@ -251,6 +252,43 @@ export class ShmPeer {
   close(): void {
     if (this.fd >= 0) closeSync(this.fd);
     this.fd = -1;
+  }
+}
+
+const SEGMENT_NAME = /^cxr-collectives-(\d+)-[0-9a-f]{8}$/;
+
+/**
+ * Removes segments whose creator is gone. A name only outlives its handshake when the process was
+ * killed during it; nothing else would ever free those pages. (/dev/shm is sticky: another
+ * user's files cannot be removed, and are left alone.)
+ */
+export function sweepStaleSegments(dir: string): string[] {
+  const removed: string[] = [];
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return removed;
+  }
+  for (const name of names) {
+    const m = SEGMENT_NAME.exec(name);
+    if (!m || processAlive(Number(m[1]))) continue;
+    try {
+      unlinkSync(path.join(dir, name));
+      removed.push(name);
+    } catch {
+      // not ours to remove, or gone already
+    }
+  }
+  return removed;
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 
