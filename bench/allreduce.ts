@@ -222,5 +222,19 @@ export async function run(argv: string[]): Promise<void> {
     log(`iperf3 loopback TCP: ${fmt(tcp)} GB/s`);
     for (const r of rows.filter((x) => x.world === 2)) log(`world=2 size=${size(r.bytes)} ${r.path.padEnd(13)}  ours busbw / iperf3 = ${fmt((100 * r.busbw_GBps) / tcp, 1)}%`);
   }
+  // The issue's goals, judged on each path measured (64 MiB, 2 and 4 ranks, as it names them).
+  const verdict = (ok: boolean): string => (ok ? 'met' : 'not met');
+  for (const p of paths) {
+    for (const w of [2, 4]) {
+      const r = rows.find((x) => x.path === p && x.world === w && x.bytes === 64 << 20);
+      const g = r && findGloo(w, r.bytes);
+      if (r && g) log(`goal (${p}): busbw >= 1.5x gloo's at ${w} ranks, 64 MiB: ${fmt(r.busbw_GBps / g.busbw_GBps, 2)}x (${verdict(r.busbw_GBps >= 1.5 * g.busbw_GBps)})`);
+    }
+    const r2 = rows.find((x) => x.path === p && x.world === 2 && x.bytes === 64 << 20);
+    if (r2 && typeof tcp === 'number') log(`goal (${p}): busbw >= 70% of iperf3's at 2 ranks, 64 MiB: ${fmt((100 * r2.busbw_GBps) / tcp, 1)}% (${verdict(r2.busbw_GBps >= 0.7 * tcp)})`);
+    const l2 = latency.find((x) => x.path === p && x.world === 2);
+    const g2 = typeof glooLat === 'string' ? undefined : glooLat.find((x) => x.world === 2);
+    if (l2 && g2) log(`goal (${p}): 1 KiB latency no worse than gloo's at 2 ranks: ${fmt(l2.s / g2.median_s, 2)}x (${verdict(l2.s <= g2.median_s)})`);
+  }
   if (json) process.stdout.write(JSON.stringify(rows.filter((r) => r.path === paths[0]).map(({ path: _, ...r }) => r)) + '\n');
 }
