@@ -192,7 +192,7 @@ export async function run(argv: string[]): Promise<void> {
       // Asked for shared memory but not given it (no /dev/shm, not a tmpfs): say so, never mislabel.
       if (p === 'shared-memory' && (dp?.send !== 'shared-memory' || dp.receive !== 'shared-memory'))
         throw new UserError(`allreduce bench: the ranks did not use shared memory: ${dp?.note ?? 'rank 0 reported no data path'} (run with --shm off)`);
-      log(`world=${world} ${p}: ring chunk ${(dp?.chunkBytes ?? chunkBytes) / 1024} KiB`);
+      log(`world=${world} ${p}: ring chunk ${(dp?.chunkBytes ?? chunkBytes) / 1024} KiB, all-reduce ${dp?.allReduce ?? "ring"}`);
       for (const c of cases.slice(0, -1)) rows.push(row(p, world, c.bytes, res.medians.get(c.bytes)!));
       latency.push({ path: p, world, s: res.medians.get(LATENCY_BYTES)! });
     }

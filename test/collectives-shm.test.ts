@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import * as zmq from 'zeromq';
 import { ProcessGroup, referenceSum, type DataPath } from '../worker/collectives/index.js';
 import { encodeHeader, MsgType, FLAG_SHM } from '../worker/collectives/protocol.js';
+import { shmNative } from '../worker/collectives/native.js';
 import { DEFAULT_SHM_DIR, ShmPeer, ShmSegment, decodeDescriptor, decodeRelease, encodeDescriptor, encodeRelease, shmDirProblem, shmSlots, sweepStaleSegments } from '../worker/collectives/shm.js';
 import { randomTensor } from './fixtures/collective-data.js';
 import { runRanks } from './fixtures/collective-cluster.js';
@@ -121,12 +122,13 @@ test('same-host ranks move data through shared memory with the ring large chunk;
   let during: string[] = ['not checked'];
   // 6 MB buffers: one 2 MB chunk per ring step, 4 steps per all-reduce, so four all-reduces wrap the 4 slots several times.
   const ops: RankOp[] = [0, 1, 2, 3].map((i) => ({ kind: 'allReduce' as const, length: 1_500_007, seed: 40 + i, ...(i === 2 ? { wire: 'bf16' as const } : {}) }));
-  const { cluster, results } = await runRanks({ world: 3, ops, transport: 'tcp', shmDir, beforeGo: () => void (during = readdirSync(shmDir)) });
+  // The ring's path (sharedBuffers off): the shared-buffer all-reduce has tests of its own below.
+  const { cluster, results } = await runRanks({ world: 3, ops, transport: 'tcp', shmDir, sharedBuffers: false, beforeGo: () => void (during = readdirSync(shmDir)) });
   try {
     assert.deepEqual(during, [], 'each segment is unlinked once its reader has it open');
     for (const res of results) {
       assert.ok(res?.ok, JSON.stringify(res?.errors));
-      assert.deepEqual(res.dataPath, { send: 'shared-memory', receive: 'shared-memory', note: null, chunkBytes: 4 << 20 });
+      assert.deepEqual(res.dataPath, { send: 'shared-memory', receive: 'shared-memory', note: null, chunkBytes: 4 << 20, allReduce: 'ring' });
     }
     ops.forEach((op, i) => {
       const want = bits(expectSum(op, 3));
@@ -262,4 +264,71 @@ test('CXR_SHM_DISABLE=1 takes every link back to the socket, as NCCL_SHM_DISABLE
     else process.env.CXR_SHM_DISABLE = saved;
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+const nativeBuilt = shmNative().addon !== null;
+
+test('with the addon built, large fp32 all-reduces go through buffers every rank maps, in the ring order, bit for bit, across rounds and calls', { skip: skip || (!nativeBuilt && shmNative().why), timeout: 90_000 }, async () => {
+  const shmDir = shmTempDir();
+  let during: string[] = ['not checked'];
+  // 3 ranks, 3.5M elements: segments of ~1.17M, over the regions' 1M-element blocks, so two rounds
+  // per call and three calls: the halves alternate within and across calls. The bf16 one takes the ring.
+  const length = 3_500_017;
+  const ops: RankOp[] = [
+    { kind: 'allReduce', length, seed: 61 },
+    { kind: 'allReduce', length: 50_000, seed: 62, wire: 'bf16' },
+    { kind: 'allReduce', length, seed: 63 },
+    { kind: 'reduceScatter', length: 100_003, seed: 64 },
+    { kind: 'allReduce', length: 1_000_003, seed: 65 },
+  ];
+  const { cluster, results } = await runRanks({ world: 3, ops, transport: 'tcp', shmDir, beforeGo: () => void (during = readdirSync(shmDir)) });
+  try {
+    assert.deepEqual(during, [], 'segment and region names are gone after the handshake');
+    for (const res of results) {
+      assert.ok(res?.ok, JSON.stringify(res?.errors));
+      assert.equal(res.dataPath!.allReduce, 'shared-buffers', JSON.stringify(res.dataPath));
+    }
+    for (const i of [0, 1, 2, 4]) {
+      const want = bits(expectSum(ops[i]!, 3));
+      for (let r = 0; r < 3; r++) assert.deepEqual(bits(cluster.output(r, i)), want, `op ${i} rank ${r}`);
+    }
+  } finally {
+    cluster.cleanup();
+    rmSync(shmDir, { recursive: true, force: true });
+  }
+});
+
+test('a rank that stops inside a shared-buffer all-reduce is named within the timeout, and the others recover with abort()', { skip: skip || (!nativeBuilt && shmNative().why), timeout: 60_000 }, async () => {
+  const timeoutMs = 1500;
+  let cont = (): void => undefined;
+  const { cluster, results } = await runRanks({
+    world: 3,
+    timeoutMs,
+    transport: 'tcp',
+    ops: [{ kind: 'allReduce', length: 300_007, seed: 7 }],
+    beforeGo: (c) => {
+      c.children[2]!.kill('SIGSTOP');
+      cont = () => {
+        c.children[2]!.kill('SIGCONT');
+        c.children[2]!.kill('SIGKILL');
+      };
+      Promise.all([0, 1].map((r) => new Promise((res) => c.children[r]!.once('exit', res)))).then(() => cont(), () => cont());
+    },
+  });
+  try {
+    for (const r of [0, 1]) {
+      const e = results[r]!.errors[0]!;
+      assert.ok(e, `rank ${r} did not fail`);
+      assert.equal(e.peer, 2, e.message);
+      assert.match(e.message, /rank 2 \(tcp:\/\/127\.0\.0\.1:\d+\)/);
+      assert.ok(e.ms <= timeoutMs + 1000, `rank ${r} took ${e.ms} ms: ${e.message}`);
+    }
+  } finally {
+    cont();
+    cluster.cleanup();
+  }
+});
+
+test('npm install built the shared-memory addon (required in CI, where a compiler is installed)', { skip: process.env.CI === 'true' ? false : 'outside CI the addon is optional' }, () => {
+  assert.ok(nativeBuilt, shmNative().why);
 });

@@ -5,8 +5,9 @@ import { UserError } from '../../shared/errors.js';
 import { type Wire, WIRES, wireBytes, encode, quantize, decodeAdd, decodeCopy } from './codec.js';
 import { type Header, type OpKindName, MsgType, FLAG_ACK_REQ, FLAG_SHM, ForeignMessage, ProtocolError, decodeMessage, encodeHeader } from './protocol.js';
 import { addF32From } from './simd-add.js';
-import { DEFAULT_SHM_DIR, ShmPeer, ShmSegment, decodeDescriptor, decodeRelease, encodeDescriptor, encodeRelease, shmSlots } from './shm.js';
-import { type Plan, type PlanItem, type PlanRecv, ringPlan, broadcastPlan, segmentsFromCounts, referenceSum } from './schedule.js';
+import { DEFAULT_SHM_DIR, ShmPeer, ShmRegion, ShmSegment, decodeDescriptor, decodeRelease, encodeDescriptor, encodeRelease, shmSlots } from './shm.js';
+import { shmNative, type ShmNative } from './native.js';
+import { type Plan, type PlanItem, type PlanRecv, ringPlan, broadcastPlan, segmentsFromCounts, referenceSum, reductionOrder } from './schedule.js';
 
 export interface ProcessGroupOptions {
   rank: number;
@@ -31,6 +32,11 @@ export interface ProcessGroupOptions {
   shmDir?: string;
   /** Chunk size of rings whose every link is in shared memory (default 4 MiB; see DEFAULT_SHM_CHUNK_BYTES). */
   shmChunkBytes?: number;
+  /**
+   * fp32 all-reduces through buffers every rank maps, when all ranks share a host and the addon is
+   * built (default true; off with sharedMemory). See "Shared buffers" in docs/collectives.md.
+   */
+  sharedBuffers?: boolean;
 }
 
 /** Which path this rank's bulk data takes to its ring successor and from its predecessor, and why. */
@@ -41,6 +47,8 @@ export interface DataPath {
   note: string | null;
   /** Chunk size the rings use. */
   chunkBytes: number;
+  /** How a large fp32 allReduce runs: through buffers all ranks map, or on the ring. */
+  allReduce: 'shared-buffers' | 'ring';
 }
 
 export type CollectiveErrorCode = 'timeout' | 'peer-lost' | 'peer-failed' | 'protocol' | 'aborted' | 'closed' | 'broken' | 'handshake';
@@ -240,6 +248,8 @@ export class ProcessGroup {
   private readonly links = new Map<number, unknown>();
   /** Peers' status after the answers: whether each sends to its successor through shared memory. */
   private readonly shmSending = new Map<number, boolean>();
+  /** ... and whether each has mapped every rank's region. */
+  private readonly regionsReady = new Map<number, boolean>();
   private readonly useShm: boolean;
   private readonly shmDir: string;
   /** This rank's segment while its successor reads it; the predecessor's segment when this rank reads it. */
@@ -249,6 +259,14 @@ export class ProcessGroup {
   private shmQueue: ShmSend[] = [];
   private shmScratch: Buffer | null = null;
   private readonly shmNotes: string[] = [];
+  /** Shared buffers: this rank's region, every rank's region mapped (own included), and whether all ranks have them. */
+  private readonly useRegions: boolean;
+  private native: ShmNative | null = null;
+  private region: ShmRegion | null = null;
+  private readonly regions: (Float32Array | null)[] = [];
+  private regionsOn = false;
+  /** Rounds run through the regions in this generation: which half a round uses. */
+  private regionRound = 0;
 
   private constructor(opts: ProcessGroupOptions) {
     this.rank = opts.rank;
@@ -262,6 +280,7 @@ export class ProcessGroup {
     // Like NCCL_SHM_DISABLE: an operator can take every link back to the socket without a code change.
     this.useShm = opts.sharedMemory ?? process.env.CXR_SHM_DISABLE !== '1';
     this.shmChunkBytes = opts.shmChunkBytes ?? DEFAULT_SHM_CHUNK_BYTES;
+    this.useRegions = this.useShm && (opts.sharedBuffers ?? true);
     this.shmDir = opts.shmDir ?? DEFAULT_SHM_DIR;
     this.lastHeard = this.endpoints.map(() => Date.now());
     this.context = opts.ioThreads ? new zmq.Context({ ioThreads: opts.ioThreads }) : undefined;
@@ -311,7 +330,21 @@ export class ProcessGroup {
         this.shmNotes.push(`no shared-memory segment: ${(e as Error).message}`);
       }
     } else if (this.world > 1) this.shmNotes.push('shared memory turned off');
-    const hello = Buffer.from(JSON.stringify({ world: this.world, rank: this.rank, chunkBytes: this.chunkBytes, endpoint: ep, shm: this.shm?.offer() ?? null }));
+    if (this.useRegions && this.world > 1) {
+      const { addon, why } = shmNative();
+      this.native = addon;
+      if (!addon) this.shmNotes.push(`no shared buffers: ${why}`);
+      else
+        try {
+          this.region = ShmRegion.create(this.shmDir, this.world, addon);
+          this.regions[this.rank] = this.region.floats;
+        } catch (e) {
+          this.shmNotes.push(`no shared buffers: ${(e as Error).message}`);
+        }
+    }
+    const hello = Buffer.from(
+      JSON.stringify({ world: this.world, rank: this.rank, chunkBytes: this.chunkBytes, endpoint: ep, shm: this.shm?.offer() ?? null, region: this.region?.offer() ?? null }),
+    );
     for (let r = 0; r < this.world; r++) if (r !== this.rank) this.outboxes[r]!.push({ frames: [this.header(MsgType.HELLO, 'hello', 0, 0, 0, 0, 0, 'fp32'), hello], op: null });
     // Three rounds: HELLO (with this rank's segment), LINK answers (the successor opened it or not),
     // LINK status (whether each rank sends through shared memory), which every rank needs to pick
@@ -327,10 +360,12 @@ export class ProcessGroup {
         if (!statusSent && this.hellos.size === this.world - 1 && this.links.size === this.world - 1) {
           statusSent = true;
           this.settleShm();
-          const status = Buffer.from(JSON.stringify({ sending: this.shmSendOn }));
+          const regions = this.region !== null && this.endpoints.every((_, r) => this.regions[r]);
+          const status = Buffer.from(JSON.stringify({ sending: this.shmSendOn, regions }));
+          this.regionsOn = regions;
           for (let r = 0; r < this.world; r++) if (r !== this.rank) this.outboxes[r]!.push({ frames: [this.header(MsgType.LINK, 'hello', 0, 0, 0, 0, 0, 'fp32'), status], op: null });
         }
-        if (statusSent && this.shmSending.size === this.world - 1) {
+        if (statusSent && this.shmSending.size === this.world - 1 && this.regionsReady.size === this.world - 1) {
           clearTimeout(timer);
           resolve();
         }
@@ -356,6 +391,11 @@ export class ProcessGroup {
     // chunk), so the larger shared-memory chunk is used only when every rank sends that way.
     if (this.world > 1 && this.shmSendOn && [...this.shmSending.values()].every(Boolean))
       this.chunkElems = Math.floor(Math.max(this.chunkBytes, this.shmChunkBytes) / 4);
+    // Every rank maps every region or none uses them: an all-reduce's path must be the same everywhere.
+    this.regionsOn = this.regionsOn && [...this.regionsReady.values()].every(Boolean);
+    if (this.region && !this.regionsOn && this.shmNotes.length === 0) this.shmNotes.push('no shared buffers: not every rank maps every region');
+    this.region?.unlink();
+    if (!this.regionsOn) this.regions.length = 0;
   }
 
   /**
@@ -382,6 +422,7 @@ export class ProcessGroup {
       receive: this.shmPeer ? 'shared-memory' : 'socket',
       note: this.shmNotes.length > 0 ? this.shmNotes.join('; ') : null,
       chunkBytes: this.chunkElems * 4,
+      allReduce: this.regionsOn ? 'shared-buffers' : 'ring',
     };
   }
 
@@ -401,6 +442,7 @@ export class ProcessGroup {
     const wire = opts?.wire ?? this.wire;
     if (!WIRES.includes(wire)) return Promise.reject(new RangeError(`allReduce: unknown wire format '${String(wire)}'`));
     const small = wire === 'fp32' && buf.byteLength <= this.exchangeMaxBytes;
+    if (this.regionsOn && wire === 'fp32' && !small) return this.enqueueShared(buf);
     return this.enqueue(
       'allReduce',
       buf,
@@ -492,6 +534,7 @@ export class ProcessGroup {
     const err = new CollectiveError(`rank ${this.rank}: collectives of generation ${this.generation} aborted: ${reason}`, 'aborted');
     this.generation++;
     this.nextSeq = 0;
+    this.regionRound = 0;
     if (this.active) this.fail(this.active, err, true);
     this.finishedSeq = 0;
     this.broken = null;
@@ -531,6 +574,78 @@ export class ProcessGroup {
     this.shm?.close();
     this.shmPeer?.close();
     this.shmQueue = [];
+    this.region?.unlink();
+    this.regions.length = 0;
+    this.regionsOn = false;
+  }
+
+  // ---------------------------------------------------------------- shared buffers
+
+  /**
+   * An fp32 all-reduce through the regions every rank maps (docs/collectives.md, "Shared
+   * buffers"). Segment k (shardRange of the length) is cut into blocks of the region's size; per
+   * round, every rank copies block r of every segment into its inputs, owner k folds block r of
+   * segment k over all ranks' inputs in `reductionOrder(N, k)` (the ring's order, so the ring's
+   * bits) into its result, and every rank copies every result out. Two small barriers per round
+   * (one-hop exchanges with the usual sequence numbers, timeouts and failure notices) order it;
+   * rounds alternate between two halves of the regions, so a round's inputs never overwrite what
+   * a slower rank is still reading: before writing round g a rank has seen every rank finish
+   * reading round g-2 (that rank's inputs barrier of round g-1 comes after its copy-out of g-2).
+   */
+  private enqueueShared(buf: Float32Array): Promise<void> {
+    if (this.closed) return Promise.reject(new CollectiveError(`rank ${this.rank}: allReduce on a closed process group`, 'closed'));
+    const segs = shardRanges(buf.length, this.world);
+    const block = this.region!.blockElems;
+    const rounds = Math.ceil((segs[0]!.end - segs[0]!.start) / block);
+    const generation = this.generation;
+    const first = this.nextSeq;
+    // Every rank reserves the same numbers for the rounds' barriers, so later collectives keep theirs.
+    this.nextSeq += 2 * rounds;
+    const run = this.tail.then(() => this.runShared(buf, segs, block, rounds, generation, first));
+    this.tail = run.catch(() => undefined);
+    return run;
+  }
+
+  private async runShared(buf: Float32Array, segs: { start: number; end: number }[], block: number, rounds: number, generation: number, first: number): Promise<void> {
+    const n = this.world;
+    const half = (n + 1) * block;
+    const own = shardRange(buf.length, n, this.rank);
+    const order = reductionOrder(n, this.rank);
+    for (let r = 0; r < rounds; r++) {
+      if (this.closed || generation !== this.generation || !this.regionsOn) return this.barrierAt(generation, first + 2 * r, n); // rejects with the reason
+      const h = (this.regionRound++ % 2) * half;
+      const mine = this.regions[this.rank]!;
+      for (let k = 0; k < n; k++) {
+        const a = segs[k]!.start + r * block;
+        const b = Math.min(segs[k]!.end, a + block);
+        if (b > a) mine.set(buf.subarray(a, b), h + k * block);
+      }
+      await this.barrierAt(generation, first + 2 * r, n);
+      const a = own.start + r * block;
+      const len = Math.max(0, Math.min(own.end, a + block) - a);
+      if (len > 0) {
+        const inputs = order.map((k) => this.regions[k]!.subarray(h + this.rank * block, h + this.rank * block + len));
+        this.native!.sum(mine.subarray(h + n * block, h + n * block + len), inputs);
+      }
+      await this.barrierAt(generation, first + 2 * r + 1, n);
+      for (let k = 0; k < n; k++) {
+        const a2 = segs[k]!.start + r * block;
+        const b2 = Math.min(segs[k]!.end, a2 + block);
+        if (b2 > a2) buf.set(this.regions[k]!.subarray(h + n * block, h + n * block + (b2 - a2)), a2);
+      }
+    }
+  }
+
+  /** A barrier under a reserved sequence number: the one-hop exchange of one element per rank. */
+  private barrierAt(generation: number, seq: number, n: number): Promise<void> {
+    const out = new Float32Array(n);
+    out[this.rank] = this.rank;
+    return this.start1('barrier', generation, seq, out, n, 'fp32', -1, { contrib: (r) => ({ start: r, end: r + 1 }), finish: () => undefined }, () => ({
+      sends: [],
+      recvs: [],
+      from: -1,
+      to: -1,
+    }));
   }
 
   // ---------------------------------------------------------------- op engine
@@ -950,6 +1065,12 @@ export class ProcessGroup {
         }
       }
     }
+    const regionOffer = (body as { region?: unknown } | null)?.region;
+    if (this.region && this.native && regionOffer) {
+      const mapped = ShmRegion.open(regionOffer, this.world, this.native);
+      if (typeof mapped === 'string') this.shmNotes.push(`rank ${h.sender}'s shared buffer not used: ${mapped}`);
+      else this.regions[h.sender] = mapped;
+    }
     this.outboxes[h.sender]!.push({ frames: [this.header(MsgType.LINK, 'hello', 0, 0, 0, 0, 0, 'fp32'), Buffer.from(JSON.stringify(link))], op: null });
     this.helloWaiter();
   }
@@ -963,8 +1084,11 @@ export class ProcessGroup {
     } catch {
       body = null;
     }
-    const status = body !== null && typeof body === 'object' && 'sending' in body ? (body as { sending: unknown }).sending : undefined;
-    if (status !== undefined) this.shmSending.set(h.sender, status === true);
+    const status = body !== null && typeof body === 'object' && 'sending' in body ? (body as { sending: unknown; regions?: unknown }) : undefined;
+    if (status !== undefined) {
+      this.shmSending.set(h.sender, status.sending === true);
+      this.regionsReady.set(h.sender, status.regions === true);
+    }
     else if (!this.links.has(h.sender)) this.links.set(h.sender, body);
     this.helloWaiter();
   }
