@@ -74,7 +74,7 @@ export async function createTrainStep(ctx: StepContext): Promise<WorkerStep> {
   // The control session interrupts the in-tape gather when the coordinator aborts the job.
   const pg = world > 1 ? await ThreadedProcessGroup.create({ rank, world, endpoints, timeoutMs: 300_000 }, ctx.control) : null;
   const path = pg?.dataPath;
-  if (path) ctx.log.info(`collectives: sends ${path.send === 'shared-memory' ? 'through shared memory' : 'on the socket'}, receives ${path.receive === 'shared-memory' ? 'through shared memory' : 'on the socket'}, ring chunk ${path.chunkBytes >> 10} KiB${path.note ? ` (${path.note})` : ''}`);
+  if (path) ctx.log.info(`collectives: sends ${path.send === 'shared-memory' ? 'through shared memory' : 'on the socket'}, receives ${path.receive === 'shared-memory' ? 'through shared memory' : 'on the socket'}, ring chunk ${path.chunkBytes >> 10} KiB, all-reduce ${path.allReduce === 'shared-buffers' ? 'through shared buffers' : 'on the ring'}${path.note ? ` (${path.note})` : ''}`);
   try {
     return await trainStepWith(ctx, t, pg);
   } catch (e) {
