@@ -332,3 +332,37 @@ test('a rank that stops inside a shared-buffer all-reduce is named within the ti
 test('npm install built the shared-memory addon (required in CI, where a compiler is installed)', { skip: process.env.CI === 'true' ? false : 'outside CI the addon is optional' }, () => {
   assert.ok(nativeBuilt, shmNative().why);
 });
+
+test('after a failed shared-buffer all-reduce, abort() on every rank makes the next ones exact again', { skip: skip || (!nativeBuilt && shmNative().why), timeout: 60_000 }, async () => {
+  const length = 2_500_003; // two rounds at 2 ranks (1M-element blocks), so the failure leaves the halves mid-way
+  const ops: RankOp[] = [21, 22, 23].map((seed) => ({ kind: 'allReduce' as const, length, seed }));
+  const sockets: zmq.Push[] = [];
+  const { cluster, results } = await runRanks({
+    world: 2,
+    transport: 'tcp',
+    ops,
+    abortOnError: true,
+    beforeGo: async (c) => {
+      const push = new zmq.Push({ linger: 1000 });
+      sockets.push(push);
+      push.connect(c.endpoints[0]!);
+      // Rank 1's part of the first round's second barrier, claiming another length: a protocol error there.
+      const h = encodeHeader({ type: MsgType.DATA, op: 'barrier', wire: 'fp32', sender: 1, flags: 0, generation: 0, seq: 1, step: 0, chunk: 0, total: 3 });
+      await push.send([h, Buffer.alloc(4)]);
+      await new Promise((r) => setTimeout(r, 200));
+    },
+  });
+  try {
+    for (const s of sockets) s.close();
+    for (const res of results) {
+      assert.ok(res, 'no rank may crash');
+      assert.equal(res.dataPath!.allReduce, 'shared-buffers');
+      assert.equal(res.errors.length, 1, JSON.stringify(res.errors));
+      assert.equal(res.errors[0]!.op, 0);
+    }
+    assert.match(results[0]!.errors[0]!.message, /runs it on 3 elements, this rank on 2/);
+    for (const i of [1, 2]) for (const r of [0, 1]) assert.deepEqual(bits(cluster.output(r, i)), bits(expectSum(ops[i]!, 2)), `op ${i} rank ${r}`);
+  } finally {
+    cluster.cleanup();
+  }
+});

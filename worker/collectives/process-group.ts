@@ -267,6 +267,8 @@ export class ProcessGroup {
   private regionsOn = false;
   /** Rounds run through the regions in this generation: which half a round uses. */
   private regionRound = 0;
+  /** The sequence numbers of the shared-buffer all-reduce running now: one collective to its peers. */
+  private sharedSpan: { generation: number; first: number; end: number } | null = null;
 
   private constructor(opts: ProcessGroupOptions) {
     this.rank = opts.rank;
@@ -607,6 +609,15 @@ export class ProcessGroup {
   }
 
   private async runShared(buf: Float32Array, segs: { start: number; end: number }[], block: number, rounds: number, generation: number, first: number): Promise<void> {
+    this.sharedSpan = { generation, first, end: first + 2 * rounds };
+    try {
+      await this.sharedRounds(buf, segs, block, rounds, generation, first);
+    } finally {
+      this.sharedSpan = null;
+    }
+  }
+
+  private async sharedRounds(buf: Float32Array, segs: { start: number; end: number }[], block: number, rounds: number, generation: number, first: number): Promise<void> {
     const n = this.world;
     const half = (n + 1) * block;
     const own = shardRange(buf.length, n, this.rank);
@@ -1009,6 +1020,11 @@ export class ProcessGroup {
     const shm = h.type === MsgType.DATA && (h.flags & FLAG_SHM) !== 0;
     const op = this.active;
     if (op && h.generation === op.generation && h.seq === op.seq) return this.deliver(op, m);
+    // A peer's failure anywhere in the shared-buffer all-reduce fails this rank's part of it too,
+    // even when this rank had already passed the barrier it names.
+    const span = this.sharedSpan;
+    if (h.type === MsgType.FAIL && op && span && h.generation === span.generation && h.seq >= span.first && h.seq < span.end && op.seq >= span.first && op.seq < span.end)
+      return this.deliver(op, m);
     // Not `nextSeq`: a collective may be queued (numbered) but not started, and its messages count.
     if (h.generation < this.generation || (h.generation === this.generation && h.seq < this.finishedSeq)) {
       this.stats.stale++;
