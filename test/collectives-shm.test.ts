@@ -346,7 +346,7 @@ test('after a failed shared-buffer all-reduce, abort() on every rank makes the n
       const push = new zmq.Push({ linger: 1000 });
       sockets.push(push);
       push.connect(c.endpoints[0]!);
-      // Rank 1's part of the first round's second barrier, claiming another length: a protocol error there.
+      // Rank 1's part of the first round's second barrier, claiming another length: a protocol error there (barriers carry the all-reduce's length).
       const h = encodeHeader({ type: MsgType.DATA, op: 'barrier', wire: 'fp32', sender: 1, flags: 0, generation: 0, seq: 1, step: 0, chunk: 0, total: 3 });
       await push.send([h, Buffer.alloc(4)]);
       await new Promise((r) => setTimeout(r, 200));
@@ -360,7 +360,7 @@ test('after a failed shared-buffer all-reduce, abort() on every rank makes the n
       assert.equal(res.errors.length, 1, JSON.stringify(res.errors));
       assert.equal(res.errors[0]!.op, 0);
     }
-    assert.match(results[0]!.errors[0]!.message, /runs it on 3 elements, this rank on 2/);
+    assert.match(results[0]!.errors[0]!.message, /runs it on 3 elements, this rank on 2500003/);
     for (const i of [1, 2]) for (const r of [0, 1]) assert.deepEqual(bits(cluster.output(r, i)), bits(expectSum(ops[i]!, 2)), `op ${i} rank ${r}`);
   } finally {
     cluster.cleanup();

@@ -596,6 +596,7 @@ export class ProcessGroup {
    */
   private enqueueShared(buf: Float32Array): Promise<void> {
     if (this.closed) return Promise.reject(new CollectiveError(`rank ${this.rank}: allReduce on a closed process group`, 'closed'));
+    if (buf.length > 0xffffffff) return Promise.reject(new RangeError(`allReduce: ${buf.length} elements exceed the protocol's 2^32-1`));
     const segs = shardRanges(buf.length, this.world);
     const block = this.region!.blockElems;
     const rounds = Math.ceil((segs[0]!.end - segs[0]!.start) / block);
@@ -623,7 +624,7 @@ export class ProcessGroup {
     const own = shardRange(buf.length, n, this.rank);
     const order = reductionOrder(n, this.rank);
     for (let r = 0; r < rounds; r++) {
-      if (this.closed || generation !== this.generation || !this.regionsOn) return this.barrierAt(generation, first + 2 * r, n); // rejects with the reason
+      if (this.closed || generation !== this.generation || !this.regionsOn) return this.barrierAt(generation, first + 2 * r, buf.length); // rejects with the reason
       const h = (this.regionRound++ % 2) * half;
       const mine = this.regions[this.rank]!;
       for (let k = 0; k < n; k++) {
@@ -631,14 +632,14 @@ export class ProcessGroup {
         const b = Math.min(segs[k]!.end, a + block);
         if (b > a) mine.set(buf.subarray(a, b), h + k * block);
       }
-      await this.barrierAt(generation, first + 2 * r, n);
+      await this.barrierAt(generation, first + 2 * r, buf.length);
       const a = own.start + r * block;
       const len = Math.max(0, Math.min(own.end, a + block) - a);
       if (len > 0) {
         const inputs = order.map((k) => this.regions[k]!.subarray(h + this.rank * block, h + this.rank * block + len));
         this.native!.sum(mine.subarray(h + n * block, h + n * block + len), inputs);
       }
-      await this.barrierAt(generation, first + 2 * r + 1, n);
+      await this.barrierAt(generation, first + 2 * r + 1, buf.length);
       for (let k = 0; k < n; k++) {
         const a2 = segs[k]!.start + r * block;
         const b2 = Math.min(segs[k]!.end, a2 + block);
@@ -647,11 +648,15 @@ export class ProcessGroup {
     }
   }
 
-  /** A barrier under a reserved sequence number: the one-hop exchange of one element per rank. */
-  private barrierAt(generation: number, seq: number, n: number): Promise<void> {
-    const out = new Float32Array(n);
+  /**
+   * A barrier under a reserved sequence number: the one-hop exchange of one element per rank. Its
+   * messages carry the all-reduce's length, so ranks that called it with different lengths fail
+   * at the first barrier instead of reading past each other's blocks.
+   */
+  private barrierAt(generation: number, seq: number, length: number): Promise<void> {
+    const out = new Float32Array(this.world);
     out[this.rank] = this.rank;
-    return this.start1('barrier', generation, seq, out, n, 'fp32', -1, { contrib: (r) => ({ start: r, end: r + 1 }), finish: () => undefined }, () => ({
+    return this.start1('barrier', generation, seq, out, length, 'fp32', -1, { contrib: (r) => ({ start: r, end: r + 1 }), finish: () => undefined }, () => ({
       sends: [],
       recvs: [],
       from: -1,
