@@ -395,7 +395,7 @@ export class ProcessGroup {
       this.chunkElems = Math.floor(Math.max(this.chunkBytes, this.shmChunkBytes) / 4);
     // Every rank maps every region or none uses them: an all-reduce's path must be the same everywhere.
     this.regionsOn = this.regionsOn && [...this.regionsReady.values()].every(Boolean);
-    if (this.region && !this.regionsOn && this.shmNotes.length === 0) this.shmNotes.push('no shared buffers: not every rank maps every region');
+    if (this.region && !this.regionsOn) this.shmNotes.push('no shared buffers: not every rank maps every region');
     this.region?.unlink();
     if (!this.regionsOn) this.regions.length = 0;
   }
