@@ -6,6 +6,7 @@ import { initBackend } from '../worker/backend.js';
 import { MODEL_PRESETS, resolveModelConfig, tokenCount } from '../worker/model/config.js';
 import { gelu, layerNorm } from '../worker/model/layers.js';
 import { setSimdNormGelu, wasmNormGeluActive } from '../worker/wasm-kernels.js';
+import { trainingStep } from './step.js';
 
 /**
  * `npm run bench -- norm-gelu [--models tiny,small] [--batch 32] [--image 64] [--reps 20]`: on the
@@ -13,7 +14,8 @@ import { setSimdNormGelu, wasmNormGeluActive } from '../worker/wasm-kernels.js';
  * [batch*tokens, 4*width], forward alone and forward + backward (tf.grads with a given dy), on
  * the SIMD kernels (worker/simd-norm-gelu.ts) next to the tfjs-kernel path they replace (the
  * reference), alternating in one run; then what one training step spends in them (layers*2 + 2
- * layerNorms and `layers` gelus of those shapes).
+ * layerNorms and `layers` gelus of those shapes); then one training step per model under
+ * tf.profile on each path: the summed kernel time and the kernels that take the most.
  */
 function arg(argv: string[], name: string, dflt: string): string {
   const i = argv.indexOf(`--${name}`);
@@ -46,6 +48,19 @@ function timePaths(reps: number, f: () => tf.Tensor | tf.Tensor[]): Record<'tfjs
   }
   setSimdNormGelu(true);
   return { tfjs: median(times.tfjs!), simd: median(times.simd!) };
+}
+
+/** One step under tf.profile: total kernel ms and ms per kernel name, largest first. */
+async function profileStep(step: { run(): Promise<void> }): Promise<{ total: number; top: [string, number][] }> {
+  const prof = await tf.profile(() => step.run());
+  const byName = new Map<string, number>();
+  let total = 0;
+  for (const k of prof.kernels) {
+    const ms = typeof k.kernelTimeMs === 'number' ? k.kernelTimeMs : 0;
+    total += ms;
+    byName.set(k.name, (byName.get(k.name) ?? 0) + ms);
+  }
+  return { total, top: [...byName].sort((a, b) => b[1] - a[1]) };
 }
 
 export async function run(argv: string[]): Promise<void> {
@@ -89,5 +104,21 @@ export async function run(argv: string[]): Promise<void> {
       `${preset.padEnd(6)} per training step (${2 * cfg.layers + 2} layerNorm + ${cfg.layers} gelu, fwd+bwd): tfjs ${step('tfjs').toFixed(0)} ms, simd ${step('simd').toFixed(0)} ms\n`,
     );
     tf.dispose([x, gamma, beta, dyLn, h, dyGelu]);
+  }
+  process.stdout.write('\none training step under tf.profile (sum of kernel times; profiling adds a little to each), largest kernels\n');
+  for (const preset of models) {
+    const step = await trainingStep('wasm', preset, batch, image);
+    try {
+      await step.run(); // warm-up: kernels compiled, memory grown
+      for (const p of PATHS) {
+        setSimdNormGelu(p.on);
+        const r = await profileStep(step);
+        const top = r.top.slice(0, 8).map(([name, ms]) => `${name} ${ms.toFixed(0)}`).join(', ');
+        process.stdout.write(`${preset.padEnd(6)} ${p.name.padEnd(5)} ${r.total.toFixed(0).padStart(6)} ms: ${top}\n`);
+      }
+    } finally {
+      setSimdNormGelu(true);
+      step.dispose();
+    }
   }
 }
