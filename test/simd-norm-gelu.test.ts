@@ -6,6 +6,9 @@ import { gelu, layerNorm } from '../worker/model/layers.js';
 import { simdNormGelu, simdNormGeluSupported } from '../worker/simd-norm-gelu.js';
 import { NORM_GELU_KERNELS, setSimdNormGelu, wasmNormGeluActive } from '../worker/wasm-kernels.js';
 import { mulberry32, normalSource } from '../shared/rng.js';
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 await initBackend('wasm');
 
@@ -202,4 +205,32 @@ test('layerNorm shapes the kernel does not take (gamma broadcast from [1]) keep 
   tf.setBackend('wasm');
   assertClose('broadcast gamma', y.dataSync() as Float32Array, want as Float32Array, 2e-5);
   tf.dispose([x, g, b, y]);
+});
+
+test('without wasm SIMD (tfjs flag off) layerNorm and gelu keep the tfjs kernels and stay correct', () => {
+  const fixture = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures', 'wasm-no-simd.js');
+  const r = spawnSync(process.execPath, [fixture, '--run'], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  const out = JSON.parse(r.stdout.trim().split('\n').pop()!) as { normGelu: boolean; simdFlag: boolean; a: number[]; b: number[]; normGeluValues: number[][] };
+  assert.equal(out.simdFlag, false);
+  assert.equal(out.normGelu, false);
+  tf.setBackend('cpu');
+  const want = tf.tidy(() => {
+    const x = tf.tensor2d(out.a.slice(0, 20), [4, 5]);
+    const g = tf.tensor1d(out.b.slice(0, 5));
+    const be = tf.tensor1d(out.b.slice(5, 10));
+    return [
+      layerNorm(x, g, be),
+      ...tf.grads((u: tf.Tensor, v: tf.Tensor, w: tf.Tensor) => tf.sum(tf.mul(gelu(layerNorm(u as tf.Tensor2D, v as tf.Tensor1D, w as tf.Tensor1D)), x)))([x, g, be]),
+    ].map((t) => Float32Array.from(t.dataSync()));
+  });
+  tf.setBackend('wasm');
+  ['y', 'dx', 'dgamma', 'dbeta'].forEach((name, i) => assertClose(`no-SIMD ${name}`, Float32Array.from(out.normGeluValues[i]!), want[i]!, 2e-5, 1));
+});
+
+test('the SIMD LayerNorm/GELU kernels bind to a plain memory and refuse the threaded build\'s shared memory', () => {
+  const { Memory } = (globalThis as unknown as { WebAssembly: { Memory: new (d: { initial: number; maximum?: number; shared?: boolean }) => object } }).WebAssembly;
+  assert.notEqual(simdNormGelu(new Memory({ initial: 1 })), null);
+  assert.equal(simdNormGelu(new Memory({ initial: 1, maximum: 4, shared: true })), null);
+  assert.equal(simdNormGelu(undefined), null);
 });
