@@ -4,6 +4,7 @@ import { NORM_GELU_KERNELS as K, wasmNormGeluActive } from '../wasm-kernels.js';
 /**
  * Layer norm over the last axis of a 2-D tensor with a hand-written gradient: autodiff through
  * mean/variance records ~20 kernels per call, this backward needs 8, which matters on wasm.
+ * On the wasm backend with SIMD both directions are one kernel each (simdLayerNorm below).
  */
 export function layerNorm(x: tf.Tensor2D, gamma: tf.Tensor1D, beta: tf.Tensor1D, eps = 1e-5): tf.Tensor2D {
   const cols = x.shape[1];
@@ -53,7 +54,10 @@ function simdLayerNorm(x: tf.Tensor2D, gamma: tf.Tensor1D, beta: tf.Tensor1D, ep
 const SQRT1_2 = Math.SQRT1_2;
 const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
 
-/** Exact (erf) GELU, as torch.nn.GELU() in open_clip, with its closed-form derivative. */
+/**
+ * Exact (erf) GELU, as torch.nn.GELU() in open_clip, with its closed-form derivative. On the wasm
+ * backend with SIMD both directions are one kernel each (simdGelu below).
+ */
 export function gelu<T extends tf.Tensor>(x: T): T {
   if (x.dtype === 'float32' && wasmNormGeluActive()) return simdGelu(x);
   const f = tf.customGrad((xIn, save) => {
