@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { UserError } from '../shared/errors.js';
 import { loadLabelSet } from '../shared/labels.js';
 import { mulberry32 } from '../shared/rng.js';
 import { initBackend, type BackendChoice } from '../worker/backend.js';
@@ -7,13 +8,16 @@ import { resolveModelConfig } from '../worker/model/config.js';
 import { CxrModel, initialParams } from '../worker/model/vit.js';
 import { adamwStep, clipFactor, decayMask, scaleInPlace, sumOfSquares } from '../worker/optim.js';
 import { computeGradients, localComm } from '../worker/step.js';
+import { setSimdNormGelu } from '../worker/wasm-kernels.js';
 import { runTorchReference } from './torch-reference.js';
 
 /**
- * `npm run bench -- step [--models tiny,small] [--backends wasm,cpu] [--batch 32] [--image 64] [--steps 3]`:
+ * `npm run bench -- step [--models tiny,small] [--backends wasm,cpu] [--batch 32] [--image 64] [--steps 3] [--norm-gelu on|off|ab]`:
  * time of one full training step (forward, backward, all three losses, clipping, AdamW, writing the
  * parameters back) per model and backend, next to PyTorch's time for the same architecture, batch
  * and losses measured in the same run on one thread (bench/reference/vit_step.py).
+ * `--norm-gelu` (wasm only): LayerNorm/GELU on the SIMD kernels (on, the default), on tfjs
+ * kernels (off), or `ab`: both, steps alternating on one model, each path a row.
  */
 function arg(argv: string[], name: string, dflt: string): string {
   const i = argv.indexOf(`--${name}`);
@@ -56,15 +60,23 @@ export async function trainingStep(backend: BackendChoice, preset: string, batch
   };
 }
 
-async function tfjsStepMs(backend: BackendChoice, preset: string, batch: number, image: number, steps: number): Promise<number[]> {
+/** Step times per setting of the LayerNorm/GELU switch, the settings alternating step by step. */
+async function tfjsStepMs(backend: BackendChoice, preset: string, batch: number, image: number, steps: number, settings: readonly boolean[]): Promise<number[][]> {
   const step = await trainingStep(backend, preset, batch, image);
-  const times: number[] = [];
-  for (let s = 1; s <= steps + 1; s++) {
-    const t0 = performance.now();
-    await step.run();
-    if (s > 1) times.push(performance.now() - t0); // the first step compiles/warms kernels
+  const times: number[][] = settings.map(() => []);
+  try {
+    for (let s = 1; s <= steps + 1; s++) {
+      for (const [i, on] of settings.entries()) {
+        setSimdNormGelu(on);
+        const t0 = performance.now();
+        await step.run();
+        if (s > 1) times[i]!.push(performance.now() - t0); // the first step compiles/warms kernels
+      }
+    }
+  } finally {
+    setSimdNormGelu(true);
+    step.dispose();
   }
-  step.dispose();
   return times;
 }
 
@@ -81,6 +93,8 @@ export async function run(argv: string[]): Promise<void> {
   const batch = Number(arg(argv, 'batch', '32'));
   const image = Number(arg(argv, 'image', '64'));
   const steps = Number(arg(argv, 'steps', '3'));
+  const normGelu = arg(argv, 'norm-gelu', 'on');
+  if (!['on', 'off', 'ab'].includes(normGelu)) throw new UserError(`--norm-gelu must be on, off or ab, got '${normGelu}'`);
   process.stdout.write(`training step, batch ${batch} of ${image}x${image}, median of ${steps} steps after 1 warm-up (machine load affects both columns alike)\n`);
   process.stdout.write(`${'model'.padEnd(6)} ${'backend'.padEnd(8)} ${'tfjs s/step'.padStart(12)} ${'PyTorch s/step'.padStart(15)} ${'ratio'.padStart(7)}\n`);
   for (const preset of models) {
@@ -88,11 +102,16 @@ export async function run(argv: string[]): Promise<void> {
     for (const be of backends) {
       // The cpu backend is ~10x slower; one step of `small` on it takes minutes, so it gets one.
       const n = be === 'cpu' ? 1 : steps;
-      const ms = median(await tfjsStepMs(be, preset, batch, image, n));
+      const settings = be !== 'wasm' || normGelu === 'on' ? [true] : normGelu === 'off' ? [false] : [false, true];
+      const all = await tfjsStepMs(be, preset, batch, image, n, settings);
       const refMs = typeof ref === 'string' ? null : median(ref.ms);
-      process.stdout.write(
-        `${preset.padEnd(6)} ${be.padEnd(8)} ${(ms / 1000).toFixed(3).padStart(12)} ${(refMs === null ? 'n/a' : (refMs / 1000).toFixed(3)).padStart(15)} ${(refMs === null ? '' : (ms / refMs).toFixed(2) + 'x').padStart(7)}\n`,
-      );
+      for (const [i, on] of settings.entries()) {
+        const ms = median(all[i]!);
+        const label = be === 'wasm' && normGelu !== 'on' ? `${be} (LayerNorm/GELU ${on ? 'SIMD' : 'tfjs'})` : be;
+        process.stdout.write(
+          `${preset.padEnd(6)} ${label.padEnd(8)} ${(ms / 1000).toFixed(3).padStart(12)} ${(refMs === null ? 'n/a' : (refMs / 1000).toFixed(3)).padStart(15)} ${(refMs === null ? '' : (ms / refMs).toFixed(2) + 'x').padStart(7)}\n`,
+        );
+      }
     }
     if (typeof ref === 'string') process.stdout.write(`  ${ref}\n`);
     else {

@@ -1,4 +1,4 @@
-import { assembleModule, Body, type Label } from './wasm-asm.js';
+import { addTo, assembleModule, Body, countdown, whileLoop } from './wasm-asm.js';
 
 /**
  * A batched fp32 GEMM in WebAssembly SIMD for tfjs-backend-wasm's BatchMatMul with batch > 1
@@ -23,37 +23,6 @@ import { assembleModule, Body, type Label } from './wasm-asm.js';
  */
 
 const I = 'i32';
-
-/** Counted loop: runs `inner` `count` times (count is a local, counted down to 0; 0 runs none). */
-function countdown(f: Body, count: number, inner: () => void): void {
-  f.block((out) => {
-    f.get(count).i32Eqz().brIf(out);
-    f.loop((again) => {
-      inner();
-      f.get(count).i32Const(1).i32Sub().tee(count).brIf(again);
-    });
-  });
-}
-
-/** While loop: `cond` pushes an i32; the loop ends when it is 0. */
-function whileLoop(f: Body, cond: () => void, inner: (exit: Label) => void): void {
-  f.block((exit) => {
-    f.loop((again) => {
-      cond();
-      f.i32Eqz().brIf(exit);
-      inner(exit);
-      f.br(again);
-    });
-  });
-}
-
-/** local += constant or local */
-function addTo(f: Body, local: number, amount: number | { local: number }): void {
-  f.get(local);
-  if (typeof amount === 'number') f.i32Const(amount);
-  else f.get(amount.local);
-  f.i32Add().set(local);
-}
 
 /**
  * pack(src, rowStride, colStride, outer, inner, dst, width), strides in bytes: for each panel of

@@ -3,7 +3,7 @@
  * toolchain, and a kernel of more than a few dozen instructions written as raw bytes (as
  * worker/collectives/simd-add.ts is) cannot be reviewed. Each method emits one instruction and
  * is named after it in the text format (`local.get` -> get, `f32x4.add` -> f32x4Add), so a body
- * reads as the WAT it stands for. Only what the kernels use is here: i32 and v128 values, one
+ * reads as the WAT it stands for. Only what the kernels use is here: i32, f32 and v128 values, one
  * imported memory, functions without results, structured control with named labels.
  */
 
@@ -41,6 +41,11 @@ export function sleb(n: number): number[] {
 /** A branch target: the block or loop it was made for (`br` to a loop repeats it). */
 export interface Label {
   readonly id: number;
+}
+
+/** The four little-endian bytes of `value` rounded to f32. */
+function f32Bytes(value: number): number[] {
+  return [...new Uint8Array(Float32Array.of(value).buffer)];
 }
 
 /** The body of one function: its locals and instructions. Parameters are locals 0..n-1. */
@@ -147,6 +152,9 @@ export class Body {
   i32GeU(): this {
     return this.emit(0x4f);
   }
+  i32ShrU(): this {
+    return this.emit(0x76);
+  }
   i32And(): this {
     return this.emit(0x71);
   }
@@ -165,6 +173,30 @@ export class Body {
     return this.emit(0x43, 0, 0, 0, 0);
   }
 
+  /** f32.const: the value rounded to f32. */
+  f32Const(value: number): this {
+    return this.emit(0x43, ...f32Bytes(value));
+  }
+  f32Add(): this {
+    return this.emit(0x92);
+  }
+  f32Sub(): this {
+    return this.emit(0x93);
+  }
+  f32Mul(): this {
+    return this.emit(0x94);
+  }
+  f32Div(): this {
+    return this.emit(0x95);
+  }
+  f32Sqrt(): this {
+    return this.emit(0x91);
+  }
+  /** f32.convert_i32_u */
+  f32ConvertI32U(): this {
+    return this.emit(0xb3);
+  }
+
   v128Load(offset = 0): this {
     return this.simd(0x00, ...this.memarg(4, offset));
   }
@@ -178,11 +210,60 @@ export class Body {
   v128Zero(): this {
     return this.simd(0x0c, ...new Array<number>(16).fill(0));
   }
+  /** v128.const with the same f32 in all four lanes. */
+  f32x4Const(value: number): this {
+    const b = f32Bytes(value);
+    return this.simd(0x0c, ...b, ...b, ...b, ...b);
+  }
+  /** Pops an f32, pushes it in all four lanes. */
+  f32x4Splat(): this {
+    return this.simd(0x13);
+  }
+  f32x4ExtractLane(lane: number): this {
+    return this.simd(0x1f, lane);
+  }
+  /** Pops a vector and an f32; pushes the vector with that lane replaced. */
+  f32x4ReplaceLane(lane: number): this {
+    return this.simd(0x20, lane);
+  }
   f32x4Add(): this {
     return this.simd(0xe4);
   }
+  f32x4Sub(): this {
+    return this.simd(0xe5);
+  }
   f32x4Mul(): this {
     return this.simd(0xe6);
+  }
+  f32x4Div(): this {
+    return this.simd(0xe7);
+  }
+  /** IEEE min/max (NaN in either operand gives NaN). */
+  f32x4Min(): this {
+    return this.simd(0xe8);
+  }
+  f32x4Max(): this {
+    return this.simd(0xe9);
+  }
+  /** Round to nearest, ties to even. */
+  f32x4Nearest(): this {
+    return this.simd(0x6a);
+  }
+  /** i32x4.trunc_sat_f32x4_s */
+  i32x4TruncSatF32x4S(): this {
+    return this.simd(0xf8);
+  }
+  i32x4Add(): this {
+    return this.simd(0xae);
+  }
+  /** Pops a vector and an i32 shift count. */
+  i32x4Shl(): this {
+    return this.simd(0xab);
+  }
+  /** v128.const with the same i32 in all four lanes. */
+  i32x4Const(value: number): this {
+    const b = [value & 0xff, (value >>> 8) & 0xff, (value >>> 16) & 0xff, (value >>> 24) & 0xff];
+    return this.simd(0x0c, ...b, ...b, ...b, ...b);
   }
 
   /** The function's code-section entry: size, locals, instructions, end. */
@@ -192,6 +273,37 @@ export class Body {
     const body = [...uleb(this.localTypes.length), ...locals, ...this.code, 0x0b];
     return [...uleb(body.length), ...body];
   }
+}
+
+/** Counted loop: runs `inner` `count` times (count is a local, counted down to 0; 0 runs none). */
+export function countdown(f: Body, count: number, inner: () => void): void {
+  f.block((out) => {
+    f.get(count).i32Eqz().brIf(out);
+    f.loop((again) => {
+      inner();
+      f.get(count).i32Const(1).i32Sub().tee(count).brIf(again);
+    });
+  });
+}
+
+/** While loop: `cond` pushes an i32; the loop ends when it is 0. */
+export function whileLoop(f: Body, cond: () => void, inner: (exit: Label) => void): void {
+  f.block((exit) => {
+    f.loop((again) => {
+      cond();
+      f.i32Eqz().brIf(exit);
+      inner(exit);
+      f.br(again);
+    });
+  });
+}
+
+/** local += constant or local */
+export function addTo(f: Body, local: number, amount: number | { local: number }): void {
+  f.get(local);
+  if (typeof amount === 'number') f.i32Const(amount);
+  else f.get(amount.local);
+  f.i32Add().set(local);
 }
 
 export interface FuncDef {

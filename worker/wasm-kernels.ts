@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { gemmScratchBytes, simdGemm, type SimdGemm } from './simd-gemm.js';
+import { simdNormGelu, type SimdNormGelu } from './simd-norm-gelu.js';
 
 /**
  * Kernels of tfjs-backend-wasm 4.22 replaced or added here. BatchMatMul: transposed batch-1
@@ -265,6 +266,109 @@ function simdBatchedMatMul(plain: (args: { inputs: tf.NamedTensorInfoMap; backen
   };
 }
 
+const normGelus = new WeakMap<object, SimdNormGelu | null>();
+
+/** The LayerNorm/GELU kernels bound to this backend's heap, or null where they cannot run. */
+function normGeluFor(backend: WasmBackendLike): SimdNormGelu | null {
+  let k = normGelus.get(backend);
+  if (k === undefined) {
+    k = tfjsSaysNoSimd() ? null : simdNormGelu(backend.wasm?.asm?.memory);
+    normGelus.set(backend, k);
+  }
+  return k;
+}
+
+/**
+ * Kernel names of worker/simd-norm-gelu.ts on the wasm backend (registered with the others):
+ * - LayerNorm: inputs {x [rows, cols], gamma [cols], beta [cols]}, attrs {eps} -> [y, mean [rows], rstd [rows]]
+ * - LayerNormGrad: {dy, x, gamma, mean, rstd} -> [dx, dgamma, dbeta]
+ * - Gelu: {x} -> y; GeluGrad: {dy, x} -> dx (elementwise, any shape)
+ * Only worker/model/layers.ts calls them, after wasmNormGeluActive() said yes.
+ */
+export const NORM_GELU_KERNELS = {
+  layerNorm: 'CxrLayerNorm',
+  layerNormGrad: 'CxrLayerNormGrad',
+  gelu: 'CxrGelu',
+  geluGrad: 'CxrGeluGrad',
+} as const;
+
+let normGeluOn = true;
+
+/**
+ * Turn the SIMD LayerNorm/GELU kernels off (false) or back on: layers.ts then builds both from
+ * tfjs kernels as on every other backend. For benchmarks that compare the paths in one run, and
+ * to rule the kernels out when chasing a numerical difference.
+ */
+export function setSimdNormGelu(on: boolean): void {
+  normGeluOn = on;
+}
+
+/** Whether layers.ts's layerNorm and gelu run on the SIMD kernels now (active backend wasm, SIMD, switch on). */
+export function wasmNormGeluActive(): boolean {
+  if (!normGeluOn || tf.getBackend() !== 'wasm' || !tf.getKernel(NORM_GELU_KERNELS.gelu, 'wasm')) return false;
+  return normGeluFor(tf.backend() as unknown as WasmBackendLike) !== null;
+}
+
+type KernelArgs = { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs: tf.NamedAttrMap };
+
+/** The kernels for this call's backend; the callers checked wasmNormGeluActive() first. */
+function normGeluKernels(args: KernelArgs): { k: SimdNormGelu; backend: WasmBackendLike; at: (t: Info) => number } {
+  const backend = args.backend as WasmBackendLike;
+  const k = normGeluFor(backend);
+  if (!k) throw new Error('the SIMD LayerNorm/GELU kernels cannot run on this engine (check wasmNormGeluActive() first)');
+  for (const t of Object.values(args.inputs) as Info[]) {
+    if (t.dtype !== 'float32') throw new Error(`SIMD LayerNorm/GELU: inputs must be float32, got ${t.dtype}`);
+  }
+  return { k, backend, at: (t) => backend.getMemoryOffset(t.dataId) };
+}
+
+function layerNormKernel(args: KernelArgs): Info[] {
+  const { k, backend, at } = normGeluKernels(args);
+  const { x, gamma, beta } = args.inputs as { x: Info; gamma: Info; beta: Info };
+  const { eps } = args.attrs as unknown as { eps: number };
+  if (x.shape.length !== 2) throw new Error(`LayerNorm (wasm): x must be 2-D, got shape [${x.shape}]`);
+  const [rows, cols] = x.shape as [number, number];
+  for (const [name, t] of [['gamma', gamma], ['beta', beta]] as const) {
+    if (t.shape.length !== 1 || t.shape[0] !== cols) throw new Error(`LayerNorm (wasm): ${name} must have shape [${cols}], got [${t.shape}]`);
+  }
+  const y = backend.makeOutput([rows, cols], 'float32');
+  const mean = backend.makeOutput([rows], 'float32');
+  const rstd = backend.makeOutput([rows], 'float32');
+  k.layerNorm(at(x), at(gamma), at(beta), at(y), at(mean), at(rstd), rows, cols, eps);
+  return [y, mean, rstd];
+}
+
+function layerNormGradKernel(args: KernelArgs): Info[] {
+  const { k, backend, at } = normGeluKernels(args);
+  const { dy, x, gamma, mean, rstd } = args.inputs as { dy: Info; x: Info; gamma: Info; mean: Info; rstd: Info };
+  const [rows, cols] = x.shape as [number, number];
+  if (!tf.util.arraysEqual(dy.shape, x.shape) || !tf.util.arraysEqual(gamma.shape, [cols]) || !tf.util.arraysEqual(mean.shape, [rows]) || !tf.util.arraysEqual(rstd.shape, [rows])) {
+    throw new Error(`LayerNormGrad (wasm): shapes do not match (dy [${dy.shape}], x [${x.shape}], gamma [${gamma.shape}], mean [${mean.shape}], rstd [${rstd.shape}])`);
+  }
+  const dx = backend.makeOutput([rows, cols], 'float32');
+  const dgamma = backend.makeOutput([cols], 'float32');
+  const dbeta = backend.makeOutput([cols], 'float32');
+  k.layerNormGrad(at(dy), at(x), at(gamma), at(mean), at(rstd), at(dx), at(dgamma), at(dbeta), rows, cols);
+  return [dx, dgamma, dbeta];
+}
+
+function geluKernel(args: KernelArgs): Info {
+  const { k, backend, at } = normGeluKernels(args);
+  const { x } = args.inputs as { x: Info };
+  const y = backend.makeOutput([...x.shape], 'float32');
+  k.gelu(at(x), at(y), tf.util.sizeFromShape(x.shape));
+  return y;
+}
+
+function geluGradKernel(args: KernelArgs): Info {
+  const { k, backend, at } = normGeluKernels(args);
+  const { dy, x } = args.inputs as { dy: Info; x: Info };
+  if (!tf.util.arraysEqual(dy.shape, x.shape)) throw new Error(`GeluGrad (wasm): dy [${dy.shape}] and x [${x.shape}] differ`);
+  const dx = backend.makeOutput([...x.shape], 'float32');
+  k.geluGrad(at(dy), at(x), at(dx), tf.util.sizeFromShape(x.shape));
+  return dx;
+}
+
 let registered = false;
 
 /** Register the missing kernels on the wasm backend (idempotent; kernels wasm gains later win). */
@@ -276,6 +380,10 @@ export function registerWasmGradientKernels(): void {
   };
   add('Conv2DBackpropFilter', conv2DBackpropFilter as unknown as tf.KernelFunc);
   add('UnsortedSegmentSum', unsortedSegmentSum as unknown as tf.KernelFunc);
+  add(NORM_GELU_KERNELS.layerNorm, layerNormKernel as unknown as tf.KernelFunc);
+  add(NORM_GELU_KERNELS.layerNormGrad, layerNormGradKernel as unknown as tf.KernelFunc);
+  add(NORM_GELU_KERNELS.gelu, geluKernel as unknown as tf.KernelFunc);
+  add(NORM_GELU_KERNELS.geluGrad, geluGradKernel as unknown as tf.KernelFunc);
   const mm = tf.getKernel('BatchMatMul', 'wasm');
   if (mm) {
     tf.unregisterKernel('BatchMatMul', 'wasm');
