@@ -212,6 +212,38 @@ test('the SIMD GEMM binds to a plain memory and refuses what it cannot import (t
   assert.equal(simdGemm(undefined), null);
 });
 
+test('Identity on wasm shares its input\'s data (no copy) and stays correct when either side is disposed or the input is replaced', () => {
+  tf.setBackend('wasm');
+  const before = tf.memory();
+  const x = tf.tensor2d(randArray(4000, 5), [40, 100]);
+  const buffers = tf.memory().numDataBuffers;
+  const y = tf.clone(x); // Identity
+  assert.equal(tf.memory().numDataBuffers, buffers, 'a clone takes no new buffer');
+  const want = x.dataSync().slice();
+  x.dispose();
+  assert.deepEqual(y.dataSync(), want, 'the clone keeps the data after the input is gone');
+  const init = tf.tensor1d([1, 2, 3]);
+  const next = tf.tensor1d([7, 8, 9]);
+  const v = tf.variable(init);
+  const saved = tf.clone(v);
+  v.assign(next);
+  assert.deepEqual([...saved.dataSync()], [1, 2, 3], 'assigning a variable does not change an earlier clone of it');
+  // A custom gradient saves its inputs through Identity: values and gradients stay those of cpu.
+  sameOnCpu('customGrad through Identity', () =>
+    tf.tidy(() => {
+      const f = tf.customGrad((aIn, saveIn) => {
+        const a = aIn as tf.Tensor;
+        (saveIn as tf.GradSaveFunc)([a]);
+        return { value: tf.mul(a, a), gradFunc: (dy: tf.Tensor, [s]: tf.Tensor[]) => tf.mul(dy, tf.mul(s!, 2)) };
+      });
+      return tf.grad((a: tf.Tensor) => tf.sum(f(a) as tf.Tensor))(tf.tensor1d(randArray(257, 6)));
+    }),
+  );
+  for (const t of [y, v, saved, init, next]) t.dispose();
+  assert.equal(tf.memory().numTensors, before.numTensors, 'no tensor leaked');
+  assert.equal(tf.memory().numDataBuffers, before.numDataBuffers, 'no buffer leaked');
+});
+
 test('the wasm assembler encodes LEB128 immediates', () => {
   assert.deepEqual(uleb(0), [0]);
   assert.deepEqual(uleb(127), [0x7f]);
