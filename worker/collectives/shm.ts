@@ -112,32 +112,8 @@ export class ShmSegment {
    * Throws with the reason when the directory cannot hold it.
    */
   static create(dir: string, slots: number, slotBytes: number): ShmSegment {
-    const problem = shmDirProblem(dir);
-    if (problem) throw new Error(problem);
-    sweepStaleSegments(dir);
-    const token = randomBytes(TOKEN_BYTES);
-    const file = path.join(dir, `cxr-collectives-${process.pid}-${token.toString('hex', 0, 4)}`);
-    const fd = openSync(file, 'wx+', 0o600);
-    try {
-      const header = Buffer.alloc(HEADER_BYTES);
-      MAGIC.copy(header, 0);
-      token.copy(header, 8);
-      header.writeUInt32LE(slots, 24);
-      header.writeUInt32LE(slotBytes, 28);
-      writeAll(fd, header, 0);
-      const zeros = Buffer.alloc(Math.min(slotBytes, 1 << 20));
-      const total = slots * slotBytes;
-      for (let at = 0; at < total; at += zeros.length) writeAll(fd, zeros.subarray(0, Math.min(zeros.length, total - at)), HEADER_BYTES + at);
-      return new ShmSegment(file, token.toString('hex'), slots, slotBytes, fd);
-    } catch (e) {
-      closeSync(fd);
-      try {
-        unlinkSync(file);
-      } catch {
-        // already gone
-      }
-      throw e;
-    }
+    const f = createShmFile(dir, MAGIC, [slots, slotBytes], slots * slotBytes);
+    return new ShmSegment(f.file, f.token, slots, slotBytes, f.fd);
   }
 
   offer(): ShmOffer {
@@ -170,11 +146,7 @@ export class ShmSegment {
   unlink(): void {
     if (!this.linked) return;
     this.linked = false;
-    try {
-      unlinkSync(this.path);
-    } catch {
-      // already gone
-    }
+    unlinkQuietly(this.path);
   }
 
   close(): void {
@@ -200,26 +172,8 @@ export class ShmPeer {
     const o = offer as Partial<ShmOffer> | null;
     if (!o || typeof o !== 'object' || typeof o.path !== 'string' || typeof o.token !== 'string' || !Number.isInteger(o.slots) || !Number.isInteger(o.slotBytes))
       return 'malformed shared-memory offer';
-    if (!path.isAbsolute(o.path) || !existsSync(o.path)) return `${o.path} is not visible here (another host or container)`;
-    let fd: number;
-    try {
-      fd = openSync(o.path, 'r');
-    } catch (e) {
-      return `cannot open ${o.path}: ${(e as Error).message}`;
-    }
-    const header = Buffer.alloc(HEADER_BYTES);
-    const ok =
-      readSync(fd, header, 0, HEADER_BYTES, 0) === HEADER_BYTES &&
-      header.subarray(0, 8).equals(MAGIC) &&
-      header.toString('hex', 8, 8 + TOKEN_BYTES) === o.token &&
-      header.readUInt32LE(24) === o.slots &&
-      header.readUInt32LE(28) === o.slotBytes &&
-      fstatSync(fd).size >= HEADER_BYTES + o.slots! * o.slotBytes!;
-    if (!ok) {
-      closeSync(fd);
-      return `${o.path} is not the announced segment (another host's file of the same name?)`;
-    }
-    return new ShmPeer(fd, o.slots!, o.slotBytes!);
+    const fd = openShmFile(o.path, o.token, 'r', MAGIC, [o.slots!, o.slotBytes!], o.slots! * o.slotBytes!, 'segment');
+    return typeof fd === 'string' ? fd : new ShmPeer(fd, o.slots!, o.slotBytes!);
   }
 
   /** The count of slots consumed, to send back as the release. */
@@ -293,6 +247,66 @@ function processAlive(pid: number): boolean {
   }
 }
 
+/**
+ * Creates a file for this rank in `dir` (a tmpfs; stale names swept first) with the 64-byte
+ * header (magic, a random token, two u32 layout fields) and `dataBytes` after it, every page
+ * written once so that a full /dev/shm (a container's 64 MiB default) is an error here, not in
+ * the middle of a collective. Nothing is left behind when it throws.
+ */
+function createShmFile(dir: string, magic: Buffer, layout: [number, number], dataBytes: number): { file: string; token: string; fd: number } {
+  const problem = shmDirProblem(dir);
+  if (problem) throw new Error(problem);
+  sweepStaleSegments(dir);
+  const token = randomBytes(TOKEN_BYTES);
+  const file = path.join(dir, `cxr-collectives-${process.pid}-${token.toString('hex', 0, 4)}`);
+  const fd = openSync(file, 'wx+', 0o600);
+  try {
+    const header = Buffer.alloc(HEADER_BYTES);
+    magic.copy(header, 0);
+    token.copy(header, 8);
+    header.writeUInt32LE(layout[0], 24);
+    header.writeUInt32LE(layout[1], 28);
+    writeAll(fd, header, 0);
+    const zeros = Buffer.alloc(Math.min(Math.max(dataBytes, 1), 1 << 20));
+    for (let at = 0; at < dataBytes; at += zeros.length) writeAll(fd, zeros.subarray(0, Math.min(zeros.length, dataBytes - at)), HEADER_BYTES + at);
+    return { file, token: token.toString('hex'), fd };
+  } catch (e) {
+    closeSync(fd);
+    unlinkQuietly(file);
+    throw e;
+  }
+}
+
+/** Opens a peer's file when it is the one its offer announced; the reason otherwise. */
+function openShmFile(file: string, token: string, flags: 'r' | 'r+', magic: Buffer, layout: [number, number], dataBytes: number, what: string): number | string {
+  if (!path.isAbsolute(file) || !existsSync(file)) return `${file} is not visible here (another host or container)`;
+  let fd: number;
+  try {
+    fd = openSync(file, flags);
+  } catch (e) {
+    return `cannot open ${file}: ${(e as Error).message}`;
+  }
+  const header = Buffer.alloc(HEADER_BYTES);
+  const ok =
+    readSync(fd, header, 0, HEADER_BYTES, 0) === HEADER_BYTES &&
+    header.subarray(0, 8).equals(magic) &&
+    header.toString('hex', 8, 8 + TOKEN_BYTES) === token &&
+    header.readUInt32LE(24) === layout[0] &&
+    header.readUInt32LE(28) === layout[1] &&
+    fstatSync(fd).size >= HEADER_BYTES + dataBytes;
+  if (ok) return fd;
+  closeSync(fd);
+  return `${file} is not the announced ${what} (another host's file of the same name?)`;
+}
+
+function unlinkQuietly(file: string): void {
+  try {
+    unlinkSync(file);
+  } catch {
+    // already gone
+  }
+}
+
 function writeAll(fd: number, src: Uint8Array, at: number): void {
   let done = 0;
   while (done < src.byteLength) done += writeSync(fd, src, done, src.byteLength - done, at + done);
@@ -335,34 +349,17 @@ export class ShmRegion {
   ) {}
 
   static create(dir: string, world: number, native: ShmNative): ShmRegion {
-    const problem = shmDirProblem(dir);
-    if (problem) throw new Error(problem);
     const blockElems = regionBlockElems(world);
     const dataBytes = 2 * (world + 1) * blockElems * 4;
-    const token = randomBytes(TOKEN_BYTES);
-    const file = path.join(dir, `cxr-collectives-${process.pid}-${token.toString('hex', 0, 4)}`);
-    const fd = openSync(file, 'wx+', 0o600);
+    const f = createShmFile(dir, REGION_MAGIC, [world, blockElems], dataBytes);
     try {
-      const header = Buffer.alloc(HEADER_BYTES);
-      REGION_MAGIC.copy(header, 0);
-      token.copy(header, 8);
-      header.writeUInt32LE(world, 24);
-      header.writeUInt32LE(blockElems, 28);
-      writeAll(fd, header, 0);
-      // Every page written once: a full /dev/shm shows up here, not as SIGBUS in a collective.
-      const zeros = Buffer.alloc(1 << 20);
-      for (let at = 0; at < dataBytes; at += zeros.length) writeAll(fd, zeros.subarray(0, Math.min(zeros.length, dataBytes - at)), HEADER_BYTES + at);
-      const floats = new Float32Array(native.map(fd, HEADER_BYTES + dataBytes), HEADER_BYTES, dataBytes / 4);
-      return new ShmRegion(file, token.toString('hex'), world, blockElems, floats, true);
+      const floats = new Float32Array(native.map(f.fd, HEADER_BYTES + dataBytes), HEADER_BYTES, dataBytes / 4);
+      return new ShmRegion(f.file, f.token, world, blockElems, floats, true);
     } catch (e) {
-      try {
-        unlinkSync(file);
-      } catch {
-        // already gone
-      }
+      unlinkQuietly(f.file);
       throw e;
     } finally {
-      closeSync(fd);
+      closeSync(f.fd);
     }
   }
 
@@ -371,24 +368,10 @@ export class ShmRegion {
     const o = offer as Partial<RegionOffer> | null;
     if (!o || typeof o !== 'object' || typeof o.path !== 'string' || typeof o.token !== 'string' || o.world !== world || o.blockElems !== regionBlockElems(world))
       return 'malformed or mismatched shared-buffer offer';
-    if (!path.isAbsolute(o.path) || !existsSync(o.path)) return `${o.path} is not visible here (another host or container)`;
-    let fd: number;
+    const dataBytes = 2 * (world + 1) * o.blockElems * 4;
+    const fd = openShmFile(o.path, o.token, 'r+', REGION_MAGIC, [world, o.blockElems], dataBytes, 'region');
+    if (typeof fd === 'string') return fd;
     try {
-      fd = openSync(o.path, 'r+');
-    } catch (e) {
-      return `cannot open ${o.path}: ${(e as Error).message}`;
-    }
-    try {
-      const dataBytes = 2 * (world + 1) * o.blockElems * 4;
-      const header = Buffer.alloc(HEADER_BYTES);
-      const ok =
-        readSync(fd, header, 0, HEADER_BYTES, 0) === HEADER_BYTES &&
-        header.subarray(0, 8).equals(REGION_MAGIC) &&
-        header.toString('hex', 8, 8 + TOKEN_BYTES) === o.token &&
-        header.readUInt32LE(24) === world &&
-        header.readUInt32LE(28) === o.blockElems &&
-        fstatSync(fd).size >= HEADER_BYTES + dataBytes;
-      if (!ok) return `${o.path} is not the announced region (another host's file of the same name?)`;
       return new Float32Array(native.map(fd, HEADER_BYTES + dataBytes), HEADER_BYTES, dataBytes / 4);
     } catch (e) {
       return `cannot map ${o.path}: ${(e as Error).message}`;
@@ -405,10 +388,6 @@ export class ShmRegion {
   unlink(): void {
     if (!this.linked) return;
     this.linked = false;
-    try {
-      unlinkSync(this.path);
-    } catch {
-      // already gone
-    }
+    unlinkQuietly(this.path);
   }
 }
