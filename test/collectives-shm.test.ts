@@ -4,13 +4,12 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import * as zmq from 'zeromq';
 import { ProcessGroup, referenceSum, type DataPath } from '../worker/collectives/index.js';
 import { encodeHeader, MsgType, FLAG_SHM } from '../worker/collectives/protocol.js';
 import { shmNative } from '../worker/collectives/native.js';
 import { DEFAULT_SHM_DIR, ShmPeer, ShmSegment, decodeDescriptor, decodeRelease, encodeDescriptor, encodeRelease, shmDirProblem, shmSlots, sweepStaleSegments } from '../worker/collectives/shm.js';
 import { randomTensor } from './fixtures/collective-data.js';
-import { assertNamedWithin, runRanks, runWithStoppedRank } from './fixtures/collective-cluster.js';
+import { assertNamedWithin, runRanks, runWithForgedMessages, runWithStoppedRank } from './fixtures/collective-cluster.js';
 import type { RankOp } from './fixtures/collective-rank.js';
 
 // Every test here needs a tmpfs; a host without /dev/shm runs the socket path only (collectives.test.ts).
@@ -174,24 +173,16 @@ test('a ring with one rank off shared memory mixes both paths in one collective 
 test('a forged shared-memory descriptor fails the collective with a protocol error, and abort() recovers the link', { skip, timeout: 60_000 }, async () => {
   const length = 50_021;
   const ops: RankOp[] = [10, 11, 12].map((seed) => ({ kind: 'allReduce' as const, length, seed }));
-  const sockets: zmq.Push[] = [];
-  const { cluster, results } = await runRanks({
-    world: 2,
-    transport: 'tcp',
+  // Claims rank 1's slot 5 while rank 0 expects slot 0 (the ring's path: shared buffers carry no descriptors).
+  const { cluster, results } = await runWithForgedMessages({
     ops,
-    abortOnError: true,
-    beforeGo: async (c) => {
-      const push = new zmq.Push({ linger: 1000 });
-      sockets.push(push);
-      push.connect(c.endpoints[0]!);
-      // Claims rank 1's slot 5 while rank 0 expects slot 0.
+    sharedBuffers: false,
+    forge: async (push) => {
       const h = encodeHeader({ type: MsgType.DATA, op: 'allReduce', wire: 'fp32', sender: 1, flags: FLAG_SHM, generation: 0, seq: 0, step: 0, chunk: 0, total: length });
       await push.send([h, encodeDescriptor(5, 100_040)]);
-      await new Promise((r) => setTimeout(r, 200));
     },
   });
   try {
-    for (const s of sockets) s.close();
     for (const res of results) {
       assert.ok(res, 'no rank may crash');
       assert.equal(res.dataPath!.send, 'shared-memory');
@@ -303,24 +294,15 @@ test('npm install built the shared-memory addon (required in CI, where a compile
 test('after a failed shared-buffer all-reduce, abort() on every rank makes the next ones exact again', { skip: skip || (!nativeBuilt && shmNative().why), timeout: 60_000 }, async () => {
   const length = 2_500_003; // two rounds at 2 ranks (1M-element blocks), so the failure leaves the halves mid-way
   const ops: RankOp[] = [21, 22, 23].map((seed) => ({ kind: 'allReduce' as const, length, seed }));
-  const sockets: zmq.Push[] = [];
-  const { cluster, results } = await runRanks({
-    world: 2,
-    transport: 'tcp',
+  // Rank 1's part of the first round's second barrier, claiming another length: a protocol error there (barriers carry the all-reduce's length).
+  const { cluster, results } = await runWithForgedMessages({
     ops,
-    abortOnError: true,
-    beforeGo: async (c) => {
-      const push = new zmq.Push({ linger: 1000 });
-      sockets.push(push);
-      push.connect(c.endpoints[0]!);
-      // Rank 1's part of the first round's second barrier, claiming another length: a protocol error there (barriers carry the all-reduce's length).
+    forge: async (push) => {
       const h = encodeHeader({ type: MsgType.DATA, op: 'barrier', wire: 'fp32', sender: 1, flags: 0, generation: 0, seq: 1, step: 0, chunk: 0, total: 3 });
       await push.send([h, Buffer.alloc(4)]);
-      await new Promise((r) => setTimeout(r, 200));
     },
   });
   try {
-    for (const s of sockets) s.close();
     for (const res of results) {
       assert.ok(res, 'no rank may crash');
       assert.equal(res.dataPath!.allReduce, 'shared-buffers');
