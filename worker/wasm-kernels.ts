@@ -186,7 +186,21 @@ export function broadcastBatchIndex(outer: readonly number[], dims: readonly num
   return out;
 }
 
-const gemms = new WeakMap<object, SimdGemm | null>();
+/**
+ * A kernel module bound to a backend's heap, made once per backend: null where it cannot run
+ * (tfjs found no SIMD, or the memory cannot be imported).
+ */
+function boundToHeap<T>(bind: (memory: unknown) => T | null): (backend: WasmBackendLike) => T | null {
+  const made = new WeakMap<object, T | null>();
+  return (backend) => {
+    let k = made.get(backend);
+    if (k === undefined) {
+      k = tfjsSaysNoSimd() ? null : bind(backend.wasm?.asm?.memory);
+      made.set(backend, k);
+    }
+    return k;
+  };
+}
 
 /** Whether tfjs decided this engine lacks wasm SIMD (the flag may not be evaluated yet: then no). */
 function tfjsSaysNoSimd(): boolean {
@@ -197,15 +211,8 @@ function tfjsSaysNoSimd(): boolean {
   }
 }
 
-/** The SIMD GEMM bound to this backend's heap, or null where it cannot run (made once per backend). */
-function gemmFor(backend: WasmBackendLike): SimdGemm | null {
-  let g = gemms.get(backend);
-  if (g === undefined) {
-    g = tfjsSaysNoSimd() ? null : simdGemm(backend.wasm?.asm?.memory);
-    gemms.set(backend, g);
-  }
-  return g;
-}
+/** The SIMD GEMM bound to this backend's heap, or null where it cannot run. */
+const gemmFor: (backend: WasmBackendLike) => SimdGemm | null = boundToHeap(simdGemm);
 
 /** Which BatchMatMul products the SIMD GEMM takes where it runs; the others go to `plain`. */
 export type SimdMatMulScope = 'none' | 'batched' | 'all';
@@ -267,17 +274,8 @@ function simdBatchedMatMul(plain: (args: { inputs: tf.NamedTensorInfoMap; backen
   };
 }
 
-const normGelus = new WeakMap<object, SimdNormGelu | null>();
-
 /** The LayerNorm/GELU kernels bound to this backend's heap, or null where they cannot run. */
-function normGeluFor(backend: WasmBackendLike): SimdNormGelu | null {
-  let k = normGelus.get(backend);
-  if (k === undefined) {
-    k = tfjsSaysNoSimd() ? null : simdNormGelu(backend.wasm?.asm?.memory);
-    normGelus.set(backend, k);
-  }
-  return k;
-}
+const normGeluFor: (backend: WasmBackendLike) => SimdNormGelu | null = boundToHeap(simdNormGelu);
 
 /**
  * Kernel names of worker/simd-norm-gelu.ts on the wasm backend (registered with the others):
