@@ -246,10 +246,8 @@ export class ProcessGroup {
   private helloWaiter: (() => void) | null = null;
   /** Peers' answers to this rank's HELLO: whether they opened its shared-memory segment. */
   private readonly links = new Map<number, unknown>();
-  /** Peers' status after the answers: whether each sends to its successor through shared memory. */
-  private readonly shmSending = new Map<number, boolean>();
-  /** ... and whether each has mapped every rank's region. */
-  private readonly regionsReady = new Map<number, boolean>();
+  /** Peers' status after the answers: whether each sends to its successor through shared memory, and has mapped every rank's region. */
+  private readonly peerStatus = new Map<number, { sending: boolean; regions: boolean }>();
   private readonly useShm: boolean;
   private readonly shmDir: string;
   /** This rank's segment while its successor reads it; the predecessor's segment when this rank reads it. */
@@ -348,9 +346,9 @@ export class ProcessGroup {
       JSON.stringify({ world: this.world, rank: this.rank, chunkBytes: this.chunkBytes, endpoint: ep, shm: this.shm?.offer() ?? null, region: this.region?.offer() ?? null }),
     );
     for (let r = 0; r < this.world; r++) if (r !== this.rank) this.outboxes[r]!.push({ frames: [this.header(MsgType.HELLO, 'hello', 0, 0, 0, 0, 0, 'fp32'), hello], op: null });
-    // Three rounds: HELLO (with this rank's segment), LINK answers (the successor opened it or not),
-    // LINK status (whether each rank sends through shared memory), which every rank needs to pick
-    // the same ring chunk.
+    // Three rounds: HELLO (with this rank's segment and region), LINK answers (the successor opened
+    // the segment or not), LINK status (whether each rank sends through shared memory and has mapped
+    // every region), which every rank needs to pick the same ring chunk and all-reduce path.
     let statusSent = false;
     await new Promise<void>((resolve, reject) => {
       const check = (): void => {
@@ -367,7 +365,7 @@ export class ProcessGroup {
           this.regionsOn = regions;
           for (let r = 0; r < this.world; r++) if (r !== this.rank) this.outboxes[r]!.push({ frames: [this.header(MsgType.LINK, 'hello', 0, 0, 0, 0, 0, 'fp32'), status], op: null });
         }
-        if (statusSent && this.shmSending.size === this.world - 1 && this.regionsReady.size === this.world - 1) {
+        if (statusSent && this.peerStatus.size === this.world - 1) {
           clearTimeout(timer);
           resolve();
         }
@@ -376,7 +374,7 @@ export class ProcessGroup {
         this.helloWaiter = null;
         const missing = this.endpoints
           .map((e, r) => ({ e, r }))
-          .filter(({ r }) => r !== this.rank && !(this.hellos.has(r) && this.links.has(r) && this.shmSending.has(r)));
+          .filter(({ r }) => r !== this.rank && !(this.hellos.has(r) && this.links.has(r) && this.peerStatus.has(r)));
         reject(
           new CollectiveError(
             `rank ${this.rank}: handshake timed out after ${this.timeoutMs} ms: no answer from ${missing.map(({ r, e }) => `rank ${r} (${e})`).join(', ')}`,
@@ -391,10 +389,10 @@ export class ProcessGroup {
     this.helloWaiter = null;
     // The chunk must be the same on every link of a ring (what arrives is forwarded chunk by
     // chunk), so the larger shared-memory chunk is used only when every rank sends that way.
-    if (this.world > 1 && this.shmSendOn && [...this.shmSending.values()].every(Boolean))
-      this.chunkElems = Math.floor(Math.max(this.chunkBytes, this.shmChunkBytes) / 4);
+    const peers = [...this.peerStatus.values()];
+    if (this.world > 1 && this.shmSendOn && peers.every((p) => p.sending)) this.chunkElems = Math.floor(Math.max(this.chunkBytes, this.shmChunkBytes) / 4);
     // Every rank maps every region or none uses them: an all-reduce's path must be the same everywhere.
-    this.regionsOn = this.regionsOn && [...this.regionsReady.values()].every(Boolean);
+    this.regionsOn = this.regionsOn && peers.every((p) => p.regions);
     if (this.region && !this.regionsOn) this.shmNotes.push('no shared buffers: not every rank maps every region');
     this.region?.unlink();
     if (!this.regionsOn) this.regions.length = 0;
@@ -406,7 +404,7 @@ export class ProcessGroup {
    */
   private settleShm(): void {
     if (this.world === 1) return;
-    const to = (this.rank + 1) % this.world;
+    const to = this.successor;
     const link = this.links.get(to) as { shm?: unknown; reason?: unknown } | undefined;
     this.shmSendOn = this.shm !== null && link?.shm === true;
     if (this.shm && !this.shmSendOn) {
@@ -415,6 +413,15 @@ export class ProcessGroup {
       this.shm = null;
     }
     this.shm?.unlink();
+  }
+
+  /** The ring's neighbours: bulk data of every ring and chain goes to the successor, and comes from the predecessor. */
+  private get successor(): number {
+    return (this.rank + 1) % this.world;
+  }
+
+  private get predecessor(): number {
+    return (this.rank - 1 + this.world) % this.world;
   }
 
   /** Which path bulk data takes on this rank's two ring links. */
@@ -621,29 +628,31 @@ export class ProcessGroup {
   private async sharedRounds(buf: Float32Array, segs: { start: number; end: number }[], block: number, rounds: number, generation: number, first: number): Promise<void> {
     const n = this.world;
     const half = (n + 1) * block;
-    const own = shardRange(buf.length, n, this.rank);
     const order = reductionOrder(n, this.rank);
+    /** Block r of segment k: its element range in the buffer (empty past the segment's end). */
+    const blockOf = (k: number, r: number): { start: number; end: number } => {
+      const start = segs[k]!.start + r * block;
+      return { start, end: Math.max(start, Math.min(segs[k]!.end, start + block)) };
+    };
     for (let r = 0; r < rounds; r++) {
       if (this.closed || generation !== this.generation || !this.regionsOn) return this.barrierAt(generation, first + 2 * r, buf.length); // rejects with the reason
       const h = (this.regionRound++ % 2) * half;
       const mine = this.regions[this.rank]!;
       for (let k = 0; k < n; k++) {
-        const a = segs[k]!.start + r * block;
-        const b = Math.min(segs[k]!.end, a + block);
-        if (b > a) mine.set(buf.subarray(a, b), h + k * block);
+        const { start, end } = blockOf(k, r);
+        if (end > start) mine.set(buf.subarray(start, end), h + k * block);
       }
       await this.barrierAt(generation, first + 2 * r, buf.length);
-      const a = own.start + r * block;
-      const len = Math.max(0, Math.min(own.end, a + block) - a);
+      const ownBlock = blockOf(this.rank, r);
+      const len = ownBlock.end - ownBlock.start;
       if (len > 0) {
         const inputs = order.map((k) => this.regions[k]!.subarray(h + this.rank * block, h + this.rank * block + len));
         this.native!.sum(mine.subarray(h + n * block, h + n * block + len), inputs);
       }
       await this.barrierAt(generation, first + 2 * r + 1, buf.length);
       for (let k = 0; k < n; k++) {
-        const a2 = segs[k]!.start + r * block;
-        const b2 = Math.min(segs[k]!.end, a2 + block);
-        if (b2 > a2) buf.set(this.regions[k]!.subarray(h + n * block, h + n * block + (b2 - a2)), a2);
+        const { start, end } = blockOf(k, r);
+        if (end > start) buf.set(this.regions[k]!.subarray(h + n * block, h + n * block + (end - start)), start);
       }
     }
   }
@@ -810,8 +819,7 @@ export class ProcessGroup {
 
   private onRelease(h: Header, payload: Buffer): void {
     const consumed = decodeRelease(payload);
-    const to = (this.rank + 1) % this.world;
-    if (h.sender !== to || !this.shm || consumed === null || !this.shm.release(consumed))
+    if (h.sender !== this.successor || !this.shm || consumed === null || !this.shm.release(consumed))
       return this.fault(`rank ${h.sender} sent a shared-memory release (${consumed ?? 'unreadable'}) that does not fit this rank's segment`);
     if (this.active) this.active.lastProgress = Date.now();
     this.pumpShm();
@@ -825,7 +833,7 @@ export class ProcessGroup {
   private takeShm(h: Header, payload: Buffer, dst: Uint8Array | ((peer: ShmPeer) => void) | null): string | null {
     const d = decodeDescriptor(payload);
     const peer = this.shmPeer;
-    if (!peer || h.sender !== (this.rank - 1 + this.world) % this.world) return `rank ${h.sender} sent shared-memory data, but this rank does not read its segment`;
+    if (!peer || h.sender !== this.predecessor) return `rank ${h.sender} sent shared-memory data, but this rank does not read its segment`;
     if (!d) return `rank ${h.sender} sent an unreadable shared-memory descriptor`;
     const bad = peer.check(d.counter, d.bytes) ?? (dst instanceof Uint8Array && dst.byteLength !== d.bytes ? `rank ${h.sender} sent ${d.bytes} bytes for step ${h.step} chunk ${h.chunk}, expected ${dst.byteLength}` : null);
     if (bad) return `${bad} (from rank ${h.sender})`;
@@ -1071,7 +1079,7 @@ export class ProcessGroup {
     // Only the predecessor sends this rank bulk data; its segment is worth opening if it offers one.
     const offer = (body as { shm?: unknown } | null)?.shm;
     let link: { shm: boolean; reason?: string } = { shm: false, reason: 'not the ring predecessor' };
-    if (h.sender === (this.rank - 1 + this.world) % this.world) {
+    if (h.sender === this.predecessor) {
       if (!this.useShm) link = { shm: false, reason: 'shared memory turned off on the reader' };
       else if (!offer) link = { shm: false, reason: 'no segment offered' };
       else {
@@ -1096,7 +1104,7 @@ export class ProcessGroup {
     this.helloWaiter();
   }
 
-  /** A LINK is an answer to this rank's HELLO ({shm, reason}) or a peer's status ({sending}). */
+  /** A LINK is an answer to this rank's HELLO ({shm, reason}) or a peer's status ({sending, regions}). */
   private onLink(h: Header, payload: Buffer): void {
     if (!this.helloWaiter) return;
     let body: unknown = null;
@@ -1106,10 +1114,7 @@ export class ProcessGroup {
       body = null;
     }
     const status = body !== null && typeof body === 'object' && 'sending' in body ? (body as { sending: unknown; regions?: unknown }) : undefined;
-    if (status !== undefined) {
-      this.shmSending.set(h.sender, status.sending === true);
-      this.regionsReady.set(h.sender, status.regions === true);
-    }
+    if (status !== undefined) this.peerStatus.set(h.sender, { sending: status.sending === true, regions: status.regions === true });
     else if (!this.links.has(h.sender)) this.links.set(h.sender, body);
     this.helloWaiter();
   }
@@ -1236,6 +1241,7 @@ function validateOptions(o: ProcessGroupOptions): void {
   if (o.socketBufferBytes !== undefined && (!Number.isInteger(o.socketBufferBytes) || o.socketBufferBytes < 0 || o.socketBufferBytes > 1 << 30))
     throw new UserError(`collectives: socketBufferBytes must be an integer in 0..${1 << 30}, got ${o.socketBufferBytes}`);
   if (o.sharedMemory !== undefined && typeof o.sharedMemory !== 'boolean') throw new UserError(`collectives: sharedMemory must be true or false, got '${String(o.sharedMemory)}'`);
+  if (o.sharedBuffers !== undefined && typeof o.sharedBuffers !== 'boolean') throw new UserError(`collectives: sharedBuffers must be true or false, got '${String(o.sharedBuffers)}'`);
   if (o.shmDir !== undefined && (typeof o.shmDir !== 'string' || !o.shmDir.startsWith('/'))) throw new UserError(`collectives: shmDir must be an absolute path, got '${String(o.shmDir)}'`);
   if (o.wire !== undefined && !WIRES.includes(o.wire)) throw new UserError(`collectives: wire must be one of ${WIRES.join(', ')}, got '${String(o.wire)}'`);
 }
