@@ -82,8 +82,8 @@ export function shmDirProblem(dir: string): string | null {
   try {
     if (!statSync(dir).isDirectory()) return `${dir} is not a directory`;
     if (Number(statfsSync(dir).type) !== TMPFS_MAGIC) return `${dir} is not a tmpfs (memory) file system`;
-  } catch {
-    return `${dir} does not exist`;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ENOENT' ? `${dir} does not exist` : `cannot use ${dir}: ${(e as Error).message}`;
   }
   return null;
 }
@@ -345,8 +345,9 @@ export class ShmRegion {
     readonly blockElems: number,
     /** The data area, mapped. */
     readonly floats: Float32Array,
-    private linked: boolean,
   ) {}
+
+  private linked = true;
 
   static create(dir: string, world: number, native: ShmNative): ShmRegion {
     const blockElems = regionBlockElems(world);
@@ -354,7 +355,7 @@ export class ShmRegion {
     const f = createShmFile(dir, REGION_MAGIC, [world, blockElems], dataBytes);
     try {
       const floats = new Float32Array(native.map(f.fd, HEADER_BYTES + dataBytes), HEADER_BYTES, dataBytes / 4);
-      return new ShmRegion(f.file, f.token, world, blockElems, floats, true);
+      return new ShmRegion(f.file, f.token, world, blockElems, floats);
     } catch (e) {
       unlinkQuietly(f.file);
       throw e;
