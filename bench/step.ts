@@ -9,6 +9,7 @@ import { CxrModel, initialParams } from '../worker/model/vit.js';
 import { adamwStep, clipFactor, decayMask, scaleInPlace, sumOfSquares } from '../worker/optim.js';
 import { computeGradients, localComm } from '../worker/step.js';
 import { setSimdNormGelu } from '../worker/wasm-kernels.js';
+import { matMulFlops, simdPeak } from './simd-peak.js';
 import { runTorchReference } from './torch-reference.js';
 
 /**
@@ -80,6 +81,56 @@ async function tfjsStepMs(backend: BackendChoice, preset: string, batch: number,
   return times;
 }
 
+const MATMUL_KERNELS = new Set(['BatchMatMul', '_FusedMatMul']);
+
+/** One profiled step (after a warm-up one): the matMuls' FLOPs and kernel ms, and the other kernels' ms. */
+async function profiledStep(backend: BackendChoice, preset: string, batch: number, image: number): Promise<{ matMulFlops: number; matMulMs: number; otherMs: number }> {
+  const step = await trainingStep(backend, preset, batch, image);
+  try {
+    await step.run();
+    const prof = await tf.profile(() => step.run());
+    const r = { matMulFlops: 0, matMulMs: 0, otherMs: 0 };
+    for (const k of prof.kernels) {
+      const ms = typeof k.kernelTimeMs === 'number' ? k.kernelTimeMs : 0;
+      if (MATMUL_KERNELS.has(k.name)) {
+        r.matMulFlops += matMulFlops(k.inputShapes[0]!, k.outputShapes[0]!);
+        r.matMulMs += ms;
+      } else r.otherMs += ms;
+    }
+    return r;
+  } finally {
+    step.dispose();
+  }
+}
+
+/**
+ * How far any wasm GEMM could take the step: its matMuls' FLOPs at this engine's SIMD peak
+ * (bench/simd-peak.ts) against PyTorch's whole step, and what the 1.5x goal would leave for the rest.
+ */
+async function wasmCeiling(preset: string, batch: number, image: number, torchMs: number | null): Promise<string> {
+  const p = await profiledStep('wasm', preset, batch, image);
+  const mulAdd = simdPeak('mul-add');
+  const fma = simdPeak('fma');
+  const peak = Math.max(mulAdd?.gflops ?? 0, fma?.gflops ?? 0);
+  const gflop = p.matMulFlops / 1e9;
+  const atPeakMs = (gflop / peak) * 1000;
+  const lines = [
+    `  wasm ceiling: the step's matMuls are ${gflop.toFixed(2)} GFLOP; one profiled step spends ${p.matMulMs.toFixed(0)} ms of kernel time in them (${(gflop / (p.matMulMs / 1000)).toFixed(1)} GFLOP/s) and ${p.otherMs.toFixed(0)} ms in the other kernels`,
+    `    this engine's SIMD peak, measured now (a GEMM micro-kernel's loop from L1; no whole product reaches it): mul+add ${mulAdd ? `${mulAdd.gflops.toFixed(1)} GFLOP/s (${mulAdd.tile})` : 'n/a'}, relaxed-SIMD FMA ${fma ? `${fma.gflops.toFixed(1)} GFLOP/s (${fma.tile})` : 'not available on this engine'}`,
+    `    at that peak the matMuls alone take >= ${atPeakMs.toFixed(0)} ms`,
+  ];
+  if (torchMs !== null) {
+    const goalMs = 1.5 * torchMs;
+    lines[2] += ` = ${(atPeakMs / torchMs).toFixed(2)}x PyTorch's whole step (which does them at ${(gflop / (torchMs / 1000)).toFixed(1)} GFLOP/s, everything else included)`;
+    lines.push(
+      atPeakMs >= goalMs
+        ? `    goal (1.5x = ${goalMs.toFixed(0)} ms) out of reach on wasm here: the matMuls at the engine's peak alone take longer`
+        : `    goal (1.5x = ${goalMs.toFixed(0)} ms) would leave ${(goalMs - atPeakMs).toFixed(0)} ms for everything but the matMuls if they ran at the peak (the other kernels take ${p.otherMs.toFixed(0)} ms now)`,
+    );
+  }
+  return lines.join('\n') + '\n';
+}
+
 function torchStepMs(preset: string, batch: number, image: number, steps: number): { ms: number[]; params: number; torch: string } | string {
   const cfg = resolveModelConfig({ preset, imageSize: image, labels: loadLabelSet('chexpert14').labels });
   const a = ['--image', image, '--patch', cfg.patchSize, '--width', cfg.width, '--layers', cfg.layers, '--heads', cfg.heads, '--dim', cfg.embedDim, '--labels', 14, '--batch', batch, '--steps', steps, '--warmup', 1, '--threads', 1,
@@ -113,6 +164,7 @@ export async function run(argv: string[]): Promise<void> {
         );
       }
     }
+    if (backends.includes('wasm')) process.stdout.write(await wasmCeiling(preset, batch, image, typeof ref === 'string' ? null : median(ref.ms)));
     if (typeof ref === 'string') process.stdout.write(`  ${ref}\n`);
     else {
       const ours = initialParams(resolveModelConfig({ preset, imageSize: image, labels: loadLabelSet('chexpert14').labels }), 0).length;

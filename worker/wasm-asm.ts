@@ -7,6 +7,17 @@
  * imported memory, functions without results, structured control with named labels.
  */
 
+/** The part of the WebAssembly API the kernels use (the project's lib settings carry no WebAssembly types). */
+export interface WasmApi {
+  validate(bytes: Uint8Array): boolean;
+  Memory: new (d: { initial: number; maximum?: number; shared?: boolean }) => { buffer: ArrayBuffer };
+  Module: new (bytes: Uint8Array) => object;
+  Instance: new (m: object, imports: object) => { exports: Record<string, unknown> };
+}
+
+/** This engine's WebAssembly, or undefined where it has none. */
+export const wasmApi: WasmApi | undefined = (globalThis as { WebAssembly?: WasmApi }).WebAssembly;
+
 export type ValType = 'i32' | 'f32' | 'v128';
 const VALTYPE: Record<ValType, number> = { i32: 0x7f, f32: 0x7d, v128: 0x7b };
 
@@ -234,6 +245,13 @@ export class Body {
   }
   f32x4Mul(): this {
     return this.simd(0xe6);
+  }
+  /**
+   * relaxed SIMD's f32x4.relaxed_madd: pops a, b, c; pushes a*b + c, fused (one rounding) where
+   * the CPU has FMA, else as mul then add. Engines without relaxed SIMD refuse the module.
+   */
+  f32x4RelaxedMadd(): this {
+    return this.simd(0x105);
   }
   f32x4Div(): this {
     return this.simd(0xe7);
