@@ -1,4 +1,4 @@
-import { addTo, assembleModule, Body, countdown, type ValType } from './wasm-asm.js';
+import { addTo, assembleModule, Body, countdown, wasmApi, type ValType } from './wasm-asm.js';
 
 /**
  * LayerNorm and exact GELU, forward and backward, as WebAssembly SIMD kernels for
@@ -423,17 +423,8 @@ const MODULE = assembleModule([
   { name: 'geluGrad', body: geluGradBody() },
 ]);
 
-// The project's lib settings carry no WebAssembly types; this is the part used here.
-declare const WebAssembly:
-  | {
-      validate(bytes: Uint8Array): boolean;
-      Module: new (bytes: Uint8Array) => object;
-      Instance: new (m: object, imports: object) => { exports: Record<string, unknown> };
-    }
-  | undefined;
-
 /** Whether this engine can run the module (wasm SIMD). */
-export const simdNormGeluSupported = typeof WebAssembly !== 'undefined' && WebAssembly.validate(MODULE);
+export const simdNormGeluSupported = wasmApi?.validate(MODULE) ?? false;
 
 /** The kernels; every pointer is a byte offset into the memory they were made for. */
 export interface SimdNormGelu {
@@ -450,9 +441,9 @@ export interface SimdNormGelu {
  * wasm SIMD, or a memory this module cannot import (the threaded backend's shared memory).
  */
 export function simdNormGelu(memory: unknown): SimdNormGelu | null {
-  if (!simdNormGeluSupported || typeof WebAssembly === 'undefined') return null;
+  if (!simdNormGeluSupported || !wasmApi) return null;
   try {
-    return new WebAssembly.Instance(new WebAssembly.Module(MODULE), { e: { m: memory } }).exports as unknown as SimdNormGelu;
+    return new wasmApi.Instance(new wasmApi.Module(MODULE), { e: { m: memory } }).exports as unknown as SimdNormGelu;
   } catch {
     return null;
   }

@@ -1,3 +1,5 @@
+import { addTo, assembleModule, Body, wasmApi, whileLoop } from '../wasm-asm.js';
+
 /**
  * The fp32 add of the reduce-scatter, dst[i] = dst[i] + src[i], as a WebAssembly SIMD kernel.
  *
@@ -10,51 +12,26 @@
  * fp32 values rounded to fp32 is the correctly rounded fp32 sum), so results are bit-identical to
  * it for every non-NaN input (a NaN stays a NaN; its payload bits may differ).
  *
- * The module is assembled here from its bytes (no toolchain in the build). Its one function:
- *   (func (export "add") (param $d i32) (param $s i32) (param $n i32) (local $p i32)
- *     (block (loop
- *       (br_if 1 (i32.ge_u (local.get $p) (local.get $n)))
- *       (v128.store (i32.add (local.get $d) (local.get $p))
- *         (f32x4.add (v128.load (i32.add (local.get $d) (local.get $p)))
- *                    (v128.load (i32.add (local.get $s) (local.get $p)))))
- *       (local.set $p (i32.add (local.get $p) (i32.const 16)))
- *       (br 0))))
- * with `n` a byte count that is a multiple of 16; the last 0-3 elements are added in JavaScript.
+ * The module is assembled by ../wasm-asm.ts (no toolchain in the build). Its one function,
+ * add(d, s, n), adds `n` bytes (a multiple of 16) at s into d; the last 0-3 elements of a chunk
+ * are added in JavaScript.
  */
 
-// prettier-ignore
-const BODY = [
-  0x01, 0x01, 0x7f, // one local i32 ($p)
-  0x02, 0x40, 0x03, 0x40, // block, loop
-  0x20, 3, 0x20, 2, 0x4f, 0x0d, 1, // br_if 1 (p >= n)
-  0x20, 0, 0x20, 3, 0x6a, // d + p (store address)
-  0x20, 0, 0x20, 3, 0x6a, 0xfd, 0x00, 4, 0, // v128.load (d + p)
-  0x20, 1, 0x20, 3, 0x6a, 0xfd, 0x00, 4, 0, // v128.load (s + p)
-  0xfd, 0xe4, 0x01, // f32x4.add
-  0xfd, 0x0b, 4, 0, // v128.store
-  0x20, 3, 0x41, 0x10, 0x6a, 0x21, 3, // p += 16
-  0x0c, 0, 0x0b, 0x0b, 0x0b, // br 0, end loop, end block, end func
-];
+function addBody(): Body {
+  const f = new Body(['i32', 'i32', 'i32']);
+  const [d, s, n] = [0, 1, 2];
+  const p = f.local('i32');
+  whileLoop(f, () => f.get(p).get(n).i32LtU(), () => {
+    f.get(d).get(p).i32Add(); // where the sum goes
+    f.get(d).get(p).i32Add().v128Load();
+    f.get(s).get(p).i32Add().v128Load();
+    f.f32x4Add().v128Store();
+    addTo(f, p, 16);
+  });
+  return f;
+}
 
-// prettier-ignore
-const MODULE = new Uint8Array([
-  0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // \0asm, version 1
-  0x01, 7, 1, 0x60, 3, 0x7f, 0x7f, 0x7f, 0, // type section: (i32, i32, i32) -> ()
-  0x02, 8, 1, 1, 0x65, 1, 0x6d, 0x02, 0x00, 1, // import section: memory "e" "m", at least 1 page
-  0x03, 2, 1, 0, // function section: one function of type 0
-  0x07, 7, 1, 3, 0x61, 0x64, 0x64, 0x00, 0, // export section: "add" = function 0
-  0x0a, BODY.length + 2, 1, BODY.length, ...BODY, // code section
-]);
-
-// The project's lib settings carry no WebAssembly types; this is the part used here.
-declare const WebAssembly:
-  | {
-      validate(bytes: Uint8Array): boolean;
-      Memory: new (d: { initial: number }) => { buffer: ArrayBuffer };
-      Module: new (bytes: Uint8Array) => object;
-      Instance: new (m: object, imports: object) => { exports: Record<string, unknown> };
-    }
-  | undefined;
+const MODULE = assembleModule([{ name: 'add', body: addBody() }]);
 
 /** Bytes per piece: a destination and a source piece together stay well inside L2. */
 const PIECE_BYTES = 256 << 10;
@@ -68,9 +45,9 @@ interface Kernel {
 }
 
 function instantiate(): Kernel | null {
-  if (typeof WebAssembly === 'undefined' || !WebAssembly.validate(MODULE)) return null;
-  const memory = new WebAssembly.Memory({ initial: (2 * PIECE_BYTES) / 65536 });
-  const instance = new WebAssembly.Instance(new WebAssembly.Module(MODULE), { e: { m: memory } });
+  if (!wasmApi?.validate(MODULE)) return null;
+  const memory = new wasmApi.Memory({ initial: (2 * PIECE_BYTES) / 65536 });
+  const instance = new wasmApi.Instance(new wasmApi.Module(MODULE), { e: { m: memory } });
   return {
     add: instance.exports.add as (d: number, s: number, n: number) => void,
     bytes: new Uint8Array(memory.buffer),
