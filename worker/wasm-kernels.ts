@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { gemmScratchBytes, simdGemm, type SimdGemm } from './simd-gemm.js';
+import { simdColsum, type SimdColsum } from './simd-colsum.js';
 import { simdNormGelu, type SimdNormGelu } from './simd-norm-gelu.js';
 
 /**
@@ -18,7 +19,7 @@ import { simdNormGelu, type SimdNormGelu } from './simd-norm-gelu.js';
 interface WasmBackendLike {
   disposeData(dataId: object, force?: boolean): boolean;
   incRef(dataId: object): void;
-  makeOutput(shape: number[], dtype: 'float32'): Info;
+  makeOutput(shape: number[], dtype: tf.DataType): Info;
   /** Byte offset of a tensor's values in the backend's heap. */
   getMemoryOffset(dataId: object): number;
   /** The Emscripten module; `asm.memory` is its exported heap. */
@@ -384,6 +385,71 @@ function sharedIdentity(copying: tf.KernelFunc) {
   };
 }
 
+/** The column-sum kernel bound to this backend's heap, or null where it cannot run. */
+const colsumFor: (backend: WasmBackendLike) => SimdColsum | null = boundToHeap(simdColsum);
+
+/**
+ * Sum over leading axes (a bias's gradient: dY [rows, width] summed over its rows) on the column
+ * sums of ./simd-colsum.ts, which give the same bits; tfjs-backend-wasm 4.22 reduces only
+ * innermost axes and transposes the whole input first (~4 ms for [2080, 512]). Other reductions
+ * keep the backend's kernel.
+ */
+function leadingAxesSum(plain: tf.KernelFunc) {
+  return (args: KernelArgs): Info => {
+    const { x } = args.inputs as { x: Info };
+    const { axis, keepDims } = args.attrs as unknown as { axis: number | number[]; keepDims: boolean };
+    const backend = args.backend as WasmBackendLike;
+    const axes = [...tf.util.parseAxisParam(axis, x.shape)].sort((a, b) => a - b);
+    const k = axes.length;
+    const leading = k > 0 && k < x.shape.length && axes.every((a, i) => a === i);
+    const kernel = leading && x.dtype === 'float32' ? colsumFor(backend) : null;
+    if (!kernel) return plain(args as unknown as Parameters<tf.KernelFunc>[0]) as Info;
+    const rows = tf.util.sizeFromShape(x.shape.slice(0, k));
+    const kept = x.shape.slice(k);
+    const out = backend.makeOutput(keepDims ? [...axes.map(() => 1), ...kept] : kept, 'float32');
+    kernel.colsum(backend.getMemoryOffset(x.dataId), backend.getMemoryOffset(out.dataId), rows, tf.util.sizeFromShape(kept));
+    return out;
+  };
+}
+
+const BYTES_PER_ELEMENT: Partial<Record<tf.DataType, number>> = { float32: 4, int32: 4, bool: 1 };
+
+/**
+ * SplitV as one memmove per piece per index of the axes before the split axis (everything after it
+ * is contiguous in input and piece alike). tfjs-backend-wasm 4.22 slices each piece with a
+ * JavaScript `set(subarray())` per innermost row: splitting the attention's q, k, v apart
+ * ([32, 12, 65, 32] on axis 1) took ~10 ms where the bytes move in well under one.
+ */
+function contiguousSplitV(plain: tf.KernelFunc) {
+  return (args: KernelArgs): Info[] => {
+    const { x } = args.inputs as { x: Info };
+    const { numOrSizeSplits, axis } = args.attrs as unknown as { numOrSizeSplits: number | number[]; axis: number };
+    const backend = args.backend as WasmBackendLike;
+    const bytes = BYTES_PER_ELEMENT[x.dtype];
+    const memory = backend.wasm?.asm?.memory as { buffer: ArrayBuffer } | undefined;
+    if (bytes === undefined || !memory) return plain(args as unknown as Parameters<tf.KernelFunc>[0]) as Info[];
+    const ax = tf.util.parseAxisParam(axis, x.shape)[0]!;
+    const sizes = tf.backend_util.prepareSplitSize(x as unknown as tf.Tensor, numOrSizeSplits, ax);
+    const outer = tf.util.sizeFromShape(x.shape.slice(0, ax));
+    const inner = tf.util.sizeFromShape(x.shape.slice(ax + 1)) * bytes;
+    const rowBytes = x.shape[ax]! * inner;
+    const outs = sizes.map((s) => backend.makeOutput(x.shape.map((d, i) => (i === ax ? s : d)), x.dtype));
+    // After the outputs are made: making one can grow the heap, which replaces its buffer.
+    const heap = new Uint8Array(memory.buffer);
+    const src = backend.getMemoryOffset(x.dataId);
+    let begin = 0;
+    for (const [p, s] of sizes.entries()) {
+      const run = s * inner;
+      if (run > 0) {
+        const dst = backend.getMemoryOffset(outs[p]!.dataId);
+        for (let o = 0; o < outer; o++) heap.copyWithin(dst + o * run, src + o * rowBytes + begin, src + o * rowBytes + begin + run);
+      }
+      begin += run;
+    }
+    return outs;
+  };
+}
+
 let registered = false;
 
 /** Register the missing kernels on the wasm backend (idempotent; kernels wasm gains later win). */
@@ -404,6 +470,14 @@ export function registerWasmGradientKernels(): void {
     tf.unregisterKernel('Identity', 'wasm');
     tf.registerKernel({ kernelName: 'Identity', backendName: 'wasm', kernelFunc: sharedIdentity(id.kernelFunc) as unknown as tf.KernelFunc });
   }
+  const replace = (kernelName: string, wrap: (plain: tf.KernelFunc) => unknown) => {
+    const k = tf.getKernel(kernelName, 'wasm');
+    if (!k) return;
+    tf.unregisterKernel(kernelName, 'wasm');
+    tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc: wrap(k.kernelFunc) as tf.KernelFunc });
+  };
+  replace('Sum', leadingAxesSum);
+  replace('SplitV', contiguousSplitV);
   const mm = tf.getKernel('BatchMatMul', 'wasm');
   if (mm) {
     tf.unregisterKernel('BatchMatMul', 'wasm');
