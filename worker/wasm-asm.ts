@@ -131,6 +131,9 @@ export class Body {
   i32Mul(): this {
     return this.emit(0x6c);
   }
+  i32DivU(): this {
+    return this.emit(0x6e);
+  }
   i32Shl(): this {
     return this.emit(0x74);
   }
@@ -234,6 +237,14 @@ export class Body {
   }
   f32x4Mul(): this {
     return this.simd(0xe6);
+  }
+  /**
+   * f32x4.relaxed_madd (relaxed SIMD): pops a, b, c; pushes a*b + c, rounded once where the CPU
+   * has FMA and as mul then add where it does not (fixed per machine, so still the same bits
+   * every run there). Modules using it validate only on engines with relaxed SIMD.
+   */
+  f32x4RelaxedMadd(): this {
+    return this.simd(0x105);
   }
   f32x4Div(): this {
     return this.simd(0xe7);

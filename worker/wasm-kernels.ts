@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { gemmScratchBytes, simdGemm, type SimdGemm } from './simd-gemm.js';
+import { DEFAULT_BLOCKING, gemmVariants, simdGemm, type GemmBlocking, type GemmVariant, type SimdGemm } from './simd-gemm.js';
 import { simdNormGelu, type SimdNormGelu } from './simd-norm-gelu.js';
 
 /**
@@ -211,18 +211,58 @@ function tfjsSaysNoSimd(): boolean {
   }
 }
 
-/** The SIMD GEMM bound to this backend's heap, or null where it cannot run. */
-const gemmFor: (backend: WasmBackendLike) => SimdGemm | null = boundToHeap(simdGemm);
+/** Which build of the SIMD GEMM runs: the fastest the engine validates ('auto'), or the one named. */
+export type GemmVariantChoice = 'auto' | GemmVariant;
+let variantChoice: GemmVariantChoice = 'auto';
+
+/**
+ * Pick the GEMM build: 'auto' (the default: 'fma' where the engine has relaxed SIMD, else
+ * 'muladd'), or one by name, which routes around the GEMM where that build cannot run. For
+ * benchmarks that compare the builds in one run, for tests of each, and for
+ * CXR_WASM_RELAXED_SIMD=0 (worker/backend.ts), which asks for 'muladd'.
+ */
+export function setSimdGemmVariant(v: GemmVariantChoice): void {
+  variantChoice = v;
+}
+
+/**
+ * The GEMM builds bound to this backend's heap, each made on first use and kept ('auto': the
+ * first of gemmVariants() that binds, decided once), or null where none can run.
+ */
+const gemmBuildsFor: (backend: WasmBackendLike) => ((v: GemmVariantChoice) => SimdGemm | null) | null = boundToHeap((memory) => {
+  const builds = new Map<GemmVariantChoice, SimdGemm | null>();
+  const build = (v: GemmVariantChoice): SimdGemm | null => {
+    let g = builds.get(v);
+    if (g === undefined) {
+      g = v === 'auto' ? gemmVariants().reduce<SimdGemm | null>((found, w) => found ?? build(w), null) : simdGemm(memory, v);
+      builds.set(v, g);
+    }
+    return g;
+  };
+  return build;
+});
+
+/** The SIMD GEMM build the choice names, bound to this backend's heap, or null where it cannot run. */
+function gemmFor(backend: WasmBackendLike): SimdGemm | null {
+  return gemmBuildsFor(backend)?.(variantChoice) ?? null;
+}
+
+let blocking: GemmBlocking = DEFAULT_BLOCKING;
+
+/** The GEMM's k and m block sizes (worker/simd-gemm.ts's DEFAULT_BLOCKING unless set): for the benchmark that tunes them. */
+export function setSimdGemmBlocking(b: GemmBlocking = DEFAULT_BLOCKING): void {
+  blocking = b;
+}
 
 /** Which BatchMatMul products the SIMD GEMM takes where it runs; the others go to `plain`. */
 export type SimdMatMulScope = 'none' | 'batched' | 'all';
-let scope: SimdMatMulScope = 'batched';
+let scope: SimdMatMulScope = 'all';
 
 /**
- * Route products to the SIMD GEMM (where it runs): 'batched' (the default) takes batch > 1,
- * 'all' also batch 1 (XNNPACK's), 'none' leaves every product to the backend's own kernels. For
- * benchmarks that compare the paths in one run, and to rule the kernel out when chasing a
- * numerical difference.
+ * Route products to the SIMD GEMM (where it runs): 'all' (the default) takes every product,
+ * 'batched' only batch > 1 (batch 1 then goes to XNNPACK), 'none' leaves every product to the
+ * backend's own kernels. For benchmarks that compare the paths in one run, and to rule the kernel
+ * out when chasing a numerical difference.
  */
 export function setSimdMatMulScope(s: SimdMatMulScope): void {
   scope = s;
@@ -230,15 +270,22 @@ export function setSimdMatMulScope(s: SimdMatMulScope): void {
 
 /** Which BatchMatMul path serves batch > 1 on the active wasm backend: 'simd' or 'fallback'. */
 export function wasmBatchMatMulPath(): 'simd' | 'fallback' {
-  if (tf.getBackend() !== 'wasm') throw new Error(`wasmBatchMatMulPath: the active backend is ${tf.getBackend()}, not wasm`);
-  return scope !== 'none' && gemmFor(tf.backend() as unknown as WasmBackendLike) ? 'simd' : 'fallback';
+  return wasmGemmVariant() ? 'simd' : 'fallback';
+}
+
+/** The GEMM build that serves batch > 1 products on the active wasm backend, or null (the backend's kernel). */
+export function wasmGemmVariant(): GemmVariant | null {
+  if (tf.getBackend() !== 'wasm') throw new Error(`wasmGemmVariant: the active backend is ${tf.getBackend()}, not wasm`);
+  if (scope === 'none') return null;
+  return gemmFor(tf.backend() as unknown as WasmBackendLike)?.variant ?? null;
 }
 
 /**
- * BatchMatMul with batch > 1 (the attention products and their gradients) on the SIMD GEMM of
- * worker/simd-gemm.ts, which reads the operands in place in any of the four layouts; the wasm
- * kernel runs these in a scalar loop. Batch 1 (the dense layers) keeps XNNPACK through `plain`,
- * as do engines without wasm SIMD.
+ * BatchMatMul on the SIMD GEMM of worker/simd-gemm.ts, which reads the operands in place in any
+ * of the four layouts: the attention products (batch > 1), which the wasm kernel runs in a scalar
+ * loop, and the dense layers' (batch 1), which XNNPACK runs a little slower in the step (the
+ * transposed ones after an explicit Transpose; docs/performance.md). Engines without wasm SIMD,
+ * non-float32 operands and the products the scope leaves out go to `plain`.
  */
 function simdBatchedMatMul(plain: (args: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs: tf.NamedAttrMap }) => Info) {
   return (args: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs: tf.NamedAttrMap }): Info => {
@@ -259,7 +306,7 @@ function simdBatchedMatMul(plain: (args: { inputs: tf.NamedTensorInfoMap; backen
     }
     const out = backend.makeOutput([...outer, m, n], 'float32');
     if (m === 0 || n === 0) return out;
-    const scratch = backend.makeOutput([gemmScratchBytes(m, n, k) / 4], 'float32');
+    const scratch = backend.makeOutput([Math.ceil(gemm.scratchBytes(m, n, k, blocking) / 4)], 'float32');
     gemm.run({
       m, n, k, transposeA, transposeB,
       a: backend.getMemoryOffset(a.dataId),
@@ -268,7 +315,7 @@ function simdBatchedMatMul(plain: (args: { inputs: tf.NamedTensorInfoMap; backen
       bIndex: broadcastBatchIndex(outer, b.shape.slice(0, -2)),
       c: backend.getMemoryOffset(out.dataId),
       scratch: backend.getMemoryOffset(scratch.dataId),
-    });
+    }, blocking);
     backend.disposeData(scratch.dataId);
     return out;
   };
