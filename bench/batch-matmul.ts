@@ -88,14 +88,20 @@ function defaultRoute(): void {
   useRoute({ label: '', scope: 'all', variant: 'auto' });
 }
 
-/** Median ms of `p` on each route, alternating call by call, and its FLOPs. */
+/**
+ * Median ms of `p` on each route, alternating call by call, and its FLOPs. The order rotates from
+ * one round to the next: the call after a slow route finds the operands evicted from L2 (the
+ * attention operands are 1-2 MiB each), and the route that always came first would pay for that.
+ */
 function timeRoutes(p: Product, routes: readonly Route[], reps: number) {
   const a = tf.randomNormal(p.a, 0, 1, 'float32', 1);
   const b = tf.randomNormal(p.b, 0, 1, 'float32', 2);
   const ms: number[][] = routes.map(() => []);
   let work = 0;
   for (let rep = -2; rep < reps; rep++) {
-    routes.forEach((route, i) => {
+    routes.forEach((_, j) => {
+      const i = (j + rep + 2) % routes.length;
+      const route = routes[i]!;
       useRoute(route);
       const t0 = performance.now();
       const c = tf.matMul(a, b, p.ta, p.tb); // wasm kernels run synchronously
@@ -146,6 +152,14 @@ export async function run(argv: string[]): Promise<void> {
     process.stdout.write('this engine cannot run the SIMD GEMM (no wasm SIMD); nothing to compare\n');
     return;
   }
+  // V8 runs a wasm function on its baseline compiler until it has run a while, then switches to
+  // the optimised code compiled in the background: without this, the first rows time the former.
+  for (const r of builds) {
+    useRoute(r);
+    const t0 = performance.now();
+    while (performance.now() - t0 < 1500) tf.tidy(() => tf.matMul(tf.ones([130, 65, 65]), tf.ones([130, 65, 32])).dataSync());
+  }
+  defaultRoute();
   const shapes = (preset: string) => {
     const cfg = resolveModelConfig({ preset, imageSize: image, labels: loadLabelSet('chexpert14').labels });
     const T = (image / cfg.patchSize) ** 2 + 1;

@@ -60,7 +60,7 @@ const TILES: Record<GemmVariant, Tile> = {
  * for x < inner, and 0 where o >= outer. Packs A (outer = m rows, inner = k, width MR) and B
  * (outer = n columns, inner = k, width NR) alike.
  */
-export function packBody(): Body {
+function packBody(): Body {
   const f = new Body([I, I, I, I, I, I, I]);
   const [src, rs, cs, outer, inner, dst, width] = [0, 1, 2, 3, 4, 5, 6];
   const o = f.local(I); // panel's first outer index
@@ -142,7 +142,7 @@ export function packBody(): Body {
  * packed B, or C += that when `accumulate` is 1 (the k blocks after the first). `tile` is MR*NR
  * floats of scratch that holds the blocks at the right and bottom edges while they are computed.
  */
-export function productBody({ mr, nr, fma }: Tile): Body {
+function productBody({ mr, nr, fma }: Tile): Body {
   const f = new Body([I, I, I, I, I, I, I, I]);
   const [ap, bp, c, m, n, k, tile, accumulate] = [0, 1, 2, 3, 4, 5, 6, 7];
   const nv = nr / 4;
@@ -307,6 +307,7 @@ export interface GemmBlocking {
 export const DEFAULT_BLOCKING: GemmBlocking = { kc: 256, mc: 120 };
 
 const roundUp = (x: number, r: number) => Math.ceil(x / r) * r;
+const LINE = 64;
 
 export interface SimdGemm {
   readonly variant: GemmVariant;
@@ -336,9 +337,11 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
     const kc = Math.max(1, Math.floor(blocking.kc));
     const mc = roundUp(Math.max(1, Math.floor(blocking.mc)), mr);
     const kb = Math.min(k, kc);
-    const aBytes = 4 * roundUp(Math.min(m, mc), mr) * kb;
-    const bBytes = 4 * roundUp(n, nr) * kb;
-    return { kc, mc, aBytes, bBytes, total: aBytes + bBytes + 4 * mr * nr };
+    // Each packed block starts on a cache line (the scratch itself may not: LINE bytes of slack),
+    // so the kernel's vector loads never straddle two lines.
+    const aBytes = roundUp(4 * roundUp(Math.min(m, mc), mr) * kb, LINE);
+    const bBytes = roundUp(4 * roundUp(n, nr) * kb, LINE);
+    return { kc, mc, aBytes, bBytes, total: LINE + aBytes + bBytes + 4 * mr * nr };
   };
   return {
     variant,
@@ -347,7 +350,7 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
       const { m, n, k } = p;
       if (m === 0 || n === 0) return;
       const { kc, mc, aBytes, bBytes } = sizes(m, n, k, blocking);
-      const aPacked = p.scratch;
+      const aPacked = roundUp(p.scratch, LINE);
       const bPacked = aPacked + aBytes;
       const tile = bPacked + bBytes;
       const ldc = 4 * n;
