@@ -125,6 +125,8 @@ test('each build gives exactly the documented summation order: odd shapes, all l
     [37, 41, 300], // k past the default block of 256
     [65, 32, 65], // the attention products' shapes
     [2, 3, 0], // empty inner dimension: zeros
+    [8, 96, 13], // the FMA build's wide tile (3x12) from here on
+    [37, 130, 300], // wide, edge blocks on both sides, k past the default block
   ];
   const blockings: GemmBlocking[] = [DEFAULT_BLOCKING, { kc: 7, mc: 5 }, { kc: 1, mc: 1 }, { kc: 1e9, mc: 1e9 }];
   for (const variant of gemmVariants()) {

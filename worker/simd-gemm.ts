@@ -15,20 +15,22 @@ import { addTo, assembleModule, Body, countdown, whileLoop } from './wasm-asm.js
  * row/column strides, which is how transposeA/transposeB are handled (no Transpose copy, and the
  * product loop is the same for all four layouts). The micro-kernel keeps an MR x NR block of C in
  * f32x4 accumulators and streams one A panel and one B panel: per k, NR/4 vector loads of B, MR
- * load-splats of A, MR*NR/4 multiply-adds. A B panel (kc*NR floats, 8 KiB at kc 256) stays in L1
+ * load-splats of A, MR*NR/4 multiply-adds. A B panel (kc*NR floats, 8-12 KiB at kc 256) stays in L1
  * while the A panels of the m block pass under it from L2; the packed A block is made just before
  * it is used, so it is still in cache.
  *
- * Two builds of the micro-kernel, chosen by what the engine validates:
- * - 'fma': 6x8 (twelve accumulators, two B vectors, one splat: 15 of the 16 xmm registers, V8
- *   keeps one as scratch) with f32x4.relaxed_madd, which x64 V8 compiles to vfmadd where the CPU
- *   has FMA3: ~60 GFLOP/s in a register-only probe against ~44 for mul+add at any tiling.
+ * Two builds, chosen by what the engine validates:
+ * - 'fma': f32x4.relaxed_madd, which x64 V8 compiles to vfmadd where the CPU has FMA3. Tile 3x12
+ *   (nine accumulators, three B vectors, one splat) for products at least WIDE_N columns wide,
+ *   4x8 for narrower ones (see TILES). A register-only probe of V8 11.3 here gave ~60 GFLOP/s
+ *   for FMA at 3x12 against ~44 for mul+add at any tiling; in this kernel, on packed panels in
+ *   cache, 3x12 FMA did 59, 4x8 FMA 55, 6x8 FMA 35 (15 live vectors: it spills), 4x8 mul+add 44.
  *   Relaxed SIMD is standard from V8 11.4 (Node 22); Node 20 has it behind a flag that
- *   worker/backend.ts sets before the module is compiled.
- * - 'muladd': 4x8 with f32x4.mul then f32x4.add (a 6x8 tile needs a 16th register for the
- *   product and spills), for engines with plain wasm SIMD only.
+ *   worker/backend.ts sets before the module is validated and compiled.
+ * - 'muladd': 4x8 with f32x4.mul then f32x4.add (its 3x12 spills: the product needs a register),
+ *   for engines with plain wasm SIMD only.
  *
- * Summation order, the same in both: every C element is one accumulator that starts at 0 and
+ * Summation order, the same in every build and tile: every C element is one accumulator that starts at 0 and
  * takes a[i,k]*b[k,j] for k = 0, 1, ..., K-1 in that order; cutting k into blocks only parks the
  * accumulator in C between blocks (an exact f32 store and load), so the block sizes do not change
  * the result. 'fma' rounds once per step (acc = fl(a*b + acc)), 'muladd' twice (fl(acc +
@@ -49,10 +51,20 @@ interface Tile {
   fma: boolean;
 }
 
-const TILES: Record<GemmVariant, Tile> = {
-  fma: { mr: 3, nr: 12, fma: true },
-  muladd: { mr: 4, nr: 8, fma: false },
+/**
+ * Each build's micro-kernels, widest first. The FMA build has two: 3x12 for the dense products,
+ * 4x8 for narrow ones (the attention products, n = 32 and 65 here), where 12 columns would leave
+ * an edge block on every row (n = 32: a third of the blocks) and edge blocks go through the tile;
+ * `npm run bench -- batch-matmul` measured 3x12 ~25% slower than 4x8 there and ~15% faster on
+ * the dense ones. Both tiles sum in the same order, so which one ran does not change a bit.
+ */
+const TILES: Record<GemmVariant, readonly Tile[]> = {
+  fma: [{ mr: 3, nr: 12, fma: true }, { mr: 4, nr: 8, fma: true }],
+  muladd: [{ mr: 4, nr: 8, fma: false }],
 };
+
+/** Products at least this many columns wide take a build's first (widest) tile. */
+const WIDE_N = 96;
 
 /**
  * pack(src, rowStride, colStride, outer, inner, dst, width), strides in bytes: for each panel of
@@ -241,15 +253,12 @@ function productBody({ mr, nr, fma }: Tile): Body {
   return f;
 }
 
+const buildModule = (tiles: readonly Tile[]) =>
+  assembleModule([{ name: 'pack', body: packBody() }, ...tiles.map((t, i) => ({ name: `product${i}`, body: productBody(t) }))]);
+
 const MODULES: Record<GemmVariant, Uint8Array> = {
-  fma: assembleModule([
-    { name: 'pack', body: packBody() },
-    { name: 'product', body: productBody(TILES.fma) },
-  ]),
-  muladd: assembleModule([
-    { name: 'pack', body: packBody() },
-    { name: 'product', body: productBody(TILES.muladd) },
-  ]),
+  fma: buildModule(TILES.fma),
+  muladd: buildModule(TILES.muladd),
 };
 
 // The project's lib settings carry no WebAssembly types; this is the part used here.
@@ -331,9 +340,10 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
     return null;
   }
   const pack = exports.pack as (src: number, rs: number, cs: number, outer: number, inner: number, dst: number, width: number) => void;
-  const product = exports.product as (ap: number, bp: number, c: number, m: number, n: number, k: number, tile: number, accumulate: number) => void;
-  const { mr, nr } = TILES[variant];
+  type Product = (ap: number, bp: number, c: number, m: number, n: number, k: number, tile: number, accumulate: number) => void;
+  const kernels = TILES[variant].map((t, i) => ({ ...t, product: exports[`product${i}`] as Product }));
   const sizes = (m: number, n: number, k: number, blocking: GemmBlocking) => {
+    const { mr, nr, product } = kernels[n >= WIDE_N ? 0 : kernels.length - 1]!;
     const kc = Math.max(1, Math.floor(blocking.kc));
     const mc = roundUp(Math.max(1, Math.floor(blocking.mc)), mr);
     const kb = Math.min(k, kc);
@@ -341,7 +351,7 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
     // so the kernel's vector loads never straddle two lines.
     const aBytes = roundUp(4 * roundUp(Math.min(m, mc), mr) * kb, LINE);
     const bBytes = roundUp(4 * roundUp(n, nr) * kb, LINE);
-    return { kc, mc, aBytes, bBytes, total: LINE + aBytes + bBytes + 4 * mr * nr };
+    return { mr, nr, product, kc, mc, aBytes, bBytes, total: LINE + aBytes + bBytes + 4 * mr * nr };
   };
   return {
     variant,
@@ -349,7 +359,7 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
     run(p, blocking = DEFAULT_BLOCKING) {
       const { m, n, k } = p;
       if (m === 0 || n === 0) return;
-      const { kc, mc, aBytes, bBytes } = sizes(m, n, k, blocking);
+      const { mr, nr, product, kc, mc, aBytes, bBytes } = sizes(m, n, k, blocking);
       const aPacked = roundUp(p.scratch, LINE);
       const bPacked = aPacked + aBytes;
       const tile = bPacked + bBytes;
