@@ -89,9 +89,10 @@ function defaultRoute(): void {
 }
 
 /**
- * Median ms of `p` on each route, alternating call by call, and its FLOPs. The order rotates from
- * one round to the next: the call after a slow route finds the operands evicted from L2 (the
- * attention operands are 1-2 MiB each), and the route that always came first would pay for that.
+ * Median ms of `p` on each route, alternating call by call, and its FLOPs. The order changes from
+ * one round to the next (rotated, and reversed every other round, so each route follows each of
+ * the others): the call after the scalar kernel finds the operands evicted from L2 (the attention
+ * operands are 1-4 MiB), and a route that always came right after it would pay for that.
  */
 function timeRoutes(p: Product, routes: readonly Route[], reps: number) {
   const a = tf.randomNormal(p.a, 0, 1, 'float32', 1);
@@ -100,7 +101,7 @@ function timeRoutes(p: Product, routes: readonly Route[], reps: number) {
   let work = 0;
   for (let rep = -2; rep < reps; rep++) {
     routes.forEach((_, j) => {
-      const i = (j + rep + 2) % routes.length;
+      const i = (((rep + 2) % 2 ? routes.length - 1 - j : j) + rep + 2) % routes.length;
       const route = routes[i]!;
       useRoute(route);
       const t0 = performance.now();
