@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { initBackend } from '../worker/backend.js';
 import { broadcastBatchIndex, setSimdGemmBlocking, setSimdGemmVariant, setSimdMatMulScope, wasmBatchMatMulPath, wasmGemmVariant } from '../worker/wasm-kernels.js';
-import { sleb, uleb } from '../worker/wasm-asm.js';
+import { Body, sleb, uleb } from '../worker/wasm-asm.js';
 import { gemmVariants, simdGemm, simdGemmSupported, type GemmVariant } from '../worker/simd-gemm.js';
 import { mulberry32, normalSource } from '../shared/rng.js';
 import type { TrainConfig } from '../coordinator/train-config.js';
@@ -290,7 +290,9 @@ test('Identity on wasm shares its input\'s data (no copy) and stays correct when
   assert.equal(tf.memory().numDataBuffers, before.numDataBuffers, 'no buffer leaked');
 });
 
-test('the wasm assembler encodes LEB128 immediates', () => {
+test('the wasm assembler encodes LEB128 immediates and the relaxed-SIMD opcode', () => {
+  // f32x4.relaxed_madd is 0xfd then opcode 0x105 as a LEB128: 0x85 0x02.
+  assert.deepEqual(new Body([]).f32x4RelaxedMadd().code, [0xfd, 0x85, 0x02]);
   assert.deepEqual(uleb(0), [0]);
   assert.deepEqual(uleb(127), [0x7f]);
   assert.deepEqual(uleb(128), [0x80, 0x01]);

@@ -45,7 +45,7 @@ async function tryImport(pkg: string): Promise<string | null> {
  * The SIMD GEMM's fastest build uses relaxed SIMD's f32x4.relaxed_madd (FMA): standard from V8
  * 11.4 (Node 22), behind --experimental-wasm-relaxed-simd in Node 20's V8 11.3, where setting the
  * flag at run time works as long as it comes before the GEMM module is validated and compiled
- * (on the first BatchMatMul, after this). Set only where the engine lacks it;
+ * (in wasmReport below, after this). Set only where the engine lacks it;
  * CXR_WASM_RELAXED_SIMD=0 leaves the flag alone and keeps the GEMM on its mul+add build on every
  * engine (to rule FMA out when chasing a numerical difference). Returns what it did, for the report.
  */

@@ -273,7 +273,10 @@ export function wasmBatchMatMulPath(): 'simd' | 'fallback' {
   return wasmGemmVariant() ? 'simd' : 'fallback';
 }
 
-/** The GEMM build that serves batch > 1 products on the active wasm backend, or null (the backend's kernel). */
+/**
+ * The GEMM build that serves BatchMatMul on the active wasm backend (batch > 1 products, and batch
+ * 1 under the default scope 'all'), or null where the backend's own kernels do.
+ */
 export function wasmGemmVariant(): GemmVariant | null {
   if (tf.getBackend() !== 'wasm') throw new Error(`wasmGemmVariant: the active backend is ${tf.getBackend()}, not wasm`);
   if (scope === 'none') return null;
