@@ -13,8 +13,9 @@ import { trainingStep } from './step.js';
  * (alternating call by call): the SIMD GEMM's FMA build and its mul+add build
  * (worker/simd-gemm.ts) next to the backend's own kernels, the reference: tfjs-backend-wasm's
  * scalar loop for the batched attention products, XNNPACK for the dense (batch-1) ones. Then one
- * training step per model under tf.profile on each path. `--blocking` adds a sweep of the GEMM's
- * k and m block sizes over the dense products (FMA build).
+ * training step per model under tf.profile on each path. `speed-up` is the reference's time over
+ * the first build's. `--blocking` adds a sweep of the GEMM's k and m block sizes over the dense
+ * products (FMA build).
  */
 function arg(argv: string[], name: string, dflt: string): string {
   const i = argv.indexOf(`--${name}`);
@@ -22,6 +23,7 @@ function arg(argv: string[], name: string, dflt: string): string {
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
 /** The six batched products of one attention layer's forward and backward, [bh, T, d] heads. */
 function attentionProducts(bh: number, T: number, d: number) {
   return [
@@ -120,7 +122,7 @@ function timeRoutes(p: Product, routes: readonly Route[], reps: number) {
 const col = (s: string, w = 8) => s.padStart(w);
 
 function header(routes: readonly Route[]): void {
-  process.stdout.write(`${'model'.padEnd(6)} ${'product'.padEnd(9)} ${'shape (a x b)'.padEnd(32)}${routes.map((r) => ` ${col(`${r.label} ms`, 11)} ${col('GFLOP/s')}`).join('')} ${col('1st/last', 9)}\n`);
+  process.stdout.write(`${'model'.padEnd(6)} ${'product'.padEnd(9)} ${'shape (a x b)'.padEnd(32)}${routes.map((r) => ` ${col(`${r.label} ms`, 11)} ${col('GFLOP/s')}`).join('')} ${col('speed-up', 9)}\n`);
 }
 
 function printRow(preset: string, p: Product, r: { ms: number[]; work: number }): void {
