@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
+import { wasmApi } from '../worker/wasm-asm.js';
 import { initBackend } from '../worker/backend.js';
 import { gelu, layerNorm } from '../worker/model/layers.js';
 import { simdNormGelu, simdNormGeluSupported } from '../worker/simd-norm-gelu.js';
@@ -55,8 +56,7 @@ test('the double-precision erf reference matches known values', () => {
 
 test('the SIMD erf approximation is within 5e-7 of erf over [-8, 8] (fp32: ulp(1) = 6e-8), exact at 0 and +-1 far out', () => {
   assert.ok(simdNormGeluSupported, 'this Node has wasm SIMD');
-  // The project's lib settings carry no WebAssembly types.
-  const { Memory } = (globalThis as unknown as { WebAssembly: { Memory: new (d: { initial: number }) => { buffer: ArrayBuffer } } }).WebAssembly;
+  const { Memory } = wasmApi!;
   const memory = new Memory({ initial: 64 });
   const k = simdNormGelu(memory)!;
   const n = 400_003; // not a multiple of 4: the tail goes through the partial-vector path
@@ -229,7 +229,7 @@ test('without wasm SIMD (tfjs flag off) layerNorm and gelu keep the tfjs kernels
 });
 
 test('the SIMD LayerNorm/GELU kernels bind to a plain memory and refuse the threaded build\'s shared memory', () => {
-  const { Memory } = (globalThis as unknown as { WebAssembly: { Memory: new (d: { initial: number; maximum?: number; shared?: boolean }) => object } }).WebAssembly;
+  const { Memory } = wasmApi!;
   assert.notEqual(simdNormGelu(new Memory({ initial: 1 })), null);
   assert.equal(simdNormGelu(new Memory({ initial: 1, maximum: 4, shared: true })), null);
   assert.equal(simdNormGelu(undefined), null);

@@ -5,9 +5,9 @@ import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { initBackend } from '../worker/backend.js';
-import { broadcastBatchIndex, setSimdMatMulScope, wasmBatchMatMulPath } from '../worker/wasm-kernels.js';
-import { sleb, uleb } from '../worker/wasm-asm.js';
-import { simdGemm, simdGemmSupported } from '../worker/simd-gemm.js';
+import { broadcastBatchIndex, setSimdGemmBlocking, setSimdGemmVariant, setSimdMatMulScope, wasmBatchMatMulPath, wasmGemmVariant } from '../worker/wasm-kernels.js';
+import { Body, sleb, uleb, wasmApi } from '../worker/wasm-asm.js';
+import { gemmVariants, simdGemm, simdGemmSupported, type GemmVariant } from '../worker/simd-gemm.js';
 import { mulberry32, normalSource } from '../shared/rng.js';
 import type { TrainConfig } from '../coordinator/train-config.js';
 import { trainDistributed } from '../coordinator/train-job.js';
@@ -20,6 +20,21 @@ const randArray = (n: number, seed: number) => {
   const r = normalSource(mulberry32(seed));
   return Float32Array.from({ length: n }, () => r());
 };
+
+/** Run `body` once on each GEMM build this engine has (both on Node 20 with the backend's flag), then back to the default. */
+function onEachBuild(body: (variant: GemmVariant) => void): void {
+  assert.deepEqual(gemmVariants(), ['fma', 'muladd']);
+  try {
+    for (const v of gemmVariants()) {
+      setSimdGemmVariant(v);
+      assert.equal(wasmGemmVariant(), v);
+      body(v);
+    }
+  } finally {
+    setSimdGemmVariant('auto');
+  }
+  assert.equal(wasmGemmVariant(), 'fma');
+}
 
 /** Run f on the wasm and the cpu backend with the same inputs; compare the outputs. */
 function sameOnCpu(name: string, f: () => tf.Tensor, tol = 1e-4) {
@@ -43,9 +58,10 @@ function sameOnCpu(name: string, f: () => tf.Tensor, tol = 1e-4) {
   assert.ok(maxErr / maxMag < tol, `${name}: wasm differs from cpu by ${maxErr} (scale ${maxMag})`);
 }
 
-test('the wasm backend initialises and says why', () => {
+test('the wasm backend initialises and says why, and which GEMM build runs', () => {
   assert.equal(info.name, 'wasm');
   assert.match(info.reason, /wasm/);
+  assert.match(info.reason, /matMul on the SIMD GEMM, FMA build/);
 });
 
 test('Conv2DBackpropFilter on wasm equals the cpu kernel (strides, padding, dilation-free shapes)', () => {
@@ -97,45 +113,70 @@ test('transposed matMuls on wasm (explicit-transpose kernel) equal the cpu kerne
   }
 });
 
-test('batched matMul on wasm takes the SIMD GEMM and equals the cpu kernel: odd sizes, batch 1..N, all four layouts', () => {
+test('batched matMul on wasm takes the SIMD GEMM and equals the cpu kernel: odd sizes, batch 1..N, all four layouts, both builds', () => {
   // Node 20 has wasm SIMD: the fast path must be the one tested here, not the fallback.
   assert.equal(wasmBatchMatMulPath(), 'simd');
-  const r = mulberry32(7);
-  const dim = () => 1 + Math.floor(r() * 19);
-  const shapes: [number, number, number, number][] = [
-    [2, 65, 65, 32], // the tiny model's attention products
-    [3, 65, 32, 65],
-    [5, 1, 1, 1],
-    [2, 4, 8, 3], // exactly one register block
-    [3, 5, 9, 0], // empty inner dimension: zeros
-    ...Array.from({ length: 8 }, (): [number, number, number, number] => [1 + Math.floor(r() * 6), dim(), dim(), dim()]),
-  ];
-  shapes.forEach(([batch, m, n, k], s) => {
-    for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]] as const) {
-      const av = randArray(batch * m * k, 100 + s);
-      const bv = randArray(batch * k * n, 200 + s);
-      sameOnCpu(`[${batch}] ${m}x${k} . ${k}x${n} ${ta} ${tb}`, () =>
-        tf.matMul(tf.tensor3d(av, ta ? [batch, k, m] : [batch, m, k]), tf.tensor3d(bv, tb ? [batch, n, k] : [batch, k, n]), ta, tb),
-      );
+  onEachBuild((variant) => {
+    const r = mulberry32(7);
+    const dim = () => 1 + Math.floor(r() * 19);
+    const shapes: [number, number, number, number][] = [
+      [2, 65, 65, 32], // the tiny model's attention products
+      [3, 65, 32, 65],
+      [5, 1, 1, 1],
+      [2, 4, 8, 3], // exactly one register block
+      [3, 5, 9, 0], // empty inner dimension: zeros
+      ...Array.from({ length: 8 }, (): [number, number, number, number] => [1 + Math.floor(r() * 6), dim(), dim(), dim()]),
+    ];
+    shapes.forEach(([batch, m, n, k], s) => {
+      for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]] as const) {
+        const av = randArray(batch * m * k, 100 + s);
+        const bv = randArray(batch * k * n, 200 + s);
+        sameOnCpu(`${variant} [${batch}] ${m}x${k} . ${k}x${n} ${ta} ${tb}`, () =>
+          tf.matMul(tf.tensor3d(av, ta ? [batch, k, m] : [batch, m, k]), tf.tensor3d(bv, tb ? [batch, n, k] : [batch, k, n]), ta, tb),
+        );
+      }
+    });
+  });
+});
+
+test('dense (batch-1) matMuls on the SIMD GEMM equal the cpu kernel with k and m cut into blocks: default blocks, tiny blocks, both builds', () => {
+  // 2080 x 300 x 41 crosses the default k block (256) and m block; kc 7 / mc 5 crosses many.
+  const [m, n, k] = [2080, 41, 300];
+  const av = randArray(m * k, 51);
+  const bv = randArray(k * n, 52);
+  onEachBuild((variant) => {
+    for (const blocking of [undefined, { kc: 7, mc: 5 }]) {
+      try {
+        setSimdGemmBlocking(blocking);
+        for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]] as const) {
+          sameOnCpu(`${variant} ${m}x${k} . ${k}x${n} ${ta} ${tb} ${blocking ? 'small blocks' : 'default blocks'}`, () =>
+            tf.matMul(tf.tensor2d(av, ta ? [k, m] : [m, k]), tf.tensor2d(bv, tb ? [n, k] : [k, n]), ta, tb),
+          );
+        }
+      } finally {
+        setSimdGemmBlocking();
+      }
     }
   });
 });
 
-test('the SIMD GEMM scope switch: batch-1 products on it (scope all) equal the cpu kernel; none routes around it', () => {
+test('the SIMD GEMM scope switch: batch-1 products on it (scope all, the default) and on XNNPACK (batched) equal the cpu kernel; none routes around it', () => {
   try {
-    setSimdMatMulScope('all');
     // 37 x 41 x 29: full 4x8 panels (the contiguous packing) and ragged edges in every layout.
     const [m, n, k] = [37, 41, 29];
     const av = randArray(m * k, 41);
     const bv = randArray(k * n, 42);
     for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]] as const) {
-      sameOnCpu(`2-D ${ta} ${tb}`, () => tf.matMul(tf.tensor2d(av, ta ? [k, m] : [m, k]), tf.tensor2d(bv, tb ? [n, k] : [k, n]), ta, tb));
+      for (const s of ['all', 'batched'] as const) {
+        setSimdMatMulScope(s);
+        sameOnCpu(`2-D ${ta} ${tb} ${s}`, () => tf.matMul(tf.tensor2d(av, ta ? [k, m] : [m, k]), tf.tensor2d(bv, tb ? [n, k] : [k, n]), ta, tb));
+      }
     }
     setSimdMatMulScope('none');
     assert.equal(wasmBatchMatMulPath(), 'fallback');
     sameOnCpu('batched on the backend kernel', () => tf.matMul(tf.tensor3d(av.subarray(0, 3 * 4 * 5), [3, 4, 5]), tf.tensor3d(bv.subarray(0, 3 * 5 * 6), [3, 5, 6])));
   } finally {
-    setSimdMatMulScope('batched');
+    setSimdMatMulScope('all');
   }
   assert.equal(wasmBatchMatMulPath(), 'simd');
 });
@@ -172,7 +213,7 @@ test('batched matMul on wasm gives the same bits every run, whatever the batch o
   assert.deepEqual(rev, first);
 });
 
-test('attention gradients through the SIMD batched matMul equal the cpu backend', () => {
+test('attention gradients through the SIMD batched matMul equal the cpu backend, both builds', () => {
   const [bh, t, d] = [6, 7, 5];
   const qv = randArray(bh * t * d, 31);
   const kv = randArray(bh * t * d, 32);
@@ -180,14 +221,16 @@ test('attention gradients through the SIMD batched matMul equal the cpu backend'
   const wv = randArray(bh * t * d, 34);
   const attention = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) =>
     tf.sum(tf.mul(tf.matMul(tf.softmax(tf.matMul(tf.mul(q, d ** -0.5), k, false, true)), v), tf.tensor3d(wv, [bh, t, d])));
-  for (let which = 0; which < 3; which++) {
-    sameOnCpu(`d/d${'qkv'[which]}`, () =>
-      tf.tidy(() => {
-        const args = [qv, kv, vv].map((x) => tf.tensor3d(x, [bh, t, d]));
-        return tf.grads(attention)(args)[which]!;
-      }),
-    );
-  }
+  onEachBuild((variant) => {
+    for (let which = 0; which < 3; which++) {
+      sameOnCpu(`${variant} d/d${'qkv'[which]}`, () =>
+        tf.tidy(() => {
+          const args = [qv, kv, vv].map((x) => tf.tensor3d(x, [bh, t, d]));
+          return tf.grads(attention)(args)[which]!;
+        }),
+      );
+    }
+  });
 });
 
 test('without wasm SIMD (tfjs flag off) batched matMul falls back to the backend kernel and stays correct', () => {
@@ -204,12 +247,14 @@ test('without wasm SIMD (tfjs flag off) batched matMul falls back to the backend
 });
 
 test('the SIMD GEMM binds to a plain memory and refuses what it cannot import (the threaded build\'s shared memory)', () => {
-  // The project's lib settings carry no WebAssembly types.
-  const { Memory } = (globalThis as unknown as { WebAssembly: { Memory: new (d: { initial: number; maximum?: number; shared?: boolean }) => object } }).WebAssembly;
+  const { Memory } = wasmApi!;
   assert.equal(simdGemmSupported, true);
-  assert.notEqual(simdGemm(new Memory({ initial: 1 })), null);
-  assert.equal(simdGemm(new Memory({ initial: 1, maximum: 4, shared: true })), null);
-  assert.equal(simdGemm(undefined), null);
+  assert.equal(simdGemm(new Memory({ initial: 1 }))?.variant, 'fma');
+  for (const v of gemmVariants()) {
+    assert.equal(simdGemm(new Memory({ initial: 1 }), v)?.variant, v);
+    assert.equal(simdGemm(new Memory({ initial: 1, maximum: 4, shared: true }), v), null);
+    assert.equal(simdGemm(undefined, v), null);
+  }
 });
 
 test('Identity on wasm shares its input\'s data (no copy) and stays correct when either side is disposed or the input is replaced', () => {
@@ -244,7 +289,9 @@ test('Identity on wasm shares its input\'s data (no copy) and stays correct when
   assert.equal(tf.memory().numDataBuffers, before.numDataBuffers, 'no buffer leaked');
 });
 
-test('the wasm assembler encodes LEB128 immediates', () => {
+test('the wasm assembler encodes LEB128 immediates and the relaxed-SIMD opcode', () => {
+  // f32x4.relaxed_madd is 0xfd then opcode 0x105 as a LEB128: 0x85 0x02.
+  assert.deepEqual(new Body([]).f32x4RelaxedMadd().code, [0xfd, 0x85, 0x02]);
   assert.deepEqual(uleb(0), [0]);
   assert.deepEqual(uleb(127), [0x7f]);
   assert.deepEqual(uleb(128), [0x80, 0x01]);

@@ -1,9 +1,11 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import * as path from 'node:path';
+import v8 from 'node:v8';
 import * as tf from '@tensorflow/tfjs';
 import { UserError, errorMessage } from '../shared/errors.js';
-import { registerWasmGradientKernels } from './wasm-kernels.js';
+import { gemmVariants } from './simd-gemm.js';
+import { registerWasmGradientKernels, setSimdGemmVariant, wasmGemmVariant } from './wasm-kernels.js';
 
 export type BackendChoice = 'auto' | 'tensorflow' | 'wasm' | 'cpu';
 export const BACKEND_CHOICES: readonly BackendChoice[] = ['auto', 'tensorflow', 'wasm', 'cpu'];
@@ -39,13 +41,41 @@ async function tryImport(pkg: string): Promise<string | null> {
   }
 }
 
-async function useWasm(): Promise<void> {
+/**
+ * The SIMD GEMM's fastest build uses relaxed SIMD's f32x4.relaxed_madd (FMA): standard from V8
+ * 11.4 (Node 22), behind --experimental-wasm-relaxed-simd in Node 20's V8 11.3, where setting the
+ * flag at run time works as long as it comes before the GEMM module is validated and compiled
+ * (in wasmReport below, after this). Set only where the engine lacks it;
+ * CXR_WASM_RELAXED_SIMD=0 leaves the flag alone and keeps the GEMM on its mul+add build on every
+ * engine (to rule FMA out when chasing a numerical difference). Returns what it did, for the report.
+ */
+function allowRelaxedSimd(): string {
+  if (process.env.CXR_WASM_RELAXED_SIMD === '0') {
+    setSimdGemmVariant('muladd');
+    return 'relaxed SIMD off by CXR_WASM_RELAXED_SIMD=0';
+  }
+  setSimdGemmVariant('auto');
+  if (gemmVariants().includes('fma')) return 'relaxed SIMD standard in this engine';
+  v8.setFlagsFromString('--experimental-wasm-relaxed-simd');
+  return gemmVariants().includes('fma') ? 'relaxed SIMD on by --experimental-wasm-relaxed-simd' : 'no relaxed SIMD in this engine';
+}
+
+/** What the wasm backend runs, for the backend report: SIMD, and which GEMM build serves BatchMatMul and why. */
+async function wasmReport(relaxed: string): Promise<string> {
+  const simd = (await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT')) ? 'on' : 'off';
+  const gemm = wasmGemmVariant();
+  return `SIMD ${simd}, matMul on ${gemm ? `the SIMD GEMM, ${gemm === 'fma' ? 'FMA' : 'mul+add'} build` : "tfjs-backend-wasm's kernels"}; ${relaxed}`;
+}
+
+async function useWasm(): Promise<string> {
+  const relaxed = allowRelaxedSimd();
   const wasm = await import('@tensorflow/tfjs-backend-wasm');
   // In Node the .wasm files are read from disk next to the package's JS, not fetched.
   const dist = path.join(path.dirname(require.resolve('@tensorflow/tfjs-backend-wasm/package.json')), 'dist') + path.sep;
   wasm.setWasmPaths(dist);
   if (!(await tf.setBackend('wasm'))) throw new Error('the wasm backend failed to initialise');
   registerWasmGradientKernels();
+  return relaxed;
 }
 
 let active: BackendInfo | null = null;
@@ -67,9 +97,10 @@ export async function initBackend(choice: BackendChoice): Promise<BackendInfo> {
   switch (choice) {
     case 'cpu':
       return done('cpu', 'requested with --backend cpu');
-    case 'wasm':
-      await useWasm();
-      return done('wasm', `requested with --backend wasm (SIMD ${await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT') ? 'on' : 'off'})`);
+    case 'wasm': {
+      const relaxed = await useWasm();
+      return done('wasm', `requested with --backend wasm (${await wasmReport(relaxed)})`);
+    }
     case 'tensorflow': {
       const gpus = nvidiaGpuCount();
       const err = gpus > 0 ? await tryImport('@tensorflow/tfjs-node-gpu') : 'no NVIDIA GPU visible';
@@ -94,8 +125,8 @@ export async function initBackend(choice: BackendChoice): Promise<BackendInfo> {
       if (err === null) return done('tensorflow', 'auto: tfjs-node (native TensorFlow on the CPU)');
       tried.push('tfjs-node: not installed');
       try {
-        await useWasm();
-        return done('wasm', `auto: WebAssembly (SIMD ${await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT') ? 'on' : 'off'})`);
+        const relaxed = await useWasm();
+        return done('wasm', `auto: WebAssembly (${await wasmReport(relaxed)})`);
       } catch (e) {
         tried.push(`wasm: ${errorMessage(e)}`);
       }

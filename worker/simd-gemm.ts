@@ -1,34 +1,76 @@
-import { addTo, assembleModule, Body, countdown, whileLoop } from './wasm-asm.js';
+import { addTo, assembleModule, Body, countdown, wasmApi, whileLoop } from './wasm-asm.js';
 
 /**
- * A batched fp32 GEMM in WebAssembly SIMD for tfjs-backend-wasm's BatchMatMul with batch > 1
- * (the attention products), which the backend runs in a scalar loop at ~2 GFLOP/s: XNNPACK only
- * serves its batch-1 path.
+ * A batched fp32 GEMM in WebAssembly SIMD for tfjs-backend-wasm's BatchMatMul: every product of
+ * the training step, the dense layers' batch-1 ones (which XNNPACK would run, the transposed ones
+ * after an explicit Transpose) and the attention products with batch > 1 (which the backend runs in
+ * a scalar loop at ~2 GFLOP/s).
  *
  * The module imports the backend's own WebAssembly.Memory, so operands are read and results written
  * where tfjs keeps them (nothing is copied between memories; the only copies are the kernel's
- * own packed panels, in a scratch tensor). Per matrix, op(A) [m, k] is packed into panels of 4 rows
- * ([k][4] each) and op(B) [k, n] into panels of 8 columns ([k][8] each), zero-padded at the
- * edges; the packing reads any row/column strides, which is how transposeA/transposeB are
- * handled (no Transpose copy, and the product loop is the same for all four layouts). The
- * micro-kernel keeps a 4x8 block of C in eight f32x4 accumulators and streams the two panels:
- * per k, two vector loads of B, four load-splats of A, eight mul + eight add (wasm SIMD has no
- * FMA). The panel of B stays in L1 while the panels of A pass under it. There is no blocking of
- * k or m beyond that: right for the attention products (k <= 65 here); on the big dense products
- * XNNPACK is as fast or faster (`npm run bench -- batch-matmul`), so batch 1 stays with it.
+ * own packed panels, in a scratch tensor). The loops are the classic Goto/BLIS ones: k is cut
+ * into blocks of at most `kc` and m into blocks of at most `mc`; per k block the block of op(B)
+ * [kc, n] is packed into panels of NR columns ([kc][NR] each), per (k, m) block the block of op(A)
+ * [mc, kc] into panels of MR rows ([kc][MR] each), zero-padded at the edges. Packing reads any
+ * row/column strides, which is how transposeA/transposeB are handled (no Transpose copy, and the
+ * product loop is the same for all four layouts). The micro-kernel keeps an MR x NR block of C in
+ * f32x4 accumulators and streams one A panel and one B panel: per k, NR/4 vector loads of B, MR
+ * load-splats of A, MR*NR/4 multiply-adds. A B panel (kc*NR floats, 8-12 KiB at kc 256) stays in L1
+ * while the A panels of the m block pass under it from L2; the packed A block is made just before
+ * it is used, so it is still in cache.
  *
- * Every C element is sum_k a[i,k]*b[k,j] accumulated in increasing k with f32 mul then f32 add,
- * one thread, fixed order: the same bits on every run, and for a matrix whatever else is in the
- * batch. (Other kernels sum in other orders, so they agree to rounding, not bit for bit.)
+ * Two builds, chosen by what the engine validates:
+ * - 'fma': f32x4.relaxed_madd, which x64 V8 compiles to vfmadd where the CPU has FMA3. Tile 3x12
+ *   (nine accumulators, three B vectors, one splat) for products at least WIDE_N columns wide,
+ *   4x8 for narrower ones (see TILES). A register-only probe of V8 11.3 here gave ~60 GFLOP/s
+ *   for FMA at 3x12 against ~44 for mul+add at any tiling; in this kernel, on packed panels in
+ *   cache, 3x12 FMA did 59, 4x8 FMA 55, 6x8 FMA 35 (15 live vectors: it spills), 4x8 mul+add 44.
+ *   Relaxed SIMD is standard from V8 11.4 (Node 22); Node 20 has it behind a flag that
+ *   worker/backend.ts sets before the module is validated and compiled.
+ * - 'muladd': 4x8 with f32x4.mul then f32x4.add (its 3x12 spills: the product needs a register),
+ *   for engines with plain wasm SIMD only.
+ *
+ * Summation order, the same in every build and tile: every C element is one accumulator that starts at 0 and
+ * takes a[i,k]*b[k,j] for k = 0, 1, ..., K-1 in that order; cutting k into blocks only parks the
+ * accumulator in C between blocks (an exact f32 store and load), so the block sizes do not change
+ * the result. 'fma' rounds once per step (acc = fl(a*b + acc)), 'muladd' twice (fl(acc +
+ * fl(a*b))); on a CPU without FMA relaxed_madd is mul+add. One thread, fixed order: the same bits on
+ * every run on a machine, and for a matrix whatever else is in the batch. (Other kernels sum in
+ * other orders, so they agree to rounding, not bit for bit.)
  */
 
 const I = 'i32';
 
+export type GemmVariant = 'fma' | 'muladd';
+
+interface Tile {
+  /** Rows of C per micro-kernel call. */
+  mr: number;
+  /** Columns of C per call, a multiple of 4 (one f32x4 per 4). */
+  nr: number;
+  fma: boolean;
+}
+
+/**
+ * Each build's micro-kernels, widest first. The FMA build has two: 3x12 for the dense products,
+ * 4x8 for narrow ones (the attention products, n = 32 and 65 here), where 12 columns would leave
+ * an edge block on every row (n = 32: a third of the blocks) and edge blocks go through the tile;
+ * `npm run bench -- batch-matmul` measured 3x12 ~25% slower than 4x8 there and ~15% faster on
+ * the dense ones. Both tiles sum in the same order, so which one ran does not change a bit.
+ */
+const TILES: Record<GemmVariant, readonly Tile[]> = {
+  fma: [{ mr: 3, nr: 12, fma: true }, { mr: 4, nr: 8, fma: true }],
+  muladd: [{ mr: 4, nr: 8, fma: false }],
+};
+
+/** Products at least this many columns wide take a build's first (widest) tile. */
+const WIDE_N = 96;
+
 /**
  * pack(src, rowStride, colStride, outer, inner, dst, width), strides in bytes: for each panel of
  * `width` consecutive outer indices o, dst[panel][x][o % width] = src[o*rowStride + x*colStride]
- * for x < inner, and 0 where o >= outer. Packs A (outer = m rows, inner = k, width 4) and B
- * (outer = n columns, inner = k, width 8) alike.
+ * for x < inner, and 0 where o >= outer. Packs A (outer = m rows, inner = k, width MR) and B
+ * (outer = n columns, inner = k, width NR) alike.
  */
 function packBody(): Body {
   const f = new Body([I, I, I, I, I, I, I]);
@@ -39,68 +81,83 @@ function packBody(): Body {
   const d = f.local(I);
   const x = f.local(I);
   const dStride = f.local(I); // width * 4 bytes between consecutive inner indices
+  const panels = f.local(I);
+  const pl = f.local(I);
+  const dPanel = f.local(I); // inner * width * 4: bytes per panel
   f.get(width).i32Const(2).i32Shl().set(dStride);
-  whileLoop(f, () => f.get(o).get(outer).i32LtU(), () => {
-    f.block((done) => {
-      // A full panel whose outer indices are adjacent in memory (A transposed, B not) is `width`
-      // contiguous floats per inner index: vector copies, one pass down the rows. Lane by lane,
-      // the same rows would be walked `width` times at a large stride, which at power-of-two
-      // strides (a [2080, 512] gradient) keeps evicting itself from L1.
-      f.get(rs).i32Const(4).i32Eq().get(o).get(width).i32Add().get(outer).i32GtU().i32Eqz().i32And().if(() => {
-        f.get(src).get(o).i32Const(2).i32Shl().i32Add().set(s);
-        f.get(dst).set(d);
-        f.get(inner).set(x);
-        countdown(f, x, () => {
+  f.get(inner).get(dStride).i32Mul().set(dPanel);
+  // Outer indices adjacent in memory (A transposed, B not): each inner index x is one contiguous
+  // source row, copied in `width`-float pieces into every full panel, one pass down the rows.
+  // Panel by panel, the same rows would be walked once per panel at a large stride, which at
+  // power-of-two strides (a [2080, 1024] gradient) keeps evicting itself from L1.
+  f.get(rs).i32Const(4).i32Eq().if(() => {
+    f.get(outer).get(width).i32DivU().set(panels);
+    f.get(panels).if(() => {
+      f.i32Const(0).set(x);
+      whileLoop(f, () => f.get(x).get(inner).i32LtU(), () => {
+        f.get(src).get(x).get(cs).i32Mul().i32Add().set(s);
+        f.get(dst).get(x).get(dStride).i32Mul().i32Add().set(d);
+        f.get(panels).set(pl);
+        countdown(f, pl, () => {
+          // Whole vectors, then single floats (a width of 3 is three floats, 12 is three
+          // vectors): nothing read past the row's last full panel, which may end the memory.
           f.i32Const(0).set(lane);
-          f.loop((chunks) => {
+          whileLoop(f, () => f.get(lane).i32Const(16).i32Add().get(dStride).i32GtU().i32Eqz(), () => {
             f.get(d).get(lane).i32Add().get(s).get(lane).i32Add().v128Load().v128Store();
             addTo(f, lane, 16);
-            f.get(lane).get(dStride).i32LtU().brIf(chunks);
           });
+          whileLoop(f, () => f.get(lane).get(dStride).i32LtU(), () => {
+            f.get(d).get(lane).i32Add().get(s).get(lane).i32Add().f32Load().f32Store();
+            addTo(f, lane, 4);
+          });
+          addTo(f, s, { local: dStride });
+          addTo(f, d, { local: dPanel });
+        });
+        addTo(f, x, 1);
+      });
+      f.get(panels).get(width).i32Mul().set(o);
+      f.get(dst).get(panels).get(dPanel).i32Mul().i32Add().set(dst);
+    });
+  });
+  // The rest lane by lane: every panel of the other layouts, and a last partial one.
+  whileLoop(f, () => f.get(o).get(outer).i32LtU(), () => {
+    f.i32Const(0).set(lane);
+    f.loop((lanes) => {
+      f.get(dst).get(lane).i32Const(2).i32Shl().i32Add().set(d);
+      f.get(inner).set(x);
+      // The panel's lanes past the last row/column are zeros, so the kernel needs no edge case.
+      f.get(o).get(lane).i32Add().get(outer).i32LtU().if(() => {
+        f.get(src).get(o).get(lane).i32Add().get(rs).i32Mul().i32Add().set(s);
+        countdown(f, x, () => {
+          f.get(d).get(s).f32Load().f32Store();
           addTo(f, s, { local: cs });
           addTo(f, d, { local: dStride });
         });
-        f.br(done);
       });
-      f.i32Const(0).set(lane);
-      f.loop((lanes) => {
-        f.get(dst).get(lane).i32Const(2).i32Shl().i32Add().set(d);
-        f.get(inner).set(x);
-        // The panel's lanes past the last row/column are zeros, so the kernel needs no edge case.
-        f.get(o).get(lane).i32Add().get(outer).i32LtU().if(() => {
-          f.get(src).get(o).get(lane).i32Add().get(rs).i32Mul().i32Add().set(s);
-          countdown(f, x, () => {
-            f.get(d).get(s).f32Load().f32Store();
-            addTo(f, s, { local: cs });
-            addTo(f, d, { local: dStride });
-          });
-        });
-        // x is 0 here after a copied lane; an absent one is filled with zeros.
-        countdown(f, x, () => {
-          f.get(d).f32Const0().f32Store();
-          addTo(f, d, { local: dStride });
-        });
-        addTo(f, lane, 1);
-        f.get(lane).get(width).i32LtU().brIf(lanes);
+      // x is 0 here after a copied lane; an absent one is filled with zeros.
+      countdown(f, x, () => {
+        f.get(d).f32Const0().f32Store();
+        addTo(f, d, { local: dStride });
       });
+      addTo(f, lane, 1);
+      f.get(lane).get(width).i32LtU().brIf(lanes);
     });
-    // next panel: dst += inner * width * 4, o += width
-    f.get(dst).get(inner).get(dStride).i32Mul().i32Add().set(dst);
+    // next panel
+    addTo(f, dst, { local: dPanel });
     addTo(f, o, { local: width });
   });
   return f;
 }
 
-const MR = 4;
-const NR = 8;
-
 /**
- * product(ap, bp, c, m, n, k, tile): C [m, n] (row-major, contiguous) = packed A x packed B.
- * `tile` is 32 floats of scratch for the blocks at the right and bottom edges.
+ * product(ap, bp, c, m, n, k, tile, accumulate): C [m, n] (row-major, contiguous) = packed A x
+ * packed B, or C += that when `accumulate` is 1 (the k blocks after the first). `tile` is MR*NR
+ * floats of scratch that holds the blocks at the right and bottom edges while they are computed.
  */
-function productBody(): Body {
-  const f = new Body([I, I, I, I, I, I, I]);
-  const [ap, bp, c, m, n, k, tile] = [0, 1, 2, 3, 4, 5, 6];
+function productBody({ mr, nr, fma }: Tile): Body {
+  const f = new Body([I, I, I, I, I, I, I, I]);
+  const [ap, bp, c, m, n, k, tile, accumulate] = [0, 1, 2, 3, 4, 5, 6, 7];
+  const nv = nr / 4;
   const i = f.local(I);
   const j = f.local(I);
   const pa = f.local(I);
@@ -114,10 +171,28 @@ function productBody(): Body {
   const cols = f.local(I);
   const r = f.local(I);
   const q = f.local(I);
-  const b0 = f.local('v128');
-  const b1 = f.local('v128');
+  const at = f.local(I); // where the block lives while it is computed: C itself, or the tile
+  const atStride = f.local(I);
+  const p = f.local(I);
+  const bv = Array.from({ length: nv }, () => f.local('v128'));
   const x = f.local('v128');
-  const acc = Array.from({ length: MR * 2 }, () => f.local('v128'));
+  const acc = Array.from({ length: mr * nv }, () => f.local('v128'));
+
+  /** Copy the block's valid rows x cols floats between C (at out, stride ldc) and the tile. */
+  const copyEdge = (toTile: boolean) => {
+    f.i32Const(0).set(r);
+    whileLoop(f, () => f.get(r).get(rows).i32LtU(), () => {
+      f.i32Const(0).set(q);
+      whileLoop(f, () => f.get(q).get(cols).i32LtU(), () => {
+        const cAddr = () => f.get(out).get(r).get(ldc).i32Mul().i32Add().get(q).i32Const(2).i32Shl().i32Add();
+        const tAddr = () => f.get(tile).get(r).i32Const(nr * 4).i32Mul().i32Add().get(q).i32Const(2).i32Shl().i32Add();
+        if (toTile) { tAddr(); cAddr(); } else { cAddr(); tAddr(); }
+        f.f32Load().f32Store();
+        addTo(f, q, 1);
+      });
+      addTo(f, r, 1);
+    });
+  };
 
   f.get(n).i32Const(2).i32Shl().set(ldc);
   f.get(bp).set(bPanel);
@@ -125,80 +200,79 @@ function productBody(): Body {
     f.get(ap).set(aPanel);
     f.i32Const(0).set(i);
     whileLoop(f, () => f.get(i).get(m).i32LtU(), () => {
+      // out = c + i*ldc + j*4; rows = min(MR, m - i), cols = min(NR, n - j)
+      f.get(c).get(i).get(ldc).i32Mul().i32Add().get(j).i32Const(2).i32Shl().i32Add().set(out);
+      f.get(m).get(i).i32Sub().tee(rows).i32Const(mr).get(rows).i32Const(mr).i32LtU().select().set(rows);
+      f.get(n).get(j).i32Sub().tee(cols).i32Const(nr).get(cols).i32Const(nr).i32LtU().select().set(cols);
+      f.get(out).set(at);
+      f.get(ldc).set(atStride);
+      f.get(rows).i32Const(mr).i32Eq().get(cols).i32Const(nr).i32Eq().i32And().i32Eqz().if(() => {
+        // An edge block: computed in the tile, whose lanes past the valid part are don't-cares
+        // (each lane is its own sum), so only the valid part is copied in and out.
+        f.get(tile).set(at);
+        f.i32Const(nr * 4).set(atStride);
+        f.get(accumulate).if(() => copyEdge(true));
+      });
       for (const a of acc) f.v128Zero().set(a);
+      f.get(accumulate).if(() => {
+        f.get(at).set(p);
+        for (let row = 0; row < mr; row++) {
+          for (let v = 0; v < nv; v++) f.get(p).v128Load(16 * v).set(acc[row * nv + v]!);
+          addTo(f, p, { local: atStride });
+        }
+      });
       f.get(aPanel).set(pa);
       f.get(bPanel).set(pb);
       f.get(k).set(kk);
       countdown(f, kk, () => {
-        f.get(pb).v128Load(0).set(b0);
-        f.get(pb).v128Load(16).set(b1);
-        for (let row = 0; row < MR; row++) {
+        for (let v = 0; v < nv; v++) f.get(pb).v128Load(16 * v).set(bv[v]!);
+        for (let row = 0; row < mr; row++) {
           f.get(pa).v128Load32Splat(4 * row).set(x);
-          f.get(acc[2 * row]!).get(x).get(b0).f32x4Mul().f32x4Add().set(acc[2 * row]!);
-          f.get(acc[2 * row + 1]!).get(x).get(b1).f32x4Mul().f32x4Add().set(acc[2 * row + 1]!);
-        }
-        addTo(f, pa, 4 * MR);
-        addTo(f, pb, 4 * NR);
-      });
-      // out = c + i*ldc + j*4
-      f.get(c).get(i).get(ldc).i32Mul().i32Add().get(j).i32Const(2).i32Shl().i32Add().set(out);
-      // rows = min(4, m - i), cols = min(8, n - j)
-      f.get(m).get(i).i32Sub().tee(rows).i32Const(MR).get(rows).i32Const(MR).i32LtU().select().set(rows);
-      f.get(n).get(j).i32Sub().tee(cols).i32Const(NR).get(cols).i32Const(NR).i32LtU().select().set(cols);
-      f.block((done) => {
-        f.get(rows).i32Const(MR).i32Eq().get(cols).i32Const(NR).i32Eq().i32And().if(() => {
-          for (let row = 0; row < MR; row++) {
-            f.get(out).get(acc[2 * row]!).v128Store(0);
-            f.get(out).get(acc[2 * row + 1]!).v128Store(16);
-            addTo(f, out, { local: ldc });
+          for (let v = 0; v < nv; v++) {
+            const a = acc[row * nv + v]!;
+            if (fma) f.get(x).get(bv[v]!).get(a).f32x4RelaxedMadd().set(a);
+            else f.get(a).get(x).get(bv[v]!).f32x4Mul().f32x4Add().set(a);
           }
-          f.br(done);
-        });
-        // An edge block: through the tile, then only its valid part into C.
-        for (let row = 0; row < MR; row++) {
-          f.get(tile).get(acc[2 * row]!).v128Store(32 * row);
-          f.get(tile).get(acc[2 * row + 1]!).v128Store(32 * row + 16);
         }
-        f.i32Const(0).set(r);
-        whileLoop(f, () => f.get(r).get(rows).i32LtU(), () => {
-          f.i32Const(0).set(q);
-          whileLoop(f, () => f.get(q).get(cols).i32LtU(), () => {
-            f.get(out).get(q).i32Const(2).i32Shl().i32Add();
-            f.get(tile).get(r).i32Const(5).i32Shl().i32Add().get(q).i32Const(2).i32Shl().i32Add().f32Load();
-            f.f32Store();
-            addTo(f, q, 1);
-          });
-          addTo(f, out, { local: ldc });
-          addTo(f, r, 1);
-        });
+        addTo(f, pa, 4 * mr);
+        addTo(f, pb, 4 * nr);
       });
-      // next A panel: aPanel += k * 16, i += 4
-      f.get(aPanel).get(k).i32Const(4).i32Shl().i32Add().set(aPanel);
-      addTo(f, i, MR);
+      f.get(at).set(p);
+      for (let row = 0; row < mr; row++) {
+        for (let v = 0; v < nv; v++) f.get(p).get(acc[row * nv + v]!).v128Store(16 * v);
+        addTo(f, p, { local: atStride });
+      }
+      f.get(at).get(tile).i32Eq().if(() => copyEdge(false));
+      // next A panel: aPanel += k * MR * 4, i += MR
+      f.get(aPanel).get(k).i32Const(4 * mr).i32Mul().i32Add().set(aPanel);
+      addTo(f, i, mr);
     });
-    f.get(bPanel).get(k).i32Const(5).i32Shl().i32Add().set(bPanel);
-    addTo(f, j, NR);
+    f.get(bPanel).get(k).i32Const(4 * nr).i32Mul().i32Add().set(bPanel);
+    addTo(f, j, nr);
   });
   return f;
 }
 
-const MODULE = assembleModule([
-  { name: 'pack', body: packBody() },
-  { name: 'product', body: productBody() },
-]);
+const buildModule = (tiles: readonly Tile[]) =>
+  assembleModule([{ name: 'pack', body: packBody() }, ...tiles.map((t, i) => ({ name: `product${i}`, body: productBody(t) }))]);
 
-// The project's lib settings carry no WebAssembly types; this is the part used here.
-declare const WebAssembly:
-  | {
-      validate(bytes: Uint8Array): boolean;
-      Memory: new (d: { initial: number; maximum?: number; shared?: boolean }) => { buffer: ArrayBuffer };
-      Module: new (bytes: Uint8Array) => object;
-      Instance: new (m: object, imports: object) => { exports: Record<string, unknown> };
-    }
-  | undefined;
+const MODULES: Record<GemmVariant, Uint8Array> = {
+  fma: buildModule(TILES.fma),
+  muladd: buildModule(TILES.muladd),
+};
 
-/** Whether this engine can run the module (wasm SIMD). */
-export const simdGemmSupported = typeof WebAssembly !== 'undefined' && WebAssembly.validate(MODULE);
+/** Whether this engine can run the GEMM at all (wasm SIMD: the mul+add build validates). */
+export const simdGemmSupported = wasmApi?.validate(MODULES.muladd) ?? false;
+
+/**
+ * The builds this engine validates now, fastest first: ['fma', 'muladd'], ['muladd'] or [].
+ * Asked at call time, not at import: on Node 20 relaxed SIMD validates only after
+ * worker/backend.ts has set V8's flag.
+ */
+export function gemmVariants(): GemmVariant[] {
+  const wasm = wasmApi;
+  return wasm ? (['fma', 'muladd'] as const).filter((v) => wasm.validate(MODULES[v])) : [];
+}
 
 /** One batched product, all offsets in bytes into the memory the kernel was made for. */
 export interface GemmBatch {
@@ -215,56 +289,97 @@ export interface GemmBatch {
   bIndex: ArrayLike<number>;
   /** Output [aIndex.length, m, n], contiguous. */
   c: number;
-  /** Scratch of at least gemmScratchBytes(m, n, k) bytes. */
+  /** Scratch of at least scratchBytes(m, n, k) bytes. */
   scratch: number;
 }
 
-const roundUp = (x: number, r: number) => Math.ceil(x / r) * r;
-
-/** Scratch a product needs: both packed operands and the edge tile. */
-export function gemmScratchBytes(m: number, n: number, k: number): number {
-  return 4 * (roundUp(m, MR) * k + roundUp(n, NR) * k + MR * NR);
-}
-
-export interface SimdGemm {
-  /** C[t] = op(A[aIndex[t]]) op(B[bIndex[t]]) for every t. */
-  run(p: GemmBatch): void;
+/** Block sizes: k in blocks of at most kc, m of at most mc rows (rounded up to whole panels). */
+export interface GemmBlocking {
+  kc: number;
+  mc: number;
 }
 
 /**
- * The kernel bound to `memory` (the tfjs wasm backend's heap), or null where it cannot run: no
- * wasm SIMD, or a memory this module cannot import (the threaded backend's shared memory).
+ * Measured with `npm run bench -- batch-matmul --blocking`, whose table is in docs/performance.md:
+ * kc 256 keeps a B panel at 8 KiB; mc 120 keeps the packed A block (~120 KiB) in L2.
  */
-export function simdGemm(memory: unknown): SimdGemm | null {
-  if (!simdGemmSupported || typeof WebAssembly === 'undefined') return null;
+export const DEFAULT_BLOCKING: GemmBlocking = { kc: 256, mc: 120 };
+
+const roundUp = (x: number, r: number) => Math.ceil(x / r) * r;
+const LINE = 64;
+
+export interface SimdGemm {
+  readonly variant: GemmVariant;
+  /** Bytes of scratch a product of these sizes needs: the packed blocks and the edge tile. */
+  scratchBytes(m: number, n: number, k: number, blocking?: GemmBlocking): number;
+  /** C[t] = op(A[aIndex[t]]) op(B[bIndex[t]]) for every t (the scratch sized with the same blocking). */
+  run(p: GemmBatch, blocking?: GemmBlocking): void;
+}
+
+/**
+ * The `variant` build (by default the fastest that validates) bound to `memory` (the tfjs wasm
+ * backend's heap), or null where it cannot run: no wasm SIMD (or no relaxed SIMD for 'fma'), or a
+ * memory this module cannot import (the threaded backend's shared memory).
+ */
+export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gemmVariants()[0]): SimdGemm | null {
+  if (!wasmApi || variant === undefined || !wasmApi.validate(MODULES[variant])) return null;
   let exports: Record<string, unknown>;
   try {
-    exports = new WebAssembly.Instance(new WebAssembly.Module(MODULE), { e: { m: memory } }).exports;
+    exports = new wasmApi.Instance(new wasmApi.Module(MODULES[variant]), { e: { m: memory } }).exports;
   } catch {
     return null;
   }
   const pack = exports.pack as (src: number, rs: number, cs: number, outer: number, inner: number, dst: number, width: number) => void;
-  const product = exports.product as (ap: number, bp: number, c: number, m: number, n: number, k: number, tile: number) => void;
+  type Product = (ap: number, bp: number, c: number, m: number, n: number, k: number, tile: number, accumulate: number) => void;
+  const kernels = TILES[variant].map((t, i) => ({ ...t, product: exports[`product${i}`] as Product }));
+  const sizes = (m: number, n: number, k: number, blocking: GemmBlocking) => {
+    const { mr, nr, product } = kernels[n >= WIDE_N ? 0 : kernels.length - 1]!;
+    const kc = Math.max(1, Math.floor(blocking.kc));
+    const mc = roundUp(Math.max(1, Math.floor(blocking.mc)), mr);
+    const kb = Math.min(k, kc);
+    // Each packed block starts on a cache line (the scratch itself may not: LINE bytes of slack),
+    // so the kernel's vector loads never straddle two lines.
+    const aBytes = roundUp(4 * roundUp(Math.min(m, mc), mr) * kb, LINE);
+    const bBytes = roundUp(4 * roundUp(n, nr) * kb, LINE);
+    return { mr, nr, product, kc, mc, aBytes, bBytes, total: LINE + aBytes + bBytes + 4 * mr * nr };
+  };
   return {
-    run(p) {
+    variant,
+    scratchBytes: (m, n, k, blocking = DEFAULT_BLOCKING) => sizes(m, n, k, blocking).total,
+    run(p, blocking = DEFAULT_BLOCKING) {
       const { m, n, k } = p;
-      const aPacked = p.scratch;
-      const bPacked = aPacked + 4 * roundUp(m, MR) * k;
-      const tile = bPacked + 4 * roundUp(n, NR) * k;
+      if (m === 0 || n === 0) return;
+      const { mr, nr, product, kc, mc, aBytes, bBytes } = sizes(m, n, k, blocking);
+      const aPacked = roundUp(p.scratch, LINE);
+      const bPacked = aPacked + aBytes;
+      const tile = bPacked + bBytes;
+      const ldc = 4 * n;
       // A stored [m, k] (or [k, m] when transposed); B stored [k, n] (or [n, k]).
       // Byte steps between consecutive rows i of A / columns j of B, and along k.
       const [aPerRow, aPerK] = p.transposeA ? [4, 4 * m] : [4 * k, 4];
       const [bPerCol, bPerK] = p.transposeB ? [4 * k, 4] : [4, 4 * n];
+      // With one k block (and one m block) the packed operand is the whole matrix, so a
+      // broadcast operand repeated across the batch is packed once.
+      const oneK = k <= kc;
+      const oneM = oneK && m <= mc;
       let packedA = -1;
       let packedB = -1;
       for (let t = 0; t < p.aIndex.length; t++) {
-        const ai = p.aIndex[t]!;
-        const bi = p.bIndex[t]!;
-        if (ai !== packedA) pack(p.a + ai * 4 * m * k, aPerRow, aPerK, m, k, aPacked, MR);
-        if (bi !== packedB) pack(p.b + bi * 4 * k * n, bPerCol, bPerK, n, k, bPacked, NR);
-        packedA = ai;
-        packedB = bi;
-        product(aPacked, bPacked, p.c + t * 4 * m * n, m, n, k, tile);
+        const aBase = p.a + p.aIndex[t]! * 4 * m * k;
+        const bBase = p.b + p.bIndex[t]! * 4 * k * n;
+        const c = p.c + t * 4 * m * n;
+        // k = 0 still makes one pass, which writes the zeros.
+        for (let k0 = 0; k0 === 0 || k0 < k; k0 += kc) {
+          const kb = Math.min(kc, k - k0);
+          if (!(oneK && p.bIndex[t] === packedB)) pack(bBase + k0 * bPerK, bPerCol, bPerK, n, kb, bPacked, nr);
+          packedB = oneK ? p.bIndex[t]! : -1;
+          for (let i0 = 0; i0 < m; i0 += mc) {
+            const mb = Math.min(mc, m - i0);
+            if (!(oneM && p.aIndex[t] === packedA)) pack(aBase + i0 * aPerRow + k0 * aPerK, aPerRow, aPerK, mb, kb, aPacked, mr);
+            packedA = oneM ? p.aIndex[t]! : -1;
+            product(aPacked, bPacked, c + i0 * ldc, mb, n, kb, tile, k0 > 0 ? 1 : 0);
+          }
+        }
       }
     },
   };

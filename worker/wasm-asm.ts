@@ -142,6 +142,9 @@ export class Body {
   i32Mul(): this {
     return this.emit(0x6c);
   }
+  i32DivU(): this {
+    return this.emit(0x6e);
+  }
   i32Shl(): this {
     return this.emit(0x74);
   }
@@ -247,8 +250,9 @@ export class Body {
     return this.simd(0xe6);
   }
   /**
-   * relaxed SIMD's f32x4.relaxed_madd: pops a, b, c; pushes a*b + c, fused (one rounding) where
-   * the CPU has FMA, else as mul then add. Engines without relaxed SIMD refuse the module.
+   * f32x4.relaxed_madd (relaxed SIMD): pops a, b, c; pushes a*b + c, rounded once where the CPU
+   * has FMA and as mul then add where it does not (fixed per machine, so still the same bits
+   * every run there). Modules using it validate only on engines with relaxed SIMD.
    */
   f32x4RelaxedMadd(): this {
     return this.simd(0x105);

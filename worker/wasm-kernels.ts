@@ -1,13 +1,15 @@
 import * as tf from '@tensorflow/tfjs';
-import { gemmScratchBytes, simdGemm, type SimdGemm } from './simd-gemm.js';
 import { simdColsum, type SimdColsum } from './simd-colsum.js';
+import { DEFAULT_BLOCKING, gemmVariants, simdGemm, type GemmBlocking, type GemmVariant, type SimdGemm } from './simd-gemm.js';
 import { simdNormGelu, type SimdNormGelu } from './simd-norm-gelu.js';
 
 /**
- * Kernels of tfjs-backend-wasm 4.22 replaced or added here. BatchMatMul: transposed batch-1
- * products go through an explicit Transpose to XNNPACK, and batch > 1 products through the SIMD
- * GEMM of ./simd-gemm.ts (both below). Gradient kernels it does not ship, built only from kernels
- * it does ship (StridedSlice, PadV2, BatchMatMul, Concat, OneHot, Cast), so they run at XNNPACK
+ * Kernels of tfjs-backend-wasm 4.22 replaced or added here. Replaced, each keeping the backend's
+ * own kernel as its fallback: BatchMatMul (every product on the SIMD GEMM of ./simd-gemm.ts; where
+ * that cannot run, transposed operands through an explicit Transpose to XNNPACK), Sum over leading
+ * axes (./simd-colsum.ts), SplitV (memmoves) and Identity (shared data). Added: the LayerNorm/GELU
+ * kernels of ./simd-norm-gelu.ts, and gradient kernels the backend does not ship, built only from
+ * kernels it does ship (StridedSlice, PadV2, BatchMatMul, Concat, OneHot, Cast), so they run at XNNPACK
  * speed and need no extra wasm code:
  * - Conv2DBackpropFilter: the gradient of conv2d with respect to its filter (a conv patch stem).
  * - UnsortedSegmentSum: the gradient of gather (embedding lookups).
@@ -212,18 +214,58 @@ function tfjsSaysNoSimd(): boolean {
   }
 }
 
-/** The SIMD GEMM bound to this backend's heap, or null where it cannot run. */
-const gemmFor: (backend: WasmBackendLike) => SimdGemm | null = boundToHeap(simdGemm);
+/** Which build of the SIMD GEMM runs: the fastest the engine validates ('auto'), or the one named. */
+export type GemmVariantChoice = 'auto' | GemmVariant;
+let variantChoice: GemmVariantChoice = 'auto';
+
+/**
+ * Pick the GEMM build: 'auto' (the default: 'fma' where the engine has relaxed SIMD, else
+ * 'muladd'), or one by name, which routes around the GEMM where that build cannot run. For
+ * benchmarks that compare the builds in one run, for tests of each, and for
+ * CXR_WASM_RELAXED_SIMD=0 (worker/backend.ts), which asks for 'muladd'.
+ */
+export function setSimdGemmVariant(v: GemmVariantChoice): void {
+  variantChoice = v;
+}
+
+/**
+ * The GEMM builds bound to this backend's heap, each made on first use and kept ('auto': the
+ * first of gemmVariants() that binds, decided once), or null where none can run.
+ */
+const gemmBuildsFor: (backend: WasmBackendLike) => ((v: GemmVariantChoice) => SimdGemm | null) | null = boundToHeap((memory) => {
+  const builds = new Map<GemmVariantChoice, SimdGemm | null>();
+  const build = (v: GemmVariantChoice): SimdGemm | null => {
+    let g = builds.get(v);
+    if (g === undefined) {
+      g = v === 'auto' ? gemmVariants().reduce<SimdGemm | null>((found, w) => found ?? build(w), null) : simdGemm(memory, v);
+      builds.set(v, g);
+    }
+    return g;
+  };
+  return build;
+});
+
+/** The SIMD GEMM build the choice names, bound to this backend's heap, or null where it cannot run. */
+function gemmFor(backend: WasmBackendLike): SimdGemm | null {
+  return gemmBuildsFor(backend)?.(variantChoice) ?? null;
+}
+
+let blocking: GemmBlocking = DEFAULT_BLOCKING;
+
+/** The GEMM's k and m block sizes (worker/simd-gemm.ts's DEFAULT_BLOCKING unless set): for the benchmark that tunes them. */
+export function setSimdGemmBlocking(b: GemmBlocking = DEFAULT_BLOCKING): void {
+  blocking = b;
+}
 
 /** Which BatchMatMul products the SIMD GEMM takes where it runs; the others go to `plain`. */
 export type SimdMatMulScope = 'none' | 'batched' | 'all';
-let scope: SimdMatMulScope = 'batched';
+let scope: SimdMatMulScope = 'all';
 
 /**
- * Route products to the SIMD GEMM (where it runs): 'batched' (the default) takes batch > 1,
- * 'all' also batch 1 (XNNPACK's), 'none' leaves every product to the backend's own kernels. For
- * benchmarks that compare the paths in one run, and to rule the kernel out when chasing a
- * numerical difference.
+ * Route products to the SIMD GEMM (where it runs): 'all' (the default) takes every product,
+ * 'batched' only batch > 1 (batch 1 then goes to XNNPACK), 'none' leaves every product to the
+ * backend's own kernels. For benchmarks that compare the paths in one run, and to rule the kernel
+ * out when chasing a numerical difference.
  */
 export function setSimdMatMulScope(s: SimdMatMulScope): void {
   scope = s;
@@ -231,15 +273,25 @@ export function setSimdMatMulScope(s: SimdMatMulScope): void {
 
 /** Which BatchMatMul path serves batch > 1 on the active wasm backend: 'simd' or 'fallback'. */
 export function wasmBatchMatMulPath(): 'simd' | 'fallback' {
-  if (tf.getBackend() !== 'wasm') throw new Error(`wasmBatchMatMulPath: the active backend is ${tf.getBackend()}, not wasm`);
-  return scope !== 'none' && gemmFor(tf.backend() as unknown as WasmBackendLike) ? 'simd' : 'fallback';
+  return wasmGemmVariant() ? 'simd' : 'fallback';
 }
 
 /**
- * BatchMatMul with batch > 1 (the attention products and their gradients) on the SIMD GEMM of
- * worker/simd-gemm.ts, which reads the operands in place in any of the four layouts; the wasm
- * kernel runs these in a scalar loop. Batch 1 (the dense layers) keeps XNNPACK through `plain`,
- * as do engines without wasm SIMD.
+ * The GEMM build that serves BatchMatMul on the active wasm backend (batch > 1 products, and batch
+ * 1 under the default scope 'all'), or null where the backend's own kernels do.
+ */
+export function wasmGemmVariant(): GemmVariant | null {
+  if (tf.getBackend() !== 'wasm') throw new Error(`wasmGemmVariant: the active backend is ${tf.getBackend()}, not wasm`);
+  if (scope === 'none') return null;
+  return gemmFor(tf.backend() as unknown as WasmBackendLike)?.variant ?? null;
+}
+
+/**
+ * BatchMatMul on the SIMD GEMM of worker/simd-gemm.ts, which reads the operands in place in any
+ * of the four layouts: the attention products (batch > 1), which the wasm kernel runs in a scalar
+ * loop, and the dense layers' (batch 1), which XNNPACK runs a little slower in the step (the
+ * transposed ones after an explicit Transpose; docs/performance.md). Engines without wasm SIMD,
+ * non-float32 operands and the products the scope leaves out go to `plain`.
  */
 function simdBatchedMatMul(plain: (args: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs: tf.NamedAttrMap }) => Info) {
   return (args: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs: tf.NamedAttrMap }): Info => {
@@ -260,7 +312,7 @@ function simdBatchedMatMul(plain: (args: { inputs: tf.NamedTensorInfoMap; backen
     }
     const out = backend.makeOutput([...outer, m, n], 'float32');
     if (m === 0 || n === 0) return out;
-    const scratch = backend.makeOutput([gemmScratchBytes(m, n, k) / 4], 'float32');
+    const scratch = backend.makeOutput([Math.ceil(gemm.scratchBytes(m, n, k, blocking) / 4)], 'float32');
     gemm.run({
       m, n, k, transposeA, transposeB,
       a: backend.getMemoryOffset(a.dataId),
@@ -269,7 +321,7 @@ function simdBatchedMatMul(plain: (args: { inputs: tf.NamedTensorInfoMap; backen
       bIndex: broadcastBatchIndex(outer, b.shape.slice(0, -2)),
       c: backend.getMemoryOffset(out.dataId),
       scratch: backend.getMemoryOffset(scratch.dataId),
-    });
+    }, blocking);
     backend.disposeData(scratch.dataId);
     return out;
   };
@@ -465,23 +517,15 @@ export function registerWasmGradientKernels(): void {
   add(NORM_GELU_KERNELS.layerNormGrad, layerNormGradKernel as unknown as tf.KernelFunc);
   add(NORM_GELU_KERNELS.gelu, geluKernel as unknown as tf.KernelFunc);
   add(NORM_GELU_KERNELS.geluGrad, geluGradKernel as unknown as tf.KernelFunc);
-  const id = tf.getKernel('Identity', 'wasm');
-  if (id) {
-    tf.unregisterKernel('Identity', 'wasm');
-    tf.registerKernel({ kernelName: 'Identity', backendName: 'wasm', kernelFunc: sharedIdentity(id.kernelFunc) as unknown as tf.KernelFunc });
-  }
+  // Wrap the backend's own kernel, which stays the fallback.
   const replace = (kernelName: string, wrap: (plain: tf.KernelFunc) => unknown) => {
     const k = tf.getKernel(kernelName, 'wasm');
     if (!k) return;
     tf.unregisterKernel(kernelName, 'wasm');
     tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc: wrap(k.kernelFunc) as tf.KernelFunc });
   };
+  replace('Identity', sharedIdentity);
   replace('Sum', leadingAxesSum);
   replace('SplitV', contiguousSplitV);
-  const mm = tf.getKernel('BatchMatMul', 'wasm');
-  if (mm) {
-    tf.unregisterKernel('BatchMatMul', 'wasm');
-    const kernelFunc = simdBatchedMatMul(untransposedBatchMatMul(mm.kernelFunc));
-    tf.registerKernel({ kernelName: 'BatchMatMul', backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
-  }
+  replace('BatchMatMul', (plain) => simdBatchedMatMul(untransposedBatchMatMul(plain)));
 }

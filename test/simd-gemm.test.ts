@@ -1,0 +1,173 @@
+import { wasmApi } from '../worker/wasm-asm.js';
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { initBackend } from '../worker/backend.js';
+import { DEFAULT_BLOCKING, gemmVariants, simdGemm, type GemmBlocking, type GemmVariant } from '../worker/simd-gemm.js';
+import { mulberry32, normalSource } from '../shared/rng.js';
+
+// The backend sets V8's relaxed-SIMD flag (Node 20), which the FMA build needs to validate.
+await initBackend('wasm');
+
+const { Memory } = wasmApi!;
+
+const randArray = (n: number, seed: number) => {
+  const r = normalSource(mulberry32(seed));
+  return Float32Array.from({ length: n }, () => r());
+};
+
+interface Case {
+  m: number;
+  n: number;
+  k: number;
+  ta: boolean;
+  tb: boolean;
+  /** The stored A and B matrices, and which pair each output multiplies. */
+  a: Float32Array[];
+  b: Float32Array[];
+  aIndex: number[];
+  bIndex: number[];
+}
+
+const GUARD = 12345.5; // exact in f32
+
+/**
+ * Run one build on its own memory: A, B, C and the scratch laid out back to back, C filled with
+ * NaN (an element left unwritten shows) and a guard after C and after the scratch (a write past
+ * either shows).
+ */
+function runGemm(variant: GemmVariant, c: Case, blocking: GemmBlocking = DEFAULT_BLOCKING): Float32Array[] {
+  const { m, n, k } = c;
+  const mem = new Memory({ initial: 256 });
+  const g = simdGemm(mem, variant);
+  assert.ok(g, `the ${variant} build binds`);
+  const f = new Float32Array(mem.buffer);
+  let at = 16; // floats; a non-zero start, so a stray write to address 0 is not hidden
+  const put = (x: Float32Array) => {
+    f.set(x, at);
+    at += x.length;
+    return (at - x.length) * 4;
+  };
+  const aOff = put(Float32Array.from(c.a.flatMap((x) => [...x])));
+  const bOff = put(Float32Array.from(c.b.flatMap((x) => [...x])));
+  const cOff = at * 4;
+  const cLen = c.aIndex.length * m * n;
+  f.fill(NaN, at, at + cLen);
+  at += cLen;
+  f[at++] = GUARD;
+  const scratch = at * 4;
+  at += Math.ceil(g.scratchBytes(m, n, k, blocking) / 4);
+  f[at] = GUARD;
+  g.run({ m, n, k, transposeA: c.ta, transposeB: c.tb, a: aOff, b: bOff, aIndex: c.aIndex, bIndex: c.bIndex, c: cOff, scratch }, blocking);
+  assert.equal(f[cOff / 4 + cLen], GUARD, 'nothing written past C');
+  assert.equal(f[at], GUARD, 'nothing written past the scratch');
+  return c.aIndex.map((_, t) => f.slice(cOff / 4 + t * m * n, cOff / 4 + (t + 1) * m * n));
+}
+
+/**
+ * The documented order in scalar f32: per element one accumulator from 0, k ascending; fused
+ * (fl(a*b + acc)) or not (fl(acc + fl(a*b))). a*b of two f32 is exact in a double.
+ */
+function reference(c: Case, t: number, fused: boolean): Float32Array {
+  const { m, n, k } = c;
+  const A = c.a[c.aIndex[t]!]!;
+  const B = c.b[c.bIndex[t]!]!;
+  const out = new Float32Array(m * n);
+  for (let i = 0; i < m; i++) {
+    for (let j = 0; j < n; j++) {
+      let acc = 0;
+      for (let q = 0; q < k; q++) {
+        const p = A[c.ta ? q * m + i : i * k + q]! * B[c.tb ? j * k + q : q * n + j]!;
+        acc = fused ? Math.fround(p + acc) : Math.fround(acc + Math.fround(p));
+      }
+      out[i * n + j] = acc;
+    }
+  }
+  return out;
+}
+
+/** Whether the build's multiply-add rounds once: acc = -1, then + (1+2^-12)^2 = 1 + 2^-11 + 2^-24. */
+function fuses(variant: GemmVariant): boolean {
+  const e = 1 + 2 ** -12;
+  const [r] = runGemm(variant, { m: 1, n: 1, k: 2, ta: false, tb: false, a: [Float32Array.of(-1, e)], b: [Float32Array.of(1, e)], aIndex: [0], bIndex: [0] });
+  const v = r![0]!;
+  assert.ok(v === 2 ** -11 || v === 2 ** -11 + 2 ** -24, `${variant}: ${v} is neither the fused nor the unfused result`);
+  return v !== 2 ** -11;
+}
+
+const cpuHasFma = (() => {
+  try {
+    return process.arch === 'x64' && /^flags\s*:.*\bfma\b/m.test(readFileSync('/proc/cpuinfo', 'utf8'));
+  } catch {
+    return false;
+  }
+})();
+
+test('Node 20 with the flag set by initBackend validates both builds, FMA first', () => {
+  assert.deepEqual(gemmVariants(), ['fma', 'muladd']);
+});
+
+test('the FMA build rounds once per multiply-add on an x64 CPU with FMA3; the mul+add build twice', () => {
+  assert.equal(fuses('muladd'), false);
+  // relaxed_madd is mul+add on a CPU without FMA; where it has FMA3, V8 emits vfmadd.
+  if (cpuHasFma) assert.equal(fuses('fma'), true);
+});
+
+test('each build gives exactly the documented summation order: odd shapes, all layouts, k and m across block boundaries, broadcast operands', () => {
+  const shapes: [number, number, number][] = [
+    [1, 1, 1],
+    [3, 12, 5], // one FMA tile exactly
+    [4, 8, 3], // one mul+add tile exactly
+    [7, 13, 29],
+    [37, 41, 300], // k past the default block of 256
+    [65, 32, 65], // the attention products' shapes
+    [2, 3, 0], // empty inner dimension: zeros
+    [8, 96, 13], // the FMA build's wide tile (3x12) from here on
+    [37, 130, 300], // wide, edge blocks on both sides, k past the default block
+  ];
+  const blockings: GemmBlocking[] = [DEFAULT_BLOCKING, { kc: 7, mc: 5 }, { kc: 1, mc: 1 }, { kc: 1e9, mc: 1e9 }];
+  for (const variant of gemmVariants()) {
+    const fused = fuses(variant);
+    shapes.forEach(([m, n, k], s) => {
+      for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]] as const) {
+        // Three outputs from two A and two B matrices: repeated operands (packed once where the
+        // whole matrix is one block) as broadcasting gives them.
+        const c: Case = {
+          m, n, k, ta, tb,
+          a: [randArray(m * k, 10 * s + 1), randArray(m * k, 10 * s + 2)],
+          b: [randArray(k * n, 10 * s + 3), randArray(k * n, 10 * s + 4)],
+          aIndex: [0, 0, 1],
+          bIndex: [1, 0, 0],
+        };
+        const want = c.aIndex.map((_, t) => reference(c, t, fused));
+        for (const blocking of blockings) {
+          // k = 300 with a k block of 1 is 300 passes over C: the default and unblocked suffice.
+          if (k > 100 && blocking.kc < 8) continue;
+          const got = runGemm(variant, c, blocking);
+          got.forEach((g, t) => assert.deepEqual(g, want[t], `${variant} ${m}x${k}.${k}x${n} ${ta} ${tb} kc ${blocking.kc} mc ${blocking.mc}: output ${t}`));
+        }
+      }
+    });
+  }
+});
+
+test('the GEMM build is chosen by feature detection and CXR_WASM_RELAXED_SIMD=0 keeps it on mul+add; the backend report says which', () => {
+  const fixture = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures', 'wasm-gemm-variant.js');
+  const run = (env: NodeJS.ProcessEnv) => {
+    const r = spawnSync(process.execPath, [fixture, '--run'], { encoding: 'utf8', env: { ...process.env, ...env } });
+    assert.equal(r.status, 0, r.stderr);
+    return JSON.parse(r.stdout.trim().split('\n').pop()!) as { reason: string; variant: string | null; variants: string[]; values: number[] };
+  };
+  const on = run({ CXR_WASM_RELAXED_SIMD: '' });
+  assert.equal(on.variant, on.variants[0]);
+  assert.equal(on.variant, 'fma'); // Node 20 with the flag, or an engine with relaxed SIMD standard
+  assert.match(on.reason, /FMA build/);
+  const off = run({ CXR_WASM_RELAXED_SIMD: '0' });
+  assert.equal(off.variant, 'muladd');
+  assert.match(off.reason, /mul\+add build; relaxed SIMD off by CXR_WASM_RELAXED_SIMD=0/);
+  // Same product on both builds: equal to rounding.
+  on.values.forEach((v, i) => assert.ok(Math.abs(v - off.values[i]!) < 1e-4, `element ${i}: ${v} vs ${off.values[i]}`));
+});
