@@ -7,9 +7,7 @@
  * - `comm`: one rank of two running exactly the collectives of a 2-worker step through the comm
  *   thread (blocking embedding all-gather, gradient reduce-scatter, 6-float all-reduce, in-place
  *   parameter all-gather), each step entered together: their cost when no rank waits for another.
- * Prints one JSON line: { stepMs, cores }: the median step over the timed steps, and the process's CPU
- * time over those steps' wall time, all threads (compute: the main thread plus V8's helper threads,
- * which collect garbage and compile concurrently).
+ * Prints one JSON line: { stepMs } (median over the timed steps).
  */
 import * as tf from '@tensorflow/tfjs';
 import { loadLabelSet } from '../shared/labels.js';
@@ -42,13 +40,6 @@ async function main(job: ProbeJob): Promise<void> {
   const L = set.labels.length;
   const cfg = resolveModelConfig({ preset: 'tiny', imageSize: job.imageSize, labels: set.labels });
   const times: number[] = [];
-  let cores = 0;
-  let cpuStart = process.cpuUsage();
-  let wallStart = performance.now();
-  const startTiming = () => {
-    cpuStart = process.cpuUsage();
-    wallStart = performance.now();
-  };
   if (job.mode === 'compute') {
     await initBackend('wasm');
     const params = initialParams(cfg, 0);
@@ -65,14 +56,11 @@ async function main(job: ProbeJob): Promise<void> {
     const indices = Array.from({ length: job.batch }, (_, i) => i);
     const grads = new Float32Array(params.length); // reused across steps, as the train step does
     for (let s = 0; s < job.warmup + job.steps; s++) {
-      if (s === job.warmup) startTiming();
       const t0 = performance.now();
       await computeGradients(model, { n: job.batch, images, labels, indices, epoch: 0 }, localComm, opts, true, grads);
       model.assignFlat(params);
       if (s >= job.warmup) times.push(performance.now() - t0);
     }
-    const cpu = process.cpuUsage(cpuStart);
-    cores = (cpu.user + cpu.system) / 1000 / (performance.now() - wallStart);
     model.dispose();
     tf.disposeVariables();
   } else {
@@ -84,7 +72,6 @@ async function main(job: ProbeJob): Promise<void> {
     let grads: Float32Array = new Float32Array(P).fill(1);
     let params: Float32Array = new Float32Array(P).fill(2);
     for (let s = 0; s < job.warmup + job.steps; s++) {
-      if (s === job.warmup) startTiming();
       await g.allReduce(new Float32Array(1)); // enter each step together
       const t0 = performance.now();
       g.allGatherVSync(new Float32Array(job.batch * rowWidth), [job.batch * rowWidth, job.batch * rowWidth]);
@@ -93,9 +80,7 @@ async function main(job: ProbeJob): Promise<void> {
       params = await g.allGatherVInPlace(params, counts);
       if (s >= job.warmup) times.push(performance.now() - t0);
     }
-    const cpu = process.cpuUsage(cpuStart);
-    cores = (cpu.user + cpu.system) / 1000 / (performance.now() - wallStart);
     await g.close();
   }
-  process.stdout.write(JSON.stringify({ stepMs: median(times), cores }) + '\n');
+  process.stdout.write(JSON.stringify({ stepMs: median(times) }) + '\n');
 }

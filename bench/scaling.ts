@@ -13,19 +13,12 @@ import type { ProbeJob } from './scaling-probe.js';
 
 const probeScript = path.join(path.dirname(fileURLToPath(import.meta.url)), 'scaling-probe.js');
 
-interface ProbeResult {
-  /** Median step, ms. */
-  stepMs: number;
-  /** CPU time over wall time during the timed steps, all the process's threads. */
-  cores: number;
-}
-
-/** Runs scaling-probe.ts jobs as concurrent child processes; resolves with each one's result. */
-async function probe(jobs: ProbeJob[]): Promise<ProbeResult[]> {
+/** Runs scaling-probe.ts jobs as concurrent child processes; resolves with each one's median step, ms. */
+async function probe(jobs: ProbeJob[]): Promise<number[]> {
   return Promise.all(
     jobs.map(
       (job) =>
-        new Promise<ProbeResult>((resolve, reject) => {
+        new Promise<number>((resolve, reject) => {
           const child = spawn(process.execPath, [probeScript, JSON.stringify(job)], { env: { ...process.env, ...COLLECTIVES_ENV }, stdio: ['ignore', 'pipe', 'pipe'] });
           let out = '';
           let err = '';
@@ -33,7 +26,7 @@ async function probe(jobs: ProbeJob[]): Promise<ProbeResult[]> {
           child.stderr.on('data', (d: Buffer) => (err += d.toString()));
           child.once('exit', (code) => {
             const line = out.split('\n').find((l) => l.startsWith('{'));
-            if (code === 0 && line) resolve(JSON.parse(line) as ProbeResult);
+            if (code === 0 && line) resolve((JSON.parse(line) as { stepMs: number }).stepMs);
             else reject(new Error(`scaling probe (${job.mode}) exited with ${code}: ${err.slice(-2000)}`));
           });
         }),
@@ -112,16 +105,13 @@ export async function run(argv: string[]): Promise<void> {
       const job = { batch: b, imageSize: size, warmup: 5 };
       const [alone] = await probe([{ ...job, mode: 'compute', steps: 20 }]);
       const pair = await probe([0, 1].map(() => ({ ...job, mode: 'compute' as const, steps: 20 })));
-      const pairSpeed = pair.reduce((a, t) => a + alone!.stepMs / t.stepMs, 0);
-      line(`reference: the step's compute alone (forward, backward, write-back; no feed, no collectives) ${alone!.stepMs.toFixed(1)} ms; two such processes at once ${pair.map((t) => t.stepMs.toFixed(1)).join(' and ')} ms: ${pairSpeed.toFixed(2)}x the throughput of one (the most 2 workers can reach here)`);
-      // Alone, V8's helper threads (concurrent GC marking, compilation) run on the idle core for free;
-      // two processes on two cores have no such core, so CPU-bound work cannot scale past cores / this.
-      line(`reference: alone that process keeps ${alone!.cores.toFixed(2)} cores busy (main thread plus V8's helper threads), so on ${cpus().length} cores two of them can reach at most ${(Math.min(2, cpus().length) / alone!.cores).toFixed(2)}x; as a pair ${pair.map((t) => t.cores.toFixed(2)).join(' and ')} cores each`);
+      const pairSpeed = pair.reduce((a, t) => a + alone! / t, 0);
+      line(`reference: the step's compute alone (forward, backward, write-back; no feed, no collectives) ${alone!.toFixed(1)} ms; two such processes at once ${pair.map((t) => t.toFixed(1)).join(' and ')} ms: ${pairSpeed.toFixed(2)}x the throughput of one (the most 2 workers can reach here)`);
       const sock = await mkdtemp(path.join(tmpdir(), 'cxr-bench-comm-'));
       try {
         const endpoints = [0, 1].map((r) => `ipc://${path.join(sock, `r${r}.sock`)}`);
         const [comm] = await probe([0, 1].map((rank) => ({ ...job, mode: 'comm' as const, steps: 50, rank, endpoints })));
-        line(`reference: the collectives of one 2-worker step with both ranks ready ${comm!.stepMs.toFixed(2)} ms = ${((100 * comm!.stepMs) / stepMs[2]!).toFixed(1)}% of the measured 2-worker step (${stepMs[2]!.toFixed(1)} ms); the rest of the comm share is a rank waiting for the other`);
+        line(`reference: the collectives of one 2-worker step with both ranks ready ${comm!.toFixed(2)} ms = ${((100 * comm!) / stepMs[2]!).toFixed(1)}% of the measured 2-worker step (${stepMs[2]!.toFixed(1)} ms); the rest of the comm share is a rank waiting for the other`);
       } finally {
         await rm(sock, { recursive: true, force: true });
       }
