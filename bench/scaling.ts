@@ -35,7 +35,7 @@ async function probe(jobs: ProbeJob[]): Promise<number[]> {
 }
 
 /**
- * `npm run bench -- scaling [--per-worker 16] [--steps 14] [--warmup 4] [--image-size 32] [--workers 1,2,4]`:
+ * `npm run bench -- scaling [--per-worker 16] [--steps 40] [--warmup 10] [--image-size 32] [--workers 1,2,4]`:
  * data-parallel throughput of the tiny model at a fixed per-worker batch (weak scaling), 1 worker
  * being the reference measured in the same run. Per world size: images/s over the steps after
  * the warm-up, speedup over 1 worker, and the share of step time in communication (embedding
@@ -45,14 +45,16 @@ async function probe(jobs: ProbeJob[]): Promise<number[]> {
  * two references measured in the same run (bench/scaling-probe.ts): the throughput two processes
  * doing only the step's compute get from the machine, relative to one, and the cost of a 2-worker
  * step's collectives when neither rank waits for the other.
+ * The warm-up is 10 steps because V8 runs a wasm function in its baseline tier until it has run
+ * for a while: with 4, the 1-worker and 2-worker figures still caught the SIMD GEMM warming up.
  */
 export async function run(argv: string[]): Promise<void> {
   const { values } = parseArgs({
     args: argv,
     options: {
       'per-worker': { type: 'string', default: '16' },
-      steps: { type: 'string', default: '14' },
-      warmup: { type: 'string', default: '4' },
+      steps: { type: 'string', default: '40' },
+      warmup: { type: 'string', default: '10' },
       'image-size': { type: 'string', default: '32' },
       workers: { type: 'string', default: '1,2,4' },
       backend: { type: 'string', default: 'wasm' },
