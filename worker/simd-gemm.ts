@@ -67,59 +67,115 @@ const TILES: Record<GemmVariant, readonly Tile[]> = {
 const WIDE_N = 96;
 
 /**
- * pack(src, rowStride, colStride, outer, inner, dst, width), strides in bytes: for each panel of
- * `width` consecutive outer indices o, dst[panel][x][o % width] = src[o*rowStride + x*colStride]
- * for x < inner, and 0 where o >= outer. Packs A (outer = m rows, inner = k, width MR) and B
- * (outer = n columns, inner = k, width NR) alike.
+ * pack{W}(src, rowStride, colStride, outer, inner, dst), strides in bytes: for each panel of W
+ * consecutive outer indices o, dst[panel][x][o % W] = src[o*rowStride + x*colStride] for
+ * x < inner, and 0 where o >= outer. Packs A (outer = m rows, inner = k, W = MR) and B (outer = n
+ * columns, inner = k, W = NR) alike; one function per panel width, so that the copies of a panel's
+ * row are unrolled for it. The two layouts the GEMM meets each have a vector path for whole
+ * panels; the last partial panel (and any other strides) goes lane by lane.
  */
-function packBody(): Body {
-  const f = new Body([I, I, I, I, I, I, I]);
-  const [src, rs, cs, outer, inner, dst, width] = [0, 1, 2, 3, 4, 5, 6];
+function packBody(width: number): Body {
+  const f = new Body([I, I, I, I, I, I]);
+  const [src, rs, cs, outer, inner, dst] = [0, 1, 2, 3, 4, 5];
+  const dStride = 4 * width; // bytes between consecutive inner indices in a panel
   const o = f.local(I); // panel's first outer index
   const lane = f.local(I);
   const s = f.local(I);
   const d = f.local(I);
   const x = f.local(I);
-  const dStride = f.local(I); // width * 4 bytes between consecutive inner indices
   const panels = f.local(I);
   const pl = f.local(I);
-  const dPanel = f.local(I); // inner * width * 4: bytes per panel
-  f.get(width).i32Const(2).i32Shl().set(dStride);
-  f.get(inner).get(dStride).i32Mul().set(dPanel);
+  const dPanel = f.local(I); // inner * W * 4: bytes per panel
+  const x4 = f.local(I); // inner rounded down to a multiple of 4
+  const rowOff = Array.from({ length: width }, () => f.local(I)); // l * rowStride
+  const v = Array.from({ length: Math.max(4, width) }, () => f.local('v128'));
+  const t = Array.from({ length: 4 }, () => f.local('v128'));
+  f.get(inner).i32Const(dStride).i32Mul().set(dPanel);
+  f.get(outer).i32Const(width).i32DivU().set(panels);
+  f.get(inner).i32Const(-4).i32And().set(x4);
+
   // Outer indices adjacent in memory (A transposed, B not): each inner index x is one contiguous
-  // source row, copied in `width`-float pieces into every full panel, one pass down the rows.
-  // Panel by panel, the same rows would be walked once per panel at a large stride, which at
-  // power-of-two strides (a [2080, 1024] gradient) keeps evicting itself from L1.
-  f.get(rs).i32Const(4).i32Eq().if(() => {
-    f.get(outer).get(width).i32DivU().set(panels);
-    f.get(panels).if(() => {
+  // source row, copied W floats at a time into every full panel, one pass down the rows. Panel by
+  // panel, the same rows would be walked once per panel at a large stride, which at power-of-two
+  // strides (a [2080, 1024] gradient) keeps evicting itself from L1.
+  f.get(rs).i32Const(4).i32Eq().get(panels).i32Const(0).i32Ne().i32And().if(() => {
+    f.i32Const(0).set(x);
+    whileLoop(f, () => f.get(x).get(inner).i32LtU(), () => {
+      f.get(src).get(x).get(cs).i32Mul().i32Add().set(s);
+      f.get(dst).get(x).i32Const(dStride).i32Mul().i32Add().set(d);
+      f.get(panels).set(pl);
+      countdown(f, pl, () => {
+        // Exactly the panel's W floats: nothing read past the row's last full panel, which may end the memory.
+        for (let b = 0; b + 16 <= dStride; b += 16) f.get(d).get(s).v128Load(b).v128Store(b);
+        if (width % 4 >= 2) f.get(d).get(s).i64Load(dStride & ~15).i64Store(dStride & ~15);
+        if (width % 2) f.get(d).get(s).f32Load(dStride - 4).f32Store(dStride - 4);
+        addTo(f, s, dStride);
+        addTo(f, d, { local: dPanel });
+      });
+      addTo(f, x, 1);
+    });
+    f.get(panels).i32Const(width).i32Mul().set(o);
+    f.get(dst).get(panels).get(dPanel).i32Mul().i32Add().set(dst);
+  });
+
+  // Inner indices adjacent (A not transposed, B transposed): a panel is W rows of floats, turned
+  // into [x][W] four x at a time by 4x4 transposes (W = 3: three rows into twelve floats).
+  f.get(cs).i32Const(4).i32Eq().get(panels).i32Const(0).i32Ne().i32And().if(() => {
+    rowOff.forEach((r, l) => f.get(rs).i32Const(l).i32Mul().set(r));
+    whileLoop(f, () => f.get(o).i32Const(width).i32Add().get(outer).i32GtU().i32Eqz(), () => {
+      f.get(src).get(o).get(rs).i32Mul().i32Add().set(s);
+      f.get(dst).set(d);
       f.i32Const(0).set(x);
+      whileLoop(f, () => f.get(x).get(x4).i32LtU(), () => {
+        const load = (l: number) => f.get(s).get(rowOff[l]!).i32Add().v128Load().set(v[l]!);
+        const shuffle = (a: number, b: number, lanes: [number, number, number, number]) => f.get(a).get(b).f32x4Shuffle(lanes);
+        if (width === 3) {
+          const [r0, r1, r2] = [v[0]!, v[1]!, v[2]!];
+          for (let l = 0; l < 3; l++) load(l);
+          // r0x0 r1x0 r2x0 r0x1 | r1x1 r2x1 r0x2 r1x2 | r2x2 r0x3 r1x3 r2x3
+          shuffle(r0, r1, [0, 4, 1, 5]).set(t[0]!); // r0x0 r1x0 r0x1 r1x1
+          shuffle(r1, r2, [1, 5, 2, 6]).set(t[1]!); // r1x1 r2x1 r1x2 r2x2
+          shuffle(r0, r1, [2, 6, 3, 7]).set(t[2]!); // r0x2 r1x2 r0x3 r1x3
+          f.get(d);
+          shuffle(t[0]!, r2, [0, 1, 4, 2]).v128Store(0);
+          f.get(d);
+          shuffle(t[1]!, r0, [0, 1, 6, 2]).v128Store(16);
+          f.get(d);
+          shuffle(r2, t[2]!, [2, 6, 7, 3]).v128Store(32);
+        } else {
+          for (let g = 0; g < width / 4; g++) {
+            const [r0, r1, r2, r3] = [v[4 * g]!, v[4 * g + 1]!, v[4 * g + 2]!, v[4 * g + 3]!];
+            for (let l = 4 * g; l < 4 * g + 4; l++) load(l);
+            shuffle(r0, r1, [0, 4, 1, 5]).set(t[0]!);
+            shuffle(r2, r3, [0, 4, 1, 5]).set(t[1]!);
+            shuffle(r0, r1, [2, 6, 3, 7]).set(t[2]!);
+            shuffle(r2, r3, [2, 6, 3, 7]).set(t[3]!);
+            const out = (xi: number, a: number, b: number, lanes: [number, number, number, number]) => {
+              f.get(d);
+              shuffle(a, b, lanes).v128Store(xi * dStride + 16 * g);
+            };
+            out(0, t[0]!, t[1]!, [0, 1, 4, 5]);
+            out(1, t[0]!, t[1]!, [2, 3, 6, 7]);
+            out(2, t[2]!, t[3]!, [0, 1, 4, 5]);
+            out(3, t[2]!, t[3]!, [2, 3, 6, 7]);
+          }
+        }
+        addTo(f, s, 16);
+        addTo(f, d, 4 * dStride);
+        addTo(f, x, 4);
+      });
       whileLoop(f, () => f.get(x).get(inner).i32LtU(), () => {
-        f.get(src).get(x).get(cs).i32Mul().i32Add().set(s);
-        f.get(dst).get(x).get(dStride).i32Mul().i32Add().set(d);
-        f.get(panels).set(pl);
-        countdown(f, pl, () => {
-          // Whole vectors, then single floats (a width of 3 is three floats, 12 is three
-          // vectors): nothing read past the row's last full panel, which may end the memory.
-          f.i32Const(0).set(lane);
-          whileLoop(f, () => f.get(lane).i32Const(16).i32Add().get(dStride).i32GtU().i32Eqz(), () => {
-            f.get(d).get(lane).i32Add().get(s).get(lane).i32Add().v128Load().v128Store();
-            addTo(f, lane, 16);
-          });
-          whileLoop(f, () => f.get(lane).get(dStride).i32LtU(), () => {
-            f.get(d).get(lane).i32Add().get(s).get(lane).i32Add().f32Load().f32Store();
-            addTo(f, lane, 4);
-          });
-          addTo(f, s, { local: dStride });
-          addTo(f, d, { local: dPanel });
-        });
+        for (let l = 0; l < width; l++) f.get(d).get(s).get(rowOff[l]!).i32Add().f32Load().f32Store(4 * l);
+        addTo(f, s, 4);
+        addTo(f, d, dStride);
         addTo(f, x, 1);
       });
-      f.get(panels).get(width).i32Mul().set(o);
-      f.get(dst).get(panels).get(dPanel).i32Mul().i32Add().set(dst);
+      addTo(f, dst, { local: dPanel });
+      addTo(f, o, width);
     });
   });
-  // The rest lane by lane: every panel of the other layouts, and a last partial one.
+
+  // The rest lane by lane: a last partial panel, and every panel of any other strides.
   whileLoop(f, () => f.get(o).get(outer).i32LtU(), () => {
     f.i32Const(0).set(lane);
     f.loop((lanes) => {
@@ -131,20 +187,20 @@ function packBody(): Body {
         countdown(f, x, () => {
           f.get(d).get(s).f32Load().f32Store();
           addTo(f, s, { local: cs });
-          addTo(f, d, { local: dStride });
+          addTo(f, d, dStride);
         });
       });
       // x is 0 here after a copied lane; an absent one is filled with zeros.
       countdown(f, x, () => {
         f.get(d).f32Const0().f32Store();
-        addTo(f, d, { local: dStride });
+        addTo(f, d, dStride);
       });
       addTo(f, lane, 1);
-      f.get(lane).get(width).i32LtU().brIf(lanes);
+      f.get(lane).i32Const(width).i32LtU().brIf(lanes);
     });
     // next panel
     addTo(f, dst, { local: dPanel });
-    addTo(f, o, { local: width });
+    addTo(f, o, width);
   });
   return f;
 }
@@ -253,8 +309,14 @@ function productBody({ mr, nr, fma }: Tile): Body {
   return f;
 }
 
+/** The panel widths a build's tiles pack to: each tile's MR (A) and NR (B). */
+const packWidths = (tiles: readonly Tile[]) => [...new Set(tiles.flatMap((t) => [t.mr, t.nr]))];
+
 const buildModule = (tiles: readonly Tile[]) =>
-  assembleModule([{ name: 'pack', body: packBody() }, ...tiles.map((t, i) => ({ name: `product${i}`, body: productBody(t) }))]);
+  assembleModule([
+    ...packWidths(tiles).map((w) => ({ name: `pack${w}`, body: packBody(w) })),
+    ...tiles.map((t, i) => ({ name: `product${i}`, body: productBody(t) })),
+  ]);
 
 const MODULES: Record<GemmVariant, Uint8Array> = {
   fma: buildModule(TILES.fma),
@@ -329,11 +391,11 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
   } catch {
     return null;
   }
-  const pack = exports.pack as (src: number, rs: number, cs: number, outer: number, inner: number, dst: number, width: number) => void;
+  type Pack = (src: number, rs: number, cs: number, outer: number, inner: number, dst: number) => void;
   type Product = (ap: number, bp: number, c: number, m: number, n: number, k: number, tile: number, accumulate: number) => void;
-  const kernels = TILES[variant].map((t, i) => ({ ...t, product: exports[`product${i}`] as Product }));
+  const kernels = TILES[variant].map((t, i) => ({ ...t, product: exports[`product${i}`] as Product, packA: exports[`pack${t.mr}`] as Pack, packB: exports[`pack${t.nr}`] as Pack }));
   const sizes = (m: number, n: number, k: number, blocking: GemmBlocking) => {
-    const { mr, nr, product } = kernels[n >= WIDE_N ? 0 : kernels.length - 1]!;
+    const { mr, nr, product, packA, packB } = kernels[n >= WIDE_N ? 0 : kernels.length - 1]!;
     const kc = Math.max(1, Math.floor(blocking.kc));
     const mc = roundUp(Math.max(1, Math.floor(blocking.mc)), mr);
     const kb = Math.min(k, kc);
@@ -341,7 +403,7 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
     // so the kernel's vector loads never straddle two lines.
     const aBytes = roundUp(4 * roundUp(Math.min(m, mc), mr) * kb, LINE);
     const bBytes = roundUp(4 * roundUp(n, nr) * kb, LINE);
-    return { mr, nr, product, kc, mc, aBytes, bBytes, total: LINE + aBytes + bBytes + 4 * mr * nr };
+    return { mr, nr, product, packA, packB, kc, mc, aBytes, bBytes, total: LINE + aBytes + bBytes + 4 * mr * nr };
   };
   return {
     variant,
@@ -349,7 +411,7 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
     run(p, blocking = DEFAULT_BLOCKING) {
       const { m, n, k } = p;
       if (m === 0 || n === 0) return;
-      const { mr, nr, product, kc, mc, aBytes, bBytes } = sizes(m, n, k, blocking);
+      const { mr, product, packA, packB, kc, mc, aBytes, bBytes } = sizes(m, n, k, blocking);
       const aPacked = roundUp(p.scratch, LINE);
       const bPacked = aPacked + aBytes;
       const tile = bPacked + bBytes;
@@ -371,11 +433,11 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
         // k = 0 still makes one pass, which writes the zeros.
         for (let k0 = 0; k0 === 0 || k0 < k; k0 += kc) {
           const kb = Math.min(kc, k - k0);
-          if (!(oneK && p.bIndex[t] === packedB)) pack(bBase + k0 * bPerK, bPerCol, bPerK, n, kb, bPacked, nr);
+          if (!(oneK && p.bIndex[t] === packedB)) packB(bBase + k0 * bPerK, bPerCol, bPerK, n, kb, bPacked);
           packedB = oneK ? p.bIndex[t]! : -1;
           for (let i0 = 0; i0 < m; i0 += mc) {
             const mb = Math.min(mc, m - i0);
-            if (!(oneM && p.aIndex[t] === packedA)) pack(aBase + i0 * aPerRow + k0 * aPerK, aPerRow, aPerK, mb, kb, aPacked, mr);
+            if (!(oneM && p.aIndex[t] === packedA)) packA(aBase + i0 * aPerRow + k0 * aPerK, aPerRow, aPerK, mb, kb, aPacked);
             packedA = oneM ? p.aIndex[t]! : -1;
             product(aPacked, bPacked, c + i0 * ldc, mb, n, kb, tile, k0 > 0 ? 1 : 0);
           }
