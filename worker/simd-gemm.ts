@@ -206,14 +206,20 @@ function packBody(width: number): Body {
 }
 
 /**
- * product(ap, bp, c, m, n, k, tile, accumulate): C [m, n] (row-major, contiguous) = packed A x
- * packed B, or C += that when `accumulate` is 1 (the k blocks after the first). `tile` is MR*NR
- * floats of scratch that holds the blocks at the right and bottom edges while they are computed.
+ * block{R}x{C}(ap, bp, c, rowPanels, colPanels, k, ldc, accumulate): for each of colPanels packed B
+ * panels (NR wide) and rowPanels packed A panels (MR high), the R x C block of C at the panels'
+ * corner (row stride ldc bytes) = A panel x B panel, or += when `accumulate` is 1 (the k blocks
+ * after the first). R = MR and C = NR is the micro-kernel of the whole blocks; the partial ones at
+ * the right (C < NR) and bottom (R < MR) edges are the same loop with fewer accumulators, which
+ * read only their rows of the A panel and their vectors of the B panel and load and store only
+ * their columns of C (lane loads and stores for the last 1-3): no per-element path, no copy, and
+ * no work on the panels' zero padding beyond the last vector.
  */
-function productBody({ mr, nr, fma }: Tile): Body {
+function blockBody({ mr, nr, fma }: Tile, rows: number, cols: number): Body {
   const f = new Body([I, I, I, I, I, I, I, I]);
-  const [ap, bp, c, m, n, k, tile, accumulate] = [0, 1, 2, 3, 4, 5, 6, 7];
-  const nv = nr / 4;
+  const [ap, bp, c, rowPanels, colPanels, k, ldc, accumulate] = [0, 1, 2, 3, 4, 5, 6, 7];
+  const nv = Math.ceil(cols / 4);
+  const rem = cols % 4; // valid lanes of the last vector; 0: all four
   const i = f.local(I);
   const j = f.local(I);
   const pa = f.local(I);
@@ -221,60 +227,50 @@ function productBody({ mr, nr, fma }: Tile): Body {
   const aPanel = f.local(I);
   const bPanel = f.local(I);
   const kk = f.local(I);
-  const ldc = f.local(I);
   const out = f.local(I);
-  const rows = f.local(I);
-  const cols = f.local(I);
-  const r = f.local(I);
-  const q = f.local(I);
-  const at = f.local(I); // where the block lives while it is computed: C itself, or the tile
-  const atStride = f.local(I);
+  const outCol = f.local(I);
   const p = f.local(I);
+  const aStep = f.local(I); // bytes per A panel: k * MR * 4
+  const bStep = f.local(I);
+  const outStep = f.local(I); // MR rows of C: MR * ldc
   const bv = Array.from({ length: nv }, () => f.local('v128'));
   const x = f.local('v128');
-  const acc = Array.from({ length: mr * nv }, () => f.local('v128'));
+  const acc = Array.from({ length: rows * nv }, () => f.local('v128'));
 
-  /** Copy the block's valid rows x cols floats between C (at out, stride ldc) and the tile. */
-  const copyEdge = (toTile: boolean) => {
-    f.i32Const(0).set(r);
-    whileLoop(f, () => f.get(r).get(rows).i32LtU(), () => {
-      f.i32Const(0).set(q);
-      whileLoop(f, () => f.get(q).get(cols).i32LtU(), () => {
-        const cAddr = () => f.get(out).get(r).get(ldc).i32Mul().i32Add().get(q).i32Const(2).i32Shl().i32Add();
-        const tAddr = () => f.get(tile).get(r).i32Const(nr * 4).i32Mul().i32Add().get(q).i32Const(2).i32Shl().i32Add();
-        if (toTile) { tAddr(); cAddr(); } else { cAddr(); tAddr(); }
-        f.f32Load().f32Store();
-        addTo(f, q, 1);
-      });
-      addTo(f, r, 1);
-    });
+  /** Load acc from C at p (+16v): all four lanes but for a partial last vector. */
+  const loadC = (a: number, v: number) => {
+    const partial = v === nv - 1 ? rem : 0;
+    if (partial === 0) f.get(p).v128Load(16 * v);
+    else if (partial === 1) f.get(p).v128Load32Zero(16 * v);
+    else f.get(p).v128Load64Zero(16 * v);
+    f.set(a);
+    if (partial === 3) f.get(p).get(a).v128Load32Lane(2, 16 * v + 8).set(a);
+  };
+  const storeC = (a: number, v: number) => {
+    const partial = v === nv - 1 ? rem : 0;
+    if (partial === 0) f.get(p).get(a).v128Store(16 * v);
+    else if (partial === 1) f.get(p).get(a).v128Store32Lane(0, 16 * v);
+    else f.get(p).get(a).v128Store64Lane(0, 16 * v);
+    if (partial === 3) f.get(p).get(a).v128Store32Lane(2, 16 * v + 8);
   };
 
-  f.get(n).i32Const(2).i32Shl().set(ldc);
+  f.get(k).i32Const(4 * mr).i32Mul().set(aStep);
+  f.get(k).i32Const(4 * nr).i32Mul().set(bStep);
+  f.get(ldc).i32Const(mr).i32Mul().set(outStep);
   f.get(bp).set(bPanel);
-  whileLoop(f, () => f.get(j).get(n).i32LtU(), () => {
+  f.get(c).set(outCol);
+  f.get(colPanels).set(j);
+  countdown(f, j, () => {
     f.get(ap).set(aPanel);
-    f.i32Const(0).set(i);
-    whileLoop(f, () => f.get(i).get(m).i32LtU(), () => {
-      // out = c + i*ldc + j*4; rows = min(MR, m - i), cols = min(NR, n - j)
-      f.get(c).get(i).get(ldc).i32Mul().i32Add().get(j).i32Const(2).i32Shl().i32Add().set(out);
-      f.get(m).get(i).i32Sub().tee(rows).i32Const(mr).get(rows).i32Const(mr).i32LtU().select().set(rows);
-      f.get(n).get(j).i32Sub().tee(cols).i32Const(nr).get(cols).i32Const(nr).i32LtU().select().set(cols);
-      f.get(out).set(at);
-      f.get(ldc).set(atStride);
-      f.get(rows).i32Const(mr).i32Eq().get(cols).i32Const(nr).i32Eq().i32And().i32Eqz().if(() => {
-        // An edge block: computed in the tile, whose lanes past the valid part are don't-cares
-        // (each lane is its own sum), so only the valid part is copied in and out.
-        f.get(tile).set(at);
-        f.i32Const(nr * 4).set(atStride);
-        f.get(accumulate).if(() => copyEdge(true));
-      });
+    f.get(outCol).set(out);
+    f.get(rowPanels).set(i);
+    countdown(f, i, () => {
       for (const a of acc) f.v128Zero().set(a);
       f.get(accumulate).if(() => {
-        f.get(at).set(p);
-        for (let row = 0; row < mr; row++) {
-          for (let v = 0; v < nv; v++) f.get(p).v128Load(16 * v).set(acc[row * nv + v]!);
-          addTo(f, p, { local: atStride });
+        f.get(out).set(p);
+        for (let row = 0; row < rows; row++) {
+          for (let v = 0; v < nv; v++) loadC(acc[row * nv + v]!, v);
+          addTo(f, p, { local: ldc });
         }
       });
       f.get(aPanel).set(pa);
@@ -282,7 +278,7 @@ function productBody({ mr, nr, fma }: Tile): Body {
       f.get(k).set(kk);
       countdown(f, kk, () => {
         for (let v = 0; v < nv; v++) f.get(pb).v128Load(16 * v).set(bv[v]!);
-        for (let row = 0; row < mr; row++) {
+        for (let row = 0; row < rows; row++) {
           f.get(pa).v128Load32Splat(4 * row).set(x);
           for (let v = 0; v < nv; v++) {
             const a = acc[row * nv + v]!;
@@ -293,21 +289,22 @@ function productBody({ mr, nr, fma }: Tile): Body {
         addTo(f, pa, 4 * mr);
         addTo(f, pb, 4 * nr);
       });
-      f.get(at).set(p);
-      for (let row = 0; row < mr; row++) {
-        for (let v = 0; v < nv; v++) f.get(p).get(acc[row * nv + v]!).v128Store(16 * v);
-        addTo(f, p, { local: atStride });
+      f.get(out).set(p);
+      for (let row = 0; row < rows; row++) {
+        for (let v = 0; v < nv; v++) storeC(acc[row * nv + v]!, v);
+        addTo(f, p, { local: ldc });
       }
-      f.get(at).get(tile).i32Eq().if(() => copyEdge(false));
-      // next A panel: aPanel += k * MR * 4, i += MR
-      f.get(aPanel).get(k).i32Const(4 * mr).i32Mul().i32Add().set(aPanel);
-      addTo(f, i, mr);
+      addTo(f, aPanel, { local: aStep });
+      addTo(f, out, { local: outStep });
     });
-    f.get(bPanel).get(k).i32Const(4 * nr).i32Mul().i32Add().set(bPanel);
-    addTo(f, j, nr);
+    addTo(f, bPanel, { local: bStep });
+    addTo(f, outCol, 4 * nr);
   });
   return f;
 }
+
+/** Every block shape of a tile: R = 1..MR rows by C = 1..NR columns. */
+const blockShapes = ({ mr, nr }: Tile) => Array.from({ length: mr * nr }, (_, q) => [1 + Math.floor(q / nr), 1 + (q % nr)] as const);
 
 /** The panel widths a build's tiles pack to: each tile's MR (A) and NR (B). */
 const packWidths = (tiles: readonly Tile[]) => [...new Set(tiles.flatMap((t) => [t.mr, t.nr]))];
@@ -315,7 +312,7 @@ const packWidths = (tiles: readonly Tile[]) => [...new Set(tiles.flatMap((t) => 
 const buildModule = (tiles: readonly Tile[]) =>
   assembleModule([
     ...packWidths(tiles).map((w) => ({ name: `pack${w}`, body: packBody(w) })),
-    ...tiles.map((t, i) => ({ name: `product${i}`, body: productBody(t) })),
+    ...tiles.flatMap((t, i) => blockShapes(t).map(([r, c]) => ({ name: `t${i}_${r}x${c}`, body: blockBody(t, r, c) }))),
   ]);
 
 const MODULES: Record<GemmVariant, Uint8Array> = {
@@ -372,7 +369,7 @@ const LINE = 64;
 
 export interface SimdGemm {
   readonly variant: GemmVariant;
-  /** Bytes of scratch a product of these sizes needs: the packed blocks and the edge tile. */
+  /** Bytes of scratch a product of these sizes needs: the packed blocks. */
   scratchBytes(m: number, n: number, k: number, blocking?: GemmBlocking): number;
   /** C[t] = op(A[aIndex[t]]) op(B[bIndex[t]]) for every t (the scratch sized with the same blocking). */
   run(p: GemmBatch, blocking?: GemmBlocking): void;
@@ -392,8 +389,28 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
     return null;
   }
   type Pack = (src: number, rs: number, cs: number, outer: number, inner: number, dst: number) => void;
-  type Product = (ap: number, bp: number, c: number, m: number, n: number, k: number, tile: number, accumulate: number) => void;
-  const kernels = TILES[variant].map((t, i) => ({ ...t, product: exports[`product${i}`] as Product, packA: exports[`pack${t.mr}`] as Pack, packB: exports[`pack${t.nr}`] as Pack }));
+  type Block = (ap: number, bp: number, c: number, rowPanels: number, colPanels: number, k: number, ldc: number, accumulate: number) => void;
+  const kernels = TILES[variant].map((t, i) => {
+    // blocks[R][C]: the kernel of an R x C block (index 0 unused).
+    const blocks: Block[][] = [];
+    for (const [r, c] of blockShapes(t)) (blocks[r] ??= [])[c] = exports[`t${i}_${r}x${c}`] as Block;
+    const { mr, nr } = t;
+    /**
+     * C [m, n] (row stride ldc bytes) = packed A [m, k] x packed B [k, n], or += that: the whole
+     * blocks in one call, then the right edge's column, the bottom edge's row and their corner.
+     */
+    const product = (ap: number, bp: number, c: number, m: number, n: number, k: number, ldc: number, accumulate: number) => {
+      const [rowPanels, rows] = [Math.floor(m / mr), m % mr];
+      const [colPanels, cols] = [Math.floor(n / nr), n % nr];
+      const [aEdge, bEdge] = [ap + rowPanels * 4 * mr * k, bp + colPanels * 4 * nr * k];
+      const [cBottom, cRight] = [c + rowPanels * mr * ldc, c + colPanels * 4 * nr];
+      if (rowPanels && colPanels) blocks[mr]![nr]!(ap, bp, c, rowPanels, colPanels, k, ldc, accumulate);
+      if (rowPanels && cols) blocks[mr]![cols]!(ap, bEdge, cRight, rowPanels, 1, k, ldc, accumulate);
+      if (rows && colPanels) blocks[rows]![nr]!(aEdge, bp, cBottom, 1, colPanels, k, ldc, accumulate);
+      if (rows && cols) blocks[rows]![cols]!(aEdge, bEdge, cBottom + colPanels * 4 * nr, 1, 1, k, ldc, accumulate);
+    };
+    return { ...t, product, packA: exports[`pack${mr}`] as Pack, packB: exports[`pack${nr}`] as Pack };
+  });
   const sizes = (m: number, n: number, k: number, blocking: GemmBlocking) => {
     const { mr, nr, product, packA, packB } = kernels[n >= WIDE_N ? 0 : kernels.length - 1]!;
     const kc = Math.max(1, Math.floor(blocking.kc));
@@ -403,7 +420,7 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
     // so the kernel's vector loads never straddle two lines.
     const aBytes = roundUp(4 * roundUp(Math.min(m, mc), mr) * kb, LINE);
     const bBytes = roundUp(4 * roundUp(n, nr) * kb, LINE);
-    return { mr, nr, product, packA, packB, kc, mc, aBytes, bBytes, total: LINE + aBytes + bBytes + 4 * mr * nr };
+    return { mr, nr, product, packA, packB, kc, mc, aBytes, bBytes, total: LINE + aBytes + bBytes };
   };
   return {
     variant,
@@ -414,7 +431,6 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
       const { mr, product, packA, packB, kc, mc, aBytes, bBytes } = sizes(m, n, k, blocking);
       const aPacked = roundUp(p.scratch, LINE);
       const bPacked = aPacked + aBytes;
-      const tile = bPacked + bBytes;
       const ldc = 4 * n;
       // A stored [m, k] (or [k, m] when transposed); B stored [k, n] (or [n, k]).
       // Byte steps between consecutive rows i of A / columns j of B, and along k.
@@ -439,7 +455,7 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
             const mb = Math.min(mc, m - i0);
             if (!(oneM && p.aIndex[t] === packedA)) packA(aBase + i0 * aPerRow + k0 * aPerK, aPerRow, aPerK, mb, kb, aPacked);
             packedA = oneM ? p.aIndex[t]! : -1;
-            product(aPacked, bPacked, c + i0 * ldc, mb, n, kb, tile, k0 > 0 ? 1 : 0);
+            product(aPacked, bPacked, c + i0 * ldc, mb, n, kb, ldc, k0 > 0 ? 1 : 0);
           }
         }
       }
