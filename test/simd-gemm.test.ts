@@ -41,9 +41,9 @@ interface Bound {
 }
 
 /**
- * Run one build on its own memory: A, B, C and the scratch laid out back to back, C filled with
- * NaN (an element left unwritten shows) and a guard after C and after the scratch (a write past
- * either shows).
+ * Run one build on its own memory: A, B, C and the scratch laid out back to back, C and the
+ * scratch filled with NaN (an element left unwritten, or padding read into a result, shows) and a
+ * guard after C and after the scratch (a write past either shows).
  */
 function runGemm(variant: GemmVariant, c: Case, blocking: GemmBlocking = DEFAULT_BLOCKING, reuse?: Map<GemmVariant, Bound>): Float32Array[] {
   const { m, n, k } = c;
@@ -72,6 +72,8 @@ function runGemm(variant: GemmVariant, c: Case, blocking: GemmBlocking = DEFAULT
   f[at++] = GUARD;
   const scratch = at * 4;
   at += Math.ceil(g.scratchBytes(m, n, k, blocking) / 4);
+  // NaN in the scratch: a packed panel's unwritten padding lanes may be anything, and must not reach C.
+  f.fill(NaN, scratch / 4, at);
   f[at] = GUARD;
   g.run({ m, n, k, transposeA: c.ta, transposeB: c.tb, a: aOff, b: bOff, aIndex: c.aIndex, bIndex: c.bIndex, c: cOff, scratch }, blocking);
   assert.equal(f[cOff / 4 + cLen], GUARD, 'nothing written past C');

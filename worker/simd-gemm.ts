@@ -11,11 +11,14 @@ import { addTo, assembleModule, Body, countdown, wasmApi, whileLoop } from './wa
  * own packed panels, in a scratch tensor). The loops are the classic Goto/BLIS ones: k is cut
  * into blocks of at most `kc` and m into blocks of at most `mc`; per k block the block of op(B)
  * [kc, n] is packed into panels of NR columns ([kc][NR] each), per (k, m) block the block of op(A)
- * [mc, kc] into panels of MR rows ([kc][MR] each), zero-padded at the edges. Packing reads any
+ * [mc, kc] into panels of MR rows ([kc][MR] each); a last partial panel's missing lanes hold
+ * whatever is there (a repeated row, or stale scratch), as no kernel stores them. Packing reads any
  * row/column strides, which is how transposeA/transposeB are handled (no Transpose copy, and the
- * product loop is the same for all four layouts). The micro-kernel keeps an MR x NR block of C in
+ * product loop is the same for all four layouts); the two layouts the GEMM meets (k adjacent, or
+ * rows/columns adjacent) are packed with vectors. The micro-kernel keeps an MR x NR block of C in
  * f32x4 accumulators and streams one A panel and one B panel: per k, NR/4 vector loads of B, MR
- * load-splats of A, MR*NR/4 multiply-adds. A B panel (kc*NR floats, 8-12 KiB at kc 256) stays in L1
+ * load-splats of A, MR*NR/4 multiply-adds. The blocks at the right and bottom edges have their own
+ * kernels, the same loop cut to their rows and columns (see blockBody). A B panel (kc*NR floats, 8-12 KiB at kc 256) stays in L1
  * while the A panels of the m block pass under it from L2; the packed A block is made just before
  * it is used, so it is still in cache.
  *
@@ -54,9 +57,9 @@ interface Tile {
 /**
  * Each build's micro-kernels, widest first. The FMA build has two: 3x12 for the dense products,
  * 4x8 for narrow ones (the attention products, n = 32 and 65 here), where 12 columns would leave
- * an edge block on every row (n = 32: a third of the blocks) and edge blocks go through the tile;
- * `npm run bench -- batch-matmul` measured 3x12 ~25% slower than 4x8 there and ~15% faster on
- * the dense ones. Both tiles sum in the same order, so which one ran does not change a bit.
+ * an edge block on every row (n = 32: a third of the blocks), which then went through a scalar
+ * copy; `npm run bench -- batch-matmul` measured 3x12 ~25% slower than 4x8 there and ~15% faster
+ * on the dense ones. Both tiles sum in the same order, so which one ran does not change a bit.
  */
 const TILES: Record<GemmVariant, readonly Tile[]> = {
   fma: [{ mr: 3, nr: 12, fma: true }, { mr: 4, nr: 8, fma: true }],
@@ -68,8 +71,9 @@ const WIDE_N = 96;
 
 /**
  * pack{W}(src, rowStride, colStride, outer, inner, dst), strides in bytes: for each panel of W
- * consecutive outer indices o, dst[panel][x][o % W] = src[o*rowStride + x*colStride] for
- * x < inner, and 0 where o >= outer. Packs A (outer = m rows, inner = k, W = MR) and B (outer = n
+ * consecutive outer indices o < outer, dst[panel][x][o % W] = src[o*rowStride + x*colStride] for
+ * x < inner; the lanes o >= outer of a last partial panel are unspecified (the edge kernels
+ * neither store them nor let them reach a lane they store). Packs A (outer = m rows, inner = k, W = MR) and B (outer = n
  * columns, inner = k, W = NR) alike; one function per panel width, so that the copies of a panel's
  * row are unrolled for it. The two layouts the GEMM meets each have a vector path for whole
  * panels; the last partial panel (and any other strides) goes lane by lane.
@@ -119,10 +123,17 @@ function packBody(width: number): Body {
   });
 
   // Inner indices adjacent (A not transposed, B transposed): a panel is W rows of floats, turned
-  // into [x][W] four x at a time by 4x4 transposes (W = 3: three rows into twelve floats).
-  f.get(cs).i32Const(4).i32Eq().get(panels).i32Const(0).i32Ne().i32And().if(() => {
-    rowOff.forEach((r, l) => f.get(rs).i32Const(l).i32Mul().set(r));
-    whileLoop(f, () => f.get(o).i32Const(width).i32Add().get(outer).i32GtU().i32Eqz(), () => {
+  // into [x][W] four x at a time by 4x4 transposes (W = 3: three rows into twelve floats). A last
+  // partial panel too: its missing rows read the last one again (lanes no kernel stores; see
+  // blockBody), so the attention products' 65th row or column is not a lane-by-lane pass.
+  f.get(cs).i32Const(4).i32Eq().if(() => {
+    whileLoop(f, () => f.get(o).get(outer).i32LtU(), () => {
+      // rowOff[l] = min(l, outer - o - 1) * rowStride
+      rowOff.forEach((r, l) => {
+        f.get(rs).i32Const(l).i32Mul();
+        f.get(outer).get(o).i32Sub().i32Const(1).i32Sub().get(rs).i32Mul();
+        f.get(o).i32Const(l).i32Add().get(outer).i32LtU().select().set(r);
+      });
       f.get(src).get(o).get(rs).i32Mul().i32Add().set(s);
       f.get(dst).set(d);
       f.i32Const(0).set(x);
@@ -175,13 +186,14 @@ function packBody(width: number): Body {
     });
   });
 
-  // The rest lane by lane: a last partial panel, and every panel of any other strides.
+  // The rest lane by lane: a last partial panel of rows/columns adjacent in memory (whose missing
+  // lanes are left as they are: reading a whole panel there could run past the memory), and
+  // every panel of any other strides.
   whileLoop(f, () => f.get(o).get(outer).i32LtU(), () => {
     f.i32Const(0).set(lane);
     f.loop((lanes) => {
       f.get(dst).get(lane).i32Const(2).i32Shl().i32Add().set(d);
       f.get(inner).set(x);
-      // The panel's lanes past the last row/column are zeros, so the kernel needs no edge case.
       f.get(o).get(lane).i32Add().get(outer).i32LtU().if(() => {
         f.get(src).get(o).get(lane).i32Add().get(rs).i32Mul().i32Add().set(s);
         countdown(f, x, () => {
@@ -189,11 +201,6 @@ function packBody(width: number): Body {
           addTo(f, s, { local: cs });
           addTo(f, d, dStride);
         });
-      });
-      // x is 0 here after a copied lane; an absent one is filled with zeros.
-      countdown(f, x, () => {
-        f.get(d).f32Const0().f32Store();
-        addTo(f, d, dStride);
       });
       addTo(f, lane, 1);
       f.get(lane).i32Const(width).i32LtU().brIf(lanes);
