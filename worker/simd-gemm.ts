@@ -213,14 +213,15 @@ function packBody(width: number): Body {
 }
 
 /**
- * block{R}x{C}(ap, bp, c, rowPanels, colPanels, k, ldc, accumulate): for each of colPanels packed B
- * panels (NR wide) and rowPanels packed A panels (MR high), the R x C block of C at the panels'
- * corner (row stride ldc bytes) = A panel x B panel, or += when `accumulate` is 1 (the k blocks
- * after the first). R = MR and C = NR is the micro-kernel of the whole blocks; the partial ones at
- * the right (C < NR) and bottom (R < MR) edges are the same loop with fewer accumulators, which
- * read only their rows of the A panel and their vectors of the B panel and load and store only
- * their columns of C (lane loads and stores for the last 1-3): no per-element path, no copy, and
- * no work on the panels' zero padding beyond the last vector.
+ * t{tile}_{R}x{C}(ap, bp, c, rowPanels, colPanels, k, ldc, accumulate): for each of colPanels
+ * packed B panels (NR wide) and rowPanels packed A panels (MR high), the R x C block of C at the
+ * panels' corner (row stride ldc bytes) = A panel x B panel, or += when `accumulate` is 1 (the k
+ * blocks after the first). R = MR and C = NR is the micro-kernel of the whole blocks; the partial
+ * ones at the right (C < NR) and bottom (R < MR) edges are the same loop with fewer accumulators,
+ * which read only their rows of the A panel and their vectors of the B panel and load and store
+ * only their columns of C (lane loads and stores for the last 1-3): no per-element path, no copy.
+ * The padding lanes of a last vector are computed and never stored, each lane its own sum, so
+ * whatever the packing left in them cannot reach C.
  */
 function blockBody({ mr, nr, fma }: Tile, rows: number, cols: number): Body {
   const f = new Body([I, I, I, I, I, I, I, I]);
