@@ -34,16 +34,28 @@ interface Case {
 
 const GUARD = 12345.5; // exact in f32
 
+/** A build bound to its memory: reused across many small cases, what an earlier one left in the scratch stays there. */
+interface Bound {
+  mem: { buffer: ArrayBuffer };
+  g: NonNullable<ReturnType<typeof simdGemm>>;
+}
+
 /**
- * Run one build on its own memory: A, B, C and the scratch laid out back to back, C filled with
- * NaN (an element left unwritten shows) and a guard after C and after the scratch (a write past
- * either shows).
+ * Run one build on its own memory: A, B, C and the scratch laid out back to back, C and the
+ * scratch filled with NaN (an element left unwritten, or padding read into a result, shows) and a
+ * guard after C and after the scratch (a write past either shows).
  */
-function runGemm(variant: GemmVariant, c: Case, blocking: GemmBlocking = DEFAULT_BLOCKING): Float32Array[] {
+function runGemm(variant: GemmVariant, c: Case, blocking: GemmBlocking = DEFAULT_BLOCKING, reuse?: Map<GemmVariant, Bound>): Float32Array[] {
   const { m, n, k } = c;
-  const mem = new Memory({ initial: 256 });
-  const g = simdGemm(mem, variant);
-  assert.ok(g, `the ${variant} build binds`);
+  let bound = reuse?.get(variant);
+  if (!bound) {
+    const mem = new Memory({ initial: 256 });
+    const g = simdGemm(mem, variant);
+    assert.ok(g, `the ${variant} build binds`);
+    bound = { mem, g };
+    reuse?.set(variant, bound);
+  }
+  const { mem, g } = bound;
   const f = new Float32Array(mem.buffer);
   let at = 16; // floats; a non-zero start, so a stray write to address 0 is not hidden
   const put = (x: Float32Array) => {
@@ -60,6 +72,8 @@ function runGemm(variant: GemmVariant, c: Case, blocking: GemmBlocking = DEFAULT
   f[at++] = GUARD;
   const scratch = at * 4;
   at += Math.ceil(g.scratchBytes(m, n, k, blocking) / 4);
+  // NaN in the scratch: a packed panel's unwritten padding lanes may be anything, and must not reach C.
+  f.fill(NaN, scratch / 4, at);
   f[at] = GUARD;
   g.run({ m, n, k, transposeA: c.ta, transposeB: c.tb, a: aOff, b: bOff, aIndex: c.aIndex, bIndex: c.bIndex, c: cOff, scratch }, blocking);
   assert.equal(f[cOff / 4 + cLen], GUARD, 'nothing written past C');
@@ -170,4 +184,27 @@ test('the GEMM build is chosen by feature detection and CXR_WASM_RELAXED_SIMD=0 
   assert.match(off.reason, /mul\+add build; relaxed SIMD off by CXR_WASM_RELAXED_SIMD=0/);
   // Same product on both builds: equal to rounding.
   on.values.forEach((v, i) => assert.ok(Math.abs(v - off.values[i]!) < 1e-4, `element ${i}: ${v} vs ${off.values[i]}`));
+});
+
+test('every edge: 1..9 rows, 1..17 and 96..108 columns (each build\'s narrow and wide tile, partial panels of every width), k around the four-at-a-time packing, all layouts', () => {
+  // The vector packing takes whole panels and four k at a time, the rest lane by lane; the blocks
+  // at the right and bottom edges are partial. Every remainder of both tiles against the reference,
+  // on one memory per build (so stale scratch from the previous case is there to be misread).
+  const reuse = new Map<GemmVariant, Bound>();
+  const widths = [...Array.from({ length: 17 }, (_, i) => i + 1), ...Array.from({ length: 13 }, (_, i) => i + 96)];
+  for (const variant of gemmVariants()) {
+    const fused = fuses(variant);
+    let seed = 1000;
+    for (const k of [1, 5, 8]) {
+      for (let m = 1; m <= 9; m++) {
+        for (const n of widths) {
+          for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]] as const) {
+            const c: Case = { m, n, k, ta, tb, a: [randArray(m * k, seed++)], b: [randArray(k * n, seed++)], aIndex: [0], bIndex: [0] };
+            const [got] = runGemm(variant, c, DEFAULT_BLOCKING, reuse);
+            assert.deepEqual(got, reference(c, 0, fused), `${variant} ${m}x${k}.${k}x${n} ${ta} ${tb}`);
+          }
+        }
+      }
+    }
+  }
 });

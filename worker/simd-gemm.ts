@@ -11,11 +11,14 @@ import { addTo, assembleModule, Body, countdown, wasmApi, whileLoop } from './wa
  * own packed panels, in a scratch tensor). The loops are the classic Goto/BLIS ones: k is cut
  * into blocks of at most `kc` and m into blocks of at most `mc`; per k block the block of op(B)
  * [kc, n] is packed into panels of NR columns ([kc][NR] each), per (k, m) block the block of op(A)
- * [mc, kc] into panels of MR rows ([kc][MR] each), zero-padded at the edges. Packing reads any
+ * [mc, kc] into panels of MR rows ([kc][MR] each); a last partial panel's missing lanes hold
+ * whatever is there (a repeated row, or stale scratch), as no kernel stores them. Packing reads any
  * row/column strides, which is how transposeA/transposeB are handled (no Transpose copy, and the
- * product loop is the same for all four layouts). The micro-kernel keeps an MR x NR block of C in
+ * product loop is the same for all four layouts); the two layouts the GEMM meets (k adjacent, or
+ * rows/columns adjacent) are packed with vectors. The micro-kernel keeps an MR x NR block of C in
  * f32x4 accumulators and streams one A panel and one B panel: per k, NR/4 vector loads of B, MR
- * load-splats of A, MR*NR/4 multiply-adds. A B panel (kc*NR floats, 8-12 KiB at kc 256) stays in L1
+ * load-splats of A, MR*NR/4 multiply-adds. The blocks at the right and bottom edges have their own
+ * kernels, the same loop cut to their rows and columns (see blockBody). A B panel (kc*NR floats, 8-12 KiB at kc 256) stays in L1
  * while the A panels of the m block pass under it from L2; the packed A block is made just before
  * it is used, so it is still in cache.
  *
@@ -54,9 +57,9 @@ interface Tile {
 /**
  * Each build's micro-kernels, widest first. The FMA build has two: 3x12 for the dense products,
  * 4x8 for narrow ones (the attention products, n = 32 and 65 here), where 12 columns would leave
- * an edge block on every row (n = 32: a third of the blocks) and edge blocks go through the tile;
- * `npm run bench -- batch-matmul` measured 3x12 ~25% slower than 4x8 there and ~15% faster on
- * the dense ones. Both tiles sum in the same order, so which one ran does not change a bit.
+ * an edge block on every row (n = 32: a third of the blocks), which then went through a scalar
+ * copy; `npm run bench -- batch-matmul` measured 3x12 ~25% slower than 4x8 there and ~15% faster
+ * on the dense ones. Both tiles sum in the same order, so which one ran does not change a bit.
  */
 const TILES: Record<GemmVariant, readonly Tile[]> = {
   fma: [{ mr: 3, nr: 12, fma: true }, { mr: 4, nr: 8, fma: true }],
@@ -67,97 +70,164 @@ const TILES: Record<GemmVariant, readonly Tile[]> = {
 const WIDE_N = 96;
 
 /**
- * pack(src, rowStride, colStride, outer, inner, dst, width), strides in bytes: for each panel of
- * `width` consecutive outer indices o, dst[panel][x][o % width] = src[o*rowStride + x*colStride]
- * for x < inner, and 0 where o >= outer. Packs A (outer = m rows, inner = k, width MR) and B
- * (outer = n columns, inner = k, width NR) alike.
+ * pack{W}(src, rowStride, colStride, outer, inner, dst), strides in bytes: for each panel of W
+ * consecutive outer indices o < outer, dst[panel][x][o % W] = src[o*rowStride + x*colStride] for
+ * x < inner; the lanes o >= outer of a last partial panel are unspecified (the edge kernels
+ * neither store them nor let them reach a lane they store). Packs A (outer = m rows, inner = k, W = MR) and B (outer = n
+ * columns, inner = k, W = NR) alike; one function per panel width, so that the copies of a panel's
+ * row are unrolled for it. The two layouts the GEMM meets each have a vector path for whole
+ * panels; the last partial panel (and any other strides) goes lane by lane.
  */
-function packBody(): Body {
-  const f = new Body([I, I, I, I, I, I, I]);
-  const [src, rs, cs, outer, inner, dst, width] = [0, 1, 2, 3, 4, 5, 6];
+function packBody(width: number): Body {
+  const f = new Body([I, I, I, I, I, I]);
+  const [src, rs, cs, outer, inner, dst] = [0, 1, 2, 3, 4, 5];
+  const dStride = 4 * width; // bytes between consecutive inner indices in a panel
   const o = f.local(I); // panel's first outer index
   const lane = f.local(I);
   const s = f.local(I);
   const d = f.local(I);
   const x = f.local(I);
-  const dStride = f.local(I); // width * 4 bytes between consecutive inner indices
   const panels = f.local(I);
   const pl = f.local(I);
-  const dPanel = f.local(I); // inner * width * 4: bytes per panel
-  f.get(width).i32Const(2).i32Shl().set(dStride);
-  f.get(inner).get(dStride).i32Mul().set(dPanel);
+  const dPanel = f.local(I); // inner * W * 4: bytes per panel
+  const x4 = f.local(I); // inner rounded down to a multiple of 4
+  const rowOff = Array.from({ length: width }, () => f.local(I)); // l * rowStride
+  const v = Array.from({ length: Math.max(4, width) }, () => f.local('v128'));
+  const t = Array.from({ length: 4 }, () => f.local('v128'));
+  f.get(inner).i32Const(dStride).i32Mul().set(dPanel);
+  f.get(outer).i32Const(width).i32DivU().set(panels);
+  f.get(inner).i32Const(-4).i32And().set(x4);
+
   // Outer indices adjacent in memory (A transposed, B not): each inner index x is one contiguous
-  // source row, copied in `width`-float pieces into every full panel, one pass down the rows.
-  // Panel by panel, the same rows would be walked once per panel at a large stride, which at
-  // power-of-two strides (a [2080, 1024] gradient) keeps evicting itself from L1.
-  f.get(rs).i32Const(4).i32Eq().if(() => {
-    f.get(outer).get(width).i32DivU().set(panels);
-    f.get(panels).if(() => {
+  // source row, copied W floats at a time into every full panel, one pass down the rows. Panel by
+  // panel, the same rows would be walked once per panel at a large stride, which at power-of-two
+  // strides (a [2080, 1024] gradient) keeps evicting itself from L1.
+  f.get(rs).i32Const(4).i32Eq().get(panels).i32Const(0).i32Ne().i32And().if(() => {
+    f.i32Const(0).set(x);
+    whileLoop(f, () => f.get(x).get(inner).i32LtU(), () => {
+      f.get(src).get(x).get(cs).i32Mul().i32Add().set(s);
+      f.get(dst).get(x).i32Const(dStride).i32Mul().i32Add().set(d);
+      f.get(panels).set(pl);
+      countdown(f, pl, () => {
+        // Exactly the panel's W floats: nothing read past the row's last full panel, which may end the memory.
+        for (let b = 0; b + 16 <= dStride; b += 16) f.get(d).get(s).v128Load(b).v128Store(b);
+        if (width % 4 >= 2) f.get(d).get(s).i64Load(dStride & ~15).i64Store(dStride & ~15);
+        if (width % 2) f.get(d).get(s).f32Load(dStride - 4).f32Store(dStride - 4);
+        addTo(f, s, dStride);
+        addTo(f, d, { local: dPanel });
+      });
+      addTo(f, x, 1);
+    });
+    f.get(panels).i32Const(width).i32Mul().set(o);
+    f.get(dst).get(panels).get(dPanel).i32Mul().i32Add().set(dst);
+  });
+
+  // Inner indices adjacent (A not transposed, B transposed): a panel is W rows of floats, turned
+  // into [x][W] four x at a time by 4x4 transposes (W = 3: three rows into twelve floats). A last
+  // partial panel too: its missing rows read the last one again (lanes no kernel stores; see
+  // blockBody), so the attention products' 65th row or column is not a lane-by-lane pass.
+  f.get(cs).i32Const(4).i32Eq().if(() => {
+    whileLoop(f, () => f.get(o).get(outer).i32LtU(), () => {
+      // rowOff[l] = min(l, outer - o - 1) * rowStride
+      rowOff.forEach((r, l) => {
+        f.get(rs).i32Const(l).i32Mul();
+        f.get(outer).get(o).i32Sub().i32Const(1).i32Sub().get(rs).i32Mul();
+        f.get(o).i32Const(l).i32Add().get(outer).i32LtU().select().set(r);
+      });
+      f.get(src).get(o).get(rs).i32Mul().i32Add().set(s);
+      f.get(dst).set(d);
       f.i32Const(0).set(x);
+      whileLoop(f, () => f.get(x).get(x4).i32LtU(), () => {
+        const load = (l: number) => f.get(s).get(rowOff[l]!).i32Add().v128Load().set(v[l]!);
+        const shuffle = (a: number, b: number, lanes: [number, number, number, number]) => f.get(a).get(b).f32x4Shuffle(lanes);
+        if (width === 3) {
+          const [r0, r1, r2] = [v[0]!, v[1]!, v[2]!];
+          for (let l = 0; l < 3; l++) load(l);
+          // r0x0 r1x0 r2x0 r0x1 | r1x1 r2x1 r0x2 r1x2 | r2x2 r0x3 r1x3 r2x3
+          shuffle(r0, r1, [0, 4, 1, 5]).set(t[0]!); // r0x0 r1x0 r0x1 r1x1
+          shuffle(r1, r2, [1, 5, 2, 6]).set(t[1]!); // r1x1 r2x1 r1x2 r2x2
+          shuffle(r0, r1, [2, 6, 3, 7]).set(t[2]!); // r0x2 r1x2 r0x3 r1x3
+          f.get(d);
+          shuffle(t[0]!, r2, [0, 1, 4, 2]).v128Store(0);
+          f.get(d);
+          shuffle(t[1]!, r0, [0, 1, 6, 2]).v128Store(16);
+          f.get(d);
+          shuffle(r2, t[2]!, [2, 6, 7, 3]).v128Store(32);
+        } else {
+          for (let g = 0; g < width / 4; g++) {
+            const [r0, r1, r2, r3] = [v[4 * g]!, v[4 * g + 1]!, v[4 * g + 2]!, v[4 * g + 3]!];
+            for (let l = 4 * g; l < 4 * g + 4; l++) load(l);
+            shuffle(r0, r1, [0, 4, 1, 5]).set(t[0]!);
+            shuffle(r2, r3, [0, 4, 1, 5]).set(t[1]!);
+            shuffle(r0, r1, [2, 6, 3, 7]).set(t[2]!);
+            shuffle(r2, r3, [2, 6, 3, 7]).set(t[3]!);
+            const out = (xi: number, a: number, b: number, lanes: [number, number, number, number]) => {
+              f.get(d);
+              shuffle(a, b, lanes).v128Store(xi * dStride + 16 * g);
+            };
+            out(0, t[0]!, t[1]!, [0, 1, 4, 5]);
+            out(1, t[0]!, t[1]!, [2, 3, 6, 7]);
+            out(2, t[2]!, t[3]!, [0, 1, 4, 5]);
+            out(3, t[2]!, t[3]!, [2, 3, 6, 7]);
+          }
+        }
+        addTo(f, s, 16);
+        addTo(f, d, 4 * dStride);
+        addTo(f, x, 4);
+      });
       whileLoop(f, () => f.get(x).get(inner).i32LtU(), () => {
-        f.get(src).get(x).get(cs).i32Mul().i32Add().set(s);
-        f.get(dst).get(x).get(dStride).i32Mul().i32Add().set(d);
-        f.get(panels).set(pl);
-        countdown(f, pl, () => {
-          // Whole vectors, then single floats (a width of 3 is three floats, 12 is three
-          // vectors): nothing read past the row's last full panel, which may end the memory.
-          f.i32Const(0).set(lane);
-          whileLoop(f, () => f.get(lane).i32Const(16).i32Add().get(dStride).i32GtU().i32Eqz(), () => {
-            f.get(d).get(lane).i32Add().get(s).get(lane).i32Add().v128Load().v128Store();
-            addTo(f, lane, 16);
-          });
-          whileLoop(f, () => f.get(lane).get(dStride).i32LtU(), () => {
-            f.get(d).get(lane).i32Add().get(s).get(lane).i32Add().f32Load().f32Store();
-            addTo(f, lane, 4);
-          });
-          addTo(f, s, { local: dStride });
-          addTo(f, d, { local: dPanel });
-        });
+        for (let l = 0; l < width; l++) f.get(d).get(s).get(rowOff[l]!).i32Add().f32Load().f32Store(4 * l);
+        addTo(f, s, 4);
+        addTo(f, d, dStride);
         addTo(f, x, 1);
       });
-      f.get(panels).get(width).i32Mul().set(o);
-      f.get(dst).get(panels).get(dPanel).i32Mul().i32Add().set(dst);
+      addTo(f, dst, { local: dPanel });
+      addTo(f, o, width);
     });
   });
-  // The rest lane by lane: every panel of the other layouts, and a last partial one.
+
+  // The rest lane by lane: a last partial panel of rows/columns adjacent in memory (whose missing
+  // lanes are left as they are: reading a whole panel there could run past the memory), and
+  // every panel of any other strides.
   whileLoop(f, () => f.get(o).get(outer).i32LtU(), () => {
     f.i32Const(0).set(lane);
     f.loop((lanes) => {
       f.get(dst).get(lane).i32Const(2).i32Shl().i32Add().set(d);
       f.get(inner).set(x);
-      // The panel's lanes past the last row/column are zeros, so the kernel needs no edge case.
       f.get(o).get(lane).i32Add().get(outer).i32LtU().if(() => {
         f.get(src).get(o).get(lane).i32Add().get(rs).i32Mul().i32Add().set(s);
         countdown(f, x, () => {
           f.get(d).get(s).f32Load().f32Store();
           addTo(f, s, { local: cs });
-          addTo(f, d, { local: dStride });
+          addTo(f, d, dStride);
         });
       });
-      // x is 0 here after a copied lane; an absent one is filled with zeros.
-      countdown(f, x, () => {
-        f.get(d).f32Const0().f32Store();
-        addTo(f, d, { local: dStride });
-      });
       addTo(f, lane, 1);
-      f.get(lane).get(width).i32LtU().brIf(lanes);
+      f.get(lane).i32Const(width).i32LtU().brIf(lanes);
     });
     // next panel
     addTo(f, dst, { local: dPanel });
-    addTo(f, o, { local: width });
+    addTo(f, o, width);
   });
   return f;
 }
 
 /**
- * product(ap, bp, c, m, n, k, tile, accumulate): C [m, n] (row-major, contiguous) = packed A x
- * packed B, or C += that when `accumulate` is 1 (the k blocks after the first). `tile` is MR*NR
- * floats of scratch that holds the blocks at the right and bottom edges while they are computed.
+ * t{tile}_{R}x{C}(ap, bp, c, rowPanels, colPanels, k, ldc, accumulate): for each of colPanels
+ * packed B panels (NR wide) and rowPanels packed A panels (MR high), the R x C block of C at the
+ * panels' corner (row stride ldc bytes) = A panel x B panel, or += when `accumulate` is 1 (the k
+ * blocks after the first). R = MR and C = NR is the micro-kernel of the whole blocks; the partial
+ * ones at the right (C < NR) and bottom (R < MR) edges are the same loop with fewer accumulators,
+ * which read only their rows of the A panel and their vectors of the B panel and load and store
+ * only their columns of C (lane loads and stores for the last 1-3): no per-element path, no copy.
+ * The padding lanes of a last vector are computed and never stored, each lane its own sum, so
+ * whatever the packing left in them cannot reach C.
  */
-function productBody({ mr, nr, fma }: Tile): Body {
+function blockBody({ mr, nr, fma }: Tile, rows: number, cols: number): Body {
   const f = new Body([I, I, I, I, I, I, I, I]);
-  const [ap, bp, c, m, n, k, tile, accumulate] = [0, 1, 2, 3, 4, 5, 6, 7];
-  const nv = nr / 4;
+  const [ap, bp, c, rowPanels, colPanels, k, ldc, accumulate] = [0, 1, 2, 3, 4, 5, 6, 7];
+  const nv = Math.ceil(cols / 4);
+  const rem = cols % 4; // valid lanes of the last vector; 0: all four
   const i = f.local(I);
   const j = f.local(I);
   const pa = f.local(I);
@@ -165,60 +235,50 @@ function productBody({ mr, nr, fma }: Tile): Body {
   const aPanel = f.local(I);
   const bPanel = f.local(I);
   const kk = f.local(I);
-  const ldc = f.local(I);
   const out = f.local(I);
-  const rows = f.local(I);
-  const cols = f.local(I);
-  const r = f.local(I);
-  const q = f.local(I);
-  const at = f.local(I); // where the block lives while it is computed: C itself, or the tile
-  const atStride = f.local(I);
+  const outCol = f.local(I);
   const p = f.local(I);
+  const aStep = f.local(I); // bytes per A panel: k * MR * 4
+  const bStep = f.local(I);
+  const outStep = f.local(I); // MR rows of C: MR * ldc
   const bv = Array.from({ length: nv }, () => f.local('v128'));
   const x = f.local('v128');
-  const acc = Array.from({ length: mr * nv }, () => f.local('v128'));
+  const acc = Array.from({ length: rows * nv }, () => f.local('v128'));
 
-  /** Copy the block's valid rows x cols floats between C (at out, stride ldc) and the tile. */
-  const copyEdge = (toTile: boolean) => {
-    f.i32Const(0).set(r);
-    whileLoop(f, () => f.get(r).get(rows).i32LtU(), () => {
-      f.i32Const(0).set(q);
-      whileLoop(f, () => f.get(q).get(cols).i32LtU(), () => {
-        const cAddr = () => f.get(out).get(r).get(ldc).i32Mul().i32Add().get(q).i32Const(2).i32Shl().i32Add();
-        const tAddr = () => f.get(tile).get(r).i32Const(nr * 4).i32Mul().i32Add().get(q).i32Const(2).i32Shl().i32Add();
-        if (toTile) { tAddr(); cAddr(); } else { cAddr(); tAddr(); }
-        f.f32Load().f32Store();
-        addTo(f, q, 1);
-      });
-      addTo(f, r, 1);
-    });
+  /** Load acc from C at p (+16v): all four lanes but for a partial last vector. */
+  const loadC = (a: number, v: number) => {
+    const partial = v === nv - 1 ? rem : 0;
+    if (partial === 0) f.get(p).v128Load(16 * v);
+    else if (partial === 1) f.get(p).v128Load32Zero(16 * v);
+    else f.get(p).v128Load64Zero(16 * v);
+    f.set(a);
+    if (partial === 3) f.get(p).get(a).v128Load32Lane(2, 16 * v + 8).set(a);
+  };
+  const storeC = (a: number, v: number) => {
+    const partial = v === nv - 1 ? rem : 0;
+    if (partial === 0) f.get(p).get(a).v128Store(16 * v);
+    else if (partial === 1) f.get(p).get(a).v128Store32Lane(0, 16 * v);
+    else f.get(p).get(a).v128Store64Lane(0, 16 * v);
+    if (partial === 3) f.get(p).get(a).v128Store32Lane(2, 16 * v + 8);
   };
 
-  f.get(n).i32Const(2).i32Shl().set(ldc);
+  f.get(k).i32Const(4 * mr).i32Mul().set(aStep);
+  f.get(k).i32Const(4 * nr).i32Mul().set(bStep);
+  f.get(ldc).i32Const(mr).i32Mul().set(outStep);
   f.get(bp).set(bPanel);
-  whileLoop(f, () => f.get(j).get(n).i32LtU(), () => {
+  f.get(c).set(outCol);
+  f.get(colPanels).set(j);
+  countdown(f, j, () => {
     f.get(ap).set(aPanel);
-    f.i32Const(0).set(i);
-    whileLoop(f, () => f.get(i).get(m).i32LtU(), () => {
-      // out = c + i*ldc + j*4; rows = min(MR, m - i), cols = min(NR, n - j)
-      f.get(c).get(i).get(ldc).i32Mul().i32Add().get(j).i32Const(2).i32Shl().i32Add().set(out);
-      f.get(m).get(i).i32Sub().tee(rows).i32Const(mr).get(rows).i32Const(mr).i32LtU().select().set(rows);
-      f.get(n).get(j).i32Sub().tee(cols).i32Const(nr).get(cols).i32Const(nr).i32LtU().select().set(cols);
-      f.get(out).set(at);
-      f.get(ldc).set(atStride);
-      f.get(rows).i32Const(mr).i32Eq().get(cols).i32Const(nr).i32Eq().i32And().i32Eqz().if(() => {
-        // An edge block: computed in the tile, whose lanes past the valid part are don't-cares
-        // (each lane is its own sum), so only the valid part is copied in and out.
-        f.get(tile).set(at);
-        f.i32Const(nr * 4).set(atStride);
-        f.get(accumulate).if(() => copyEdge(true));
-      });
+    f.get(outCol).set(out);
+    f.get(rowPanels).set(i);
+    countdown(f, i, () => {
       for (const a of acc) f.v128Zero().set(a);
       f.get(accumulate).if(() => {
-        f.get(at).set(p);
-        for (let row = 0; row < mr; row++) {
-          for (let v = 0; v < nv; v++) f.get(p).v128Load(16 * v).set(acc[row * nv + v]!);
-          addTo(f, p, { local: atStride });
+        f.get(out).set(p);
+        for (let row = 0; row < rows; row++) {
+          for (let v = 0; v < nv; v++) loadC(acc[row * nv + v]!, v);
+          addTo(f, p, { local: ldc });
         }
       });
       f.get(aPanel).set(pa);
@@ -226,7 +286,7 @@ function productBody({ mr, nr, fma }: Tile): Body {
       f.get(k).set(kk);
       countdown(f, kk, () => {
         for (let v = 0; v < nv; v++) f.get(pb).v128Load(16 * v).set(bv[v]!);
-        for (let row = 0; row < mr; row++) {
+        for (let row = 0; row < rows; row++) {
           f.get(pa).v128Load32Splat(4 * row).set(x);
           for (let v = 0; v < nv; v++) {
             const a = acc[row * nv + v]!;
@@ -237,24 +297,31 @@ function productBody({ mr, nr, fma }: Tile): Body {
         addTo(f, pa, 4 * mr);
         addTo(f, pb, 4 * nr);
       });
-      f.get(at).set(p);
-      for (let row = 0; row < mr; row++) {
-        for (let v = 0; v < nv; v++) f.get(p).get(acc[row * nv + v]!).v128Store(16 * v);
-        addTo(f, p, { local: atStride });
+      f.get(out).set(p);
+      for (let row = 0; row < rows; row++) {
+        for (let v = 0; v < nv; v++) storeC(acc[row * nv + v]!, v);
+        addTo(f, p, { local: ldc });
       }
-      f.get(at).get(tile).i32Eq().if(() => copyEdge(false));
-      // next A panel: aPanel += k * MR * 4, i += MR
-      f.get(aPanel).get(k).i32Const(4 * mr).i32Mul().i32Add().set(aPanel);
-      addTo(f, i, mr);
+      addTo(f, aPanel, { local: aStep });
+      addTo(f, out, { local: outStep });
     });
-    f.get(bPanel).get(k).i32Const(4 * nr).i32Mul().i32Add().set(bPanel);
-    addTo(f, j, nr);
+    addTo(f, bPanel, { local: bStep });
+    addTo(f, outCol, 4 * nr);
   });
   return f;
 }
 
+/** Every block shape of a tile: R = 1..MR rows by C = 1..NR columns. */
+const blockShapes = ({ mr, nr }: Tile) => Array.from({ length: mr * nr }, (_, q) => [1 + Math.floor(q / nr), 1 + (q % nr)] as const);
+
+/** The panel widths a build's tiles pack to: each tile's MR (A) and NR (B). */
+const packWidths = (tiles: readonly Tile[]) => [...new Set(tiles.flatMap((t) => [t.mr, t.nr]))];
+
 const buildModule = (tiles: readonly Tile[]) =>
-  assembleModule([{ name: 'pack', body: packBody() }, ...tiles.map((t, i) => ({ name: `product${i}`, body: productBody(t) }))]);
+  assembleModule([
+    ...packWidths(tiles).map((w) => ({ name: `pack${w}`, body: packBody(w) })),
+    ...tiles.flatMap((t, i) => blockShapes(t).map(([r, c]) => ({ name: `t${i}_${r}x${c}`, body: blockBody(t, r, c) }))),
+  ]);
 
 const MODULES: Record<GemmVariant, Uint8Array> = {
   fma: buildModule(TILES.fma),
@@ -310,7 +377,7 @@ const LINE = 64;
 
 export interface SimdGemm {
   readonly variant: GemmVariant;
-  /** Bytes of scratch a product of these sizes needs: the packed blocks and the edge tile. */
+  /** Bytes of scratch a product of these sizes needs: the packed blocks. */
   scratchBytes(m: number, n: number, k: number, blocking?: GemmBlocking): number;
   /** C[t] = op(A[aIndex[t]]) op(B[bIndex[t]]) for every t (the scratch sized with the same blocking). */
   run(p: GemmBatch, blocking?: GemmBlocking): void;
@@ -329,11 +396,31 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
   } catch {
     return null;
   }
-  const pack = exports.pack as (src: number, rs: number, cs: number, outer: number, inner: number, dst: number, width: number) => void;
-  type Product = (ap: number, bp: number, c: number, m: number, n: number, k: number, tile: number, accumulate: number) => void;
-  const kernels = TILES[variant].map((t, i) => ({ ...t, product: exports[`product${i}`] as Product }));
+  type Pack = (src: number, rs: number, cs: number, outer: number, inner: number, dst: number) => void;
+  type Block = (ap: number, bp: number, c: number, rowPanels: number, colPanels: number, k: number, ldc: number, accumulate: number) => void;
+  const kernels = TILES[variant].map((t, i) => {
+    // blocks[R][C]: the kernel of an R x C block (index 0 unused).
+    const blocks: Block[][] = [];
+    for (const [r, c] of blockShapes(t)) (blocks[r] ??= [])[c] = exports[`t${i}_${r}x${c}`] as Block;
+    const { mr, nr } = t;
+    /**
+     * C [m, n] (row stride ldc bytes) = packed A [m, k] x packed B [k, n], or += that: the whole
+     * blocks in one call, then the right edge's column, the bottom edge's row and their corner.
+     */
+    const product = (ap: number, bp: number, c: number, m: number, n: number, k: number, ldc: number, accumulate: number) => {
+      const [rowPanels, rows] = [Math.floor(m / mr), m % mr];
+      const [colPanels, cols] = [Math.floor(n / nr), n % nr];
+      const [aEdge, bEdge] = [ap + rowPanels * 4 * mr * k, bp + colPanels * 4 * nr * k];
+      const [cBottom, cRight] = [c + rowPanels * mr * ldc, c + colPanels * 4 * nr];
+      if (rowPanels && colPanels) blocks[mr]![nr]!(ap, bp, c, rowPanels, colPanels, k, ldc, accumulate);
+      if (rowPanels && cols) blocks[mr]![cols]!(ap, bEdge, cRight, rowPanels, 1, k, ldc, accumulate);
+      if (rows && colPanels) blocks[rows]![nr]!(aEdge, bp, cBottom, 1, colPanels, k, ldc, accumulate);
+      if (rows && cols) blocks[rows]![cols]!(aEdge, bEdge, cBottom + colPanels * 4 * nr, 1, 1, k, ldc, accumulate);
+    };
+    return { ...t, product, packA: exports[`pack${mr}`] as Pack, packB: exports[`pack${nr}`] as Pack };
+  });
   const sizes = (m: number, n: number, k: number, blocking: GemmBlocking) => {
-    const { mr, nr, product } = kernels[n >= WIDE_N ? 0 : kernels.length - 1]!;
+    const { mr, nr, product, packA, packB } = kernels[n >= WIDE_N ? 0 : kernels.length - 1]!;
     const kc = Math.max(1, Math.floor(blocking.kc));
     const mc = roundUp(Math.max(1, Math.floor(blocking.mc)), mr);
     const kb = Math.min(k, kc);
@@ -341,7 +428,7 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
     // so the kernel's vector loads never straddle two lines.
     const aBytes = roundUp(4 * roundUp(Math.min(m, mc), mr) * kb, LINE);
     const bBytes = roundUp(4 * roundUp(n, nr) * kb, LINE);
-    return { mr, nr, product, kc, mc, aBytes, bBytes, total: LINE + aBytes + bBytes + 4 * mr * nr };
+    return { mr, nr, product, packA, packB, kc, mc, aBytes, bBytes, total: LINE + aBytes + bBytes };
   };
   return {
     variant,
@@ -349,10 +436,9 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
     run(p, blocking = DEFAULT_BLOCKING) {
       const { m, n, k } = p;
       if (m === 0 || n === 0) return;
-      const { mr, nr, product, kc, mc, aBytes, bBytes } = sizes(m, n, k, blocking);
+      const { mr, product, packA, packB, kc, mc, aBytes, bBytes } = sizes(m, n, k, blocking);
       const aPacked = roundUp(p.scratch, LINE);
       const bPacked = aPacked + aBytes;
-      const tile = bPacked + bBytes;
       const ldc = 4 * n;
       // A stored [m, k] (or [k, m] when transposed); B stored [k, n] (or [n, k]).
       // Byte steps between consecutive rows i of A / columns j of B, and along k.
@@ -371,13 +457,13 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
         // k = 0 still makes one pass, which writes the zeros.
         for (let k0 = 0; k0 === 0 || k0 < k; k0 += kc) {
           const kb = Math.min(kc, k - k0);
-          if (!(oneK && p.bIndex[t] === packedB)) pack(bBase + k0 * bPerK, bPerCol, bPerK, n, kb, bPacked, nr);
+          if (!(oneK && p.bIndex[t] === packedB)) packB(bBase + k0 * bPerK, bPerCol, bPerK, n, kb, bPacked);
           packedB = oneK ? p.bIndex[t]! : -1;
           for (let i0 = 0; i0 < m; i0 += mc) {
             const mb = Math.min(mc, m - i0);
-            if (!(oneM && p.aIndex[t] === packedA)) pack(aBase + i0 * aPerRow + k0 * aPerK, aPerRow, aPerK, mb, kb, aPacked, mr);
+            if (!(oneM && p.aIndex[t] === packedA)) packA(aBase + i0 * aPerRow + k0 * aPerK, aPerRow, aPerK, mb, kb, aPacked);
             packedA = oneM ? p.aIndex[t]! : -1;
-            product(aPacked, bPacked, c + i0 * ldc, mb, n, kb, tile, k0 > 0 ? 1 : 0);
+            product(aPacked, bPacked, c + i0 * ldc, mb, n, kb, ldc, k0 > 0 ? 1 : 0);
           }
         }
       }

@@ -183,6 +183,13 @@ export class Body {
   f32Store(offset = 0): this {
     return this.emit(0x38, ...this.memarg(2, offset));
   }
+  /** Copies of 8 bytes go through an i64 on the stack (no i64 locals). */
+  i64Load(offset = 0): this {
+    return this.emit(0x29, ...this.memarg(3, offset));
+  }
+  i64Store(offset = 0): this {
+    return this.emit(0x37, ...this.memarg(3, offset));
+  }
   f32Const0(): this {
     return this.emit(0x43, 0, 0, 0, 0);
   }
@@ -220,6 +227,34 @@ export class Body {
   }
   v128Store(offset = 0): this {
     return this.simd(0x0b, ...this.memarg(4, offset));
+  }
+  /** Loads one f32 into lane 0 and zeros the rest (v128.load32_zero). */
+  v128Load32Zero(offset = 0): this {
+    return this.simd(0x5c, ...this.memarg(2, offset));
+  }
+  /** Loads two f32 into lanes 0-1 and zeros the rest (v128.load64_zero). */
+  v128Load64Zero(offset = 0): this {
+    return this.simd(0x5d, ...this.memarg(3, offset));
+  }
+  /** Pops an address and a vector; pushes the vector with lane `lane` (of 32 bits) loaded (v128.load32_lane). */
+  v128Load32Lane(lane: number, offset = 0): this {
+    return this.simd(0x56, ...this.memarg(2, offset), lane);
+  }
+  /** Pops an address and a vector; stores its 32-bit lane `lane` (v128.store32_lane). */
+  v128Store32Lane(lane: number, offset = 0): this {
+    return this.simd(0x5a, ...this.memarg(2, offset), lane);
+  }
+  /** Pops an address and a vector; stores its 64-bit lane `lane` (v128.store64_lane). */
+  v128Store64Lane(lane: number, offset = 0): this {
+    return this.simd(0x5b, ...this.memarg(3, offset), lane);
+  }
+  /**
+   * i8x16.shuffle spelled in f32 lanes: pops a, b; pushes the vector whose lane i is lane
+   * lanes[i] of a:b (0-3 from a, 4-7 from b).
+   */
+  f32x4Shuffle(lanes: readonly [number, number, number, number]): this {
+    if (lanes.some((l) => !Number.isInteger(l) || l < 0 || l > 7)) throw new RangeError(`f32x4Shuffle: lanes ${lanes} are not all in 0..7`);
+    return this.simd(0x0d, ...lanes.flatMap((l) => [4 * l, 4 * l + 1, 4 * l + 2, 4 * l + 3]));
   }
   v128Zero(): this {
     return this.simd(0x0c, ...new Array<number>(16).fill(0));
