@@ -58,7 +58,9 @@ export class WorkerProcesses {
     const out = this.opts.output ?? ((line: string) => process.stderr.write(line + '\n'));
     for (let i = 0; i < this.opts.count; i++) {
       const own = this.opts.perWorker?.(i) ?? {};
-      const env: NodeJS.ProcessEnv = { ...process.env, ...this.opts.env, ...own.env, CXR_JOB_TOKEN: this.opts.token };
+      // CXR_COORDINATOR_PID: while registering, a worker has no heartbeat yet that would notice this
+      // process dying, and would keep retrying the registration for --connect-timeout.
+      const env: NodeJS.ProcessEnv = { ...process.env, ...this.opts.env, ...own.env, CXR_JOB_TOKEN: this.opts.token, CXR_COORDINATOR_PID: String(process.pid) };
       if (this.opts.gpu) env.CUDA_VISIBLE_DEVICES = String(i);
       const args = [this.opts.entry ?? workerEntry, '--coordinator', this.opts.coordinator, '--device', String(i), ...(this.opts.args ?? []), ...(own.args ?? [])];
       const proc = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });

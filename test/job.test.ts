@@ -263,6 +263,18 @@ test('credit flow across processes: a slow worker finds its prefetch queue full 
   }
 });
 
+test('a worker whose starting coordinator is gone stops retrying its registration at once (a coordinator killed mid-rendezvous)', async () => {
+  // The worker's parent here is the test process, not pid 1: to the worker, the coordinator that
+  // started it is gone. Nothing listens on the port, so its first attempt fails as after a kill.
+  const [port] = await freePorts(1, '127.0.0.1');
+  const t0 = Date.now();
+  const r = await run(workerEntry, ['--coordinator', `127.0.0.1:${port}`, '--connect-timeout', '300'], { CXR_JOB_TOKEN: 't', CXR_COORDINATOR_PID: '1' }).done;
+  assert.notEqual(r.code, 0);
+  assert.match(r.stderr, /the coordinator that started this worker \(pid 1\) is gone: registration failed .* and is not retried/);
+  // Without the check it would retry for the whole --connect-timeout (300 s).
+  assert.ok(Date.now() - t0 < 30_000, `took ${Date.now() - t0} ms`);
+});
+
 test('SIGTERM to the coordinator stops every worker and exits 143; a coordinator killed outright leaves no orphans', async () => {
   const start = async () => {
     const c = run(coordinatorEntry, ['probe', '--data', dataDir, '--workers', '2', '--batch', '2', '--steps', '200', '--step-option', 'delayMs=100']);

@@ -15,7 +15,7 @@ test('launcher: worker i gets --device i, CUDA_VISIBLE_DEVICES=i with the GPU ba
     const entry = path.join(dir, 'echo-worker.mjs');
     writeFileSync(
       entry,
-      `const a = process.argv.slice(2); console.log(JSON.stringify({ args: a, cuda: process.env.CUDA_VISIBLE_DEVICES ?? null, token: process.env.CXR_JOB_TOKEN })); console.error('to stderr'); process.exit(a.includes('1') && a.includes('--fail') ? 3 : 0);\n`,
+      `const a = process.argv.slice(2); console.log(JSON.stringify({ args: a, cuda: process.env.CUDA_VISIBLE_DEVICES ?? null, token: process.env.CXR_JOB_TOKEN, parent: process.env.CXR_COORDINATOR_PID, ppid: process.ppid })); console.error('to stderr'); process.exit(a.includes('1') && a.includes('--fail') ? 3 : 0);\n`,
     );
     for (const gpu of [true, false]) {
       const lines: string[] = [];
@@ -29,6 +29,9 @@ test('launcher: worker i gets --device i, CUDA_VISIBLE_DEVICES=i with the GPU ba
         assert.deepEqual(got.args, ['--coordinator', '127.0.0.1:9', '--device', String(i), '--x']);
         assert.equal(got.cuda, gpu ? String(i) : (process.env.CUDA_VISIBLE_DEVICES ?? null));
         assert.equal(got.token, 'tok');
+        // The worker can tell its starting coordinator is gone (control-client.ts, register).
+        assert.equal(got.parent, String(process.pid));
+        assert.equal(got.ppid, process.pid);
         assert.ok(lines.includes(`[worker ${i}] to stderr`));
       }
     }

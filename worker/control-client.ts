@@ -24,6 +24,12 @@ export interface ConnectOptions {
   /** Give up when the coordinator has not answered for this long (it may not exist yet: Kubernetes). */
   readonly connectTimeoutMs: number;
   readonly log: Logger;
+  /**
+   * The pid of the coordinator that started this worker as its child (launcher's
+   * CXR_COORDINATOR_PID), if it did. A failed attempt is not retried once that process is gone (this
+   * worker re-parented): it may have died after counting this registration but before answering it.
+   */
+  readonly parentPid?: number;
   /** First retry delay; doubles per attempt up to `maxBackoffMs`. */
   readonly initialBackoffMs?: number;
   readonly maxBackoffMs?: number;
@@ -67,6 +73,9 @@ async function registerWith(Client: ReturnType<typeof loadControlProto>['Client'
       const code = (e as grpc.ServiceError).code;
       if (code === grpc.status.PERMISSION_DENIED) throw new UserError(`coordinator at ${opts.address} refused this worker: ${(e as grpc.ServiceError).details}`);
       if (!RETRYABLE.has(code)) throw new Error(`coordinator at ${opts.address} refused registration: ${(e as grpc.ServiceError).details ?? errorMessage(e)}`);
+      if (opts.parentPid !== undefined && process.ppid !== opts.parentPid) {
+        throw new UserError(`the coordinator that started this worker (pid ${opts.parentPid}) is gone: registration failed (${(e as grpc.ServiceError).details}) and is not retried`);
+      }
       const left = deadline - Date.now();
       if (left <= 0)
         throw new UserError(

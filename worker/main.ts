@@ -41,8 +41,15 @@ async function main(argv: string[]): Promise<number> {
     advertise,
     collectivePort: args['collective-port'],
     connectTimeoutMs: args['connect-timeout'] * 1000,
+    parentPid: parentPid(),
     log,
   });
+}
+
+/** CXR_COORDINATOR_PID, set by a coordinator that starts its workers itself (coordinator/launcher.ts). */
+function parentPid(): number | undefined {
+  const v = process.env.CXR_COORDINATOR_PID;
+  return v && /^[1-9]\d*$/.test(v) ? Number(v) : undefined;
 }
 
 // A comm thread still holding ZeroMQ sockets at process.exit makes libzmq abort the process

@@ -24,6 +24,8 @@ export interface WorkerOptions {
   /** Collective port; 0 picks a free one. */
   readonly collectivePort: number;
   readonly connectTimeoutMs: number;
+  /** The pid of the coordinator that started this worker, if one did (CXR_COORDINATOR_PID). */
+  readonly parentPid?: number;
   readonly log: Logger;
   /** Replace the step the coordinator names (tests, embedding); default: worker/steps.ts. */
   readonly step?: StepFactory;
@@ -51,6 +53,7 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
   const session = await register({
     address: o.coordinator,
     connectTimeoutMs: o.connectTimeoutMs,
+    parentPid: o.parentPid,
     log: o.log,
     request: { jobToken: o.token, host: hostname(), device: o.device, pid: process.pid, collectiveEndpoint, requestedRank: o.rank, backend: '' },
   });
@@ -79,7 +82,9 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
       })]);
 
     data = new DataClient({ endpoint: reply.dataEndpoint, rank: reply.rank, generation: reply.generation, prefetch: job.prefetch });
-    await data.start();
+    // The hello waits for the feed's socket to connect, which never fails (ZeroMQ reconnects
+    // forever): a coordinator that dies now is noticed only through the race.
+    await orStop(data.start());
     const bind = ipc ? collectiveEndpoint : `tcp://${loopback ? '127.0.0.1' : '0.0.0.0'}:${port}`;
     step = await orStop((o.step ?? stepFactory(job.step.name))({ rank: reply.rank, world: reply.worldSize, peers: reply.peerEndpoints, collectiveBind: bind, device: o.device, config, control: session, log }));
     if (step.paramsHash) {
