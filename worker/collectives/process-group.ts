@@ -1036,8 +1036,19 @@ export class ProcessGroup {
     // A peer's failure anywhere in the shared-buffer all-reduce fails this rank's part of it too,
     // even when this rank had already passed the barrier it names.
     const span = this.sharedSpan;
-    if (h.type === MsgType.FAIL && op && span && h.generation === span.generation && h.seq >= span.first && h.seq < span.end && op.seq >= span.first && op.seq < span.end)
-      return this.deliver(op, m);
+    if (h.type === MsgType.FAIL && span && h.generation === span.generation && h.seq >= span.first && h.seq < span.end) {
+      if (op && op.seq >= span.first && op.seq < span.end) return this.deliver(op, m);
+      // Between two of its barriers (the one before settled, the next not started yet: the receive
+      // loop's continuation can run in between), the FAIL waits for the next one, which it fails.
+      // Dropped as stale instead, it left this rank waiting in that barrier for the whole timeout.
+      if (!op && h.generation === this.generation && this.finishedSeq < span.end) {
+        const key = `${h.generation}/${this.finishedSeq}`;
+        const list = this.future.get(key);
+        if (list) list.unshift(m);
+        else this.future.set(key, [m]);
+        return;
+      }
+    }
     // Not `nextSeq`: a collective may be queued (numbered) but not started, and its messages count.
     if (h.generation < this.generation || (h.generation === this.generation && h.seq < this.finishedSeq)) {
       this.stats.stale++;
