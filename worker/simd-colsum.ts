@@ -1,4 +1,4 @@
-import { addTo, assembleModule, Body, whileLoop, wasmApi } from './wasm-asm.js';
+import { addTo, assembleModule, Body, instantiateWith, whileLoop, wasmApi } from './wasm-asm.js';
 
 /**
  * Column sums of a row-major fp32 matrix, out[j] = sum over i of x[i, j], in WebAssembly SIMD, for
@@ -72,10 +72,5 @@ export interface SimdColsum {
  * wasm SIMD, or a memory this module cannot import (the threaded backend's shared memory).
  */
 export function simdColsum(memory: unknown): SimdColsum | null {
-  if (!simdColsumSupported || !wasmApi) return null;
-  try {
-    return new wasmApi.Instance(new wasmApi.Module(MODULE), { e: { m: memory } }).exports as unknown as SimdColsum;
-  } catch {
-    return null;
-  }
+  return instantiateWith(MODULE, memory) as unknown as SimdColsum | null;
 }

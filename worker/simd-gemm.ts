@@ -1,4 +1,4 @@
-import { addTo, assembleModule, Body, countdown, wasmApi, whileLoop } from './wasm-asm.js';
+import { addTo, assembleModule, Body, countdown, instantiateWith, wasmApi, whileLoop } from './wasm-asm.js';
 
 /**
  * A batched fp32 GEMM in WebAssembly SIMD for tfjs-backend-wasm's BatchMatMul: every product of
@@ -389,13 +389,8 @@ export interface SimdGemm {
  * memory this module cannot import (the threaded backend's shared memory).
  */
 export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gemmVariants()[0]): SimdGemm | null {
-  if (!wasmApi || variant === undefined || !wasmApi.validate(MODULES[variant])) return null;
-  let exports: Record<string, unknown>;
-  try {
-    exports = new wasmApi.Instance(new wasmApi.Module(MODULES[variant]), { e: { m: memory } }).exports;
-  } catch {
-    return null;
-  }
+  const exports = variant === undefined ? null : instantiateWith(MODULES[variant], memory);
+  if (!exports) return null;
   type Pack = (src: number, rs: number, cs: number, outer: number, inner: number, dst: number) => void;
   type Block = (ap: number, bp: number, c: number, rowPanels: number, colPanels: number, k: number, ldc: number, accumulate: number) => void;
   const kernels = TILES[variant].map((t, i) => {

@@ -1,4 +1,4 @@
-import { addTo, assembleModule, Body, countdown, wasmApi, type ValType } from './wasm-asm.js';
+import { addTo, assembleModule, Body, countdown, instantiateWith, wasmApi, type ValType } from './wasm-asm.js';
 
 /**
  * LayerNorm and exact GELU, forward and backward, as WebAssembly SIMD kernels for
@@ -441,10 +441,5 @@ export interface SimdNormGelu {
  * wasm SIMD, or a memory this module cannot import (the threaded backend's shared memory).
  */
 export function simdNormGelu(memory: unknown): SimdNormGelu | null {
-  if (!simdNormGeluSupported || !wasmApi) return null;
-  try {
-    return new wasmApi.Instance(new wasmApi.Module(MODULE), { e: { m: memory } }).exports as unknown as SimdNormGelu;
-  } catch {
-    return null;
-  }
+  return instantiateWith(MODULE, memory) as unknown as SimdNormGelu | null;
 }

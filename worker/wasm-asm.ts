@@ -18,6 +18,20 @@ export interface WasmApi {
 /** This engine's WebAssembly, or undefined where it has none. */
 export const wasmApi: WasmApi | undefined = (globalThis as { WebAssembly?: WasmApi }).WebAssembly;
 
+/**
+ * The exports of `bytes` instantiated with `memory` as its import `e.m`, or null where this engine
+ * cannot run the module (no WebAssembly, or a feature it lacks: SIMD, relaxed SIMD) or the module
+ * cannot import that memory (the threaded tfjs backend's shared memory).
+ */
+export function instantiateWith(bytes: Uint8Array, memory: unknown): Record<string, unknown> | null {
+  if (!wasmApi?.validate(bytes)) return null;
+  try {
+    return new wasmApi.Instance(new wasmApi.Module(bytes), { e: { m: memory } }).exports;
+  } catch {
+    return null;
+  }
+}
+
 export type ValType = 'i32' | 'f32' | 'v128';
 const VALTYPE: Record<ValType, number> = { i32: 0x7f, f32: 0x7d, v128: 0x7b };
 

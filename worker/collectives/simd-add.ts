@@ -1,4 +1,4 @@
-import { addTo, assembleModule, Body, wasmApi, whileLoop } from '../wasm-asm.js';
+import { addTo, assembleModule, Body, instantiateWith, wasmApi, whileLoop } from '../wasm-asm.js';
 
 /**
  * The fp32 add of the reduce-scatter, dst[i] = dst[i] + src[i], as a WebAssembly SIMD kernel.
@@ -45,11 +45,12 @@ interface Kernel {
 }
 
 function instantiate(): Kernel | null {
-  if (!wasmApi?.validate(MODULE)) return null;
+  if (!wasmApi) return null;
   const memory = new wasmApi.Memory({ initial: (2 * PIECE_BYTES) / 65536 });
-  const instance = new wasmApi.Instance(new wasmApi.Module(MODULE), { e: { m: memory } });
+  const exports = instantiateWith(MODULE, memory);
+  if (!exports) return null;
   return {
-    add: instance.exports.add as (d: number, s: number, n: number) => void,
+    add: exports.add as (d: number, s: number, n: number) => void,
     bytes: new Uint8Array(memory.buffer),
     floats: new Float32Array(memory.buffer),
   };
