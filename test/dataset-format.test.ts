@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import fc from 'fast-check';
+import { RecordBatch, RecordBatchFileWriter, RecordBatchReader, Struct, Utf8, makeData, vectorFromArray } from 'apache-arrow';
 import { DatasetWriter, type Sample } from '../shared/dataset/writer.js';
 import { openDataset } from '../shared/dataset/reader.js';
 import { readManifest } from '../shared/dataset/manifest.js';
@@ -50,7 +51,7 @@ test('dataset writer + reader: random access by index returns exactly the writte
     // 29 rows, 4 per batch, 3 batches per shard -> shards of 12, 12, 5 rows.
     assert.deepEqual(m.splits.train.shards.map((s) => [s.rows, s.batches]), [[12, 3], [12, 3], [5, 2]]);
     assert.equal(m.splits.test.shards.length, 0);
-    const ds = await openDataset(dir, { cacheBatches: 2 });
+    const ds = await openDataset(dir, { cacheBytes: 1 });
     assert.deepEqual(ds.labelNames, LABELS);
     const train = ds.split('train');
     assert.equal(train.length, 29);
@@ -63,6 +64,9 @@ test('dataset writer + reader: random access by index returns exactly the writte
       }),
       { numRuns: 60 },
     );
+    // ShardWriter's record batches are read row by row, never decoded whole.
+    assert.ok(train.stats.batches > 0);
+    assert.equal(train.stats.wholeBatches, 0);
     const val = await ds.split('val').read([4, 0]);
     expectRow(val, 0, 33);
     expectRow(val, 1, 29);
@@ -90,6 +94,39 @@ test('reader: a manifest with a bad field, and a shard that is not Arrow, are na
     await assert.rejects(ds.split('train').read([0]), (e: unknown) => e instanceof UserError && /train-00000\.arrow/.test(e.message));
     await ds.close();
     await assert.rejects(openDataset(path.join(dir, 'nope')), /manifest\.json not found/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('reader: record batches with nulls (written by another tool) are decoded whole and read the same', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'cxr-ds-'));
+  try {
+    await writeToy(dir, { train: 12, val: 0, test: 0 });
+    // Rewrite the shard with the 'path' of every third row null: same schema, same record batches.
+    const file = path.join(dir, 'train-00000.arrow');
+    const src = RecordBatchReader.from(readFileSync(file));
+    const writer = new RecordBatchFileWriter();
+    let row = 0;
+    for (const rb of src) {
+      const paths = Array.from({ length: rb.numRows }, (_, i) => ((row + i) % 3 === 0 ? null : sample(row + i).path));
+      const children = rb.data.children.map((c, k) => (rb.schema.fields[k]!.name === 'path' ? vectorFromArray(paths, new Utf8()).data[0]! : c));
+      writer.write(new RecordBatch(rb.schema, makeData({ type: new Struct(rb.schema.fields), length: rb.numRows, nullCount: 0, children })));
+      row += rb.numRows;
+    }
+    writer.finish();
+    writeFileSync(file, writer.toUint8Array(true));
+    const ds = await openDataset(dir);
+    const train = ds.split('train');
+    const idx = [11, 0, 5, 3, 7, 7, 1];
+    const b = await train.read(idx);
+    idx.forEach((i, j) => {
+      expectRow({ ...b, paths: b.paths.map((p, k) => (idx[k]! % 3 === 0 ? sample(idx[k]!).path : p)) }, j, i);
+      if (i % 3 === 0) assert.equal(b.paths[j], '', `row ${i}'s null path`);
+    });
+    assert.ok(train.stats.batches > 0);
+    assert.equal(train.stats.wholeBatches, train.stats.batches);
+    await ds.close();
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

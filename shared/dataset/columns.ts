@@ -130,12 +130,11 @@ function listValues<T extends Uint8Array | Float32Array>(rb: RecordBatch, name: 
   return out;
 }
 
-function stringColumn(rb: RecordBatch, name: string): string[] {
+/** Row i of a Utf8 column, decoded on demand ('' for a null). */
+function stringAt(rb: RecordBatch, name: string): (i: number) => string {
   const col = rb.getChild(name);
   if (!col) throw new Error(`record batch has no '${name}' column`);
-  const out = new Array<string>(rb.numRows);
-  for (let i = 0; i < rb.numRows; i++) out[i] = (col.get(i) as string | null) ?? '';
-  return out;
+  return (i) => (col.get(i) as string | null) ?? '';
 }
 
 /** Image size from the schema: metadata first, the list size as a square fallback. */
@@ -155,21 +154,48 @@ export function imageSizeOf(schema: Schema): { height: number; width: number; la
 }
 
 /**
- * A record batch as a SampleBatch. Pixels and labels are views on the batch's buffers (zero
- * copy); copy them before the buffers are reused.
+ * A record batch's columns: pixels and labels as views on its buffers (zero copy), the string
+ * columns left encoded behind accessors, so that a reader picking a few rows out of a large
+ * record batch decodes the strings of those rows only (decoding every row's ids and path was most
+ * of the coordinator's time per step once a split outgrew the reader's cache).
  */
-export function fromRecordBatch(rb: RecordBatch): SampleBatch {
+export interface RecordBatchColumns {
+  n: number;
+  height: number;
+  width: number;
+  images: Uint8Array;
+  labels: Float32Array;
+  subjectId(i: number): string;
+  studyId(i: number): string;
+  path(i: number): string;
+  /** Present only when the batch has a `report` column. */
+  report?(i: number): string;
+}
+
+export function recordBatchColumns(rb: RecordBatch): RecordBatchColumns {
   const { height, width, labelCount } = imageSizeOf(rb.schema);
-  const b: SampleBatch = {
+  const c: RecordBatchColumns = {
     n: rb.numRows,
     height,
     width,
     images: listValues<Uint8Array>(rb, 'image', height * width),
     labels: listValues<Float32Array>(rb, 'labels', labelCount),
-    subjectIds: stringColumn(rb, 'subject_id'),
-    studyIds: stringColumn(rb, 'study_id'),
-    paths: stringColumn(rb, 'path'),
+    subjectId: stringAt(rb, 'subject_id'),
+    studyId: stringAt(rb, 'study_id'),
+    path: stringAt(rb, 'path'),
   };
-  if (rb.schema.fields.some((f) => f.name === 'report')) b.reports = stringColumn(rb, 'report');
+  if (rb.schema.fields.some((f) => f.name === 'report')) c.report = stringAt(rb, 'report');
+  return c;
+}
+
+/**
+ * A record batch as a SampleBatch. Pixels and labels are views on the batch's buffers (zero
+ * copy); copy them before the buffers are reused.
+ */
+export function fromRecordBatch(rb: RecordBatch): SampleBatch {
+  const c = recordBatchColumns(rb);
+  const all = (at: (i: number) => string) => Array.from({ length: c.n }, (_, i) => at(i));
+  const b: SampleBatch = { n: c.n, height: c.height, width: c.width, images: c.images, labels: c.labels, subjectIds: all(c.subjectId), studyIds: all(c.studyId), paths: all(c.path) };
+  if (c.report) b.reports = all(c.report);
   return b;
 }
