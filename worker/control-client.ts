@@ -49,9 +49,14 @@ const RETRYABLE = new Set([grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDE
 export async function register(opts: ConnectOptions): Promise<ControlSession> {
   const { Client } = loadControlProto();
   const { port1: abortPort, port2 } = new MessageChannel();
-  const heartbeats = new Worker(new URL('./heartbeat-thread.js', import.meta.url), { workerData: { address: opts.address, abortPort: port2 } satisfies HeartbeatThreadData, transferList: [port2] });
+  const stepWord = new SharedArrayBuffer(4);
+  new Int32Array(stepWord)[0] = -1;
+  const heartbeats = new Worker(new URL('./heartbeat-thread.js', import.meta.url), {
+    workerData: { address: opts.address, abortPort: port2, stepWord } satisfies HeartbeatThreadData,
+    transferList: [port2],
+  });
   try {
-    return await registerWith(Client, { thread: heartbeats, abortPort }, opts);
+    return await registerWith(Client, { thread: heartbeats, abortPort, step: new Int32Array(stepWord) }, opts);
   } catch (e) {
     void heartbeats.terminate();
     abortPort.close();
@@ -93,6 +98,8 @@ async function registerWith(Client: ReturnType<typeof loadControlProto>['Client'
 interface HeartbeatLine {
   readonly thread: Worker;
   readonly abortPort: MessagePort;
+  /** The heartbeat thread's stepWord. */
+  readonly step: Int32Array;
 }
 
 /** How a worker ends when the coordinator aborts the job (exit non-zero, nothing reported back). */
@@ -128,6 +135,8 @@ export class ControlSession implements Interrupter {
 
   private readonly heartbeats: Worker;
   private readonly abortPort: MessagePort;
+  /** Shared with the heartbeat thread: the last reported step. */
+  private readonly stepWord: Int32Array;
   private stopReason: StopReason | null = null;
   private readonly watched: SharedArrayBuffer[] = [];
 
@@ -139,6 +148,7 @@ export class ControlSession implements Interrupter {
   ) {
     this.heartbeats = line.thread;
     this.abortPort = line.abortPort;
+    this.stepWord = line.step;
     this.rank = reply.rank;
     this.generation = reply.generation;
     this.command = new Promise((r) => (this.resolveCommand = r));
@@ -206,7 +216,7 @@ export class ControlSession implements Interrupter {
   }
 
   async reportStep(r: Omit<StepReport, 'rank' | 'generation'>): Promise<void> {
-    this.heartbeats.postMessage({ step: r.step });
+    Atomics.store(this.stepWord, 0, r.step);
     await unary(this.client, 'ReportStep', { ...r, rank: this.rank, generation: this.generation }, { deadline: Date.now() + 30_000 });
   }
 

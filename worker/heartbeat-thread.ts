@@ -18,14 +18,18 @@ import { loadControlProto, type HeartbeatReply, type HeartbeatRequest } from '..
  * the coordinator (no heartbeat through for silenceMs) stops the main thread the same way.
  *
  * The thread is started before registration (its module loading and connection overlap the
- * rendezvous) and beats once it gets `{ begin }`. Messages in: `{ begin }`, `{ step }`,
- * `{ watch: SharedArrayBuffer }`, `{ stop }`. Messages out: `{ type: 'lost', reason }` when no
+ * rendezvous) and beats once it gets `{ begin }`. Messages in: `{ begin }`,
+ * `{ watch: SharedArrayBuffer }`, `{ stop }`. The last reported step is read from `stepWord` when
+ * a beat goes out, not posted per step: a message per step woke this thread once a step, and on a
+ * machine whose cores all run ranks that wake-up is taken from a rank. Messages out: `{ type: 'lost', reason }` when no
  * heartbeat got through for silenceMs, `{ type: 'abort', reason }` when a reply carried the abort.
  */
 /** workerData: where to send, and where the abort reason goes. */
 export interface HeartbeatThreadData {
   readonly address: string;
   readonly abortPort: MessagePort;
+  /** Int32 [1]: the last step the worker reported (-1 before the first), written by the main thread. */
+  readonly stepWord: SharedArrayBuffer;
 }
 
 /** What the heartbeat thread posts on `abortPort` before it interrupts the main thread. */
@@ -43,15 +47,14 @@ const d = workerData as HeartbeatThreadData;
 // Loaded and connected while the worker is still registering, so the beats start at once after.
 const { Client } = loadControlProto();
 const client = new Client(d.address, grpc.credentials.createInsecure(), { 'grpc.initial_reconnect_backoff_ms': 100, 'grpc.max_reconnect_backoff_ms': 1000 });
-let step = -1;
+const step = new Int32Array(d.stepWord);
 let lastOk = Date.now();
 let inFlight = false;
 let lost = false;
 let timer: NodeJS.Timeout | undefined;
 let stopped: StopReason | null = null;
 const watched: SharedArrayBuffer[] = [];
-parentPort!.on('message', (m: { step?: number; stop?: boolean; watch?: SharedArrayBuffer } & Partial<HeartbeatBegin>) => {
-  if (typeof m.step === 'number') step = m.step;
+parentPort!.on('message', (m: { stop?: boolean; watch?: SharedArrayBuffer } & Partial<HeartbeatBegin>) => {
   if (m.watch) {
     watched.push(m.watch);
     if (stopped !== null) interruptSignal(m.watch);
@@ -70,7 +73,7 @@ function begin(b: HeartbeatBegin['begin']): void {
   const beat = () => {
     if (inFlight || lost) return;
     inFlight = true;
-    const req: HeartbeatRequest = { rank: b.rank, generation: b.generation, step };
+    const req: HeartbeatRequest = { rank: b.rank, generation: b.generation, step: Atomics.load(step, 0) };
     client.Heartbeat(req, { deadline: Date.now() + b.silenceMs }, (err: grpc.ServiceError | null, res?: HeartbeatReply) => {
       inFlight = false;
       if (!err) {
