@@ -42,43 +42,52 @@ test('a directory that is not a tmpfs, or not there, is refused with the reason'
   }
 });
 
-test('a segment carries slots from writer to reader in order and never lets a slot be overwritten before its release', { skip }, () => {
-  const dir = shmTempDir();
-  try {
-    const seg = ShmSegment.create(dir, 3, 16);
-    const peer = ShmPeer.open(seg.offer());
-    assert.ok(peer instanceof ShmPeer, String(peer));
-    const data = (k: number): Buffer => Buffer.from(Array.from({ length: 16 }, (_, i) => (k * 31 + i) & 255));
-    for (let k = 0; k < 3; k++) assert.equal(seg.write(data(k)), k);
-    assert.equal(seg.canWrite(), false);
-    assert.throws(() => seg.write(data(3)), /no free slot/);
-    assert.equal(seg.release(4), false, 'a release beyond what was written');
-    for (let k = 0; k < 3; k++) {
-      assert.equal(peer.check(k + 1, 16), `shared-memory slot ${k + 1} arrived, expected ${k}`);
-      const head = Buffer.alloc(6);
-      const tail = Buffer.alloc(10);
-      peer.read(head);
-      peer.read(tail, 6);
-      assert.deepEqual(Buffer.concat([head, tail]), data(k));
-      peer.advance();
-    }
-    assert.equal(seg.release(2), true);
-    assert.equal(seg.release(1), false, 'a release going backwards');
-    for (let k = 3; k < 5; k++) assert.equal(seg.write(data(k)), k);
-    assert.equal(seg.canWrite(), false);
-    const got = Buffer.alloc(16);
-    peer.read(got);
-    assert.deepEqual(got, data(3), 'slot 0 holds counter 3 after the wrap');
-    assert.match(peer.check(3, 17)!, /exceeds the 16-byte slot/);
-    assert.equal(seg.release(5), true);
-    assert.throws(() => seg.write(Buffer.alloc(17)), /do not fit/);
-    peer.close();
-    seg.close();
-    assert.deepEqual(readdirSync(dir), []);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+// Writer and reader each with pwrite/pread or through the addon's mapping, in every combination:
+// the bytes in a slot are the same either way.
+const { addon } = shmNative();
+const ends = addon ? [null, addon] : [null];
+for (const w of ends)
+  for (const r of ends)
+    test(`a segment carries slots from writer to reader in order and never lets a slot be overwritten before its release (writer ${w ? 'mapped' : 'pwrite'}, reader ${r ? 'mapped' : 'pread'})`, { skip }, () => {
+      const dir = shmTempDir();
+      try {
+        const seg = ShmSegment.create(dir, 3, 16, w);
+        const peer = ShmPeer.open(seg.offer(), r);
+        assert.ok(peer instanceof ShmPeer, String(peer));
+        assert.equal(peer.floats(4) !== null, r !== null, 'in-place floats exactly when mapped');
+        const data = (k: number): Buffer => Buffer.from(Array.from({ length: 16 }, (_, i) => (k * 31 + i) & 255));
+        for (let k = 0; k < 3; k++) assert.equal(seg.write(data(k)), k);
+        assert.equal(seg.canWrite(), false);
+        assert.throws(() => seg.write(data(3)), /no free slot/);
+        assert.equal(seg.release(4), false, 'a release beyond what was written');
+        for (let k = 0; k < 3; k++) {
+          assert.equal(peer.check(k + 1, 16), `shared-memory slot ${k + 1} arrived, expected ${k}`);
+          const head = Buffer.alloc(6);
+          const tail = Buffer.alloc(10);
+          peer.read(head);
+          peer.read(tail, 6);
+          assert.deepEqual(Buffer.concat([head, tail]), data(k));
+          const f = peer.floats(4);
+          if (f) assert.deepEqual(Buffer.from(f.buffer, f.byteOffset, 16), data(k));
+          peer.advance();
+        }
+        assert.equal(seg.release(2), true);
+        assert.equal(seg.release(1), false, 'a release going backwards');
+        for (let k = 3; k < 5; k++) assert.equal(seg.write(data(k)), k);
+        assert.equal(seg.canWrite(), false);
+        const got = Buffer.alloc(16);
+        peer.read(got);
+        assert.deepEqual(got, data(3), 'slot 0 holds counter 3 after the wrap');
+        assert.match(peer.check(3, 17)!, /exceeds the 16-byte slot/);
+        assert.equal(seg.release(5), true);
+        assert.throws(() => seg.write(Buffer.alloc(17)), /do not fit/);
+        peer.close();
+        seg.close();
+        assert.deepEqual(readdirSync(dir), []);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
 
 test('segments left by a process killed during its handshake are removed by the next one; live ones stay', { skip }, () => {
   const dir = shmTempDir();

@@ -322,17 +322,19 @@ export class ProcessGroup {
       throw new UserError(`rank ${this.rank}: cannot bind ${ep}: ${(e as Error).message} (is another process using it?)`);
     }
     void this.receiveLoop();
+    // The addon maps the segments (slots written and read as memory, an add reading the slot in
+    // place) and the regions; without it the segments use pwrite/pread and there are no regions.
+    const { addon, why } = this.world > 1 && (this.useShm || this.useRegions) ? shmNative() : { addon: null, why: '' };
+    this.native = addon;
     if (this.useShm && this.world > 1) {
       try {
         const slotBytes = Math.max(this.chunkBytes, this.shmChunkBytes);
-        this.shm = ShmSegment.create(this.shmDir, shmSlots(slotBytes), slotBytes);
+        this.shm = ShmSegment.create(this.shmDir, shmSlots(slotBytes), slotBytes, addon);
       } catch (e) {
         this.shmNotes.push(`no shared-memory segment: ${(e as Error).message}`);
       }
     } else if (this.world > 1) this.shmNotes.push('shared memory turned off');
     if (this.useRegions && this.world > 1) {
-      const { addon, why } = shmNative();
-      this.native = addon;
       if (!addon) this.shmNotes.push(`no shared buffers: ${why}`);
       else
         try {
@@ -1094,7 +1096,7 @@ export class ProcessGroup {
       if (!this.useShm) link = { shm: false, reason: 'shared memory turned off on the reader' };
       else if (!offer) link = { shm: false, reason: 'no segment offered' };
       else {
-        const peer = ShmPeer.open(offer);
+        const peer = ShmPeer.open(offer, this.native);
         if (typeof peer === 'string') {
           link = { shm: false, reason: peer };
           this.shmNotes.push(`rank ${h.sender}'s segment not used: ${peer}`);
@@ -1171,7 +1173,12 @@ export class ProcessGroup {
           ? this.shmScratch!.subarray(0, bytes)
           : r.mode === 'copy'
             ? new Uint8Array(dst.buffer, dst.byteOffset, dst.byteLength)
-            : (peer: ShmPeer) => addF32From(dst, (piece, at) => peer.read(piece, at));
+            : (peer: ShmPeer) => {
+                // Mapped: one pass reading the slot in place (the same fp32 additions as the kernel's).
+                const src = peer.floats(dst.length);
+                if (src && this.native) this.native.sum(dst, [dst, src]);
+                else addF32From(dst, (piece, at) => peer.read(piece, at));
+              };
       const bad2 = this.takeShm(h, m.payload, into);
       if (bad2) return this.fail(op, new CollectiveError(`rank ${this.rank}: ${op.label}: ${bad2}`, 'protocol', h.sender), true);
       if (op.wire !== 'fp32') (r.mode === 'add' ? decodeAdd : decodeCopy)(dst, into as Uint8Array, op.wire);

@@ -92,6 +92,8 @@ export function shmDirProblem(dir: string): string | null {
 export class ShmSegment {
   private fd: number;
   private linked = true;
+  /** The file mapped (with the native addon): a slot is written with a memory copy, not pwrite. */
+  private mem: Uint8Array | null = null;
   /** Slots written so far, and slots the reader has released. */
   private written = 0;
   private released = 0;
@@ -109,11 +111,14 @@ export class ShmSegment {
   /**
    * Creates the segment in `dir` and writes every page once, so that a full /dev/shm (a
    * container's 64 MiB default) shows up here as an error, not in the middle of a collective.
-   * Throws with the reason when the directory cannot hold it.
+   * Throws with the reason when the directory cannot hold it. With `native`, the file is also
+   * mapped, and slots are written through the mapping.
    */
-  static create(dir: string, slots: number, slotBytes: number): ShmSegment {
+  static create(dir: string, slots: number, slotBytes: number, native: ShmNative | null = null): ShmSegment {
     const f = createShmFile(dir, MAGIC, [slots, slotBytes], slots * slotBytes);
-    return new ShmSegment(f.file, f.token, slots, slotBytes, f.fd);
+    const seg = new ShmSegment(f.file, f.token, slots, slotBytes, f.fd);
+    if (native) seg.mem = mapFile(native, f.fd, HEADER_BYTES + slots * slotBytes);
+    return seg;
   }
 
   offer(): ShmOffer {
@@ -130,7 +135,9 @@ export class ShmSegment {
     if (!this.canWrite()) throw new Error('shared-memory segment: no free slot');
     if (src.byteLength > this.slotBytes) throw new RangeError(`shared-memory segment: ${src.byteLength} bytes do not fit a ${this.slotBytes}-byte slot`);
     const counter = this.written;
-    writeAll(this.fd, src, HEADER_BYTES + (counter % this.slots) * this.slotBytes);
+    const at = HEADER_BYTES + (counter % this.slots) * this.slotBytes;
+    if (this.mem) this.mem.set(src, at);
+    else writeAll(this.fd, src, at);
     this.written++;
     return counter;
   }
@@ -153,6 +160,7 @@ export class ShmSegment {
     this.unlink();
     if (this.fd >= 0) closeSync(this.fd);
     this.fd = -1;
+    this.mem = null;
   }
 }
 
@@ -165,15 +173,32 @@ export class ShmPeer {
     private fd: number,
     readonly slots: number,
     readonly slotBytes: number,
+    /** The file mapped (with the native addon): slots are read in place, not with pread. */
+    private mem: Uint8Array | null,
   ) {}
 
-  /** Opens the segment an offer names; the reason it is not this host's (or not usable) otherwise. */
-  static open(offer: unknown): ShmPeer | string {
+  /**
+   * Opens the segment an offer names; the reason it is not this host's (or not usable) otherwise.
+   * With `native`, the file is also mapped.
+   */
+  static open(offer: unknown, native: ShmNative | null = null): ShmPeer | string {
     const o = offer as Partial<ShmOffer> | null;
     if (!o || typeof o !== 'object' || typeof o.path !== 'string' || typeof o.token !== 'string' || !Number.isInteger(o.slots) || !Number.isInteger(o.slotBytes))
       return 'malformed shared-memory offer';
-    const fd = openShmFile(o.path, o.token, 'r', MAGIC, [o.slots!, o.slotBytes!], o.slots! * o.slotBytes!, 'segment');
-    return typeof fd === 'string' ? fd : new ShmPeer(fd, o.slots!, o.slotBytes!);
+    const open = (flags: 'r' | 'r+') => openShmFile(o.path!, o.token!, flags, MAGIC, [o.slots!, o.slotBytes!], o.slots! * o.slotBytes!, 'segment');
+    // The addon maps read-write, so a mapped reader opens the file read-write; where that is not
+    // allowed it reads with pread.
+    if (native) {
+      const fd = open('r+');
+      if (typeof fd === 'number')
+        try {
+          return new ShmPeer(fd, o.slots!, o.slotBytes!, mapFile(native, fd, HEADER_BYTES + o.slots! * o.slotBytes!));
+        } catch {
+          closeSync(fd);
+        }
+    }
+    const fd = open('r');
+    return typeof fd === 'string' ? fd : new ShmPeer(fd, o.slots!, o.slotBytes!, null);
   }
 
   /** The count of slots consumed, to send back as the release. */
@@ -191,12 +216,23 @@ export class ShmPeer {
   /** Copies bytes `from`..`from + dst.byteLength` of the next slot into `dst` (call `check` first). */
   read(dst: Uint8Array, from = 0): void {
     const at = HEADER_BYTES + (this.next % this.slots) * this.slotBytes + from;
+    if (this.mem) return dst.set(this.mem.subarray(at, at + dst.byteLength));
     let done = 0;
     while (done < dst.byteLength) {
       const n = readSync(this.fd, dst, done, dst.byteLength - done, at + done);
       if (n <= 0) throw new Error('shared-memory segment shrank under the reader');
       done += n;
     }
+  }
+
+  /**
+   * The next slot's first `floats` values in place (call `check` first), for a reader that adds
+   * them into its buffer without copying them out; null when the segment is not mapped.
+   */
+  floats(floats: number): Float32Array | null {
+    const at = HEADER_BYTES + (this.next % this.slots) * this.slotBytes;
+    if (!this.mem || at % 4 !== 0) return null;
+    return new Float32Array(this.mem.buffer, this.mem.byteOffset + at, floats);
   }
 
   /** Moves on to the next slot; the caller releases it to the writer. */
@@ -207,7 +243,13 @@ export class ShmPeer {
   close(): void {
     if (this.fd >= 0) closeSync(this.fd);
     this.fd = -1;
+    this.mem = null;
   }
+}
+
+/** The whole file behind `fd` mapped shared; the mapping goes when the array is collected. */
+function mapFile(native: ShmNative, fd: number, bytes: number): Uint8Array {
+  return new Uint8Array(native.map(fd, bytes));
 }
 
 const SEGMENT_NAME = /^cxr-collectives-(\d+)-[0-9a-f]{8}$/;
