@@ -283,7 +283,7 @@ const SQRT1_2 = Math.SQRT1_2;
 const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
 
 /** v128 temporaries the element math uses. */
-interface Temps {
+export interface Temps {
   c: number;
   x2: number;
   p: number;
@@ -291,7 +291,7 @@ interface Temps {
   cdf: number;
 }
 
-function temps(f: Body): Temps {
+export function temps(f: Body): Temps {
   return { c: f.local(V), x2: f.local(V), p: f.local(V), q: f.local(V), cdf: f.local(V) };
 }
 
@@ -388,12 +388,19 @@ function elementwiseBody(nInputs: number, math: (f: Body, xs: number[], t: Temps
   return f;
 }
 
+/**
+ * res = gelu(x) = x*cdf(x), lane by lane, of v128 local x (uses the temps): the one sequence of
+ * operations every GELU forward runs, here and in the GEMM's epilogue (./simd-gemm.ts), so that
+ * both give the same bits.
+ */
+export function geluOf(f: Body, x: number, t: Temps, res: number): void {
+  cdfOf(f, x, t);
+  f.get(x).get(t.cdf).f32x4Mul().set(res);
+}
+
 /** gelu(x, y, n): y = x*cdf(x). */
 function geluBody(): Body {
-  return elementwiseBody(1, (f, [x], t, res) => {
-    cdfOf(f, x!, t);
-    f.get(x!).get(t.cdf).f32x4Mul().set(res);
-  });
+  return elementwiseBody(1, (f, [x], t, res) => geluOf(f, x!, t, res));
 }
 
 /** geluGrad(dy, x, dx, n): dx = dy*(cdf + x*pdf). */
