@@ -76,7 +76,7 @@ function runGemm(variant: GemmVariant, c: Case, blocking: GemmBlocking = DEFAULT
   };
   const biasOff = epi ? guarded(epi.bias) : 0;
   const resOff = epi?.residual ? guarded(epi.residual) : 0;
-  const zOff = epi?.gelu ? guarded(new Float32Array(cLen).fill(NaN)) : 0;
+  const slopeOff = epi?.gelu ? guarded(new Float32Array(cLen).fill(NaN)) : 0;
   const cOff = at * 4;
   f.fill(NaN, at, at + cLen);
   at += cLen;
@@ -86,23 +86,23 @@ function runGemm(variant: GemmVariant, c: Case, blocking: GemmBlocking = DEFAULT
   // NaN in the scratch: a packed panel's unwritten padding lanes may be anything, and must not reach C.
   f.fill(NaN, scratch / 4, at);
   f[at] = GUARD;
-  const epilogue = epi ? { bias: biasOff, ...(epi.residual ? { residual: resOff } : {}), ...(epi.gelu ? { z: zOff } : {}) } : undefined;
+  const epilogue = epi ? { bias: biasOff, ...(epi.residual ? { residual: resOff } : {}), ...(epi.gelu ? { slope: slopeOff } : {}) } : undefined;
   g.run({ m, n, k, transposeA: c.ta, transposeB: c.tb, a: aOff, b: bOff, aIndex: c.aIndex, bIndex: c.bIndex, c: cOff, scratch, epilogue }, blocking);
   assert.equal(f[cOff / 4 + cLen], GUARD, 'nothing written past C');
   assert.equal(f[at], GUARD, 'nothing written past the scratch');
   if (epi?.gelu) {
-    assert.equal(f[zOff / 4 + cLen], GUARD, 'nothing written past z');
-    epi.z = f.slice(zOff / 4, zOff / 4 + cLen);
+    assert.equal(f[slopeOff / 4 + cLen], GUARD, 'nothing written past the slope');
+    epi.slope = f.slice(slopeOff / 4, slopeOff / 4 + cLen);
   }
   return c.aIndex.map((_, t) => f.slice(cOff / 4 + t * m * n, cOff / 4 + (t + 1) * m * n));
 }
 
-/** An epilogue's operands; runGemm puts z (the pre-activation) here for 'gelu'. */
+/** An epilogue's operands; runGemm puts gelu' of the pre-activation here for 'gelu'. */
 interface Epi {
   bias: Float32Array;
   residual?: Float32Array;
   gelu?: boolean;
-  z?: Float32Array;
+  slope?: Float32Array;
 }
 
 /**
@@ -233,20 +233,26 @@ test('every edge: 1..9 rows, 1..17 and 96..108 columns (each build\'s narrow and
   }
 });
 
-/** worker/simd-norm-gelu.ts's GELU kernel (what CxrGelu runs) on its own memory: the reference bits. */
-const geluKernel = (() => {
+/**
+ * worker/simd-norm-gelu.ts's GELU kernels (what CxrGelu and CxrGeluGrad run) on their own memory:
+ * the reference bits of gelu(x) and of geluGrad(dy = 1, x), the factor it multiplies dy by.
+ */
+const geluKernels = (() => {
   const mem = new Memory({ initial: 16 });
   const k = simdNormGelu(mem);
   assert.ok(k, 'the LayerNorm/GELU module binds');
   return (x: Float32Array) => {
     const f = new Float32Array(mem.buffer);
+    const n = x.length;
     f.set(x, 4);
-    k.gelu(16, 16 + 4 * x.length, x.length);
-    return f.slice(4 + x.length, 4 + 2 * x.length);
+    f.fill(1, 4 + n, 4 + 2 * n);
+    k.gelu(16, 16 + 8 * n, n);
+    k.geluGrad(16 + 4 * n, 16, 16 + 12 * n, n);
+    return { y: f.slice(4 + 2 * n, 4 + 3 * n), slope: f.slice(4 + 3 * n, 4 + 4 * n) };
   };
 })();
 
-test('the epilogues give the bits of the unfused ops: sum + bias; then + residual; or z = sum + bias and gelu(z) as the GELU kernel; every edge block, k blocks, both builds', () => {
+test('the epilogues give the bits of the unfused ops: z = sum + bias; then + residual; or gelu(z) and gelu\'(z) as the GELU kernels; every edge block, k blocks, both builds', () => {
   const reuse = new Map<GemmVariant, Bound>();
   const widths = [1, 2, 3, 4, 5, 7, 8, 9, 11, 12, 13, 16, 17, 96, 97, 98, 99, 100, 101, 103, 107, 108];
   for (const variant of gemmVariants()) {
@@ -272,8 +278,9 @@ test('the epilogues give the bits of the unfused ops: sum + bias; then + residua
           const epi: Epi = { bias, gelu: true };
           const y = runGemm(variant, c, blocking, reuse, epi);
           y.forEach((g, t) => {
-            assert.deepEqual(epi.z!.subarray(t * m * n, (t + 1) * m * n), z[t], `${what} gelu: z of output ${t}`);
-            assert.deepEqual(g, geluKernel(z[t]!), `${what} gelu: output ${t}`);
+            const want = geluKernels(z[t]!);
+            assert.deepEqual(g, want.y, `${what} gelu: output ${t}`);
+            assert.deepEqual(epi.slope!.subarray(t * m * n, (t + 1) * m * n), want.slope, `${what} gelu: slope of output ${t}`);
           });
         }
       }

@@ -1,4 +1,4 @@
-import { geluOf, temps } from './simd-norm-gelu.js';
+import { geluOf, geluSlopeOf, temps } from './simd-norm-gelu.js';
 import { addTo, assembleModule, Body, countdown, instantiateWith, wasmApi, whileLoop, type ValType } from './wasm-asm.js';
 
 /**
@@ -221,8 +221,10 @@ function packBody(width: number): Body {
  * - 'bias': z = fl(sum + bias[j]), as tf.add(matMul(x, W), b).
  * - 'residual': then fl(z + r[i, j]) of a second [m, n] matrix, as tf.add(r, dense(x, W, b))
  *   (f32 addition commutes, so r + z and z + r are the same bits).
- * - 'gelu': z goes to a second output and C gets gelu(z), worker/simd-norm-gelu.ts's GELU
- *   (the same instructions: geluOf), read back from the z just stored, in L1: nine live
+ * - 'gelu': C gets gelu(z) and a second output gelu'(z), worker/simd-norm-gelu.ts's GELU and the
+ *   factor its geluGrad multiplies dy by (the same instructions: geluOf, geluSlopeOf), so that the
+ *   backward is dy * gelu'(z), a plain multiply with geluGrad's bits, instead of erf and exp
+ *   again. z is parked in the second output and read back from there, in L1: nine live
  *   accumulators and GELU's temporaries at once would not fit in the 16 vector registers.
  */
 export type EpilogueStep = 'bias' | 'residual' | 'gelu';
@@ -243,8 +245,8 @@ const epilogueSuffix = (steps: readonly EpilogueStep[]) => (steps.length ? '_' +
  * per-element path, no copy. The padding lanes of a last vector are computed and never stored,
  * each lane its own sum, so whatever the packing left in them cannot reach C.
  * With an epilogue (see EpilogueStep): `bias` is the byte offset of the bias of the block's first
- * column; `delta` is the byte distance from C to the residual matrix ('residual') or to the z
- * output ('gelu'), both laid out as C.
+ * column; `delta` is the byte distance from C to the residual matrix ('residual') or to the
+ * gelu' output ('gelu'), both laid out as C.
  */
 function blockBody({ mr, nr, fma }: Tile, rows: number, cols: number, epilogue: readonly EpilogueStep[] = []): Body {
   const hasBias = epilogue.includes('bias');
@@ -356,7 +358,7 @@ function blockBody({ mr, nr, fma }: Tile, rows: number, cols: number, epilogue: 
         addTo(f, p, { local: ldc });
       }
       if (gt) {
-        // C = gelu(z), z read back from where it was just stored.
+        // C = gelu(z) and the second output gelu'(z), z read back from where it was just parked.
         f.get(out).set(p);
         for (let row = 0; row < rows; row++) {
           f.get(p).get(delta).i32Add().set(q);
@@ -366,6 +368,8 @@ function blockBody({ mr, nr, fma }: Tile, rows: number, cols: number, epilogue: 
             f.set(z);
             geluOf(f, z, gt, res);
             storeVec(p, res, v);
+            geluSlopeOf(f, z, gt, res);
+            storeVec(q, res, v);
           }
           addTo(f, p, { local: ldc });
         }
@@ -431,11 +435,11 @@ export interface GemmBatch {
   scratch: number;
   /**
    * Applied to the finished sums before they are stored (see EpilogueStep): the bias, [n] floats
-   * at `bias`, added to every row of every output; then either a residual [aIndex.length, m, n]
-   * at `residual` added, or z (the sums plus bias) written to `z` ([aIndex.length, m, n]) and
-   * C = gelu(z).
+   * at `bias`, added to every row of every output, giving z; then either a residual
+   * [aIndex.length, m, n] at `residual` added, or C = gelu(z) and gelu'(z) written to `slope`
+   * ([aIndex.length, m, n]).
    */
-  epilogue?: { bias: number; residual?: number; z?: number };
+  epilogue?: { bias: number; residual?: number; slope?: number };
 }
 
 /** Block sizes: k in blocks of at most kc, m of at most mc rows (rounded up to whole panels). */
@@ -521,12 +525,12 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
       const bPacked = aPacked + aBytes;
       const ldc = 4 * n;
       const e = p.epilogue;
-      const steps: EpilogueStep[] = e ? ['bias', ...(e.residual !== undefined ? ['residual' as const] : []), ...(e.z !== undefined ? ['gelu' as const] : [])] : [];
-      if (e && e.residual !== undefined && e.z !== undefined) throw new Error('simdGemm: an epilogue has a residual or a GELU, not both');
+      const steps: EpilogueStep[] = e ? ['bias', ...(e.residual !== undefined ? ['residual' as const] : []), ...(e.slope !== undefined ? ['gelu' as const] : [])] : [];
+      if (e && e.residual !== undefined && e.slope !== undefined) throw new Error('simdGemm: an epilogue has a residual or a GELU, not both');
       const lastSuffix = epilogueSuffix(steps);
-      // z and the residual are laid out as C: one byte distance from C serves every output matrix
-      // (i32 arithmetic wraps, as the kernel's address sums do).
-      const delta = e ? ((e.residual ?? e.z ?? p.c) - p.c) | 0 : 0;
+      // The residual and gelu' are laid out as C: one byte distance from C serves every output
+      // matrix (i32 arithmetic wraps, as the kernel's address sums do).
+      const delta = e ? ((e.residual ?? e.slope ?? p.c) - p.c) | 0 : 0;
       const bias = e?.bias ?? 0;
       // A stored [m, k] (or [k, m] when transposed); B stored [k, n] (or [n, k]).
       // Byte steps between consecutive rows i of A / columns j of B, and along k.

@@ -398,6 +398,16 @@ export function geluOf(f: Body, x: number, t: Temps, res: number): void {
   f.get(x).get(t.cdf).f32x4Mul().set(res);
 }
 
+/**
+ * res = gelu'(x) = cdf + x*pdf of v128 local x, after geluOf (which left cdf(x) in t.cdf): the
+ * factor geluGrad multiplies dy by, in the same operations, so dy*res has geluGrad's bits.
+ */
+export function geluSlopeOf(f: Body, x: number, t: Temps, res: number): void {
+  f.get(t.cdf).get(x);
+  pdfOf(f, x, t);
+  f.f32x4Mul().f32x4Add().set(res);
+}
+
 /** gelu(x, y, n): y = x*cdf(x). */
 function geluBody(): Body {
   return elementwiseBody(1, (f, [x], t, res) => geluOf(f, x!, t, res));
