@@ -91,7 +91,8 @@ async function tfjsStepMs(backend: BackendChoice, preset: string, batch: number,
   return times;
 }
 
-const MATMUL_KERNELS = new Set(['BatchMatMul', '_FusedMatMul']);
+// CxrDense is a matMul with its bias (GELU, residual) epilogue: its time counts as the matMul's.
+const MATMUL_KERNELS = new Set(['BatchMatMul', '_FusedMatMul', 'CxrDense']);
 
 /** One profiled step (after a warm-up one): the matMuls' FLOPs and kernel ms, and the other kernels' ms. */
 async function profiledStep(backend: BackendChoice, preset: string, batch: number, image: number): Promise<{ matMulFlops: number; matMulMs: number; otherMs: number }> {

@@ -1,4 +1,4 @@
-import { geluOf, geluSlopeOf, temps } from './simd-norm-gelu.js';
+import { geluOf, geluSlopeOf, loadPartial, storePartial, temps } from './simd-norm-gelu.js';
 import { addTo, assembleModule, Body, countdown, instantiateWith, wasmApi, whileLoop, type ValType } from './wasm-asm.js';
 
 /**
@@ -214,28 +214,73 @@ function packBody(width: number): Body {
 }
 
 /**
- * What a block kernel does with a finished C block before it stores it (the last k block only;
- * the k blocks before it park the bare sums in C). Each is the operation the unfused graph would
- * run after the product, on the same values in the same order, so the fused result has the same
- * bits as matMul then add (then GELU):
- * - 'bias': z = fl(sum + bias[j]), as tf.add(matMul(x, W), b).
+ * What the GEMM does with the finished sums of C (after the last k block; the k blocks before it
+ * park the bare sums in C). Each is the operation the unfused graph would run after the product,
+ * on the same values in the same order, so the fused result has the same bits as matMul then add
+ * (then GELU):
+ * - 'bias': z = fl(sum + bias[j]), as tf.add(matMul(x, W), b), in the block kernel before the store.
  * - 'residual': then fl(z + r[i, j]) of a second [m, n] matrix, as tf.add(r, dense(x, W, b))
- *   (f32 addition commutes, so r + z and z + r are the same bits).
- * - 'gelu': C gets gelu(z) and a second output gelu'(z), worker/simd-norm-gelu.ts's GELU and the
- *   factor its geluGrad multiplies dy by (the same instructions: geluOf, geluSlopeOf), so that the
- *   backward is dy * gelu'(z), a plain multiply with geluGrad's bits, instead of erf and exp
- *   again. z is parked in the second output and read back from there, in L1: nine live
- *   accumulators and GELU's temporaries at once would not fit in the 16 vector registers.
+ *   (f32 addition commutes, so r + z and z + r are the same bits), in the block kernel too.
+ * - 'gelu': C = gelu(z) and a second output gelu'(z): worker/simd-norm-gelu.ts's GELU and the
+ *   factor its geluGrad multiplies dy by, in the same instructions (geluOf, geluSlopeOf), so that
+ *   the backward is dy * gelu'(z), a plain multiply with geluGrad's bits, instead of erf and exp
+ *   again. Not in the block kernel: its constants and temporaries next to the accumulators made
+ *   V8 compile the whole kernel ~2x slower, so geluStrip runs over each column panel of z just
+ *   stored (MC x NR floats, in L1) by the bias kernels.
  */
 export type EpilogueStep = 'bias' | 'residual' | 'gelu';
 
-/** The epilogues the GEMM is built with (the kernels of each are suffixed with its letters). */
-const EPILOGUES: readonly (readonly EpilogueStep[])[] = [[], ['bias'], ['bias', 'residual'], ['bias', 'gelu']];
+/** The epilogues the block kernels are built with (suffixed with their letters); 'gelu' is geluStrip's. */
+const EPILOGUES: readonly (readonly EpilogueStep[])[] = [[], ['bias'], ['bias', 'residual']];
 
 const epilogueSuffix = (steps: readonly EpilogueStep[]) => (steps.length ? '_' + steps.map((e) => e[0]).join('') : '');
 
 /**
- * t{tile}_{R}x{C}{epilogue}(ap, bp, c, rowPanels, colPanels, k, ldc, accumulate[, bias][, delta]):
+ * geluStrip(c, s, rows, cols, ldc): for the rows x cols floats at c (row stride ldc bytes),
+ * z = c[i, j], c[i, j] = gelu(z), s[i, j] = gelu'(z), s laid out as c. A row's last cols % 4
+ * go through the same vector math in a partial vector.
+ */
+function geluStripBody(): Body {
+  const f = new Body([I, I, I, I, I]);
+  const [c, sl, rows, cols, ldc] = [0, 1, 2, 3, 4];
+  const r = f.local(I);
+  const count = f.local(I);
+  const tail = f.local(I);
+  const pc = f.local(I);
+  const ps = f.local(I);
+  const z = f.local('v128');
+  const res = f.local('v128');
+  const t = temps(f);
+  f.get(cols).i32Const(3).i32And().set(tail);
+  f.get(rows).set(r);
+  countdown(f, r, () => {
+    f.get(c).set(pc);
+    f.get(sl).set(ps);
+    f.get(cols).i32Const(2).i32ShrU().set(count);
+    countdown(f, count, () => {
+      f.get(pc).v128Load().set(z);
+      geluOf(f, z, t, res);
+      f.get(pc).get(res).v128Store();
+      geluSlopeOf(f, z, t, res);
+      f.get(ps).get(res).v128Store();
+      addTo(f, pc, 16);
+      addTo(f, ps, 16);
+    });
+    f.get(tail).if(() => {
+      loadPartial(f, pc, tail, z);
+      geluOf(f, z, t, res);
+      storePartial(f, pc, tail, res);
+      geluSlopeOf(f, z, t, res);
+      storePartial(f, ps, tail, res);
+    });
+    addTo(f, c, { local: ldc });
+    addTo(f, sl, { local: ldc });
+  });
+  return f;
+}
+
+/**
+ * t{tile}_{R}x{C}{epilogue}(ap, bp, c, rowPanels, colPanels, k, ldc, accumulate[, bias[, delta]]):
  * for each of colPanels packed B panels (NR wide) and rowPanels packed A panels (MR high), the
  * R x C block of C at the panels' corner (row stride ldc bytes) = A panel x B panel, or += when
  * `accumulate` is 1 (the k blocks after the first). R = MR and C = NR is the micro-kernel of the
@@ -245,14 +290,12 @@ const epilogueSuffix = (steps: readonly EpilogueStep[]) => (steps.length ? '_' +
  * per-element path, no copy. The padding lanes of a last vector are computed and never stored,
  * each lane its own sum, so whatever the packing left in them cannot reach C.
  * With an epilogue (see EpilogueStep): `bias` is the byte offset of the bias of the block's first
- * column; `delta` is the byte distance from C to the residual matrix ('residual') or to the
- * gelu' output ('gelu'), both laid out as C.
+ * column; `delta` is the byte distance from C to the residual matrix, laid out as C.
  */
 function blockBody({ mr, nr, fma }: Tile, rows: number, cols: number, epilogue: readonly EpilogueStep[] = []): Body {
   const hasBias = epilogue.includes('bias');
   const hasResidual = epilogue.includes('residual');
-  const hasGelu = epilogue.includes('gelu');
-  const f = new Body([I, I, I, I, I, I, I, I, ...(hasBias ? [I] : []), ...(hasResidual || hasGelu ? [I] : [])] as ValType[]);
+  const f = new Body([I, I, I, I, I, I, I, I, ...(hasBias ? [I] : []), ...(hasResidual ? [I] : [])] as ValType[]);
   const [ap, bp, c, rowPanels, colPanels, k, ldc, accumulate] = [0, 1, 2, 3, 4, 5, 6, 7];
   const bias = 8;
   const delta = hasBias ? 9 : 8;
@@ -272,12 +315,10 @@ function blockBody({ mr, nr, fma }: Tile, rows: number, cols: number, epilogue: 
   const bStep = f.local(I);
   const outStep = f.local(I); // MR rows of C: MR * ldc
   const biasCol = hasBias ? f.local(I) : -1;
-  const q = hasResidual || hasGelu ? f.local(I) : -1; // p + delta
+  const q = hasResidual ? f.local(I) : -1; // p + delta
   const bv = Array.from({ length: nv }, () => f.local('v128'));
   const x = f.local('v128');
   const acc = Array.from({ length: rows * nv }, () => f.local('v128'));
-  const gt = hasGelu ? temps(f) : null;
-  const res = hasGelu ? f.local('v128') : -1;
 
   /** Push vector v of the row at local `at`: all four lanes but for a partial last vector (zeros above). */
   const loadVec = (at: number, v: number) => {
@@ -353,26 +394,9 @@ function blockBody({ mr, nr, fma }: Tile, rows: number, cols: number, epilogue: 
             loadVec(q, v);
             f.f32x4Add().set(a);
           }
-          storeVec(hasGelu ? q : p, a, v);
+          storeVec(p, a, v);
         }
         addTo(f, p, { local: ldc });
-      }
-      if (gt) {
-        // C = gelu(z) and the second output gelu'(z), z read back from where it was just parked.
-        f.get(out).set(p);
-        for (let row = 0; row < rows; row++) {
-          f.get(p).get(delta).i32Add().set(q);
-          for (let v = 0; v < nv; v++) {
-            const z = acc[row * nv + v]!;
-            loadVec(q, v);
-            f.set(z);
-            geluOf(f, z, gt, res);
-            storeVec(p, res, v);
-            geluSlopeOf(f, z, gt, res);
-            storeVec(q, res, v);
-          }
-          addTo(f, p, { local: ldc });
-        }
       }
       addTo(f, aPanel, { local: aStep });
       addTo(f, out, { local: outStep });
@@ -393,6 +417,7 @@ const packWidths = (tiles: readonly Tile[]) => [...new Set(tiles.flatMap((t) => 
 const buildModule = (tiles: readonly Tile[]) =>
   assembleModule([
     ...packWidths(tiles).map((w) => ({ name: `pack${w}`, body: packBody(w) })),
+    { name: 'geluStrip', body: geluStripBody() },
     ...tiles.flatMap((t, i) =>
       EPILOGUES.flatMap((e) => blockShapes(t).map(([r, c]) => ({ name: `t${i}_${r}x${c}${epilogueSuffix(e)}`, body: blockBody(t, r, c, e) }))),
     ),
@@ -487,19 +512,30 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
     /**
      * C [m, n] (row stride ldc bytes) = packed A [m, k] x packed B [k, n], or += that: the whole
      * blocks in one call, then the right edge's column, the bottom edge's row and their corner.
-     * With an epilogue, `bias` is the offset of column 0's bias and `delta` goes to every kernel.
+     * With an epilogue, `bias` is the offset of column 0's bias and `delta` goes to every kernel;
+     * with `strip`, one column panel at a time, each handed to strip(c, cols) once its rows are done.
      */
-    const product = (ap: number, bp: number, c: number, m: number, n: number, k: number, ldc: number, accumulate: number, epilogue: string, bias: number, delta: number) => {
+    const product = (ap: number, bp: number, c: number, m: number, n: number, k: number, ldc: number, accumulate: number, epilogue: string, bias: number, delta: number, strip?: (c: number, cols: number) => void) => {
       const blk = blocks[epilogue]!;
       const [rowPanels, rows] = [Math.floor(m / mr), m % mr];
       const [colPanels, cols] = [Math.floor(n / nr), n % nr];
       const [aEdge, bEdge] = [ap + rowPanels * 4 * mr * k, bp + colPanels * 4 * nr * k];
       const [cBottom, cRight] = [c + rowPanels * mr * ldc, c + colPanels * 4 * nr];
       const biasRight = bias + colPanels * 4 * nr;
-      if (rowPanels && colPanels) blk[mr]![nr]!(ap, bp, c, rowPanels, colPanels, k, ldc, accumulate, bias, delta);
+      if (strip) {
+        for (let j = 0; j < colPanels; j++) {
+          const [bj, cj, biasj] = [bp + j * 4 * nr * k, c + j * 4 * nr, bias + j * 4 * nr];
+          if (rowPanels) blk[mr]![nr]!(ap, bj, cj, rowPanels, 1, k, ldc, accumulate, biasj, delta);
+          if (rows) blk[rows]![nr]!(aEdge, bj, cBottom + j * 4 * nr, 1, 1, k, ldc, accumulate, biasj, delta);
+          strip(cj, nr);
+        }
+      } else {
+        if (rowPanels && colPanels) blk[mr]![nr]!(ap, bp, c, rowPanels, colPanels, k, ldc, accumulate, bias, delta);
+        if (rows && colPanels) blk[rows]![nr]!(aEdge, bp, cBottom, 1, colPanels, k, ldc, accumulate, bias, delta);
+      }
       if (rowPanels && cols) blk[mr]![cols]!(ap, bEdge, cRight, rowPanels, 1, k, ldc, accumulate, biasRight, delta);
-      if (rows && colPanels) blk[rows]![nr]!(aEdge, bp, cBottom, 1, colPanels, k, ldc, accumulate, bias, delta);
       if (rows && cols) blk[rows]![cols]!(aEdge, bEdge, cBottom + colPanels * 4 * nr, 1, 1, k, ldc, accumulate, biasRight, delta);
+      if (strip && cols) strip(cRight, cols);
     };
     return { ...t, product, packA: exports[`pack${mr}`] as Pack, packB: exports[`pack${nr}`] as Pack };
   });
@@ -525,13 +561,14 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
       const bPacked = aPacked + aBytes;
       const ldc = 4 * n;
       const e = p.epilogue;
-      const steps: EpilogueStep[] = e ? ['bias', ...(e.residual !== undefined ? ['residual' as const] : []), ...(e.slope !== undefined ? ['gelu' as const] : [])] : [];
+      const steps: EpilogueStep[] = e ? ['bias', ...(e.residual !== undefined ? ['residual' as const] : [])] : [];
       if (e && e.residual !== undefined && e.slope !== undefined) throw new Error('simdGemm: an epilogue has a residual or a GELU, not both');
       const lastSuffix = epilogueSuffix(steps);
       // The residual and gelu' are laid out as C: one byte distance from C serves every output
       // matrix (i32 arithmetic wraps, as the kernel's address sums do).
       const delta = e ? ((e.residual ?? e.slope ?? p.c) - p.c) | 0 : 0;
       const bias = e?.bias ?? 0;
+      const gelu = e?.slope !== undefined ? (exports.geluStrip as (c: number, s: number, rows: number, cols: number, ldc: number) => void) : null;
       // A stored [m, k] (or [k, m] when transposed); B stored [k, n] (or [n, k]).
       // Byte steps between consecutive rows i of A / columns j of B, and along k.
       const [aPerRow, aPerK] = p.transposeA ? [4, 4 * m] : [4 * k, 4];
@@ -550,14 +587,16 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
         for (let k0 = 0; k0 === 0 || k0 < k; k0 += kc) {
           const kb = Math.min(kc, k - k0);
           // The epilogue runs once, on the finished sums of the last k block.
-          const suffix = k0 + kc >= k ? lastSuffix : '';
+          const last = k0 + kc >= k;
+          const suffix = last ? lastSuffix : '';
           if (!(oneK && p.bIndex[t] === packedB)) packB(bBase + k0 * bPerK, bPerCol, bPerK, n, kb, bPacked);
           packedB = oneK ? p.bIndex[t]! : -1;
           for (let i0 = 0; i0 < m; i0 += mc) {
             const mb = Math.min(mc, m - i0);
             if (!(oneM && p.aIndex[t] === packedA)) packA(aBase + i0 * aPerRow + k0 * aPerK, aPerRow, aPerK, mb, kb, aPacked);
             packedA = oneM ? p.aIndex[t]! : -1;
-            product(aPacked, bPacked, c + i0 * ldc, mb, n, kb, ldc, k0 > 0 ? 1 : 0, suffix, bias, delta);
+            const strip = last && gelu ? (cs: number, cols: number) => gelu(cs, (cs + delta) | 0, mb, cols, ldc) : undefined;
+            product(aPacked, bPacked, c + i0 * ldc, mb, n, kb, ldc, k0 > 0 ? 1 : 0, suffix, bias, delta, strip);
           }
         }
       }

@@ -335,7 +335,7 @@ function pdfOf(f: Body, x: number, t: Temps): void {
 }
 
 /** dst = the first `tail` (1..3) floats at src in the low lanes, zeros above. */
-function loadPartial(f: Body, src: number, tail: number, dst: number): void {
+export function loadPartial(f: Body, src: number, tail: number, dst: number): void {
   f.v128Zero().get(src).f32Load(0).f32x4ReplaceLane(0).set(dst);
   f.get(tail).i32Const(1).i32GtU().if(() => {
     f.get(dst).get(src).f32Load(4).f32x4ReplaceLane(1).set(dst);
@@ -346,7 +346,7 @@ function loadPartial(f: Body, src: number, tail: number, dst: number): void {
 }
 
 /** The low `tail` (1..3) lanes of v128 local v to dst. */
-function storePartial(f: Body, dst: number, tail: number, v: number): void {
+export function storePartial(f: Body, dst: number, tail: number, v: number): void {
   f.get(dst).get(v).f32x4ExtractLane(0).f32Store(0);
   f.get(tail).i32Const(1).i32GtU().if(() => {
     f.get(dst).get(v).f32x4ExtractLane(1).f32Store(4);
