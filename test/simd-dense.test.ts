@@ -5,12 +5,12 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../worker/backend.js';
-import { dense, type DenseEpilogue } from '../worker/model/layers.js';
+import { dense, residualMlp, type DenseEpilogue } from '../worker/model/layers.js';
 import { resolveModelConfig } from '../worker/model/config.js';
 import { CxrModel, initialParams } from '../worker/model/vit.js';
 import { computeGradients, localComm, type StepOptions } from '../worker/step.js';
 import { labelPriorTarget } from '../worker/losses.js';
-import { DENSE_KERNEL, setSimdDenseEpilogue, setSimdGemmVariant, setSimdMatMulScope, setSimdNormGelu, wasmDenseActive } from '../worker/wasm-kernels.js';
+import { DENSE_KERNEL, MATMUL_MUL_KERNEL, setSimdDenseEpilogue, setSimdGemmVariant, setSimdMatMulScope, setSimdNormGelu, wasmDenseActive } from '../worker/wasm-kernels.js';
 import { gemmVariants } from '../worker/simd-gemm.js';
 import { mulberry32, normalSource } from '../shared/rng.js';
 
@@ -140,6 +140,62 @@ test('the fused dense is off where its unfused twin would not run on the same ke
   const out = JSON.parse(r.stdout.trim().split('\n').pop()!) as { simdFlag: boolean; dense: boolean };
   assert.equal(out.simdFlag, false);
   assert.equal(out.dense, false, 'without wasm SIMD dense keeps matMul + add');
+});
+
+/** residualMlp and its gradients with respect to all six inputs, on the active backend: [y, dx, dW1, db1, dW2, db2, dr]. */
+function mlpAndGrads(rows: number, width: number, hidden: number, seed: number): Float32Array[] {
+  return tf.tidy(() => {
+    const x = tf.tensor2d(randArray(rows * width, seed), [rows, width]);
+    const w1 = tf.tensor2d(randArray(width * hidden, seed + 1, width ** -0.5), [width, hidden]);
+    const b1 = tf.tensor1d(randArray(hidden, seed + 2));
+    const w2 = tf.tensor2d(randArray(hidden * width, seed + 3, hidden ** -0.5), [hidden, width]);
+    const b2 = tf.tensor1d(randArray(width, seed + 4));
+    const r = tf.tensor2d(randArray(rows * width, seed + 5), [rows, width]);
+    const dy = tf.tensor2d(randArray(rows * width, seed + 6), [rows, width]);
+    const f = (...t: tf.Tensor[]) => residualMlp(...(t as [tf.Tensor2D, tf.Tensor2D, tf.Tensor1D, tf.Tensor2D, tf.Tensor1D, tf.Tensor2D]));
+    return [f(x, w1, b1, w2, b2, r), ...tf.grads(f)([x, w1, b1, w2, b2, r], dy)];
+  }).map((t) => {
+    const v = Float32Array.from(t.dataSync() as Float32Array);
+    t.dispose();
+    return v;
+  });
+}
+
+const MLP_SHAPES: [number, number, number][] = [[1, 1, 4], [7, 5, 20], [13, 12, 101], [65, 32, 128], [9, 130, 300]];
+const MLP_NAMES = ['y', 'dx', 'dW1', 'db1', 'dW2', 'db2', 'dr'];
+
+test('residualMlp on wasm (one custom gradient, the GELU backward in the dy W2^T product) gives the bits of the two dense layers, both builds, and agrees with cpu', async () => {
+  for (const variant of gemmVariants()) {
+    setSimdGemmVariant(variant);
+    try {
+      MLP_SHAPES.forEach(([rows, width, hidden], s) => {
+        const fused = mlpAndGrads(rows, width, hidden, 300 + s);
+        setSimdDenseEpilogue(false);
+        try {
+          const plain = mlpAndGrads(rows, width, hidden, 300 + s);
+          fused.forEach((v, i) => assert.deepEqual(v, plain[i], `${variant} [${rows},${width}] hidden ${hidden} ${MLP_NAMES[i]}`));
+        } finally {
+          setSimdDenseEpilogue(true);
+        }
+      });
+    } finally {
+      setSimdGemmVariant('auto');
+    }
+  }
+  const kernels = await kernelsOf(() => tf.dispose(mlpAndGrads(7, 5, 20, 1) as unknown as tf.Tensor[]));
+  assert.ok(kernels.includes(DENSE_KERNEL) && kernels.includes(MATMUL_MUL_KERNEL), `kernels: ${kernels}`);
+  assert.ok(!kernels.includes('CxrGeluGrad') && !kernels.includes('Multiply'), `kernels: ${kernels}`);
+  MLP_SHAPES.forEach(([rows, width, hidden], s) => {
+    const got = mlpAndGrads(rows, width, hidden, 400 + s);
+    tf.setBackend('cpu');
+    const want = mlpAndGrads(rows, width, hidden, 400 + s);
+    tf.setBackend('wasm');
+    want.forEach((w, i) => {
+      let scale = 1;
+      for (const v of w) scale = Math.max(scale, Math.abs(v));
+      for (let j = 0; j < w.length; j++) assert.ok(Math.abs(got[i]![j]! - w[j]!) <= 2e-5 * scale, `[${rows},${width}] hidden ${hidden} ${MLP_NAMES[i]}[${j}]: ${got[i]![j]} vs cpu ${w[j]}`);
+    });
+  });
 });
 
 const labels = ['Atelectasis', 'Cardiomegaly', 'Edema', 'Pleural Effusion', 'Pneumonia'];

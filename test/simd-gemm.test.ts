@@ -74,8 +74,9 @@ function runGemm(variant: GemmVariant, c: Case, blocking: GemmBlocking = DEFAULT
     f[at++] = GUARD;
     return off;
   };
-  const biasOff = epi ? guarded(epi.bias) : 0;
+  const biasOff = epi?.bias ? guarded(epi.bias) : 0;
   const resOff = epi?.residual ? guarded(epi.residual) : 0;
+  const mulOff = epi?.multiply ? guarded(epi.multiply) : 0;
   const slopeOff = epi?.gelu ? guarded(new Float32Array(cLen).fill(NaN)) : 0;
   const cOff = at * 4;
   f.fill(NaN, at, at + cLen);
@@ -86,7 +87,7 @@ function runGemm(variant: GemmVariant, c: Case, blocking: GemmBlocking = DEFAULT
   // NaN in the scratch: a packed panel's unwritten padding lanes may be anything, and must not reach C.
   f.fill(NaN, scratch / 4, at);
   f[at] = GUARD;
-  const epilogue = epi ? { bias: biasOff, ...(epi.residual ? { residual: resOff } : {}), ...(epi.gelu ? { slope: slopeOff } : {}) } : undefined;
+  const epilogue = !epi ? undefined : epi.multiply ? { multiply: mulOff } : { bias: biasOff, ...(epi.residual ? { residual: resOff } : {}), ...(epi.gelu ? { slope: slopeOff } : {}) };
   g.run({ m, n, k, transposeA: c.ta, transposeB: c.tb, a: aOff, b: bOff, aIndex: c.aIndex, bIndex: c.bIndex, c: cOff, scratch, epilogue }, blocking);
   assert.equal(f[cOff / 4 + cLen], GUARD, 'nothing written past C');
   assert.equal(f[at], GUARD, 'nothing written past the scratch');
@@ -99,7 +100,8 @@ function runGemm(variant: GemmVariant, c: Case, blocking: GemmBlocking = DEFAULT
 
 /** An epilogue's operands; runGemm puts gelu' of the pre-activation here for 'gelu'. */
 interface Epi {
-  bias: Float32Array;
+  bias?: Float32Array;
+  multiply?: Float32Array;
   residual?: Float32Array;
   gelu?: boolean;
   slope?: Float32Array;
@@ -252,7 +254,7 @@ const geluKernels = (() => {
   };
 })();
 
-test('the epilogues give the bits of the unfused ops: z = sum + bias; then + residual; or gelu(z) and gelu\'(z) as the GELU kernels; every edge block, k blocks, both builds', () => {
+test('the epilogues give the bits of the unfused ops: z = sum + bias; then + residual; or gelu(z) and gelu\'(z) as the GELU kernels; or sum * s; every edge block, k blocks, both builds', () => {
   const reuse = new Map<GemmVariant, Bound>();
   const widths = [1, 2, 3, 4, 5, 7, 8, 9, 11, 12, 13, 16, 17, 96, 97, 98, 99, 100, 101, 103, 107, 108];
   for (const variant of gemmVariants()) {
@@ -275,6 +277,8 @@ test('the epilogues give the bits of the unfused ops: z = sum + bias; then + res
           biased.forEach((g, t) => assert.deepEqual(g, z[t], `${what} bias: output ${t}`));
           const res = runGemm(variant, c, blocking, reuse, { bias, residual });
           res.forEach((g, t) => assert.deepEqual(g, plus(z[t]!, residual.subarray(t * m * n), 0), `${what} bias+residual: output ${t}`));
+          const scaled = runGemm(variant, c, blocking, reuse, { multiply: residual });
+          scaled.forEach((g, t) => assert.deepEqual(g, sums[t]!.map((v, i) => Math.fround(v * residual[t * m * n + i]!)), `${what} multiply: output ${t}`));
           const epi: Epi = { bias, gelu: true };
           const y = runGemm(variant, c, blocking, reuse, epi);
           y.forEach((g, t) => {

@@ -221,6 +221,8 @@ function packBody(width: number): Body {
  * - 'bias': z = fl(sum + bias[j]), as tf.add(matMul(x, W), b), in the block kernel before the store.
  * - 'residual': then fl(z + r[i, j]) of a second [m, n] matrix, as tf.add(r, dense(x, W, b))
  *   (f32 addition commutes, so r + z and z + r are the same bits), in the block kernel too.
+ * - 'multiply' (on its own): fl(sum * s[i, j]) of a second [m, n] matrix, as tf.mul(matMul(..), s):
+ *   the GELU's backward, dy W^T times gelu'(z), in the product that makes dy W^T.
  * - 'gelu': C = gelu(z) and a second output gelu'(z): worker/simd-norm-gelu.ts's GELU and the
  *   factor its geluGrad multiplies dy by, in the same instructions (geluOf, geluSlopeOf), so that
  *   the backward is dy * gelu'(z), a plain multiply with geluGrad's bits, instead of erf and exp
@@ -228,10 +230,10 @@ function packBody(width: number): Body {
  *   V8 compile the whole kernel ~2x slower, so geluStrip runs over each column panel of z just
  *   stored (MC x NR floats, in L1) by the bias kernels.
  */
-export type EpilogueStep = 'bias' | 'residual' | 'gelu';
+export type EpilogueStep = 'bias' | 'residual' | 'gelu' | 'multiply';
 
 /** The epilogues the block kernels are built with (suffixed with their letters); 'gelu' is geluStrip's. */
-const EPILOGUES: readonly (readonly EpilogueStep[])[] = [[], ['bias'], ['bias', 'residual']];
+const EPILOGUES: readonly (readonly EpilogueStep[])[] = [[], ['bias'], ['bias', 'residual'], ['multiply']];
 
 const epilogueSuffix = (steps: readonly EpilogueStep[]) => (steps.length ? '_' + steps.map((e) => e[0]).join('') : '');
 
@@ -280,7 +282,7 @@ function geluStripBody(): Body {
 }
 
 /**
- * t{tile}_{R}x{C}{epilogue}(ap, bp, c, rowPanels, colPanels, k, ldc, accumulate[, bias[, delta]]):
+ * t{tile}_{R}x{C}{epilogue}(ap, bp, c, rowPanels, colPanels, k, ldc, accumulate[, bias, delta]):
  * for each of colPanels packed B panels (NR wide) and rowPanels packed A panels (MR high), the
  * R x C block of C at the panels' corner (row stride ldc bytes) = A panel x B panel, or += when
  * `accumulate` is 1 (the k blocks after the first). R = MR and C = NR is the micro-kernel of the
@@ -290,15 +292,16 @@ function geluStripBody(): Body {
  * per-element path, no copy. The padding lanes of a last vector are computed and never stored,
  * each lane its own sum, so whatever the packing left in them cannot reach C.
  * With an epilogue (see EpilogueStep): `bias` is the byte offset of the bias of the block's first
- * column; `delta` is the byte distance from C to the residual matrix, laid out as C.
+ * column; `delta` is the byte distance from C to the residual or multiplier matrix, laid out as C
+ * (each unused where its epilogue has no such operand).
  */
 function blockBody({ mr, nr, fma }: Tile, rows: number, cols: number, epilogue: readonly EpilogueStep[] = []): Body {
   const hasBias = epilogue.includes('bias');
   const hasResidual = epilogue.includes('residual');
-  const f = new Body([I, I, I, I, I, I, I, I, ...(hasBias ? [I] : []), ...(hasResidual ? [I] : [])] as ValType[]);
+  const hasMultiply = epilogue.includes('multiply');
+  const f = new Body([I, I, I, I, I, I, I, I, ...(epilogue.length ? [I, I] : [])] as ValType[]);
   const [ap, bp, c, rowPanels, colPanels, k, ldc, accumulate] = [0, 1, 2, 3, 4, 5, 6, 7];
-  const bias = 8;
-  const delta = hasBias ? 9 : 8;
+  const [bias, delta] = [8, 9];
   const nv = Math.ceil(cols / 4);
   const rem = cols % 4; // valid lanes of the last vector; 0: all four
   const i = f.local(I);
@@ -315,7 +318,7 @@ function blockBody({ mr, nr, fma }: Tile, rows: number, cols: number, epilogue: 
   const bStep = f.local(I);
   const outStep = f.local(I); // MR rows of C: MR * ldc
   const biasCol = hasBias ? f.local(I) : -1;
-  const q = hasResidual ? f.local(I) : -1; // p + delta
+  const q = hasResidual || hasMultiply ? f.local(I) : -1; // p + delta
   const bv = Array.from({ length: nv }, () => f.local('v128'));
   const x = f.local('v128');
   const acc = Array.from({ length: rows * nv }, () => f.local('v128'));
@@ -394,6 +397,11 @@ function blockBody({ mr, nr, fma }: Tile, rows: number, cols: number, epilogue: 
             loadVec(q, v);
             f.f32x4Add().set(a);
           }
+          if (hasMultiply) {
+            f.get(a);
+            loadVec(q, v);
+            f.f32x4Mul().set(a);
+          }
           storeVec(p, a, v);
         }
         addTo(f, p, { local: ldc });
@@ -462,9 +470,9 @@ export interface GemmBatch {
    * Applied to the finished sums before they are stored (see EpilogueStep): the bias, [n] floats
    * at `bias`, added to every row of every output, giving z; then either a residual
    * [aIndex.length, m, n] at `residual` added, or C = gelu(z) and gelu'(z) written to `slope`
-   * ([aIndex.length, m, n]).
+   * ([aIndex.length, m, n]). Or, without a bias, the sums times `multiply` ([aIndex.length, m, n]).
    */
-  epilogue?: { bias: number; residual?: number; slope?: number };
+  epilogue?: { bias: number; residual?: number; slope?: number } | { multiply: number };
 }
 
 /** Block sizes: k in blocks of at most kc, m of at most mc rows (rounded up to whole panels). */
@@ -561,14 +569,16 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
       const bPacked = aPacked + aBytes;
       const ldc = 4 * n;
       const e = p.epilogue;
-      const steps: EpilogueStep[] = e ? ['bias', ...(e.residual !== undefined ? ['residual' as const] : [])] : [];
-      if (e && e.residual !== undefined && e.slope !== undefined) throw new Error('simdGemm: an epilogue has a residual or a GELU, not both');
+      const b = e && 'bias' in e ? e : null;
+      const steps: EpilogueStep[] = !e ? [] : b ? ['bias', ...(b.residual !== undefined ? ['residual' as const] : [])] : ['multiply'];
+      if (b && b.residual !== undefined && b.slope !== undefined) throw new Error('simdGemm: an epilogue has a residual or a GELU, not both');
       const lastSuffix = epilogueSuffix(steps);
-      // The residual and gelu' are laid out as C: one byte distance from C serves every output
-      // matrix (i32 arithmetic wraps, as the kernel's address sums do).
-      const delta = e ? ((e.residual ?? e.slope ?? p.c) - p.c) | 0 : 0;
-      const bias = e?.bias ?? 0;
-      const gelu = e?.slope !== undefined ? (exports.geluStrip as (c: number, s: number, rows: number, cols: number, ldc: number) => void) : null;
+      // The residual, gelu' and multiplier are laid out as C: one byte distance from C serves
+      // every output matrix (i32 arithmetic wraps, as the kernel's address sums do).
+      const other = !e ? undefined : b ? (b.residual ?? b.slope) : (e as { multiply: number }).multiply;
+      const delta = ((other ?? p.c) - p.c) | 0;
+      const bias = b?.bias ?? 0;
+      const gelu = b?.slope !== undefined ? (exports.geluStrip as (c: number, s: number, rows: number, cols: number, ldc: number) => void) : null;
       // A stored [m, k] (or [k, m] when transposed); B stored [k, n] (or [n, k]).
       // Byte steps between consecutive rows i of A / columns j of B, and along k.
       const [aPerRow, aPerK] = p.transposeA ? [4, 4 * m] : [4 * k, 4];

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { DENSE_KERNEL, NORM_GELU_KERNELS as K, wasmDenseActive, wasmNormGeluActive } from '../wasm-kernels.js';
+import { DENSE_KERNEL, MATMUL_MUL_KERNEL, NORM_GELU_KERNELS as K, wasmDenseActive, wasmNormGeluActive } from '../wasm-kernels.js';
 
 /**
  * Layer norm over the last axis of a 2-D tensor with a hand-written gradient: autodiff through
@@ -139,6 +139,39 @@ function simdDense(x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D, gelu: boolean
     return { value: y!, gradFunc };
   });
   return f(x, w, b) as tf.Tensor2D;
+}
+
+/**
+ * A transformer block's MLP with its residual: residual + (gelu(x W1 + b1) W2 + b2), i.e.
+ * dense(dense(x, W1, b1, { gelu: true }), W2, b2, { residual }). On the wasm backend with the
+ * SIMD GEMM it is one custom gradient over both layers, so that the GELU's backward,
+ * (dy W2^T) * gelu'(z), is the epilogue of the product that makes dy W2^T (CxrMatMulMul) instead of
+ * a pass of its own; the other gradients are the two dense layers', op for op (same bits).
+ */
+export function residualMlp(x: tf.Tensor2D, w1: tf.Tensor2D, b1: tf.Tensor1D, w2: tf.Tensor2D, b2: tf.Tensor1D, residual: tf.Tensor2D): tf.Tensor2D {
+  const [rows, width] = x.shape;
+  const hidden = w1.shape[1];
+  const fits = [x, w1, b1, w2, b2, residual].every((t) => t.dtype === 'float32') && w1.shape[0] === width && tf.util.arraysEqual(b1.shape, [hidden]) &&
+    w2.shape[0] === hidden && tf.util.arraysEqual(b2.shape, [w2.shape[1]]) && tf.util.arraysEqual(residual.shape, [rows, w2.shape[1]]);
+  if (!fits || !wasmDenseActive(true)) return dense(dense(x, w1, b1, { gelu: true }), w2, b2, { residual });
+  const f = tf.customGrad((xIn, w1In, b1In, w2In, b2In, rIn, save) => {
+    const [hid, slope] = tf.engine().runKernel(DENSE_KERNEL, { x: xIn as tf.Tensor, w: w1In as tf.Tensor, b: b1In as tf.Tensor }, { gelu: true }) as tf.Tensor[];
+    const y = tf.engine().runKernel(DENSE_KERNEL, { x: hid!, w: w2In as tf.Tensor, b: b2In as tf.Tensor, residual: rIn as tf.Tensor }, { gelu: false }) as tf.Tensor;
+    (save as tf.GradSaveFunc)([xIn as tf.Tensor, w1In as tf.Tensor, hid!, slope!, w2In as tf.Tensor]);
+    const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]) => {
+      const [xs, w1s, hs, sl, w2s] = saved as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
+      // c_proj's gradients, then c_fc's from dz = (dy W2^T) * gelu'(z).
+      const dw2 = tf.matMul(hs, dy as tf.Tensor2D, true, false);
+      const db2 = tf.sum(dy, 0);
+      const dz = tf.engine().runKernel(MATMUL_MUL_KERNEL, { a: dy, b: w2s, s: sl }, { transposeA: false, transposeB: true }) as tf.Tensor2D;
+      const dx = tf.matMul(dz, w1s, false, true);
+      const dw1 = tf.matMul(xs, dz, true, false);
+      const db1 = tf.sum(dz, 0);
+      return [dx, dw1, db1, dw2, db2, tf.reshape(dy, dy.shape)];
+    };
+    return { value: y, gradFunc };
+  });
+  return f(x, w1, b1, w2, b2, residual) as tf.Tensor2D;
 }
 
 /** Rows scaled to unit L2 norm (eps keeps an all-zero row finite). */

@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { buildLayout, type ParamLayout } from '../../shared/params.js';
 import { labelText } from '../../shared/labels.js';
 import { type ModelConfig, tokenCount } from './config.js';
-import { dense, gelu, layerNorm } from './layers.js';
+import { dense, gelu, layerNorm, residualMlp } from './layers.js';
 import { mulberry32, normalSource } from '../../shared/rng.js';
 import { overwriteVariable, readInto } from './tensor-storage.js';
 
@@ -245,11 +245,10 @@ export class CxrModel {
     const scores = tf.matMul(tf.mul(q, d ** -0.5), k, false, true);
     const ctx = tf.matMul(tf.softmax(scores), v);
     const merged = tf.reshape(tf.transpose(tf.reshape(ctx, [B, H, Tk, d]), [0, 2, 1, 3]), [B * Tk, W]) as tf.Tensor2D;
-    // The residual adds and c_fc's GELU go with the dense layers (one fused kernel each on wasm).
+    // The residual adds and c_fc's GELU go with the dense layers (fused kernels on wasm).
     const x1 = dense(merged, this.p(`${b}.attn.out_proj.weight`), this.p(`${b}.attn.out_proj.bias`), { residual: x });
     const m = layerNorm(x1, this.p(`${b}.ln_2.weight`), this.p(`${b}.ln_2.bias`));
-    const hid = dense(m, this.p(`${b}.mlp.c_fc.weight`), this.p(`${b}.mlp.c_fc.bias`), { gelu: true });
-    return dense(hid, this.p(`${b}.mlp.c_proj.weight`), this.p(`${b}.mlp.c_proj.bias`), { residual: x1 });
+    return residualMlp(m, this.p(`${b}.mlp.c_fc.weight`), this.p(`${b}.mlp.c_fc.bias`), this.p(`${b}.mlp.c_proj.weight`), this.p(`${b}.mlp.c_proj.bias`), x1);
   }
 
   /** Label-prompt embeddings through the trainable head (text head only). */
