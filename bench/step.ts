@@ -91,8 +91,8 @@ async function tfjsStepMs(backend: BackendChoice, preset: string, batch: number,
   return times;
 }
 
-// CxrDense is a matMul with its bias (GELU, residual) epilogue: its time counts as the matMul's.
-const MATMUL_KERNELS = new Set(['BatchMatMul', '_FusedMatMul', 'CxrDense']);
+// CxrDense and CxrMatMulMul are matMuls with an epilogue (bias, GELU, residual; a multiply): their time counts as the matMuls'.
+const MATMUL_KERNELS = new Set(['BatchMatMul', '_FusedMatMul', 'CxrDense', 'CxrMatMulMul']);
 
 /** One profiled step (after a warm-up one): the matMuls' FLOPs and kernel ms, and the other kernels' ms. */
 async function profiledStep(backend: BackendChoice, preset: string, batch: number, image: number): Promise<{ matMulFlops: number; matMulMs: number; otherMs: number }> {
