@@ -226,9 +226,10 @@ function packBody(width: number): Body {
  * - 'gelu': C = gelu(z) and a second output gelu'(z): worker/simd-norm-gelu.ts's GELU and the
  *   factor its geluGrad multiplies dy by, in the same instructions (geluOf, geluSlopeOf), so that
  *   the backward is dy * gelu'(z), a plain multiply with geluGrad's bits, instead of erf and exp
- *   again. Not in the block kernel: its constants and temporaries next to the accumulators made
- *   V8 compile the whole kernel ~2x slower, so geluStrip runs over each column panel of z just
- *   stored (MC x NR floats, in L1) by the bias kernels.
+ *   again. Not in the block kernels but in geluStrip, over each column panel of z just stored
+ *   by the bias kernels (MC x NR floats, still in L1): one copy of the GELU code per module
+ *   instead of one per block shape, and no GELU constants and temporaries competing with the
+ *   accumulators for the 16 vector registers.
  */
 export type EpilogueStep = 'bias' | 'residual' | 'gelu' | 'multiply';
 

@@ -116,7 +116,7 @@ export function dense(x: tf.Tensor2D, w: tf.Tensor2D, b?: tf.Tensor1D, then?: De
  * CxrGeluGrad(dy, z) to the bit without evaluating erf and exp again), dx = dz W^T,
  * dW = x^T dz, db = the column sums of dz, and dy itself for the residual.
  */
-function simdDense(x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D, gelu: boolean, residual?: tf.Tensor2D): tf.Tensor2D {
+function simdDense(x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D, withGelu: boolean, residual?: tf.Tensor2D): tf.Tensor2D {
   const backward = (dz: tf.Tensor, xs: tf.Tensor, ws: tf.Tensor) => [tf.matMul(dz as tf.Tensor2D, ws as tf.Tensor2D, false, true), tf.matMul(xs as tf.Tensor2D, dz as tf.Tensor2D, true, false), tf.sum(dz, 0)];
   if (residual) {
     const f = tf.customGrad((xIn, wIn, bIn, rIn, save) => {
@@ -128,7 +128,7 @@ function simdDense(x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D, gelu: boolean
   }
   const f = tf.customGrad((xIn, wIn, bIn, save) => {
     const inputs = { x: xIn as tf.Tensor, w: wIn as tf.Tensor, b: bIn as tf.Tensor };
-    if (!gelu) {
+    if (!withGelu) {
       (save as tf.GradSaveFunc)([xIn as tf.Tensor, wIn as tf.Tensor]);
       const y = tf.engine().runKernel(DENSE_KERNEL, inputs, { gelu: false }) as tf.Tensor;
       return { value: y, gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => backward(dy, saved[0]!, saved[1]!) };
