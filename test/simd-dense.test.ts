@@ -10,7 +10,7 @@ import { resolveModelConfig } from '../worker/model/config.js';
 import { CxrModel, initialParams } from '../worker/model/vit.js';
 import { computeGradients, localComm, type StepOptions } from '../worker/step.js';
 import { labelPriorTarget } from '../worker/losses.js';
-import { DENSE_KERNEL, MATMUL_MUL_KERNEL, setSimdDenseEpilogue, setSimdGemmVariant, setSimdMatMulScope, setSimdNormGelu, wasmDenseActive } from '../worker/wasm-kernels.js';
+import { DENSE_KERNEL, MATMUL_MUL_KERNEL, SOFTMAX_GRAD_KERNEL, setSimdDenseEpilogue, setSimdSoftmaxGrad, setSimdGemmVariant, setSimdMatMulScope, setSimdNormGelu, wasmDenseActive } from '../worker/wasm-kernels.js';
 import { gemmVariants } from '../worker/simd-gemm.js';
 import { mulberry32, normalSource } from '../shared/rng.js';
 
@@ -206,7 +206,7 @@ const opts: StepOptions = {
   priorTarget: labelPriorTarget('orth', labels, null),
 };
 
-test('a training step\'s gradients have the same bits with the epilogues on and off, on every run, and leak no tensors', async () => {
+test('a training step\'s gradients have the same bits with the epilogues (and the one-pass softmax gradient) on and off, on every run, and leak no tensors', async () => {
   const cfg = resolveModelConfig({ preset: 'tiny', imageSize: 16, labels, overrides: { width: 24, layers: 2, heads: 2, embedDim: 12 } });
   const model = new CxrModel(cfg, initialParams(cfg, 3));
   const n = 5;
@@ -217,16 +217,18 @@ test('a training step\'s gradients have the same bits with the epilogues on and 
   try {
     const before = tf.memory().numTensors;
     const kernels = await kernelsOf(async () => void (await grads()));
-    assert.ok(kernels.includes(DENSE_KERNEL), `kernels: ${kernels}`);
+    for (const k of [DENSE_KERNEL, MATMUL_MUL_KERNEL, SOFTMAX_GRAD_KERNEL]) assert.ok(kernels.includes(k), `kernels: ${kernels}`);
     const on = await grads();
     assert.deepEqual(await grads(), on, 'a rerun');
-    setSimdDenseEpilogue(false);
-    try {
-      const off = await grads();
-      const differ = on.findIndex((v, i) => !Object.is(v, off[i]));
-      assert.equal(differ, -1, `gradient ${differ}: ${on[differ]} fused vs ${off[differ]} unfused`);
-    } finally {
-      setSimdDenseEpilogue(true);
+    for (const off of [[setSimdDenseEpilogue], [setSimdSoftmaxGrad], [setSimdDenseEpilogue, setSimdSoftmaxGrad]]) {
+      off.forEach((set) => set(false));
+      try {
+        const unfused = await grads();
+        const differ = on.findIndex((v, i) => !Object.is(v, unfused[i]));
+        assert.equal(differ, -1, `${off.length} switch(es) off, gradient ${differ}: ${on[differ]} fused vs ${unfused[differ]} unfused`);
+      } finally {
+        off.forEach((set) => set(true));
+      }
     }
     assert.equal(tf.memory().numTensors, before);
   } finally {

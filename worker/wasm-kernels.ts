@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { simdColsum, type SimdColsum } from './simd-colsum.js';
 import { DEFAULT_BLOCKING, gemmVariants, simdGemm, type GemmBlocking, type GemmVariant, type SimdGemm } from './simd-gemm.js';
 import { simdNormGelu, type SimdNormGelu } from './simd-norm-gelu.js';
+import { simdSoftmax, type SimdSoftmax } from './simd-softmax.js';
 
 /**
  * Kernels of tfjs-backend-wasm 4.22 replaced or added here. Replaced, each keeping the backend's
@@ -520,6 +521,44 @@ function geluGradKernel(args: KernelArgs): Info {
   return dx;
 }
 
+/** The softmax-gradient kernel bound to this backend's heap, or null where it cannot run. */
+const softmaxFor: (backend: WasmBackendLike) => SimdSoftmax | null = boundToHeap(simdSoftmax);
+
+/**
+ * The gradient of softmax over the last axis (./simd-softmax.ts), registered with the others:
+ * inputs {dy, y} (the same shape, y the softmax's output) -> dx, with the bits of tfjs's
+ * Multiply/Sum/Multiply/Sub on this backend. Only worker/model/layers.ts calls it, after
+ * wasmSoftmaxGradActive() said yes.
+ */
+export const SOFTMAX_GRAD_KERNEL = 'CxrSoftmaxGrad';
+
+let softmaxGradOn = true;
+
+/** Turn the one-pass softmax gradient off (false) or back on: for benchmarks and to rule it out. */
+export function setSimdSoftmaxGrad(on: boolean): void {
+  softmaxGradOn = on;
+}
+
+/** Whether layers.ts's softmax takes its gradient from the one-pass kernel now (wasm, SIMD, switch on). */
+export function wasmSoftmaxGradActive(): boolean {
+  if (!softmaxGradOn || tf.getBackend() !== 'wasm' || !tf.getKernel(SOFTMAX_GRAD_KERNEL, 'wasm')) return false;
+  return softmaxFor(tf.backend() as unknown as WasmBackendLike) !== null;
+}
+
+function softmaxGradKernel(args: KernelArgs): Info {
+  const { dy, y } = args.inputs as { dy: Info; y: Info };
+  const backend = args.backend as WasmBackendLike;
+  const k = softmaxFor(backend);
+  if (!k) throw new Error('the SIMD softmax gradient cannot run on this engine (check wasmSoftmaxGradActive() first)');
+  if (!tf.util.arraysEqual(dy.shape, y.shape) || y.shape.length === 0) throw new Error(`SoftmaxGrad (wasm): dy [${dy.shape}] and y [${y.shape}] must have one shape of rank >= 1`);
+  if (dy.dtype !== 'float32' || y.dtype !== 'float32') throw new Error(`SoftmaxGrad (wasm): inputs must be float32, got ${dy.dtype}, ${y.dtype}`);
+  const cols = y.shape[y.shape.length - 1]!;
+  const dx = backend.makeOutput([...y.shape], 'float32');
+  const at = (t: Info) => backend.getMemoryOffset(t.dataId);
+  if (cols > 0) k.softmaxGrad(at(dy), at(y), at(dx), tf.util.sizeFromShape(y.shape) / cols, cols);
+  return dx;
+}
+
 /**
  * Identity without a copy, as the cpu backend has it and as wasm's own Reshape already is: the
  * output shares the input's data under the backend's reference count. tfjs-backend-wasm 4.22
@@ -618,6 +657,7 @@ export function registerWasmGradientKernels(): void {
   add(NORM_GELU_KERNELS.geluGrad, geluGradKernel as unknown as tf.KernelFunc);
   add(DENSE_KERNEL, denseKernel as unknown as tf.KernelFunc);
   add(MATMUL_MUL_KERNEL, matMulMulKernel as unknown as tf.KernelFunc);
+  add(SOFTMAX_GRAD_KERNEL, softmaxGradKernel as unknown as tf.KernelFunc);
   // Wrap the backend's own kernel, which stays the fallback.
   const replace = (kernelName: string, wrap: (plain: tf.KernelFunc) => unknown) => {
     const k = tf.getKernel(kernelName, 'wasm');

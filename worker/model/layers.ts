@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { DENSE_KERNEL, MATMUL_MUL_KERNEL, NORM_GELU_KERNELS as K, wasmDenseActive, wasmNormGeluActive } from '../wasm-kernels.js';
+import { DENSE_KERNEL, MATMUL_MUL_KERNEL, NORM_GELU_KERNELS as K, SOFTMAX_GRAD_KERNEL, wasmDenseActive, wasmNormGeluActive, wasmSoftmaxGradActive } from '../wasm-kernels.js';
 
 /**
  * Layer norm over the last axis of a 2-D tensor with a hand-written gradient: autodiff through
@@ -172,6 +172,21 @@ export function residualMlp(x: tf.Tensor2D, w1: tf.Tensor2D, b1: tf.Tensor1D, w2
     return { value: y, gradFunc };
   });
   return f(x, w1, b1, w2, b2, residual) as tf.Tensor2D;
+}
+
+/**
+ * tf.softmax over the last axis. On the wasm backend with SIMD its gradient is one kernel
+ * (CxrSoftmaxGrad: dy*y - sum(dy*y)*y in one pass per row, the bits of tfjs's four-kernel
+ * gradient) instead of Multiply, Sum, Multiply and Sub over the whole tensor.
+ */
+export function softmax<T extends tf.Tensor>(x: T): T {
+  if (x.dtype !== 'float32' || x.rank === 0 || !wasmSoftmaxGradActive()) return tf.softmax(x);
+  const f = tf.customGrad((xIn, save) => {
+    const y = tf.softmax(xIn as tf.Tensor);
+    (save as tf.GradSaveFunc)([y]);
+    return { value: y, gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => [tf.engine().runKernel(SOFTMAX_GRAD_KERNEL, { dy, y: saved[0]! }, {}) as tf.Tensor] };
+  });
+  return f(x) as T;
 }
 
 /** Rows scaled to unit L2 norm (eps keeps an all-zero row finite). */

@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { buildLayout, type ParamLayout } from '../../shared/params.js';
 import { labelText } from '../../shared/labels.js';
 import { type ModelConfig, tokenCount } from './config.js';
-import { dense, gelu, layerNorm, residualMlp } from './layers.js';
+import { dense, gelu, layerNorm, residualMlp, softmax } from './layers.js';
 import { mulberry32, normalSource } from '../../shared/rng.js';
 import { overwriteVariable, readInto } from './tensor-storage.js';
 
@@ -243,7 +243,7 @@ export class CxrModel {
     const heads = tf.transpose(tf.reshape(qkv, [B, Tk, 3 * H, d]), [0, 2, 1, 3]);
     const [q, k, v] = tf.split(heads, 3, 1).map((t) => tf.reshape(t, [B * H, Tk, d])) as [tf.Tensor3D, tf.Tensor3D, tf.Tensor3D];
     const scores = tf.matMul(tf.mul(q, d ** -0.5), k, false, true);
-    const ctx = tf.matMul(tf.softmax(scores), v);
+    const ctx = tf.matMul(softmax(scores), v);
     const merged = tf.reshape(tf.transpose(tf.reshape(ctx, [B, H, Tk, d]), [0, 2, 1, 3]), [B * Tk, W]) as tf.Tensor2D;
     // The residual adds and c_fc's GELU go with the dense layers (fused kernels on wasm).
     const x1 = dense(merged, this.p(`${b}.attn.out_proj.weight`), this.p(`${b}.attn.out_proj.bias`), { residual: x });
