@@ -9,7 +9,9 @@ import { simdSoftmax, type SimdSoftmax } from './simd-softmax.js';
  * own kernel as its fallback: BatchMatMul (every product on the SIMD GEMM of ./simd-gemm.ts; where
  * that cannot run, transposed operands through an explicit Transpose to XNNPACK), Sum over leading
  * axes (./simd-colsum.ts), SplitV (memmoves) and Identity (shared data). Added: the LayerNorm/GELU
- * kernels of ./simd-norm-gelu.ts, and gradient kernels the backend does not ship, built only from
+ * kernels of ./simd-norm-gelu.ts, the fused dense layer and matMul-multiply on the GEMM's
+ * epilogues (CxrDense, CxrMatMulMul), softmax's gradient (./simd-softmax.ts), and gradient
+ * kernels the backend does not ship, built only from
  * kernels it does ship (StridedSlice, PadV2, BatchMatMul, Concat, OneHot, Cast), so they run at XNNPACK
  * speed and need no extra wasm code:
  * - Conv2DBackpropFilter: the gradient of conv2d with respect to its filter (a conv patch stem).
