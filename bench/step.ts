@@ -8,17 +8,21 @@ import { resolveModelConfig } from '../worker/model/config.js';
 import { CxrModel, initialParams } from '../worker/model/vit.js';
 import { adamwStep, clipFactor, decayMask, scaleInPlace, sumOfSquares } from '../worker/optim.js';
 import { computeGradients, localComm } from '../worker/step.js';
-import { setSimdNormGelu } from '../worker/wasm-kernels.js';
+import { setSimdDenseEpilogue, setSimdNormGelu, setSimdSoftmaxGrad } from '../worker/wasm-kernels.js';
 import { matMulFlops, simdPeak } from './simd-peak.js';
 import { runTorchReference } from './torch-reference.js';
 
 /**
- * `npm run bench -- step [--models tiny,small] [--backends wasm,cpu] [--batch 32] [--image 64] [--steps 3] [--norm-gelu on|off|ab]`:
+ * `npm run bench -- step [--models tiny,small] [--backends wasm,cpu] [--batch 32] [--image 64] [--steps 3] [--norm-gelu on|off|ab] [--epilogue on|off|ab] [--softmax-grad on|off|ab]`:
  * time of one full training step (forward, backward, all three losses, clipping, AdamW, writing the
  * parameters back) per model and backend, next to PyTorch's time for the same architecture, batch
  * and losses measured in the same run on one thread (bench/reference/vit_step.py).
  * `--norm-gelu` (wasm only): LayerNorm/GELU on the SIMD kernels (on, the default), on tfjs
  * kernels (off), or `ab`: both, steps alternating on one model, each path a row.
+ * `--epilogue` (wasm only): dense layers' bias, GELU and residual add in the SIMD GEMM's epilogue
+ * (on, the default), as separate kernels (off), or `ab` as above; `--softmax-grad` (wasm only):
+ * the attention softmax's gradient in one pass (on) or as tfjs's four kernels (off), or `ab`.
+ * Several `ab`s run every combination.
  */
 function arg(argv: string[], name: string, dflt: string): string {
   const i = argv.indexOf(`--${name}`);
@@ -61,14 +65,23 @@ export async function trainingStep(backend: BackendChoice, preset: string, batch
   };
 }
 
-/** Step times per setting of the LayerNorm/GELU switch, the settings alternating step by step. */
-async function tfjsStepMs(backend: BackendChoice, preset: string, batch: number, image: number, steps: number, settings: readonly boolean[]): Promise<number[][]> {
+/** The wasm switches a row of the table runs with. */
+interface Setting {
+  normGelu: boolean;
+  epilogue: boolean;
+  softmaxGrad: boolean;
+}
+
+/** Step times per setting of the wasm switches, the settings alternating step by step. */
+async function tfjsStepMs(backend: BackendChoice, preset: string, batch: number, image: number, steps: number, settings: readonly Setting[]): Promise<number[][]> {
   const step = await trainingStep(backend, preset, batch, image);
   const times: number[][] = settings.map(() => []);
   try {
     for (let s = 1; s <= steps + 1; s++) {
       for (const [i, on] of settings.entries()) {
-        setSimdNormGelu(on);
+        setSimdNormGelu(on.normGelu);
+        setSimdDenseEpilogue(on.epilogue);
+        setSimdSoftmaxGrad(on.softmaxGrad);
         const t0 = performance.now();
         await step.run();
         if (s > 1) times[i]!.push(performance.now() - t0); // the first step compiles/warms kernels
@@ -76,12 +89,15 @@ async function tfjsStepMs(backend: BackendChoice, preset: string, batch: number,
     }
   } finally {
     setSimdNormGelu(true);
+    setSimdDenseEpilogue(true);
+    setSimdSoftmaxGrad(true);
     step.dispose();
   }
   return times;
 }
 
-const MATMUL_KERNELS = new Set(['BatchMatMul', '_FusedMatMul']);
+// CxrDense and CxrMatMulMul are matMuls with an epilogue (bias, GELU, residual; a multiply): their time counts as the matMuls'.
+const MATMUL_KERNELS = new Set(['BatchMatMul', '_FusedMatMul', 'CxrDense', 'CxrMatMulMul']);
 
 /** One profiled step (after a warm-up one): the matMuls' FLOPs and kernel ms, and the other kernels' ms. */
 async function profiledStep(backend: BackendChoice, preset: string, batch: number, image: number): Promise<{ matMulFlops: number; matMulMs: number; otherMs: number }> {
@@ -146,6 +162,18 @@ export async function run(argv: string[]): Promise<void> {
   const steps = Number(arg(argv, 'steps', '3'));
   const normGelu = arg(argv, 'norm-gelu', 'on');
   if (!['on', 'off', 'ab'].includes(normGelu)) throw new UserError(`--norm-gelu must be on, off or ab, got '${normGelu}'`);
+  const epilogue = arg(argv, 'epilogue', 'on');
+  if (!['on', 'off', 'ab'].includes(epilogue)) throw new UserError(`--epilogue must be on, off or ab, got '${epilogue}'`);
+  const choices = (v: string) => (v === 'on' ? [true] : v === 'off' ? [false] : [false, true]);
+  const softmaxGrad = arg(argv, 'softmax-grad', 'on');
+  if (!['on', 'off', 'ab'].includes(softmaxGrad)) throw new UserError(`--softmax-grad must be on, off or ab, got '${softmaxGrad}'`);
+  const wasmSettings = choices(normGelu).flatMap((n) => choices(epilogue).flatMap((e) => choices(softmaxGrad).map((g) => ({ normGelu: n, epilogue: e, softmaxGrad: g }))));
+  const labelOf = (on: Setting) =>
+    [
+      normGelu !== 'on' ? `LayerNorm/GELU ${on.normGelu ? 'SIMD' : 'tfjs'}` : '',
+      epilogue !== 'on' ? `epilogue ${on.epilogue ? 'on' : 'off'}` : '',
+      softmaxGrad !== 'on' ? `softmax grad ${on.softmaxGrad ? 'one pass' : 'tfjs'}` : '',
+    ].filter(Boolean).join(', ');
   process.stdout.write(`training step, batch ${batch} of ${image}x${image}, median of ${steps} steps after 1 warm-up (machine load affects both columns alike)\n`);
   process.stdout.write(`${'model'.padEnd(6)} ${'backend'.padEnd(8)} ${'tfjs s/step'.padStart(12)} ${'PyTorch s/step'.padStart(15)} ${'ratio'.padStart(7)}\n`);
   for (const preset of models) {
@@ -153,12 +181,12 @@ export async function run(argv: string[]): Promise<void> {
     for (const be of backends) {
       // The cpu backend is ~10x slower; one step of `small` on it takes minutes, so it gets one.
       const n = be === 'cpu' ? 1 : steps;
-      const settings = be !== 'wasm' || normGelu === 'on' ? [true] : normGelu === 'off' ? [false] : [false, true];
+      const settings = be === 'wasm' ? wasmSettings : [{ normGelu: true, epilogue: true, softmaxGrad: true }];
       const all = await tfjsStepMs(be, preset, batch, image, n, settings);
       const refMs = typeof ref === 'string' ? null : median(ref.ms);
       for (const [i, on] of settings.entries()) {
         const ms = median(all[i]!);
-        const label = be === 'wasm' && normGelu !== 'on' ? `${be} (LayerNorm/GELU ${on ? 'SIMD' : 'tfjs'})` : be;
+        const label = be === 'wasm' && labelOf(on) ? `${be} (${labelOf(on)})` : be;
         process.stdout.write(
           `${preset.padEnd(6)} ${label.padEnd(8)} ${(ms / 1000).toFixed(3).padStart(12)} ${(refMs === null ? 'n/a' : (refMs / 1000).toFixed(3)).padStart(15)} ${(refMs === null ? '' : (ms / refMs).toFixed(2) + 'x').padStart(7)}\n`,
         );

@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { initBackend } from '../worker/backend.js';
 import { DEFAULT_BLOCKING, gemmVariants, simdGemm, type GemmBlocking, type GemmVariant } from '../worker/simd-gemm.js';
+import { simdNormGelu } from '../worker/simd-norm-gelu.js';
 import { mulberry32, normalSource } from '../shared/rng.js';
 
 // The backend sets V8's relaxed-SIMD flag (Node 20), which the FMA build needs to validate.
@@ -45,7 +46,7 @@ interface Bound {
  * scratch filled with NaN (an element left unwritten, or padding read into a result, shows) and a
  * guard after C and after the scratch (a write past either shows).
  */
-function runGemm(variant: GemmVariant, c: Case, blocking: GemmBlocking = DEFAULT_BLOCKING, reuse?: Map<GemmVariant, Bound>): Float32Array[] {
+function runGemm(variant: GemmVariant, c: Case, blocking: GemmBlocking = DEFAULT_BLOCKING, reuse?: Map<GemmVariant, Bound>, epi?: Epi): Float32Array[] {
   const { m, n, k } = c;
   let bound = reuse?.get(variant);
   if (!bound) {
@@ -65,8 +66,19 @@ function runGemm(variant: GemmVariant, c: Case, blocking: GemmBlocking = DEFAULT
   };
   const aOff = put(Float32Array.from(c.a.flatMap((x) => [...x])));
   const bOff = put(Float32Array.from(c.b.flatMap((x) => [...x])));
-  const cOff = at * 4;
   const cLen = c.aIndex.length * m * n;
+  // The epilogue's operands before C, each followed by a guard (the bias: a read past it would
+  // add the guard in; z: a write past it shows).
+  const guarded = (x: Float32Array) => {
+    const off = put(x);
+    f[at++] = GUARD;
+    return off;
+  };
+  const biasOff = epi?.bias ? guarded(epi.bias) : 0;
+  const resOff = epi?.residual ? guarded(epi.residual) : 0;
+  const mulOff = epi?.multiply ? guarded(epi.multiply) : 0;
+  const slopeOff = epi?.gelu ? guarded(new Float32Array(cLen).fill(NaN)) : 0;
+  const cOff = at * 4;
   f.fill(NaN, at, at + cLen);
   at += cLen;
   f[at++] = GUARD;
@@ -75,10 +87,24 @@ function runGemm(variant: GemmVariant, c: Case, blocking: GemmBlocking = DEFAULT
   // NaN in the scratch: a packed panel's unwritten padding lanes may be anything, and must not reach C.
   f.fill(NaN, scratch / 4, at);
   f[at] = GUARD;
-  g.run({ m, n, k, transposeA: c.ta, transposeB: c.tb, a: aOff, b: bOff, aIndex: c.aIndex, bIndex: c.bIndex, c: cOff, scratch }, blocking);
+  const epilogue = !epi ? undefined : epi.multiply ? { multiply: mulOff } : { bias: biasOff, ...(epi.residual ? { residual: resOff } : {}), ...(epi.gelu ? { slope: slopeOff } : {}) };
+  g.run({ m, n, k, transposeA: c.ta, transposeB: c.tb, a: aOff, b: bOff, aIndex: c.aIndex, bIndex: c.bIndex, c: cOff, scratch, epilogue }, blocking);
   assert.equal(f[cOff / 4 + cLen], GUARD, 'nothing written past C');
   assert.equal(f[at], GUARD, 'nothing written past the scratch');
+  if (epi?.gelu) {
+    assert.equal(f[slopeOff / 4 + cLen], GUARD, 'nothing written past the slope');
+    epi.slope = f.slice(slopeOff / 4, slopeOff / 4 + cLen);
+  }
   return c.aIndex.map((_, t) => f.slice(cOff / 4 + t * m * n, cOff / 4 + (t + 1) * m * n));
+}
+
+/** An epilogue's operands; runGemm puts gelu' of the pre-activation here for 'gelu'. */
+interface Epi {
+  bias?: Float32Array;
+  multiply?: Float32Array;
+  residual?: Float32Array;
+  gelu?: boolean;
+  slope?: Float32Array;
 }
 
 /**
@@ -203,6 +229,63 @@ test('every edge: 1..9 rows, 1..17 and 96..108 columns (each build\'s narrow and
             const [got] = runGemm(variant, c, DEFAULT_BLOCKING, reuse);
             assert.deepEqual(got, reference(c, 0, fused), `${variant} ${m}x${k}.${k}x${n} ${ta} ${tb}`);
           }
+        }
+      }
+    }
+  }
+});
+
+/**
+ * worker/simd-norm-gelu.ts's GELU kernels (what CxrGelu and CxrGeluGrad run) on their own memory:
+ * the reference bits of gelu(x) and of geluGrad(dy = 1, x), the factor it multiplies dy by.
+ */
+const geluKernels = (() => {
+  const mem = new Memory({ initial: 16 });
+  const k = simdNormGelu(mem);
+  assert.ok(k, 'the LayerNorm/GELU module binds');
+  return (x: Float32Array) => {
+    const f = new Float32Array(mem.buffer);
+    const n = x.length;
+    f.set(x, 4);
+    f.fill(1, 4 + n, 4 + 2 * n);
+    k.gelu(16, 16 + 8 * n, n);
+    k.geluGrad(16 + 4 * n, 16, 16 + 12 * n, n);
+    return { y: f.slice(4 + 2 * n, 4 + 3 * n), slope: f.slice(4 + 3 * n, 4 + 4 * n) };
+  };
+})();
+
+test('the epilogues give the bits of the unfused ops: z = sum + bias; then + residual; or gelu(z) and gelu\'(z) as the GELU kernels; or sum * s; every edge block, k blocks, both builds', () => {
+  const reuse = new Map<GemmVariant, Bound>();
+  const widths = [1, 2, 3, 4, 5, 7, 8, 9, 11, 12, 13, 16, 17, 96, 97, 98, 99, 100, 101, 103, 107, 108];
+  for (const variant of gemmVariants()) {
+    const fused = fuses(variant);
+    let seed = 5000;
+    for (const [k, blocking] of [[1, DEFAULT_BLOCKING], [8, DEFAULT_BLOCKING], [11, { kc: 4, mc: 5 }], [0, DEFAULT_BLOCKING]] as const) {
+      for (let m = 1; m <= 9; m++) {
+        for (const n of widths) {
+          const tb = (m + n) % 2 === 1; // both B layouts, alternating
+          // Two outputs (batch 2) sharing B: the epilogue's residual/z offsets for output 1 too.
+          const c: Case = { m, n, k, ta: false, tb, a: [randArray(m * k, seed++), randArray(m * k, seed++)], b: [randArray(k * n, seed++)], aIndex: [0, 1], bIndex: [0, 0] };
+          // Large-ish values, so that GELU sees both tails and the bias add rounds.
+          const bias = randArray(n, seed++).map((v) => 3 * v);
+          const residual = randArray(2 * m * n, seed++);
+          const sums = c.aIndex.map((_, t) => reference(c, t, fused));
+          const plus = (x: Float32Array, y: Float32Array, at: number) => x.map((v, i) => Math.fround(v + y[(at + i) % y.length]!));
+          const z = sums.map((s) => plus(s, bias, 0));
+          const what = `${variant} ${m}x${k}.${k}x${n} tb ${tb} kc ${blocking.kc}`;
+          const biased = runGemm(variant, c, blocking, reuse, { bias });
+          biased.forEach((g, t) => assert.deepEqual(g, z[t], `${what} bias: output ${t}`));
+          const res = runGemm(variant, c, blocking, reuse, { bias, residual });
+          res.forEach((g, t) => assert.deepEqual(g, plus(z[t]!, residual.subarray(t * m * n), 0), `${what} bias+residual: output ${t}`));
+          const scaled = runGemm(variant, c, blocking, reuse, { multiply: residual });
+          scaled.forEach((g, t) => assert.deepEqual(g, sums[t]!.map((v, i) => Math.fround(v * residual[t * m * n + i]!)), `${what} multiply: output ${t}`));
+          const epi: Epi = { bias, gelu: true };
+          const y = runGemm(variant, c, blocking, reuse, epi);
+          y.forEach((g, t) => {
+            const want = geluKernels(z[t]!);
+            assert.deepEqual(g, want.y, `${what} gelu: output ${t}`);
+            assert.deepEqual(epi.slope!.subarray(t * m * n, (t + 1) * m * n), want.slope, `${what} gelu: slope of output ${t}`);
+          });
         }
       }
     }

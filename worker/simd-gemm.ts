@@ -1,4 +1,5 @@
-import { addTo, assembleModule, Body, countdown, instantiateWith, wasmApi, whileLoop } from './wasm-asm.js';
+import { geluOf, geluSlopeOf, loadPartial, storePartial, temps } from './simd-norm-gelu.js';
+import { addTo, assembleModule, Body, countdown, instantiateWith, wasmApi, whileLoop, type ValType } from './wasm-asm.js';
 
 /**
  * A batched fp32 GEMM in WebAssembly SIMD for tfjs-backend-wasm's BatchMatMul: every product of
@@ -213,19 +214,95 @@ function packBody(width: number): Body {
 }
 
 /**
- * t{tile}_{R}x{C}(ap, bp, c, rowPanels, colPanels, k, ldc, accumulate): for each of colPanels
- * packed B panels (NR wide) and rowPanels packed A panels (MR high), the R x C block of C at the
- * panels' corner (row stride ldc bytes) = A panel x B panel, or += when `accumulate` is 1 (the k
- * blocks after the first). R = MR and C = NR is the micro-kernel of the whole blocks; the partial
- * ones at the right (C < NR) and bottom (R < MR) edges are the same loop with fewer accumulators,
- * which read only their rows of the A panel and their vectors of the B panel and load and store
- * only their columns of C (lane loads and stores for the last 1-3): no per-element path, no copy.
- * The padding lanes of a last vector are computed and never stored, each lane its own sum, so
- * whatever the packing left in them cannot reach C.
+ * What the GEMM does with the finished sums of C (after the last k block; the k blocks before it
+ * park the bare sums in C). Each is the operation the unfused graph would run after the product,
+ * on the same values in the same order, so the fused result has the same bits as matMul then add
+ * (then GELU):
+ * - 'bias': z = fl(sum + bias[j]), as tf.add(matMul(x, W), b), in the block kernel before the store.
+ * - 'residual': then fl(z + r[i, j]) of a second [m, n] matrix, as tf.add(r, dense(x, W, b))
+ *   (f32 addition commutes, so r + z and z + r are the same bits), in the block kernel too.
+ * - 'multiply' (on its own): fl(sum * s[i, j]) of a second [m, n] matrix, as tf.mul(matMul(..), s):
+ *   the GELU's backward, dy W^T times gelu'(z), in the product that makes dy W^T.
+ * - 'gelu': C = gelu(z) and a second output gelu'(z): worker/simd-norm-gelu.ts's GELU and the
+ *   factor its geluGrad multiplies dy by, in the same instructions (geluOf, geluSlopeOf), so that
+ *   the backward is dy * gelu'(z), a plain multiply with geluGrad's bits, instead of erf and exp
+ *   again. Not in the block kernels but in geluStrip, over each column panel of z just stored
+ *   by the bias kernels (MC x NR floats, still in L1): one copy of the GELU code per module
+ *   instead of one per block shape, and no GELU constants and temporaries competing with the
+ *   accumulators for the 16 vector registers.
  */
-function blockBody({ mr, nr, fma }: Tile, rows: number, cols: number): Body {
-  const f = new Body([I, I, I, I, I, I, I, I]);
+export type EpilogueStep = 'bias' | 'residual' | 'gelu' | 'multiply';
+
+/** The epilogues the block kernels are built with (suffixed with their letters); 'gelu' is geluStrip's. */
+const EPILOGUES: readonly (readonly EpilogueStep[])[] = [[], ['bias'], ['bias', 'residual'], ['multiply']];
+
+const epilogueSuffix = (steps: readonly EpilogueStep[]) => (steps.length ? '_' + steps.map((e) => e[0]).join('') : '');
+
+/**
+ * geluStrip(c, s, rows, cols, ldc): for the rows x cols floats at c (row stride ldc bytes),
+ * z = c[i, j], c[i, j] = gelu(z), s[i, j] = gelu'(z), s laid out as c. A row's last cols % 4
+ * go through the same vector math in a partial vector.
+ */
+function geluStripBody(): Body {
+  const f = new Body([I, I, I, I, I]);
+  const [c, sl, rows, cols, ldc] = [0, 1, 2, 3, 4];
+  const r = f.local(I);
+  const count = f.local(I);
+  const tail = f.local(I);
+  const pc = f.local(I);
+  const ps = f.local(I);
+  const z = f.local('v128');
+  const res = f.local('v128');
+  const t = temps(f);
+  f.get(cols).i32Const(3).i32And().set(tail);
+  f.get(rows).set(r);
+  countdown(f, r, () => {
+    f.get(c).set(pc);
+    f.get(sl).set(ps);
+    f.get(cols).i32Const(2).i32ShrU().set(count);
+    countdown(f, count, () => {
+      f.get(pc).v128Load().set(z);
+      geluOf(f, z, t, res);
+      f.get(pc).get(res).v128Store();
+      geluSlopeOf(f, z, t, res);
+      f.get(ps).get(res).v128Store();
+      addTo(f, pc, 16);
+      addTo(f, ps, 16);
+    });
+    f.get(tail).if(() => {
+      loadPartial(f, pc, tail, z);
+      geluOf(f, z, t, res);
+      storePartial(f, pc, tail, res);
+      geluSlopeOf(f, z, t, res);
+      storePartial(f, ps, tail, res);
+    });
+    addTo(f, c, { local: ldc });
+    addTo(f, sl, { local: ldc });
+  });
+  return f;
+}
+
+/**
+ * t{tile}_{R}x{C}{epilogue}(ap, bp, c, rowPanels, colPanels, k, ldc, accumulate[, bias, delta]):
+ * for each of colPanels packed B panels (NR wide) and rowPanels packed A panels (MR high), the
+ * R x C block of C at the panels' corner (row stride ldc bytes) = A panel x B panel, or += when
+ * `accumulate` is 1 (the k blocks after the first). R = MR and C = NR is the micro-kernel of the
+ * whole blocks; the partial ones at the right (C < NR) and bottom (R < MR) edges are the same loop
+ * with fewer accumulators, which read only their rows of the A panel and their vectors of the B
+ * panel and load and store only their columns of C (lane loads and stores for the last 1-3): no
+ * per-element path, no copy. The padding lanes of a last vector are computed and never stored,
+ * each lane its own sum, so whatever the packing left in them cannot reach C.
+ * With an epilogue (see EpilogueStep): `bias` is the byte offset of the bias of the block's first
+ * column; `delta` is the byte distance from C to the residual or multiplier matrix, laid out as C
+ * (each unused where its epilogue has no such operand).
+ */
+function blockBody({ mr, nr, fma }: Tile, rows: number, cols: number, epilogue: readonly EpilogueStep[] = []): Body {
+  const hasBias = epilogue.includes('bias');
+  const hasResidual = epilogue.includes('residual');
+  const hasMultiply = epilogue.includes('multiply');
+  const f = new Body([I, I, I, I, I, I, I, I, ...(epilogue.length ? [I, I] : [])] as ValType[]);
   const [ap, bp, c, rowPanels, colPanels, k, ldc, accumulate] = [0, 1, 2, 3, 4, 5, 6, 7];
+  const [bias, delta] = [8, 9];
   const nv = Math.ceil(cols / 4);
   const rem = cols % 4; // valid lanes of the last vector; 0: all four
   const i = f.local(I);
@@ -241,25 +318,30 @@ function blockBody({ mr, nr, fma }: Tile, rows: number, cols: number): Body {
   const aStep = f.local(I); // bytes per A panel: k * MR * 4
   const bStep = f.local(I);
   const outStep = f.local(I); // MR rows of C: MR * ldc
+  const biasCol = hasBias ? f.local(I) : -1;
+  const q = hasResidual || hasMultiply ? f.local(I) : -1; // p + delta
   const bv = Array.from({ length: nv }, () => f.local('v128'));
   const x = f.local('v128');
   const acc = Array.from({ length: rows * nv }, () => f.local('v128'));
 
-  /** Load acc from C at p (+16v): all four lanes but for a partial last vector. */
-  const loadC = (a: number, v: number) => {
+  /** Push vector v of the row at local `at`: all four lanes but for a partial last vector (zeros above). */
+  const loadVec = (at: number, v: number) => {
     const partial = v === nv - 1 ? rem : 0;
-    if (partial === 0) f.get(p).v128Load(16 * v);
-    else if (partial === 1) f.get(p).v128Load32Zero(16 * v);
-    else f.get(p).v128Load64Zero(16 * v);
-    f.set(a);
-    if (partial === 3) f.get(p).get(a).v128Load32Lane(2, 16 * v + 8).set(a);
+    if (partial === 0) f.get(at).v128Load(16 * v);
+    else if (partial === 1) f.get(at).v128Load32Zero(16 * v);
+    else f.get(at).v128Load64Zero(16 * v);
+    if (partial === 3) {
+      f.set(x);
+      f.get(at).get(x).v128Load32Lane(2, 16 * v + 8);
+    }
   };
-  const storeC = (a: number, v: number) => {
+  /** Store local `a` as vector v of the row at local `at`: only the valid lanes of a partial one. */
+  const storeVec = (at: number, a: number, v: number) => {
     const partial = v === nv - 1 ? rem : 0;
-    if (partial === 0) f.get(p).get(a).v128Store(16 * v);
-    else if (partial === 1) f.get(p).get(a).v128Store32Lane(0, 16 * v);
-    else f.get(p).get(a).v128Store64Lane(0, 16 * v);
-    if (partial === 3) f.get(p).get(a).v128Store32Lane(2, 16 * v + 8);
+    if (partial === 0) f.get(at).get(a).v128Store(16 * v);
+    else if (partial === 1) f.get(at).get(a).v128Store32Lane(0, 16 * v);
+    else f.get(at).get(a).v128Store64Lane(0, 16 * v);
+    if (partial === 3) f.get(at).get(a).v128Store32Lane(2, 16 * v + 8);
   };
 
   f.get(k).i32Const(4 * mr).i32Mul().set(aStep);
@@ -267,6 +349,7 @@ function blockBody({ mr, nr, fma }: Tile, rows: number, cols: number): Body {
   f.get(ldc).i32Const(mr).i32Mul().set(outStep);
   f.get(bp).set(bPanel);
   f.get(c).set(outCol);
+  if (hasBias) f.get(bias).set(biasCol);
   f.get(colPanels).set(j);
   countdown(f, j, () => {
     f.get(ap).set(aPanel);
@@ -277,7 +360,10 @@ function blockBody({ mr, nr, fma }: Tile, rows: number, cols: number): Body {
       f.get(accumulate).if(() => {
         f.get(out).set(p);
         for (let row = 0; row < rows; row++) {
-          for (let v = 0; v < nv; v++) loadC(acc[row * nv + v]!, v);
+          for (let v = 0; v < nv; v++) {
+            loadVec(p, v);
+            f.set(acc[row * nv + v]!);
+          }
           addTo(f, p, { local: ldc });
         }
       });
@@ -299,7 +385,26 @@ function blockBody({ mr, nr, fma }: Tile, rows: number, cols: number): Body {
       });
       f.get(out).set(p);
       for (let row = 0; row < rows; row++) {
-        for (let v = 0; v < nv; v++) storeC(acc[row * nv + v]!, v);
+        if (q >= 0) f.get(p).get(delta).i32Add().set(q);
+        for (let v = 0; v < nv; v++) {
+          const a = acc[row * nv + v]!;
+          if (hasBias) {
+            f.get(a);
+            loadVec(biasCol, v);
+            f.f32x4Add().set(a);
+          }
+          if (hasResidual) {
+            f.get(a);
+            loadVec(q, v);
+            f.f32x4Add().set(a);
+          }
+          if (hasMultiply) {
+            f.get(a);
+            loadVec(q, v);
+            f.f32x4Mul().set(a);
+          }
+          storeVec(p, a, v);
+        }
         addTo(f, p, { local: ldc });
       }
       addTo(f, aPanel, { local: aStep });
@@ -307,6 +412,7 @@ function blockBody({ mr, nr, fma }: Tile, rows: number, cols: number): Body {
     });
     addTo(f, bPanel, { local: bStep });
     addTo(f, outCol, 4 * nr);
+    if (hasBias) addTo(f, biasCol, 4 * nr);
   });
   return f;
 }
@@ -320,7 +426,10 @@ const packWidths = (tiles: readonly Tile[]) => [...new Set(tiles.flatMap((t) => 
 const buildModule = (tiles: readonly Tile[]) =>
   assembleModule([
     ...packWidths(tiles).map((w) => ({ name: `pack${w}`, body: packBody(w) })),
-    ...tiles.flatMap((t, i) => blockShapes(t).map(([r, c]) => ({ name: `t${i}_${r}x${c}`, body: blockBody(t, r, c) }))),
+    { name: 'geluStrip', body: geluStripBody() },
+    ...tiles.flatMap((t, i) =>
+      EPILOGUES.flatMap((e) => blockShapes(t).map(([r, c]) => ({ name: `t${i}_${r}x${c}${epilogueSuffix(e)}`, body: blockBody(t, r, c, e) }))),
+    ),
   ]);
 
 const MODULES: Record<GemmVariant, Uint8Array> = {
@@ -358,6 +467,13 @@ export interface GemmBatch {
   c: number;
   /** Scratch of at least scratchBytes(m, n, k) bytes. */
   scratch: number;
+  /**
+   * Applied to the finished sums before they are stored (see EpilogueStep): the bias, [n] floats
+   * at `bias`, added to every row of every output, giving z; then either a residual
+   * [aIndex.length, m, n] at `residual` added, or C = gelu(z) and gelu'(z) written to `slope`
+   * ([aIndex.length, m, n]). Or, without a bias, the sums times `multiply` ([aIndex.length, m, n]).
+   */
+  epilogue?: { bias: number; residual?: number; slope?: number } | { multiply: number };
 }
 
 /** Block sizes: k in blocks of at most kc, m of at most mc rows (rounded up to whole panels). */
@@ -379,7 +495,7 @@ export interface SimdGemm {
   readonly variant: GemmVariant;
   /** Bytes of scratch a product of these sizes needs: the packed blocks. */
   scratchBytes(m: number, n: number, k: number, blocking?: GemmBlocking): number;
-  /** C[t] = op(A[aIndex[t]]) op(B[bIndex[t]]) for every t (the scratch sized with the same blocking). */
+  /** C[t] = op(A[aIndex[t]]) op(B[bIndex[t]]) (then the epilogue) for every t (the scratch sized with the same blocking). */
   run(p: GemmBatch, blocking?: GemmBlocking): void;
 }
 
@@ -392,25 +508,43 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
   const exports = variant === undefined ? null : instantiateWith(MODULES[variant], memory);
   if (!exports) return null;
   type Pack = (src: number, rs: number, cs: number, outer: number, inner: number, dst: number) => void;
-  type Block = (ap: number, bp: number, c: number, rowPanels: number, colPanels: number, k: number, ldc: number, accumulate: number) => void;
+  type Block = (ap: number, bp: number, c: number, rowPanels: number, colPanels: number, k: number, ldc: number, accumulate: number, ...epilogue: number[]) => void;
   const kernels = TILES[variant].map((t, i) => {
-    // blocks[R][C]: the kernel of an R x C block (index 0 unused).
-    const blocks: Block[][] = [];
-    for (const [r, c] of blockShapes(t)) (blocks[r] ??= [])[c] = exports[`t${i}_${r}x${c}`] as Block;
+    // blocks[epilogue suffix][R][C]: the kernel of an R x C block (index 0 unused).
+    const blocks: Record<string, Block[][]> = {};
+    for (const e of EPILOGUES) {
+      const suffix = epilogueSuffix(e);
+      const byShape: Block[][] = (blocks[suffix] = []);
+      for (const [r, c] of blockShapes(t)) (byShape[r] ??= [])[c] = exports[`t${i}_${r}x${c}${suffix}`] as Block;
+    }
     const { mr, nr } = t;
     /**
      * C [m, n] (row stride ldc bytes) = packed A [m, k] x packed B [k, n], or += that: the whole
      * blocks in one call, then the right edge's column, the bottom edge's row and their corner.
+     * With an epilogue, `bias` is the offset of column 0's bias and `delta` goes to every kernel;
+     * with `strip`, one column panel at a time, each handed to strip(c, cols) once its rows are done.
      */
-    const product = (ap: number, bp: number, c: number, m: number, n: number, k: number, ldc: number, accumulate: number) => {
+    const product = (ap: number, bp: number, c: number, m: number, n: number, k: number, ldc: number, accumulate: number, epilogue: string, bias: number, delta: number, strip?: (c: number, cols: number) => void) => {
+      const blk = blocks[epilogue]!;
       const [rowPanels, rows] = [Math.floor(m / mr), m % mr];
       const [colPanels, cols] = [Math.floor(n / nr), n % nr];
       const [aEdge, bEdge] = [ap + rowPanels * 4 * mr * k, bp + colPanels * 4 * nr * k];
       const [cBottom, cRight] = [c + rowPanels * mr * ldc, c + colPanels * 4 * nr];
-      if (rowPanels && colPanels) blocks[mr]![nr]!(ap, bp, c, rowPanels, colPanels, k, ldc, accumulate);
-      if (rowPanels && cols) blocks[mr]![cols]!(ap, bEdge, cRight, rowPanels, 1, k, ldc, accumulate);
-      if (rows && colPanels) blocks[rows]![nr]!(aEdge, bp, cBottom, 1, colPanels, k, ldc, accumulate);
-      if (rows && cols) blocks[rows]![cols]!(aEdge, bEdge, cBottom + colPanels * 4 * nr, 1, 1, k, ldc, accumulate);
+      const biasRight = bias + colPanels * 4 * nr;
+      if (strip) {
+        for (let j = 0; j < colPanels; j++) {
+          const [bj, cj, biasj] = [bp + j * 4 * nr * k, c + j * 4 * nr, bias + j * 4 * nr];
+          if (rowPanels) blk[mr]![nr]!(ap, bj, cj, rowPanels, 1, k, ldc, accumulate, biasj, delta);
+          if (rows) blk[rows]![nr]!(aEdge, bj, cBottom + j * 4 * nr, 1, 1, k, ldc, accumulate, biasj, delta);
+          strip(cj, nr);
+        }
+      } else {
+        if (rowPanels && colPanels) blk[mr]![nr]!(ap, bp, c, rowPanels, colPanels, k, ldc, accumulate, bias, delta);
+        if (rows && colPanels) blk[rows]![nr]!(aEdge, bp, cBottom, 1, colPanels, k, ldc, accumulate, bias, delta);
+      }
+      if (rowPanels && cols) blk[mr]![cols]!(ap, bEdge, cRight, rowPanels, 1, k, ldc, accumulate, biasRight, delta);
+      if (rows && cols) blk[rows]![cols]!(aEdge, bEdge, cBottom + colPanels * 4 * nr, 1, 1, k, ldc, accumulate, biasRight, delta);
+      if (strip && cols) strip(cRight, cols);
     };
     return { ...t, product, packA: exports[`pack${mr}`] as Pack, packB: exports[`pack${nr}`] as Pack };
   });
@@ -435,6 +569,17 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
       const aPacked = roundUp(p.scratch, LINE);
       const bPacked = aPacked + aBytes;
       const ldc = 4 * n;
+      const e = p.epilogue;
+      const b = e && 'bias' in e ? e : null;
+      const steps: EpilogueStep[] = !e ? [] : b ? ['bias', ...(b.residual !== undefined ? ['residual' as const] : [])] : ['multiply'];
+      if (b && b.residual !== undefined && b.slope !== undefined) throw new Error('simdGemm: an epilogue has a residual or a GELU, not both');
+      const lastSuffix = epilogueSuffix(steps);
+      // The residual, gelu' and multiplier are laid out as C: one byte distance from C serves
+      // every output matrix (i32 arithmetic wraps, as the kernel's address sums do).
+      const other = !e ? undefined : b ? (b.residual ?? b.slope) : (e as { multiply: number }).multiply;
+      const delta = ((other ?? p.c) - p.c) | 0;
+      const bias = b?.bias ?? 0;
+      const gelu = b?.slope !== undefined ? (exports.geluStrip as (c: number, s: number, rows: number, cols: number, ldc: number) => void) : null;
       // A stored [m, k] (or [k, m] when transposed); B stored [k, n] (or [n, k]).
       // Byte steps between consecutive rows i of A / columns j of B, and along k.
       const [aPerRow, aPerK] = p.transposeA ? [4, 4 * m] : [4 * k, 4];
@@ -449,16 +594,20 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
         const aBase = p.a + p.aIndex[t]! * 4 * m * k;
         const bBase = p.b + p.bIndex[t]! * 4 * k * n;
         const c = p.c + t * 4 * m * n;
-        // k = 0 still makes one pass, which writes the zeros.
+        // k = 0 still makes one pass, which writes the zeros (plus the epilogue).
         for (let k0 = 0; k0 === 0 || k0 < k; k0 += kc) {
           const kb = Math.min(kc, k - k0);
+          // The epilogue runs once, on the finished sums of the last k block.
+          const last = k0 + kc >= k;
+          const suffix = last ? lastSuffix : '';
           if (!(oneK && p.bIndex[t] === packedB)) packB(bBase + k0 * bPerK, bPerCol, bPerK, n, kb, bPacked);
           packedB = oneK ? p.bIndex[t]! : -1;
           for (let i0 = 0; i0 < m; i0 += mc) {
             const mb = Math.min(mc, m - i0);
             if (!(oneM && p.aIndex[t] === packedA)) packA(aBase + i0 * aPerRow + k0 * aPerK, aPerRow, aPerK, mb, kb, aPacked);
             packedA = oneM ? p.aIndex[t]! : -1;
-            product(aPacked, bPacked, c + i0 * ldc, mb, n, kb, ldc, k0 > 0 ? 1 : 0);
+            const strip = last && gelu ? (cs: number, cols: number) => gelu(cs, (cs + delta) | 0, mb, cols, ldc) : undefined;
+            product(aPacked, bPacked, c + i0 * ldc, mb, n, kb, ldc, k0 > 0 ? 1 : 0, suffix, bias, delta, strip);
           }
         }
       }

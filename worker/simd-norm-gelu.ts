@@ -283,7 +283,7 @@ const SQRT1_2 = Math.SQRT1_2;
 const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
 
 /** v128 temporaries the element math uses. */
-interface Temps {
+export interface Temps {
   c: number;
   x2: number;
   p: number;
@@ -291,7 +291,7 @@ interface Temps {
   cdf: number;
 }
 
-function temps(f: Body): Temps {
+export function temps(f: Body): Temps {
   return { c: f.local(V), x2: f.local(V), p: f.local(V), q: f.local(V), cdf: f.local(V) };
 }
 
@@ -335,7 +335,7 @@ function pdfOf(f: Body, x: number, t: Temps): void {
 }
 
 /** dst = the first `tail` (1..3) floats at src in the low lanes, zeros above. */
-function loadPartial(f: Body, src: number, tail: number, dst: number): void {
+export function loadPartial(f: Body, src: number, tail: number, dst: number): void {
   f.v128Zero().get(src).f32Load(0).f32x4ReplaceLane(0).set(dst);
   f.get(tail).i32Const(1).i32GtU().if(() => {
     f.get(dst).get(src).f32Load(4).f32x4ReplaceLane(1).set(dst);
@@ -346,7 +346,7 @@ function loadPartial(f: Body, src: number, tail: number, dst: number): void {
 }
 
 /** The low `tail` (1..3) lanes of v128 local v to dst. */
-function storePartial(f: Body, dst: number, tail: number, v: number): void {
+export function storePartial(f: Body, dst: number, tail: number, v: number): void {
   f.get(dst).get(v).f32x4ExtractLane(0).f32Store(0);
   f.get(tail).i32Const(1).i32GtU().if(() => {
     f.get(dst).get(v).f32x4ExtractLane(1).f32Store(4);
@@ -388,12 +388,29 @@ function elementwiseBody(nInputs: number, math: (f: Body, xs: number[], t: Temps
   return f;
 }
 
+/**
+ * res = gelu(x) = x*cdf(x), lane by lane, of v128 local x (uses the temps): the one sequence of
+ * operations every GELU forward runs, here and in the GEMM's epilogue (./simd-gemm.ts), so that
+ * both give the same bits.
+ */
+export function geluOf(f: Body, x: number, t: Temps, res: number): void {
+  cdfOf(f, x, t);
+  f.get(x).get(t.cdf).f32x4Mul().set(res);
+}
+
+/**
+ * res = gelu'(x) = cdf + x*pdf of v128 local x, after geluOf (which left cdf(x) in t.cdf): the
+ * factor geluGrad multiplies dy by, in the same operations, so dy*res has geluGrad's bits.
+ */
+export function geluSlopeOf(f: Body, x: number, t: Temps, res: number): void {
+  f.get(t.cdf).get(x);
+  pdfOf(f, x, t);
+  f.f32x4Mul().f32x4Add().set(res);
+}
+
 /** gelu(x, y, n): y = x*cdf(x). */
 function geluBody(): Body {
-  return elementwiseBody(1, (f, [x], t, res) => {
-    cdfOf(f, x!, t);
-    f.get(x!).get(t.cdf).f32x4Mul().set(res);
-  });
+  return elementwiseBody(1, (f, [x], t, res) => geluOf(f, x!, t, res));
 }
 
 /** geluGrad(dy, x, dx, n): dx = dy*(cdf + x*pdf). */

@@ -2,13 +2,16 @@ import * as tf from '@tensorflow/tfjs';
 import { simdColsum, type SimdColsum } from './simd-colsum.js';
 import { DEFAULT_BLOCKING, gemmVariants, simdGemm, type GemmBlocking, type GemmVariant, type SimdGemm } from './simd-gemm.js';
 import { simdNormGelu, type SimdNormGelu } from './simd-norm-gelu.js';
+import { simdSoftmax, type SimdSoftmax } from './simd-softmax.js';
 
 /**
  * Kernels of tfjs-backend-wasm 4.22 replaced or added here. Replaced, each keeping the backend's
  * own kernel as its fallback: BatchMatMul (every product on the SIMD GEMM of ./simd-gemm.ts; where
  * that cannot run, transposed operands through an explicit Transpose to XNNPACK), Sum over leading
  * axes (./simd-colsum.ts), SplitV (memmoves) and Identity (shared data). Added: the LayerNorm/GELU
- * kernels of ./simd-norm-gelu.ts, and gradient kernels the backend does not ship, built only from
+ * kernels of ./simd-norm-gelu.ts, the fused dense layer and matMul-multiply on the GEMM's
+ * epilogues (CxrDense, CxrMatMulMul), softmax's gradient (./simd-softmax.ts), and gradient
+ * kernels the backend does not ship, built only from
  * kernels it does ship (StridedSlice, PadV2, BatchMatMul, Concat, OneHot, Cast), so they run at XNNPACK
  * speed and need no extra wasm code:
  * - Conv2DBackpropFilter: the gradient of conv2d with respect to its filter (a conv patch stem).
@@ -327,6 +330,105 @@ function simdBatchedMatMul(plain: (args: { inputs: tf.NamedTensorInfoMap; backen
   };
 }
 
+/**
+ * The fused dense layer on the SIMD GEMM's epilogues (worker/simd-gemm.ts), registered with the
+ * others: inputs {x [rows, k], w [k, n], b [n]} and, optionally, residual [rows, n]; attrs
+ * {gelu: boolean}. Output [y] with y = x W + b (+ residual), or with gelu [y, slope]: y = gelu(z)
+ * and slope = gelu'(z) for z = x W + b, so that the backward is dy * slope (CxrGeluGrad's bits
+ * without its erf and exp). The same operations in the same order as BatchMatMul then Add (then
+ * CxrGelu) on this backend, so the same bits. Only worker/model/layers.ts calls it, after
+ * wasmDenseActive() said yes.
+ */
+export const DENSE_KERNEL = 'CxrDense';
+
+let denseOn = true;
+
+/**
+ * Turn the fused dense layer off (false) or back on: layers.ts then runs matMul, add and GELU as
+ * separate kernels. For benchmarks that compare the paths in one run, and to rule the epilogue
+ * out when chasing a numerical difference (both paths give the same bits).
+ */
+export function setSimdDenseEpilogue(on: boolean): void {
+  denseOn = on;
+}
+
+/**
+ * Whether layers.ts's dense runs on the fused kernel now: the active backend is wasm, the switch
+ * is on, and the unfused ops it stands for would run on the same kernels (the dense product on
+ * the SIMD GEMM, scope 'all'; for `gelu`, GELU on CxrGelu), which is what makes the bits equal.
+ */
+export function wasmDenseActive(gelu: boolean): boolean {
+  if (!denseOn || scope !== 'all' || tf.getBackend() !== 'wasm' || !tf.getKernel(DENSE_KERNEL, 'wasm') || !tf.getKernel(MATMUL_MUL_KERNEL, 'wasm')) return false;
+  if (gelu && !wasmNormGeluActive()) return false;
+  return gemmFor(tf.backend() as unknown as WasmBackendLike) !== null;
+}
+
+function denseKernel(args: KernelArgs): Info | Info[] {
+  const { x, w, b, residual } = args.inputs as { x: Info; w: Info; b: Info; residual?: Info };
+  const { gelu } = args.attrs as unknown as { gelu: boolean };
+  const backend = args.backend as WasmBackendLike;
+  const gemm = gemmFor(backend);
+  if (!gemm) throw new Error('the fused dense kernel needs the SIMD GEMM (check wasmDenseActive() first)');
+  if (x.shape.length !== 2 || w.shape.length !== 2) throw new Error(`Dense (wasm): x and w must be 2-D, got [${x.shape}] and [${w.shape}]`);
+  const [m, k] = x.shape as [number, number];
+  const [kw, n] = w.shape as [number, number];
+  if (k !== kw) throw new Error(`Dense (wasm): x [${x.shape}] and w [${w.shape}] do not chain`);
+  if (!tf.util.arraysEqual(b.shape, [n])) throw new Error(`Dense (wasm): b must have shape [${n}], got [${b.shape}]`);
+  if (residual && !tf.util.arraysEqual(residual.shape, [m, n])) throw new Error(`Dense (wasm): residual must have shape [${m},${n}], got [${residual.shape}]`);
+  if (residual && gelu) throw new Error('Dense (wasm): a residual or a GELU, not both');
+  for (const t of [x, w, b, ...(residual ? [residual] : [])]) {
+    if (t.dtype !== 'float32') throw new Error(`Dense (wasm): inputs must be float32, got ${t.dtype}`);
+  }
+  const y = backend.makeOutput([m, n], 'float32');
+  const slope = gelu ? backend.makeOutput([m, n], 'float32') : null;
+  const outs = slope ? [y, slope] : y;
+  if (m === 0 || n === 0) return outs;
+  const scratch = backend.makeOutput([Math.ceil(gemm.scratchBytes(m, n, k, blocking) / 4)], 'float32');
+  const at = (t: Info) => backend.getMemoryOffset(t.dataId);
+  gemm.run({
+    m, n, k, transposeA: false, transposeB: false,
+    a: at(x), b: at(w), aIndex: [0], bIndex: [0], c: at(y), scratch: at(scratch),
+    epilogue: { bias: at(b), ...(residual ? { residual: at(residual) } : {}), ...(slope ? { slope: at(slope) } : {}) },
+  }, blocking);
+  backend.disposeData(scratch.dataId);
+  return outs;
+}
+
+/**
+ * op(a) op(b) * s on the SIMD GEMM's 'multiply' epilogue, registered with the others: inputs
+ * {a, b, s} (2-D; s shaped as the product), attrs {transposeA, transposeB}. The bits of
+ * BatchMatMul then Multiply on this backend; layers.ts's residualMlp runs its GELU backward
+ * (dy W2^T times gelu'(z)) on it, after wasmDenseActive() said yes.
+ */
+export const MATMUL_MUL_KERNEL = 'CxrMatMulMul';
+
+function matMulMulKernel(args: KernelArgs): Info {
+  const { a, b, s } = args.inputs as { a: Info; b: Info; s: Info };
+  const { transposeA, transposeB } = args.attrs as unknown as { transposeA: boolean; transposeB: boolean };
+  const backend = args.backend as WasmBackendLike;
+  const gemm = gemmFor(backend);
+  if (!gemm) throw new Error('the fused matMul-multiply kernel needs the SIMD GEMM (check wasmDenseActive() first)');
+  if (a.shape.length !== 2 || b.shape.length !== 2) throw new Error(`MatMulMul (wasm): a and b must be 2-D, got [${a.shape}] and [${b.shape}]`);
+  const [m, k] = transposeA ? [a.shape[1]!, a.shape[0]!] : [a.shape[0]!, a.shape[1]!];
+  const [kb, n] = transposeB ? [b.shape[1]!, b.shape[0]!] : [b.shape[0]!, b.shape[1]!];
+  if (k !== kb) throw new Error(`MatMulMul (wasm): a [${a.shape}] and b [${b.shape}] do not chain (transposeA ${transposeA}, transposeB ${transposeB})`);
+  if (!tf.util.arraysEqual(s.shape, [m, n])) throw new Error(`MatMulMul (wasm): s must have shape [${m},${n}], got [${s.shape}]`);
+  for (const t of [a, b, s]) {
+    if (t.dtype !== 'float32') throw new Error(`MatMulMul (wasm): inputs must be float32, got ${t.dtype}`);
+  }
+  const out = backend.makeOutput([m, n], 'float32');
+  if (m === 0 || n === 0) return out;
+  const scratch = backend.makeOutput([Math.ceil(gemm.scratchBytes(m, n, k, blocking) / 4)], 'float32');
+  const at = (t: Info) => backend.getMemoryOffset(t.dataId);
+  gemm.run({
+    m, n, k, transposeA, transposeB,
+    a: at(a), b: at(b), aIndex: [0], bIndex: [0], c: at(out), scratch: at(scratch),
+    epilogue: { multiply: at(s) },
+  }, blocking);
+  backend.disposeData(scratch.dataId);
+  return out;
+}
+
 /** The LayerNorm/GELU kernels bound to this backend's heap, or null where they cannot run. */
 const normGeluFor: (backend: WasmBackendLike) => SimdNormGelu | null = boundToHeap(simdNormGelu);
 
@@ -418,6 +520,44 @@ function geluGradKernel(args: KernelArgs): Info {
   if (!tf.util.arraysEqual(dy.shape, x.shape)) throw new Error(`GeluGrad (wasm): dy [${dy.shape}] and x [${x.shape}] differ`);
   const dx = backend.makeOutput([...x.shape], 'float32');
   k.geluGrad(at(dy), at(x), at(dx), tf.util.sizeFromShape(x.shape));
+  return dx;
+}
+
+/** The softmax-gradient kernel bound to this backend's heap, or null where it cannot run. */
+const softmaxFor: (backend: WasmBackendLike) => SimdSoftmax | null = boundToHeap(simdSoftmax);
+
+/**
+ * The gradient of softmax over the last axis (./simd-softmax.ts), registered with the others:
+ * inputs {dy, y} (the same shape, y the softmax's output) -> dx, with the bits of tfjs's
+ * Multiply/Sum/Multiply/Sub on this backend. Only worker/model/layers.ts calls it, after
+ * wasmSoftmaxGradActive() said yes.
+ */
+export const SOFTMAX_GRAD_KERNEL = 'CxrSoftmaxGrad';
+
+let softmaxGradOn = true;
+
+/** Turn the one-pass softmax gradient off (false) or back on: for benchmarks and to rule it out. */
+export function setSimdSoftmaxGrad(on: boolean): void {
+  softmaxGradOn = on;
+}
+
+/** Whether layers.ts's softmax takes its gradient from the one-pass kernel now (wasm, SIMD, switch on). */
+export function wasmSoftmaxGradActive(): boolean {
+  if (!softmaxGradOn || tf.getBackend() !== 'wasm' || !tf.getKernel(SOFTMAX_GRAD_KERNEL, 'wasm')) return false;
+  return softmaxFor(tf.backend() as unknown as WasmBackendLike) !== null;
+}
+
+function softmaxGradKernel(args: KernelArgs): Info {
+  const { dy, y } = args.inputs as { dy: Info; y: Info };
+  const backend = args.backend as WasmBackendLike;
+  const k = softmaxFor(backend);
+  if (!k) throw new Error('the SIMD softmax gradient cannot run on this engine (check wasmSoftmaxGradActive() first)');
+  if (!tf.util.arraysEqual(dy.shape, y.shape) || y.shape.length === 0) throw new Error(`SoftmaxGrad (wasm): dy [${dy.shape}] and y [${y.shape}] must have one shape of rank >= 1`);
+  if (dy.dtype !== 'float32' || y.dtype !== 'float32') throw new Error(`SoftmaxGrad (wasm): inputs must be float32, got ${dy.dtype}, ${y.dtype}`);
+  const cols = y.shape[y.shape.length - 1]!;
+  const dx = backend.makeOutput([...y.shape], 'float32');
+  const at = (t: Info) => backend.getMemoryOffset(t.dataId);
+  if (cols > 0) k.softmaxGrad(at(dy), at(y), at(dx), tf.util.sizeFromShape(y.shape) / cols, cols);
   return dx;
 }
 
@@ -517,6 +657,9 @@ export function registerWasmGradientKernels(): void {
   add(NORM_GELU_KERNELS.layerNormGrad, layerNormGradKernel as unknown as tf.KernelFunc);
   add(NORM_GELU_KERNELS.gelu, geluKernel as unknown as tf.KernelFunc);
   add(NORM_GELU_KERNELS.geluGrad, geluGradKernel as unknown as tf.KernelFunc);
+  add(DENSE_KERNEL, denseKernel as unknown as tf.KernelFunc);
+  add(MATMUL_MUL_KERNEL, matMulMulKernel as unknown as tf.KernelFunc);
+  add(SOFTMAX_GRAD_KERNEL, softmaxGradKernel as unknown as tf.KernelFunc);
   // Wrap the backend's own kernel, which stays the fallback.
   const replace = (kernelName: string, wrap: (plain: tf.KernelFunc) => unknown) => {
     const k = tf.getKernel(kernelName, 'wasm');

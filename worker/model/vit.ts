@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { buildLayout, type ParamLayout } from '../../shared/params.js';
 import { labelText } from '../../shared/labels.js';
 import { type ModelConfig, tokenCount } from './config.js';
-import { dense, gelu, layerNorm } from './layers.js';
+import { dense, gelu, layerNorm, residualMlp, softmax } from './layers.js';
 import { mulberry32, normalSource } from '../../shared/rng.js';
 import { overwriteVariable, readInto } from './tensor-storage.js';
 
@@ -243,12 +243,12 @@ export class CxrModel {
     const heads = tf.transpose(tf.reshape(qkv, [B, Tk, 3 * H, d]), [0, 2, 1, 3]);
     const [q, k, v] = tf.split(heads, 3, 1).map((t) => tf.reshape(t, [B * H, Tk, d])) as [tf.Tensor3D, tf.Tensor3D, tf.Tensor3D];
     const scores = tf.matMul(tf.mul(q, d ** -0.5), k, false, true);
-    const ctx = tf.matMul(tf.softmax(scores), v);
+    const ctx = tf.matMul(softmax(scores), v);
     const merged = tf.reshape(tf.transpose(tf.reshape(ctx, [B, H, Tk, d]), [0, 2, 1, 3]), [B * Tk, W]) as tf.Tensor2D;
-    const x1: tf.Tensor2D = tf.add(x, dense(merged, this.p(`${b}.attn.out_proj.weight`), this.p(`${b}.attn.out_proj.bias`))) as tf.Tensor2D;
+    // The residual adds and c_fc's GELU go with the dense layers (fused kernels on wasm).
+    const x1 = dense(merged, this.p(`${b}.attn.out_proj.weight`), this.p(`${b}.attn.out_proj.bias`), { residual: x });
     const m = layerNorm(x1, this.p(`${b}.ln_2.weight`), this.p(`${b}.ln_2.bias`));
-    const hid = gelu(dense(m, this.p(`${b}.mlp.c_fc.weight`), this.p(`${b}.mlp.c_fc.bias`)));
-    return tf.add(x1, dense(hid, this.p(`${b}.mlp.c_proj.weight`), this.p(`${b}.mlp.c_proj.bias`)));
+    return residualMlp(m, this.p(`${b}.mlp.c_fc.weight`), this.p(`${b}.mlp.c_fc.bias`), this.p(`${b}.mlp.c_proj.weight`), this.p(`${b}.mlp.c_proj.bias`), x1);
   }
 
   /** Label-prompt embeddings through the trainable head (text head only). */
@@ -258,7 +258,7 @@ export class CxrModel {
     const L = c.labels.length;
     const e = this.fixedPrompts ?? this.p<tf.Tensor2D>('text.prompt_embeddings');
     const h = dense(e, this.p('text.head.fc1.weight'), this.p('text.head.fc1.bias'));
-    const t = tf.add(h, dense(gelu(h), this.p('text.head.fc2.weight'), this.p('text.head.fc2.bias'))) as tf.Tensor2D;
+    const t = dense(gelu(h), this.p('text.head.fc2.weight'), this.p('text.head.fc2.bias'), { residual: h });
     const [names, positive, negative] = tf.split(t, [L, L, L], 0) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
     return { names, positive, negative };
   }
