@@ -132,6 +132,28 @@ test('reader: record batches with nulls (written by another tool) are decoded wh
   }
 });
 
+test('reader: a record batch whose metadata is damaged is named in the error, whichever path reads it', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'cxr-ds-'));
+  try {
+    await writeToy(dir, { train: 12, val: 0, test: 0 });
+    const file = path.join(dir, 'train-00000.arrow');
+    const bytes = readFileSync(file);
+    const src = RecordBatchReader.from(bytes);
+    src.open();
+    const block = (src as unknown as { footer: { getRecordBatch(i: number): { offset: number; metaDataLength: number } } }).footer.getRecordBatch(1);
+    // Overwrite the flatbuffer of record batch 1's message (after the marker and the length).
+    bytes.fill(0xa5, block.offset + 8, block.offset + block.metaDataLength);
+    writeFileSync(file, bytes);
+    const ds = await openDataset(dir);
+    const train = ds.split('train');
+    expectRow(await train.read([0]), 0, 0);
+    await assert.rejects(train.read([5]), (e: unknown) => e instanceof UserError && /train-00000\.arrow: record batch 1/.test(e.message));
+    await ds.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('wire: encodeBatch/decodeBatch round-trip, NaN labels and empty batches included', () => {
   const rows = [0, 5, 10, 3];
   const b: SampleBatch = {

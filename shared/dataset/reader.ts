@@ -180,6 +180,7 @@ class ShardHandle {
     await this.readAt(tail, 0, tail.length, body + from, `record batch ${index}`);
     const view = <T>(T: new (b: ArrayBuffer, o: number, n: number) => T, i: number, n: number) => new T(tail.buffer, buf[i]!.offset - from, n);
     const text = (k: number): ((i: number) => string) => {
+      if (buf[6 + 3 * k + 1]!.length < 4 * (rows + 1)) throw new Error(`column '${fields[2 + k]}': offsets buffer shorter than the rows`);
       const valueOffsets = view(Int32Array, 6 + 3 * k + 1, rows + 1);
       const data = view(Uint8Array, 6 + 3 * k + 2, buf[6 + 3 * k + 2]!.length);
       if (valueOffsets[0]! < 0 || valueOffsets[rows]! > data.length) throw new Error(`column '${fields[2 + k]}': string offsets past its data`);
