@@ -3,12 +3,13 @@ import { addTo, assembleModule, Body, countdown, instantiateWith, wasmApi } from
 /**
  * Strided copies of contiguous rows of 4-byte values in WebAssembly SIMD, for the attention's
  * transposes on tfjs-backend-wasm: [B, T, 3H, d] -> [B, 3H, T, d] and the merge back, and their
- * gradients (perm [0, 2, 1, 3]). The backend's Transpose is generic (one element at a time through
- * a loop over every axis: ~2 ms for the tiny model's [32, 65, 12, 32]), while each row of d values
- * stays whole under that permutation and moves as d/4 v128 loads and stores.
+ * gradients (perm [0, 2, 1, 3]). The backend's Transpose is generic over the axes (~0.42 ms for the
+ * tiny model's [32, 65, 12, 32], timed alone), while each row of d values stays whole under that
+ * permutation and moves as d/4 v128 loads and stores (~0.29 ms).
  *
- * One routine covers the transpose, the head split (q, k, v as three outputs, so no SplitV after it)
- * and the head merge of the backward (three inputs, so no Concat before it): out row (o, a, b) of
+ * One routine covers the transpose, the head split (q, k, v as three outputs, so no SplitV after it,
+ * and q's scaling on the way) and the head merge of the backward (three inputs, so no Concat before
+ * it), which is where most of the time went (bench/transpose.ts): out row (o, a, b) of
  * `inner` values comes from in row (o, a, b) under separate byte strides for each of o, a, b on each
  * side. The copy moves bits (v128 and f32 loads and stores do not touch them); `scaled` multiplies
  * each value by one f32 on the way, the f32 product tfjs's Multiply by a scalar makes.

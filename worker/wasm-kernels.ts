@@ -672,7 +672,8 @@ export function wasmTransposePath(shape: readonly number[], perm: readonly numbe
 /**
  * Transpose on ./simd-transpose.ts where the perm swaps two adjacent groups of axes and keeps the
  * last axis last (the attention's [0, 2, 1, 3], the stem's [0, 1, 3, 2, 4]): whole rows move as
- * v128 copies. tfjs-backend-wasm 4.22 moves one element at a time. Other perms, other dtypes and
+ * v128 copies (tfjs-backend-wasm 4.22's kernel is generic over the axes: ~1.3-1.5x the time at
+ * the attention's shapes, bench/transpose.ts). Other perms, other dtypes and
  * engines without SIMD keep the backend's kernel. A permutation moves bits: the same result.
  */
 function rowTranspose(plain: tf.KernelFunc) {
