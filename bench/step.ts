@@ -8,12 +8,12 @@ import { resolveModelConfig } from '../worker/model/config.js';
 import { CxrModel, initialParams } from '../worker/model/vit.js';
 import { adamwStep, clipFactor, decayMask, scaleInPlace, sumOfSquares } from '../worker/optim.js';
 import { computeGradients, localComm } from '../worker/step.js';
-import { setSimdDenseEpilogue, setSimdNormGelu, setSimdSoftmaxGrad } from '../worker/wasm-kernels.js';
+import { setSimdAttentionHeads, setSimdDenseEpilogue, setSimdNormGelu, setSimdSoftmaxGrad, setSimdTranspose } from '../worker/wasm-kernels.js';
 import { matMulFlops, simdPeak } from './simd-peak.js';
 import { runTorchReference } from './torch-reference.js';
 
 /**
- * `npm run bench -- step [--models tiny,small] [--backends wasm,cpu] [--batch 32] [--image 64] [--steps 3] [--norm-gelu on|off|ab] [--epilogue on|off|ab] [--softmax-grad on|off|ab]`:
+ * `npm run bench -- step [--models tiny,small] [--backends wasm,cpu] [--batch 32] [--image 64] [--steps 3] [--norm-gelu on|off|ab] [--epilogue on|off|ab] [--softmax-grad on|off|ab] [--transpose on|off|ab]`:
  * time of one full training step (forward, backward, all three losses, clipping, AdamW, writing the
  * parameters back) per model and backend, next to PyTorch's time for the same architecture, batch
  * and losses measured in the same run on one thread (bench/reference/vit_step.py).
@@ -21,7 +21,9 @@ import { runTorchReference } from './torch-reference.js';
  * kernels (off), or `ab`: both, steps alternating on one model, each path a row.
  * `--epilogue` (wasm only): dense layers' bias, GELU and residual add in the SIMD GEMM's epilogue
  * (on, the default), as separate kernels (off), or `ab` as above; `--softmax-grad` (wasm only):
- * the attention softmax's gradient in one pass (on) or as tfjs's four kernels (off), or `ab`.
+ * the attention softmax's gradient in one pass (on) or as tfjs's four kernels (off), or `ab`;
+ * `--transpose` (wasm only): Transpose as row copies and the attention's head split and merge as
+ * one kernel each (on), or the backend's Transpose with tfjs's split, multiply and concat (off), or `ab`.
  * Several `ab`s run every combination.
  */
 function arg(argv: string[], name: string, dflt: string): string {
@@ -70,6 +72,7 @@ interface Setting {
   normGelu: boolean;
   epilogue: boolean;
   softmaxGrad: boolean;
+  transpose: boolean;
 }
 
 /** Step times per setting of the wasm switches, the settings alternating step by step. */
@@ -82,6 +85,8 @@ async function tfjsStepMs(backend: BackendChoice, preset: string, batch: number,
         setSimdNormGelu(on.normGelu);
         setSimdDenseEpilogue(on.epilogue);
         setSimdSoftmaxGrad(on.softmaxGrad);
+        setSimdTranspose(on.transpose);
+        setSimdAttentionHeads(on.transpose);
         const t0 = performance.now();
         await step.run();
         if (s > 1) times[i]!.push(performance.now() - t0); // the first step compiles/warms kernels
@@ -91,6 +96,8 @@ async function tfjsStepMs(backend: BackendChoice, preset: string, batch: number,
     setSimdNormGelu(true);
     setSimdDenseEpilogue(true);
     setSimdSoftmaxGrad(true);
+    setSimdTranspose(true);
+    setSimdAttentionHeads(true);
     step.dispose();
   }
   return times;
@@ -167,12 +174,16 @@ export async function run(argv: string[]): Promise<void> {
   const choices = (v: string) => (v === 'on' ? [true] : v === 'off' ? [false] : [false, true]);
   const softmaxGrad = arg(argv, 'softmax-grad', 'on');
   if (!['on', 'off', 'ab'].includes(softmaxGrad)) throw new UserError(`--softmax-grad must be on, off or ab, got '${softmaxGrad}'`);
-  const wasmSettings = choices(normGelu).flatMap((n) => choices(epilogue).flatMap((e) => choices(softmaxGrad).map((g) => ({ normGelu: n, epilogue: e, softmaxGrad: g }))));
+  const transpose = arg(argv, 'transpose', 'on');
+  if (!['on', 'off', 'ab'].includes(transpose)) throw new UserError(`--transpose must be on, off or ab, got '${transpose}'`);
+  const wasmSettings = choices(normGelu).flatMap((n) =>
+    choices(epilogue).flatMap((e) => choices(softmaxGrad).flatMap((g) => choices(transpose).map((t) => ({ normGelu: n, epilogue: e, softmaxGrad: g, transpose: t })))));
   const labelOf = (on: Setting) =>
     [
       normGelu !== 'on' ? `LayerNorm/GELU ${on.normGelu ? 'SIMD' : 'tfjs'}` : '',
       epilogue !== 'on' ? `epilogue ${on.epilogue ? 'on' : 'off'}` : '',
       softmaxGrad !== 'on' ? `softmax grad ${on.softmaxGrad ? 'one pass' : 'tfjs'}` : '',
+      transpose !== 'on' ? `transpose ${on.transpose ? 'rows' : 'tfjs'}` : '',
     ].filter(Boolean).join(', ');
   process.stdout.write(`training step, batch ${batch} of ${image}x${image}, median of ${steps} steps after 1 warm-up (machine load affects both columns alike)\n`);
   process.stdout.write(`${'model'.padEnd(6)} ${'backend'.padEnd(8)} ${'tfjs s/step'.padStart(12)} ${'PyTorch s/step'.padStart(15)} ${'ratio'.padStart(7)}\n`);
@@ -181,7 +192,7 @@ export async function run(argv: string[]): Promise<void> {
     for (const be of backends) {
       // The cpu backend is ~10x slower; one step of `small` on it takes minutes, so it gets one.
       const n = be === 'cpu' ? 1 : steps;
-      const settings = be === 'wasm' ? wasmSettings : [{ normGelu: true, epilogue: true, softmaxGrad: true }];
+      const settings = be === 'wasm' ? wasmSettings : [{ normGelu: true, epilogue: true, softmaxGrad: true, transpose: true }];
       const all = await tfjsStepMs(be, preset, batch, image, n, settings);
       const refMs = typeof ref === 'string' ? null : median(ref.ms);
       for (const [i, on] of settings.entries()) {

@@ -3,14 +3,17 @@ import { simdColsum, type SimdColsum } from './simd-colsum.js';
 import { DEFAULT_BLOCKING, gemmVariants, simdGemm, type GemmBlocking, type GemmVariant, type SimdGemm } from './simd-gemm.js';
 import { simdNormGelu, type SimdNormGelu } from './simd-norm-gelu.js';
 import { simdSoftmax, type SimdSoftmax } from './simd-softmax.js';
+import { adjacentSwap, simdTranspose, type SimdTranspose } from './simd-transpose.js';
 
 /**
  * Kernels of tfjs-backend-wasm 4.22 replaced or added here. Replaced, each keeping the backend's
  * own kernel as its fallback: BatchMatMul (every product on the SIMD GEMM of ./simd-gemm.ts; where
  * that cannot run, transposed operands through an explicit Transpose to XNNPACK), Sum over leading
- * axes (./simd-colsum.ts), SplitV (memmoves) and Identity (shared data). Added: the LayerNorm/GELU
+ * axes (./simd-colsum.ts), SplitV (memmoves), Identity (shared data) and Transpose where whole rows
+ * move (./simd-transpose.ts). Added: the LayerNorm/GELU
  * kernels of ./simd-norm-gelu.ts, the fused dense layer and matMul-multiply on the GEMM's
- * epilogues (CxrDense, CxrMatMulMul), softmax's gradient (./simd-softmax.ts), and gradient
+ * epilogues (CxrDense, CxrMatMulMul), softmax's gradient (./simd-softmax.ts), the attention's
+ * head split and merge (CxrAttentionHeads and its gradient, ./simd-transpose.ts), and gradient
  * kernels the backend does not ship, built only from
  * kernels it does ship (StridedSlice, PadV2, BatchMatMul, Concat, OneHot, Cast), so they run at XNNPACK
  * speed and need no extra wasm code:
@@ -642,6 +645,142 @@ function contiguousSplitV(plain: tf.KernelFunc) {
   };
 }
 
+/** The strided row copies bound to this backend's heap, or null where they cannot run. */
+const transposeFor: (backend: WasmBackendLike) => SimdTranspose | null = boundToHeap(simdTranspose);
+
+let transposeOn = true;
+
+/**
+ * Turn the row-copy Transpose off (false: every perm on the backend's own kernel) or back on. For
+ * benchmarks that compare the paths in one run, and to rule the kernel out.
+ */
+export function setSimdTranspose(on: boolean): void {
+  transposeOn = on;
+}
+
+/** The swap the rows kernel would make for this transpose, or null where the backend's kernel runs. */
+function rowSwap(shape: readonly number[], perm: readonly number[], dtype: tf.DataType): ReturnType<typeof adjacentSwap> {
+  return transposeOn && BYTES_PER_ELEMENT[dtype] === 4 ? adjacentSwap(shape, perm) : null;
+}
+
+/** Which kernel serves Transpose of this shape, perm and dtype on the active wasm backend: the row copies or the backend's own. */
+export function wasmTransposePath(shape: readonly number[], perm: readonly number[], dtype: tf.DataType): 'rows' | 'backend' {
+  if (tf.getBackend() !== 'wasm') throw new Error(`wasmTransposePath: the active backend is ${tf.getBackend()}, not wasm`);
+  return rowSwap(shape, perm, dtype) && transposeFor(tf.backend() as unknown as WasmBackendLike) ? 'rows' : 'backend';
+}
+
+/**
+ * Transpose on ./simd-transpose.ts where the perm swaps two adjacent groups of axes and keeps the
+ * last axis last (the attention's [0, 2, 1, 3], the stem's [0, 1, 3, 2, 4]): whole rows move as
+ * v128 copies (tfjs-backend-wasm 4.22's kernel is generic over the axes: ~1.3-1.5x the time at
+ * the attention's shapes, bench/transpose.ts). Other perms, other dtypes and
+ * engines without SIMD keep the backend's kernel. A permutation moves bits: the same result.
+ */
+function rowTranspose(plain: tf.KernelFunc) {
+  return (args: KernelArgs): Info => {
+    const { x } = args.inputs as { x: Info };
+    const { perm } = args.attrs as unknown as { perm: number[] };
+    const backend = args.backend as WasmBackendLike;
+    const swap = rowSwap(x.shape, perm, x.dtype);
+    const k = swap ? transposeFor(backend) : null;
+    if (!swap || !k) return plain(args as unknown as Parameters<tf.KernelFunc>[0]) as Info;
+    const out = backend.makeOutput(perm.map((p) => x.shape[p]!), x.dtype);
+    const { outer, x: nx, y: ny, inner } = swap;
+    if (outer * nx * ny * inner === 0) return out;
+    // Output rows (o, a < ny, b < nx) in order; input row (o, b, a).
+    const plane = nx * ny * inner * 4;
+    k.rows(backend.getMemoryOffset(x.dataId), backend.getMemoryOffset(out.dataId), outer, ny, nx, inner, plane, inner * 4, ny * inner * 4, plane, nx * inner * 4, inner * 4);
+    return out;
+  };
+}
+
+/**
+ * The attention's head split on the wasm backend: inputs {x [batch * tokens, 3 * heads * d]} (the
+ * qkv projection, q, k, v each heads * d wide), attrs {batch, heads, scale} -> [q * scale, k, v],
+ * each [batch * heads, tokens, d]. It is reshape [batch, tokens, 3 * heads, d], transpose
+ * [0, 2, 1, 3], split in three on axis 1, reshape, and q times scale (an f32 Multiply), moved in
+ * one pass with the same bits. Its gradient (CxrAttentionHeadsGrad: {dq, dk, dv} -> dx) is the
+ * reverse, dq times scale, which is what tfjs's Multiply, Concat and Transpose gradients compute.
+ * Only worker/model/layers.ts calls it, after wasmAttentionHeadsActive() said yes.
+ */
+export const ATTENTION_HEADS_KERNELS = { split: 'CxrAttentionHeads', merge: 'CxrAttentionHeadsGrad' } as const;
+
+interface HeadsAttrs {
+  batch: number;
+  heads: number;
+  scale: number;
+}
+
+let headsOn = true;
+
+/** Turn the fused head split/merge off (false: tfjs's transpose, split and multiply) or back on. */
+export function setSimdAttentionHeads(on: boolean): void {
+  headsOn = on;
+}
+
+/** Whether layers.ts's attentionHeads runs on the fused kernels now (wasm, SIMD, switch on). */
+export function wasmAttentionHeadsActive(): boolean {
+  if (!headsOn || tf.getBackend() !== 'wasm' || !tf.getKernel(ATTENTION_HEADS_KERNELS.split, 'wasm')) return false;
+  return transposeFor(tf.backend() as unknown as WasmBackendLike) !== null;
+}
+
+/** [batch, tokens, heads, d] of the qkv projection `x` [batch * tokens, 3 * heads * d], or an error naming what does not fit. */
+function headsGeometry(x: readonly number[], { batch, heads }: HeadsAttrs): [number, number, number, number] {
+  const [rows, cols] = x;
+  if (x.length !== 2 || !(batch > 0) || !(heads > 0) || rows! % batch !== 0 || cols! % (3 * heads) !== 0) {
+    throw new Error(`AttentionHeads (wasm): x [${x}] is not [batch * tokens, 3 * heads * d] for batch ${batch}, heads ${heads}`);
+  }
+  return [batch, rows! / batch, heads, cols! / (3 * heads)];
+}
+
+function boundHeads(args: KernelArgs): { k: SimdTranspose; backend: WasmBackendLike; at: (t: Info) => number } {
+  const backend = args.backend as WasmBackendLike;
+  const k = transposeFor(backend);
+  if (!k) throw new Error('the attention head kernels cannot run on this engine (check wasmAttentionHeadsActive() first)');
+  for (const t of Object.values(args.inputs) as Info[]) {
+    if (t.dtype !== 'float32') throw new Error(`AttentionHeads (wasm): inputs must be float32, got ${t.dtype}`);
+  }
+  return { k, backend, at: (t) => backend.getMemoryOffset(t.dataId) };
+}
+
+function attentionHeadsKernel(args: KernelArgs): Info[] {
+  const { k, backend, at } = boundHeads(args);
+  const { x } = args.inputs as { x: Info };
+  const attrs = args.attrs as unknown as HeadsAttrs;
+  const [b, t, h, d] = headsGeometry(x.shape, attrs);
+  const outs = [0, 1, 2].map(() => backend.makeOutput([b * h, t, d], 'float32'));
+  if (b * t * h * d === 0) return outs;
+  // Output rows (batch o, head a, token c) of d values, from input row (o, c) at column (piece, a).
+  const strides = [t * 3 * h * d * 4, d * 4, 3 * h * d * 4, h * t * d * 4, t * d * 4, d * 4] as const;
+  outs.forEach((out, piece) => {
+    const src = at(x) + piece * h * d * 4;
+    if (piece === 0) k.rowsScaled(src, at(out), b, h, t, d, ...strides, attrs.scale);
+    else k.rows(src, at(out), b, h, t, d, ...strides);
+  });
+  return outs;
+}
+
+function attentionHeadsGradKernel(args: KernelArgs): Info {
+  const { k, backend, at } = boundHeads(args);
+  const { dq, dk, dv } = args.inputs as { dq: Info; dk: Info; dv: Info };
+  const attrs = args.attrs as unknown as HeadsAttrs;
+  const { batch, heads } = attrs;
+  const [tokens, d] = [dq.shape[1]!, dq.shape[2]!];
+  for (const g of [dq, dk, dv]) {
+    if (!tf.util.arraysEqual(g.shape, [batch * heads, tokens, d])) throw new Error(`AttentionHeadsGrad (wasm): dq, dk, dv must be [${batch * heads},${tokens},${d}], got [${g.shape}]`);
+  }
+  const dx = backend.makeOutput([batch * tokens, 3 * heads * d], 'float32');
+  if (batch * tokens * heads * d === 0) return dx;
+  // Output rows (batch o, token a, head c) at column (piece, c), from input row (o, c, a).
+  const strides = [heads * tokens * d * 4, d * 4, tokens * d * 4, tokens * 3 * heads * d * 4, 3 * heads * d * 4, d * 4] as const;
+  [dq, dk, dv].forEach((g, piece) => {
+    const dst = at(dx) + piece * heads * d * 4;
+    if (piece === 0) k.rowsScaled(at(g), dst, batch, tokens, heads, d, ...strides, attrs.scale);
+    else k.rows(at(g), dst, batch, tokens, heads, d, ...strides);
+  });
+  return dx;
+}
+
 let registered = false;
 
 /** Register the missing kernels on the wasm backend (idempotent; kernels wasm gains later win). */
@@ -660,6 +799,15 @@ export function registerWasmGradientKernels(): void {
   add(DENSE_KERNEL, denseKernel as unknown as tf.KernelFunc);
   add(MATMUL_MUL_KERNEL, matMulMulKernel as unknown as tf.KernelFunc);
   add(SOFTMAX_GRAD_KERNEL, softmaxGradKernel as unknown as tf.KernelFunc);
+  add(ATTENTION_HEADS_KERNELS.split, attentionHeadsKernel as unknown as tf.KernelFunc);
+  add(ATTENTION_HEADS_KERNELS.merge, attentionHeadsGradKernel as unknown as tf.KernelFunc);
+  tf.registerGradient({
+    kernelName: ATTENTION_HEADS_KERNELS.split,
+    gradFunc: (dy, _saved, attrs) => {
+      const [dq, dk, dv] = dy as tf.Tensor[];
+      return { x: () => tf.engine().runKernel(ATTENTION_HEADS_KERNELS.merge, { dq: dq!, dk: dk!, dv: dv! }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor };
+    },
+  });
   // Wrap the backend's own kernel, which stays the fallback.
   const replace = (kernelName: string, wrap: (plain: tf.KernelFunc) => unknown) => {
     const k = tf.getKernel(kernelName, 'wasm');
@@ -670,5 +818,6 @@ export function registerWasmGradientKernels(): void {
   replace('Identity', sharedIdentity);
   replace('Sum', leadingAxesSum);
   replace('SplitV', contiguousSplitV);
+  replace('Transpose', rowTranspose);
   replace('BatchMatMul', (plain) => simdBatchedMatMul(untransposedBatchMatMul(plain)));
 }

@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { buildLayout, type ParamLayout } from '../../shared/params.js';
 import { labelText } from '../../shared/labels.js';
 import { type ModelConfig, tokenCount } from './config.js';
-import { dense, gelu, layerNorm, residualMlp, softmax } from './layers.js';
+import { attentionHeads, dense, gelu, layerNorm, residualMlp, softmax } from './layers.js';
 import { mulberry32, normalSource } from '../../shared/rng.js';
 import { overwriteVariable, readInto } from './tensor-storage.js';
 
@@ -238,11 +238,8 @@ export class CxrModel {
     const b = `visual.transformer.resblocks.${i}`;
     const a = layerNorm(x, this.p(`${b}.ln_1.weight`), this.p(`${b}.ln_1.bias`));
     const qkv = dense(a, this.p(`${b}.attn.in_proj_weight`), this.p(`${b}.attn.in_proj_bias`));
-    // [B*T, 3W] -> [B, 3H, T, d] with one 4-D transpose for q, k and v together (wasm's 5-D
-    // transpose is ~30x slower than its 4-D one), then q, k, v are contiguous blocks of axis 1.
-    const heads = tf.transpose(tf.reshape(qkv, [B, Tk, 3 * H, d]), [0, 2, 1, 3]);
-    const [q, k, v] = tf.split(heads, 3, 1).map((t) => tf.reshape(t, [B * H, Tk, d])) as [tf.Tensor3D, tf.Tensor3D, tf.Tensor3D];
-    const scores = tf.matMul(tf.mul(q, d ** -0.5), k, false, true);
+    const [q, k, v] = attentionHeads(qkv, B, H, d ** -0.5);
+    const scores = tf.matMul(q, k, false, true);
     const ctx = tf.matMul(softmax(scores), v);
     const merged = tf.reshape(tf.transpose(tf.reshape(ctx, [B, H, Tk, d]), [0, 2, 1, 3]), [B * Tk, W]) as tf.Tensor2D;
     // The residual adds and c_fc's GELU go with the dense layers (fused kernels on wasm).
