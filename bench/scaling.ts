@@ -49,7 +49,7 @@ interface RunFigures {
 }
 
 /**
- * `npm run bench -- scaling [--per-worker 16] [--steps 60] [--warmup 20] [--rounds 3] [--image-size 32] [--workers 1,2,4]`:
+ * `npm run bench -- scaling [--per-worker 16] [--steps 60] [--warmup 20] [--rounds 3] [--image-size 64] [--workers 1,2,4]`:
  * data-parallel throughput of the tiny model at a fixed per-worker batch (weak scaling), 1 worker
  * being the reference measured in the same run. Per world size: images/s over the steps after
  * the warm-up, speedup over 1 worker, and the share of step time in communication (embedding
@@ -65,6 +65,10 @@ interface RunFigures {
  * rounds, the world sizes in alternating order (1,2,4 then 4,2,1: a drift within a round favours
  * neither side), each round's speedups are computed within the round, and the verdict is the
  * median over the rounds, with every round printed.
+ * The default image size is 64 px, the size the tiny model trains at in this project (the demo,
+ * the acceptance runs, the NIH subset, the step benchmark); at 32 px (used before) a step is about
+ * 4 times shorter and the per-step costs that do not shrink with it (the waits between ranks, the
+ * collectives, the reports) weigh 4 times more (docs/performance.md, "Scaling").
  * The warm-up is 20 steps because V8 keeps optimising tfjs's JavaScript on its helper threads for
  * a few dozen steps, which costs the 2-worker run (no idle core) more than the 1-worker one, and
  * runs a wasm function in its baseline tier until it has run for a while.
@@ -77,7 +81,7 @@ export async function run(argv: string[]): Promise<void> {
       steps: { type: 'string', default: '60' },
       warmup: { type: 'string', default: '20' },
       rounds: { type: 'string', default: '3' },
-      'image-size': { type: 'string', default: '32' },
+      'image-size': { type: 'string', default: '64' },
       workers: { type: 'string', default: '1,2,4' },
       backend: { type: 'string', default: 'wasm' },
       'w-con': { type: 'string', default: '0.5' },
