@@ -6,12 +6,9 @@ import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../worker/backend.js';
 import { dense, residualMlp, type DenseEpilogue } from '../worker/model/layers.js';
-import { resolveModelConfig } from '../worker/model/config.js';
-import { CxrModel, initialParams } from '../worker/model/vit.js';
-import { computeGradients, localComm, type StepOptions } from '../worker/step.js';
-import { labelPriorTarget } from '../worker/losses.js';
 import { DENSE_KERNEL, MATMUL_MUL_KERNEL, SOFTMAX_GRAD_KERNEL, setSimdDenseEpilogue, setSimdSoftmaxGrad, setSimdGemmVariant, setSimdMatMulScope, setSimdNormGelu, wasmDenseActive } from '../worker/wasm-kernels.js';
 import { gemmVariants } from '../worker/simd-gemm.js';
+import { assertStepBitsWithSwitchesOff, kernelsOf } from './fixtures/step-bits.js';
 import { mulberry32, normalSource } from '../shared/rng.js';
 
 await initBackend('wasm');
@@ -51,10 +48,6 @@ function denseAndGrads(kind: Kind, rows: number, k: number, n: number, seed: num
 }
 
 /** Whether `f` ran the fused kernel: the kernels of one run, by name. */
-async function kernelsOf(f: () => void | Promise<void>): Promise<string[]> {
-  return (await tf.profile(f as () => Promise<tf.TensorContainer>)).kernelNames;
-}
-
 // Every remainder of both tiles' rows (3, 4) and columns (12, 8), narrow (n < 96: the 4x8 tile of
 // the FMA build) and wide, k from 1 to past the 256 block.
 const SHAPES: [number, number, number][] = [[1, 1, 1], [7, 13, 5], [13, 101, 29], [2, 3, 0], [65, 130, 300], [9, 96, 16], [5, 384, 8]];
@@ -198,40 +191,6 @@ test('residualMlp on wasm (one custom gradient, the GELU backward in the dy W2^T
   });
 });
 
-const labels = ['Atelectasis', 'Cardiomegaly', 'Edema', 'Pleural Effusion', 'Pneumonia'];
-const opts: StepOptions = {
-  weights: { classification: 1, contrastive: 0.5, labelPrior: 0.1 },
-  targets: { uncertainty: labels.map(() => 'ignore' as const), blank: 'mask', seed: 0 },
-  posWeight: null,
-  priorTarget: labelPriorTarget('orth', labels, null),
-};
-
-test('a training step\'s gradients have the same bits with the epilogues (and the one-pass softmax gradient) on and off, on every run, and leak no tensors', async () => {
-  const cfg = resolveModelConfig({ preset: 'tiny', imageSize: 16, labels, overrides: { width: 24, layers: 2, heads: 2, embedDim: 12 } });
-  const model = new CxrModel(cfg, initialParams(cfg, 3));
-  const n = 5;
-  const r = mulberry32(4);
-  const images = Uint8Array.from({ length: n * 256 }, () => Math.floor(r() * 256));
-  const batchLabels = Float32Array.from({ length: n * labels.length }, () => (r() < 0.4 ? 1 : 0));
-  const grads = async () => (await computeGradients(model, { n, images, labels: batchLabels, indices: [0, 1, 2, 3, 4], epoch: 0 }, localComm, opts)).grads;
-  try {
-    const before = tf.memory().numTensors;
-    const kernels = await kernelsOf(async () => void (await grads()));
-    for (const k of [DENSE_KERNEL, MATMUL_MUL_KERNEL, SOFTMAX_GRAD_KERNEL]) assert.ok(kernels.includes(k), `kernels: ${kernels}`);
-    const on = await grads();
-    assert.deepEqual(await grads(), on, 'a rerun');
-    for (const off of [[setSimdDenseEpilogue], [setSimdSoftmaxGrad], [setSimdDenseEpilogue, setSimdSoftmaxGrad]]) {
-      off.forEach((set) => set(false));
-      try {
-        const unfused = await grads();
-        const differ = on.findIndex((v, i) => !Object.is(v, unfused[i]));
-        assert.equal(differ, -1, `${off.length} switch(es) off, gradient ${differ}: ${on[differ]} fused vs ${unfused[differ]} unfused`);
-      } finally {
-        off.forEach((set) => set(true));
-      }
-    }
-    assert.equal(tf.memory().numTensors, before);
-  } finally {
-    model.dispose();
-  }
-});
+test('a training step\'s gradients have the same bits with the epilogues (and the one-pass softmax gradient) on and off, on every run, and leak no tensors', () =>
+  assertStepBitsWithSwitchesOff([DENSE_KERNEL, MATMUL_MUL_KERNEL, SOFTMAX_GRAD_KERNEL], [[setSimdDenseEpilogue], [setSimdSoftmaxGrad], [setSimdDenseEpilogue, setSimdSoftmaxGrad]]),
+);

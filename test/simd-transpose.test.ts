@@ -4,12 +4,9 @@ import * as tf from '@tensorflow/tfjs';
 import { wasmApi } from '../worker/wasm-asm.js';
 import { initBackend } from '../worker/backend.js';
 import { attentionHeads } from '../worker/model/layers.js';
-import { resolveModelConfig } from '../worker/model/config.js';
-import { CxrModel, initialParams } from '../worker/model/vit.js';
-import { computeGradients, localComm, type StepOptions } from '../worker/step.js';
-import { labelPriorTarget } from '../worker/losses.js';
 import { adjacentSwap, simdTranspose } from '../worker/simd-transpose.js';
 import { ATTENTION_HEADS_KERNELS, setSimdAttentionHeads, setSimdTranspose, wasmAttentionHeadsActive, wasmTransposePath } from '../worker/wasm-kernels.js';
+import { assertStepBitsWithSwitchesOff, kernelsOf } from './fixtures/step-bits.js';
 import { mulberry32, normalSource } from '../shared/rng.js';
 
 await initBackend('wasm');
@@ -25,10 +22,6 @@ const read = (ts: tf.Tensor[]) =>
     t.dispose();
     return v;
   });
-
-async function kernelsOf(f: () => void): Promise<string[]> {
-  return (await tf.profile(f)).kernelNames;
-}
 
 test('adjacentSwap finds [outer, X, Y, inner] -> [outer, Y, X, inner] after merging axes that stay together, and nothing else', () => {
   assert.deepEqual(adjacentSwap([32, 65, 12, 32], [0, 2, 1, 3]), { outer: 32, x: 65, y: 12, inner: 32 });
@@ -179,39 +172,6 @@ test('the head split on wasm agrees with the cpu backend; cpu keeps transpose, s
   assert.throws(() => attentionHeads(tf.zeros([6, 9]) as tf.Tensor2D, 4, 1, 1), /not \[batch \* tokens, 3 \* heads \* d\]/);
 });
 
-const labels = ['Atelectasis', 'Cardiomegaly', 'Edema', 'Pleural Effusion', 'Pneumonia'];
-const opts: StepOptions = {
-  weights: { classification: 1, contrastive: 0.5, labelPrior: 0.1 },
-  targets: { uncertainty: labels.map(() => 'ignore' as const), blank: 'mask', seed: 0 },
-  posWeight: null,
-  priorTarget: labelPriorTarget('orth', labels, null),
-};
-
-test('a training step\'s gradients have the same bits with the row Transpose and the fused heads on and off, and leak no tensors', async () => {
-  const cfg = resolveModelConfig({ preset: 'tiny', imageSize: 16, labels, overrides: { width: 24, layers: 2, heads: 2, embedDim: 12 } });
-  const model = new CxrModel(cfg, initialParams(cfg, 3));
-  const n = 5;
-  const r = mulberry32(4);
-  const images = Uint8Array.from({ length: n * 256 }, () => Math.floor(r() * 256));
-  const batchLabels = Float32Array.from({ length: n * labels.length }, () => (r() < 0.4 ? 1 : 0));
-  const grads = async () => (await computeGradients(model, { n, images, labels: batchLabels, indices: [0, 1, 2, 3, 4], epoch: 0 }, localComm, opts)).grads;
-  try {
-    const before = tf.memory().numTensors;
-    const kernels = await kernelsOf(async () => void (await grads()));
-    assert.ok(kernels.includes(ATTENTION_HEADS_KERNELS.split) && kernels.includes(ATTENTION_HEADS_KERNELS.merge), `kernels: ${kernels}`);
-    const on = await grads();
-    for (const off of [[setSimdTranspose], [setSimdAttentionHeads], [setSimdTranspose, setSimdAttentionHeads]]) {
-      off.forEach((set) => set(false));
-      try {
-        const plain = await grads();
-        const differ = on.findIndex((v, i) => !Object.is(v, plain[i]));
-        assert.equal(differ, -1, `${off.length} switch(es) off, gradient ${differ}: ${on[differ]} on vs ${plain[differ]} off`);
-      } finally {
-        off.forEach((set) => set(true));
-      }
-    }
-    assert.equal(tf.memory().numTensors, before);
-  } finally {
-    model.dispose();
-  }
-});
+test('a training step\'s gradients have the same bits with the row Transpose and the fused heads on and off, and leak no tensors', () =>
+  assertStepBitsWithSwitchesOff([ATTENTION_HEADS_KERNELS.split, ATTENTION_HEADS_KERNELS.merge], [[setSimdTranspose], [setSimdAttentionHeads], [setSimdTranspose, setSimdAttentionHeads]]),
+);
