@@ -344,6 +344,15 @@ function simdBatchedMatMul(plain: (args: { inputs: tf.NamedTensorInfoMap; backen
  */
 export const DENSE_KERNEL = 'CxrDense';
 
+/**
+ * Whether a fused path can run now: the active backend is wasm, the kernels `names` are
+ * registered on it, and `moduleFor` could build their SIMD module in its memory.
+ */
+function wasmKernelsReady(names: readonly string[], moduleFor: (b: WasmBackendLike) => unknown): boolean {
+  if (tf.getBackend() !== 'wasm' || names.some((k) => !tf.getKernel(k, 'wasm'))) return false;
+  return moduleFor(tf.backend() as unknown as WasmBackendLike) !== null;
+}
+
 let denseOn = true;
 
 /**
@@ -361,9 +370,8 @@ export function setSimdDenseEpilogue(on: boolean): void {
  * the SIMD GEMM, scope 'all'; for `gelu`, GELU on CxrGelu), which is what makes the bits equal.
  */
 export function wasmDenseActive(gelu: boolean): boolean {
-  if (!denseOn || scope !== 'all' || tf.getBackend() !== 'wasm' || !tf.getKernel(DENSE_KERNEL, 'wasm') || !tf.getKernel(MATMUL_MUL_KERNEL, 'wasm')) return false;
-  if (gelu && !wasmNormGeluActive()) return false;
-  return gemmFor(tf.backend() as unknown as WasmBackendLike) !== null;
+  if (!denseOn || scope !== 'all' || (gelu && !wasmNormGeluActive())) return false;
+  return wasmKernelsReady([DENSE_KERNEL, MATMUL_MUL_KERNEL], gemmFor);
 }
 
 function denseKernel(args: KernelArgs): Info | Info[] {
@@ -462,8 +470,7 @@ export function setSimdNormGelu(on: boolean): void {
 
 /** Whether layers.ts's layerNorm and gelu run on the SIMD kernels now (active backend wasm, SIMD, switch on). */
 export function wasmNormGeluActive(): boolean {
-  if (!normGeluOn || tf.getBackend() !== 'wasm' || !tf.getKernel(NORM_GELU_KERNELS.gelu, 'wasm')) return false;
-  return normGeluFor(tf.backend() as unknown as WasmBackendLike) !== null;
+  return normGeluOn && wasmKernelsReady([NORM_GELU_KERNELS.gelu], normGeluFor);
 }
 
 type KernelArgs = { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs: tf.NamedAttrMap };
@@ -546,8 +553,7 @@ export function setSimdSoftmaxGrad(on: boolean): void {
 
 /** Whether layers.ts's softmax takes its gradient from the one-pass kernel now (wasm, SIMD, switch on). */
 export function wasmSoftmaxGradActive(): boolean {
-  if (!softmaxGradOn || tf.getBackend() !== 'wasm' || !tf.getKernel(SOFTMAX_GRAD_KERNEL, 'wasm')) return false;
-  return softmaxFor(tf.backend() as unknown as WasmBackendLike) !== null;
+  return softmaxGradOn && wasmKernelsReady([SOFTMAX_GRAD_KERNEL], softmaxFor);
 }
 
 function softmaxGradKernel(args: KernelArgs): Info {
@@ -720,8 +726,7 @@ export function setSimdAttentionHeads(on: boolean): void {
 
 /** Whether layers.ts's attentionHeads runs on the fused kernels now (wasm, SIMD, switch on). */
 export function wasmAttentionHeadsActive(): boolean {
-  if (!headsOn || tf.getBackend() !== 'wasm' || !tf.getKernel(ATTENTION_HEADS_KERNELS.split, 'wasm')) return false;
-  return transposeFor(tf.backend() as unknown as WasmBackendLike) !== null;
+  return headsOn && wasmKernelsReady([ATTENTION_HEADS_KERNELS.split], transposeFor);
 }
 
 /** [batch, tokens, heads, d] of the qkv projection `x` [batch * tokens, 3 * heads * d], or an error naming what does not fit. */
