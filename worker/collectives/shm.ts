@@ -135,7 +135,7 @@ export class ShmSegment {
     if (!this.canWrite()) throw new Error('shared-memory segment: no free slot');
     if (src.byteLength > this.slotBytes) throw new RangeError(`shared-memory segment: ${src.byteLength} bytes do not fit a ${this.slotBytes}-byte slot`);
     const counter = this.written;
-    const at = HEADER_BYTES + (counter % this.slots) * this.slotBytes;
+    const at = slotOffset(counter, this.slots, this.slotBytes);
     if (this.mem) this.mem.set(src, at);
     else writeAll(this.fd, src, at);
     this.written++;
@@ -215,7 +215,7 @@ export class ShmPeer {
 
   /** Copies bytes `from`..`from + dst.byteLength` of the next slot into `dst` (call `check` first). */
   read(dst: Uint8Array, from = 0): void {
-    const at = HEADER_BYTES + (this.next % this.slots) * this.slotBytes + from;
+    const at = slotOffset(this.next, this.slots, this.slotBytes) + from;
     if (this.mem) return dst.set(this.mem.subarray(at, at + dst.byteLength));
     let done = 0;
     while (done < dst.byteLength) {
@@ -230,7 +230,7 @@ export class ShmPeer {
    * them into its buffer without copying them out; null when the segment is not mapped.
    */
   floats(floats: number): Float32Array | null {
-    const at = HEADER_BYTES + (this.next % this.slots) * this.slotBytes;
+    const at = slotOffset(this.next, this.slots, this.slotBytes);
     if (!this.mem || at % 4 !== 0) return null;
     return new Float32Array(this.mem.buffer, this.mem.byteOffset + at, floats);
   }
@@ -245,6 +245,11 @@ export class ShmPeer {
     this.fd = -1;
     this.mem = null;
   }
+}
+
+/** Byte offset in a segment's file of the slot that carries slot counter `counter`. */
+function slotOffset(counter: number, slots: number, slotBytes: number): number {
+  return HEADER_BYTES + (counter % slots) * slotBytes;
 }
 
 /** The whole file behind `fd` mapped shared; the mapping goes when the array is collected. */
