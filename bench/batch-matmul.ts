@@ -6,6 +6,7 @@ import { MODEL_PRESETS, resolveModelConfig } from '../worker/model/config.js';
 import type { GemmBlocking, GemmVariant } from '../worker/simd-gemm.js';
 import { setSimdGemmBlocking, setSimdGemmVariant, setSimdMatMulScope, wasmGemmVariant, type GemmVariantChoice, type SimdMatMulScope } from '../worker/wasm-kernels.js';
 import { trainingStep } from './step.js';
+import { median } from './median.js';
 
 /**
  * `npm run bench -- batch-matmul [--models tiny,small] [--batch 32] [--image 64] [--reps 10] [--blocking]`:
@@ -22,7 +23,6 @@ function arg(argv: string[], name: string, dflt: string): string {
   return i >= 0 && argv[i + 1] ? argv[i + 1]! : dflt;
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 /** The six batched products of one attention layer's forward and backward, [bh, T, d] heads. */
 function attentionProducts(bh: number, T: number, d: number) {

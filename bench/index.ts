@@ -14,11 +14,16 @@ if (!/^[a-z][a-z0-9-]*$/.test(name)) {
   process.stderr.write(`bench: '${name}' is not a benchmark name\n`);
   process.exit(2);
 }
-let mod: { run(argv: string[]): Promise<void> };
+let mod: { run?: (argv: string[]) => Promise<void> };
 try {
   mod = await import(`./${name}.js`);
 } catch (e) {
   process.stderr.write(`bench: no benchmark named '${name}' (${(e as Error).message})\n`);
+  process.exit(2);
+}
+// bench/ also holds the benchmarks' helpers (median, scaling-probe, torch-reference, ...).
+if (typeof mod.run !== 'function') {
+  process.stderr.write(`bench: '${name}' is a helper of the benchmarks, not a benchmark\n`);
   process.exit(2);
 }
 try {

@@ -7,6 +7,7 @@ import { MODEL_PRESETS, resolveModelConfig, tokenCount } from '../worker/model/c
 import { gelu, layerNorm } from '../worker/model/layers.js';
 import { setSimdNormGelu, wasmNormGeluActive } from '../worker/wasm-kernels.js';
 import { trainingStep } from './step.js';
+import { median } from './median.js';
 
 /**
  * `npm run bench -- norm-gelu [--models tiny,small] [--batch 32] [--image 64] [--reps 20]`: on the
@@ -22,7 +23,6 @@ function arg(argv: string[], name: string, dflt: string): string {
   return i >= 0 && argv[i + 1] ? argv[i + 1]! : dflt;
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const PATHS = [
   { name: 'tfjs', on: false },
   { name: 'simd', on: true },

@@ -19,6 +19,7 @@ import { labelPriorTarget } from '../worker/losses.js';
 import { resolveModelConfig } from '../worker/model/config.js';
 import { CxrModel, initialParams, modelLayout } from '../worker/model/vit.js';
 import { computeGradients, localComm } from '../worker/step.js';
+import { median } from './median.js';
 
 export interface ProbeJob {
   mode: 'compute' | 'comm';
@@ -31,7 +32,6 @@ export interface ProbeJob {
   endpoints?: string[];
 }
 
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
 
 if (process.argv[2]) await main(JSON.parse(process.argv[2]) as ProbeJob);
 

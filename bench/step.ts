@@ -11,6 +11,7 @@ import { computeGradients, localComm } from '../worker/step.js';
 import { setSimdAttentionHeads, setSimdDenseEpilogue, setSimdNormGelu, setSimdSoftmaxGrad, setSimdTranspose } from '../worker/wasm-kernels.js';
 import { matMulFlops, simdPeak } from './simd-peak.js';
 import { runTorchReference } from './torch-reference.js';
+import { median } from './median.js';
 
 /**
  * `npm run bench -- step [--models tiny,small] [--backends wasm,cpu] [--batch 32] [--image 64] [--steps 3] [--norm-gelu on|off|ab] [--epilogue on|off|ab] [--softmax-grad on|off|ab] [--transpose on|off|ab]`:
@@ -31,7 +32,6 @@ function arg(argv: string[], name: string, dflt: string): string {
   return i >= 0 && argv[i + 1] ? argv[i + 1]! : dflt;
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 /** One full training step of `preset` on `backend` (the setup the step bench times), run by run(). */
 export async function trainingStep(backend: BackendChoice, preset: string, batch: number, image: number): Promise<{ run(): Promise<void>; dispose(): void }> {

@@ -6,6 +6,7 @@ import { initBackend } from '../worker/backend.js';
 import { MODEL_PRESETS, resolveModelConfig, tokenCount } from '../worker/model/config.js';
 import { attentionHeads } from '../worker/model/layers.js';
 import { setSimdAttentionHeads, setSimdTranspose, wasmAttentionHeadsActive } from '../worker/wasm-kernels.js';
+import { median } from './median.js';
 
 /**
  * `npm run bench -- transpose [--models tiny,small] [--batch 32] [--image 64] [--reps 30]`: on the
@@ -20,7 +21,6 @@ function arg(argv: string[], name: string, dflt: string): string {
   return i >= 0 && argv[i + 1] ? argv[i + 1]! : dflt;
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 function randomTensor(shape: number[], seed: number): tf.Tensor {
   const r = normalSource(mulberry32(seed));
