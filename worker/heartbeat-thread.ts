@@ -21,8 +21,9 @@ import { loadControlProto, type HeartbeatReply, type HeartbeatRequest } from '..
  * rendezvous) and beats once it gets `{ begin }`. Messages in: `{ begin }`,
  * `{ watch: SharedArrayBuffer }`, `{ stop }`. The last reported step is read from `stepWord` when
  * a beat goes out, not posted per step: a message per step woke this thread once a step, and on a
- * machine whose cores all run ranks that wake-up is taken from a rank. Messages out: `{ type: 'lost', reason }` when no
- * heartbeat got through for silenceMs, `{ type: 'abort', reason }` when a reply carried the abort.
+ * machine whose cores all run ranks that wake-up is taken from a rank. Messages out:
+ * `{ type: 'lost', reason }` when no heartbeat got through for silenceMs, `{ type: 'abort', reason }`
+ * when a reply carried the abort.
  */
 /** workerData: where to send, and where the abort reason goes. */
 export interface HeartbeatThreadData {
