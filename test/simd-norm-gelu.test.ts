@@ -155,6 +155,18 @@ test('gelu on the SIMD kernels: value and gradient agree with cpu at odd shapes,
   });
 });
 
+test('gelu and its gradient on the SIMD kernels keep a NaN input NaN, as cpu does (the clamps are pseudo-min/max with the bound second)', () => {
+  const xv = Float32Array.from([NaN, 0.5, -3, NaN, 9, -9, NaN]);
+  const r = onBackends(() => {
+    const x = tf.tensor(xv);
+    return [gelu(x), ...tf.grads((a: tf.Tensor) => gelu(a))([x], tf.onesLike(x))];
+  });
+  ['y', 'dx'].forEach((name, i) => {
+    xv.forEach((x, j) => assert.equal(Number.isNaN(r.simd[i]![j]!), Number.isNaN(x), `gelu ${name}[${j}] of ${x}: ${r.simd[i]![j]} (cpu ${r.cpu[i]![j]})`));
+    xv.forEach((x, j) => assert.equal(Number.isNaN(r.cpu[i]![j]!), Number.isNaN(x), `cpu gelu ${name}[${j}] of ${x}`));
+  });
+});
+
 test('the SIMD layerNorm and gelu give the same bits on every run', () => {
   const run = () =>
     tf.tidy(() => {

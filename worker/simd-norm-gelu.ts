@@ -279,6 +279,10 @@ const LN2_HI = 0.693359375;
 const LN2_LO = -2.12194440e-4;
 const EXP_P = [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1];
 const EXP_MIN = -87;
+// n + 2^23 + 127 is exact for the integers n in [-126, 0] exp meets: its f32 bits are 0x4B000000 +
+// n + 127, so shifted left by 23 they are 2^n's (the 0x4B000000 falls off the top), two
+// instructions where trunc_sat (several on x64), add 127 and shift were five or more.
+const EXP_BIAS_SHIFTER = 2 ** 23 + 127;
 const SQRT1_2 = Math.SQRT1_2;
 const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
 
@@ -303,12 +307,12 @@ function horner(f: Body, coeffs: readonly number[], x2: number, acc: number): vo
 
 /** Pushes erf of the vector on top of the stack (uses t.c, t.x2, t.p, t.q). */
 function erfOf(f: Body, t: Temps): void {
-  f.f32x4Const(4).f32x4Min().f32x4Const(-4).f32x4Max().set(t.c);
+  f.f32x4Const(4).f32x4Pmin().f32x4Const(-4).f32x4Pmax().set(t.c);
   f.get(t.c).get(t.c).f32x4Mul().set(t.x2);
   horner(f, ERF_P, t.x2, t.p);
   horner(f, ERF_Q, t.x2, t.q);
   f.get(t.c).get(t.p).f32x4Mul().get(t.q).f32x4Div();
-  f.f32x4Const(1).f32x4Min().f32x4Const(-1).f32x4Max();
+  f.f32x4Const(1).f32x4Pmin().f32x4Const(-1).f32x4Pmax();
 }
 
 /** cdf = 0.5*(1 + erf(x*SQRT1_2)) of v128 local x, into t.cdf. */
@@ -321,7 +325,7 @@ function cdfOf(f: Body, x: number, t: Temps): void {
 /** Pushes pdf = exp((x*x)*-0.5)*INV_SQRT_2PI of v128 local x (uses t.c, t.x2, t.p, t.q). */
 function pdfOf(f: Body, x: number, t: Temps): void {
   const [a, n, r, y] = [t.c, t.x2, t.p, t.q];
-  f.get(x).get(x).f32x4Mul().f32x4Const(-0.5).f32x4Mul().f32x4Const(EXP_MIN).f32x4Max().set(a);
+  f.get(x).get(x).f32x4Mul().f32x4Const(-0.5).f32x4Mul().f32x4Const(EXP_MIN).f32x4Pmax().set(a);
   f.get(a).f32x4Const(LOG2E).f32x4Mul().f32x4Nearest().set(n);
   f.get(a).get(n).f32x4Const(LN2_HI).f32x4Mul().f32x4Sub();
   f.get(n).f32x4Const(LN2_LO).f32x4Mul().f32x4Sub().set(r);
@@ -329,7 +333,7 @@ function pdfOf(f: Body, x: number, t: Temps): void {
   for (const c of EXP_P.slice(2)) f.get(y).get(r).f32x4Mul().f32x4Const(c).f32x4Add().set(y);
   // y*r^2 + r + 1, times 2^n (n in [-126, 0]: (n + 127) << 23 is its f32 bit pattern)
   f.get(y).get(r).get(r).f32x4Mul().f32x4Mul().get(r).f32x4Add().f32x4Const(1).f32x4Add();
-  f.get(n).i32x4TruncSatF32x4S().i32x4Const(127).i32x4Add().i32Const(23).i32x4Shl();
+  f.get(n).f32x4Const(EXP_BIAS_SHIFTER).f32x4Add().i32Const(23).i32x4Shl();
   f.f32x4Mul();
   f.f32x4Const(INV_SQRT_2PI).f32x4Mul();
 }

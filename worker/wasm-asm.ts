@@ -316,6 +316,17 @@ export class Body {
   f32x4Max(): this {
     return this.simd(0xe9);
   }
+  /**
+   * Pseudo-min/max: pops a, b; pmin pushes b < a ? b : a, pmax a < b ? b : a (one minps/maxps on
+   * x64, where min/max take ~7 instructions for IEEE NaN and signed-zero rules). With a constant
+   * bound as b, the same as min/max except for a pair of zeros: a NaN a is returned as is.
+   */
+  f32x4Pmin(): this {
+    return this.simd(0xea);
+  }
+  f32x4Pmax(): this {
+    return this.simd(0xeb);
+  }
   /** Round to nearest, ties to even. */
   f32x4Nearest(): this {
     return this.simd(0x6a);
