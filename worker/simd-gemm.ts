@@ -222,7 +222,11 @@ function packBody(width: number): Body {
  * - 'residual': then fl(z + r[i, j]) of a second [m, n] matrix, as tf.add(r, dense(x, W, b))
  *   (f32 addition commutes, so r + z and z + r are the same bits), in the block kernel too.
  * - 'multiply' (on its own): fl(sum * s[i, j]) of a second [m, n] matrix, as tf.mul(matMul(..), s):
- *   the GELU's backward, dy W^T times gelu'(z), in the product that makes dy W^T.
+ *   the GELU's backward, dy W^T times gelu'(z), in the product that makes dy W^T. Not in the block
+ *   kernels but in mulRows, over each block of MC whole rows of C once its sums are stored (still in
+ *   L2): s is then read front to back, where in the block kernels each 3x12 block's rows were three
+ *   cache misses 2 KiB apart that the next block waited for (~2.6 ms of a 7 ms [2080,128]x[128,512]
+ *   product, ~0.5 ms as a row pass).
  * - 'gelu': C = gelu(z) and a second output gelu'(z): worker/simd-norm-gelu.ts's GELU and the
  *   factor its geluGrad multiplies dy by, in the same instructions (geluOf, geluSlopeOf), so that
  *   the backward is dy * gelu'(z), a plain multiply with geluGrad's bits, instead of erf and exp
@@ -233,8 +237,8 @@ function packBody(width: number): Body {
  */
 export type EpilogueStep = 'bias' | 'residual' | 'gelu' | 'multiply';
 
-/** The epilogues the block kernels are built with (suffixed with their letters); 'gelu' is geluStrip's. */
-const EPILOGUES: readonly (readonly EpilogueStep[])[] = [[], ['bias'], ['bias', 'residual'], ['multiply']];
+/** The epilogues the block kernels are built with (suffixed with their letters); 'gelu' is geluStrip's, 'multiply' mulRows'. */
+const EPILOGUES: readonly (readonly EpilogueStep[])[] = [[], ['bias'], ['bias', 'residual']];
 
 const epilogueSuffix = (steps: readonly EpilogueStep[]) => (steps.length ? '_' + steps.map((e) => e[0]).join('') : '');
 
@@ -282,6 +286,26 @@ function geluStripBody(): Body {
   return f;
 }
 
+/** mulRows(c, s, n): c[i] = c[i] * s[i] for the n floats at c and s, the last n % 4 one by one (the same f32 multiply). */
+function mulRowsBody(): Body {
+  const f = new Body([I, I, I]);
+  const [c, sl, n] = [0, 1, 2];
+  const count = f.local(I);
+  f.get(n).i32Const(2).i32ShrU().set(count);
+  countdown(f, count, () => {
+    f.get(c).get(c).v128Load().get(sl).v128Load().f32x4Mul().v128Store();
+    addTo(f, c, 16);
+    addTo(f, sl, 16);
+  });
+  f.get(n).i32Const(3).i32And().set(count);
+  countdown(f, count, () => {
+    f.get(c).get(c).f32Load().get(sl).f32Load().f32Mul().f32Store();
+    addTo(f, c, 4);
+    addTo(f, sl, 4);
+  });
+  return f;
+}
+
 /**
  * t{tile}_{R}x{C}{epilogue}(ap, bp, c, rowPanels, colPanels, k, ldc, accumulate[, bias, delta]):
  * for each of colPanels packed B panels (NR wide) and rowPanels packed A panels (MR high), the
@@ -293,13 +317,12 @@ function geluStripBody(): Body {
  * per-element path, no copy. The padding lanes of a last vector are computed and never stored,
  * each lane its own sum, so whatever the packing left in them cannot reach C.
  * With an epilogue (see EpilogueStep): `bias` is the byte offset of the bias of the block's first
- * column; `delta` is the byte distance from C to the residual or multiplier matrix, laid out as C
- * (each unused where its epilogue has no such operand).
+ * column; `delta` is the byte distance from C to the residual matrix, laid out as C (each unused
+ * where its epilogue has no such operand).
  */
 function blockBody({ mr, nr, fma }: Tile, rows: number, cols: number, epilogue: readonly EpilogueStep[] = []): Body {
   const hasBias = epilogue.includes('bias');
   const hasResidual = epilogue.includes('residual');
-  const hasMultiply = epilogue.includes('multiply');
   const f = new Body([I, I, I, I, I, I, I, I, ...(epilogue.length ? [I, I] : [])] as ValType[]);
   const [ap, bp, c, rowPanels, colPanels, k, ldc, accumulate] = [0, 1, 2, 3, 4, 5, 6, 7];
   const [bias, delta] = [8, 9];
@@ -319,7 +342,7 @@ function blockBody({ mr, nr, fma }: Tile, rows: number, cols: number, epilogue: 
   const bStep = f.local(I);
   const outStep = f.local(I); // MR rows of C: MR * ldc
   const biasCol = hasBias ? f.local(I) : -1;
-  const q = hasResidual || hasMultiply ? f.local(I) : -1; // p + delta
+  const q = hasResidual ? f.local(I) : -1; // p + delta
   const bv = Array.from({ length: nv }, () => f.local('v128'));
   const x = f.local('v128');
   const acc = Array.from({ length: rows * nv }, () => f.local('v128'));
@@ -398,11 +421,6 @@ function blockBody({ mr, nr, fma }: Tile, rows: number, cols: number, epilogue: 
             loadVec(q, v);
             f.f32x4Add().set(a);
           }
-          if (hasMultiply) {
-            f.get(a);
-            loadVec(q, v);
-            f.f32x4Mul().set(a);
-          }
           storeVec(p, a, v);
         }
         addTo(f, p, { local: ldc });
@@ -427,6 +445,7 @@ const buildModule = (tiles: readonly Tile[]) =>
   assembleModule([
     ...packWidths(tiles).map((w) => ({ name: `pack${w}`, body: packBody(w) })),
     { name: 'geluStrip', body: geluStripBody() },
+    { name: 'mulRows', body: mulRowsBody() },
     ...tiles.flatMap((t, i) =>
       EPILOGUES.flatMap((e) => blockShapes(t).map(([r, c]) => ({ name: `t${i}_${r}x${c}${epilogueSuffix(e)}`, body: blockBody(t, r, c, e) }))),
     ),
@@ -571,7 +590,8 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
       const ldc = 4 * n;
       const e = p.epilogue;
       const b = e && 'bias' in e ? e : null;
-      const steps: EpilogueStep[] = !e ? [] : b ? ['bias', ...(b.residual !== undefined ? ['residual' as const] : [])] : ['multiply'];
+      // The block kernels' part of the epilogue; a GELU and a multiply run over C once it is stored.
+      const steps: EpilogueStep[] = !b ? [] : ['bias', ...(b.residual !== undefined ? ['residual' as const] : [])];
       if (b && b.residual !== undefined && b.slope !== undefined) throw new Error('simdGemm: an epilogue has a residual or a GELU, not both');
       const lastSuffix = epilogueSuffix(steps);
       // The residual, gelu' and multiplier are laid out as C: one byte distance from C serves
@@ -580,6 +600,7 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
       const delta = ((other ?? p.c) - p.c) | 0;
       const bias = b?.bias ?? 0;
       const gelu = b?.slope !== undefined ? (exports.geluStrip as (c: number, s: number, rows: number, cols: number, ldc: number) => void) : null;
+      const mulRows = e && !b ? (exports.mulRows as (c: number, s: number, n: number) => void) : null;
       // A stored [m, k] (or [k, m] when transposed); B stored [k, n] (or [n, k]).
       // Byte steps between consecutive rows i of A / columns j of B, and along k.
       const [aPerRow, aPerK] = p.transposeA ? [4, 4 * m] : [4 * k, 4];
@@ -608,6 +629,8 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
             packedA = oneM ? p.aIndex[t]! : -1;
             const strip = last && gelu ? (cs: number, cols: number) => gelu(cs, (cs + delta) | 0, mb, cols, ldc) : undefined;
             product(aPacked, bPacked, c + i0 * ldc, mb, n, kb, ldc, k0 > 0 ? 1 : 0, suffix, bias, delta, strip);
+            // The m block's rows of C are contiguous (row stride n), and so are the multiplier's.
+            if (last && mulRows) mulRows(c + i0 * ldc, (c + i0 * ldc + delta) | 0, mb * n);
           }
         }
       }
