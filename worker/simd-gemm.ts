@@ -499,13 +499,18 @@ export interface GemmBatch {
 export interface GemmBlocking {
   kc: number;
   mc: number;
+  /** A product whose k is at most this runs as one k block, whatever kc says. */
+  wholeK?: number;
 }
 
 /**
  * Measured with `npm run bench -- batch-matmul --blocking`, whose table is in docs/performance.md:
- * kc 256 keeps a B panel at 8 KiB; mc 120 keeps the packed A block (~120 KiB) in L2.
+ * kc 256 keeps a B panel at 12 KiB; mc 120 keeps the packed A block (~120 KiB) in L2. A k of 384
+ * or 512 (the dense layers' dX and c_proj) goes faster as one block (2-5%: C is stored once, not
+ * parked and reloaded), a long one (the weight gradients, k = batch x tokens) slower (~7%: its
+ * transposed A packs into twice the panel), so only k <= 512 runs whole.
  */
-export const DEFAULT_BLOCKING: GemmBlocking = { kc: 256, mc: 120 };
+export const DEFAULT_BLOCKING: GemmBlocking = { kc: 256, mc: 120, wholeK: 512 };
 
 const roundUp = (x: number, r: number) => Math.ceil(x / r) * r;
 const LINE = 64;
@@ -569,7 +574,7 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
   });
   const sizes = (m: number, n: number, k: number, blocking: GemmBlocking) => {
     const { mr, nr, product, packA, packB } = kernels[n >= WIDE_N ? 0 : kernels.length - 1]!;
-    const kc = Math.max(1, Math.floor(blocking.kc));
+    const kc = Math.max(1, Math.floor(k <= (blocking.wholeK ?? 0) ? k : blocking.kc));
     const mc = roundUp(Math.max(1, Math.floor(blocking.mc)), mr);
     const kb = Math.min(k, kc);
     // Each packed block starts on a cache line (the scratch itself may not: LINE bytes of slack),
