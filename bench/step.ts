@@ -14,10 +14,13 @@ import { runTorchReference } from './torch-reference.js';
 import { median } from './median.js';
 
 /**
- * `npm run bench -- step [--models tiny,small] [--backends wasm,cpu] [--batch 32] [--image 64] [--steps 3] [--norm-gelu on|off|ab] [--epilogue on|off|ab] [--softmax-grad on|off|ab] [--transpose on|off|ab]`:
+ * `npm run bench -- step [--models tiny,small] [--backends wasm,cpu] [--batch 32] [--image 64] [--steps 5] [--warmup 5] [--norm-gelu on|off|ab] [--epilogue on|off|ab] [--softmax-grad on|off|ab] [--transpose on|off|ab]`:
  * time of one full training step (forward, backward, all three losses, clipping, AdamW, writing the
  * parameters back) per model and backend, next to PyTorch's time for the same architecture, batch
- * and losses measured in the same run on one thread (bench/reference/vit_step.py).
+ * and losses measured in the same run on one thread (bench/reference/vit_step.py), as installed
+ * and again with its tensors on transparent huge pages (the `PyTorch THP` columns; the wasm heap
+ * is on them by default, worker/heap-pages.ts). `--warmup` steps run first on both sides: a fresh
+ * tfjs process is ~10% slower for its first steps (V8 still optimising, the heap faulting in).
  * `--norm-gelu` (wasm only): LayerNorm/GELU on the SIMD kernels (on, the default), on tfjs
  * kernels (off), or `ab`: both, steps alternating on one model, each path a row.
  * `--epilogue` (wasm only): dense layers' bias, GELU and residual add in the SIMD GEMM's epilogue
@@ -76,11 +79,11 @@ interface Setting {
 }
 
 /** Step times per setting of the wasm switches, the settings alternating step by step. */
-async function tfjsStepMs(backend: BackendChoice, preset: string, batch: number, image: number, steps: number, settings: readonly Setting[]): Promise<number[][]> {
+async function tfjsStepMs(backend: BackendChoice, preset: string, batch: number, image: number, steps: number, warmup: number, settings: readonly Setting[]): Promise<number[][]> {
   const step = await trainingStep(backend, preset, batch, image);
   const times: number[][] = settings.map(() => []);
   try {
-    for (let s = 1; s <= steps + 1; s++) {
+    for (let s = 1; s <= warmup + steps; s++) {
       for (const [i, on] of settings.entries()) {
         setSimdNormGelu(on.normGelu);
         setSimdDenseEpilogue(on.epilogue);
@@ -89,7 +92,8 @@ async function tfjsStepMs(backend: BackendChoice, preset: string, batch: number,
         setSimdAttentionHeads(on.transpose);
         const t0 = performance.now();
         await step.run();
-        if (s > 1) times[i]!.push(performance.now() - t0); // the first step compiles/warms kernels
+        // The first steps compile the kernels, let V8 optimise tfjs's JavaScript and fault the heap in.
+        if (s > warmup) times[i]!.push(performance.now() - t0);
       }
     }
   } finally {
@@ -157,11 +161,18 @@ async function wasmCeiling(preset: string, batch: number, image: number, torchMs
   return lines.join('\n') + '\n';
 }
 
-function torchStepMs(preset: string, batch: number, image: number, steps: number): { ms: number[]; params: number; torch: string } | string {
+/**
+ * glibc's tunable that makes malloc advise its mappings onto transparent huge pages: the PyTorch
+ * reference run a second time with it, next to our wasm heap, which worker/heap-pages.ts advises
+ * onto them, so that the table also compares like with like.
+ */
+const TORCH_THP_ENV = { GLIBC_TUNABLES: 'glibc.malloc.hugetlb=1' };
+
+function torchStepMs(preset: string, batch: number, image: number, steps: number, warmup: number, env: NodeJS.ProcessEnv = {}): { ms: number[]; params: number; torch: string } | string {
   const cfg = resolveModelConfig({ preset, imageSize: image, labels: loadLabelSet('chexpert14').labels });
-  const a = ['--image', image, '--patch', cfg.patchSize, '--width', cfg.width, '--layers', cfg.layers, '--heads', cfg.heads, '--dim', cfg.embedDim, '--labels', 14, '--batch', batch, '--steps', steps, '--warmup', 1, '--threads', 1,
+  const a = ['--image', image, '--patch', cfg.patchSize, '--width', cfg.width, '--layers', cfg.layers, '--heads', cfg.heads, '--dim', cfg.embedDim, '--labels', 14, '--batch', batch, '--steps', steps, '--warmup', warmup, '--threads', 1,
     '--pool', cfg.pool ?? 'tok', '--rank', cfg.spatialRank ?? 16, '--image-norm', cfg.inputNorm === 'image' ? 1 : 0].map(String);
-  return runTorchReference<{ ms: number[]; params: number; torch: string }>('vit_step.py', a);
+  return runTorchReference<{ ms: number[]; params: number; torch: string }>('vit_step.py', a, env);
 }
 
 export async function run(argv: string[]): Promise<void> {
@@ -169,7 +180,8 @@ export async function run(argv: string[]): Promise<void> {
   const backends = arg(argv, 'backends', 'wasm,cpu').split(',') as BackendChoice[];
   const batch = Number(arg(argv, 'batch', '32'));
   const image = Number(arg(argv, 'image', '64'));
-  const steps = Number(arg(argv, 'steps', '3'));
+  const steps = Number(arg(argv, 'steps', '5'));
+  const warmup = Number(arg(argv, 'warmup', '5'));
   const normGelu = arg(argv, 'norm-gelu', 'on');
   if (!['on', 'off', 'ab'].includes(normGelu)) throw new UserError(`--norm-gelu must be on, off or ab, got '${normGelu}'`);
   const epilogue = arg(argv, 'epilogue', 'on');
@@ -188,22 +200,25 @@ export async function run(argv: string[]): Promise<void> {
       softmaxGrad !== 'on' ? `softmax grad ${on.softmaxGrad ? 'one pass' : 'tfjs'}` : '',
       transpose !== 'on' ? `transpose ${on.transpose ? 'rows' : 'tfjs'}` : '',
     ].filter(Boolean).join(', ');
-  process.stdout.write(`training step, batch ${batch} of ${image}x${image}, median of ${steps} steps after 1 warm-up (machine load affects both columns alike)\n`);
-  process.stdout.write(`${'model'.padEnd(6)} ${'backend'.padEnd(8)} ${'tfjs s/step'.padStart(12)} ${'PyTorch s/step'.padStart(15)} ${'ratio'.padStart(7)}\n`);
+  process.stdout.write(`training step, batch ${batch} of ${image}x${image}, median of ${steps} steps after ${warmup} warm-up (machine load affects both columns alike)\n`);
+  process.stdout.write(`${'model'.padEnd(6)} ${'backend'.padEnd(8)} ${'tfjs s/step'.padStart(12)} ${'PyTorch s/step'.padStart(15)} ${'ratio'.padStart(7)} ${'PyTorch THP'.padStart(12)} ${'ratio'.padStart(7)}\n`);
+  const heaps: string[] = [];
   for (const preset of models) {
-    const ref = torchStepMs(preset, batch, image, steps);
+    const ref = torchStepMs(preset, batch, image, steps, warmup);
+    const refThp = torchStepMs(preset, batch, image, steps, warmup, TORCH_THP_ENV);
     for (const be of backends) {
-      // The cpu backend is ~10x slower; one step of `small` on it takes minutes, so it gets one.
-      const n = be === 'cpu' ? 1 : steps;
+      // The cpu backend is ~10x slower; one step of `small` on it takes minutes, so it gets one, after one.
+      const [n, w] = be === 'cpu' ? [1, 1] : [steps, warmup];
       const settings = be === 'wasm' ? wasmSettings : [{ normGelu: true, epilogue: true, softmaxGrad: true, transpose: true }];
-      const all = await tfjsStepMs(be, preset, batch, image, n, settings);
+      const all = await tfjsStepMs(be, preset, batch, image, n, w, settings);
+      if (be === 'wasm' && !heaps.length) heaps.push(/heap [^;)]*/.exec((await initBackend('wasm')).reason)?.[0] ?? 'heap: not reported');
       const refMs = typeof ref === 'string' ? null : median(ref.ms);
+      const thpMs = typeof refThp === 'string' ? null : median(refThp.ms);
+      const cols = (ms: number, r: number | null, w: number) => `${(r === null ? 'n/a' : (r / 1000).toFixed(3)).padStart(w)} ${(r === null ? '' : (ms / r).toFixed(2) + 'x').padStart(7)}`;
       for (const [i, on] of settings.entries()) {
         const ms = median(all[i]!);
         const label = be === 'wasm' && labelOf(on) ? `${be} (${labelOf(on)})` : be;
-        process.stdout.write(
-          `${preset.padEnd(6)} ${label.padEnd(8)} ${(ms / 1000).toFixed(3).padStart(12)} ${(refMs === null ? 'n/a' : (refMs / 1000).toFixed(3)).padStart(15)} ${(refMs === null ? '' : (ms / refMs).toFixed(2) + 'x').padStart(7)}\n`,
-        );
+        process.stdout.write(`${preset.padEnd(6)} ${label.padEnd(8)} ${(ms / 1000).toFixed(3).padStart(12)} ${cols(ms, refMs, 15)} ${cols(ms, thpMs, 12)}\n`);
       }
     }
     if (backends.includes('wasm')) process.stdout.write(await wasmCeiling(preset, batch, image, typeof ref === 'string' ? null : median(ref.ms)));
@@ -212,5 +227,9 @@ export async function run(argv: string[]): Promise<void> {
       const ours = initialParams(resolveModelConfig({ preset, imageSize: image, labels: loadLabelSet('chexpert14').labels }), 0).length;
       process.stdout.write(`  PyTorch ${ref.torch}, one thread; parameters: PyTorch ${ref.params}, tfjs ${ours}${ref.params === ours ? ' (same model)' : ' (MISMATCH)'}\n`);
     }
+    if (typeof refThp === 'string') process.stdout.write(`  PyTorch THP: ${refThp}\n`);
   }
+  process.stdout.write(
+    `PyTorch THP: the same reference with ${Object.entries(TORCH_THP_ENV).map(([k, v]) => `${k}=${v}`).join(' ')} (its tensors on transparent huge pages); wasm: ${heaps[0] ?? 'not run'}\n`,
+  );
 }

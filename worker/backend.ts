@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import v8 from 'node:v8';
 import * as tf from '@tensorflow/tfjs';
 import { UserError, errorMessage } from '../shared/errors.js';
+import { adviseHeapHugePages } from './heap-pages.js';
 import { gemmVariants } from './simd-gemm.js';
 import { registerWasmGradientKernels, setSimdGemmVariant, wasmGemmVariant } from './wasm-kernels.js';
 
@@ -75,7 +76,8 @@ async function useWasm(): Promise<string> {
   wasm.setWasmPaths(dist);
   if (!(await tf.setBackend('wasm'))) throw new Error('the wasm backend failed to initialise');
   registerWasmGradientKernels();
-  return relaxed;
+  const pages = adviseHeapHugePages((tf.backend() as { wasm?: { asm?: { memory?: unknown } } }).wasm?.asm?.memory);
+  return `${relaxed}; ${pages}`;
 }
 
 let active: BackendInfo | null = null;

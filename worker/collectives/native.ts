@@ -8,6 +8,11 @@ export interface ShmNative {
   map(fd: number, bytes: number): ArrayBuffer;
   /** dst[i] = ((inputs[0][i] + inputs[1][i]) + inputs[2][i]) + ... in fp32, in this order. */
   sum(dst: Float32Array, inputs: Float32Array[]): void;
+  /**
+   * madvise(MADV_HUGEPAGE) over the whole 2 MiB pages of [buffer's start, start + bytes), which may
+   * reach past the buffer into memory reserved for it to grow into: 0, or the errno (ENOSYS where the OS has no such advice).
+   */
+  hugePages(buffer: ArrayBuffer, bytes: number): number;
 }
 
 export const NATIVE_ADDON = path.join(packageRoot, 'worker', 'collectives', 'native', 'build', 'Release', 'shm_map.node');

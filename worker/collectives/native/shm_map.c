@@ -5,9 +5,14 @@
  * sum reads the ranks' mapped inputs in place, one pass, in blocks that stay in L1; it is compiled
  * without -ffast-math, so every element gets exactly the additions written here, in this order
  * (vectorised across elements only), which is what makes the result equal the ring's bits.
+ * And one thing the wasm backend's heap wants (worker/backend.ts, worker/heap-pages.ts):
+ *   hugePages(buffer, bytes) -> 0 or errno: madvise(MADV_HUGEPAGE) over the whole 2 MiB pages of
+ *   [buffer's start, start + bytes), so that the kernel backs them with transparent huge pages
+ *   where its policy is "madvise" (the common default) and the tensors' TLB misses mostly go.
  */
 #include <node_api.h>
 #include <stdint.h>
+#include <errno.h>
 #include <sys/mman.h>
 
 #define CHECK(call) do { if ((call) != napi_ok) { napi_throw_error(env, NULL, "shm_map: " #call " failed"); return NULL; } } while (0)
@@ -84,9 +89,37 @@ static napi_value sum(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+#define HUGE_PAGE ((uintptr_t)2 << 20)
+
+static napi_value huge_pages(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  void *data = NULL;
+  size_t len = 0;
+  int64_t bytes = 0;
+  bool is_ab = false;
+  if (argc != 2 || napi_is_arraybuffer(env, argv[0], &is_ab) != napi_ok || !is_ab || napi_get_arraybuffer_info(env, argv[0], &data, &len) != napi_ok ||
+      napi_get_value_int64(env, argv[1], &bytes) != napi_ok || bytes <= 0) {
+    napi_throw_type_error(env, NULL, "hugePages(buffer, bytes): an ArrayBuffer and a positive byte count");
+    return NULL;
+  }
+  int err = ENOSYS;
+#ifdef MADV_HUGEPAGE
+  /* Only pages wholly inside the range: the advice never reaches a neighbouring mapping's. */
+  uintptr_t start = ((uintptr_t)data + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
+  uintptr_t end = ((uintptr_t)data + (uintptr_t)bytes) & ~(HUGE_PAGE - 1);
+  err = end <= start ? 0 : madvise((void *)start, end - start, MADV_HUGEPAGE) == 0 ? 0 : errno;
+#endif
+  napi_value out;
+  CHECK(napi_create_int32(env, err, &out));
+  return out;
+}
+
 NAPI_MODULE_INIT() {
   napi_value fn;
   if (napi_create_function(env, "map", NAPI_AUTO_LENGTH, map_fd, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "map", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "sum", NAPI_AUTO_LENGTH, sum, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "sum", fn) != napi_ok) return NULL;
+  if (napi_create_function(env, "hugePages", NAPI_AUTO_LENGTH, huge_pages, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "hugePages", fn) != napi_ok) return NULL;
   return exports;
 }
