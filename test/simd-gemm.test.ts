@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { initBackend } from '../worker/backend.js';
-import { DEFAULT_BLOCKING, gemmVariants, simdGemm, type GemmBlocking, type GemmVariant } from '../worker/simd-gemm.js';
+import { DEFAULT_BLOCKING, gemmAMode, gemmVariants, simdGemm, type GemmBlocking, type GemmVariant } from '../worker/simd-gemm.js';
 import { simdNormGelu } from '../worker/simd-norm-gelu.js';
 import { mulberry32, normalSource } from '../shared/rng.js';
 
@@ -167,6 +167,7 @@ test('each build gives exactly the documented summation order: odd shapes, all l
     [2, 3, 0], // empty inner dimension: zeros
     [8, 96, 13], // the FMA build's wide tile (3x12) from here on
     [37, 130, 300], // wide, edge blocks on both sides, k past the default block
+    [1030, 5, 3], // transposed, rows 4 KiB apart or more: A packed, not read in place
   ];
   const blockings: GemmBlocking[] = [DEFAULT_BLOCKING, { kc: 7, mc: 5 }, { kc: 1, mc: 1 }, { kc: 1e9, mc: 1e9 }];
   for (const variant of gemmVariants()) {
@@ -254,6 +255,15 @@ const geluKernels = (() => {
   };
 })();
 
+test('A is read in place as stored, or transposed without an epilogue and rows under 4 KiB apart; packed otherwise', () => {
+  assert.equal(gemmAMode({ m: 2080, transposeA: false }), 'rows');
+  assert.equal(gemmAMode({ m: 2080, transposeA: false, epilogue: { bias: 0 } }), 'rows');
+  assert.equal(gemmAMode({ m: 65, transposeA: true }), 'cols'); // p^T dctx
+  assert.equal(gemmAMode({ m: 1023, transposeA: true }), 'cols');
+  assert.equal(gemmAMode({ m: 1024, transposeA: true }), 'packed'); // 4 KiB per k: one L1 set
+  assert.equal(gemmAMode({ m: 128, transposeA: true, epilogue: { multiply: 0 } }), 'packed');
+});
+
 test('the epilogues give the bits of the unfused ops: z = sum + bias; then + residual; or gelu(z) and gelu\'(z) as the GELU kernels; or sum * s; every edge block, k blocks, both builds', () => {
   const reuse = new Map<GemmVariant, Bound>();
   const widths = [1, 2, 3, 4, 5, 7, 8, 9, 11, 12, 13, 16, 17, 96, 97, 98, 99, 100, 101, 103, 107, 108];
@@ -264,15 +274,16 @@ test('the epilogues give the bits of the unfused ops: z = sum + bias; then + res
       for (let m = 1; m <= 9; m++) {
         for (const n of widths) {
           const tb = (m + n) % 2 === 1; // both B layouts, alternating
+          const ta = (m + 2 * n) % 3 === 0; // a transposed A with an epilogue is packed (gemmAMode)
           // Two outputs (batch 2) sharing B: the epilogue's residual/z offsets for output 1 too.
-          const c: Case = { m, n, k, ta: false, tb, a: [randArray(m * k, seed++), randArray(m * k, seed++)], b: [randArray(k * n, seed++)], aIndex: [0, 1], bIndex: [0, 0] };
+          const c: Case = { m, n, k, ta, tb, a: [randArray(m * k, seed++), randArray(m * k, seed++)], b: [randArray(k * n, seed++)], aIndex: [0, 1], bIndex: [0, 0] };
           // Large-ish values, so that GELU sees both tails and the bias add rounds.
           const bias = randArray(n, seed++).map((v) => 3 * v);
           const residual = randArray(2 * m * n, seed++);
           const sums = c.aIndex.map((_, t) => reference(c, t, fused));
           const plus = (x: Float32Array, y: Float32Array, at: number) => x.map((v, i) => Math.fround(v + y[(at + i) % y.length]!));
           const z = sums.map((s) => plus(s, bias, 0));
-          const what = `${variant} ${m}x${k}.${k}x${n} tb ${tb} kc ${blocking.kc}`;
+          const what = `${variant} ${m}x${k}.${k}x${n} ta ${ta} tb ${tb} kc ${blocking.kc}`;
           const biased = runGemm(variant, c, blocking, reuse, { bias });
           biased.forEach((g, t) => assert.deepEqual(g, z[t], `${what} bias: output ${t}`));
           const res = runGemm(variant, c, blocking, reuse, { bias, residual });

@@ -11,13 +11,14 @@ import { addTo, assembleModule, Body, countdown, instantiateWith, wasmApi, while
  * where tfjs keeps them (nothing is copied between memories; the only copies are the kernel's
  * own packed panels, in a scratch tensor). The loops are the classic Goto/BLIS ones: k is cut
  * into blocks of at most `kc` and m into blocks of at most `mc`; per k block the block of op(B)
- * [kc, n] is packed into panels of NR columns ([kc][NR] each), per (k, m) block the block of op(A)
- * [mc, kc] into panels of MR rows ([kc][MR] each); a last partial panel's missing lanes hold
+ * [kc, n] is packed into panels of NR columns ([kc][NR] each); op(A)'s [mc, kc] block is read
+ * where it is stored (see AMode), or, where that would thrash L1, packed per (k, m) block into
+ * panels of MR rows ([kc][MR] each); a last partial panel's missing lanes hold
  * whatever is there (a repeated row, or stale scratch), as no kernel stores them. Packing reads any
  * row/column strides, which is how transposeA/transposeB are handled (no Transpose copy, and the
  * product loop is the same for all four layouts); the two layouts the GEMM meets (k adjacent, or
  * rows/columns adjacent) are packed with vectors. The micro-kernel keeps an MR x NR block of C in
- * f32x4 accumulators and streams one A panel and one B panel: per k, NR/4 vector loads of B, MR
+ * f32x4 accumulators and streams MR rows of A and one B panel: per k, NR/4 vector loads of B, MR
  * load-splats of A, MR*NR/4 multiply-adds. The blocks at the right and bottom edges have their own
  * kernels, the same loop cut to their rows and columns (see blockBody). A B panel (kc*NR floats, 8-12 KiB at kc 256) stays in L1
  * while the A panels of the m block pass under it from L2; the packed A block is made just before
@@ -320,12 +321,12 @@ function mulRowsBody(): Body {
  * column; `delta` is the byte distance from C to the residual matrix, laid out as C (each unused
  * where its epilogue has no such operand).
  */
-function blockBody({ mr, nr, fma }: Tile, rows: number, cols: number, epilogue: readonly EpilogueStep[] = []): Body {
+function blockBody({ mr, nr, fma }: Tile, rows: number, cols: number, epilogue: readonly EpilogueStep[] = [], aMode: AMode = 'packed'): Body {
   const hasBias = epilogue.includes('bias');
   const hasResidual = epilogue.includes('residual');
-  const f = new Body([I, I, I, I, I, I, I, I, ...(epilogue.length ? [I, I] : [])] as ValType[]);
+  const f = new Body([I, I, I, I, I, I, I, I, I, I, I] as ValType[]);
   const [ap, bp, c, rowPanels, colPanels, k, ldc, accumulate] = [0, 1, 2, 3, 4, 5, 6, 7];
-  const [bias, delta] = [8, 9];
+  const [bias, delta, aStride] = [8, 9, 10];
   const nv = Math.ceil(cols / 4);
   const rem = cols % 4; // valid lanes of the last vector; 0: all four
   const i = f.local(I);
@@ -338,7 +339,8 @@ function blockBody({ mr, nr, fma }: Tile, rows: number, cols: number, epilogue: 
   const out = f.local(I);
   const outCol = f.local(I);
   const p = f.local(I);
-  const aStep = f.local(I); // bytes per A panel: k * MR * 4
+  const aStep = f.local(I); // bytes from one A panel (MR rows) to the next
+  const pr = Array.from({ length: rows }, () => f.local(I)); // 'rows': each row's pointer
   const bStep = f.local(I);
   const outStep = f.local(I); // MR rows of C: MR * ldc
   const biasCol = hasBias ? f.local(I) : -1;
@@ -367,7 +369,9 @@ function blockBody({ mr, nr, fma }: Tile, rows: number, cols: number, epilogue: 
     if (partial === 3) f.get(at).get(a).v128Store32Lane(2, 16 * v + 8);
   };
 
-  f.get(k).i32Const(4 * mr).i32Mul().set(aStep);
+  if (aMode === 'packed') f.get(k).i32Const(4 * mr).i32Mul().set(aStep);
+  else if (aMode === 'rows') f.get(aStride).i32Const(mr).i32Mul().set(aStep);
+  else f.i32Const(4 * mr).set(aStep);
   f.get(k).i32Const(4 * nr).i32Mul().set(bStep);
   f.get(ldc).i32Const(mr).i32Mul().set(outStep);
   f.get(bp).set(bPanel);
@@ -391,19 +395,23 @@ function blockBody({ mr, nr, fma }: Tile, rows: number, cols: number, epilogue: 
         }
       });
       f.get(aPanel).set(pa);
+      if (aMode === 'rows') pr.forEach((q, r) => f.get(aPanel).get(aStride).i32Const(r).i32Mul().i32Add().set(q));
       f.get(bPanel).set(pb);
       f.get(k).set(kk);
       countdown(f, kk, () => {
         for (let v = 0; v < nv; v++) f.get(pb).v128Load(16 * v).set(bv[v]!);
         for (let row = 0; row < rows; row++) {
-          f.get(pa).v128Load32Splat(4 * row).set(x);
+          if (aMode === 'rows') f.get(pr[row]!).v128Load32Splat().set(x);
+          else f.get(pa).v128Load32Splat(4 * row).set(x);
           for (let v = 0; v < nv; v++) {
             const a = acc[row * nv + v]!;
             if (fma) f.get(x).get(bv[v]!).get(a).f32x4RelaxedMadd().set(a);
             else f.get(a).get(x).get(bv[v]!).f32x4Mul().f32x4Add().set(a);
           }
         }
-        addTo(f, pa, 4 * mr);
+        if (aMode === 'packed') addTo(f, pa, 4 * mr);
+        else if (aMode === 'rows') for (const q of pr) addTo(f, q, 4);
+        else addTo(f, pa, { local: aStride });
         addTo(f, pb, 4 * nr);
       });
       f.get(out).set(p);
@@ -435,6 +443,30 @@ function blockBody({ mr, nr, fma }: Tile, rows: number, cols: number, epilogue: 
   return f;
 }
 
+/**
+ * Where a block kernel reads A: from 'packed' panels ([k][MR]), or in place, with `aStride` bytes
+ * between rows ('rows': k adjacent, A as stored: one pointer per row) or between consecutive k
+ * ('cols': rows adjacent, A transposed: one pointer, the rows at 4-byte offsets). In place, the
+ * operand's first pass from memory overlaps the first column panel's multiply-adds, where a
+ * packing pass has nothing to overlap with: a tiny step spent ~34 ms packing A, mostly waiting
+ * for memory (docs/performance.md, "A read in place"). Packing stays for a transposed A whose
+ * rows are 4 KiB or more apart (each k then lands in the same L1 set: 43.5 -> 39.6 GFLOP/s in
+ * place at [1024,2080]x[2080,256]) and for every other case the in-place builds leave out.
+ */
+export type AMode = 'packed' | 'rows' | 'cols';
+
+/** The epilogues each A mode is built with: 'cols' serves the weight gradients and attention products, which have none. */
+const A_MODE_EPILOGUES: Record<AMode, readonly (readonly EpilogueStep[])[]> = { packed: EPILOGUES, rows: EPILOGUES, cols: [[]] };
+
+/** Transposed A is read in place when its rows are closer than this (bytes). */
+const COLS_MAX_STRIDE = 4096;
+
+/** How `p`'s A is read: in place where a build serves it, else packed. */
+export function gemmAMode(p: { m: number; transposeA: boolean; epilogue?: unknown }): AMode {
+  if (!p.transposeA) return 'rows';
+  return !p.epilogue && 4 * p.m < COLS_MAX_STRIDE ? 'cols' : 'packed';
+}
+
 /** Every block shape of a tile: R = 1..MR rows by C = 1..NR columns. */
 const blockShapes = ({ mr, nr }: Tile) => Array.from({ length: mr * nr }, (_, q) => [1 + Math.floor(q / nr), 1 + (q % nr)] as const);
 
@@ -447,7 +479,7 @@ const buildModule = (tiles: readonly Tile[]) =>
     { name: 'geluStrip', body: geluStripBody() },
     { name: 'mulRows', body: mulRowsBody() },
     ...tiles.flatMap((t, i) =>
-      EPILOGUES.flatMap((e) => blockShapes(t).map(([r, c]) => ({ name: `t${i}_${r}x${c}${epilogueSuffix(e)}`, body: blockBody(t, r, c, e) }))),
+      (Object.keys(A_MODE_EPILOGUES) as AMode[]).flatMap((am) => A_MODE_EPILOGUES[am].flatMap((e) => blockShapes(t).map(([r, c]) => ({ name: `t${i}_${r}x${c}${epilogueSuffix(e)}_${am}`, body: blockBody(t, r, c, e, am) })))),
     ),
   ]);
 
@@ -536,10 +568,12 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
   const kernels = TILES[variant].map((t, i) => {
     // blocks[epilogue suffix][R][C]: the kernel of an R x C block (index 0 unused).
     const blocks: Record<string, Block[][]> = {};
-    for (const e of EPILOGUES) {
-      const suffix = epilogueSuffix(e);
-      const byShape: Block[][] = (blocks[suffix] = []);
-      for (const [r, c] of blockShapes(t)) (byShape[r] ??= [])[c] = exports[`t${i}_${r}x${c}${suffix}`] as Block;
+    for (const am of Object.keys(A_MODE_EPILOGUES) as AMode[]) {
+      for (const e of A_MODE_EPILOGUES[am]) {
+        const suffix = epilogueSuffix(e) + '_' + am;
+        const byShape: Block[][] = (blocks[suffix] = []);
+        for (const [r, c] of blockShapes(t)) (byShape[r] ??= [])[c] = exports[`t${i}_${r}x${c}${suffix}`] as Block;
+      }
     }
     const { mr, nr } = t;
     /**
@@ -548,26 +582,27 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
      * With an epilogue, `bias` is the offset of column 0's bias and `delta` goes to every kernel;
      * with `strip`, one column panel at a time, each handed to strip(c, cols) once its rows are done.
      */
-    const product = (ap: number, bp: number, c: number, m: number, n: number, k: number, ldc: number, accumulate: number, epilogue: string, bias: number, delta: number, strip?: (c: number, cols: number) => void) => {
-      const blk = blocks[epilogue]!;
+    const product = (ap: number, bp: number, c: number, m: number, n: number, k: number, ldc: number, accumulate: number, epilogue: string, bias: number, delta: number, strip: ((c: number, cols: number) => void) | undefined, am: AMode, aStride: number) => {
+      const blk = blocks[epilogue + '_' + am]!;
       const [rowPanels, rows] = [Math.floor(m / mr), m % mr];
       const [colPanels, cols] = [Math.floor(n / nr), n % nr];
-      const [aEdge, bEdge] = [ap + rowPanels * 4 * mr * k, bp + colPanels * 4 * nr * k];
+      const aPanelBytes = am === 'packed' ? 4 * mr * k : am === 'rows' ? mr * aStride : 4 * mr;
+      const [aEdge, bEdge] = [ap + rowPanels * aPanelBytes, bp + colPanels * 4 * nr * k];
       const [cBottom, cRight] = [c + rowPanels * mr * ldc, c + colPanels * 4 * nr];
       const biasRight = bias + colPanels * 4 * nr;
       if (strip) {
         for (let j = 0; j < colPanels; j++) {
           const [bj, cj, biasj] = [bp + j * 4 * nr * k, c + j * 4 * nr, bias + j * 4 * nr];
-          if (rowPanels) blk[mr]![nr]!(ap, bj, cj, rowPanels, 1, k, ldc, accumulate, biasj, delta);
-          if (rows) blk[rows]![nr]!(aEdge, bj, cBottom + j * 4 * nr, 1, 1, k, ldc, accumulate, biasj, delta);
+          if (rowPanels) blk[mr]![nr]!(ap, bj, cj, rowPanels, 1, k, ldc, accumulate, biasj, delta, aStride);
+          if (rows) blk[rows]![nr]!(aEdge, bj, cBottom + j * 4 * nr, 1, 1, k, ldc, accumulate, biasj, delta, aStride);
           strip(cj, nr);
         }
       } else {
-        if (rowPanels && colPanels) blk[mr]![nr]!(ap, bp, c, rowPanels, colPanels, k, ldc, accumulate, bias, delta);
-        if (rows && colPanels) blk[rows]![nr]!(aEdge, bp, cBottom, 1, colPanels, k, ldc, accumulate, bias, delta);
+        if (rowPanels && colPanels) blk[mr]![nr]!(ap, bp, c, rowPanels, colPanels, k, ldc, accumulate, bias, delta, aStride);
+        if (rows && colPanels) blk[rows]![nr]!(aEdge, bp, cBottom, 1, colPanels, k, ldc, accumulate, bias, delta, aStride);
       }
-      if (rowPanels && cols) blk[mr]![cols]!(ap, bEdge, cRight, rowPanels, 1, k, ldc, accumulate, biasRight, delta);
-      if (rows && cols) blk[rows]![cols]!(aEdge, bEdge, cBottom + colPanels * 4 * nr, 1, 1, k, ldc, accumulate, biasRight, delta);
+      if (rowPanels && cols) blk[mr]![cols]!(ap, bEdge, cRight, rowPanels, 1, k, ldc, accumulate, biasRight, delta, aStride);
+      if (rows && cols) blk[rows]![cols]!(aEdge, bEdge, cBottom + colPanels * 4 * nr, 1, 1, k, ldc, accumulate, biasRight, delta, aStride);
       if (strip && cols) strip(cRight, cols);
     };
     return { ...t, product, packA: exports[`pack${mr}`] as Pack, packB: exports[`pack${nr}`] as Pack };
@@ -612,6 +647,7 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
       const [bPerCol, bPerK] = p.transposeB ? [4 * k, 4] : [4, 4 * n];
       // With one k block (and one m block) the packed operand is the whole matrix, so a
       // broadcast operand repeated across the batch is packed once.
+      const am = gemmAMode(p);
       const oneK = k <= kc;
       const oneM = oneK && m <= mc;
       let packedA = -1;
@@ -630,10 +666,14 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
           packedB = oneK ? p.bIndex[t]! : -1;
           for (let i0 = 0; i0 < m; i0 += mc) {
             const mb = Math.min(mc, m - i0);
-            if (!(oneM && p.aIndex[t] === packedA)) packA(aBase + i0 * aPerRow + k0 * aPerK, aPerRow, aPerK, mb, kb, aPacked);
-            packedA = oneM ? p.aIndex[t]! : -1;
+            const aAt = aBase + i0 * aPerRow + k0 * aPerK;
+            if (am === 'packed') {
+              if (!(oneM && p.aIndex[t] === packedA)) packA(aAt, aPerRow, aPerK, mb, kb, aPacked);
+              packedA = oneM ? p.aIndex[t]! : -1;
+            }
             const strip = last && gelu ? (cs: number, cols: number) => gelu(cs, (cs + delta) | 0, mb, cols, ldc) : undefined;
-            product(aPacked, bPacked, c + i0 * ldc, mb, n, kb, ldc, k0 > 0 ? 1 : 0, suffix, bias, delta, strip);
+            if (am === 'packed') product(aPacked, bPacked, c + i0 * ldc, mb, n, kb, ldc, k0 > 0 ? 1 : 0, suffix, bias, delta, strip, am, 0);
+            else product(aAt, bPacked, c + i0 * ldc, mb, n, kb, ldc, k0 > 0 ? 1 : 0, suffix, bias, delta, strip, am, am === 'rows' ? aPerRow : aPerK);
             // The m block's rows of C are contiguous (row stride n), and so are the multiplier's.
             if (last && mulRows) mulRows(c + i0 * ldc, (c + i0 * ldc + delta) | 0, mb * n);
           }
