@@ -349,11 +349,10 @@ export class Body {
   }
 
   /** The function's code-section entry: size, locals, instructions, end. */
-  encode(): number[] {
+  encode(): Uint8Array {
     if (this.open.length) throw new Error('wasm-asm: a block is still open');
-    const locals = this.localTypes.flatMap((t) => [1, VALTYPE[t]]);
-    const body = [...uleb(this.localTypes.length), ...locals, ...this.code, 0x0b];
-    return [...uleb(body.length), ...body];
+    const head = [...uleb(this.localTypes.length), ...this.localTypes.flatMap((t) => [1, VALTYPE[t]])];
+    return concatBytes([uleb(head.length + this.code.length + 1), head, this.code, [0x0b]]);
   }
 }
 
@@ -394,8 +393,20 @@ export interface FuncDef {
   body: Body;
 }
 
-function section(id: number, content: number[]): number[] {
-  return [id, ...uleb(content.length), ...content];
+/** The parts one after another, in one array (no spread: a module's code is hundreds of KiB). */
+function concatBytes(parts: readonly ArrayLike<number>[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+function section(id: number, parts: readonly ArrayLike<number>[]): Uint8Array {
+  const content = concatBytes(parts);
+  return concatBytes([[id], uleb(content.length), content]);
 }
 
 function name(s: string): number[] {
@@ -409,12 +420,12 @@ function name(s: string): number[] {
  */
 export function assembleModule(funcs: readonly FuncDef[]): Uint8Array {
   const types = funcs.flatMap((f) => [0x60, ...uleb(f.body.params.length), ...f.body.params.map((t) => VALTYPE[t]), 0]);
-  return new Uint8Array([
-    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
-    ...section(1, [...uleb(funcs.length), ...types]),
-    ...section(2, [1, ...name('e'), ...name('m'), 0x02, 0x00, 1]),
-    ...section(3, [...uleb(funcs.length), ...funcs.map((_, i) => uleb(i)).flat()]),
-    ...section(7, [...uleb(funcs.length), ...funcs.flatMap((f, i) => [...name(f.name), 0x00, ...uleb(i)])]),
-    ...section(10, [...uleb(funcs.length), ...funcs.flatMap((f) => f.body.encode())]),
+  return concatBytes([
+    [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00],
+    section(1, [uleb(funcs.length), types]),
+    section(2, [[1, ...name('e'), ...name('m'), 0x02, 0x00, 1]]),
+    section(3, [uleb(funcs.length), funcs.flatMap((_, i) => uleb(i))]),
+    section(7, [uleb(funcs.length), funcs.flatMap((f, i) => [...name(f.name), 0x00, ...uleb(i)])]),
+    section(10, [uleb(funcs.length), ...funcs.map((f) => f.body.encode())]),
   ]);
 }
