@@ -4,6 +4,8 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { packageRoot } from '../shared/paths.js';
+import { shmNative } from '../worker/collectives/native.js';
+import { thpPolicy } from '../worker/heap-pages.js';
 
 /**
  * `coordinator doctor`: can this machine run the trainer, and with what? Each check reports
@@ -101,6 +103,26 @@ export async function checkZeromq(): Promise<Check> {
   }
 }
 
+/**
+ * The optional native addon (`npm install` builds it): same-host all-reduce through shared
+ * buffers, and the wasm heap on transparent huge pages where the kernel's policy allows them.
+ * Missing or without huge pages is a warning: training runs, a little slower.
+ */
+export function checkNativeAddon(addon: { addon: unknown; why: string } = shmNative(), thp: string | null = thpPolicy()): Check {
+  const name = 'native addon';
+  if (!addon.addon) {
+    return { name, status: 'warn', detail: addon.why, hint: 'install python3, make and g++, then npm install (or node worker/collectives/native/build.mjs): same-host all-reduce then uses shared buffers and the wasm heap huge pages' };
+  }
+  const pages =
+    thp === 'madvise' || thp === 'always'
+      ? `wasm heap on transparent huge pages (THP ${thp})`
+      : thp === 'never'
+        ? "wasm heap on 4 KiB pages (THP 'never' on this host)"
+        : 'no transparent huge pages on this OS';
+  if (thp === 'never') return { name, status: 'warn', detail: `built; ${pages}`, hint: 'echo madvise > /sys/kernel/mm/transparent_hugepage/enabled (as root, on the host) lets the wasm backend ask for them: a few percent per step' };
+  return { name, status: 'ok', detail: `built: shared-buffer all-reduce; ${pages}` };
+}
+
 export function checkNode(version = process.versions.node): Check {
   const major = Number(version.split('.')[0]);
   if (major >= 20) return { name: 'Node.js', status: 'ok', detail: `v${version} (${os.cpus().length} CPUs, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB memory)` };
@@ -156,7 +178,7 @@ export async function runDoctor(opts: DoctorOptions): Promise<{ checks: Check[];
     ...BACKENDS.map(checkBackend),
     ...opts.ports.map((p) => checkPort(p)),
   ]);
-  const checks = [node, ...rest.slice(0, BACKENDS.length), gpus, zmq, disk, ...rest.slice(BACKENDS.length)];
+  const checks = [node, ...rest.slice(0, BACKENDS.length), gpus, zmq, checkNativeAddon(), disk, ...rest.slice(BACKENDS.length)];
   const backends = checks.filter((c) => c.name.startsWith('backend '));
   // A GPU without the GPU backend (or the reverse) is worth a warning: the run would be slow.
   if (gpus.status === 'ok' && backends[0]!.status !== 'ok') {

@@ -5,7 +5,7 @@ import { promises as fsp } from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { checkDisk, checkNode, formatChecks, type Check } from '../coordinator/doctor.js';
+import { checkDisk, checkNativeAddon, checkNode, formatChecks, type Check } from '../coordinator/doctor.js';
 import { coordinatorEntry } from '../shared/paths.js';
 
 function doctor(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -33,6 +33,9 @@ test('doctor on this machine: portable backends work, a busy port fails with a h
     assert.equal(byName.get('ZeroMQ')?.status, 'ok');
     assert.match(byName.get('ZeroMQ')!.detail, /^zeromq 6\.\d+\.\d+ \(libzmq \d+\.\d+\.\d+\)$/);
     assert.equal(byName.get('Node.js')?.status, 'ok');
+    // CI builds the addon (.ci/run needs it), and this host's THP policy is madvise.
+    assert.equal(byName.get('native addon')?.status, 'ok', JSON.stringify(byName.get('native addon')));
+    assert.match(byName.get('native addon')!.detail, /^built: shared-buffer all-reduce; (wasm heap on transparent huge pages \(THP (madvise|always)\)|no transparent huge pages on this OS)$/);
     const port = byName.get(`port ${busyPort}`)!;
     assert.equal(port.status, 'fail');
     assert.match(port.hint!, new RegExp(`ss -ltnp \\| grep :${busyPort}`));
@@ -53,6 +56,19 @@ test('doctor on this machine: portable backends work, a busy port fails with a h
     busy.close();
     await fsp.rm(tmp, { recursive: true, force: true });
   }
+});
+
+test('doctor checks in isolation: the native addon missing or THP never warns with a hint', () => {
+  const missing = checkNativeAddon({ addon: null, why: 'the shared-memory addon is not available (Cannot find module)' }, 'madvise');
+  assert.equal(missing.status, 'warn');
+  assert.match(missing.detail, /not available/);
+  assert.match(missing.hint!, /python3, make and g\+\+/);
+  const never = checkNativeAddon({ addon: {}, why: 'loaded' }, 'never');
+  assert.equal(never.status, 'warn');
+  assert.match(never.detail, /4 KiB pages \(THP 'never' on this host\)/);
+  assert.match(never.hint!, /transparent_hugepage\/enabled/);
+  assert.equal(checkNativeAddon({ addon: {}, why: 'loaded' }, 'madvise').status, 'ok');
+  assert.match(checkNativeAddon({ addon: {}, why: 'loaded' }, null).detail, /no transparent huge pages on this OS/);
 });
 
 test('doctor checks in isolation: old Node fails, a full disk threshold fails, output marks problems', async () => {
