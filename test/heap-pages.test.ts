@@ -38,9 +38,10 @@ test('the wasm heap is advised onto transparent huge pages where the policy is m
   assert.match(off.reason, /heap on default pages \(CXR_WASM_HUGEPAGES=0\)/);
   if (policy === 'madvise' && shmNative().addon) {
     assert.match(on.reason, /heap advised onto 2 MiB transparent huge pages/);
-    // ~100 MiB of tensors went through the heap: most of it should now be on 2 MiB pages, and
-    // nothing of this process is without the advice (neither V8 nor glibc asks for them).
-    assert.ok(on.anonHugeKb >= 32 * 1024, `only ${on.anonHugeKb} kB on huge pages with the advice`);
+    // ~100 MiB of tensors went through the heap: with the advice much of it is on 2 MiB pages
+    // (~75 MiB here; the bound leaves room for a host whose memory is too fragmented for many),
+    // without it next to nothing of this process is (neither V8 nor glibc asks for them).
+    assert.ok(on.anonHugeKb >= 8 * 1024, `only ${on.anonHugeKb} kB on huge pages with the advice`);
     assert.ok(off.anonHugeKb < on.anonHugeKb / 4, `${off.anonHugeKb} kB on huge pages without the advice, ${on.anonHugeKb} with it`);
   } else if (policy === 'madvise') {
     assert.match(on.reason, /heap on 4 KiB pages \(the shared-memory addon is not available/);
