@@ -7,7 +7,7 @@ import { isUserError } from '../shared/errors.js';
 
 const name = process.argv[2];
 if (!name || name.startsWith('-')) {
-  process.stderr.write('usage: npm run bench -- <name> [options]   (names: prepare, synth, allreduce, step, batch-matmul, norm-gelu, dense, transpose, scaling, checkpoint, feed, report)\n');
+  process.stderr.write('usage: npm run bench -- <name> [options]   (names: prepare, synth, allreduce, step, batch-matmul, norm-gelu, dense, transpose, optimizer, scaling, checkpoint, feed, report)\n');
   process.exit(2);
 }
 if (!/^[a-z][a-z0-9-]*$/.test(name)) {

@@ -6,7 +6,7 @@ import { initBackend, type BackendChoice } from '../worker/backend.js';
 import { labelPriorTarget } from '../worker/losses.js';
 import { resolveModelConfig } from '../worker/model/config.js';
 import { CxrModel, initialParams } from '../worker/model/vit.js';
-import { adamwStep, clipFactor, decayMask, scaleInPlace, sumOfSquares } from '../worker/optim.js';
+import { adamwStep, clipFactor, decayMask, sumOfSquares } from '../worker/optim.js';
 import { computeGradients, localComm } from '../worker/step.js';
 import { setSimdAttentionHeads, setSimdDenseEpilogue, setSimdNormGelu, setSimdSoftmaxGrad, setSimdTranspose } from '../worker/wasm-kernels.js';
 import { matMulFlops, simdPeak } from './simd-peak.js';
@@ -62,8 +62,8 @@ export async function trainingStep(backend: BackendChoice, preset: string, batch
     async run() {
       s++;
       const g = await computeGradients(model, { n: batch, images, labels, indices: Array.from({ length: batch }, (_, i) => i), epoch: 0 }, localComm, opts);
-      scaleInPlace(g.grads, clipFactor(Math.sqrt(sumOfSquares(g.grads)), 1));
-      adamwStep(params, g.grads, m, v, { start: 0, end: params.length }, { lr: 1e-4, beta1: 0.9, beta2: 0.98, eps: 1e-6, weightDecay: 0.05 }, s, mask);
+      const clip = clipFactor(Math.sqrt(sumOfSquares(g.grads)), 1);
+      adamwStep(params, g.grads, m, v, { start: 0, end: params.length }, { lr: 1e-4, beta1: 0.9, beta2: 0.98, eps: 1e-6, weightDecay: 0.05 }, s, mask, clip);
       model.assignFlat(params);
     },
     dispose: () => model.dispose(),

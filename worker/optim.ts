@@ -1,4 +1,5 @@
 import type { ParamLayout } from '../shared/params.js';
+import { adamwRun } from './simd-adamw.js';
 
 /**
  * AdamW, the learning-rate schedule and gradient clipping as pure functions on flat float32
@@ -27,10 +28,20 @@ export function decayMask(layout: ParamLayout): Uint8Array {
   return mask;
 }
 
+let simdAdamw = true;
+
+/** Run AdamW's update on the SIMD kernel where it can (the default) or always in JavaScript (the reference). */
+export function setSimdAdamw(on: boolean): void {
+  simdAdamw = on;
+}
+
 /**
  * One AdamW update (PyTorch's torch.optim.AdamW, decoupled decay) of params[range] in place.
  * `params`, `grads` and `decay` are indexed over the whole flat vector; `m` and `v` hold only the
  * range (index i - range.start), which is the shard a ZeRO-1 rank owns. `step` counts from 1.
+ * `gradScale` (the clipping factor) is applied to each gradient on the way in, rounded to f32 as
+ * scaleInPlace would store it, so clipping costs no pass of its own; `grads` is left as it was.
+ * The update runs on ./simd-adamw.ts's kernel where wasm SIMD is available, with the same bits.
  */
 export function adamwStep(
   params: Float32Array,
@@ -41,6 +52,7 @@ export function adamwStep(
   hyper: AdamWHyper,
   step: number,
   decay: Uint8Array,
+  gradScale = 1,
 ): void {
   const { lr, beta1, beta2, eps, weightDecay } = hyper;
   if (m.length !== range.end - range.start || v.length !== m.length)
@@ -60,8 +72,12 @@ export function adamwStep(
     let j = i + 1;
     while (j < range.end && decay[j] === d) j++;
     const f = d ? shrink : 1;
+    if (simdAdamw && adamwRun(params, grads, m, v, i, j, range.start, f, { scale: gradScale, beta1, a1, beta2, a2, stepSize, sqrtBc2, eps })) {
+      i = j;
+      continue;
+    }
     for (let k = i - range.start; i < j; i++, k++) {
-      const g = grads[i]!;
+      const g = gradScale === 1 ? grads[i]! : Math.fround(grads[i]! * gradScale);
       const mk = beta1 * m[k]! + a1 * g;
       const vk = beta2 * v[k]! + a2 * g * g;
       m[k] = mk;
@@ -101,7 +117,7 @@ export function clipFactor(globalNorm: number, maxNorm: number): number {
   return maxNorm / (globalNorm + 1e-6);
 }
 
-/** Scale a range of a flat vector in place. */
+/** Scale a range of a flat vector in place (what adamwStep's `gradScale` does to each gradient it reads). */
 export function scaleInPlace(x: Float32Array, factor: number, range: FlatRange = { start: 0, end: x.length }): void {
   if (factor === 1) return;
   for (let i = range.start; i < range.end; i++) x[i]! *= factor;

@@ -15,7 +15,7 @@ import { cosineLogits } from './losses.js';
 import type { ModelConfig } from './model/config.js';
 import { saveParams } from './model/params-file.js';
 import { CxrModel, initialParams } from './model/vit.js';
-import { DEFAULT_ADAMW, adamwStep, clipFactor, decayMask, learningRate, scaleInPlace, sumOfSquares, type Schedule } from './optim.js';
+import { DEFAULT_ADAMW, adamwStep, clipFactor, decayMask, learningRate, sumOfSquares, type Schedule } from './optim.js';
 import { computeGradients, type StepComm, type StepOptions } from './step.js';
 import type { StepContext, StepInfo, StepResult, WorkerStep } from './steps.js';
 import type { SampleBatch } from '../shared/dataset/reader.js';
@@ -230,9 +230,9 @@ async function trainStepWith(ctx: StepContext, t: TrainSection, pg: ThreadedProc
       const norm = Math.sqrt(small[0]! + small[1]!);
       if (!Number.isFinite(norm)) throw new Error(`step ${info.step + 1}: the gradient is not finite (loss ${small[5]}); lower --lr`);
       const tOpt = performance.now();
-      scaleInPlace(grads, clipFactor(norm, t.optimizer.clipNorm), own);
       hyper.lr = learningRate(schedule, info.step + 1);
-      adamwStep(params, grads, m, v, own, hyper, info.step + 1, mask);
+      // Clipping's scale is applied as AdamW reads each gradient (with the bits of scaling first).
+      adamwStep(params, grads, m, v, own, hyper, info.step + 1, mask, clipFactor(norm, t.optimizer.clipNorm));
       const optSeconds = (performance.now() - tOpt) / 1000;
       const tGather = performance.now();
       // The parameters move to the comm thread and come back with the other ranks' ranges filled in.

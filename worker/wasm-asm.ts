@@ -32,8 +32,8 @@ export function instantiateWith(bytes: Uint8Array, memory: unknown): Record<stri
   }
 }
 
-export type ValType = 'i32' | 'f32' | 'v128';
-const VALTYPE: Record<ValType, number> = { i32: 0x7f, f32: 0x7d, v128: 0x7b };
+export type ValType = 'i32' | 'f32' | 'f64' | 'v128';
+const VALTYPE: Record<ValType, number> = { i32: 0x7f, f32: 0x7d, f64: 0x7c, v128: 0x7b };
 
 /** Unsigned LEB128. */
 export function uleb(n: number): number[] {
@@ -326,6 +326,33 @@ export class Body {
   }
   f32x4Pmax(): this {
     return this.simd(0xeb);
+  }
+  /** f64x2.splat: pops an f64. */
+  f64x2Splat(): this {
+    return this.simd(0x14);
+  }
+  f64x2Add(): this {
+    return this.simd(0xf0);
+  }
+  f64x2Sub(): this {
+    return this.simd(0xf1);
+  }
+  f64x2Mul(): this {
+    return this.simd(0xf2);
+  }
+  f64x2Div(): this {
+    return this.simd(0xf3);
+  }
+  f64x2Sqrt(): this {
+    return this.simd(0xef);
+  }
+  /** The two low f32 lanes widened to f64 (exact). */
+  f64x2PromoteLowF32x4(): this {
+    return this.simd(0x5f);
+  }
+  /** The two f64 lanes rounded to f32 (to nearest, ties to even) in the low lanes, zeros above. */
+  f32x4DemoteF64x2Zero(): this {
+    return this.simd(0x5e);
   }
   /** Round to nearest, ties to even. */
   f32x4Nearest(): this {
