@@ -1,5 +1,5 @@
 import { geluOf, geluSlopeOf, loadPartial, storePartial, temps } from './simd-norm-gelu.js';
-import { addTo, assembleModule, Body, countdown, instantiateWith, wasmApi, whileLoop, type ValType } from './wasm-asm.js';
+import { addTo, assembleModule, Body, countdown, instantiateWith, wasmApi, whileLoop } from './wasm-asm.js';
 
 /**
  * A batched fp32 GEMM in WebAssembly SIMD for tfjs-backend-wasm's BatchMatMul: every product of
@@ -308,9 +308,9 @@ function mulRowsBody(): Body {
 }
 
 /**
- * t{tile}_{R}x{C}{epilogue}(ap, bp, c, rowPanels, colPanels, k, ldc, accumulate[, bias, delta]):
- * for each of colPanels packed B panels (NR wide) and rowPanels packed A panels (MR high), the
- * R x C block of C at the panels' corner (row stride ldc bytes) = A panel x B panel, or += when
+ * t{tile}_{R}x{C}{kernelSuffix}(ap, bp, c, rowPanels, colPanels, k, ldc, accumulate, bias, delta, aStride):
+ * for each of colPanels packed B panels (NR wide) and rowPanels A panels (MR rows, read as `aMode`
+ * says), the R x C block of C at the panels' corner (row stride ldc bytes) = A panel x B panel, or += when
  * `accumulate` is 1 (the k blocks after the first). R = MR and C = NR is the micro-kernel of the
  * whole blocks; the partial ones at the right (C < NR) and bottom (R < MR) edges are the same loop
  * with fewer accumulators, which read only their rows of the A panel and their vectors of the B
@@ -324,7 +324,7 @@ function mulRowsBody(): Body {
 function blockBody({ mr, nr, fma }: Tile, rows: number, cols: number, epilogue: readonly EpilogueStep[] = [], aMode: AMode = 'packed'): Body {
   const hasBias = epilogue.includes('bias');
   const hasResidual = epilogue.includes('residual');
-  const f = new Body([I, I, I, I, I, I, I, I, I, I, I] as ValType[]);
+  const f = new Body([I, I, I, I, I, I, I, I, I, I, I]);
   const [ap, bp, c, rowPanels, colPanels, k, ldc, accumulate] = [0, 1, 2, 3, 4, 5, 6, 7];
   const [bias, delta, aStride] = [8, 9, 10];
   const nv = Math.ceil(cols / 4);
@@ -461,6 +461,9 @@ const A_MODE_EPILOGUES: Record<AMode, readonly (readonly EpilogueStep[])[]> = { 
 /** Transposed A is read in place when its rows are closer than this (bytes). */
 const COLS_MAX_STRIDE = 4096;
 
+/** The name suffix of the block kernels with these epilogue steps reading A this way. */
+const kernelSuffix = (steps: readonly EpilogueStep[], am: AMode) => `${epilogueSuffix(steps)}_${am}`;
+
 /** How `p`'s A is read: in place where a build serves it, else packed. */
 export function gemmAMode(p: { m: number; transposeA: boolean; epilogue?: unknown }): AMode {
   if (!p.transposeA) return 'rows';
@@ -479,7 +482,7 @@ const buildModule = (tiles: readonly Tile[]) =>
     { name: 'geluStrip', body: geluStripBody() },
     { name: 'mulRows', body: mulRowsBody() },
     ...tiles.flatMap((t, i) =>
-      (Object.keys(A_MODE_EPILOGUES) as AMode[]).flatMap((am) => A_MODE_EPILOGUES[am].flatMap((e) => blockShapes(t).map(([r, c]) => ({ name: `t${i}_${r}x${c}${epilogueSuffix(e)}_${am}`, body: blockBody(t, r, c, e, am) })))),
+      (Object.keys(A_MODE_EPILOGUES) as AMode[]).flatMap((am) => A_MODE_EPILOGUES[am].flatMap((e) => blockShapes(t).map(([r, c]) => ({ name: `t${i}_${r}x${c}${kernelSuffix(e, am)}`, body: blockBody(t, r, c, e, am) })))),
     ),
   ]);
 
@@ -566,24 +569,25 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
   type Pack = (src: number, rs: number, cs: number, outer: number, inner: number, dst: number) => void;
   type Block = (ap: number, bp: number, c: number, rowPanels: number, colPanels: number, k: number, ldc: number, accumulate: number, ...epilogue: number[]) => void;
   const kernels = TILES[variant].map((t, i) => {
-    // blocks[epilogue suffix][R][C]: the kernel of an R x C block (index 0 unused).
+    // blocks[kernel suffix][R][C]: the kernel of an R x C block (index 0 unused).
     const blocks: Record<string, Block[][]> = {};
     for (const am of Object.keys(A_MODE_EPILOGUES) as AMode[]) {
       for (const e of A_MODE_EPILOGUES[am]) {
-        const suffix = epilogueSuffix(e) + '_' + am;
+        const suffix = kernelSuffix(e, am);
         const byShape: Block[][] = (blocks[suffix] = []);
         for (const [r, c] of blockShapes(t)) (byShape[r] ??= [])[c] = exports[`t${i}_${r}x${c}${suffix}`] as Block;
       }
     }
     const { mr, nr } = t;
     /**
-     * C [m, n] (row stride ldc bytes) = packed A [m, k] x packed B [k, n], or += that: the whole
-     * blocks in one call, then the right edge's column, the bottom edge's row and their corner.
-     * With an epilogue, `bias` is the offset of column 0's bias and `delta` goes to every kernel;
+     * C [m, n] (row stride ldc bytes) = A [m, k] (packed, or in place `aStride` apart, per `am`)
+     * x packed B [k, n], or += that: the whole blocks in one call, then the right edge's column,
+     * the bottom edge's row and their corner. The block kernels apply `steps` of the epilogue:
+     * `bias` is the offset of column 0's bias and `delta` goes to every kernel;
      * with `strip`, one column panel at a time, each handed to strip(c, cols) once its rows are done.
      */
-    const product = (ap: number, bp: number, c: number, m: number, n: number, k: number, ldc: number, accumulate: number, epilogue: string, bias: number, delta: number, strip: ((c: number, cols: number) => void) | undefined, am: AMode, aStride: number) => {
-      const blk = blocks[epilogue + '_' + am]!;
+    const product = (ap: number, bp: number, c: number, m: number, n: number, k: number, ldc: number, accumulate: number, steps: readonly EpilogueStep[], bias: number, delta: number, strip: ((c: number, cols: number) => void) | undefined, am: AMode, aStride: number) => {
+      const blk = blocks[kernelSuffix(steps, am)]!;
       const [rowPanels, rows] = [Math.floor(m / mr), m % mr];
       const [colPanels, cols] = [Math.floor(n / nr), n % nr];
       const aPanelBytes = am === 'packed' ? 4 * mr * k : am === 'rows' ? mr * aStride : 4 * mr;
@@ -633,7 +637,6 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
       // The block kernels' part of the epilogue; a GELU and a multiply run over C once it is stored.
       const steps: EpilogueStep[] = !b ? [] : ['bias', ...(b.residual !== undefined ? ['residual' as const] : [])];
       if (b && b.residual !== undefined && b.slope !== undefined) throw new Error('simdGemm: an epilogue has a residual or a GELU, not both');
-      const lastSuffix = epilogueSuffix(steps);
       // The residual, gelu' and multiplier are laid out as C: one byte distance from C serves
       // every output matrix (i32 arithmetic wraps, as the kernel's address sums do).
       const other = !e ? undefined : b ? (b.residual ?? b.slope) : (e as { multiply: number }).multiply;
@@ -648,6 +651,8 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
       // With one k block (and one m block) the packed operand is the whole matrix, so a
       // broadcast operand repeated across the batch is packed once.
       const am = gemmAMode(p);
+      // Read in place, A's rows ('rows') or its k ('cols') are this many bytes apart.
+      const aStride = am === 'rows' ? aPerRow : am === 'cols' ? aPerK : 0;
       const oneK = k <= kc;
       const oneM = oneK && m <= mc;
       let packedA = -1;
@@ -661,7 +666,7 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
           const kb = Math.min(kc, k - k0);
           // The epilogue runs once, on the finished sums of the last k block.
           const last = k0 + kc >= k;
-          const suffix = last ? lastSuffix : '';
+          const blockSteps = last ? steps : [];
           if (!(oneK && p.bIndex[t] === packedB)) packB(bBase + k0 * bPerK, bPerCol, bPerK, n, kb, bPacked);
           packedB = oneK ? p.bIndex[t]! : -1;
           for (let i0 = 0; i0 < m; i0 += mc) {
@@ -672,8 +677,7 @@ export function simdGemm(memory: unknown, variant: GemmVariant | undefined = gem
               packedA = oneM ? p.aIndex[t]! : -1;
             }
             const strip = last && gelu ? (cs: number, cols: number) => gelu(cs, (cs + delta) | 0, mb, cols, ldc) : undefined;
-            if (am === 'packed') product(aPacked, bPacked, c + i0 * ldc, mb, n, kb, ldc, k0 > 0 ? 1 : 0, suffix, bias, delta, strip, am, 0);
-            else product(aAt, bPacked, c + i0 * ldc, mb, n, kb, ldc, k0 > 0 ? 1 : 0, suffix, bias, delta, strip, am, am === 'rows' ? aPerRow : aPerK);
+            product(am === 'packed' ? aPacked : aAt, bPacked, c + i0 * ldc, mb, n, kb, ldc, k0 > 0 ? 1 : 0, blockSteps, bias, delta, strip, am, aStride);
             // The m block's rows of C are contiguous (row stride n), and so are the multiplier's.
             if (last && mulRows) mulRows(c + i0 * ldc, (c + i0 * ldc + delta) | 0, mb * n);
           }
