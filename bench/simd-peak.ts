@@ -1,4 +1,4 @@
-import { assembleModule, Body, countdown, wasmApi } from '../worker/wasm-asm.js';
+import { assembleModule, Body, countdown, instantiateWith, wasmApi } from '../worker/wasm-asm.js';
 
 /**
  * What this engine's WebAssembly SIMD can do at best on one thread: a GEMM micro-kernel's inner
@@ -62,8 +62,9 @@ export function simdPeak(form: 'mul-add' | 'fma', ms = 150, reps = 3): SimdPeak 
   let best: SimdPeak | null = null;
   for (const tile of TILES) {
     const bytes = assembleModule([{ name: 'k', body: loopBody(tile, form === 'fma') }]);
-    if (!wasm.validate(bytes)) return null;
-    const k = new wasm.Instance(new wasm.Module(bytes), { e: { m: memory } }).exports.k as (n: number) => void;
+    const exports = instantiateWith(bytes, memory);
+    if (!exports) return null;
+    const k = exports.k as (n: number) => void;
     const flopsPerIter = 8 * tile.rows * tile.vecs;
     // Calibrate past the baseline compiler: V8 tiers a hot function up to optimised code.
     let n = 1 << 16;

@@ -1,4 +1,4 @@
-import { addTo, assembleModule, Body, countdown, instantiateWith, wasmApi } from './wasm-asm.js';
+import { addTo, assembleModule, Body, countdown, instantiateOwnMemory } from './wasm-asm.js';
 
 /**
  * AdamW's per-element update (worker/optim.ts) as a WebAssembly SIMD kernel, two elements per
@@ -84,11 +84,8 @@ const [P, G, M, VV] = [0, 1, 2, 3].map((i) => i * PIECE * 4);
 type AdamwFn = (p: number, g: number, m: number, v: number, n: number, ...c: number[]) => void;
 
 function instantiate(): { adamw: AdamwFn; floats: Float32Array } | null {
-  if (!wasmApi) return null;
-  const memory = new wasmApi.Memory({ initial: 1 }); // 64 KiB: the four pieces
-  const exports = instantiateWith(MODULE, memory);
-  if (!exports) return null;
-  return { adamw: exports.adamw as AdamwFn, floats: new Float32Array((memory as { buffer: ArrayBuffer }).buffer) };
+  const own = instantiateOwnMemory(MODULE, 4 * PIECE * 4); // the four pieces
+  return own && { adamw: own.exports.adamw as AdamwFn, floats: new Float32Array(own.buffer) };
 }
 
 const kernel = instantiate();

@@ -32,6 +32,17 @@ export function instantiateWith(bytes: Uint8Array, memory: unknown): Record<stri
   }
 }
 
+/**
+ * `bytes` instantiated with a memory of its own of `memoryBytes` (a multiple of 64 KiB), for
+ * kernels that work on pieces copied in from JavaScript arrays; null where instantiateWith is.
+ */
+export function instantiateOwnMemory(bytes: Uint8Array, memoryBytes: number): { exports: Record<string, unknown>; buffer: ArrayBuffer } | null {
+  if (!wasmApi) return null;
+  const memory = new wasmApi.Memory({ initial: memoryBytes / 65536 }) as { buffer: ArrayBuffer };
+  const exports = instantiateWith(bytes, memory);
+  return exports && { exports, buffer: memory.buffer };
+}
+
 export type ValType = 'i32' | 'f32' | 'f64' | 'v128';
 const VALTYPE: Record<ValType, number> = { i32: 0x7f, f32: 0x7d, f64: 0x7c, v128: 0x7b };
 

@@ -1,4 +1,4 @@
-import { addTo, assembleModule, Body, instantiateWith, wasmApi, whileLoop } from '../wasm-asm.js';
+import { addTo, assembleModule, Body, instantiateOwnMemory, whileLoop } from '../wasm-asm.js';
 
 /**
  * The fp32 add of the reduce-scatter, dst[i] = dst[i] + src[i], as a WebAssembly SIMD kernel.
@@ -45,15 +45,8 @@ interface Kernel {
 }
 
 function instantiate(): Kernel | null {
-  if (!wasmApi) return null;
-  const memory = new wasmApi.Memory({ initial: (2 * PIECE_BYTES) / 65536 });
-  const exports = instantiateWith(MODULE, memory);
-  if (!exports) return null;
-  return {
-    add: exports.add as (d: number, s: number, n: number) => void,
-    bytes: new Uint8Array(memory.buffer),
-    floats: new Float32Array(memory.buffer),
-  };
+  const own = instantiateOwnMemory(MODULE, 2 * PIECE_BYTES);
+  return own && { add: own.exports.add as (d: number, s: number, n: number) => void, bytes: new Uint8Array(own.buffer), floats: new Float32Array(own.buffer) };
 }
 
 const kernel = instantiate();
