@@ -7,6 +7,7 @@ import type { GemmBlocking, GemmVariant } from '../worker/simd-gemm.js';
 import { setSimdGemmBlocking, setSimdGemmVariant, setSimdMatMulScope, wasmGemmVariant, type GemmVariantChoice, type SimdMatMulScope } from '../worker/wasm-kernels.js';
 import { trainingStep } from './step.js';
 import { median } from './median.js';
+import { arg } from './args.js';
 
 /**
  * `npm run bench -- batch-matmul [--models tiny,small] [--batch 32] [--image 64] [--reps 10] [--blocking]`:
@@ -18,11 +19,6 @@ import { median } from './median.js';
  * the first build's. `--blocking` adds a sweep of the GEMM's k and m block sizes over the dense
  * products (FMA build).
  */
-function arg(argv: string[], name: string, dflt: string): string {
-  const i = argv.indexOf(`--${name}`);
-  return i >= 0 && argv[i + 1] ? argv[i + 1]! : dflt;
-}
-
 
 /** The six batched products of one attention layer's forward and backward, [bh, T, d] heads. */
 function attentionProducts(bh: number, T: number, d: number) {

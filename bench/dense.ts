@@ -1,12 +1,12 @@
 import * as tf from '@tensorflow/tfjs';
 import { UserError } from '../shared/errors.js';
 import { loadLabelSet } from '../shared/labels.js';
-import { mulberry32, normalSource } from '../shared/rng.js';
 import { initBackend } from '../worker/backend.js';
 import { MODEL_PRESETS, resolveModelConfig, tokenCount } from '../worker/model/config.js';
 import { dense, residualMlp } from '../worker/model/layers.js';
 import { setSimdDenseEpilogue, wasmDenseActive } from '../worker/wasm-kernels.js';
-import { median } from './median.js';
+import { arg } from './args.js';
+import { randomTensor, timeSwitched } from './switched.js';
 
 /**
  * `npm run bench -- dense [--models tiny,small] [--batch 32] [--image 64] [--reps 15]`: on the wasm
@@ -16,33 +16,6 @@ import { median } from './median.js';
  * in the SIMD GEMM's epilogue (worker/simd-gemm.ts) next to the separate matMul, Add, GELU and
  * Multiply kernels they replace (the reference), alternating call by call in one run.
  */
-function arg(argv: string[], name: string, dflt: string): string {
-  const i = argv.indexOf(`--${name}`);
-  return i >= 0 && argv[i + 1] ? argv[i + 1]! : dflt;
-}
-
-
-function randomTensor(shape: number[], seed: number, scale = 1): tf.Tensor {
-  const r = normalSource(mulberry32(seed));
-  return tf.tensor(Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => r() * scale), shape);
-}
-
-/** Median ms of `f` over `reps` calls with the epilogues off and on, alternating call by call. */
-function timePaths(reps: number, f: () => tf.Tensor | tf.Tensor[]): { off: number; on: number } {
-  const times = { off: [] as number[], on: [] as number[] };
-  for (let rep = -1; rep < reps; rep++) {
-    for (const on of [false, true]) {
-      setSimdDenseEpilogue(on);
-      const t0 = performance.now();
-      const out = f();
-      const ms = performance.now() - t0; // the wasm backend computes synchronously
-      tf.dispose(out);
-      if (rep >= 0) times[on ? 'on' : 'off'].push(ms);
-    }
-  }
-  setSimdDenseEpilogue(true);
-  return { off: median(times.off), on: median(times.on) };
-}
 
 export async function run(argv: string[]): Promise<void> {
   const models = arg(argv, 'models', 'tiny,small').split(',');
@@ -78,8 +51,8 @@ export async function run(argv: string[]): Promise<void> {
     ];
     const sum = { fOff: 0, fOn: 0, bOff: 0, bOn: 0 };
     for (const [name, f, inputs, dy] of layers) {
-      const fwd = timePaths(reps, () => f(...inputs));
-      const both = timePaths(reps, () => {
+      const fwd = timeSwitched(reps, setSimdDenseEpilogue, () => f(...inputs));
+      const both = timeSwitched(reps, setSimdDenseEpilogue, () => {
         const g = tf.grads(f)(inputs, dy);
         return g;
       });

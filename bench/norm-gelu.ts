@@ -1,13 +1,13 @@
 import * as tf from '@tensorflow/tfjs';
 import { UserError } from '../shared/errors.js';
 import { loadLabelSet } from '../shared/labels.js';
-import { mulberry32, normalSource } from '../shared/rng.js';
 import { initBackend } from '../worker/backend.js';
 import { MODEL_PRESETS, resolveModelConfig, tokenCount } from '../worker/model/config.js';
 import { gelu, layerNorm } from '../worker/model/layers.js';
 import { setSimdNormGelu, wasmNormGeluActive } from '../worker/wasm-kernels.js';
 import { trainingStep } from './step.js';
-import { median } from './median.js';
+import { arg } from './args.js';
+import { randomTensor, timeSwitched } from './switched.js';
 
 /**
  * `npm run bench -- norm-gelu [--models tiny,small] [--batch 32] [--image 64] [--reps 20]`: on the
@@ -18,37 +18,11 @@ import { median } from './median.js';
  * layerNorms and `layers` gelus of those shapes); then one training step per model under
  * tf.profile on each path: the summed kernel time and the kernels that take the most.
  */
-function arg(argv: string[], name: string, dflt: string): string {
-  const i = argv.indexOf(`--${name}`);
-  return i >= 0 && argv[i + 1] ? argv[i + 1]! : dflt;
-}
 
 const PATHS = [
   { name: 'tfjs', on: false },
   { name: 'simd', on: true },
 ] as const;
-
-function randomTensor(shape: number[], seed: number): tf.Tensor {
-  const r = normalSource(mulberry32(seed));
-  return tf.tensor(Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => r()), shape);
-}
-
-/** Median ms of `f` over `reps` calls per path, the paths alternating call by call. */
-function timePaths(reps: number, f: () => tf.Tensor | tf.Tensor[]): Record<'tfjs' | 'simd', number> {
-  const times: Record<string, number[]> = { tfjs: [], simd: [] };
-  for (let rep = -1; rep < reps; rep++) {
-    for (const p of PATHS) {
-      setSimdNormGelu(p.on);
-      const t0 = performance.now();
-      const out = f();
-      const ms = performance.now() - t0; // the wasm backend computes synchronously
-      tf.dispose(out);
-      if (rep >= 0) times[p.name]!.push(ms);
-    }
-  }
-  setSimdNormGelu(true);
-  return { tfjs: median(times.tfjs!), simd: median(times.simd!) };
-}
 
 /** One step under tf.profile: total kernel ms and ms per kernel name, largest first. */
 async function profileStep(step: { run(): Promise<void> }): Promise<{ total: number; top: [string, number][] }> {
@@ -89,19 +63,19 @@ export async function run(argv: string[]): Promise<void> {
     const dyGelu = randomTensor([R, 4 * W], 6);
     const ln = (a: tf.Tensor, g: tf.Tensor, b: tf.Tensor) => layerNorm(a as tf.Tensor2D, g as tf.Tensor1D, b as tf.Tensor1D);
     const rows = [
-      { op: `layerNorm [${R},${W}]`, pass: 'forward', ms: timePaths(reps, () => ln(x, gamma, beta)), perStep: 2 * cfg.layers + 2 },
-      { op: `layerNorm [${R},${W}]`, pass: 'fwd+bwd', ms: timePaths(reps, () => tf.grads(ln)([x, gamma, beta], dyLn)), perStep: 2 * cfg.layers + 2 },
-      { op: `gelu [${R},${4 * W}]`, pass: 'forward', ms: timePaths(reps, () => gelu(h)), perStep: cfg.layers },
-      { op: `gelu [${R},${4 * W}]`, pass: 'fwd+bwd', ms: timePaths(reps, () => tf.grads((a: tf.Tensor) => gelu(a))([h], dyGelu)), perStep: cfg.layers },
+      { op: `layerNorm [${R},${W}]`, pass: 'forward', ms: timeSwitched(reps, setSimdNormGelu, () => ln(x, gamma, beta)), perStep: 2 * cfg.layers + 2 },
+      { op: `layerNorm [${R},${W}]`, pass: 'fwd+bwd', ms: timeSwitched(reps, setSimdNormGelu, () => tf.grads(ln)([x, gamma, beta], dyLn)), perStep: 2 * cfg.layers + 2 },
+      { op: `gelu [${R},${4 * W}]`, pass: 'forward', ms: timeSwitched(reps, setSimdNormGelu, () => gelu(h)), perStep: cfg.layers },
+      { op: `gelu [${R},${4 * W}]`, pass: 'fwd+bwd', ms: timeSwitched(reps, setSimdNormGelu, () => tf.grads((a: tf.Tensor) => gelu(a))([h], dyGelu)), perStep: cfg.layers },
     ];
     for (const r of rows) {
       process.stdout.write(
-        `${preset.padEnd(6)} ${r.op.padEnd(22)} ${r.pass.padEnd(9)} ${r.ms.tfjs.toFixed(2).padStart(9)} ${r.ms.simd.toFixed(2).padStart(9)} ${(r.ms.tfjs / r.ms.simd).toFixed(1).padStart(8)}x\n`,
+        `${preset.padEnd(6)} ${r.op.padEnd(22)} ${r.pass.padEnd(9)} ${r.ms.off.toFixed(2).padStart(9)} ${r.ms.on.toFixed(2).padStart(9)} ${(r.ms.off / r.ms.on).toFixed(1).padStart(8)}x\n`,
       );
     }
-    const step = (path: 'tfjs' | 'simd') => rows.filter((r) => r.pass === 'fwd+bwd').reduce((s, r) => s + r.perStep * r.ms[path], 0);
+    const step = (path: 'off' | 'on') => rows.filter((r) => r.pass === 'fwd+bwd').reduce((s, r) => s + r.perStep * r.ms[path], 0);
     process.stdout.write(
-      `${preset.padEnd(6)} per training step (${2 * cfg.layers + 2} layerNorm + ${cfg.layers} gelu, fwd+bwd): tfjs ${step('tfjs').toFixed(0)} ms, simd ${step('simd').toFixed(0)} ms\n`,
+      `${preset.padEnd(6)} per training step (${2 * cfg.layers + 2} layerNorm + ${cfg.layers} gelu, fwd+bwd): tfjs ${step('off').toFixed(0)} ms, simd ${step('on').toFixed(0)} ms\n`,
     );
     tf.dispose([x, gamma, beta, dyLn, h, dyGelu]);
   }

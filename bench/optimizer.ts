@@ -5,6 +5,7 @@ import { modelLayout } from '../worker/model/vit.js';
 import { adamwStep, clipFactor, decayMask, scaleInPlace, setSimdAdamw, sumOfSquares } from '../worker/optim.js';
 import { simdAdamwAvailable } from '../worker/simd-adamw.js';
 import { median } from './median.js';
+import { arg } from './args.js';
 
 /**
  * `npm run bench -- optimizer [--models tiny,small] [--steps 12]`: the optimizer's part of a
@@ -14,10 +15,6 @@ import { median } from './median.js';
  * gradient), alternating step by step. A 64 MiB buffer is written between steps so the vectors
  * come from memory, as after a training step's forward and backward. Both give the same bits.
  */
-function arg(argv: string[], name: string, dflt: string): string {
-  const i = argv.indexOf(`--${name}`);
-  return i >= 0 && argv[i + 1] ? argv[i + 1]! : dflt;
-}
 
 export async function run(argv: string[]): Promise<void> {
   const models = arg(argv, 'models', 'tiny,small').split(',');

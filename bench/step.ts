@@ -12,6 +12,7 @@ import { setSimdAttentionHeads, setSimdDenseEpilogue, setSimdNormGelu, setSimdSo
 import { matMulFlops, simdPeak } from './simd-peak.js';
 import { runTorchReference } from './torch-reference.js';
 import { median } from './median.js';
+import { arg } from './args.js';
 
 /**
  * `npm run bench -- step [--models tiny,small] [--backends wasm,cpu] [--batch 32] [--image 64] [--steps 5] [--warmup 5] [--norm-gelu on|off|ab] [--epilogue on|off|ab] [--softmax-grad on|off|ab] [--transpose on|off|ab]`:
@@ -30,11 +31,6 @@ import { median } from './median.js';
  * one kernel each (on), or the backend's Transpose with tfjs's split, multiply and concat (off), or `ab`.
  * Several `ab`s run every combination.
  */
-function arg(argv: string[], name: string, dflt: string): string {
-  const i = argv.indexOf(`--${name}`);
-  return i >= 0 && argv[i + 1] ? argv[i + 1]! : dflt;
-}
-
 
 /** One full training step of `preset` on `backend` (the setup the step bench times), run by run(). */
 export async function trainingStep(backend: BackendChoice, preset: string, batch: number, image: number): Promise<{ run(): Promise<void>; dispose(): void }> {
@@ -78,6 +74,17 @@ interface Setting {
   transpose: boolean;
 }
 
+/** Every wasm switch on: the default, and what the switches are left at. */
+const ALL_ON: Setting = { normGelu: true, epilogue: true, softmaxGrad: true, transpose: true };
+
+function applySetting(on: Setting): void {
+  setSimdNormGelu(on.normGelu);
+  setSimdDenseEpilogue(on.epilogue);
+  setSimdSoftmaxGrad(on.softmaxGrad);
+  setSimdTranspose(on.transpose);
+  setSimdAttentionHeads(on.transpose);
+}
+
 /** Step times per setting of the wasm switches, the settings alternating step by step. */
 async function tfjsStepMs(backend: BackendChoice, preset: string, batch: number, image: number, steps: number, warmup: number, settings: readonly Setting[]): Promise<number[][]> {
   const step = await trainingStep(backend, preset, batch, image);
@@ -85,11 +92,7 @@ async function tfjsStepMs(backend: BackendChoice, preset: string, batch: number,
   try {
     for (let s = 1; s <= warmup + steps; s++) {
       for (const [i, on] of settings.entries()) {
-        setSimdNormGelu(on.normGelu);
-        setSimdDenseEpilogue(on.epilogue);
-        setSimdSoftmaxGrad(on.softmaxGrad);
-        setSimdTranspose(on.transpose);
-        setSimdAttentionHeads(on.transpose);
+        applySetting(on);
         const t0 = performance.now();
         await step.run();
         // The first steps compile the kernels, let V8 optimise tfjs's JavaScript and fault the heap in.
@@ -97,11 +100,7 @@ async function tfjsStepMs(backend: BackendChoice, preset: string, batch: number,
       }
     }
   } finally {
-    setSimdNormGelu(true);
-    setSimdDenseEpilogue(true);
-    setSimdSoftmaxGrad(true);
-    setSimdTranspose(true);
-    setSimdAttentionHeads(true);
+    applySetting(ALL_ON);
     step.dispose();
   }
   return times;
@@ -182,15 +181,13 @@ export async function run(argv: string[]): Promise<void> {
   const image = Number(arg(argv, 'image', '64'));
   const steps = Number(arg(argv, 'steps', '5'));
   const warmup = Number(arg(argv, 'warmup', '5'));
-  const normGelu = arg(argv, 'norm-gelu', 'on');
-  if (!['on', 'off', 'ab'].includes(normGelu)) throw new UserError(`--norm-gelu must be on, off or ab, got '${normGelu}'`);
-  const epilogue = arg(argv, 'epilogue', 'on');
-  if (!['on', 'off', 'ab'].includes(epilogue)) throw new UserError(`--epilogue must be on, off or ab, got '${epilogue}'`);
+  const onOffAb = (name: string) => {
+    const v = arg(argv, name, 'on');
+    if (!['on', 'off', 'ab'].includes(v)) throw new UserError(`--${name} must be on, off or ab, got '${v}'`);
+    return v;
+  };
+  const [normGelu, epilogue, softmaxGrad, transpose] = ['norm-gelu', 'epilogue', 'softmax-grad', 'transpose'].map(onOffAb) as [string, string, string, string];
   const choices = (v: string) => (v === 'on' ? [true] : v === 'off' ? [false] : [false, true]);
-  const softmaxGrad = arg(argv, 'softmax-grad', 'on');
-  if (!['on', 'off', 'ab'].includes(softmaxGrad)) throw new UserError(`--softmax-grad must be on, off or ab, got '${softmaxGrad}'`);
-  const transpose = arg(argv, 'transpose', 'on');
-  if (!['on', 'off', 'ab'].includes(transpose)) throw new UserError(`--transpose must be on, off or ab, got '${transpose}'`);
   const wasmSettings = choices(normGelu).flatMap((n) =>
     choices(epilogue).flatMap((e) => choices(softmaxGrad).flatMap((g) => choices(transpose).map((t) => ({ normGelu: n, epilogue: e, softmaxGrad: g, transpose: t })))));
   const labelOf = (on: Setting) =>
@@ -202,16 +199,16 @@ export async function run(argv: string[]): Promise<void> {
     ].filter(Boolean).join(', ');
   process.stdout.write(`training step, batch ${batch} of ${image}x${image}, median of ${steps} steps after ${warmup} warm-up (machine load affects both columns alike)\n`);
   process.stdout.write(`${'model'.padEnd(6)} ${'backend'.padEnd(8)} ${'tfjs s/step'.padStart(12)} ${'PyTorch s/step'.padStart(15)} ${'ratio'.padStart(7)} ${'PyTorch THP'.padStart(12)} ${'ratio'.padStart(7)}\n`);
-  const heaps: string[] = [];
+  let heap: string | null = null; // what the backend did with the wasm heap, once it ran
   for (const preset of models) {
     const ref = torchStepMs(preset, batch, image, steps, warmup);
     const refThp = torchStepMs(preset, batch, image, steps, warmup, TORCH_THP_ENV);
     for (const be of backends) {
       // The cpu backend is ~10x slower; one step of `small` on it takes minutes, so it gets one, after one.
       const [n, w] = be === 'cpu' ? [1, 1] : [steps, warmup];
-      const settings = be === 'wasm' ? wasmSettings : [{ normGelu: true, epilogue: true, softmaxGrad: true, transpose: true }];
+      const settings = be === 'wasm' ? wasmSettings : [ALL_ON];
       const all = await tfjsStepMs(be, preset, batch, image, n, w, settings);
-      if (be === 'wasm' && !heaps.length) heaps.push(/heap [^;)]*/.exec((await initBackend('wasm')).reason)?.[0] ?? 'heap: not reported');
+      if (be === 'wasm') heap ??= /heap [^;)]*/.exec((await initBackend('wasm')).reason)?.[0] ?? 'heap: not reported';
       const refMs = typeof ref === 'string' ? null : median(ref.ms);
       const thpMs = typeof refThp === 'string' ? null : median(refThp.ms);
       const cols = (ms: number, r: number | null, w: number) => `${(r === null ? 'n/a' : (r / 1000).toFixed(3)).padStart(w)} ${(r === null ? '' : (ms / r).toFixed(2) + 'x').padStart(7)}`;
@@ -230,6 +227,6 @@ export async function run(argv: string[]): Promise<void> {
     if (typeof refThp === 'string') process.stdout.write(`  PyTorch THP: ${refThp}\n`);
   }
   process.stdout.write(
-    `PyTorch THP: the same reference with ${Object.entries(TORCH_THP_ENV).map(([k, v]) => `${k}=${v}`).join(' ')} (its tensors on transparent huge pages); wasm: ${heaps[0] ?? 'not run'}\n`,
+    `PyTorch THP: the same reference with ${Object.entries(TORCH_THP_ENV).map(([k, v]) => `${k}=${v}`).join(' ')} (its tensors on transparent huge pages); wasm: ${heap ?? 'not run'}\n`,
   );
 }

@@ -1,12 +1,12 @@
 import * as tf from '@tensorflow/tfjs';
 import { UserError } from '../shared/errors.js';
 import { loadLabelSet } from '../shared/labels.js';
-import { mulberry32, normalSource } from '../shared/rng.js';
 import { initBackend } from '../worker/backend.js';
 import { MODEL_PRESETS, resolveModelConfig, tokenCount } from '../worker/model/config.js';
 import { attentionHeads } from '../worker/model/layers.js';
 import { setSimdAttentionHeads, setSimdTranspose, wasmAttentionHeadsActive } from '../worker/wasm-kernels.js';
-import { median } from './median.js';
+import { arg } from './args.js';
+import { randomTensor, timeSwitched } from './switched.js';
 
 /**
  * `npm run bench -- transpose [--models tiny,small] [--batch 32] [--image 64] [--reps 30]`: on the
@@ -16,35 +16,6 @@ import { median } from './median.js';
  * backend's Transpose with tfjs's split, multiply and concat (the reference), alternating call by
  * call in one run; then x layers for one step.
  */
-function arg(argv: string[], name: string, dflt: string): string {
-  const i = argv.indexOf(`--${name}`);
-  return i >= 0 && argv[i + 1] ? argv[i + 1]! : dflt;
-}
-
-
-function randomTensor(shape: number[], seed: number): tf.Tensor {
-  const r = normalSource(mulberry32(seed));
-  return tf.tensor(Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => r()), shape);
-}
-
-/** Median ms of `f` over `reps` calls per path (tfjs, rows), the paths alternating call by call. */
-function timePaths(reps: number, f: () => tf.Tensor | tf.Tensor[]): [number, number] {
-  const times: [number[], number[]] = [[], []];
-  for (let rep = -1; rep < reps; rep++) {
-    for (const on of [false, true]) {
-      setSimdTranspose(on);
-      setSimdAttentionHeads(on);
-      const t0 = performance.now();
-      const out = f();
-      const ms = performance.now() - t0; // the wasm backend computes synchronously
-      tf.dispose(out);
-      if (rep >= 0) times[on ? 1 : 0].push(ms);
-    }
-  }
-  setSimdTranspose(true);
-  setSimdAttentionHeads(true);
-  return [median(times[0]), median(times[1])];
-}
 
 export async function run(argv: string[]): Promise<void> {
   const models = arg(argv, 'models', 'tiny,small').split(',');
@@ -64,16 +35,21 @@ export async function run(argv: string[]): Promise<void> {
     const qkv = randomTensor([batch * T, 3 * W], 1) as tf.Tensor2D;
     const ctx = randomTensor([batch, H, T, d], 2);
     const dy = [3, 4, 5].map((s) => randomTensor([batch * H, T, d], s));
-    const rows: [string, [number, number]][] = [
-      [`merge Transpose [${batch},${H},${T},${d}] [0,2,1,3]`, timePaths(reps, () => tf.transpose(ctx, [0, 2, 1, 3]))],
-      [`its gradient, [${batch},${T},${H},${d}] back`, timePaths(reps, () => tf.tidy(() => tf.transpose(tf.reshape(ctx, [batch, T, H, d]), [0, 2, 1, 3])))],
-      [`head split [${batch * T},${3 * W}] -> q*s, k, v`, timePaths(reps, () => attentionHeads(qkv, batch, H, d ** -0.5))],
-      ['head split forward + backward', timePaths(reps, () => tf.tidy(() => tf.grads((x: tf.Tensor) => tf.addN(attentionHeads(x as tf.Tensor2D, batch, H, d ** -0.5).map((t, i) => tf.sum(tf.mul(t, dy[i]!)))))([qkv])))],
+    const timed = (f: () => tf.Tensor | tf.Tensor[]) =>
+      timeSwitched(reps, (on) => {
+        setSimdTranspose(on);
+        setSimdAttentionHeads(on);
+      }, f);
+    const rows: [string, { off: number; on: number }][] = [
+      [`merge Transpose [${batch},${H},${T},${d}] [0,2,1,3]`, timed(() => tf.transpose(ctx, [0, 2, 1, 3]))],
+      [`its gradient, [${batch},${T},${H},${d}] back`, timed(() => tf.tidy(() => tf.transpose(tf.reshape(ctx, [batch, T, H, d]), [0, 2, 1, 3])))],
+      [`head split [${batch * T},${3 * W}] -> q*s, k, v`, timed(() => attentionHeads(qkv, batch, H, d ** -0.5))],
+      ['head split forward + backward', timed(() => tf.tidy(() => tf.grads((x: tf.Tensor) => tf.addN(attentionHeads(x as tf.Tensor2D, batch, H, d ** -0.5).map((t, i) => tf.sum(tf.mul(t, dy[i]!)))))([qkv])))],
     ];
-    for (const [name, [off, on]] of rows) process.stdout.write(`${preset.padEnd(6)} ${name.padEnd(44)} ${off.toFixed(3).padStart(8)} ${on.toFixed(3).padStart(8)}\n`);
+    for (const [name, { off, on }] of rows) process.stdout.write(`${preset.padEnd(6)} ${name.padEnd(44)} ${off.toFixed(3).padStart(8)} ${on.toFixed(3).padStart(8)}\n`);
     const perStep = (i: number) => rows[i]![1];
-    const [m0, m1] = [perStep(0)[0] + perStep(1)[0], perStep(0)[1] + perStep(1)[1]];
-    const [h0, h1] = perStep(3);
+    const [m0, m1] = [perStep(0).off + perStep(1).off, perStep(0).on + perStep(1).on];
+    const { off: h0, on: h1 } = perStep(3);
     process.stdout.write(`${preset.padEnd(6)} ${`x ${cfg.layers} layers (merge both ways + split f+b)`.padEnd(44)} ${(cfg.layers * (m0 + h0)).toFixed(3).padStart(8)} ${(cfg.layers * (m1 + h1)).toFixed(3).padStart(8)}\n`);
     tf.dispose([qkv, ctx, ...dy]);
   }

@@ -1,0 +1,33 @@
+import * as tf from '@tensorflow/tfjs';
+import { mulberry32, normalSource } from '../shared/rng.js';
+import { median } from './median.js';
+
+/**
+ * Median ms of `f` over `reps` calls with a wasm path switched off and on (`set`), alternating call
+ * by call after one warm-up pair; the switch is left on. The wasm backend computes synchronously,
+ * so the time of the call is the kernels' (a helper of the benchmarks, not one).
+ */
+export function timeSwitched(reps: number, set: (on: boolean) => void, f: () => tf.Tensor | tf.Tensor[]): { off: number; on: number } {
+  const times = { off: [] as number[], on: [] as number[] };
+  try {
+    for (let rep = -1; rep < reps; rep++) {
+      for (const on of [false, true]) {
+        set(on);
+        const t0 = performance.now();
+        const out = f();
+        const ms = performance.now() - t0;
+        tf.dispose(out);
+        if (rep >= 0) times[on ? 'on' : 'off'].push(ms);
+      }
+    }
+  } finally {
+    set(true);
+  }
+  return { off: median(times.off), on: median(times.on) };
+}
+
+/** A tensor of standard normal values (times `scale`) from a seeded source. */
+export function randomTensor(shape: number[], seed: number, scale = 1): tf.Tensor {
+  const r = normalSource(mulberry32(seed));
+  return tf.tensor(Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => r() * scale), shape);
+}
