@@ -403,8 +403,8 @@ export function geluOf(f: Body, x: number, t: Temps, res: number): void {
 }
 
 /**
- * res = gelu'(x) = cdf + x*pdf of v128 local x, after geluOf (which left cdf(x) in t.cdf): the
- * factor geluGrad multiplies dy by, in the same operations, so dy*res has geluGrad's bits.
+ * res = gelu'(x) = cdf + x*pdf of v128 local x, after cdfOf or geluOf (which leave cdf(x) in
+ * t.cdf): the factor geluGrad multiplies dy by, so the GEMM's GELU epilogue and geluGrad share it.
  */
 export function geluSlopeOf(f: Body, x: number, t: Temps, res: number): void {
   f.get(t.cdf).get(x);
@@ -421,9 +421,8 @@ function geluBody(): Body {
 function geluGradBody(): Body {
   return elementwiseBody(2, (f, [dy, x], t, res) => {
     cdfOf(f, x!, t);
-    f.get(dy!).get(t.cdf).get(x!);
-    pdfOf(f, x!, t);
-    f.f32x4Mul().f32x4Add().f32x4Mul().set(res);
+    geluSlopeOf(f, x!, t, res);
+    f.get(dy!).get(res).f32x4Mul().set(res);
   });
 }
 
