@@ -132,29 +132,41 @@ async function profiledStep(backend: BackendChoice, preset: string, batch: numbe
   }
 }
 
+/** PyTorch's side of the ceiling lines: its median step and one profiled step's matMul self time. */
+interface TorchSplit {
+  stepMs: number;
+  matMulMs: number;
+}
+
 /**
  * How far any wasm GEMM could take the step: its matMuls' FLOPs at this engine's SIMD peak
- * (bench/simd-peak.ts) against PyTorch's whole step, and what the 1.5x goal would leave for the rest.
+ * (bench/simd-peak.ts) against PyTorch's whole step, its matMuls and the rest (profiled in the
+ * same run), and what the 1.5x goal would leave for everything but the matMuls. `stepMs` is our
+ * median step on wasm, for our rest (everything outside the matMuls' kernels).
  */
-async function wasmCeiling(preset: string, batch: number, image: number, torchMs: number | null): Promise<string> {
+async function wasmCeiling(preset: string, batch: number, image: number, stepMs: number, torch: TorchSplit | null): Promise<string> {
   const p = await profiledStep('wasm', preset, batch, image);
   const mulAdd = simdPeak('mul-add');
   const fma = simdPeak('fma');
   const peak = Math.max(mulAdd?.gflops ?? 0, fma?.gflops ?? 0);
   const gflop = p.matMulFlops / 1e9;
+  const rate = (ms: number) => (gflop / (ms / 1000)).toFixed(1);
   const atPeakMs = (gflop / peak) * 1000;
+  const oursRest = Math.max(0, stepMs - p.matMulMs);
   const lines = [
-    `  wasm ceiling: the step's matMuls are ${gflop.toFixed(2)} GFLOP; one profiled step spends ${p.matMulMs.toFixed(0)} ms of kernel time in them (${(gflop / (p.matMulMs / 1000)).toFixed(1)} GFLOP/s) and ${p.otherMs.toFixed(0)} ms in the other kernels`,
+    `  wasm ceiling: the step's matMuls are ${gflop.toFixed(2)} GFLOP; one profiled step spends ${p.matMulMs.toFixed(0)} ms of kernel time in them (${rate(p.matMulMs)} GFLOP/s) and ${p.otherMs.toFixed(0)} ms in the other kernels; the rest of our step (other kernels, JavaScript) ${oursRest.toFixed(0)} ms`,
     `    this engine's SIMD peak, measured now (a GEMM micro-kernel's loop from L1; no whole product reaches it): mul+add ${mulAdd ? `${mulAdd.gflops.toFixed(1)} GFLOP/s (${mulAdd.tile})` : 'n/a'}, relaxed-SIMD FMA ${fma ? `${fma.gflops.toFixed(1)} GFLOP/s (${fma.tile})` : 'not available on this engine'}`,
     `    at that peak the matMuls alone take >= ${atPeakMs.toFixed(0)} ms`,
   ];
-  if (torchMs !== null) {
-    const goalMs = 1.5 * torchMs;
-    lines[2] += ` = ${(atPeakMs / torchMs).toFixed(2)}x PyTorch's whole step (which does them at ${(gflop / (torchMs / 1000)).toFixed(1)} GFLOP/s, everything else included)`;
+  if (torch !== null) {
+    const goalMs = 1.5 * torch.stepMs;
+    const torchRest = Math.max(0, torch.stepMs - torch.matMulMs);
+    lines[2] += ` = ${(atPeakMs / torch.stepMs).toFixed(2)}x PyTorch's whole step`;
     lines.push(
+      `    PyTorch, one profiled step: its matMuls (BLAS) take ${torch.matMulMs.toFixed(0)} ms, ${rate(torch.matMulMs)} GFLOP/s on the same FLOPs = ${(gflop / (torch.matMulMs / 1000) / peak).toFixed(2)}x this engine's peak; the rest of its step ${torchRest.toFixed(0)} ms`,
       atPeakMs >= goalMs
         ? `    goal (1.5x = ${goalMs.toFixed(0)} ms) out of reach on wasm here: the matMuls at the engine's peak alone take longer`
-        : `    goal (1.5x = ${goalMs.toFixed(0)} ms) would leave ${(goalMs - atPeakMs).toFixed(0)} ms for everything but the matMuls if they ran at the peak (the other kernels take ${p.otherMs.toFixed(0)} ms now)`,
+        : `    goal (1.5x = ${goalMs.toFixed(0)} ms) would leave ${(goalMs - atPeakMs).toFixed(0)} ms for the rest if every matMul ran at the peak (${(((goalMs - atPeakMs) / torchRest) * 100).toFixed(0)}% of PyTorch's rest; ours is ${oursRest.toFixed(0)} ms); with the rest as it is, the matMuls would need ${goalMs > oursRest ? `${rate(goalMs - oursRest)} GFLOP/s (${((gflop / ((goalMs - oursRest) / 1000) / peak) * 100).toFixed(0)}% of the peak)` : 'less than no time'}`,
     );
   }
   return lines.join('\n') + '\n';
@@ -167,11 +179,19 @@ async function wasmCeiling(preset: string, batch: number, image: number, torchMs
  */
 const TORCH_THP_ENV = { GLIBC_TUNABLES: 'glibc.malloc.hugetlb=1' };
 
-function torchStepMs(preset: string, batch: number, image: number, steps: number, warmup: number, env: NodeJS.ProcessEnv = {}): { ms: number[]; params: number; torch: string } | string {
+interface TorchSteps {
+  ms: number[];
+  params: number;
+  torch: string;
+  /** With `profile`: one more step's matMul self time (bench/reference/vit_step.py). */
+  matmul_ms?: number;
+}
+
+function torchStepMs(preset: string, batch: number, image: number, steps: number, warmup: number, env: NodeJS.ProcessEnv = {}, profile = false): TorchSteps | string {
   const cfg = resolveModelConfig({ preset, imageSize: image, labels: loadLabelSet('chexpert14').labels });
   const a = ['--image', image, '--patch', cfg.patchSize, '--width', cfg.width, '--layers', cfg.layers, '--heads', cfg.heads, '--dim', cfg.embedDim, '--labels', 14, '--batch', batch, '--steps', steps, '--warmup', warmup, '--threads', 1,
-    '--pool', cfg.pool ?? 'tok', '--rank', cfg.spatialRank ?? 16, '--image-norm', cfg.inputNorm === 'image' ? 1 : 0].map(String);
-  return runTorchReference<{ ms: number[]; params: number; torch: string }>('vit_step.py', a, env);
+    '--pool', cfg.pool ?? 'tok', '--rank', cfg.spatialRank ?? 16, '--image-norm', cfg.inputNorm === 'image' ? 1 : 0, '--profile', profile ? 1 : 0].map(String);
+  return runTorchReference<TorchSteps>('vit_step.py', a, env);
 }
 
 export async function run(argv: string[]): Promise<void> {
@@ -201,8 +221,9 @@ export async function run(argv: string[]): Promise<void> {
   process.stdout.write(`${'model'.padEnd(6)} ${'backend'.padEnd(8)} ${'tfjs s/step'.padStart(12)} ${'PyTorch s/step'.padStart(15)} ${'ratio'.padStart(7)} ${'PyTorch THP'.padStart(12)} ${'ratio'.padStart(7)}\n`);
   let heap: string | null = null; // what the backend did with the wasm heap, once it ran
   for (const preset of models) {
-    const ref = torchStepMs(preset, batch, image, steps, warmup);
+    const ref = torchStepMs(preset, batch, image, steps, warmup, {}, backends.includes('wasm'));
     const refThp = torchStepMs(preset, batch, image, steps, warmup, TORCH_THP_ENV);
+    let wasmMs: number | null = null; // the step with every switch on, for the ceiling lines
     for (const be of backends) {
       // The cpu backend is ~10x slower; one step of `small` on it takes minutes, so it gets one, after one.
       const [n, w] = be === 'cpu' ? [1, 1] : [steps, warmup];
@@ -214,11 +235,15 @@ export async function run(argv: string[]): Promise<void> {
       const cols = (ms: number, r: number | null, w: number) => `${(r === null ? 'n/a' : (r / 1000).toFixed(3)).padStart(w)} ${(r === null ? '' : (ms / r).toFixed(2) + 'x').padStart(7)}`;
       for (const [i, on] of settings.entries()) {
         const ms = median(all[i]!);
+        if (be === 'wasm' && Object.values(on).every(Boolean)) wasmMs = ms;
         const label = be === 'wasm' && labelOf(on) ? `${be} (${labelOf(on)})` : be;
         process.stdout.write(`${preset.padEnd(6)} ${label.padEnd(8)} ${(ms / 1000).toFixed(3).padStart(12)} ${cols(ms, refMs, 15)} ${cols(ms, thpMs, 12)}\n`);
       }
     }
-    if (backends.includes('wasm')) process.stdout.write(await wasmCeiling(preset, batch, image, typeof ref === 'string' ? null : median(ref.ms)));
+    if (wasmMs !== null) {
+      const split = typeof ref === 'string' || ref.matmul_ms === undefined ? null : { stepMs: median(ref.ms), matMulMs: ref.matmul_ms };
+      process.stdout.write(await wasmCeiling(preset, batch, image, wasmMs, split));
+    }
     if (typeof ref === 'string') process.stdout.write(`  ${ref}\n`);
     else {
       const ours = initialParams(resolveModelConfig({ preset, imageSize: image, labels: loadLabelSet('chexpert14').labels }), 0).length;

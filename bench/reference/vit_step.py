@@ -1,6 +1,8 @@
 """PyTorch reference for `npm run bench -- step`: one training step of the same model cxr-align
 trains (grayscale CLIP-style ViT + label text branch, classification + contrastive + label-prior
-losses, AdamW), on one thread. Prints one JSON line: {"ms": [per-step times], "params": N}.
+losses, AdamW), on one thread. Prints one JSON line: {"ms": [per-step times], "params": N}; with
+--profile 1 also "matmul_ms": the self time of one more step's matrix products under torch.profiler
+(aten::mm, addmm, bmm, baddbmm and the patch-embedding convolution both ways, where BLAS runs).
 
 Run as: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE /usr/bin/python3 vit_step.py --width 128 ...
 """
@@ -96,6 +98,17 @@ def step(model, opt, x, targets, mask, groups, S, image_norm):
     return loss.item()
 
 
+# The ops whose self time is BLAS (or oneDNN) work: the products tfjs counts as its matMuls.
+MATMUL_OPS = {'aten::mm', 'aten::addmm', 'aten::bmm', 'aten::baddbmm', 'aten::mkldnn_convolution', 'aten::convolution_backward'}
+
+
+def matmul_ms(run):
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in MATMUL_OPS) / 1000
+
+
 def main():
     p = argparse.ArgumentParser()
     for k, d in [('image', 64), ('patch', 8), ('width', 128), ('layers', 4), ('heads', 4), ('dim', 128), ('labels', 14), ('batch', 32), ('steps', 5), ('warmup', 2), ('threads', 1)]:
@@ -103,6 +116,7 @@ def main():
     p.add_argument('--pool', default='tok', choices=['tok', 'avg', 'spatial'])
     p.add_argument('--rank', type=int, default=16)
     p.add_argument('--image-norm', type=int, default=0)
+    p.add_argument('--profile', type=int, default=0)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -120,7 +134,10 @@ def main():
         t = time.perf_counter()
         step(model, opt, x, raw, mask, groups, S, a.image_norm)
         times.append((time.perf_counter() - t) * 1000)
-    print(json.dumps({'ms': times, 'params': sum(q.numel() for q in model.parameters()), 'torch': torch.__version__, 'threads': torch.get_num_threads()}))
+    out = {'ms': times, 'params': sum(q.numel() for q in model.parameters()), 'torch': torch.__version__, 'threads': torch.get_num_threads()}
+    if a.profile:
+        out['matmul_ms'] = matmul_ms(lambda: step(model, opt, x, raw, mask, groups, S, a.image_norm))
+    print(json.dumps(out))
 
 
 if __name__ == '__main__':
