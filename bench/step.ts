@@ -183,8 +183,9 @@ interface TorchSteps {
   ms: number[];
   params: number;
   torch: string;
-  /** With `profile`: one more step's matMul self time (bench/reference/vit_step.py). */
+  /** With `profile`: one more step's matMul self time (bench/reference/vit_step.py), or why the profiler failed. */
   matmul_ms?: number;
+  profile_error?: string;
 }
 
 function torchStepMs(preset: string, batch: number, image: number, steps: number, warmup: number, env: NodeJS.ProcessEnv = {}, profile = false): TorchSteps | string {
@@ -243,6 +244,7 @@ export async function run(argv: string[]): Promise<void> {
     if (wasmMs !== null) {
       const split = typeof ref === 'string' || ref.matmul_ms === undefined ? null : { stepMs: median(ref.ms), matMulMs: ref.matmul_ms };
       process.stdout.write(await wasmCeiling(preset, batch, image, wasmMs, split));
+      if (typeof ref !== 'string' && ref.profile_error) process.stdout.write(`  PyTorch's profiler failed (${ref.profile_error}); its split is left out\n`);
     }
     if (typeof ref === 'string') process.stdout.write(`  ${ref}\n`);
     else {

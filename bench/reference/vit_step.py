@@ -136,7 +136,10 @@ def main():
         times.append((time.perf_counter() - t) * 1000)
     out = {'ms': times, 'params': sum(q.numel() for q in model.parameters()), 'torch': torch.__version__, 'threads': torch.get_num_threads()}
     if a.profile:
-        out['matmul_ms'] = matmul_ms(lambda: step(model, opt, x, raw, mask, groups, S, a.image_norm))
+        try:
+            out['matmul_ms'] = matmul_ms(lambda: step(model, opt, x, raw, mask, groups, S, a.image_norm))
+        except Exception as e:  # the step times stand without the split
+            out['profile_error'] = repr(e)
     print(json.dumps(out))
 
 
