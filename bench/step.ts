@@ -132,41 +132,42 @@ async function profiledStep(backend: BackendChoice, preset: string, batch: numbe
   }
 }
 
-/** PyTorch's side of the ceiling lines: its median step and one profiled step's matMul self time. */
-interface TorchSplit {
-  stepMs: number;
-  matMulMs: number;
-}
-
 /**
  * How far any wasm GEMM could take the step: its matMuls' FLOPs at this engine's SIMD peak
- * (bench/simd-peak.ts) against PyTorch's whole step, its matMuls and the rest (profiled in the
- * same run), and what the 1.5x goal would leave for everything but the matMuls. `stepMs` is our
- * median step on wasm, for our rest (everything outside the matMuls' kernels).
+ * (bench/simd-peak.ts) against PyTorch's whole step, and what the 1.5x goal would leave for
+ * everything but the matMuls. `stepMs` is our median step on wasm, for our rest (everything
+ * outside the matMuls' kernels). With `torchMatMulMs` (PyTorch's matMuls in one profiled step of
+ * the same run) also PyTorch's rate and rest, and the matMul rate the goal needs.
  */
-async function wasmCeiling(preset: string, batch: number, image: number, stepMs: number, torch: TorchSplit | null): Promise<string> {
+async function wasmCeiling(preset: string, batch: number, image: number, stepMs: number, torchMs: number | null, torchMatMulMs: number | null): Promise<string> {
   const p = await profiledStep('wasm', preset, batch, image);
   const mulAdd = simdPeak('mul-add');
   const fma = simdPeak('fma');
   const peak = Math.max(mulAdd?.gflops ?? 0, fma?.gflops ?? 0);
   const gflop = p.matMulFlops / 1e9;
-  const rate = (ms: number) => (gflop / (ms / 1000)).toFixed(1);
+  /** GFLOP/s of the step's matMuls done in `ms`. */
+  const rate = (ms: number) => gflop / (ms / 1000);
   const atPeakMs = (gflop / peak) * 1000;
   const oursRest = Math.max(0, stepMs - p.matMulMs);
   const lines = [
-    `  wasm ceiling: the step's matMuls are ${gflop.toFixed(2)} GFLOP; one profiled step spends ${p.matMulMs.toFixed(0)} ms of kernel time in them (${rate(p.matMulMs)} GFLOP/s) and ${p.otherMs.toFixed(0)} ms in the other kernels; the rest of our step (other kernels, JavaScript) ${oursRest.toFixed(0)} ms`,
+    `  wasm ceiling: the step's matMuls are ${gflop.toFixed(2)} GFLOP; one profiled step spends ${p.matMulMs.toFixed(0)} ms of kernel time in them (${rate(p.matMulMs).toFixed(1)} GFLOP/s) and ${p.otherMs.toFixed(0)} ms in the other kernels; the rest of our step (other kernels, JavaScript) ${oursRest.toFixed(0)} ms`,
     `    this engine's SIMD peak, measured now (a GEMM micro-kernel's loop from L1; no whole product reaches it): mul+add ${mulAdd ? `${mulAdd.gflops.toFixed(1)} GFLOP/s (${mulAdd.tile})` : 'n/a'}, relaxed-SIMD FMA ${fma ? `${fma.gflops.toFixed(1)} GFLOP/s (${fma.tile})` : 'not available on this engine'}`,
     `    at that peak the matMuls alone take >= ${atPeakMs.toFixed(0)} ms`,
   ];
-  if (torch !== null) {
-    const goalMs = 1.5 * torch.stepMs;
-    const torchRest = Math.max(0, torch.stepMs - torch.matMulMs);
-    lines[2] += ` = ${(atPeakMs / torch.stepMs).toFixed(2)}x PyTorch's whole step`;
+  if (torchMs === null) return lines.join('\n') + '\n';
+  const goalMs = 1.5 * torchMs;
+  lines[2] += ` = ${(atPeakMs / torchMs).toFixed(2)}x PyTorch's whole step`;
+  if (atPeakMs >= goalMs) {
+    lines.push(`    goal (1.5x = ${goalMs.toFixed(0)} ms) out of reach on wasm here: the matMuls at the engine's peak alone take longer`);
+  } else if (torchMatMulMs === null) {
+    lines[2] += ` (which does them at ${rate(torchMs).toFixed(1)} GFLOP/s, everything else included)`;
+    lines.push(`    goal (1.5x = ${goalMs.toFixed(0)} ms) would leave ${(goalMs - atPeakMs).toFixed(0)} ms for the rest if every matMul ran at the peak (ours is ${oursRest.toFixed(0)} ms)`);
+  } else {
+    const torchRest = Math.max(0, torchMs - torchMatMulMs);
+    const need = goalMs > oursRest ? rate(goalMs - oursRest) : null;
     lines.push(
-      `    PyTorch, one profiled step: its matMuls (BLAS) take ${torch.matMulMs.toFixed(0)} ms, ${rate(torch.matMulMs)} GFLOP/s on the same FLOPs = ${(gflop / (torch.matMulMs / 1000) / peak).toFixed(2)}x this engine's peak; the rest of its step ${torchRest.toFixed(0)} ms`,
-      atPeakMs >= goalMs
-        ? `    goal (1.5x = ${goalMs.toFixed(0)} ms) out of reach on wasm here: the matMuls at the engine's peak alone take longer`
-        : `    goal (1.5x = ${goalMs.toFixed(0)} ms) would leave ${(goalMs - atPeakMs).toFixed(0)} ms for the rest if every matMul ran at the peak (${(((goalMs - atPeakMs) / torchRest) * 100).toFixed(0)}% of PyTorch's rest; ours is ${oursRest.toFixed(0)} ms); with the rest as it is, the matMuls would need ${goalMs > oursRest ? `${rate(goalMs - oursRest)} GFLOP/s (${((gflop / ((goalMs - oursRest) / 1000) / peak) * 100).toFixed(0)}% of the peak)` : 'less than no time'}`,
+      `    PyTorch, one profiled step: its matMuls (BLAS) take ${torchMatMulMs.toFixed(0)} ms, ${rate(torchMatMulMs).toFixed(1)} GFLOP/s on the same FLOPs = ${(rate(torchMatMulMs) / peak).toFixed(2)}x this engine's peak; the rest of its step ${torchRest.toFixed(0)} ms`,
+      `    goal (1.5x = ${goalMs.toFixed(0)} ms) would leave ${(goalMs - atPeakMs).toFixed(0)} ms for the rest if every matMul ran at the peak (${(((goalMs - atPeakMs) / torchRest) * 100).toFixed(0)}% of PyTorch's rest; ours is ${oursRest.toFixed(0)} ms); with the rest as it is, the matMuls would need ${need === null ? 'less than no time' : `${need.toFixed(1)} GFLOP/s (${((need / peak) * 100).toFixed(0)}% of the peak)`}`,
     );
   }
   return lines.join('\n') + '\n';
@@ -242,8 +243,8 @@ export async function run(argv: string[]): Promise<void> {
       }
     }
     if (wasmMs !== null) {
-      const split = typeof ref === 'string' || ref.matmul_ms === undefined ? null : { stepMs: median(ref.ms), matMulMs: ref.matmul_ms };
-      process.stdout.write(await wasmCeiling(preset, batch, image, wasmMs, split));
+      const [torchMs, torchMatMulMs] = typeof ref === 'string' ? [null, null] : [median(ref.ms), ref.matmul_ms ?? null];
+      process.stdout.write(await wasmCeiling(preset, batch, image, wasmMs, torchMs, torchMatMulMs));
       if (typeof ref !== 'string' && ref.profile_error) process.stdout.write(`  PyTorch's profiler failed (${ref.profile_error}); its split is left out\n`);
     }
     if (typeof ref === 'string') process.stdout.write(`  ${ref}\n`);
