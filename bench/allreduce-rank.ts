@@ -47,7 +47,8 @@ async function main(job: BenchRankJob): Promise<void> {
     }
     buf.fill(1);
     await pg.allReduce(buf, { wire: job.wire });
-    if (buf[0] !== job.world || buf[buf.length - 1] !== job.world) throw new Error(`rank ${job.rank}: all-reduce of ones gave ${buf[0]}, expected ${job.world}`);
+    if (buf[0] !== job.world || buf[buf.length - 1] !== job.world)
+      throw new Error(`rank ${job.rank}: all-reduce of ones gave ${buf[0]}, expected ${job.world}`);
     times.sort((a, b) => a - b);
     if (job.rank === 0) process.stdout.write(JSON.stringify({ bytes: c.bytes, median_s: times[Math.floor(times.length / 2)]! }) + '\n');
   }

@@ -15,12 +15,13 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { teamSharedDir } from '../shared/paths.js';
-import { freePorts } from '../shared/free-ports.js';
+import { teamSharedDir } from '../shared/util/paths.js';
+import { freePorts } from '../shared/util/free-ports.js';
 import { endpointsFor } from '../test/fixtures/collective-cluster.js';
-import { UserError } from '../shared/errors.js';
+import { UserError } from '../shared/util/errors.js';
 import type { BenchRankJob } from './allreduce-rank.js';
-import { COLLECTIVES_ENV, DEFAULT_SOCKET_BUFFER_BYTES, type DataPath, type Wire } from '../worker/collectives/index.js';
+import { COLLECTIVES_ENV } from '../shared/config/worker-env.js';
+import { DEFAULT_SOCKET_BUFFER_BYTES, type DataPath, type Wire } from '../worker/collectives/index.js';
 
 interface Row {
   path: DataPathName;
@@ -46,7 +47,8 @@ function option(argv: string[], name: string, fallback: string): string {
 
 function numbers(s: string, name: string): number[] {
   const xs = s.split(',').map(Number);
-  if (xs.some((x) => !Number.isFinite(x) || x <= 0)) throw new UserError(`allreduce bench: --${name} must be a comma-separated list of positive numbers, got '${s}'`);
+  if (xs.some((x) => !Number.isFinite(x) || x <= 0))
+    throw new UserError(`allreduce bench: --${name} must be a comma-separated list of positive numbers, got '${s}'`);
   return xs;
 }
 
@@ -57,12 +59,20 @@ function row(path: DataPathName, world: number, bytes: number, median: number): 
   return { path, world, bytes, median_s: median, algbw_GBps: algbw, busbw_GBps: (algbw * 2 * (world - 1)) / world };
 }
 
-
 /** Runs one world size in fresh processes; rank 0 reports each case. */
 async function ours(
   world: number,
   cases: { bytes: number; iters: number }[],
-  o: { transport: string; chunkBytes: number; sharedMemory: boolean; shmChunkBytes?: number; wire: Wire; ioThreads?: number; socketBufferBytes?: number; mallocDefaults: boolean },
+  o: {
+    transport: string;
+    chunkBytes: number;
+    sharedMemory: boolean;
+    shmChunkBytes?: number;
+    wire: Wire;
+    ioThreads?: number;
+    socketBufferBytes?: number;
+    mallocDefaults: boolean;
+  },
 ): Promise<{ medians: Map<number, number>; dataPath: DataPath | null }> {
   const dir = mkdtempSync(path.join(tmpdir(), 'cxr-bench-ar-'));
   try {
@@ -114,10 +124,27 @@ async function gloo(worlds: number[], mibs: number[], iters: number): Promise<Ro
   // Debian's torch wheel misbehaves with the OpenBLAS tuning variables some images set.
   const r = spawnSync(
     'env',
-    ['-u', 'OPENBLAS_CORETYPE', '-u', 'OPENBLAS_L2_SIZE', python, glooScript, '--worlds', worlds.join(','), '--mib', mibs.join(','), '--iters', String(iters), '--port', String(port), '--json'],
+    [
+      '-u',
+      'OPENBLAS_CORETYPE',
+      '-u',
+      'OPENBLAS_L2_SIZE',
+      python,
+      glooScript,
+      '--worlds',
+      worlds.join(','),
+      '--mib',
+      mibs.join(','),
+      '--iters',
+      String(iters),
+      '--port',
+      String(port),
+      '--json',
+    ],
     { encoding: 'utf8', timeout: 900_000 },
   );
-  if (r.status !== 0) return `gloo reference failed (exit ${r.status}): ${(r.stderr || r.error?.message || '').trim().split('\n').slice(-3).join(' | ')} (apt-get install -y python3-torch)`;
+  if (r.status !== 0)
+    return `gloo reference failed (exit ${r.status}): ${(r.stderr || r.error?.message || '').trim().split('\n').slice(-3).join(' | ')} (apt-get install -y python3-torch)`;
   const line = r.stdout.trim().split('\n').pop() ?? '';
   try {
     return JSON.parse(line) as Row[];
@@ -161,7 +188,8 @@ export async function run(argv: string[]): Promise<void> {
   const ioThreads = Number(option(argv, 'io-threads', '0')) || undefined;
   const sockbufOpt = option(argv, 'sockbuf-kib', '');
   const socketBufferBytes = sockbufOpt === '' ? undefined : Math.round(Number(sockbufOpt) * 1024);
-  if (socketBufferBytes !== undefined && !(socketBufferBytes >= 0)) throw new UserError(`allreduce bench: --sockbuf-kib must be a number >= 0 (0: the OS's autotuning), got '${sockbufOpt}'`);
+  if (socketBufferBytes !== undefined && !(socketBufferBytes >= 0))
+    throw new UserError(`allreduce bench: --sockbuf-kib must be a number >= 0 (0: the OS's autotuning), got '${sockbufOpt}'`);
   const json = argv.includes('--json');
   const reference = !argv.includes('--no-reference');
   // Ranks run with COLLECTIVES_ENV (glibc malloc tuning), as workers should; this flag measures without.
@@ -172,12 +200,22 @@ export async function run(argv: string[]): Promise<void> {
   const latIters = Math.max(iters, 200);
   const log = (s: string): void => void (json ? process.stderr : process.stdout).write(s + '\n');
 
-  log(`allreduce: ZeroMQ ring over ${transport}, chunk ${chunkBytes / 1024} KiB, socket buffers ${socketBufferBytes === undefined ? `${DEFAULT_SOCKET_BUFFER_BYTES / 1024} KiB` : socketBufferBytes === 0 ? 'OS autotuning' : `${socketBufferBytes / 1024} KiB`}, wire ${wire}, ${mallocDefaults ? 'glibc malloc defaults' : 'COLLECTIVES_ENV'}, ${iters} iterations (1 KiB latency: ${latIters}); load average ${(await import('node:os')).loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+  log(
+    `allreduce: ZeroMQ ring over ${transport}, chunk ${chunkBytes / 1024} KiB, socket buffers ${socketBufferBytes === undefined ? `${DEFAULT_SOCKET_BUFFER_BYTES / 1024} KiB` : socketBufferBytes === 0 ? 'OS autotuning' : `${socketBufferBytes / 1024} KiB`}, wire ${wire}, ${mallocDefaults ? 'glibc malloc defaults' : 'COLLECTIVES_ENV'}, ${iters} iterations (1 KiB latency: ${latIters}); load average ${(
+      await import('node:os')
+    )
+      .loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' ')}`,
+  );
   const rows: Row[] = [];
   const latency: { path: DataPathName; world: number; s: number }[] = [];
   for (const p of paths)
     for (const world of worlds) {
-      const cases = [...mibs.map((m) => ({ bytes: Math.floor((m * 1024 * 1024) / 4) * 4, iters })), { bytes: LATENCY_BYTES, iters: latIters }];
+      const cases = [
+        ...mibs.map((m) => ({ bytes: Math.floor((m * 1024 * 1024) / 4) * 4, iters })),
+        { bytes: LATENCY_BYTES, iters: latIters },
+      ];
       const res = await ours(world, cases, {
         transport,
         chunkBytes,
@@ -191,8 +229,10 @@ export async function run(argv: string[]): Promise<void> {
       const dp = res.dataPath;
       // Asked for shared memory but not given it (no /dev/shm, not a tmpfs): say so, never mislabel.
       if (p === 'shared-memory' && (dp?.send !== 'shared-memory' || dp.receive !== 'shared-memory'))
-        throw new UserError(`allreduce bench: the ranks did not use shared memory: ${dp?.note ?? 'rank 0 reported no data path'} (run with --shm off)`);
-      log(`world=${world} ${p}: ring chunk ${(dp?.chunkBytes ?? chunkBytes) / 1024} KiB, all-reduce ${dp?.allReduce ?? "ring"}`);
+        throw new UserError(
+          `allreduce bench: the ranks did not use shared memory: ${dp?.note ?? 'rank 0 reported no data path'} (run with --shm off)`,
+        );
+      log(`world=${world} ${p}: ring chunk ${(dp?.chunkBytes ?? chunkBytes) / 1024} KiB, all-reduce ${dp?.allReduce ?? 'ring'}`);
       for (const c of cases.slice(0, -1)) rows.push(row(p, world, c.bytes, res.medians.get(c.bytes)!));
       latency.push({ path: p, world, s: res.medians.get(LATENCY_BYTES)! });
     }
@@ -205,22 +245,30 @@ export async function run(argv: string[]): Promise<void> {
     glooLat = await gloo(worlds, [LATENCY_BYTES / (1024 * 1024)], latIters);
     tcp = await iperf3();
   }
-  const findGloo = (w: number, b: number): Row | undefined => (typeof glooRows === 'string' ? undefined : glooRows.find((r) => r.world === w && r.bytes === b));
+  const findGloo = (w: number, b: number): Row | undefined =>
+    typeof glooRows === 'string' ? undefined : glooRows.find((r) => r.world === w && r.bytes === b);
 
   for (const r of rows) {
     const g = findGloo(r.world, r.bytes);
-    const ref = g ? `   gloo: busbw ${fmt(g.busbw_GBps)} GB/s (median ${fmt(g.median_s * 1e3, 2)} ms)   ours/gloo ${fmt(r.busbw_GBps / g.busbw_GBps, 2)}x` : '';
-    log(`world=${r.world} size=${size(r.bytes)} ${r.path.padEnd(13)}  ours: median ${fmt(r.median_s * 1e3, 2)} ms  algbw ${fmt(r.algbw_GBps)} GB/s  busbw ${fmt(r.busbw_GBps)} GB/s${ref}`);
+    const ref = g
+      ? `   gloo: busbw ${fmt(g.busbw_GBps)} GB/s (median ${fmt(g.median_s * 1e3, 2)} ms)   ours/gloo ${fmt(r.busbw_GBps / g.busbw_GBps, 2)}x`
+      : '';
+    log(
+      `world=${r.world} size=${size(r.bytes)} ${r.path.padEnd(13)}  ours: median ${fmt(r.median_s * 1e3, 2)} ms  algbw ${fmt(r.algbw_GBps)} GB/s  busbw ${fmt(r.busbw_GBps)} GB/s${ref}`,
+    );
   }
   for (const { path: p, world: w, s: t } of latency) {
     const g = typeof glooLat === 'string' ? undefined : glooLat.find((r) => r.world === w);
-    log(`world=${w} latency 1 KiB ${p.padEnd(13)}  ours: ${fmt(t * 1e6, 1)} us${g ? `   gloo: ${fmt(g.median_s * 1e6, 1)} us   ours/gloo ${fmt(t / g.median_s, 2)}x` : ''}`);
+    log(
+      `world=${w} latency 1 KiB ${p.padEnd(13)}  ours: ${fmt(t * 1e6, 1)} us${g ? `   gloo: ${fmt(g.median_s * 1e6, 1)} us   ours/gloo ${fmt(t / g.median_s, 2)}x` : ''}`,
+    );
   }
   if (typeof glooRows === 'string') log(`gloo reference: ${glooRows}`);
   if (typeof tcp === 'string') log(`iperf3 reference: ${tcp}`);
   else {
     log(`iperf3 loopback TCP: ${fmt(tcp)} GB/s`);
-    for (const r of rows.filter((x) => x.world === 2)) log(`world=2 size=${size(r.bytes)} ${r.path.padEnd(13)}  ours busbw / iperf3 = ${fmt((100 * r.busbw_GBps) / tcp, 1)}%`);
+    for (const r of rows.filter((x) => x.world === 2))
+      log(`world=2 size=${size(r.bytes)} ${r.path.padEnd(13)}  ours busbw / iperf3 = ${fmt((100 * r.busbw_GBps) / tcp, 1)}%`);
   }
   // The issue's goals, judged on each path measured (64 MiB, 2 and 4 ranks, as it names them).
   const verdict = (ok: boolean): string => (ok ? 'met' : 'not met');
@@ -228,13 +276,20 @@ export async function run(argv: string[]): Promise<void> {
     for (const w of [2, 4]) {
       const r = rows.find((x) => x.path === p && x.world === w && x.bytes === 64 << 20);
       const g = r && findGloo(w, r.bytes);
-      if (r && g) log(`goal (${p}): busbw >= 1.5x gloo's at ${w} ranks, 64 MiB: ${fmt(r.busbw_GBps / g.busbw_GBps, 2)}x (${verdict(r.busbw_GBps >= 1.5 * g.busbw_GBps)})`);
+      if (r && g)
+        log(
+          `goal (${p}): busbw >= 1.5x gloo's at ${w} ranks, 64 MiB: ${fmt(r.busbw_GBps / g.busbw_GBps, 2)}x (${verdict(r.busbw_GBps >= 1.5 * g.busbw_GBps)})`,
+        );
     }
     const r2 = rows.find((x) => x.path === p && x.world === 2 && x.bytes === 64 << 20);
-    if (r2 && typeof tcp === 'number') log(`goal (${p}): busbw >= 70% of iperf3's at 2 ranks, 64 MiB: ${fmt((100 * r2.busbw_GBps) / tcp, 1)}% (${verdict(r2.busbw_GBps >= 0.7 * tcp)})`);
+    if (r2 && typeof tcp === 'number')
+      log(
+        `goal (${p}): busbw >= 70% of iperf3's at 2 ranks, 64 MiB: ${fmt((100 * r2.busbw_GBps) / tcp, 1)}% (${verdict(r2.busbw_GBps >= 0.7 * tcp)})`,
+      );
     const l2 = latency.find((x) => x.path === p && x.world === 2);
     const g2 = typeof glooLat === 'string' ? undefined : glooLat.find((x) => x.world === 2);
-    if (l2 && g2) log(`goal (${p}): 1 KiB latency no worse than gloo's at 2 ranks: ${fmt(l2.s / g2.median_s, 2)}x (${verdict(l2.s <= g2.median_s)})`);
+    if (l2 && g2)
+      log(`goal (${p}): 1 KiB latency no worse than gloo's at 2 ranks: ${fmt(l2.s / g2.median_s, 2)}x (${verdict(l2.s <= g2.median_s)})`);
   }
   if (json) process.stdout.write(JSON.stringify(rows.filter((r) => r.path === paths[0]).map(({ path: _, ...r }) => r)) + '\n');
 }

@@ -1,10 +1,17 @@
 import * as tf from '@tensorflow/tfjs';
-import { UserError } from '../shared/errors.js';
+import { UserError } from '../shared/util/errors.js';
 import { loadLabelSet } from '../shared/labels.js';
-import { initBackend } from '../worker/backend.js';
-import { MODEL_PRESETS, resolveModelConfig } from '../worker/model/config.js';
-import type { GemmBlocking, GemmVariant } from '../worker/simd-gemm.js';
-import { setSimdGemmBlocking, setSimdGemmVariant, setSimdMatMulScope, wasmGemmVariant, type GemmVariantChoice, type SimdMatMulScope } from '../worker/wasm-kernels.js';
+import { initBackend } from '../kernels/backend.js';
+import { MODEL_PRESETS, resolveModelConfig } from '../model/config.js';
+import type { GemmBlocking, GemmVariant } from '../kernels/simd/gemm.js';
+import {
+  setSimdGemmBlocking,
+  setSimdGemmVariant,
+  setSimdMatMulScope,
+  wasmGemmVariant,
+  type GemmVariantChoice,
+  type SimdMatMulScope,
+} from '../kernels/wasm-kernels.js';
 import { trainingStep } from './step.js';
 import { median } from './median.js';
 import { arg } from './args.js';
@@ -118,22 +125,32 @@ function timeRoutes(p: Product, routes: readonly Route[], reps: number) {
 const col = (s: string, w = 8) => s.padStart(w);
 
 function header(routes: readonly Route[]): void {
-  process.stdout.write(`${'model'.padEnd(6)} ${'product'.padEnd(9)} ${'shape (a x b)'.padEnd(32)}${routes.map((r) => ` ${col(`${r.label} ms`, 11)} ${col('GFLOP/s')}`).join('')} ${col('speed-up', 9)}\n`);
+  process.stdout.write(
+    `${'model'.padEnd(6)} ${'product'.padEnd(9)} ${'shape (a x b)'.padEnd(32)}${routes.map((r) => ` ${col(`${r.label} ms`, 11)} ${col('GFLOP/s')}`).join('')} ${col('speed-up', 9)}\n`,
+  );
 }
 
 function printRow(preset: string, p: Product, r: { ms: number[]; work: number }): void {
   const shape = `[${p.a}]${p.ta ? 'T' : ''} x [${p.b}]${p.tb ? 'T' : ''}`;
   const cells = r.ms.map((ms) => ` ${col(ms.toFixed(2), 11)} ${col((r.work / ms / 1e6).toFixed(1))}`).join('');
-  process.stdout.write(`${preset.padEnd(6)} ${p.name.padEnd(9)} ${shape.padEnd(32)}${cells} ${col((r.ms[r.ms.length - 1]! / r.ms[0]!).toFixed(2) + 'x', 9)}\n`);
+  process.stdout.write(
+    `${preset.padEnd(6)} ${p.name.padEnd(9)} ${shape.padEnd(32)}${cells} ${col((r.ms[r.ms.length - 1]! / r.ms[0]!).toFixed(2) + 'x', 9)}\n`,
+  );
 }
 
 export async function run(argv: string[]): Promise<void> {
   const models = arg(argv, 'models', 'tiny,small').split(',');
-  for (const m of models) if (!(MODEL_PRESETS as readonly string[]).includes(m)) throw new UserError(`--models: '${m}' is not one of ${MODEL_PRESETS.join(', ')}`);
+  for (const m of models)
+    if (!(MODEL_PRESETS as readonly string[]).includes(m))
+      throw new UserError(`--models: '${m}' is not one of ${MODEL_PRESETS.join(', ')}`);
   const batch = Number(arg(argv, 'batch', '32'));
   const image = Number(arg(argv, 'image', '64'));
   const reps = Number(arg(argv, 'reps', '10'));
-  for (const [name, v] of [['batch', batch], ['image', image], ['reps', reps]] as const) {
+  for (const [name, v] of [
+    ['batch', batch],
+    ['image', image],
+    ['reps', reps],
+  ] as const) {
     if (!Number.isInteger(v) || v < 1) throw new UserError(`--${name}: expected a positive integer, got ${v}`);
   }
   const info = await initBackend('wasm');
@@ -164,7 +181,9 @@ export async function run(argv: string[]): Promise<void> {
     const T = (image / cfg.patchSize) ** 2 + 1;
     return { attention: attentionProducts(batch * cfg.heads, T, cfg.width / cfg.heads), dense: denseProducts(batch * T, cfg.width) };
   };
-  process.stdout.write(`\nbatched (attention) products, batch ${batch} of ${image}x${image}: SIMD GEMM builds (alternating) vs tfjs-backend-wasm's kernel (timed apart), median of ${reps} runs\n`);
+  process.stdout.write(
+    `\nbatched (attention) products, batch ${batch} of ${image}x${image}: SIMD GEMM builds (alternating) vs tfjs-backend-wasm's kernel (timed apart), median of ${reps} runs\n`,
+  );
   const scalar: Route = { label: 'wasm', scope: 'none', variant: 'auto' };
   header([...builds, scalar]);
   for (const preset of models) {
@@ -178,7 +197,9 @@ export async function run(argv: string[]): Promise<void> {
     }
   }
 
-  process.stdout.write(`\ndense (batch-1) products: SIMD GEMM builds vs XNNPACK (the transposed ones after an explicit Transpose), median of ${reps}\n`);
+  process.stdout.write(
+    `\ndense (batch-1) products: SIMD GEMM builds vs XNNPACK (the transposed ones after an explicit Transpose), median of ${reps}\n`,
+  );
   const denseRoutes: Route[] = [...builds, { label: 'xnn', scope: 'batched', variant: 'auto' }];
   header(denseRoutes);
   const totals = new Map<string, number[]>();
@@ -192,7 +213,9 @@ export async function run(argv: string[]): Promise<void> {
     totals.set(preset, sum);
   }
   for (const [preset, sum] of totals) {
-    process.stdout.write(`${preset.padEnd(6)} ${'sum'.padEnd(9)} ${'(one block, forward + backward)'.padEnd(32)}${sum.map((ms) => ` ${col(ms.toFixed(2), 11)} ${col('')}`).join('')} ${col((sum[sum.length - 1]! / sum[0]!).toFixed(2) + 'x', 9)}\n`);
+    process.stdout.write(
+      `${preset.padEnd(6)} ${'sum'.padEnd(9)} ${'(one block, forward + backward)'.padEnd(32)}${sum.map((ms) => ` ${col(ms.toFixed(2), 11)} ${col('')}`).join('')} ${col((sum[sum.length - 1]! / sum[0]!).toFixed(2) + 'x', 9)}\n`,
+    );
   }
 
   if (argv.includes('--blocking') && builds[0]) {
@@ -200,12 +223,18 @@ export async function run(argv: string[]): Promise<void> {
     const grid: GemmBlocking[] = [];
     for (const kc of [128, 256, 512, 1e9]) for (const mc of [48, 120, 240, 1e9]) grid.push({ kc, mc });
     const name = (g: GemmBlocking) => `${g.kc >= 1e9 ? 'all' : g.kc}/${g.mc >= 1e9 ? 'all' : g.mc}`;
-    process.stdout.write(`\nblocking sweep, ${b.label} build, kc/mc (k block / m block; 'all' = not blocked): summed median ms of one block's dense products (GFLOP/s)\n`);
+    process.stdout.write(
+      `\nblocking sweep, ${b.label} build, kc/mc (k block / m block; 'all' = not blocked): summed median ms of one block's dense products (GFLOP/s)\n`,
+    );
     process.stdout.write(`${'kc/mc'.padEnd(10)}${models.map((m) => col(m, 18)).join('')}\n`);
     const rows = new Map(grid.map((g) => [name(g), models.map(() => ({ ms: 0, work: 0 }))]));
     for (const [mi, preset] of models.entries()) {
       for (const p of shapes(preset).dense) {
-        const r = timeRoutes(p, grid.map((g) => ({ ...b, label: name(g), blocking: g })), reps);
+        const r = timeRoutes(
+          p,
+          grid.map((g) => ({ ...b, label: name(g), blocking: g })),
+          reps,
+        );
         grid.forEach((g, i) => {
           const cell = rows.get(name(g))![mi]!;
           cell.ms += r.ms[i]!;
@@ -214,7 +243,9 @@ export async function run(argv: string[]): Promise<void> {
       }
     }
     for (const [label, cells] of rows) {
-      process.stdout.write(`${label.padEnd(10)}${cells.map((c) => col(`${c.ms.toFixed(1)} (${(c.work / c.ms / 1e6).toFixed(1)})`, 18)).join('')}\n`);
+      process.stdout.write(
+        `${label.padEnd(10)}${cells.map((c) => col(`${c.ms.toFixed(1)} (${(c.work / c.ms / 1e6).toFixed(1)})`, 18)).join('')}\n`,
+      );
     }
   }
 
@@ -225,8 +256,12 @@ export async function run(argv: string[]): Promise<void> {
       { ...r, label: `${r.label}, all`, scope: 'all' as const },
     ]),
   ];
-  process.stdout.write('\none training step under tf.profile per path (sum of kernel times; profiling adds a little to each); paths: which products the GEMM takes (batched: batch > 1, the rest on XNNPACK; all), wasm/xnn: none\n');
-  process.stdout.write(`${'model'.padEnd(6)} ${'path'.padEnd(18)} ${col('kernels ms', 11)} ${col('BatchMatMul ms', 15)} ${col('of it batch>1', 14)} ${col('share', 6)} ${col('GFLOP/s')}\n`);
+  process.stdout.write(
+    '\none training step under tf.profile per path (sum of kernel times; profiling adds a little to each); paths: which products the GEMM takes (batched: batch > 1, the rest on XNNPACK; all), wasm/xnn: none\n',
+  );
+  process.stdout.write(
+    `${'model'.padEnd(6)} ${'path'.padEnd(18)} ${col('kernels ms', 11)} ${col('BatchMatMul ms', 15)} ${col('of it batch>1', 14)} ${col('share', 6)} ${col('GFLOP/s')}\n`,
+  );
   for (const preset of models) {
     const step = await trainingStep('wasm', preset, batch, image);
     for (const r of stepRoutes) {

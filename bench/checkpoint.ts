@@ -53,7 +53,12 @@ export async function run(argv: string[]): Promise<void> {
   const cleanup: string[] = [base];
   try {
     say(`checkpoint bench: ${MB(n * 12)} (params + m + v, ${n.toLocaleString('en')} float32 each) in ${base}`);
-    say(`machine: ${os.cpus().length} cores, load average ${os.loadavg().map((x) => x.toFixed(1)).join(' ')} (shared with other work: figures are noisy), node ${process.version}`);
+    say(
+      `machine: ${os.cpus().length} cores, load average ${os
+        .loadavg()
+        .map((x) => x.toFixed(1))
+        .join(' ')} (shared with other work: figures are noisy), node ${process.version}`,
+    );
 
     // Checksum speeds on this machine: why the shards carry crc32 per 1 MiB block and no sha256 of the data.
     const probe = new Uint8Array(64 << 20);
@@ -152,12 +157,17 @@ export async function run(argv: string[]): Promise<void> {
       const med = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)]!;
       say(
         `SAVE ${world} ranks: median ${rate(med(saveRates), 1)} vs dd median ${rate(med(ddRates), 1)} over ${reps} interleaved pairs = ` +
-          `${((med(saveRates) / med(ddRates)) * 100).toFixed(0)}% (goal >= 70%); load average now ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}`,
+          `${((med(saveRates) / med(ddRates)) * 100).toFixed(0)}% (goal >= 70%); load average now ${os
+            .loadavg()
+            .map((x) => x.toFixed(1))
+            .join(' ')}`,
       );
 
       const files = reports.map((r) => r.path);
       const readRef = ddRead(files);
-      say(`reference: dd of=/dev/null bs=4M of those ${world} files${canDrop ? ' (cold cache)' : ' (warm cache)'}: ${readRef.s.toFixed(2)} s, ${rate(readRef.bytes, readRef.s)}`);
+      say(
+        `reference: dd of=/dev/null bs=4M of those ${world} files${canDrop ? ' (cold cache)' : ' (warm cache)'}: ${readRef.s.toFixed(2)} s, ${rate(readRef.bytes, readRef.s)}`,
+      );
       for (const to of [world, ...worlds.filter((w) => w !== world)]) {
         if (canDrop) dropCaches();
         const l0 = performance.now();

@@ -5,11 +5,11 @@ import yargs from 'yargs';
 import { runSynth } from '../coordinator/data/synth-run.js';
 import { openDataset } from '../shared/dataset/reader.js';
 import { decodeBatch } from '../shared/dataset/wire.js';
-import { datasetRowSource } from '../coordinator/dataset-source.js';
-import { Sampler } from '../coordinator/sampler.js';
-import { runJob } from '../coordinator/job.js';
-import type { StepSummary } from '../coordinator/control/server.js';
-import { createLogger } from '../shared/log.js';
+import { datasetRowSource } from '../coordinator/data/dataset-source.js';
+import { Sampler } from '../coordinator/job/sampler.js';
+import { runJob } from '../coordinator/job/run-job.js';
+import type { StepSummary } from '../coordinator/job/control-server.js';
+import { createLogger } from '../shared/util/log.js';
 
 /**
  * `npm run bench -- feed`: the data plane on real worker processes, real gRPC and ZeroMQ.
@@ -50,10 +50,11 @@ export async function run(argv: string[]): Promise<void> {
     );
 
     // Reference: read + encode + decode of every slice of one epoch, one process, no transport.
-    let t = performance.now();
+    const t = performance.now();
     let rows = 0;
     for (let s = 0; s < steps; s++)
-      for (let r = 0; r < a.workers; r++) rows += decodeBatch(await source.encode(sampler.rankSlice(sampler.positionAt(s), a.workers, r))).n;
+      for (let r = 0; r < a.workers; r++)
+        rows += decodeBatch(await source.encode(sampler.rankSlice(sampler.positionAt(s), a.workers, r))).n;
     const refRate = rows / ((performance.now() - t) / 1000);
 
     const feedRun = async (options: Record<string, number>, n: number) => {
@@ -91,7 +92,9 @@ export async function run(argv: string[]): Promise<void> {
     const steady = slow.summaries.slice(2);
     const sum = (f: (s: StepSummary) => number) => steady.reduce((x, s) => x + f(s), 0);
     // Per rank, then the worst rank: the step waits for the slowest.
-    const waitShare = Math.max(...Array.from({ length: a.workers }, (_, r) => sum((s) => s.reports[r]!.timings.dataWait) / sum((s) => s.reports[r]!.timings.total)));
+    const waitShare = Math.max(
+      ...Array.from({ length: a.workers }, (_, r) => sum((s) => s.reports[r]!.timings.dataWait) / sum((s) => s.reports[r]!.timings.total)),
+    );
     const perStep = slow.seconds / slow.timed;
     const meanTotal = sum((s) => Math.max(...s.reports.map((x) => x.timings.total))) / steady.length;
     const meanDecode = sum((s) => Math.max(...s.reports.map((x) => x.counters.decode_seconds!))) / steady.length;

@@ -3,11 +3,13 @@
  * `run(argv)`; every figure it prints is next to the reference it is compared against,
  * measured in the same run.
  */
-import { isUserError } from '../shared/errors.js';
+import { isUserError } from '../shared/util/errors.js';
 
 const name = process.argv[2];
 if (!name || name.startsWith('-')) {
-  process.stderr.write('usage: npm run bench -- <name> [options]   (names: prepare, synth, allreduce, step, batch-matmul, norm-gelu, dense, transpose, optimizer, scaling, checkpoint, feed, report)\n');
+  process.stderr.write(
+    'usage: npm run bench -- <name> [options]   (names: prepare, synth, allreduce, step, batch-matmul, norm-gelu, dense, transpose, optimizer, scaling, checkpoint, feed, report)\n',
+  );
   process.exit(2);
 }
 if (!/^[a-z][a-z0-9-]*$/.test(name)) {

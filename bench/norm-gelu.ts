@@ -1,10 +1,10 @@
 import * as tf from '@tensorflow/tfjs';
-import { UserError } from '../shared/errors.js';
+import { UserError } from '../shared/util/errors.js';
 import { loadLabelSet } from '../shared/labels.js';
-import { initBackend } from '../worker/backend.js';
-import { MODEL_PRESETS, resolveModelConfig, tokenCount } from '../worker/model/config.js';
-import { gelu, layerNorm } from '../worker/model/layers.js';
-import { setSimdNormGelu, wasmNormGeluActive } from '../worker/wasm-kernels.js';
+import { initBackend } from '../kernels/backend.js';
+import { MODEL_PRESETS, resolveModelConfig, tokenCount } from '../model/config.js';
+import { gelu, layerNorm } from '../model/layers.js';
+import { setSimdNormGelu, wasmNormGeluActive } from '../kernels/wasm-kernels.js';
 import { trainingStep } from './step.js';
 import { arg } from './args.js';
 import { randomTensor, timeSwitched } from './switched.js';
@@ -42,15 +42,21 @@ export async function run(argv: string[]): Promise<void> {
   const batch = Number(arg(argv, 'batch', '32'));
   const image = Number(arg(argv, 'image', '64'));
   const reps = Number(arg(argv, 'reps', '20'));
-  for (const m of models) if (!(MODEL_PRESETS as readonly string[]).includes(m)) throw new UserError(`--models: unknown model '${m}' (known: ${MODEL_PRESETS.join(', ')})`);
+  for (const m of models)
+    if (!(MODEL_PRESETS as readonly string[]).includes(m))
+      throw new UserError(`--models: unknown model '${m}' (known: ${MODEL_PRESETS.join(', ')})`);
   if (!(Number.isInteger(reps) && reps > 0)) throw new UserError(`--reps must be a positive integer, got '${arg(argv, 'reps', '')}'`);
   await initBackend('wasm');
   if (!wasmNormGeluActive()) {
     process.stdout.write('the SIMD LayerNorm/GELU kernels cannot run on this engine (no wasm SIMD): nothing to compare\n');
     return;
   }
-  process.stdout.write(`wasm backend, median of ${reps} calls per path, paths alternating (tfjs: the tfjs-kernel path of worker/model/layers.ts; simd: worker/simd-norm-gelu.ts)\n`);
-  process.stdout.write(`${'model'.padEnd(6)} ${'op'.padEnd(22)} ${'pass'.padEnd(9)} ${'tfjs ms'.padStart(9)} ${'simd ms'.padStart(9)} ${'speed-up'.padStart(9)}\n`);
+  process.stdout.write(
+    `wasm backend, median of ${reps} calls per path, paths alternating (tfjs: the tfjs-kernel path of worker/model/layers.ts; simd: worker/simd-norm-gelu.ts)\n`,
+  );
+  process.stdout.write(
+    `${'model'.padEnd(6)} ${'op'.padEnd(22)} ${'pass'.padEnd(9)} ${'tfjs ms'.padStart(9)} ${'simd ms'.padStart(9)} ${'speed-up'.padStart(9)}\n`,
+  );
   for (const preset of models) {
     const cfg = resolveModelConfig({ preset, imageSize: image, labels: loadLabelSet('chexpert14').labels });
     const R = batch * tokenCount(cfg);
@@ -63,10 +69,25 @@ export async function run(argv: string[]): Promise<void> {
     const dyGelu = randomTensor([R, 4 * W], 6);
     const ln = (a: tf.Tensor, g: tf.Tensor, b: tf.Tensor) => layerNorm(a as tf.Tensor2D, g as tf.Tensor1D, b as tf.Tensor1D);
     const rows = [
-      { op: `layerNorm [${R},${W}]`, pass: 'forward', ms: timeSwitched(reps, setSimdNormGelu, () => ln(x, gamma, beta)), perStep: 2 * cfg.layers + 2 },
-      { op: `layerNorm [${R},${W}]`, pass: 'fwd+bwd', ms: timeSwitched(reps, setSimdNormGelu, () => tf.grads(ln)([x, gamma, beta], dyLn)), perStep: 2 * cfg.layers + 2 },
+      {
+        op: `layerNorm [${R},${W}]`,
+        pass: 'forward',
+        ms: timeSwitched(reps, setSimdNormGelu, () => ln(x, gamma, beta)),
+        perStep: 2 * cfg.layers + 2,
+      },
+      {
+        op: `layerNorm [${R},${W}]`,
+        pass: 'fwd+bwd',
+        ms: timeSwitched(reps, setSimdNormGelu, () => tf.grads(ln)([x, gamma, beta], dyLn)),
+        perStep: 2 * cfg.layers + 2,
+      },
       { op: `gelu [${R},${4 * W}]`, pass: 'forward', ms: timeSwitched(reps, setSimdNormGelu, () => gelu(h)), perStep: cfg.layers },
-      { op: `gelu [${R},${4 * W}]`, pass: 'fwd+bwd', ms: timeSwitched(reps, setSimdNormGelu, () => tf.grads((a: tf.Tensor) => gelu(a))([h], dyGelu)), perStep: cfg.layers },
+      {
+        op: `gelu [${R},${4 * W}]`,
+        pass: 'fwd+bwd',
+        ms: timeSwitched(reps, setSimdNormGelu, () => tf.grads((a: tf.Tensor) => gelu(a))([h], dyGelu)),
+        perStep: cfg.layers,
+      },
     ];
     for (const r of rows) {
       process.stdout.write(
@@ -87,7 +108,10 @@ export async function run(argv: string[]): Promise<void> {
       for (const p of PATHS) {
         setSimdNormGelu(p.on);
         const r = await profileStep(step);
-        const top = r.top.slice(0, 8).map(([name, ms]) => `${name} ${ms.toFixed(0)}`).join(', ');
+        const top = r.top
+          .slice(0, 8)
+          .map(([name, ms]) => `${name} ${ms.toFixed(0)}`)
+          .join(', ');
         process.stdout.write(`${preset.padEnd(6)} ${p.name.padEnd(5)} ${r.total.toFixed(0).padStart(6)} ms: ${top}\n`);
       }
     } finally {

@@ -1,9 +1,9 @@
 import { loadLabelSet } from '../shared/labels.js';
-import { mulberry32, normalSource } from '../shared/rng.js';
-import { resolveModelConfig } from '../worker/model/config.js';
-import { modelLayout } from '../worker/model/vit.js';
-import { adamwStep, clipFactor, decayMask, scaleInPlace, setSimdAdamw, sumOfSquares } from '../worker/optim.js';
-import { simdAdamwAvailable } from '../worker/simd-adamw.js';
+import { mulberry32, normalSource } from '../shared/random/generators.js';
+import { resolveModelConfig } from '../model/config.js';
+import { modelLayout } from '../model/vit.js';
+import { adamwStep, clipFactor, decayMask, scaleInPlace, setSimdAdamw, sumOfSquares } from '../worker/steps/adamw.js';
+import { simdAdamwAvailable } from '../kernels/simd/adamw.js';
 import { median } from './median.js';
 import { arg } from './args.js';
 
@@ -21,8 +21,12 @@ export async function run(argv: string[]): Promise<void> {
   const steps = Number(arg(argv, 'steps', '12'));
   const evict = new Float32Array(16 << 20);
   const hyper = { lr: 1e-4, beta1: 0.9, beta2: 0.98, eps: 1e-6, weightDecay: 0.05 };
-  process.stdout.write(`optimizer: global norm, clipping by it, AdamW over the flat vectors; median of ${steps} steps after 2, vectors from memory${simdAdamwAvailable ? '' : ' (no wasm SIMD here: both rows run the loop)'}\n`);
-  process.stdout.write(`${'model'.padEnd(6)} ${'params'.padStart(10)} ${'loop + scale pass ms'.padStart(21)} ${'SIMD, fused scale ms'.padStart(21)} ${'speed-up'.padStart(9)}\n`);
+  process.stdout.write(
+    `optimizer: global norm, clipping by it, AdamW over the flat vectors; median of ${steps} steps after 2, vectors from memory${simdAdamwAvailable ? '' : ' (no wasm SIMD here: both rows run the loop)'}\n`,
+  );
+  process.stdout.write(
+    `${'model'.padEnd(6)} ${'params'.padStart(10)} ${'loop + scale pass ms'.padStart(21)} ${'SIMD, fused scale ms'.padStart(21)} ${'speed-up'.padStart(9)}\n`,
+  );
   for (const preset of models) {
     const layout = modelLayout(resolveModelConfig({ preset, imageSize: 64, labels: loadLabelSet('chexpert14').labels }));
     const n = layout.total;
@@ -30,7 +34,12 @@ export async function run(argv: string[]): Promise<void> {
     const r = normalSource(mulberry32(1));
     const grads = Float32Array.from({ length: n }, () => r() * 1e-2);
     const p0 = Float32Array.from({ length: n }, () => r() * 0.02);
-    const state = [false, true].map(() => ({ p: Float32Array.from(p0), m: new Float32Array(n), v: new Float32Array(n), g: new Float32Array(n) }));
+    const state = [false, true].map(() => ({
+      p: Float32Array.from(p0),
+      m: new Float32Array(n),
+      v: new Float32Array(n),
+      g: new Float32Array(n),
+    }));
     const times: number[][] = [[], []];
     for (let s = 1; s <= steps + 2; s++) {
       for (const [i, simd] of [false, true].entries()) {
@@ -51,6 +60,8 @@ export async function run(argv: string[]): Promise<void> {
     setSimdAdamw(true);
     const same = state[0]!.p.every((x, j) => Object.is(x, state[1]!.p[j]));
     const [loop, simd] = times.map(median) as [number, number];
-    process.stdout.write(`${preset.padEnd(6)} ${String(n).padStart(10)} ${loop.toFixed(1).padStart(21)} ${simd.toFixed(1).padStart(21)} ${(loop / simd).toFixed(2).padStart(8)}x${same ? '' : '  (PARAMETERS DIFFER)'}\n`);
+    process.stdout.write(
+      `${preset.padEnd(6)} ${String(n).padStart(10)} ${loop.toFixed(1).padStart(21)} ${simd.toFixed(1).padStart(21)} ${(loop / simd).toFixed(2).padStart(8)}x${same ? '' : '  (PARAMETERS DIFFER)'}\n`,
+    );
   }
 }

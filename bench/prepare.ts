@@ -6,7 +6,7 @@ import { parseArgs } from 'node:util';
 import { configureDecoder, decodeGray } from '../coordinator/data/decode.js';
 import { runPrepare } from '../coordinator/data/prepare.js';
 import { drawAnatomy, renderStudy } from '../coordinator/data/synth-image.js';
-import { Prng } from '../shared/dataset/prng.js';
+import { Prng } from '../shared/random/sfc32.js';
 
 /**
  * `npm run bench -- prepare [--count 5000] [--source-size 256] [--image-size 64] [--reps 2]`
@@ -37,8 +37,10 @@ export async function run(argv: string[]): Promise<void> {
   try {
     const t0 = performance.now();
     const { files, csv } = await makeFolder(dir, count, src);
-    process.stdout.write(`prepare bench: ${count} PNG files of ${src}x${src} written in ${((performance.now() - t0) / 1000).toFixed(1)} s; ` +
-      `${availableParallelism()} cores, output ${size}x${size}\n`);
+    process.stdout.write(
+      `prepare bench: ${count} PNG files of ${src}x${src} written in ${((performance.now() - t0) / 1000).toFixed(1)} s; ` +
+        `${availableParallelism()} cores, output ${size}x${size}\n`,
+    );
     const { inFlight } = configureDecoder();
     let bare = 0;
     let full = 0;
@@ -48,7 +50,17 @@ export async function run(argv: string[]): Promise<void> {
       const b = count / ((performance.now() - tb) / 1000);
       const out = path.join(dir, `out-${r}`);
       const tp = performance.now();
-      await runPrepare({ format: 'nih', labels: csv, images: path.join(dir, 'images'), out, imageSize: size, fractions: { val: 0.1, test: 0.2 }, seed: 0, overwrite: false, progress: false });
+      await runPrepare({
+        format: 'nih',
+        labels: csv,
+        images: path.join(dir, 'images'),
+        out,
+        imageSize: size,
+        fractions: { val: 0.1, test: 0.2 },
+        seed: 0,
+        overwrite: false,
+        progress: false,
+      });
       const p = count / ((performance.now() - tp) / 1000);
       rmSync(out, { recursive: true, force: true });
       process.stdout.write(`  rep ${r + 1}: bare decode+resize ${b.toFixed(0)} images/s, prepare ${p.toFixed(0)} images/s\n`);
@@ -91,7 +103,11 @@ async function makeFolder(dir: string, count: number, src: number): Promise<{ fi
     const file = path.join(sub, name);
     const px = Buffer.from(bases[i % bases.length]!);
     for (let k = 0; k < px.length; k += 1 + (k % 7)) px[k] = (px[k]! + rng.int(9)) & 255;
-    jobs.push(sharp(px, { raw: { width: src, height: src, channels: 1 } }).png().toFile(file));
+    jobs.push(
+      sharp(px, { raw: { width: src, height: src, channels: 1 } })
+        .png()
+        .toFile(file),
+    );
     if (jobs.length >= 8) await Promise.all(jobs.splice(0));
     files.push(file);
     rows.push(`${name},${i % 4 === 0 ? 'Effusion' : 'No Finding'},${i % 3},${patient},50,F,PA`);

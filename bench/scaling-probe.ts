@@ -11,14 +11,14 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { loadLabelSet } from '../shared/labels.js';
-import { mulberry32 } from '../shared/rng.js';
+import { mulberry32 } from '../shared/random/generators.js';
 import { shardRanges } from '../shared/shard.js';
-import { initBackend } from '../worker/backend.js';
+import { initBackend } from '../kernels/backend.js';
 import { ThreadedProcessGroup } from '../worker/collectives/threaded-group.js';
-import { labelPriorTarget } from '../worker/losses.js';
-import { resolveModelConfig } from '../worker/model/config.js';
-import { CxrModel, initialParams, modelLayout } from '../worker/model/vit.js';
-import { computeGradients, localComm } from '../worker/step.js';
+import { labelPriorTarget } from '../model/losses.js';
+import { resolveModelConfig } from '../model/config.js';
+import { CxrModel, initialParams, modelLayout } from '../model/vit.js';
+import { computeGradients, localComm } from '../worker/steps/forward-backward.js';
 import { median } from './median.js';
 
 export interface ProbeJob {
@@ -31,7 +31,6 @@ export interface ProbeJob {
   rank?: number;
   endpoints?: string[];
 }
-
 
 if (process.argv[2]) await main(JSON.parse(process.argv[2]) as ProbeJob);
 

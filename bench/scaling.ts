@@ -6,9 +6,9 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { runSynth } from '../coordinator/data/synth-run.js';
 import { toTrainConfig, type TrainArgs } from '../coordinator/commands/train.js';
-import { trainDistributed } from '../coordinator/train-job.js';
-import { createLogger } from '../shared/log.js';
-import { COLLECTIVES_ENV } from '../worker/collectives/index.js';
+import { trainDistributed } from '../coordinator/train/train-job.js';
+import { createLogger } from '../shared/util/log.js';
+import { COLLECTIVES_ENV } from '../shared/config/worker-env.js';
 import type { ProbeJob } from './scaling-probe.js';
 
 const probeScript = path.join(path.dirname(fileURLToPath(import.meta.url)), 'scaling-probe.js');
@@ -19,7 +19,10 @@ async function probe(jobs: ProbeJob[]): Promise<number[]> {
     jobs.map(
       (job) =>
         new Promise<number>((resolve, reject) => {
-          const child = spawn(process.execPath, [probeScript, JSON.stringify(job)], { env: { ...process.env, ...COLLECTIVES_ENV }, stdio: ['ignore', 'pipe', 'pipe'] });
+          const child = spawn(process.execPath, [probeScript, JSON.stringify(job)], {
+            env: { ...process.env, ...COLLECTIVES_ENV },
+            stdio: ['ignore', 'pipe', 'pipe'],
+          });
           let out = '';
           let err = '';
           child.stdout.on('data', (d: Buffer) => (out += d.toString()));
@@ -93,27 +96,68 @@ export async function run(argv: string[]): Promise<void> {
   const rounds = Number(values.rounds);
   const size = Number(values['image-size']);
   const worlds = values.workers!.split(',').map(Number);
-  if (!(Number.isInteger(rounds) && rounds >= 1) || !(steps > warmup + 1)) throw new Error('scaling: need --rounds >= 1 and --steps > --warmup + 1');
+  if (!(Number.isInteger(rounds) && rounds >= 1) || !(steps > warmup + 1))
+    throw new Error('scaling: need --rounds >= 1 and --steps > --warmup + 1');
   const log = createLogger('bench', 'warn');
   const dir = await mkdtemp(path.join(tmpdir(), 'cxr-bench-scaling-'));
   const line = (s: string) => process.stdout.write(s + '\n');
   try {
     const data = path.join(dir, 'data');
     const maxWorld = Math.max(...worlds);
-    await runSynth(data, false, { count: Math.max(600, b * maxWorld * (steps + 2) + 50), imageSize: size, seed: 1, fractions: { val: 0.02, test: 0.02 } });
-    line(`scaling: tiny model, ${size}px, per-worker batch ${b}, ${steps} steps (first ${warmup} not timed), ${rounds} round(s), backend ${values.backend}, contrastive weight ${values['w-con']}; ${cpus().length} cores, load average ${loadavg().map((x) => x.toFixed(2)).join(' ')} at start`);
+    await runSynth(data, false, {
+      count: Math.max(600, b * maxWorld * (steps + 2) + 50),
+      imageSize: size,
+      seed: 1,
+      fractions: { val: 0.02, test: 0.02 },
+    });
+    line(
+      `scaling: tiny model, ${size}px, per-worker batch ${b}, ${steps} steps (first ${warmup} not timed), ${rounds} round(s), backend ${values.backend}, contrastive weight ${values['w-con']}; ${cpus().length} cores, load average ${loadavg()
+        .map((x) => x.toFixed(2))
+        .join(' ')} at start`,
+    );
 
     const train = async (w: number): Promise<RunFigures> => {
       const out = path.join(dir, `w${w}`);
       await rm(out, { recursive: true, force: true });
       const args = {
-        workers: w, data, out, model: 'tiny', steps, 'batch-size': b * w, seed: 0, eval: 'none', backend: values.backend, lr: 1e-3, 'warmup-steps': 2,
-        'min-lr-ratio': 0.1, 'weight-decay': 0.05, 'clip-norm': 1, head: 'text', 'w-cls': 1, 'w-con': Number(values['w-con']), 'w-prior': 0.1, 'label-prior': 'graph',
-        uncertainty: 'ignore', 'uncertainty-label': [], blank: 'mask', 'pos-weight': 'none', bootstrap: 0, gpu: false, prefetch: 2,
-        'params-check-every': 0, report: false, 'checkpoint-every': 0, 'checkpoint-every-minutes': 0, 'keep-checkpoints': 1,
+        workers: w,
+        data,
+        out,
+        model: 'tiny',
+        steps,
+        'batch-size': b * w,
+        seed: 0,
+        eval: 'none',
+        backend: values.backend,
+        lr: 1e-3,
+        'warmup-steps': 2,
+        'min-lr-ratio': 0.1,
+        'weight-decay': 0.05,
+        'clip-norm': 1,
+        head: 'text',
+        'w-cls': 1,
+        'w-con': Number(values['w-con']),
+        'w-prior': 0.1,
+        'label-prior': 'graph',
+        uncertainty: 'ignore',
+        'uncertainty-label': [],
+        blank: 'mask',
+        'pos-weight': 'none',
+        bootstrap: 0,
+        gpu: false,
+        prefetch: 2,
+        'params-check-every': 0,
+        report: false,
+        'checkpoint-every': 0,
+        'checkpoint-every-minutes': 0,
+        'keep-checkpoints': 1,
       } as unknown as TrainArgs;
       await trainDistributed(toTrainConfig(args), { log, progress: false, workerOutput: () => {} });
-      const recs = (await readFile(path.join(out, 'metrics.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>).slice(warmup);
+      const recs = (await readFile(path.join(out, 'metrics.jsonl'), 'utf8'))
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as Record<string, number>)
+        .slice(warmup);
       // The last step also saves the final checkpoint and the model: leave it out.
       const timed = recs.slice(0, -1);
       const sum = (k: string) => timed.reduce((a, r) => a + r[k]!, 0);
@@ -151,34 +195,53 @@ export async function run(argv: string[]): Promise<void> {
       if (got[2]) {
         const ref = await computePair();
         refs.push(ref);
-        line(`       reference: the step's compute alone (forward, backward, write-back; no feed, no collectives) ${ref.alone.toFixed(1)} ms; two such processes at once ${ref.pair.map((t) => t.toFixed(1)).join(' and ')} ms: ${ref.speed.toFixed(2)}x the throughput of one`);
+        line(
+          `       reference: the step's compute alone (forward, backward, write-back; no feed, no collectives) ${ref.alone.toFixed(1)} ms; two such processes at once ${ref.pair.map((t) => t.toFixed(1)).join(' and ')} ms: ${ref.speed.toFixed(2)}x the throughput of one`,
+        );
       }
     }
-    line(`median of ${rounds} round(s): ${worlds.map((w) => `${w} worker${w > 1 ? 's' : ''} ${median(runs[w]!.map((f) => f.ips)).toFixed(1)} images/s`).join(', ')}`);
+    line(
+      `median of ${rounds} round(s): ${worlds.map((w) => `${w} worker${w > 1 ? 's' : ''} ${median(runs[w]!.map((f) => f.ips)).toFixed(1)} images/s`).join(', ')}`,
+    );
     if (runs[1]) {
       const speedups = (w: number) => runs[w]!.map((f, i) => f.ips / runs[1]![i]!.ips);
-      for (const w of worlds.filter((w) => w > 1)) line(`speedup of ${w} workers over 1 per round: ${speedups(w).map((x) => x.toFixed(2) + 'x').join(', ')}; median ${median(speedups(w)).toFixed(2)}x`);
+      for (const w of worlds.filter((w) => w > 1))
+        line(
+          `speedup of ${w} workers over 1 per round: ${speedups(w)
+            .map((x) => x.toFixed(2) + 'x')
+            .join(', ')}; median ${median(speedups(w)).toFixed(2)}x`,
+        );
       if (runs[2]) {
         const s = median(speedups(2));
-        line(`goal: 2 workers >= 1.80x the images/s of 1 worker: ${s.toFixed(2)}x, median of ${rounds} round(s) (${s >= 1.8 ? 'met' : 'not met'})`);
+        line(
+          `goal: 2 workers >= 1.80x the images/s of 1 worker: ${s.toFixed(2)}x, median of ${rounds} round(s) (${s >= 1.8 ? 'met' : 'not met'})`,
+        );
         line(
           `reference: two processes doing only the step's compute get ${refs.map((x) => x.speed.toFixed(2) + 'x').join(', ')} the throughput of one (median ${median(refs.map((x) => x.speed)).toFixed(2)}x, the most 2 workers can reach here); 2 workers reached ${median(speedups(2).map((x, i) => x / refs[i]!.speed)).toFixed(2)} of it (median of the rounds' ratios)`,
         );
       }
     }
-    line(`data wait: at most ${pct(Math.max(...worlds.flatMap((w) => runs[w]!.map((f) => f.dataWait))))} of step time in any run (goal: under 2%)`);
+    line(
+      `data wait: at most ${pct(Math.max(...worlds.flatMap((w) => runs[w]!.map((f) => f.dataWait))))} of step time in any run (goal: under 2%)`,
+    );
     if (runs[2]) {
       const stepMs2 = median(runs[2].map((f) => f.stepMs));
       const sock = await mkdtemp(path.join(tmpdir(), 'cxr-bench-comm-'));
       try {
         const endpoints = [0, 1].map((r) => `ipc://${path.join(sock, `r${r}.sock`)}`);
         const [comm] = await probe([0, 1].map((rank) => ({ ...job, mode: 'comm' as const, steps: 50, rank, endpoints })));
-        line(`reference: the collectives of one 2-worker step with both ranks ready ${comm!.toFixed(2)} ms = ${((100 * comm!) / stepMs2).toFixed(1)}% of the median 2-worker step (${stepMs2.toFixed(1)} ms); the rest of the comm share is a rank waiting for the other`);
+        line(
+          `reference: the collectives of one 2-worker step with both ranks ready ${comm!.toFixed(2)} ms = ${((100 * comm!) / stepMs2).toFixed(1)}% of the median 2-worker step (${stepMs2.toFixed(1)} ms); the rest of the comm share is a rank waiting for the other`,
+        );
       } finally {
         await rm(sock, { recursive: true, force: true });
       }
     }
-    line(`load average at end ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+    line(
+      `load average at end ${loadavg()
+        .map((x) => x.toFixed(2))
+        .join(' ')}`,
+    );
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

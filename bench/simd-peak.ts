@@ -1,4 +1,4 @@
-import { assembleModule, Body, countdown, instantiateWith, wasmApi } from '../worker/wasm-asm.js';
+import { assembleModule, Body, countdown, instantiateWith, wasmApi } from '../kernels/wasm-asm.js';
 
 /**
  * What this engine's WebAssembly SIMD can do at best on one thread: a GEMM micro-kernel's inner
@@ -30,9 +30,16 @@ function loopBody(tile: { rows: number; vecs: number }, fma: boolean): Body {
     // Addresses move with k (within 2 KiB, so L1) as a packed panel's do; a constant address would
     // let the compiler hoist the loads.
     f.get(count).i32Const(0x7f0).i32And().set(p);
-    b.forEach((v, j) => f.get(p).v128Load(4096 + 16 * j).set(v));
+    b.forEach((v, j) =>
+      f
+        .get(p)
+        .v128Load(4096 + 16 * j)
+        .set(v),
+    );
     for (let r = 0; r < tile.rows; r++) {
-      f.get(p).v128Load32Splat(8192 + 4 * r).set(a);
+      f.get(p)
+        .v128Load32Splat(8192 + 4 * r)
+        .set(a);
       for (let j = 0; j < tile.vecs; j++) {
         const c = acc[r * tile.vecs + j]!;
         if (fma) f.get(a).get(b[j]!).get(c).f32x4RelaxedMadd().set(c);
@@ -41,7 +48,12 @@ function loopBody(tile: { rows: number; vecs: number }, fma: boolean): Body {
     }
   });
   // Stored, so that none of the work is dead.
-  acc.forEach((c, i) => f.i32Const(16 * i).get(c).v128Store());
+  acc.forEach((c, i) =>
+    f
+      .i32Const(16 * i)
+      .get(c)
+      .v128Store(),
+  );
   return f;
 }
 

@@ -1,14 +1,20 @@
 import * as tf from '@tensorflow/tfjs';
-import { UserError } from '../shared/errors.js';
+import { UserError } from '../shared/util/errors.js';
 import { loadLabelSet } from '../shared/labels.js';
-import { mulberry32 } from '../shared/rng.js';
-import { initBackend, type BackendChoice } from '../worker/backend.js';
-import { labelPriorTarget } from '../worker/losses.js';
-import { resolveModelConfig } from '../worker/model/config.js';
-import { CxrModel, initialParams } from '../worker/model/vit.js';
-import { adamwStep, clipFactor, decayMask, sumOfSquares } from '../worker/optim.js';
-import { computeGradients, localComm } from '../worker/step.js';
-import { setSimdAttentionHeads, setSimdDenseEpilogue, setSimdNormGelu, setSimdSoftmaxGrad, setSimdTranspose } from '../worker/wasm-kernels.js';
+import { mulberry32 } from '../shared/random/generators.js';
+import { initBackend, type BackendChoice } from '../kernels/backend.js';
+import { labelPriorTarget } from '../model/losses.js';
+import { resolveModelConfig } from '../model/config.js';
+import { CxrModel, initialParams } from '../model/vit.js';
+import { adamwStep, clipFactor, decayMask, sumOfSquares } from '../worker/steps/adamw.js';
+import { computeGradients, localComm } from '../worker/steps/forward-backward.js';
+import {
+  setSimdAttentionHeads,
+  setSimdDenseEpilogue,
+  setSimdNormGelu,
+  setSimdSoftmaxGrad,
+  setSimdTranspose,
+} from '../kernels/wasm-kernels.js';
 import { matMulFlops, simdPeak } from './simd-peak.js';
 import { runTorchReference } from './torch-reference.js';
 import { median } from './median.js';
@@ -33,7 +39,12 @@ import { arg } from './args.js';
  */
 
 /** One full training step of `preset` on `backend` (the setup the step bench times), run by run(). */
-export async function trainingStep(backend: BackendChoice, preset: string, batch: number, image: number): Promise<{ run(): Promise<void>; dispose(): void }> {
+export async function trainingStep(
+  backend: BackendChoice,
+  preset: string,
+  batch: number,
+  image: number,
+): Promise<{ run(): Promise<void>; dispose(): void }> {
   await initBackend(backend);
   if (tf.getBackend() !== backend) await tf.setBackend(backend);
   const set = loadLabelSet('chexpert14');
@@ -57,9 +68,24 @@ export async function trainingStep(backend: BackendChoice, preset: string, batch
   return {
     async run() {
       s++;
-      const g = await computeGradients(model, { n: batch, images, labels, indices: Array.from({ length: batch }, (_, i) => i), epoch: 0 }, localComm, opts);
+      const g = await computeGradients(
+        model,
+        { n: batch, images, labels, indices: Array.from({ length: batch }, (_, i) => i), epoch: 0 },
+        localComm,
+        opts,
+      );
       const clip = clipFactor(Math.sqrt(sumOfSquares(g.grads)), 1);
-      adamwStep(params, g.grads, m, v, { start: 0, end: params.length }, { lr: 1e-4, beta1: 0.9, beta2: 0.98, eps: 1e-6, weightDecay: 0.05 }, s, mask, clip);
+      adamwStep(
+        params,
+        g.grads,
+        m,
+        v,
+        { start: 0, end: params.length },
+        { lr: 1e-4, beta1: 0.9, beta2: 0.98, eps: 1e-6, weightDecay: 0.05 },
+        s,
+        mask,
+        clip,
+      );
       model.assignFlat(params);
     },
     dispose: () => model.dispose(),
@@ -86,7 +112,15 @@ function applySetting(on: Setting): void {
 }
 
 /** Step times per setting of the wasm switches, the settings alternating step by step. */
-async function tfjsStepMs(backend: BackendChoice, preset: string, batch: number, image: number, steps: number, warmup: number, settings: readonly Setting[]): Promise<number[][]> {
+async function tfjsStepMs(
+  backend: BackendChoice,
+  preset: string,
+  batch: number,
+  image: number,
+  steps: number,
+  warmup: number,
+  settings: readonly Setting[],
+): Promise<number[][]> {
   const step = await trainingStep(backend, preset, batch, image);
   const times: number[][] = settings.map(() => []);
   try {
@@ -110,7 +144,12 @@ async function tfjsStepMs(backend: BackendChoice, preset: string, batch: number,
 const MATMUL_KERNELS = new Set(['BatchMatMul', '_FusedMatMul', 'CxrDense', 'CxrMatMulMul']);
 
 /** One profiled step (after a warm-up one): the matMuls' FLOPs and kernel ms, and the other kernels' ms. */
-async function profiledStep(backend: BackendChoice, preset: string, batch: number, image: number): Promise<{ matMulFlops: number; matMulMs: number; otherMs: number }> {
+async function profiledStep(
+  backend: BackendChoice,
+  preset: string,
+  batch: number,
+  image: number,
+): Promise<{ matMulFlops: number; matMulMs: number; otherMs: number }> {
   const step = await trainingStep(backend, preset, batch, image);
   try {
     await step.run();
@@ -139,7 +178,14 @@ async function profiledStep(backend: BackendChoice, preset: string, batch: numbe
  * outside the matMuls' kernels). With `torchMatMulMs` (PyTorch's matMuls in one profiled step of
  * the same run) also PyTorch's rate and rest, and the matMul rate the goal needs.
  */
-async function wasmCeiling(preset: string, batch: number, image: number, stepMs: number, torchMs: number | null, torchMatMulMs: number | null): Promise<string> {
+async function wasmCeiling(
+  preset: string,
+  batch: number,
+  image: number,
+  stepMs: number,
+  torchMs: number | null,
+  torchMatMulMs: number | null,
+): Promise<string> {
   const p = await profiledStep('wasm', preset, batch, image);
   const mulAdd = simdPeak('mul-add');
   const fma = simdPeak('fma');
@@ -161,7 +207,9 @@ async function wasmCeiling(preset: string, batch: number, image: number, stepMs:
     lines.push(`    goal (1.5x = ${goalMs.toFixed(0)} ms) out of reach on wasm here: the matMuls at the engine's peak alone take longer`);
   } else if (torchMatMulMs === null) {
     lines[2] += ` (which does them at ${rate(torchMs).toFixed(1)} GFLOP/s, everything else included)`;
-    lines.push(`    goal (1.5x = ${goalMs.toFixed(0)} ms) would leave ${(goalMs - atPeakMs).toFixed(0)} ms for the rest if every matMul ran at the peak (ours is ${oursRest.toFixed(0)} ms)`);
+    lines.push(
+      `    goal (1.5x = ${goalMs.toFixed(0)} ms) would leave ${(goalMs - atPeakMs).toFixed(0)} ms for the rest if every matMul ran at the peak (ours is ${oursRest.toFixed(0)} ms)`,
+    );
   } else {
     const torchRest = Math.max(0, torchMs - torchMatMulMs);
     const need = goalMs > oursRest ? rate(goalMs - oursRest) : null;
@@ -189,10 +237,48 @@ interface TorchSteps {
   profile_error?: string;
 }
 
-function torchStepMs(preset: string, batch: number, image: number, steps: number, warmup: number, env: NodeJS.ProcessEnv = {}, profile = false): TorchSteps | string {
+function torchStepMs(
+  preset: string,
+  batch: number,
+  image: number,
+  steps: number,
+  warmup: number,
+  env: NodeJS.ProcessEnv = {},
+  profile = false,
+): TorchSteps | string {
   const cfg = resolveModelConfig({ preset, imageSize: image, labels: loadLabelSet('chexpert14').labels });
-  const a = ['--image', image, '--patch', cfg.patchSize, '--width', cfg.width, '--layers', cfg.layers, '--heads', cfg.heads, '--dim', cfg.embedDim, '--labels', 14, '--batch', batch, '--steps', steps, '--warmup', warmup, '--threads', 1,
-    '--pool', cfg.pool ?? 'tok', '--rank', cfg.spatialRank ?? 16, '--image-norm', cfg.inputNorm === 'image' ? 1 : 0, '--profile', profile ? 1 : 0].map(String);
+  const a = [
+    '--image',
+    image,
+    '--patch',
+    cfg.patchSize,
+    '--width',
+    cfg.width,
+    '--layers',
+    cfg.layers,
+    '--heads',
+    cfg.heads,
+    '--dim',
+    cfg.embedDim,
+    '--labels',
+    14,
+    '--batch',
+    batch,
+    '--steps',
+    steps,
+    '--warmup',
+    warmup,
+    '--threads',
+    1,
+    '--pool',
+    cfg.pool ?? 'tok',
+    '--rank',
+    cfg.spatialRank ?? 16,
+    '--image-norm',
+    cfg.inputNorm === 'image' ? 1 : 0,
+    '--profile',
+    profile ? 1 : 0,
+  ].map(String);
   return runTorchReference<TorchSteps>('vit_step.py', a, env);
 }
 
@@ -208,19 +294,33 @@ export async function run(argv: string[]): Promise<void> {
     if (!['on', 'off', 'ab'].includes(v)) throw new UserError(`--${name} must be on, off or ab, got '${v}'`);
     return v;
   };
-  const [normGelu, epilogue, softmaxGrad, transpose] = ['norm-gelu', 'epilogue', 'softmax-grad', 'transpose'].map(onOffAb) as [string, string, string, string];
+  const [normGelu, epilogue, softmaxGrad, transpose] = ['norm-gelu', 'epilogue', 'softmax-grad', 'transpose'].map(onOffAb) as [
+    string,
+    string,
+    string,
+    string,
+  ];
   const choices = (v: string) => (v === 'on' ? [true] : v === 'off' ? [false] : [false, true]);
   const wasmSettings = choices(normGelu).flatMap((n) =>
-    choices(epilogue).flatMap((e) => choices(softmaxGrad).flatMap((g) => choices(transpose).map((t) => ({ normGelu: n, epilogue: e, softmaxGrad: g, transpose: t })))));
+    choices(epilogue).flatMap((e) =>
+      choices(softmaxGrad).flatMap((g) => choices(transpose).map((t) => ({ normGelu: n, epilogue: e, softmaxGrad: g, transpose: t }))),
+    ),
+  );
   const labelOf = (on: Setting) =>
     [
       normGelu !== 'on' ? `LayerNorm/GELU ${on.normGelu ? 'SIMD' : 'tfjs'}` : '',
       epilogue !== 'on' ? `epilogue ${on.epilogue ? 'on' : 'off'}` : '',
       softmaxGrad !== 'on' ? `softmax grad ${on.softmaxGrad ? 'one pass' : 'tfjs'}` : '',
       transpose !== 'on' ? `transpose ${on.transpose ? 'rows' : 'tfjs'}` : '',
-    ].filter(Boolean).join(', ');
-  process.stdout.write(`training step, batch ${batch} of ${image}x${image}, median of ${steps} steps after ${warmup} warm-up (machine load affects both columns alike)\n`);
-  process.stdout.write(`${'model'.padEnd(6)} ${'backend'.padEnd(8)} ${'tfjs s/step'.padStart(12)} ${'PyTorch s/step'.padStart(15)} ${'ratio'.padStart(7)} ${'PyTorch THP'.padStart(12)} ${'ratio'.padStart(7)}\n`);
+    ]
+      .filter(Boolean)
+      .join(', ');
+  process.stdout.write(
+    `training step, batch ${batch} of ${image}x${image}, median of ${steps} steps after ${warmup} warm-up (machine load affects both columns alike)\n`,
+  );
+  process.stdout.write(
+    `${'model'.padEnd(6)} ${'backend'.padEnd(8)} ${'tfjs s/step'.padStart(12)} ${'PyTorch s/step'.padStart(15)} ${'ratio'.padStart(7)} ${'PyTorch THP'.padStart(12)} ${'ratio'.padStart(7)}\n`,
+  );
   let heap: string | null = null; // what the backend did with the wasm heap, once it ran
   for (const preset of models) {
     const ref = torchStepMs(preset, batch, image, steps, warmup, {}, backends.includes('wasm'));
@@ -234,27 +334,35 @@ export async function run(argv: string[]): Promise<void> {
       if (be === 'wasm') heap ??= /heap [^;)]*/.exec((await initBackend('wasm')).reason)?.[0] ?? 'heap: not reported';
       const refMs = typeof ref === 'string' ? null : median(ref.ms);
       const thpMs = typeof refThp === 'string' ? null : median(refThp.ms);
-      const cols = (ms: number, r: number | null, w: number) => `${(r === null ? 'n/a' : (r / 1000).toFixed(3)).padStart(w)} ${(r === null ? '' : (ms / r).toFixed(2) + 'x').padStart(7)}`;
+      const cols = (ms: number, r: number | null, w: number) =>
+        `${(r === null ? 'n/a' : (r / 1000).toFixed(3)).padStart(w)} ${(r === null ? '' : (ms / r).toFixed(2) + 'x').padStart(7)}`;
       for (const [i, on] of settings.entries()) {
         const ms = median(all[i]!);
         if (be === 'wasm' && Object.values(on).every(Boolean)) wasmMs = ms;
         const label = be === 'wasm' && labelOf(on) ? `${be} (${labelOf(on)})` : be;
-        process.stdout.write(`${preset.padEnd(6)} ${label.padEnd(8)} ${(ms / 1000).toFixed(3).padStart(12)} ${cols(ms, refMs, 15)} ${cols(ms, thpMs, 12)}\n`);
+        process.stdout.write(
+          `${preset.padEnd(6)} ${label.padEnd(8)} ${(ms / 1000).toFixed(3).padStart(12)} ${cols(ms, refMs, 15)} ${cols(ms, thpMs, 12)}\n`,
+        );
       }
     }
     if (wasmMs !== null) {
       const [torchMs, torchMatMulMs] = typeof ref === 'string' ? [null, null] : [median(ref.ms), ref.matmul_ms ?? null];
       process.stdout.write(await wasmCeiling(preset, batch, image, wasmMs, torchMs, torchMatMulMs));
-      if (typeof ref !== 'string' && ref.profile_error) process.stdout.write(`  PyTorch's profiler failed (${ref.profile_error}); its split is left out\n`);
+      if (typeof ref !== 'string' && ref.profile_error)
+        process.stdout.write(`  PyTorch's profiler failed (${ref.profile_error}); its split is left out\n`);
     }
     if (typeof ref === 'string') process.stdout.write(`  ${ref}\n`);
     else {
       const ours = initialParams(resolveModelConfig({ preset, imageSize: image, labels: loadLabelSet('chexpert14').labels }), 0).length;
-      process.stdout.write(`  PyTorch ${ref.torch}, one thread; parameters: PyTorch ${ref.params}, tfjs ${ours}${ref.params === ours ? ' (same model)' : ' (MISMATCH)'}\n`);
+      process.stdout.write(
+        `  PyTorch ${ref.torch}, one thread; parameters: PyTorch ${ref.params}, tfjs ${ours}${ref.params === ours ? ' (same model)' : ' (MISMATCH)'}\n`,
+      );
     }
     if (typeof refThp === 'string') process.stdout.write(`  PyTorch THP: ${refThp}\n`);
   }
   process.stdout.write(
-    `PyTorch THP: the same reference with ${Object.entries(TORCH_THP_ENV).map(([k, v]) => `${k}=${v}`).join(' ')} (its tensors on transparent huge pages); wasm: ${heap ?? 'not run'}\n`,
+    `PyTorch THP: the same reference with ${Object.entries(TORCH_THP_ENV)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(' ')} (its tensors on transparent huge pages); wasm: ${heap ?? 'not run'}\n`,
   );
 }

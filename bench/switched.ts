@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { mulberry32, normalSource } from '../shared/rng.js';
+import { mulberry32, normalSource } from '../shared/random/generators.js';
 import { median } from './median.js';
 
 /**
@@ -29,5 +29,8 @@ export function timeSwitched(reps: number, set: (on: boolean) => void, f: () => 
 /** A tensor of standard normal values (times `scale`) from a seeded source. */
 export function randomTensor(shape: number[], seed: number, scale = 1): tf.Tensor {
   const r = normalSource(mulberry32(seed));
-  return tf.tensor(Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => r() * scale), shape);
+  return tf.tensor(
+    Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => r() * scale),
+    shape,
+  );
 }

@@ -7,8 +7,8 @@ import '@tensorflow/tfjs-backend-wasm';
 import { runSynth } from '../coordinator/data/synth-run.js';
 import { openDataset } from '../shared/dataset/reader.js';
 import type { SampleBatch } from '../shared/dataset/columns.js';
-import { Prng } from '../shared/dataset/prng.js';
-import { UserError } from '../shared/errors.js';
+import { Prng } from '../shared/random/sfc32.js';
+import { UserError } from '../shared/util/errors.js';
 import { runTorchReference } from './torch-reference.js';
 
 /**
@@ -23,7 +23,10 @@ import { runTorchReference } from './torch-reference.js';
  * 3-epoch run: the fast loop for ablations of the preset (docs/results.md, run G).
  */
 export async function run(argv: string[]): Promise<void> {
-  const { values } = parseArgs({ args: argv, options: { count: { type: 'string', default: '3000' }, epochs: { type: 'string', default: '3' }, replica: { type: 'string' } } });
+  const { values } = parseArgs({
+    args: argv,
+    options: { count: { type: 'string', default: '3000' }, epochs: { type: 'string', default: '3' }, replica: { type: 'string' } },
+  });
   const count = Number(values.count);
   const epochs = Number(values.epochs);
   const replicaOverrides = values.replica !== undefined ? parseReplica(values.replica) : null;
@@ -33,7 +36,9 @@ export async function run(argv: string[]): Promise<void> {
     const t0 = performance.now();
     await runSynth(out, false, { count, imageSize: 64, seed: 0, fractions: { val: 0.1, test: 0.2 } });
     const s = (performance.now() - t0) / 1000;
-    process.stdout.write(`data synth: ${count} images of 64x64 in ${s.toFixed(2)} s (${(count / s).toFixed(0)} images/s, Arrow shards and sha256 included)\n`);
+    process.stdout.write(
+      `data synth: ${count} images of 64x64 in ${s.toFixed(2)} s (${(count / s).toFixed(0)} images/s, Arrow shards and sha256 included)\n`,
+    );
     await tf.setBackend('wasm');
     await tf.ready();
     const ds = await openDataset(out);
@@ -62,7 +67,13 @@ function probe(tr: SampleBatch, te: SampleBatch, L: number, epochs: number): num
   const NP = (S / P) ** 2;
   const D = 96;
   const rng = new Prng(0);
-  const v = (shape: number[], sc: number) => tf.variable(tf.tensor(Float32Array.from({ length: shape.reduce((a, b) => a * b) }, () => sc * rng.normal()), shape));
+  const v = (shape: number[], sc: number) =>
+    tf.variable(
+      tf.tensor(
+        Float32Array.from({ length: shape.reduce((a, b) => a * b) }, () => sc * rng.normal()),
+        shape,
+      ),
+    );
   const W1 = v([P * P, D], Math.sqrt(2 / (P * P)));
   const b1 = tf.variable(tf.zeros([D]));
   const W2 = v([D, D], Math.sqrt(2 / D));
@@ -73,23 +84,44 @@ function probe(tr: SampleBatch, te: SampleBatch, L: number, epochs: number): num
   const apply = (x: tf.Tensor3D): tf.Tensor2D =>
     tf.tidy(() => {
       const B = x.shape[0];
-      const p = x.reshape([B, S / P, P, S / P, P]).transpose([0, 1, 3, 2, 4]).reshape([B * NP, P * P]);
+      const p = x
+        .reshape([B, S / P, P, S / P, P])
+        .transpose([0, 1, 3, 2, 4])
+        .reshape([B * NP, P * P]);
       let h = tf.relu(p.matMul(W1).add(b1));
-      h = h.reshape([B, NP, D]).add(pos).reshape([B * NP, D]);
+      h = h
+        .reshape([B, NP, D])
+        .add(pos)
+        .reshape([B * NP, D]);
       h = tf.relu(h.matMul(W2).add(b2));
-      return h.reshape([B, NP * D]).matMul(W3).add(b3) as tf.Tensor2D;
+      return h
+        .reshape([B, NP * D])
+        .matMul(W3)
+        .add(b3) as tf.Tensor2D;
     });
-  const toX = (b: SampleBatch) => tf.tensor3d(Float32Array.from(b.images, (p) => p / 255 - 0.5), [b.n, S, S]);
+  const toX = (b: SampleBatch) =>
+    tf.tensor3d(
+      Float32Array.from(b.images, (p) => p / 255 - 0.5),
+      [b.n, S, S],
+    );
   const X = toX(tr);
-  const Y = tf.tensor2d(Float32Array.from(tr.labels, (l) => (l === 1 ? 1 : 0)), [tr.n, L]);
-  const M = tf.tensor2d(Float32Array.from(tr.labels, (l) => (l === 0 || l === 1 ? 1 : 0)), [tr.n, L]);
+  const Y = tf.tensor2d(
+    Float32Array.from(tr.labels, (l) => (l === 1 ? 1 : 0)),
+    [tr.n, L],
+  );
+  const M = tf.tensor2d(
+    Float32Array.from(tr.labels, (l) => (l === 0 || l === 1 ? 1 : 0)),
+    [tr.n, L],
+  );
   const opt = tf.train.adam(2e-3);
   const B = 32;
   for (let e = 0; e < epochs; e++) {
     const perm = rng.shuffle(Array.from({ length: tr.n }, (_, i) => i));
     for (let s = 0; s + B <= tr.n; s += B) {
       const idx = tf.tensor1d(Int32Array.from(perm.slice(s, s + B)), 'int32');
-      opt.minimize(() => tf.losses.sigmoidCrossEntropy(tf.gather(Y, idx), apply(tf.gather(X, idx) as tf.Tensor3D), tf.gather(M, idx)) as tf.Scalar);
+      opt.minimize(
+        () => tf.losses.sigmoidCrossEntropy(tf.gather(Y, idx), apply(tf.gather(X, idx) as tf.Tensor3D), tf.gather(M, idx)) as tf.Scalar,
+      );
       idx.dispose();
     }
   }
@@ -117,22 +149,31 @@ function parseReplica(overrides: string): object {
   } catch (e) {
     throw new UserError(`--replica '${overrides}' is not JSON (${(e as Error).message}); pass an object of overrides, e.g. '{"seed":1}'`);
   }
-  if (typeof extra !== 'object' || extra === null || Array.isArray(extra)) throw new UserError(`--replica '${overrides}' is not a JSON object; pass an object of overrides, e.g. '{"seed":1}'`);
+  if (typeof extra !== 'object' || extra === null || Array.isArray(extra))
+    throw new UserError(`--replica '${overrides}' is not a JSON object; pass an object of overrides, e.g. '{"seed":1}'`);
   return extra;
 }
 
 /** Train the PyTorch replica of the tiny preset on the same splits and print its per-label AUROC. */
 function replica(prefix: string, tr: SampleBatch, te: SampleBatch, labelNames: readonly string[], overrides: string, extra: object): void {
-  for (const [name, b] of [['train', tr], ['test', te]] as const) {
+  for (const [name, b] of [
+    ['train', tr],
+    ['test', te],
+  ] as const) {
     writeFileSync(`${prefix}.${name}.img`, b.images);
     writeFileSync(`${prefix}.${name}.lab`, new Uint8Array(b.labels.buffer, b.labels.byteOffset, b.labels.byteLength));
   }
   const cfg = JSON.stringify({ ...extra, data: prefix, size: tr.height, labels: labelNames.length });
-  const out = runTorchReference<{ mean: number; secs: number; auroc: (number | null)[]; train_auroc: (number | null)[] }>('tiny_replica.py', [cfg]);
+  const out = runTorchReference<{ mean: number; secs: number; auroc: (number | null)[]; train_auroc: (number | null)[] }>(
+    'tiny_replica.py',
+    [cfg],
+  );
   if (typeof out === 'string') {
     process.stdout.write(`${out}\n`);
     return;
   }
-  labelNames.forEach((l, k) => process.stdout.write(`  ${l.padEnd(28)} ${out.auroc[k]?.toFixed(3) ?? 'null'}  (train ${out.train_auroc[k]?.toFixed(3) ?? 'null'})\n`));
+  labelNames.forEach((l, k) =>
+    process.stdout.write(`  ${l.padEnd(28)} ${out.auroc[k]?.toFixed(3) ?? 'null'}  (train ${out.train_auroc[k]?.toFixed(3) ?? 'null'})\n`),
+  );
   process.stdout.write(`PyTorch replica of the tiny preset (${overrides}): mean test AUROC ${out.mean.toFixed(4)} in ${out.secs} s\n`);
 }

@@ -1,6 +1,6 @@
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
-import { packageRoot } from '../shared/paths.js';
+import { packageRoot } from '../shared/util/paths.js';
 
 /**
  * Runs a PyTorch reference script of bench/reference/ on one thread with Debian's python3-torch and
@@ -13,6 +13,7 @@ export function runTorchReference<T>(script: string, args: readonly string[], ex
   delete env.OPENBLAS_CORETYPE;
   delete env.OPENBLAS_L2_SIZE;
   const r = spawnSync('/usr/bin/python3', [path.join(packageRoot, 'bench', 'reference', script), ...args], { env, encoding: 'utf8' });
-  if (r.status !== 0) return `PyTorch reference ${script} unavailable (${(r.stderr || r.error?.message || '').trim().split('\n').pop()}); apt-get install -y python3-torch`;
+  if (r.status !== 0)
+    return `PyTorch reference ${script} unavailable (${(r.stderr || r.error?.message || '').trim().split('\n').pop()}); apt-get install -y python3-torch`;
   return JSON.parse(r.stdout.trim().split('\n').pop()!) as T;
 }

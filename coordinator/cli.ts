@@ -1,8 +1,8 @@
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { commands } from './commands/index.js';
-import { errorMessage, isUserError } from '../shared/errors.js';
-import { configFileMiddleware } from '../shared/config-file.js';
+import { errorMessage, isUserError } from '../shared/util/errors.js';
+import { configFileMiddleware } from '../shared/config/file.js';
 
 /** The `coordinator` command line: parse, dispatch, and turn errors into one clear line and an exit code. */
 async function main(argv: string[]): Promise<void> {

@@ -1,7 +1,7 @@
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
-import { packageRoot } from '../shared/paths.js';
+import { packageRoot } from '../shared/util/paths.js';
 
 /**
  * TypeScript view of proto/control.proto, loaded at run time with @grpc/proto-loader.
@@ -112,16 +112,30 @@ export interface CommandsRequest {
   generation: number;
 }
 
-export type Command =
-  | { command: 'shutdown'; shutdown: { reason: string } }
-  | { command: 'abort'; abort: { reason: string } };
+export type Command = { command: 'shutdown'; shutdown: { reason: string } } | { command: 'abort'; abort: { reason: string } };
 
 type Fields<T> = readonly (keyof T)[];
 
 /** The field names of every message, as the .proto declares them (camelCased). */
 export const MESSAGE_FIELDS = {
-  RegisterRequest: ['jobToken', 'host', 'device', 'pid', 'collectiveEndpoint', 'requestedRank', 'backend'] satisfies Fields<RegisterRequest>,
-  RegisterReply: ['rank', 'worldSize', 'peerEndpoints', 'configJson', 'dataEndpoint', 'generation', 'heartbeatIntervalMs'] satisfies Fields<RegisterReply>,
+  RegisterRequest: [
+    'jobToken',
+    'host',
+    'device',
+    'pid',
+    'collectiveEndpoint',
+    'requestedRank',
+    'backend',
+  ] satisfies Fields<RegisterRequest>,
+  RegisterReply: [
+    'rank',
+    'worldSize',
+    'peerEndpoints',
+    'configJson',
+    'dataEndpoint',
+    'generation',
+    'heartbeatIntervalMs',
+  ] satisfies Fields<RegisterReply>,
   HeartbeatRequest: ['rank', 'generation', 'step'] satisfies Fields<HeartbeatRequest>,
   HeartbeatReply: ['abortReason'] satisfies Fields<HeartbeatReply>,
   ParamsHash: ['rank', 'generation', 'step', 'sha256'] satisfies Fields<ParamsHash>,
@@ -129,7 +143,19 @@ export const MESSAGE_FIELDS = {
   StepTimings: ['compute', 'gather', 'reduce', 'dataWait', 'total'] satisfies Fields<StepTimings>,
   StepReport: ['rank', 'generation', 'step', 'epoch', 'losses', 'counters', 'timings', 'images', 'paramsHash'] satisfies Fields<StepReport>,
   StepAck: [],
-  CheckpointShard: ['rank', 'generation', 'step', 'path', 'sha256', 'bytes', 'world', 'start', 'end', 'hostPath', 'seconds'] satisfies Fields<CheckpointShard>,
+  CheckpointShard: [
+    'rank',
+    'generation',
+    'step',
+    'path',
+    'sha256',
+    'bytes',
+    'world',
+    'start',
+    'end',
+    'hostPath',
+    'seconds',
+  ] satisfies Fields<CheckpointShard>,
   CheckpointAck: [],
   ErrorReport: ['rank', 'generation', 'message', 'stack', 'userError'] satisfies Fields<ErrorReport>,
   ErrorAck: [],
@@ -195,6 +221,7 @@ export function loadControlProto(): ControlProto {
   if (loaded) return loaded;
   const def = protoLoader.loadSync(PROTO_FILE, LOADER_OPTIONS);
   checkAgainstTypes(def, PROTO_FILE);
+  // biome-ignore lint/suspicious/noExplicitAny: loadPackageDefinition returns an untyped namespace tree
   const ctor = (grpc.loadPackageDefinition(def) as any).cxr.control.v1.Control as grpc.ServiceClientConstructor;
   loaded = { service: ctor.service, Client: ctor as unknown as ControlProto['Client'] };
   return loaded;
@@ -229,7 +256,9 @@ function checkAgainstTypes(def: protoLoader.PackageDefinition, file: string): vo
     const req = (got.requestType.type as { name: string }).name;
     const res = (got.responseType.type as { name: string }).name;
     if (req !== m.request || res !== m.response || got.responseStream !== m.stream || got.requestStream)
-      throw new Error(`${where}: rpc ${name} is (${req}) -> ${got.responseStream ? 'stream ' : ''}${res}, proto/control.ts expects (${m.request}) -> ${m.stream ? 'stream ' : ''}${m.response}`);
+      throw new Error(
+        `${where}: rpc ${name} is (${req}) -> ${got.responseStream ? 'stream ' : ''}${res}, proto/control.ts expects (${m.request}) -> ${m.stream ? 'stream ' : ''}${m.response}`,
+      );
   }
   const unknown = Object.keys(service).filter((n) => !(n in CONTROL_METHODS));
   if (unknown.length) throw new Error(`${where}: rpcs not in proto/control.ts: ${unknown.join(', ')}`);

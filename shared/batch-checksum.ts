@@ -8,7 +8,10 @@ import type { SampleBatch } from './dataset/reader.js';
  * - label_pos_pixels: per sample, its pixel sum times its number of positive (== 1) labels,
  *   which ties each sample's labels to its own pixels.
  */
-export function batchChecksum(b: SampleBatch, indices: ArrayLike<number>): Record<'rows' | 'pixels' | 'index_sum' | 'label_pos_pixels', number> {
+export function batchChecksum(
+  b: SampleBatch,
+  indices: ArrayLike<number>,
+): Record<'rows' | 'pixels' | 'index_sum' | 'label_pos_pixels', number> {
   if (b.n !== indices.length) throw new Error(`the batch has ${b.n} rows, its header lists ${indices.length}`);
   const hw = b.height * b.width;
   const labelCount = b.n > 0 ? b.labels.length / b.n : 0;

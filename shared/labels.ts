@@ -1,8 +1,8 @@
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { z } from 'zod';
-import { UserError } from './errors.js';
-import { packageRoot } from './paths.js';
+import { UserError } from './util/errors.js';
+import { packageRoot } from './util/paths.js';
 
 /**
  * Label sets are data (shared/labels/*.json), not code: the label names in column order,

@@ -8,5 +8,7 @@ import { endianness } from 'node:os';
  */
 export function paramsSha256(params: Float32Array): string {
   if (endianness() !== 'LE') throw new Error('paramsSha256: big-endian hosts are not supported (the wire formats are little-endian)');
-  return createHash('sha256').update(new Uint8Array(params.buffer, params.byteOffset, params.byteLength)).digest('hex');
+  return createHash('sha256')
+    .update(new Uint8Array(params.buffer, params.byteOffset, params.byteLength))
+    .digest('hex');
 }

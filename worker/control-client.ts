@@ -14,8 +14,8 @@ import type { ShardWritten } from '../shared/checkpoint/shard-writer.js';
 import type { HeartbeatBegin, HeartbeatThreadData, StopReason } from './heartbeat-thread.js';
 import { interruptSignal } from './collectives/interrupt.js';
 import type { Interrupter } from './collectives/threaded-group.js';
-import { UserError, errorMessage } from '../shared/errors.js';
-import type { Logger } from '../shared/log.js';
+import { UserError, errorMessage } from '../shared/util/errors.js';
+import type { Logger } from '../shared/util/log.js';
 
 export interface ConnectOptions {
   /** "HOST:PORT" of the coordinator's control plane. */
@@ -64,7 +64,11 @@ export async function register(opts: ConnectOptions): Promise<ControlSession> {
   }
 }
 
-async function registerWith(Client: ReturnType<typeof loadControlProto>['Client'], heartbeats: HeartbeatLine, opts: ConnectOptions): Promise<ControlSession> {
+async function registerWith(
+  Client: ReturnType<typeof loadControlProto>['Client'],
+  heartbeats: HeartbeatLine,
+  opts: ConnectOptions,
+): Promise<ControlSession> {
   const deadline = Date.now() + opts.connectTimeoutMs;
   let backoff = opts.initialBackoffMs ?? 100;
   const maxBackoff = opts.maxBackoffMs ?? 5000;
@@ -76,10 +80,14 @@ async function registerWith(Client: ReturnType<typeof loadControlProto>['Client'
     } catch (e) {
       client.close();
       const code = (e as grpc.ServiceError).code;
-      if (code === grpc.status.PERMISSION_DENIED) throw new UserError(`coordinator at ${opts.address} refused this worker: ${(e as grpc.ServiceError).details}`);
-      if (!RETRYABLE.has(code)) throw new Error(`coordinator at ${opts.address} refused registration: ${(e as grpc.ServiceError).details ?? errorMessage(e)}`);
+      if (code === grpc.status.PERMISSION_DENIED)
+        throw new UserError(`coordinator at ${opts.address} refused this worker: ${(e as grpc.ServiceError).details}`);
+      if (!RETRYABLE.has(code))
+        throw new Error(`coordinator at ${opts.address} refused registration: ${(e as grpc.ServiceError).details ?? errorMessage(e)}`);
       if (opts.parentPid !== undefined && process.ppid !== opts.parentPid) {
-        throw new UserError(`the coordinator that started this worker (pid ${opts.parentPid}) is gone: registration failed (${(e as grpc.ServiceError).details}) and is not retried`);
+        throw new UserError(
+          `the coordinator that started this worker (pid ${opts.parentPid}) is gone: registration failed (${(e as grpc.ServiceError).details}) and is not retried`,
+        );
       }
       const left = deadline - Date.now();
       if (left <= 0)
@@ -87,7 +95,9 @@ async function registerWith(Client: ReturnType<typeof loadControlProto>['Client'
           `no coordinator answered at ${opts.address} within ${(opts.connectTimeoutMs / 1000).toFixed(1)} s (${attempt} attempts; last error: ${(e as grpc.ServiceError).details}); check --coordinator, or raise --connect-timeout`,
         );
       const wait = Math.min(left, backoff * (0.5 + Math.random() / 2));
-      opts.log.debug(`coordinator at ${opts.address} not reachable (${(e as grpc.ServiceError).details}); retry ${attempt} in ${Math.round(wait)} ms`);
+      opts.log.debug(
+        `coordinator at ${opts.address} not reachable (${(e as grpc.ServiceError).details}); retry ${attempt} in ${Math.round(wait)} ms`,
+      );
       await new Promise((r) => setTimeout(r, wait));
       backoff = Math.min(maxBackoff, backoff * 2);
     }
@@ -170,7 +180,9 @@ export class ControlSession implements Interrupter {
     this.commands.on('end', () => {
       if (!this.closed) this.resolveCommand({ command: 'lost', reason: 'the coordinator closed the command stream' });
     });
-    const begin: HeartbeatBegin = { begin: { rank: this.rank, generation: this.generation, intervalMs: this.reply.heartbeatIntervalMs, silenceMs } };
+    const begin: HeartbeatBegin = {
+      begin: { rank: this.rank, generation: this.generation, intervalMs: this.reply.heartbeatIntervalMs, silenceMs },
+    };
     this.heartbeats.postMessage(begin);
     this.heartbeats.on('message', (m: { type: string; reason: string }) => {
       if (this.closed) return;
@@ -202,7 +214,9 @@ export class ControlSession implements Interrupter {
       if (m) this.stopReason = m.message as StopReason;
     }
     if (this.stopReason === null) return null;
-    return this.stopReason.kind === 'abort' ? new AbortedByCoordinator(this.stopReason.reason) : new Error(`lost the coordinator: ${this.stopReason.reason}`);
+    return this.stopReason.kind === 'abort'
+      ? new AbortedByCoordinator(this.stopReason.reason)
+      : new Error(`lost the coordinator: ${this.stopReason.reason}`);
   }
 
   private aborted(reason: string): void {
@@ -245,7 +259,13 @@ export class ControlSession implements Interrupter {
       await unary(
         this.client,
         'ReportError',
-        { rank: this.rank, generation: this.generation, message: errorMessage(e), stack: (e as Error)?.stack ?? '', userError: e instanceof UserError },
+        {
+          rank: this.rank,
+          generation: this.generation,
+          message: errorMessage(e),
+          stack: (e as Error)?.stack ?? '',
+          userError: e instanceof UserError,
+        },
         { deadline: Date.now() + 5000 },
       );
     } catch (err) {
@@ -265,8 +285,11 @@ export class ControlSession implements Interrupter {
 
 function unary<Req, Res>(client: ControlClient, method: keyof ControlClient, req: Req, options: grpc.CallOptions): Promise<Res> {
   return new Promise((resolve, reject) =>
-    (client[method] as unknown as (r: Req, o: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: Res) => void) => void).call(client, req, options, (err, res) =>
-      err ? reject(err) : resolve(res!),
+    (client[method] as unknown as (r: Req, o: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: Res) => void) => void).call(
+      client,
+      req,
+      options,
+      (err, res) => (err ? reject(err) : resolve(res!)),
     ),
   );
 }

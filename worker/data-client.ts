@@ -1,6 +1,6 @@
 import * as zmq from 'zeromq';
-import { decodeHeader, encodeHeader, FEED_PROTOCOL_VERSION, type BatchMsg, type FeedToWorker, type WorkerToFeed } from '../shared/feed-protocol.js';
-import { errorMessage } from '../shared/errors.js';
+import { decodeHeader, encodeHeader, FEED_PROTOCOL_VERSION, type BatchMsg, type FeedToWorker, type WorkerToFeed } from '../proto/feed.js';
+import { errorMessage } from '../shared/util/errors.js';
 
 /** One rank's slice of one step, as it came off the wire. */
 export interface FeedBatch {
@@ -46,7 +46,8 @@ export class DataClient {
   private expectedStep = -1;
 
   constructor(private readonly opts: DataClientOptions) {
-    if (!Number.isInteger(opts.prefetch) || opts.prefetch < 1) throw new RangeError(`data client: prefetch must be a positive integer, got ${opts.prefetch}`);
+    if (!Number.isInteger(opts.prefetch) || opts.prefetch < 1)
+      throw new RangeError(`data client: prefetch must be a positive integer, got ${opts.prefetch}`);
     this.dealer = new zmq.Dealer({ routingId: `rank-${opts.rank}`, linger: 0, receiveHighWaterMark: 0 });
   }
 
@@ -54,7 +55,13 @@ export class DataClient {
   async start(): Promise<void> {
     this.dealer.connect(this.opts.endpoint);
     void this.receive();
-    await this.send({ v: FEED_PROTOCOL_VERSION, type: 'hello', rank: this.opts.rank, generation: this.opts.generation, credit: this.opts.prefetch });
+    await this.send({
+      v: FEED_PROTOCOL_VERSION,
+      type: 'hello',
+      rank: this.opts.rank,
+      generation: this.opts.generation,
+      credit: this.opts.prefetch,
+    });
   }
 
   /** The next batch in step order, or the end of the data; throws when the feed aborts or breaks. */
@@ -68,7 +75,9 @@ export class DataClient {
       item = await new Promise<FeedItem>((resolve, reject) => (this.waiter = { resolve, reject }));
     }
     if (item.kind === 'end') return item;
-    void this.send({ v: FEED_PROTOCOL_VERSION, type: 'credit', rank: this.opts.rank, generation: this.opts.generation, n: 1 }).catch((e) => this.setError(new Error(`data client: granting credit failed: ${errorMessage(e)}`)));
+    void this.send({ v: FEED_PROTOCOL_VERSION, type: 'credit', rank: this.opts.rank, generation: this.opts.generation, n: 1 }).catch((e) =>
+      this.setError(new Error(`data client: granting credit failed: ${errorMessage(e)}`)),
+    );
     return { ...item, waitSeconds: (performance.now() - t0) / 1000, queued: Math.max(queued, 1) };
   }
 
@@ -84,7 +93,8 @@ export class DataClient {
         if (m.generation !== this.opts.generation) continue;
         if (m.type === 'abort') throw new FeedAborted(m.reason);
         if (m.type === 'batch') {
-          if (this.expectedStep >= 0 && m.step !== this.expectedStep) throw new Error(`data client: got step ${m.step}, expected ${this.expectedStep}`);
+          if (this.expectedStep >= 0 && m.step !== this.expectedStep)
+            throw new Error(`data client: got step ${m.step}, expected ${this.expectedStep}`);
           this.expectedStep = m.step + 1;
           if (!payload) throw new Error(`data client: step ${m.step} arrived without its data frame`);
           this.push({ kind: 'batch', header: m, payload, waitSeconds: 0, queued: 0 });

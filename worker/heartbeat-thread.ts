@@ -47,7 +47,10 @@ export interface HeartbeatBegin {
 const d = workerData as HeartbeatThreadData;
 // Loaded and connected while the worker is still registering, so the beats start at once after.
 const { Client } = loadControlProto();
-const client = new Client(d.address, grpc.credentials.createInsecure(), { 'grpc.initial_reconnect_backoff_ms': 100, 'grpc.max_reconnect_backoff_ms': 1000 });
+const client = new Client(d.address, grpc.credentials.createInsecure(), {
+  'grpc.initial_reconnect_backoff_ms': 100,
+  'grpc.max_reconnect_backoff_ms': 1000,
+});
 const step = new Int32Array(d.stepWord);
 let lastOk = Date.now();
 let inFlight = false;

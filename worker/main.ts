@@ -1,8 +1,8 @@
 import { hostname } from 'node:os';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { createLogger } from '../shared/log.js';
-import { errorMessage, isUserError } from '../shared/errors.js';
+import { createLogger } from '../shared/util/log.js';
+import { errorMessage, isUserError } from '../shared/util/errors.js';
 import { runWorker } from './run.js';
 import { closeAllThreadedGroups } from './collectives/threaded-group.js';
 
@@ -18,9 +18,20 @@ async function main(argv: string[]): Promise<number> {
     .option('token', { type: 'string', describe: 'job token (default: $CXR_JOB_TOKEN)' })
     .option('device', { type: 'number', default: -1, describe: 'device index this worker drives (the launcher sets it)' })
     .option('rank', { type: 'number', default: -1, describe: 'ask for this rank (default: ranks in arrival order)' })
-    .option('advertise', { type: 'string', describe: 'address peers reach this worker at (default: 127.0.0.1 for a loopback coordinator, else $POD_IP or the host name)' })
-    .option('collective-port', { type: 'number', default: 0, describe: 'port of the worker<->worker collective socket (default: a free one)' })
-    .option('connect-timeout', { type: 'number', default: 300, describe: 'seconds to keep retrying while the coordinator is not reachable' })
+    .option('advertise', {
+      type: 'string',
+      describe: 'address peers reach this worker at (default: 127.0.0.1 for a loopback coordinator, else $POD_IP or the host name)',
+    })
+    .option('collective-port', {
+      type: 'number',
+      default: 0,
+      describe: 'port of the worker<->worker collective socket (default: a free one)',
+    })
+    .option('connect-timeout', {
+      type: 'number',
+      default: 300,
+      describe: 'seconds to keep retrying while the coordinator is not reachable',
+    })
     .help()
     .version()
     .parseAsync();
@@ -54,7 +65,11 @@ function parentPid(): number | undefined {
 
 // A comm thread still holding ZeroMQ sockets at process.exit makes libzmq abort the process
 // (exit code 134 instead of ours): steps close theirs, and this catches any left over.
-const exit = (code: number): Promise<never> => closeAllThreadedGroups().then(() => process.exit(code), () => process.exit(code));
+const exit = (code: number): Promise<never> =>
+  closeAllThreadedGroups().then(
+    () => process.exit(code),
+    () => process.exit(code),
+  );
 
 main(hideBin(process.argv)).then(
   async (code) => {
@@ -64,7 +79,9 @@ main(hideBin(process.argv)).then(
     setTimeout(() => process.exit(code), 200).unref();
   },
   async (e: unknown) => {
-    process.stderr.write(isUserError(e) ? `worker: error: ${e.message}\n` : `worker: internal error: ${errorMessage(e)}\n${(e as Error)?.stack ?? ''}\n`);
+    process.stderr.write(
+      isUserError(e) ? `worker: error: ${e.message}\n` : `worker: internal error: ${errorMessage(e)}\n${(e as Error)?.stack ?? ''}\n`,
+    );
     await exit(isUserError(e) ? e.exitCode : 1);
   },
 );

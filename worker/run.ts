@@ -3,13 +3,13 @@ import { rmSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { decodeBatch } from '../shared/dataset/wire.js';
-import { freePorts } from '../shared/free-ports.js';
-import { parseWorkerConfig } from '../shared/job-config.js';
-import { UserError, errorMessage } from '../shared/errors.js';
-import type { Logger } from '../shared/log.js';
+import { freePorts } from '../shared/util/free-ports.js';
+import { parseWorkerConfig } from '../shared/config/job.js';
+import { UserError, errorMessage } from '../shared/util/errors.js';
+import type { Logger } from '../shared/util/log.js';
 import { AbortedByCoordinator, register, type ControlSession } from './control-client.js';
 import { DataClient, FeedAborted } from './data-client.js';
-import { stepFactory, type StepFactory, type WorkerStep } from './steps.js';
+import { stepFactory, type StepFactory, type WorkerStep } from './steps/api.js';
 
 export interface WorkerOptions {
   /** "HOST:PORT" of the coordinator's control plane. */
@@ -55,7 +55,15 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
     connectTimeoutMs: o.connectTimeoutMs,
     parentPid: o.parentPid,
     log: o.log,
-    request: { jobToken: o.token, host: hostname(), device: o.device, pid: process.pid, collectiveEndpoint, requestedRank: o.rank, backend: '' },
+    request: {
+      jobToken: o.token,
+      host: hostname(),
+      device: o.device,
+      pid: process.pid,
+      collectiveEndpoint,
+      requestedRank: o.rank,
+      backend: '',
+    },
   });
   const reply = session.reply;
   const log = o.log.child({ rank: reply.rank });
@@ -64,7 +72,9 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
   try {
     const config = parseWorkerConfig(reply.configJson);
     const job = config.job;
-    log.info(`rank ${reply.rank} of ${reply.worldSize}; data feed ${reply.dataEndpoint}; step '${job.step.name}', steps ${job.startStep}..${job.endStep - 1}`);
+    log.info(
+      `rank ${reply.rank} of ${reply.worldSize}; data feed ${reply.dataEndpoint}; step '${job.step.name}', steps ${job.startStep}..${job.endStep - 1}`,
+    );
     session.start(job.heartbeatTimeoutMs);
     // Every await below races the coordinator's commands: an abort or a lost coordinator stops the worker at once.
     const stopped = session.command.then((c) => {
@@ -77,16 +87,34 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
     // A shutdown can overtake the end-of-data message and the last report's answer: the coordinator
     // sends it once it holds every rank's last report. It is early only if this rank's last step is not done.
     const orStop = <T>(p: Promise<T>): Promise<T> =>
-      Promise.race([p, stopped.then((c) => {
-        throw lastRun === job.endStep - 1 ? new Finished(c.command === 'shutdown' ? c.shutdown.reason : '') : new Aborted(`the coordinator shut the job down before step ${job.endStep - 1}: ${c.command === 'shutdown' ? c.shutdown.reason : ''}`);
-      })]);
+      Promise.race([
+        p,
+        stopped.then((c) => {
+          throw lastRun === job.endStep - 1
+            ? new Finished(c.command === 'shutdown' ? c.shutdown.reason : '')
+            : new Aborted(
+                `the coordinator shut the job down before step ${job.endStep - 1}: ${c.command === 'shutdown' ? c.shutdown.reason : ''}`,
+              );
+        }),
+      ]);
 
     data = new DataClient({ endpoint: reply.dataEndpoint, rank: reply.rank, generation: reply.generation, prefetch: job.prefetch });
     // The hello waits for the feed's socket to connect, which never fails (ZeroMQ reconnects
     // forever): a coordinator that dies now is noticed only through the race.
     await orStop(data.start());
     const bind = ipc ? collectiveEndpoint : `tcp://${loopback ? '127.0.0.1' : '0.0.0.0'}:${port}`;
-    step = await orStop((o.step ?? stepFactory(job.step.name))({ rank: reply.rank, world: reply.worldSize, peers: reply.peerEndpoints, collectiveBind: bind, device: o.device, config, control: session, log }));
+    step = await orStop(
+      (o.step ?? stepFactory(job.step.name))({
+        rank: reply.rank,
+        world: reply.worldSize,
+        peers: reply.peerEndpoints,
+        collectiveBind: bind,
+        device: o.device,
+        config,
+        control: session,
+        log,
+      }),
+    );
     if (step.paramsHash) {
       const verdict = await orStop(session.verifyParams(job.startStep, await step.paramsHash()));
       if (!verdict.ok) throw new Error(verdict.message);
@@ -113,7 +141,8 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
       const info = { step: h.step, epoch: h.epoch, epochStep: h.epochStep, indices: h.indices, checkpoint: h.checkpoint === true };
       const r = await orStop(step.run(batch, info));
       lastRun = h.step;
-      const check = job.paramsCheckEvery > 0 && step.paramsHash && ((h.step + 1) % job.paramsCheckEvery === 0 || h.step + 1 === job.endStep);
+      const check =
+        job.paramsCheckEvery > 0 && step.paramsHash && ((h.step + 1) % job.paramsCheckEvery === 0 || h.step + 1 === job.endStep);
       const paramsHash = check ? await step.paramsHash!() : '';
       const tAck = performance.now();
       while (unanswered.length >= MAX_UNANSWERED) await orStop(unanswered.shift()!);
@@ -124,7 +153,13 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
         losses: r.losses ?? {},
         counters: { ...r.counters, data_queue: item.queued, decode_seconds: decodeSeconds, ack_wait_seconds: ackSeconds },
         images: r.images,
-        timings: { compute: r.timings?.compute ?? 0, gather: r.timings?.gather ?? 0, reduce: r.timings?.reduce ?? 0, dataWait: item.waitSeconds, total: (performance.now() - tStep) / 1000 },
+        timings: {
+          compute: r.timings?.compute ?? 0,
+          gather: r.timings?.gather ?? 0,
+          reduce: r.timings?.reduce ?? 0,
+          dataWait: item.waitSeconds,
+          total: (performance.now() - tStep) / 1000,
+        },
         paramsHash,
       };
       chain = chain.then(() => session.reportStep(report));
@@ -159,7 +194,6 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
     if (ipc) rmSync(collectiveEndpoint.slice('ipc://'.length), { force: true });
   }
 }
-
 
 function bracket(host: string): string {
   return host.includes(':') ? `[${host}]` : host;

@@ -1,7 +1,7 @@
 import * as path from 'node:path';
 import { existsSync } from 'node:fs';
 import type { CommandModule } from 'yargs';
-import { UserError, errorMessage } from '../../shared/errors.js';
+import { UserError, errorMessage } from '../../shared/util/errors.js';
 import { checkpointsDir, listCheckpoints, readManifest } from '../../shared/checkpoint/manifest.js';
 import { verifyShards } from '../../shared/checkpoint/load.js';
 

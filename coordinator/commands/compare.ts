@@ -1,6 +1,6 @@
 import * as path from 'node:path';
 import type { CommandModule } from 'yargs';
-import { UserError } from '../../shared/errors.js';
+import { UserError } from '../../shared/util/errors.js';
 import { compareEvals, formatComparisonTable } from '../report/compare.js';
 import { readRunDir } from '../report/run-dir.js';
 
@@ -19,20 +19,27 @@ export const compareCommand: CommandModule<object, CompareArgs> = {
     y
       .positional('run-a', { type: 'string', demandOption: true, describe: 'baseline run directory' })
       .positional('run-b', { type: 'string', demandOption: true, describe: 'run directory compared against the baseline' })
-      .option('color', { type: 'boolean', describe: 'colour gains green and losses red', defaultDescription: 'on a TTY (off with NO_COLOR)' })
+      .option('color', {
+        type: 'boolean',
+        describe: 'colour gains green and losses red',
+        defaultDescription: 'on a TTY (off with NO_COLOR)',
+      })
       .option('json', { type: 'boolean', default: false, describe: 'print the rows as JSON instead of a table' })
       .example('$0 compare runs/visual-only runs/visual-text', 'what the text branch changed, per finding')
       .example('$0 compare runs/a runs/b --json | jq ".[] | select(.verdict==\\"loss\\")"', 'the findings that got worse') as never,
   handler: async (argv) => {
     const [a, b] = await Promise.all([readRunDir(argv.runA), readRunDir(argv.runB)]);
-    for (const r of [a, b]) if (!r.evaluation) throw new UserError(`${path.join(r.dir, 'eval.json')}: missing; evaluate the run first (it is written at the end of training)`);
+    for (const r of [a, b])
+      if (!r.evaluation)
+        throw new UserError(`${path.join(r.dir, 'eval.json')}: missing; evaluate the run first (it is written at the end of training)`);
     const rows = compareEvals(a.evaluation!, b.evaluation!);
     if (argv.json) {
       process.stdout.write(JSON.stringify(rows, null, 2) + '\n');
       return;
     }
     const color = argv.color ?? (process.stdout.isTTY === true && !process.env.NO_COLOR);
-    const nameA = a.name === b.name ? a.dir : a.name, nameB = a.name === b.name ? b.dir : b.name;
+    const nameA = a.name === b.name ? a.dir : a.name,
+      nameB = a.name === b.name ? b.dir : b.name;
     process.stdout.write(formatComparisonTable(rows, { nameA, nameB, color }));
   },
 };

@@ -1,5 +1,5 @@
 import type { CommandModule } from 'yargs';
-import { UserError } from '../../shared/errors.js';
+import { UserError } from '../../shared/util/errors.js';
 import { inspectDataset } from '../data/inspect.js';
 import { summaryTable } from '../data/summary.js';
 
@@ -28,7 +28,9 @@ export const dataInspectCommand: CommandModule<object, Args> = {
           `${m.rowsPerBatch} rows per record batch, made by ${m.createdBy} at ${m.createdAt}\n`,
       );
       process.stdout.write(summaryTable(m));
-      process.stdout.write(`shards: ${r.shards.filter((s) => s.ok).length} of ${r.shards.length} verified (size, sha256, record-batch index)\n`);
+      process.stdout.write(
+        `shards: ${r.shards.filter((s) => s.ok).length} of ${r.shards.length} verified (size, sha256, record-batch index)\n`,
+      );
     }
     const bad = r.shards.filter((s) => !s.ok);
     if (bad.length > 0)

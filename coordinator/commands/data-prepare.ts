@@ -20,7 +20,11 @@ export const dataPrepareCommand: CommandModule<object, Args> = {
   describe: 'turn a label CSV and its images into a dataset directory (Arrow shards + manifest.json)',
   builder: (y) =>
     y
-      .option('format', { choices: FORMATS, demandOption: true, describe: 'nih: Data_Entry_2017 CSV; chexpert: CheXpert or MIMIC-CXR label CSV' })
+      .option('format', {
+        choices: FORMATS,
+        demandOption: true,
+        describe: 'nih: Data_Entry_2017 CSV; chexpert: CheXpert or MIMIC-CXR label CSV',
+      })
       .option('labels', { type: 'string', demandOption: true, describe: 'label CSV, plain or gzip' })
       .option('images', { type: 'string', demandOption: true, describe: 'image root folder' })
       .option('out', { type: 'string', demandOption: true, describe: 'dataset directory to create' })

@@ -16,6 +16,9 @@ export const dataCommand: CommandModule = {
       .command(dataInspectCommand as CommandModule)
       .demandCommand(1, 'name a data command: prepare, stats, synth or inspect')
       .example('$0 data synth --out data/synth --count 3000', 'synthetic chest X-rays with learnable findings')
-      .example('$0 data prepare --format nih --labels labels.csv --images images/ --out data/nih64', 'an NIH ChestX-ray14 copy as a dataset'),
+      .example(
+        '$0 data prepare --format nih --labels labels.csv --images images/ --out data/nih64',
+        'an NIH ChestX-ray14 copy as a dataset',
+      ),
   handler: () => undefined,
 };

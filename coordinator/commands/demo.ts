@@ -1,7 +1,7 @@
 import * as path from 'node:path';
 import type { CommandModule } from 'yargs';
 import yargs from 'yargs';
-import { checkpointFlags } from '../checkpoint-flags.js';
+import { checkpointFlags } from '../train/checkpoint-flags.js';
 import { jobOptions, runTraining, trainOptions, type TrainArgs } from './train.js';
 import { readManifest } from '../../shared/dataset/manifest.js';
 import { inspectDataset, type InspectReport } from '../data/inspect.js';
@@ -52,17 +52,39 @@ export const demoCommand: CommandModule<object, Args> = {
     } else {
       const t0 = performance.now();
       await runSynth(dataDir, true, o);
-      process.stdout.write(`demo: generated ${a.count} synthetic images in ${dataDir} in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
+      process.stdout.write(
+        `demo: generated ${a.count} synthetic images in ${dataDir} in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`,
+      );
       report = await inspectDataset(dataDir);
-      if (!report.ok) throw new Error(`demo: the freshly generated ${dataDir} failed verification: ${JSON.stringify(report.shards.filter((s) => !s.ok))}`);
+      if (!report.ok)
+        throw new Error(
+          `demo: the freshly generated ${dataDir} failed verification: ${JSON.stringify(report.shards.filter((s) => !s.ok))}`,
+        );
     }
     process.stdout.write(summaryTable(report.manifest));
     process.stdout.write(`demo: dataset verified (${report.shards.length} shards, sha256 ok)\n`);
     if (!a.train) return;
     const runDir = path.join(a.dir, 'run');
-    process.stdout.write(`demo: training the tiny model with ${a.workers} worker processes, ${a.epochs} epochs, global batch ${a['batch-size']} -> ${runDir}\n`);
+    process.stdout.write(
+      `demo: training the tiny model with ${a.workers} worker processes, ${a.epochs} epochs, global batch ${a['batch-size']} -> ${runDir}\n`,
+    );
     // The train command's own parser, so the demo run has exactly the defaults of `coordinator --data ...`.
-    const argv = ['--workers', String(a.workers), '--data', dataDir, '--out', runDir, '--model', 'tiny', '--epochs', String(a.epochs), '--batch-size', String(a['batch-size']), '--seed', String(a.seed)];
+    const argv = [
+      '--workers',
+      String(a.workers),
+      '--data',
+      dataDir,
+      '--out',
+      runDir,
+      '--model',
+      'tiny',
+      '--epochs',
+      String(a.epochs),
+      '--batch-size',
+      String(a['batch-size']),
+      '--seed',
+      String(a.seed),
+    ];
     const targs = (await checkpointFlags(jobOptions(trainOptions(yargs(argv).strict()))).parseAsync()) as unknown as TrainArgs;
     await runTraining(targs);
     process.stdout.write(`demo: done; open ${path.join(runDir, 'report.html')} in a browser\n`);

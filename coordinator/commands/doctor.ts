@@ -1,6 +1,6 @@
 import type { CommandModule } from 'yargs';
-import { UserError } from '../../shared/errors.js';
-import { formatChecks, runDoctor } from '../doctor.js';
+import { UserError } from '../../shared/util/errors.js';
+import { formatChecks, runDoctor } from '../ops/doctor.js';
 
 interface DoctorArgs {
   runDir: string;

@@ -1,9 +1,9 @@
 import * as path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
-import { writeJsonAtomic } from '../../shared/fs-atomic.js';
-import { BACKEND_CHOICES, type BackendChoice } from '../../worker/backend.js';
-import { openTrainData } from '../train-data.js';
-import { evalSaved } from '../saved-model.js';
+import { writeJsonAtomic } from '../../shared/util/fs-atomic.js';
+import { BACKEND_CHOICES, type BackendChoice } from '../../kernels/backend.js';
+import { openTrainData } from '../train/data.js';
+import { evalSaved } from '../eval/saved-model.js';
 
 /** The options of every command that runs a saved model over a dataset split (eval, embed). */
 export interface SavedModelArgs {
@@ -16,7 +16,11 @@ export interface SavedModelArgs {
 
 export function savedModelOptions(y: Argv, out: string): Argv<SavedModelArgs> {
   return y
-    .option('checkpoint', { type: 'string', demandOption: true, describe: 'run directory (its newest checkpoint), its model.json, or a checkpoint step directory' })
+    .option('checkpoint', {
+      type: 'string',
+      demandOption: true,
+      describe: 'run directory (its newest checkpoint), its model.json, or a checkpoint step directory',
+    })
     .option('data', { type: 'string', demandOption: true, describe: 'dataset directory' })
     .option('split', { choices: ['train', 'val', 'test'] as const, default: 'test' as const })
     .option('out', { type: 'string', demandOption: true, describe: out })
@@ -35,11 +39,18 @@ export const evalCommand: CommandModule<object, EvalArgs> = {
     savedModelOptions(y, 'eval.json to write')
       .option('bootstrap', { type: 'number', default: 1000, describe: 'bootstrap replicates for 95% CIs (0: none)' })
       .option('seed', { type: 'number', default: 0, describe: 'bootstrap seed' })
-      .example('$0 eval --checkpoint runs/a --data data/nih64 --split test --out runs/a/test-eval.json', 'per-label AUROC with 95% CIs') as never,
+      .example(
+        '$0 eval --checkpoint runs/a --data data/nih64 --split test --out runs/a/test-eval.json',
+        'per-label AUROC with 95% CIs',
+      ) as never,
   handler: async (a) => {
     const data = await openTrainData(path.resolve(a.data));
-    const rep = await evalSaved(path.resolve(a.checkpoint), data, a.split, a.backend, { replicates: a.bootstrap, seed: a.seed }, (l) => process.stderr.write(l + '\n'));
+    const rep = await evalSaved(path.resolve(a.checkpoint), data, a.split, a.backend, { replicates: a.bootstrap, seed: a.seed }, (l) =>
+      process.stderr.write(l + '\n'),
+    );
     await writeJsonAtomic(path.resolve(a.out), rep);
-    process.stdout.write(`${a.split}: n ${rep.n}, mean AUROC ${rep.mean_auroc?.toFixed(4) ?? 'n/a'} (competition ${rep.mean_auroc_competition?.toFixed(4) ?? 'n/a'}) -> ${a.out}\n`);
+    process.stdout.write(
+      `${a.split}: n ${rep.n}, mean AUROC ${rep.mean_auroc?.toFixed(4) ?? 'n/a'} (competition ${rep.mean_auroc_competition?.toFixed(4) ?? 'n/a'}) -> ${a.out}\n`,
+    );
   },
 };

@@ -1,11 +1,11 @@
 import { existsSync } from 'node:fs';
 import * as path from 'node:path';
 import type { CommandModule } from 'yargs';
-import { UserError } from '../../shared/errors.js';
-import { createLogger } from '../../shared/log.js';
+import { UserError } from '../../shared/util/errors.js';
+import { createLogger } from '../../shared/util/log.js';
 import { loadCheckpoint } from '../../shared/checkpoint/load.js';
-import { openClipTensors } from '../../shared/checkpoint/open-clip.js';
-import { writeSafetensors } from '../../shared/safetensors.js';
+import { openClipTensors } from '../../shared/interop/open-clip.js';
+import { writeSafetensors } from '../../shared/interop/safetensors.js';
 
 interface ExportArgs {
   checkpoint: string;

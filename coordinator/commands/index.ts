@@ -15,7 +15,7 @@ import { reportCommand } from './report.js';
  * Every `coordinator` sub-command, one module each. The training command is the default
  * (`coordinator --workers 4 ...`).
  */
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
+// biome-ignore lint/suspicious/noExplicitAny: yargs commands differ in their argument types; the list holds them all
 export const commands: CommandModule<any, any>[] = [
   trainCommand,
   evalCommand,

@@ -1,12 +1,12 @@
 import type { CommandModule } from 'yargs';
 import { openDataset } from '../../shared/dataset/reader.js';
 import { batchChecksum } from '../../shared/batch-checksum.js';
-import { createLogger } from '../../shared/log.js';
-import { UserError } from '../../shared/errors.js';
-import { runJob } from '../job.js';
-import { datasetRowSource } from '../dataset-source.js';
-import { Sampler } from '../sampler.js';
-import { JobFailure, type StepSummary } from '../control/server.js';
+import { createLogger } from '../../shared/util/log.js';
+import { UserError } from '../../shared/util/errors.js';
+import { runJob } from '../job/run-job.js';
+import { datasetRowSource } from '../data/dataset-source.js';
+import { Sampler } from '../job/sampler.js';
+import { JobFailure, type StepSummary } from '../job/control-server.js';
 
 interface ProbeArgs {
   data: string;
@@ -44,7 +44,10 @@ export const probeCommand: CommandModule<object, ProbeArgs> = {
       .option('listen', { type: 'string', describe: 'HOST:PORT: wait for remote workers there instead of starting local ones' })
       .option('advertise', { type: 'string', describe: 'address workers reach this coordinator at (with --listen)' })
       .option('data-port', { type: 'number', describe: 'data-feed port with --listen (default: the control port + 1)' })
-      .option('token', { type: 'string', describe: 'job token remote workers must present (default: $CXR_JOB_TOKEN; generated for local workers)' })
+      .option('token', {
+        type: 'string',
+        describe: 'job token remote workers must present (default: $CXR_JOB_TOKEN; generated for local workers)',
+      })
       .option('batch', { type: 'number', default: 8, describe: 'rows per worker per step' })
       .option('steps', { type: 'number', describe: 'steps to run (default: one epoch)' })
       .option('epochs', { type: 'number', describe: 'epochs to run' })
@@ -52,11 +55,23 @@ export const probeCommand: CommandModule<object, ProbeArgs> = {
       .option('prefetch', { type: 'number', default: 2, describe: 'batches queued ahead per worker' })
       .option('params-check-every', { type: 'number', default: 10, describe: 'compare replica hashes every K steps' })
       .option('heartbeat-timeout', { type: 'number', default: 15, describe: 'seconds of worker silence that fail the job' })
-      .option('rendezvous-timeout', { type: 'number', describe: 'seconds to wait for all workers (default 120 local, unbounded with --listen)' })
+      .option('rendezvous-timeout', {
+        type: 'number',
+        describe: 'seconds to wait for all workers (default 120 local, unbounded with --listen)',
+      })
       .option('gpu', { type: 'boolean', default: false, describe: 'pin local workers to GPUs (CUDA_VISIBLE_DEVICES)' })
-      .option('step-option', { type: 'string', array: true, default: [], hidden: true, describe: 'KEY=NUMBER for the checksum step (fault injection)' })
+      .option('step-option', {
+        type: 'string',
+        array: true,
+        default: [],
+        hidden: true,
+        describe: 'KEY=NUMBER for the checksum step (fault injection)',
+      })
       .example('$0 probe --data data/nih64 --workers 2', 'stream one epoch through 2 local workers, verifying every slice')
-      .example('$0 probe --listen 0.0.0.0:29400 --workers 4 --data data/nih64', 'the same with remote workers (worker --coordinator HOST:29400)'),
+      .example(
+        '$0 probe --listen 0.0.0.0:29400 --workers 4 --data data/nih64',
+        'the same with remote workers (worker --coordinator HOST:29400)',
+      ),
   handler: async (a) => {
     const log = createLogger('coordinator');
     const ds = await openDataset(a.data);
@@ -86,7 +101,8 @@ export const probeCommand: CommandModule<object, ProbeArgs> = {
         const idx = sampler.globalBatch(sampler.positionAt(s.step));
         const want = batchChecksum(await train.read(idx), idx);
         for (const [k, v] of Object.entries(want))
-          if (s.counters[k] !== v) mismatch ??= `step ${s.step}: the ranks' ${k} sum to ${s.counters[k]}, the dataset's global batch gives ${v}`;
+          if (s.counters[k] !== v)
+            mismatch ??= `step ${s.step}: the ranks' ${k} sum to ${s.counters[k]}, the dataset's global batch gives ${v}`;
         verified++;
       };
       const token = a.token ?? process.env.CXR_JOB_TOKEN;

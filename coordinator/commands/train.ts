@@ -1,14 +1,14 @@
 import * as path from 'node:path';
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
-import { UserError } from '../../shared/errors.js';
-import { BACKEND_CHOICES, type BackendChoice } from '../../worker/backend.js';
-import { UNCERTAINTY_POLICIES } from '../../worker/losses.js';
-import { MODEL_PRESETS } from '../../worker/model/config.js';
-import { createLogger } from '../../shared/log.js';
+import { UserError } from '../../shared/util/errors.js';
+import { BACKEND_CHOICES, type BackendChoice } from '../../kernels/backend.js';
+import { UNCERTAINTY_POLICIES } from '../../model/losses.js';
+import { MODEL_PRESETS } from '../../model/config.js';
+import { createLogger } from '../../shared/util/log.js';
 import { writeReport } from '../report/index.js';
-import { trainDistributed } from '../train-job.js';
-import type { TrainConfig } from '../train-config.js';
-import { checkpointFlags } from '../checkpoint-flags.js';
+import { trainDistributed } from '../train/train-job.js';
+import type { TrainConfig } from '../train/config.js';
+import { checkpointFlags } from '../train/checkpoint-flags.js';
 
 export interface TrainArgs {
   workers: number;
@@ -55,13 +55,21 @@ export interface TrainArgs {
 
 export function trainOptions<T>(y: Argv<T>) {
   return y
-    .option('workers', { type: 'number', default: 1, describe: 'worker processes (ranks); the model equals one process with the same global batch' })
+    .option('workers', {
+      type: 'number',
+      default: 1,
+      describe: 'worker processes (ranks); the model equals one process with the same global batch',
+    })
     .option('data', { type: 'string', demandOption: true, describe: 'dataset directory (coordinator data prepare)' })
     .option('out', { type: 'string', demandOption: true, describe: 'run directory to create' })
     .option('model', { type: 'string', choices: MODEL_PRESETS as unknown as string[], default: 'tiny' })
     .option('epochs', { type: 'number', describe: 'passes over the training split' })
     .option('steps', { type: 'number', describe: 'optimizer steps (instead of --epochs)' })
-    .option('batch-size', { type: 'number', default: 32, describe: 'global batch size (all workers together; each gets its shardRange of it)' })
+    .option('batch-size', {
+      type: 'number',
+      default: 32,
+      describe: 'global batch size (all workers together; each gets its shardRange of it)',
+    })
     .option('seed', { type: 'number', default: 0 })
     .option('eval', { choices: ['test', 'val', 'none'] as const, default: 'test' as const, describe: 'split evaluated after training' })
     .option('backend', { choices: BACKEND_CHOICES, default: 'auto' as BackendChoice })
@@ -70,16 +78,34 @@ export function trainOptions<T>(y: Argv<T>) {
     .option('min-lr-ratio', { type: 'number', default: 0.1, describe: 'final lr as a fraction of --lr (cosine)' })
     .option('weight-decay', { type: 'number', default: 0.05, describe: 'AdamW decay (not on norms, biases, embeddings, scales)' })
     .option('clip-norm', { type: 'number', default: 1, describe: 'clip gradients to this global norm (0: off)' })
-    .option('head', { choices: ['text', 'linear'] as const, default: 'text' as const, describe: 'text: classify by label text embeddings; linear: visual-only baseline' })
+    .option('head', {
+      choices: ['text', 'linear'] as const,
+      default: 'text' as const,
+      describe: 'text: classify by label text embeddings; linear: visual-only baseline',
+    })
     .option('text-embeddings', { type: 'string', describe: 'JSON of precomputed prompt vectors (docs/model.md); default learnable' })
     .option('w-cls', { type: 'number', default: 1, describe: 'classification loss weight (0: off)' })
     .option('w-con', { type: 'number', default: 0.5, describe: 'contrastive loss weight (0: off)' })
     .option('w-prior', { type: 'number', default: 0.1, describe: 'label prior loss weight (0: off)' })
     .option('label-prior', { choices: ['orth', 'graph'] as const, default: 'graph' as const })
-    .option('uncertainty', { type: 'string', choices: UNCERTAINTY_POLICIES as unknown as string[], default: 'ignore', describe: 'policy for uncertain (-1) labels' })
-    .option('uncertainty-label', { type: 'string', array: true, default: [] as string[], describe: 'per-label override LABEL=POLICY (repeatable)' })
+    .option('uncertainty', {
+      type: 'string',
+      choices: UNCERTAINTY_POLICIES as unknown as string[],
+      default: 'ignore',
+      describe: 'policy for uncertain (-1) labels',
+    })
+    .option('uncertainty-label', {
+      type: 'string',
+      array: true,
+      default: [] as string[],
+      describe: 'per-label override LABEL=POLICY (repeatable)',
+    })
     .option('blank', { choices: ['mask', 'zeros'] as const, default: 'mask' as const, describe: 'blank (not mentioned) labels' })
-    .option('pos-weight', { choices: ['none', 'balanced'] as const, default: 'none' as const, describe: 'balanced: weight positives by neg/pos (clamped to 50)' })
+    .option('pos-weight', {
+      choices: ['none', 'balanced'] as const,
+      default: 'none' as const,
+      describe: 'balanced: weight positives by neg/pos (clamped to 50)',
+    })
     .option('bootstrap', { type: 'number', default: 1000, describe: 'bootstrap replicates for the AUROC 95% CI (0: none)' });
 }
 
@@ -89,7 +115,10 @@ export function jobOptions<T>(y: Argv<T>) {
     .option('listen', { type: 'string', describe: 'HOST:PORT: wait for remote workers there instead of starting local ones' })
     .option('advertise', { type: 'string', describe: 'address workers reach this coordinator at (with --listen)' })
     .option('data-port', { type: 'number', describe: 'data-feed port with --listen (default: the control port + 1)' })
-    .option('token', { type: 'string', describe: 'job token remote workers must present (default: $CXR_JOB_TOKEN; generated for local workers)' })
+    .option('token', {
+      type: 'string',
+      describe: 'job token remote workers must present (default: $CXR_JOB_TOKEN; generated for local workers)',
+    })
     .option('gpu', { type: 'boolean', default: false, describe: 'pin local workers to GPUs (CUDA_VISIBLE_DEVICES)' })
     .option('prefetch', { type: 'number', default: 2, describe: 'batches queued ahead per worker' })
     .option('params-check-every', { type: 'number', default: 50, describe: 'compare replica parameter hashes every K steps' })
@@ -165,8 +194,10 @@ export async function runTraining(args: TrainArgs): Promise<void> {
   const report = args.report ? (await writeReport(cfg.out)).html : null;
   process.stdout.write(
     (r.startStep > 0 ? `resumed at step ${r.startStep}; ` : '') +
-    `trained ${r.steps} steps with ${cfg.workers} worker${cfg.workers > 1 ? 's' : ''} in ${r.seconds.toFixed(1)} s; run directory ${cfg.out}` +
-      (e ? `\n${e.split} mean AUROC ${e.mean_auroc?.toFixed(4) ?? 'n/a'} (competition labels ${e.mean_auroc_competition?.toFixed(4) ?? 'n/a'}), eval.json written` : '') +
+      `trained ${r.steps} steps with ${cfg.workers} worker${cfg.workers > 1 ? 's' : ''} in ${r.seconds.toFixed(1)} s; run directory ${cfg.out}` +
+      (e
+        ? `\n${e.split} mean AUROC ${e.mean_auroc?.toFixed(4) ?? 'n/a'} (competition labels ${e.mean_auroc_competition?.toFixed(4) ?? 'n/a'}), eval.json written`
+        : '') +
       `\ncheckpoint: ${r.checkpoint}` +
       (report ? `\nreport: ${report}` : '') +
       '\n',
@@ -178,8 +209,14 @@ export const trainCommand: CommandModule<object, TrainArgs> = {
   describe: 'train a model (the default command)',
   builder: (y) =>
     checkpointFlags(jobOptions(trainOptions(y)))
-      .example('$0 --workers 4 --data data/nih64 --out runs/a --epochs 8 --batch-size 64', 'train with 4 worker processes (global batch 64)')
-      .example('$0 --workers 2 --data data/nih64 --out runs/a --epochs 16 --batch-size 64 --resume auto', 'continue runs/a on 2 workers from its last checkpoint')
+      .example(
+        '$0 --workers 4 --data data/nih64 --out runs/a --epochs 8 --batch-size 64',
+        'train with 4 worker processes (global batch 64)',
+      )
+      .example(
+        '$0 --workers 2 --data data/nih64 --out runs/a --epochs 16 --batch-size 64 --resume auto',
+        'continue runs/a on 2 workers from its last checkpoint',
+      )
       .example('$0 --config train.yaml --lr 1e-4', 'options from a file, one overridden') as unknown as Argv<TrainArgs>,
   handler: (args) => runTraining(args),
 };

@@ -1,4 +1,4 @@
-import { UserError } from '../../shared/errors.js';
+import { UserError } from '../../shared/util/errors.js';
 import { loadLabelSet, type LabelSet } from '../../shared/labels.js';
 import { columnIndex, readCsv } from '../../shared/dataset/csv.js';
 
@@ -43,7 +43,8 @@ const NIH_FORMAT_NAMES = ['Image Index', 'Finding Labels', 'Patient ID'] as cons
  * names, missing ids, and the same image twice.
  */
 export async function readLabelCsv(file: string, format: LabelFormat): Promise<LabelTable> {
-  if (!(FORMATS as readonly string[]).includes(format)) throw new UserError(`unknown --format '${format}': use one of ${FORMATS.join(', ')}`);
+  if (!(FORMATS as readonly string[]).includes(format))
+    throw new UserError(`unknown --format '${format}': use one of ${FORMATS.join(', ')}`);
   const labelSet = loadLabelSet(format === 'nih' ? 'nih14' : 'chexpert14');
   const L = labelSet.labels.length;
   const rows: LabelRow[] = [];
@@ -65,18 +66,26 @@ export async function readLabelCsv(file: string, format: LabelFormat): Promise<L
         throw new UserError(`${file}:${rec.line}: ${rec.fields.length} fields, the header has ${header.length}`);
       const row = parseRow!(rec.fields, rec.line);
       const prev = seen.get(row.ref);
-      if (prev !== undefined) throw new UserError(`${file}:${row.line}: duplicate image '${row.ref}' (first at line ${prev}); each image must appear once`);
+      if (prev !== undefined)
+        throw new UserError(`${file}:${row.line}: duplicate image '${row.ref}' (first at line ${prev}); each image must appear once`);
       seen.set(row.ref, row.line);
       if (row.labels.length !== L) throw new Error('label row of the wrong length');
       rows.push(row);
     }
   }
-  if (!header) throw new UserError(`${file}: empty CSV (no header line); expected the ${format === 'nih' ? 'NIH Data_Entry_2017' : 'CheXpert/MIMIC'} label format`);
+  if (!header)
+    throw new UserError(
+      `${file}: empty CSV (no header line); expected the ${format === 'nih' ? 'NIH Data_Entry_2017' : 'CheXpert/MIMIC'} label format`,
+    );
   if (rows.length === 0) throw new UserError(`${file}: the CSV has a header but no rows`);
   return { file, format, labelSet, refKind, rows };
 }
 
-function nihRowParser(file: string, header: string[], set: LabelSet): { parse: (f: string[], line: number) => LabelRow; refKind: LabelTable['refKind'] } {
+function nihRowParser(
+  file: string,
+  header: string[],
+  set: LabelSet,
+): { parse: (f: string[], line: number) => LabelRow; refKind: LabelTable['refKind'] } {
   const col = columnIndex(file, header, NIH_FORMAT_NAMES);
   const iImage = col.get('Image Index')!;
   const iFind = col.get('Finding Labels')!;
@@ -111,11 +120,17 @@ function nihRowParser(file: string, header: string[], set: LabelSet): { parse: (
   };
 }
 
-function chexpertRowParser(file: string, header: string[], set: LabelSet): { parse: (f: string[], line: number) => LabelRow; refKind: LabelTable['refKind'] } {
+function chexpertRowParser(
+  file: string,
+  header: string[],
+  set: LabelSet,
+): { parse: (f: string[], line: number) => LabelRow; refKind: LabelTable['refKind'] } {
   const hasPath = header.includes('Path');
   const idCols = hasPath ? ['Path'] : ['subject_id', 'study_id', 'dicom_id'];
   if (!hasPath && !header.includes('subject_id'))
-    throw new UserError(`${file}: missing required column 'Path' (CheXpert) or 'subject_id', 'study_id', 'dicom_id' (MIMIC-CXR) (header has: ${header.join(', ')})`);
+    throw new UserError(
+      `${file}: missing required column 'Path' (CheXpert) or 'subject_id', 'study_id', 'dicom_id' (MIMIC-CXR) (header has: ${header.join(', ')})`,
+    );
   const col = columnIndex(file, header, [...idCols, ...set.labels]);
   const labelCols = set.labels.map((l) => col.get(l)!);
   const parseLabels = (f: string[], line: number): Float32Array => {

@@ -1,6 +1,6 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { UserError } from '../../shared/errors.js';
+import { UserError } from '../../shared/util/errors.js';
 import type { LabelTable } from './label-csv.js';
 
 const IMAGE_EXT = /\.(png|jpe?g)$/i;
@@ -37,10 +37,14 @@ async function indexImages(root: string): Promise<{ byName: Map<string, string[]
  */
 export async function locateImages(table: LabelTable, root: string): Promise<string[]> {
   const st = await fsp.stat(root).catch(() => null);
-  if (!st || !st.isDirectory()) throw new UserError(`--images ${root}: no such directory`);
+  if (!st?.isDirectory()) throw new UserError(`--images ${root}: no such directory`);
   if (table.refKind === 'path') {
     const out = new Array<string>(table.rows.length);
-    const exists = (p: string) => fsp.access(p).then(() => true, () => false);
+    const exists = (p: string) =>
+      fsp.access(p).then(
+        () => true,
+        () => false,
+      );
     let next = 0;
     const worker = async () => {
       while (next < table.rows.length) {
@@ -61,7 +65,10 @@ export async function locateImages(table: LabelTable, root: string): Promise<str
   return table.rows.map((r) => {
     const hits = map.get(r.ref);
     if (!hits) throw new UserError(`${table.file}:${r.line}: image '${r.ref}' not found under ${root}`);
-    if (hits.length > 1) throw new UserError(`${table.file}:${r.line}: image '${r.ref}' matches ${hits.length} files under ${root}: ${hits.slice(0, 3).join(', ')}`);
+    if (hits.length > 1)
+      throw new UserError(
+        `${table.file}:${r.line}: image '${r.ref}' matches ${hits.length} files under ${root}: ${hits.slice(0, 3).join(', ')}`,
+      );
     return hits[0]!;
   });
 }

@@ -1,8 +1,8 @@
 import { rmSync } from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { UserError } from '../../shared/errors.js';
-import { fsyncDir, tempSibling } from '../../shared/fs-atomic.js';
+import { UserError } from '../../shared/util/errors.js';
+import { fsyncDir, tempSibling } from '../../shared/util/fs-atomic.js';
 import { MANIFEST_FILE } from '../../shared/dataset/manifest.js';
 
 /**
@@ -58,7 +58,9 @@ export async function checkOutputDir(out: string, overwrite: boolean): Promise<b
     if (!existing.isDirectory()) throw new UserError(`--out ${out} exists and is not a directory: remove it or choose another path`);
     const entries = await fsp.readdir(target);
     if (entries.length > 0 && !entries.includes(MANIFEST_FILE))
-      throw new UserError(`--out ${out} is a non-empty directory without ${MANIFEST_FILE} (not a dataset): refusing to replace it even with --overwrite`);
+      throw new UserError(
+        `--out ${out} is a non-empty directory without ${MANIFEST_FILE} (not a dataset): refusing to replace it even with --overwrite`,
+      );
   }
   // Creating (and removing) the temp sibling proves the location is writable.
   await fsp.rm(await makeTempSibling(out, target), { recursive: true, force: true });

@@ -1,5 +1,5 @@
 import * as path from 'node:path';
-import { UserError, errorMessage } from '../../shared/errors.js';
+import { UserError, errorMessage } from '../../shared/util/errors.js';
 import { DatasetWriter } from '../../shared/dataset/writer.js';
 import type { Manifest } from '../../shared/dataset/manifest.js';
 import { splitPatients, checkFractions, type SplitFractions } from '../../shared/dataset/split.js';
@@ -7,7 +7,7 @@ import { buildDirAtomically, checkOutputDir } from './output-dir.js';
 import { configureDecoder, decodeGray } from './decode.js';
 import { FORMATS, readLabelCsv, type LabelFormat } from './label-csv.js';
 import { locateImages } from './locate.js';
-import { createProgress } from '../../shared/progress.js';
+import { createProgress } from '../../shared/util/progress.js';
 
 export interface PrepareOptions {
   format: LabelFormat;
@@ -23,10 +23,12 @@ export interface PrepareOptions {
 }
 
 export function checkPrepareOptions(o: PrepareOptions): void {
-  if (!(FORMATS as readonly string[]).includes(o.format)) throw new UserError(`unknown --format '${o.format}': use one of ${FORMATS.join(', ')}`);
+  if (!(FORMATS as readonly string[]).includes(o.format))
+    throw new UserError(`unknown --format '${o.format}': use one of ${FORMATS.join(', ')}`);
   if (!Number.isInteger(o.imageSize) || o.imageSize < 8 || o.imageSize > 2048)
     throw new UserError(`--image-size must be an integer in 8..2048, got ${o.imageSize}`);
-  if (!Number.isInteger(o.seed) || o.seed < 0 || o.seed > 0xffffffff) throw new UserError(`--seed must be an integer in 0..4294967295, got ${o.seed}`);
+  if (!Number.isInteger(o.seed) || o.seed < 0 || o.seed > 0xffffffff)
+    throw new UserError(`--seed must be an integer in 0..4294967295, got ${o.seed}`);
   checkFractions(o.fractions);
 }
 

@@ -1,4 +1,4 @@
-import { Prng } from '../../shared/dataset/prng.js';
+import type { Prng } from '../../shared/random/sfc32.js';
 
 /**
  * Chest-X-ray-like pictures drawn from a list of findings: a pure function of (findings, patient
@@ -166,7 +166,8 @@ export function renderStudy(out: Uint8Array, size: number, anatomy: Anatomy, pre
     }
   }
 
-  if (present.has('Enlarged Cardiomediastinum')) c.ellipse(0.5 + j(0.01), 0.36 + j(0.02), rng.uniform(0.1, 0.12), rng.uniform(0.15, 0.18), 45 + j(8), 0.35);
+  if (present.has('Enlarged Cardiomediastinum'))
+    c.ellipse(0.5 + j(0.01), 0.36 + j(0.02), rng.uniform(0.1, 0.12), rng.uniform(0.15, 0.18), 45 + j(8), 0.35);
   if (present.has('Lung Opacity')) {
     const s = side();
     c.blob(lungCx(s) + j(0.04), rng.uniform(0.36, 0.56), rng.uniform(0.065, 0.08), 42 + j(8));

@@ -1,5 +1,5 @@
 import { loadLabelSet } from '../../shared/labels.js';
-import { Prng, deriveSeed } from '../../shared/dataset/prng.js';
+import { Prng, deriveSeed } from '../../shared/random/sfc32.js';
 import { splitPatients, type SplitFractions } from '../../shared/dataset/split.js';
 import type { SplitName } from '../../shared/dataset/manifest.js';
 import type { Sample } from '../../shared/dataset/writer.js';
@@ -54,7 +54,16 @@ export function drawFindings(rng: Prng, previous: ReadonlySet<SynthFinding> | nu
     const keep = previous !== null && RATES[f].chronic && previous.has(f) && rng.chance(0.75);
     if (keep || rng.chance(p)) has.add(f);
   };
-  for (const f of ['Support Devices', 'Fracture', 'Pleural Other', 'Pneumothorax', 'Pleural Effusion', 'Cardiomegaly', 'Pneumonia', 'Lung Lesion'] as const)
+  for (const f of [
+    'Support Devices',
+    'Fracture',
+    'Pleural Other',
+    'Pneumothorax',
+    'Pleural Effusion',
+    'Cardiomegaly',
+    'Pneumonia',
+    'Lung Lesion',
+  ] as const)
     roll(f, RATES[f].base);
   roll('Enlarged Cardiomediastinum', has.has('Cardiomegaly') ? 0.85 : RATES['Enlarged Cardiomediastinum'].base);
   roll('Consolidation', has.has('Pneumonia') ? 0.7 : RATES.Consolidation.base);

@@ -36,7 +36,10 @@ function curve(run: RunData, key: string): [number, number][] {
 
 function smoothed(run: RunData, key: string): [number, number][] {
   const xs = run.metrics.map((m) => m.step);
-  const ys = ema(run.metrics.map((m) => (typeof m[key] === 'number' ? (m[key] as number) : null)), 0.9);
+  const ys = ema(
+    run.metrics.map((m) => (typeof m[key] === 'number' ? (m[key] as number) : null)),
+    0.9,
+  );
   return downsampleMinMax(xs, ys, CURVE_BUCKETS);
 }
 
@@ -59,7 +62,12 @@ function trainingCharts(runs: RunData[]): Chart[] {
       series.push({ name: `${r.name} (raw)`, points: curve(r, key), color, faint: true, noLegend: true });
       series.push({ name: multi ? r.name : 'EMA 0.9', points: smoothed(r, key), color });
     });
-    charts.push({ name: key.replace(/_/g, '-'), title: termTitle(key), section: 'training', svg: lineChart({ kind: 'loss', title: termTitle(key), xLabel: 'step', series }) });
+    charts.push({
+      name: key.replace(/_/g, '-'),
+      title: termTitle(key),
+      section: 'training',
+      svg: lineChart({ kind: 'loss', title: termTitle(key), xLabel: 'step', series }),
+    });
   }
   const simple = (name: string, key: string, title: string, yLabel: string) => {
     const series = runs.map((r, i) => ({ name: r.name, points: curve(r, key), color: RUN_COLORS[i]!, noLegend: !multi }));
@@ -72,8 +80,17 @@ function trainingCharts(runs: RunData[]): Chart[] {
   const main = runs[0]!;
   const tkeys = timeKeys(main.metrics);
   if (tkeys.length) {
-    const series = tkeys.map((k, i) => ({ name: k.replace(/^time_|_s$/g, '').replace(/_/g, ' '), points: curve(main, k), color: PALETTE[i % PALETTE.length]! }));
-    charts.push({ name: 'step-time', title: `Step time split (${main.name})`, section: 'training', svg: lineChart({ kind: 'step-time', title: `Step time split (${main.name})`, xLabel: 'step', yLabel: 'seconds', series }) });
+    const series = tkeys.map((k, i) => ({
+      name: k.replace(/^time_|_s$/g, '').replace(/_/g, ' '),
+      points: curve(main, k),
+      color: PALETTE[i % PALETTE.length]!,
+    }));
+    charts.push({
+      name: 'step-time',
+      title: `Step time split (${main.name})`,
+      section: 'training',
+      svg: lineChart({ kind: 'step-time', title: `Step time split (${main.name})`, xLabel: 'step', yLabel: 'seconds', series }),
+    });
   }
   return charts;
 }
@@ -102,7 +119,12 @@ function embeddingCharts(run: RunData): Chart[] {
   const e = run.embeddings;
   if (!e) return [];
   const charts: Chart[] = [
-    { name: 'heatmap', title: 'Label embedding similarity', section: 'embeddings', svg: heatmap(e.labels, cosineMatrix(e.labelEmbeddings)) },
+    {
+      name: 'heatmap',
+      title: 'Label embedding similarity',
+      section: 'embeddings',
+      svg: heatmap(e.labels, cosineMatrix(e.labelEmbeddings)),
+    },
   ];
   if (e.test && e.test.embeddings.length > 0) {
     const proj = pca2(e.test.embeddings);
@@ -110,7 +132,12 @@ function embeddingCharts(run: RunData): Chart[] {
     const shown = e.test.embeddings.length < e.test.total ? `${e.test.embeddings.length} of ${e.test.total}` : `${e.test.total}`;
     const title = `Test image embeddings, PCA (${shown} images)`;
     const pct = (x: number) => `${(x * 100).toFixed(1)}% of variance`;
-    charts.push({ name: 'projection', title, section: 'embeddings', svg: scatter(proj.points, groups, title, [`PC 1 (${pct(proj.explained[0])})`, `PC 2 (${pct(proj.explained[1])})`]) });
+    charts.push({
+      name: 'projection',
+      title,
+      section: 'embeddings',
+      svg: scatter(proj.points, groups, title, [`PC 1 (${pct(proj.explained[0])})`, `PC 2 (${pct(proj.explained[1])})`]),
+    });
   }
   return charts;
 }
@@ -207,15 +234,26 @@ export function buildReport(run: RunData, compare?: RunData): BuiltReport {
     for (const r of runs) for (const l of Object.keys(r.evaluation?.auroc ?? {})) if (!labels.includes(l)) labels.push(l);
     const aurocRuns = runs
       .filter((r) => r.evaluation)
-      .map((r, i) => ({ name: r.name, auroc: r.evaluation!.auroc, ...(r.evaluation!.ci ? { ci: r.evaluation!.ci } : {}), color: RUN_COLORS[i]! }));
+      .map((r, i) => ({
+        name: r.name,
+        auroc: r.evaluation!.auroc,
+        ...(r.evaluation!.ci ? { ci: r.evaluation!.ci } : {}),
+        color: RUN_COLORS[i]!,
+      }));
     const auroc: Chart = { name: 'auroc', title: 'Per-label AUROC', section: 'evaluation', svg: aurocChart(labels, aurocRuns) };
     charts.push(auroc);
     evalHtml += `<section id="evaluation"><h2>Evaluation: per-label AUROC</h2>`;
-    if (run.evaluation) evalHtml += `<p class="note">${esc(run.name)}: split <b>${esc(run.evaluation.split)}</b>, ${run.evaluation.n} images. Whiskers are the 95% confidence intervals from eval.json.</p>`;
+    if (run.evaluation)
+      evalHtml += `<p class="note">${esc(run.name)}: split <b>${esc(run.evaluation.split)}</b>, ${run.evaluation.n} images. Whiskers are the 95% confidence intervals from eval.json.</p>`;
     evalHtml += `<div class="row">${figure(auroc)}${run.evaluation ? aurocTable(run) : ''}</div></section>`;
     if (compare && run.evaluation && compare.evaluation) {
       const rows = compareEvals(run.evaluation, compare.evaluation);
-      const diff: Chart = { name: 'compare', title: 'AUROC difference', section: 'evaluation', svg: diffChart(rows, run.name, compare.name) };
+      const diff: Chart = {
+        name: 'compare',
+        title: 'AUROC difference',
+        section: 'evaluation',
+        svg: diffChart(rows, run.name, compare.name),
+      };
       charts.push(diff);
       evalHtml += `<section id="comparison"><h2>Comparison: ${esc(compare.name)} vs ${esc(run.name)}</h2>`;
       evalHtml += `<p class="note">Differences in AUROC points (AUROC \u00d7 100). Beyond \u00b10.5 points: <span style="color:var(--gain);font-weight:600">green = gain</span>, <span style="color:var(--loss);font-weight:600">red = loss</span>.</p>`;
@@ -249,7 +287,10 @@ export function buildReport(run: RunData, compare?: RunData): BuiltReport {
     : `This run has no environment.json; shown is the machine that rendered this report.${backend ? '' : ' Backend unknown.'}`;
   const envShown = run.environment ? env : { ...env, ...(backend ? { backend } : {}) };
 
-  const trainingFigs = charts.filter((c) => c.section === 'training').map(figure).join('');
+  const trainingFigs = charts
+    .filter((c) => c.section === 'training')
+    .map(figure)
+    .join('');
   const notes = [...run.notes, ...(compare?.notes ?? [])];
   let projectionPicker = '';
   const projection = embCharts.find((c) => c.name === 'projection');

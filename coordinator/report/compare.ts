@@ -27,7 +27,8 @@ export function verdictOf(diffPoints: number | null): Verdict {
 }
 
 function row(label: string, a: number | null | undefined, b: number | null | undefined, summary = false): ComparisonRow {
-  const av = a ?? null, bv = b ?? null;
+  const av = a ?? null,
+    bv = b ?? null;
   // Rounded to 1e-9 points so that decimal inputs sit exactly on the threshold (0.895 - 0.9 is
   // -0.5000000000000004 in binary floating point, and must not count as a loss).
   const diffPoints = av === null || bv === null ? null : Math.round((bv - av) * 100 * 1e9) / 1e9;
@@ -58,9 +59,15 @@ export function formatComparisonTable(rows: readonly ComparisonRow[], opts: { na
   const body = rows.map((r) => [r.label, fmtAuroc(r.a), fmtAuroc(r.b), fmtPoints(r.diffPoints), ...(opts.color ? [] : [word(r.verdict)])]);
   const widths = head.map((h, c) => Math.max(h.length, ...body.map((r) => r[c]!.length)));
   const line = (cells: string[]) =>
-    cells.map((cell, c) => (c === 0 || c === 4 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  ').trimEnd();
+    cells
+      .map((cell, c) => (c === 0 || c === 4 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!)))
+      .join('  ')
+      .trimEnd();
   const paint = (text: string, v: Verdict) => (v === 'gain' ? `\x1b[32m${text}\x1b[0m` : v === 'loss' ? `\x1b[31m${text}\x1b[0m` : text);
-  const rule = widths.map((w) => '-'.repeat(w)).join('  ').trimEnd();
+  const rule = widths
+    .map((w) => '-'.repeat(w))
+    .join('  ')
+    .trimEnd();
   const out = [line(head), rule];
   rows.forEach((r, i) => {
     if (r.summary && !rows[i - 1]?.summary) out.push(rule);
@@ -69,6 +76,8 @@ export function formatComparisonTable(rows: readonly ComparisonRow[], opts: { na
     else out.push(r.summary ? `\x1b[1m${paint(text, r.verdict)}\x1b[0m` : paint(text, r.verdict));
   });
   out.push('');
-  out.push(`diff = (${opts.nameB} - ${opts.nameA}) x 100 AUROC points; beyond \u00b1${SIGNIFICANT_POINTS} is a gain${opts.color ? ' (green)' : ''} or a loss${opts.color ? ' (red)' : ''}.`);
+  out.push(
+    `diff = (${opts.nameB} - ${opts.nameA}) x 100 AUROC points; beyond \u00b1${SIGNIFICANT_POINTS} is a gain${opts.color ? ' (green)' : ''} or a loss${opts.color ? ' (red)' : ''}.`,
+  );
   return out.join('\n') + '\n';
 }

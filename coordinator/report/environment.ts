@@ -2,8 +2,8 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { writeJsonAtomic } from '../../shared/fs-atomic.js';
-import { packageRoot } from '../../shared/paths.js';
+import { writeJsonAtomic } from '../../shared/util/fs-atomic.js';
+import { packageRoot } from '../../shared/util/paths.js';
 
 /**
  * The environment a run executed in, for its report: what produced the numbers. The trainer

@@ -33,7 +33,8 @@ export function symmetricEigen(A: readonly (readonly number[])[]): { values: num
   const a = A.map((r) => r.slice());
   const v: number[][] = A.map((_, i) => A.map((__, j) => (i === j ? 1 : 0)));
   for (let sweep = 0; sweep < 100; sweep++) {
-    let off = 0, diag = 0;
+    let off = 0,
+      diag = 0;
     for (let p = 0; p < n; p++) {
       diag += a[p]![p]! ** 2;
       for (let q = p + 1; q < n; q++) off += a[p]![q]! ** 2;
@@ -45,19 +46,23 @@ export function symmetricEigen(A: readonly (readonly number[])[]): { values: num
         if (apq === 0) continue;
         const theta = (a[q]![q]! - a[p]![p]!) / (2 * apq);
         const t = (theta >= 0 ? 1 : -1) / (Math.abs(theta) + Math.sqrt(theta * theta + 1));
-        const c = 1 / Math.sqrt(t * t + 1), s = t * c;
+        const c = 1 / Math.sqrt(t * t + 1),
+          s = t * c;
         for (let k = 0; k < n; k++) {
-          const akp = a[k]![p]!, akq = a[k]![q]!;
+          const akp = a[k]![p]!,
+            akq = a[k]![q]!;
           a[k]![p] = c * akp - s * akq;
           a[k]![q] = s * akp + c * akq;
         }
         for (let k = 0; k < n; k++) {
-          const apk = a[p]![k]!, aqk = a[q]![k]!;
+          const apk = a[p]![k]!,
+            aqk = a[q]![k]!;
           a[p]![k] = c * apk - s * aqk;
           a[q]![k] = s * apk + c * aqk;
         }
         for (let k = 0; k < n; k++) {
-          const vkp = v[k]![p]!, vkq = v[k]![q]!;
+          const vkp = v[k]![p]!,
+            vkq = v[k]![q]!;
           v[k]![p] = c * vkp - s * vkq;
           v[k]![q] = s * vkp + c * vkq;
         }
@@ -101,7 +106,8 @@ export function pca2(rows: readonly (readonly number[])[], maxIter = 60, tol = 1
     for (const r of X) {
       for (let c = 0; c < V.length; c++) proj[c] = dot(r, V[c]!);
       for (let c = 0; c < V.length; c++) {
-        const p = proj[c]!, o = out[c]!;
+        const p = proj[c]!,
+          o = out[c]!;
         if (p !== 0) for (let k = 0; k < d; k++) o[k]! += p * r[k]!;
       }
     }
@@ -141,7 +147,9 @@ export function pca2(rows: readonly (readonly number[])[], maxIter = 60, tol = 1
       return out;
     });
 
-  let V: Float64Array[] = Array.from({ length: block }, (_, c) => Float64Array.from({ length: d }, (_, k) => Math.sin(1 + k * 1.618 + c * 2.718)));
+  let V: Float64Array[] = Array.from({ length: block }, (_, c) =>
+    Float64Array.from({ length: d }, (_, k) => Math.sin(1 + k * 1.618 + c * 2.718)),
+  );
   orthonormalize(V);
   let ritz: Float64Array[] = V.slice(0, comps);
   for (let it = 0; it < maxIter; it++) {
@@ -168,7 +176,8 @@ export function pca2(rows: readonly (readonly number[])[], maxIter = 60, tol = 1
     for (let c = 0; c < comps; c++) p[c] = dot(r, ritz[c]!);
     return p;
   });
-  let v0 = 0, v1 = 0;
+  let v0 = 0,
+    v1 = 0;
   for (const p of points) {
     v0 += p[0] ** 2;
     v1 += p[1] ** 2;
@@ -191,9 +200,11 @@ export function downsampleMinMax(xs: readonly number[], ys: readonly (number | n
   const out: [number, number][] = [];
   const size = pts.length / buckets;
   for (let b = 0; b < buckets; b++) {
-    const lo = Math.floor(b * size), hi = Math.min(pts.length, Math.floor((b + 1) * size));
+    const lo = Math.floor(b * size),
+      hi = Math.min(pts.length, Math.floor((b + 1) * size));
     if (hi <= lo) continue;
-    let mn = lo, mx = lo;
+    let mn = lo,
+      mx = lo;
     for (let i = lo; i < hi; i++) {
       if (pts[i]![1] < pts[mn]![1]) mn = i;
       if (pts[i]![1] > pts[mx]![1]) mx = i;
@@ -205,7 +216,8 @@ export function downsampleMinMax(xs: readonly number[], ys: readonly (number | n
 
 /** Exponential moving average (debiased as in TensorBoard's smoothing), skipping non-finite values. */
 export function ema(ys: readonly (number | null)[], weight: number): (number | null)[] {
-  let acc = 0, count = 0;
+  let acc = 0,
+    count = 0;
   return ys.map((y) => {
     if (typeof y !== 'number' || !Number.isFinite(y)) return null;
     acc = acc * weight + (1 - weight) * y;

@@ -1,8 +1,8 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { z } from 'zod';
-import { UserError } from '../../shared/errors.js';
-import { readRunEmbeddings, type RunEmbeddings } from './embeddings.js';
+import { UserError } from '../../shared/util/errors.js';
+import { readRunEmbeddings, type RunEmbeddings } from '../../shared/run/embeddings.js';
 
 /**
  * Readers for the files a training run leaves in its run directory (written by the trainer):
@@ -141,7 +141,8 @@ export async function readRunDir(dir: string): Promise<RunData> {
   let config: Record<string, unknown> | null = null;
   if (configText !== null) {
     const doc = parseJson(configText, file('config.json'));
-    if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw new UserError(`${file('config.json')}: expected a JSON object`);
+    if (typeof doc !== 'object' || doc === null || Array.isArray(doc))
+      throw new UserError(`${file('config.json')}: expected a JSON object`);
     config = doc as Record<string, unknown>;
   }
   const metricsText = await readText(file('metrics.jsonl'));
@@ -158,7 +159,9 @@ export async function readRunDir(dir: string): Promise<RunData> {
   const embeddings = await readRunEmbeddings(abs);
 
   if (!config && metrics.length === 0 && !evaluation) {
-    throw new UserError(`${dir}: no config.json, metrics.jsonl or eval.json here; is this a run directory (the --run-dir of a training run)?`);
+    throw new UserError(
+      `${dir}: no config.json, metrics.jsonl or eval.json here; is this a run directory (the --run-dir of a training run)?`,
+    );
   }
   return { dir: abs, name: path.basename(abs), config, metrics, evaluation, environment, embeddings, notes };
 }

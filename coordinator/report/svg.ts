@@ -13,8 +13,26 @@ export function esc(text: unknown): string {
 
 /** Categorical colours (Tableau 10 then its light variants): distinct, print-safe. */
 export const PALETTE = [
-  '#4e79a7', '#f28e2b', '#e15759', '#76b7b2', '#59a14f', '#edc948', '#b07aa1', '#ff9da7', '#9c755f', '#bab0ac',
-  '#1f77b4', '#aec7e8', '#ff7f0e', '#98df8a', '#c5b0d5', '#c49c94', '#f7b6d2', '#dbdb8d', '#9edae5', '#17becf',
+  '#4e79a7',
+  '#f28e2b',
+  '#e15759',
+  '#76b7b2',
+  '#59a14f',
+  '#edc948',
+  '#b07aa1',
+  '#ff9da7',
+  '#9c755f',
+  '#bab0ac',
+  '#1f77b4',
+  '#aec7e8',
+  '#ff7f0e',
+  '#98df8a',
+  '#c5b0d5',
+  '#c49c94',
+  '#f7b6d2',
+  '#dbdb8d',
+  '#9edae5',
+  '#17becf',
 ];
 export const GAIN = '#1a9641';
 export const LOSS = '#d7191c';
@@ -45,7 +63,8 @@ const textWidth = (text: string) => text.length * 6.6;
 const MAX_LABEL = 44;
 /** Long names are cut with an ellipsis on the axis; the full name stays in the tooltip. */
 export const clip = (text: string) => (text.length > MAX_LABEL ? text.slice(0, MAX_LABEL - 1) + '\u2026' : text);
-const labelMargin = (labels: readonly string[]) => Math.max(120, Math.min(MAX_LABEL, Math.max(0, ...labels.map((l) => l.length))) * 6.2 + 20);
+const labelMargin = (labels: readonly string[]) =>
+  Math.max(120, Math.min(MAX_LABEL, Math.max(0, ...labels.map((l) => l.length))) * 6.2 + 20);
 
 function emptyNote(x: number, y: number, text: string): string {
   return `<text x="${x}" y="${y}" text-anchor="middle" fill="#888">${esc(text)}</text>`;
@@ -73,14 +92,18 @@ export interface LineChartSpec {
 }
 
 export function lineChart(spec: LineChartSpec): string {
-  const W = spec.width ?? 560, H = spec.height ?? 250;
+  const W = spec.width ?? 560,
+    H = spec.height ?? 250;
   const m = { l: spec.yLabel ? 70 : 58, r: 14, t: 40, b: 40 };
-  const pw = W - m.l - m.r, ph = H - m.t - m.b;
+  const pw = W - m.l - m.r,
+    ph = H - m.t - m.b;
   const all = spec.series.flatMap((s) => s.points);
   let out = svgOpen(spec.kind, W, H, spec.title);
   if (all.length === 0) return out + emptyNote(W / 2, H / 2, 'no data') + '</svg>';
-  let x0 = Math.min(...all.map((p) => p[0])), x1 = Math.max(...all.map((p) => p[0]));
-  let y0 = Math.min(...all.map((p) => p[1])), y1 = Math.max(...all.map((p) => p[1]));
+  let x0 = Math.min(...all.map((p) => p[0])),
+    x1 = Math.max(...all.map((p) => p[0]));
+  let y0 = Math.min(...all.map((p) => p[1])),
+    y1 = Math.max(...all.map((p) => p[1]));
   if (x1 === x0) x1 = x0 + 1;
   // Extend the y range to whole tick steps so the curve starts and ends between gridlines.
   let yt = niceTicks(y0, y1, 5);
@@ -105,7 +128,8 @@ export function lineChart(spec: LineChartSpec): string {
   }
   out += `</g><line x1="${m.l}" x2="${m.l + pw}" y1="${m.t + ph}" y2="${m.t + ph}" stroke="#999"/>`;
   out += `<text x="${m.l + pw / 2}" y="${H - 6}" text-anchor="middle" fill="#444">${esc(spec.xLabel)}</text>`;
-  if (spec.yLabel) out += `<text transform="translate(13 ${m.t + ph / 2}) rotate(-90)" text-anchor="middle" fill="#444">${esc(spec.yLabel)}</text>`;
+  if (spec.yLabel)
+    out += `<text transform="translate(13 ${m.t + ph / 2}) rotate(-90)" text-anchor="middle" fill="#444">${esc(spec.yLabel)}</text>`;
   for (const s of spec.series) {
     if (s.points.length === 0) continue;
     const d = s.points.map((p, i) => `${i ? 'L' : 'M'}${n2(sx(p[0]))} ${n2(sy(p[1]))}`).join('');
@@ -138,12 +162,16 @@ export interface AurocRun {
 export function aurocChart(labels: readonly string[], runs: readonly AurocRun[], title = 'Per-label AUROC (95% CI)'): string {
   const rowH = runs.length > 1 ? 26 : 20;
   const m = { l: labelMargin(labels), r: 70, t: 44, b: 40 };
-  const W = m.l + 440, H = m.t + m.b + rowH * Math.max(1, labels.length);
+  const W = m.l + 440,
+    H = m.t + m.b + rowH * Math.max(1, labels.length);
   const pw = W - m.l - m.r;
   let out = svgOpen('auroc', W, H, title);
-  const values = runs.flatMap((r) => labels.flatMap((l) => [r.auroc[l], ...(r.ci?.[l] ?? [])])).filter((x): x is number => typeof x === 'number');
+  const values = runs
+    .flatMap((r) => labels.flatMap((l) => [r.auroc[l], ...(r.ci?.[l] ?? [])]))
+    .filter((x): x is number => typeof x === 'number');
   if (values.length === 0) return out + emptyNote(W / 2, H / 2, 'no AUROC values') + '</svg>';
-  const x0 = Math.min(0.5, Math.floor(Math.min(...values) * 20) / 20), x1 = 1;
+  const x0 = Math.min(0.5, Math.floor(Math.min(...values) * 20) / 20),
+    x1 = 1;
   const sx = (x: number) => m.l + ((x - x0) / (x1 - x0)) * pw;
   out += `<g stroke="#e6e6e6">`;
   const ticks = niceTicks(x0, x1, 5).filter((t) => t >= x0 && t <= x1);
@@ -166,9 +194,11 @@ export function aurocChart(labels: readonly string[], runs: readonly AurocRun[],
       const tip = `${run.name} \u2014 ${label}: ${v.toFixed(4)}${ci ? ` [${ci[0].toFixed(4)}, ${ci[1].toFixed(4)}]` : ''}`;
       out += `<g class="mark" data-label="${esc(label)}" data-run="${esc(run.name)}"><title>${esc(tip)}</title>`;
       if (ci) {
-        const a = Math.max(x0, ci[0]), b = Math.min(x1, ci[1]);
+        const a = Math.max(x0, ci[0]),
+          b = Math.min(x1, ci[1]);
         out += `<line x1="${n2(sx(a))}" x2="${n2(sx(b))}" y1="${n2(y)}" y2="${n2(y)}" stroke="${run.color}" stroke-width="2" stroke-opacity="0.55"/>`;
-        for (const e of [a, b]) out += `<line x1="${n2(sx(e))}" x2="${n2(sx(e))}" y1="${n2(y - 3)}" y2="${n2(y + 3)}" stroke="${run.color}" stroke-width="1.5"/>`;
+        for (const e of [a, b])
+          out += `<line x1="${n2(sx(e))}" x2="${n2(sx(e))}" y1="${n2(y - 3)}" y2="${n2(y + 3)}" stroke="${run.color}" stroke-width="1.5"/>`;
       }
       out += `<circle cx="${n2(sx(v))}" cy="${n2(y)}" r="4" fill="${run.color}"/></g>`;
       if (runs.length === 1) out += `<text x="${W - m.r + 8}" y="${n2(y + 4)}" fill="#333">${v.toFixed(3)}</text>`;
@@ -186,7 +216,8 @@ export function aurocChart(labels: readonly string[], runs: readonly AurocRun[],
 export function diffChart(rows: readonly ComparisonRow[], nameA: string, nameB: string): string {
   const rowH = 20;
   const m = { l: labelMargin(rows.map((r) => r.label)), r: 60, t: 44, b: 40 };
-  const W = m.l + 440, H = m.t + m.b + rowH * rows.length + 8;
+  const W = m.l + 440,
+    H = m.t + m.b + rowH * rows.length + 8;
   const pw = W - m.l - m.r;
   let out = svgOpen('compare', W, H, `AUROC difference: ${nameB} \u2212 ${nameA} (points)`);
   const diffs = rows.map((r) => r.diffPoints).filter((x): x is number => x !== null);
@@ -195,7 +226,8 @@ export function diffChart(rows: readonly ComparisonRow[], nameA: string, nameB: 
   out += `<rect x="${n2(sx(-SIGNIFICANT_POINTS))}" y="${m.t - 4}" width="${n2(sx(SIGNIFICANT_POINTS) - sx(-SIGNIFICANT_POINTS))}" height="${H - m.t - m.b + 4}" fill="#eee"/>`;
   const ticks = niceTicks(-lim, lim, 6).filter((t) => Math.abs(t) <= lim);
   out += `<g fill="#555" text-anchor="middle">`;
-  for (const t of ticks) out += `<line x1="${n2(sx(t))}" x2="${n2(sx(t))}" y1="${H - m.b}" y2="${H - m.b + 4}" stroke="#999"/><text x="${n2(sx(t))}" y="${H - m.b + 16}">${esc(fmtTick(t))}</text>`;
+  for (const t of ticks)
+    out += `<line x1="${n2(sx(t))}" x2="${n2(sx(t))}" y1="${H - m.b}" y2="${H - m.b + 4}" stroke="#999"/><text x="${n2(sx(t))}" y="${H - m.b + 16}">${esc(fmtTick(t))}</text>`;
   out += `</g><text x="${m.l + pw / 2}" y="${H - 6}" text-anchor="middle" fill="#444">AUROC points (\u00b1${SIGNIFICANT_POINTS} band shaded)</text>`;
   rows.forEach((r, i) => {
     const y = m.t + i * rowH + (r.summary ? 8 : 0);
@@ -205,14 +237,15 @@ export function diffChart(rows: readonly ComparisonRow[], nameA: string, nameB: 
       out += `<text x="${n2(sx(0) + 6)}" y="${y + 14}" fill="#999">n/a</text>`;
       return;
     }
-    const a = sx(Math.min(0, r.diffPoints)), b = sx(Math.max(0, r.diffPoints));
+    const a = sx(Math.min(0, r.diffPoints)),
+      b = sx(Math.max(0, r.diffPoints));
     out += `<rect class="bar ${r.verdict}" data-label="${esc(r.label)}" x="${n2(a)}" y="${y + 4}" width="${n2(Math.max(1, b - a))}" height="${rowH - 8}" fill="${color}">`;
     out += `<title>${esc(`${r.label}: ${fmtPoints(r.diffPoints)} points`)}</title></rect>`;
     // The value goes beyond the bar's end, or inside it (white) when that would run into the axis labels.
     const text = fmtPoints(r.diffPoints);
     const inside = r.diffPoints < 0 ? a - 4 - textWidth(text) < m.l : b + 4 + textWidth(text) > W - 4;
     const tx = r.diffPoints >= 0 ? (inside ? b - 4 : b + 4) : inside ? a + 4 : a - 4;
-    const anchor = (r.diffPoints >= 0) !== inside ? 'start' : 'end';
+    const anchor = r.diffPoints >= 0 !== inside ? 'start' : 'end';
     out += `<text x="${n2(tx)}" y="${y + 14}" text-anchor="${anchor}" fill="${inside ? '#fff' : color}">${esc(text)}</text>`;
   });
   out += `<line x1="${n2(sx(0))}" x2="${n2(sx(0))}" y1="${m.t - 4}" y2="${H - m.b}" stroke="#444"/>`;
@@ -228,31 +261,45 @@ export function divergingColor(v: number): string {
 }
 
 /** Cosine-similarity heatmap of the label text embeddings, values printed in the cells. */
-export function heatmap(labels: readonly string[], matrix: readonly (readonly number[])[], title = 'Cosine similarity of label text embeddings'): string {
+export function heatmap(
+  labels: readonly string[],
+  matrix: readonly (readonly number[])[],
+  title = 'Cosine similarity of label text embeddings',
+): string {
   const L = labels.length;
   const cell = L <= 16 ? 34 : Math.max(12, Math.floor(540 / L));
   const m = { l: labelMargin(labels), t: 50, b: Math.min(MAX_LABEL, Math.max(...labels.map((l) => l.length))) * 5.2 + 30, r: 70 };
-  const W = m.l + cell * L + m.r, H = m.t + cell * L + m.b;
+  const W = m.l + cell * L + m.r,
+    H = m.t + cell * L + m.b;
   let out = svgOpen('heatmap', W, H, title);
   for (let i = 0; i < L; i++) {
     for (let j = 0; j < L; j++) {
       const v = matrix[i]![j]!;
-      const x = m.l + j * cell, y = m.t + i * cell;
+      const x = m.l + j * cell,
+        y = m.t + i * cell;
       out += `<rect class="cell" x="${x}" y="${y}" width="${cell}" height="${cell}" fill="${divergingColor(v)}" stroke="#fff" stroke-width="0.5">`;
       out += `<title>${esc(`${labels[i]} \u00b7 ${labels[j]}: ${v.toFixed(3)}`)}</title></rect>`;
-      if (cell >= 28) out += `<text x="${x + cell / 2}" y="${y + cell / 2 + 3.5}" text-anchor="middle" font-size="9.5" fill="${Math.abs(v) > 0.6 ? '#fff' : '#333'}">${v.toFixed(2)}</text>`;
+      if (cell >= 28)
+        out += `<text x="${x + cell / 2}" y="${y + cell / 2 + 3.5}" text-anchor="middle" font-size="9.5" fill="${Math.abs(v) > 0.6 ? '#fff' : '#333'}">${v.toFixed(2)}</text>`;
     }
     out += `<text x="${m.l - 6}" y="${m.t + i * cell + cell / 2 + 4}" text-anchor="end" fill="#222">${esc(clip(labels[i]!))}<title>${esc(labels[i])}</title></text>`;
-    const cx = m.l + i * cell + cell / 2, cy = m.t + L * cell + 6;
+    const cx = m.l + i * cell + cell / 2,
+      cy = m.t + L * cell + 6;
     out += `<text transform="translate(${cx + 4} ${cy}) rotate(-55)" text-anchor="end" fill="#222">${esc(clip(labels[i]!))}</text>`;
   }
   // Colour scale.
-  const sx = m.l + L * cell + 18, sh = Math.min(200, L * cell);
+  const sx = m.l + L * cell + 18,
+    sh = Math.min(200, L * cell);
   for (let k = 0; k < 40; k++) {
     const v = 1 - (2 * k) / 39;
     out += `<rect x="${sx}" y="${n2(m.t + (k * sh) / 40)}" width="12" height="${n2(sh / 40 + 0.5)}" fill="${divergingColor(v)}"/>`;
   }
-  for (const [v, y] of [[1, m.t], [0, m.t + sh / 2], [-1, m.t + sh]] as const) out += `<text x="${sx + 16}" y="${n2(y + 4)}" fill="#555">${v}</text>`;
+  for (const [v, y] of [
+    [1, m.t],
+    [0, m.t + sh / 2],
+    [-1, m.t + sh],
+  ] as const)
+    out += `<text x="${sx + 16}" y="${n2(y + 4)}" fill="#555">${v}</text>`;
   return out + '</svg>';
 }
 
@@ -264,16 +311,31 @@ export interface ScatterGroup {
 }
 
 /** 2-D scatter of projected embeddings, one colour per group, legend with counts on the right. */
-export function scatter(points: readonly [number, number][], groups: readonly ScatterGroup[], title: string, axes: [string, string]): string {
+export function scatter(
+  points: readonly [number, number][],
+  groups: readonly ScatterGroup[],
+  title: string,
+  axes: [string, string],
+): string {
   const m = { l: 40, r: Math.min(MAX_LABEL, Math.max(10, ...groups.map((g) => g.name.length + 6))) * 6.2 + 40, t: 40, b: 40 };
-  const W = 560 + m.r, H = Math.max(520, m.t + 20 + groups.length * 17);
-  const pw = W - m.l - m.r, ph = H - m.t - m.b;
+  const W = 560 + m.r,
+    H = Math.max(520, m.t + 20 + groups.length * 17);
+  const pw = W - m.l - m.r,
+    ph = H - m.t - m.b;
   let out = svgOpen('projection', W, H, title);
   if (points.length === 0) return out + emptyNote(W / 2, H / 2, 'no test embeddings') + '</svg>';
-  const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
-  let x0 = Math.min(...xs), x1 = Math.max(...xs), y0 = Math.min(...ys), y1 = Math.max(...ys);
-  const padX = (x1 - x0 || 1) * 0.04, padY = (y1 - y0 || 1) * 0.04;
-  x0 -= padX; x1 += padX; y0 -= padY; y1 += padY;
+  const xs = points.map((p) => p[0]),
+    ys = points.map((p) => p[1]);
+  let x0 = Math.min(...xs),
+    x1 = Math.max(...xs),
+    y0 = Math.min(...ys),
+    y1 = Math.max(...ys);
+  const padX = (x1 - x0 || 1) * 0.04,
+    padY = (y1 - y0 || 1) * 0.04;
+  x0 -= padX;
+  x1 += padX;
+  y0 -= padY;
+  y1 += padY;
   const sx = (x: number) => m.l + ((x - x0) / (x1 - x0)) * pw;
   const sy = (y: number) => m.t + ph - ((y - y0) / (y1 - y0)) * ph;
   out += `<rect x="${m.l}" y="${m.t}" width="${pw}" height="${ph}" fill="none" stroke="#ccc"/>`;

@@ -1,7 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { writeFileAtomic } from '../../shared/fs-atomic.js';
-import { UserError } from '../../shared/errors.js';
+import { writeFileAtomic } from '../../shared/util/fs-atomic.js';
+import { UserError } from '../../shared/util/errors.js';
 import { buildReport } from './build.js';
 import { readRunDir } from './run-dir.js';
 

@@ -26,4 +26,4 @@ export {
 } from './load.js';
 export { ShardReader } from './shard-reader.js';
 export { checkpointDue, type CheckpointSchedule, type ScheduleState } from './schedule.js';
-export { loadInitWeights, openClipTensors, openClipShape, type InitWeights } from './open-clip.js';
+export { loadInitWeights, openClipTensors, openClipShape, type InitWeights } from '../interop/open-clip.js';

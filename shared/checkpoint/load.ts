@@ -1,6 +1,6 @@
 import { existsSync, statSync } from 'node:fs';
 import * as path from 'node:path';
-import { UserError, errorMessage } from '../errors.js';
+import { UserError, errorMessage } from '../util/errors.js';
 import { buildLayout, layoutMismatch, type ParamLayout } from '../params.js';
 import { shardRange, type ShardRange } from '../shard.js';
 import { STEP_DIR_RE, layoutHash } from './format.js';
@@ -62,7 +62,8 @@ export interface LoadedCheckpoint {
 export async function checkpointCandidates(p: string): Promise<{ dirs: string[]; single: boolean }> {
   const abs = path.resolve(p);
   if (!existsSync(abs)) throw new UserError(`checkpoint path ${abs} does not exist`);
-  if (!statSync(abs).isDirectory()) throw new UserError(`checkpoint path ${abs} is not a directory (give a run directory or a step-NNNNNNN directory)`);
+  if (!statSync(abs).isDirectory())
+    throw new UserError(`checkpoint path ${abs} is not a directory (give a run directory or a step-NNNNNNN directory)`);
   if (STEP_DIR_RE.test(path.basename(abs)) || existsSync(path.join(abs, MANIFEST_FILE))) {
     if (!existsSync(path.join(abs, MANIFEST_FILE)))
       throw new UserError(
@@ -100,7 +101,9 @@ function checkCompatible(dir: string, m: CheckpointManifest, o: ResolveOptions):
       .replace(/^unexpected extra parameter/, 'the checkpoint has a parameter this model lacks:')
       .replace(/^missing parameter/, 'the checkpoint lacks parameter')
       .replace(/, expected/, ' in the checkpoint, this model has');
-    throw new UserError(`checkpoint ${dir} does not fit this model: ${said}; resume with the model preset and label set it was trained with`);
+    throw new UserError(
+      `checkpoint ${dir} does not fit this model: ${said}; resume with the model preset and label set it was trained with`,
+    );
   }
   for (const [key, want] of Object.entries(o.requireConfig ?? {})) {
     const got = configValue(m.config, key);
@@ -115,11 +118,13 @@ function checkCompatible(dir: string, m: CheckpointManifest, o: ResolveOptions):
 /** Manifest sanity that does not depend on the current model: corruption if it fails. */
 function checkManifest(dir: string, m: CheckpointManifest): void {
   const saved = buildLayout(m.layout.entries);
-  if (saved.total !== m.layout.total || layoutHash(saved) !== m.layout.hash) throw new Error(`${dir}/${MANIFEST_FILE}: layout hash or total does not match its entries`);
+  if (saved.total !== m.layout.total || layoutHash(saved) !== m.layout.hash)
+    throw new Error(`${dir}/${MANIFEST_FILE}: layout hash or total does not match its entries`);
   if (m.shards.length !== m.world) throw new Error(`${dir}/${MANIFEST_FILE}: ${m.shards.length} shards for world ${m.world}`);
   m.shards.forEach((s, r) => {
     const want = shardRange(m.layout.total, m.world, r);
-    if (s.rank !== r || s.start !== want.start || s.end !== want.end) throw new Error(`${dir}/${MANIFEST_FILE}: shard ${r} has range [${s.start}, ${s.end})`);
+    if (s.rank !== r || s.start !== want.start || s.end !== want.end)
+      throw new Error(`${dir}/${MANIFEST_FILE}: shard ${r} has range [${s.start}, ${s.end})`);
   });
 }
 
@@ -134,8 +139,18 @@ async function openShards(dir: string, m: CheckpointManifest, only?: Set<number>
       out.set(s.rank, r);
       const h = r.header;
       if (r.bytes !== s.bytes) throw new Error(`${file}: ${r.bytes} bytes, the manifest says ${s.bytes}`);
-      if (r.digest !== s.digest) throw new Error(`${file}: header or block checksums differ from those ${MANIFEST_FILE} recorded (digest ${r.digest}, expected ${s.digest})`);
-      if (h.rank !== s.rank || h.world !== m.world || h.start !== s.start || h.end !== s.end || h.step !== m.step || h.layoutHash !== m.layout.hash)
+      if (r.digest !== s.digest)
+        throw new Error(
+          `${file}: header or block checksums differ from those ${MANIFEST_FILE} recorded (digest ${r.digest}, expected ${s.digest})`,
+        );
+      if (
+        h.rank !== s.rank ||
+        h.world !== m.world ||
+        h.start !== s.start ||
+        h.end !== s.end ||
+        h.step !== m.step ||
+        h.layoutHash !== m.layout.hash
+      )
         throw new Error(`${file}: header (step ${h.step}, rank ${h.rank}/${h.world}) does not match ${MANIFEST_FILE}`);
     }
   } catch (e) {
@@ -162,7 +177,11 @@ async function gather(
   return out;
 }
 
-async function withFallback<T>(p: string, o: ResolveOptions, attempt: (dir: string, m: CheckpointManifest) => Promise<T>): Promise<{ value: T; skipped: string[] }> {
+async function withFallback<T>(
+  p: string,
+  o: ResolveOptions,
+  attempt: (dir: string, m: CheckpointManifest) => Promise<T>,
+): Promise<{ value: T; skipped: string[] }> {
   const { dirs, single } = await checkpointCandidates(p);
   const skipped: string[] = [];
   const reasons: string[] = [];

@@ -1,7 +1,7 @@
 import { existsSync, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { z } from 'zod';
-import { fsyncDir, writeJsonAtomic } from '../fs-atomic.js';
+import { fsyncDir, writeJsonAtomic } from '../util/fs-atomic.js';
 import type { ParamLayout } from '../params.js';
 import { shardRange } from '../shard.js';
 import { STEP_DIR_RE, SHARD_HEADER_BYTES, decodeHeader, layoutHash, shardFileName, stepDirName } from './format.js';
@@ -188,10 +188,7 @@ export async function pruneCheckpoints(checkpointsRoot: string, keep: number): P
   if (committed.length === 0) return [];
   const newest = committed[committed.length - 1]!.step;
   const k = Math.max(1, Math.floor(keep));
-  const doomed = [
-    ...committed.slice(0, Math.max(0, committed.length - k)),
-    ...all.filter((c) => !c.committed && c.step < newest),
-  ];
+  const doomed = [...committed.slice(0, Math.max(0, committed.length - k)), ...all.filter((c) => !c.committed && c.step < newest)];
   for (const c of doomed) await removeStepDir(c.dir);
   if (doomed.length) await fsyncDir(checkpointsRoot);
   return doomed.map((c) => c.dir);

@@ -122,8 +122,14 @@ export class ShardReader {
   /** Elements [start, end) of the flat vector (absolute indices inside this shard's range). */
   async readFloats(section: 'params' | 'm' | 'v', start: number, end: number, dest: Float32Array): Promise<void> {
     const h = this.header;
-    if (start < h.start || end > h.end) throw new Error(`${this.path}: elements [${start}, ${end}) outside its range [${h.start}, ${h.end})`);
-    await this.readBytes(section, (start - h.start) * 4, (end - h.start) * 4, new Uint8Array(dest.buffer, dest.byteOffset, dest.byteLength));
+    if (start < h.start || end > h.end)
+      throw new Error(`${this.path}: elements [${start}, ${end}) outside its range [${h.start}, ${h.end})`);
+    await this.readBytes(
+      section,
+      (start - h.start) * 4,
+      (end - h.start) * 4,
+      new Uint8Array(dest.buffer, dest.byteOffset, dest.byteLength),
+    );
   }
 
   async readExtra(): Promise<Uint8Array> {

@@ -1,6 +1,6 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { writeAtomically } from '../fs-atomic.js';
+import { writeAtomically } from '../util/fs-atomic.js';
 import {
   DEFAULT_BLOCK_BYTES,
   SHARD_END_MAGIC,
@@ -69,7 +69,8 @@ export async function writeShard(stepDir: string, d: ShardData): Promise<ShardWr
     );
   if (!Number.isInteger(d.rank) || d.rank < 0 || d.rank >= d.world) throw new Error(`writeShard: rank ${d.rank} outside world ${d.world}`);
   if (!Number.isSafeInteger(d.step) || d.step < 0) throw new Error(`writeShard: step must be a non-negative integer, got ${d.step}`);
-  if (!/^[0-9a-f]{64}$/.test(d.layoutHash)) throw new Error(`writeShard: layoutHash must be layoutHash(layout) (64 hex digits), got '${d.layoutHash}'`);
+  if (!/^[0-9a-f]{64}$/.test(d.layoutHash))
+    throw new Error(`writeShard: layoutHash must be layoutHash(layout) (64 hex digits), got '${d.layoutHash}'`);
   const extra = d.extra ?? new Uint8Array(0);
   const blockBytes = d.blockBytes ?? DEFAULT_BLOCK_BYTES;
   const header: ShardHeader = {
@@ -110,7 +111,8 @@ export async function writeShard(stepDir: string, d: ShardData): Promise<ShardWr
       for (const section of [bytesOf(d.params), bytesOf(d.m), bytesOf(d.v), extra]) {
         for (let off = 0; off < section.byteLength; off += WRITE_CHUNK) {
           const chunk = section.subarray(off, Math.min(section.byteLength, off + WRITE_CHUNK));
-          for (let b = 0; b < chunk.byteLength; b += blockBytes) crcs.push(crc32(chunk.subarray(b, Math.min(chunk.byteLength, b + blockBytes))));
+          for (let b = 0; b < chunk.byteLength; b += blockBytes)
+            crcs.push(crc32(chunk.subarray(b, Math.min(chunk.byteLength, b + blockBytes))));
           await emit(chunk);
         }
       }

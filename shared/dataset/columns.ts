@@ -195,7 +195,16 @@ export function recordBatchColumns(rb: RecordBatch): RecordBatchColumns {
 export function fromRecordBatch(rb: RecordBatch): SampleBatch {
   const c = recordBatchColumns(rb);
   const all = (at: (i: number) => string) => Array.from({ length: c.n }, (_, i) => at(i));
-  const b: SampleBatch = { n: c.n, height: c.height, width: c.width, images: c.images, labels: c.labels, subjectIds: all(c.subjectId), studyIds: all(c.studyId), paths: all(c.path) };
+  const b: SampleBatch = {
+    n: c.n,
+    height: c.height,
+    width: c.width,
+    images: c.images,
+    labels: c.labels,
+    subjectIds: all(c.subjectId),
+    studyIds: all(c.studyId),
+    paths: all(c.path),
+  };
   if (c.report) b.reports = all(c.report);
   return b;
 }

@@ -1,6 +1,6 @@
 import { createReadStream } from 'node:fs';
 import { createGunzip } from 'node:zlib';
-import { UserError } from '../errors.js';
+import { UserError } from '../util/errors.js';
 
 /** One CSV record: its fields and the 1-based line it starts on (the header is line 1). */
 export interface CsvRecord {

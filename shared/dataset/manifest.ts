@@ -1,7 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { z } from 'zod';
-import { UserError } from '../errors.js';
+import { UserError } from '../util/errors.js';
 
 /** The file that makes a directory a dataset; written last, so its presence means complete. */
 export const MANIFEST_FILE = 'manifest.json';
@@ -78,7 +78,9 @@ export function parseManifest(doc: unknown, file: string): Manifest {
     split.shards.forEach((sh, i) => {
       const want = Math.ceil(sh.rows / m.rowsPerBatch);
       if (sh.batches !== want)
-        throw new UserError(`${file}: 'splits.${s}.shards.${i}.batches' is ${sh.batches}, expected ${want} for ${sh.rows} rows of ${m.rowsPerBatch}`);
+        throw new UserError(
+          `${file}: 'splits.${s}.shards.${i}.batches' is ${sh.batches}, expected ${want} for ${sh.rows} rows of ${m.rowsPerBatch}`,
+        );
     });
   }
   for (const c of ['image', 'labels', 'subject_id', 'study_id', 'path'])
@@ -95,7 +97,9 @@ export async function readManifest(dir: string): Promise<Manifest> {
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ENOENT')
-      throw new UserError(`${file} not found: '${dir}' is not a dataset (make one with 'coordinator data prepare' or 'coordinator data synth')`);
+      throw new UserError(
+        `${file} not found: '${dir}' is not a dataset (make one with 'coordinator data prepare' or 'coordinator data synth')`,
+      );
     throw new UserError(`${file}: cannot read (${(e as Error).message})`);
   }
   let doc: unknown;

@@ -1,7 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { Message, RecordBatchReader, Utf8, makeData, makeVector, type AsyncRecordBatchFileReader } from 'apache-arrow';
-import { UserError } from '../errors.js';
+import { UserError } from '../util/errors.js';
 import { REQUIRED_COLUMNS, imageSizeOf, recordBatchColumns, type RecordBatchColumns, type SampleBatch } from './columns.js';
 import { readManifest, SPLITS, type Manifest, type ShardInfo, type SplitName } from './manifest.js';
 
@@ -94,12 +94,14 @@ class ShardHandle {
       } catch (e) {
         throw new UserError(`${this.file}: cannot open dataset shard (${(e as Error).message}); the dataset is incomplete`);
       }
-      let r;
+      let r: RecordBatchReader;
       try {
         r = await RecordBatchReader.from(this.fh);
         await r.open();
       } catch (e) {
-        throw new UserError(`${this.file}: not a readable Arrow IPC file (${(e as Error).message}); run 'coordinator data inspect' on the dataset`);
+        throw new UserError(
+          `${this.file}: not a readable Arrow IPC file (${(e as Error).message}); run 'coordinator data inspect' on the dataset`,
+        );
       }
       if (!r.isFile()) throw new UserError(`${this.file}: an Arrow stream, not an Arrow IPC file with a record-batch index`);
       const fr = r as AsyncRecordBatchFileReader;
@@ -113,7 +115,8 @@ class ShardHandle {
   /** `length` bytes at `position` into `into` at `offset`; a short read means a truncated file. */
   private async readAt(into: Uint8Array, offset: number, length: number, position: number, what: string): Promise<void> {
     const { bytesRead } = await this.fh!.read(into, offset, length, position);
-    if (bytesRead !== length) throw new UserError(`${this.file}: ${what} ends past the end of the file (truncated?); run 'coordinator data inspect'`);
+    if (bytesRead !== length)
+      throw new UserError(`${this.file}: ${what} ends past the end of the file (truncated?); run 'coordinator data inspect'`);
   }
 
   readBatch(index: number, expectRows: number): Promise<CachedBatch> {
@@ -126,14 +129,15 @@ class ShardHandle {
         if (e instanceof UserError) throw e;
         throw new UserError(`${this.file}: record batch ${index} unreadable (${(e as Error).message}); run 'coordinator data inspect'`);
       }
-      let rb;
+      let rb: Awaited<ReturnType<typeof r.readRecordBatch>>;
       try {
         rb = await r.readRecordBatch(index);
       } catch (e) {
         throw new UserError(`${this.file}: record batch ${index} unreadable (${(e as Error).message}); run 'coordinator data inspect'`);
       }
       if (!rb) throw new UserError(`${this.file}: record batch ${index} missing`);
-      if (rb.numRows !== expectRows) throw new UserError(`${this.file}: record batch ${index} has ${rb.numRows} rows, expected ${expectRows}`);
+      if (rb.numRows !== expectRows)
+        throw new UserError(`${this.file}: record batch ${index} has ${rb.numRows} rows, expected ${expectRows}`);
       imageSizeOf(rb.schema);
       const cols = recordBatchColumns(rb);
       return { cols, pixelsAt: null, bytes: cols.images.byteLength + cols.labels.byteLength + 64 * cols.n };
@@ -178,12 +182,14 @@ class ShardHandle {
     const body = block.offset + block.metaDataLength;
     const tail = new Uint8Array(to - from);
     await this.readAt(tail, 0, tail.length, body + from, `record batch ${index}`);
-    const view = <T>(T: new (b: ArrayBuffer, o: number, n: number) => T, i: number, n: number) => new T(tail.buffer, buf[i]!.offset - from, n);
+    const view = <T>(T: new (b: ArrayBuffer, o: number, n: number) => T, i: number, n: number) =>
+      new T(tail.buffer, buf[i]!.offset - from, n);
     const text = (k: number): ((i: number) => string) => {
       if (buf[6 + 3 * k + 1]!.length < 4 * (rows + 1)) throw new Error(`column '${fields[2 + k]}': offsets buffer shorter than the rows`);
       const valueOffsets = view(Int32Array, 6 + 3 * k + 1, rows + 1);
       const data = view(Uint8Array, 6 + 3 * k + 2, buf[6 + 3 * k + 2]!.length);
-      if (valueOffsets[0]! < 0 || valueOffsets[rows]! > data.length) throw new Error(`column '${fields[2 + k]}': string offsets past its data`);
+      if (valueOffsets[0]! < 0 || valueOffsets[rows]! > data.length)
+        throw new Error(`column '${fields[2 + k]}': string offsets past its data`);
       const v = makeVector(makeData({ type: new Utf8(), length: rows, nullCount: 0, valueOffsets, data }));
       return (i) => v.get(i) ?? '';
     };

@@ -1,6 +1,6 @@
-import { UserError } from '../errors.js';
+import { UserError } from '../util/errors.js';
 import type { SplitName } from './manifest.js';
-import { Prng, deriveSeed } from './prng.js';
+import { Prng, deriveSeed } from '../random/sfc32.js';
 
 export interface SplitFractions {
   val: number;
@@ -8,8 +8,7 @@ export interface SplitFractions {
 }
 
 export function checkFractions(f: SplitFractions): void {
-  for (const [k, v] of Object.entries(f))
-    if (!(v >= 0 && v < 1)) throw new UserError(`--${k}-fraction must be in [0, 1), got ${v}`);
+  for (const [k, v] of Object.entries(f)) if (!(v >= 0 && v < 1)) throw new UserError(`--${k}-fraction must be in [0, 1), got ${v}`);
   if (f.val + f.test >= 1) throw new UserError(`--val-fraction + --test-fraction must be below 1, got ${f.val + f.test}`);
 }
 

@@ -25,7 +25,16 @@ export function decodeBatch(bytes: Uint8Array): SampleBatch {
   const rb = batches[0]!;
   if (rb.numRows === 0) {
     const { height, width } = imageSizeOf(rb.schema);
-    const b: SampleBatch = { n: 0, height, width, images: new Uint8Array(0), labels: new Float32Array(0), subjectIds: [], studyIds: [], paths: [] };
+    const b: SampleBatch = {
+      n: 0,
+      height,
+      width,
+      images: new Uint8Array(0),
+      labels: new Float32Array(0),
+      subjectIds: [],
+      studyIds: [],
+      paths: [],
+    };
     if (rb.schema.fields.some((f) => f.name === 'report')) b.reports = [];
     return b;
   }

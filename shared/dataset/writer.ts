@@ -3,7 +3,7 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { AsyncByteQueue, RecordBatchFileWriter, type Schema } from 'apache-arrow';
 import { datasetSchema, toRecordBatch, type SampleBatch } from './columns.js';
-import { writeJsonAtomic } from '../fs-atomic.js';
+import { writeJsonAtomic } from '../util/fs-atomic.js';
 import { MANIFEST_FILE, FORMAT_NAME, FORMAT_VERSION, type Manifest, type ShardInfo, type SplitName, SPLITS } from './manifest.js';
 
 /**
@@ -59,7 +59,14 @@ export class ShardWriter {
     this.writer.reset(this.sink as never, schema);
   }
 
-  static async create(file: string, schema: Schema, height: number, width: number, labelCount: number, rowsPerBatch: number): Promise<ShardWriter> {
+  static async create(
+    file: string,
+    schema: Schema,
+    height: number,
+    width: number,
+    labelCount: number,
+    rowsPerBatch: number,
+  ): Promise<ShardWriter> {
     const fh = await fsp.open(file, 'wx');
     return new ShardWriter(file, fh, schema, height, width, labelCount, rowsPerBatch);
   }

@@ -1,4 +1,4 @@
-import { mulberry32 } from '../rng.js';
+import { mulberry32 } from '../random/generators.js';
 
 /**
  * Area under the ROC curve, exactly: the Mann-Whitney U statistic over (positive, negative)
@@ -14,10 +14,11 @@ export function auroc(scores: ArrayLike<number>, labels: ArrayLike<number>): num
     let j = i;
     while (j + 1 < n && scores[order[j + 1]!] === scores[order[i]!]) j++;
     const avgRank = (i + j) / 2 + 1;
-    for (let k = i; k <= j; k++) if (labels[order[k]!] === 1) {
-      pos++;
-      rankSumPos += avgRank;
-    }
+    for (let k = i; k <= j; k++)
+      if (labels[order[k]!] === 1) {
+        pos++;
+        rankSumPos += avgRank;
+      }
     i = j + 1;
   }
   const neg = n - pos;

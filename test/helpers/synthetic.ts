@@ -1,13 +1,20 @@
 import { mkdir } from 'node:fs/promises';
-import { mulberry32 } from '../../shared/rng.js';
+import { mulberry32 } from '../../shared/random/generators.js';
 import { DatasetWriter } from '../../shared/dataset/writer.js';
-import type { SplitName, TrainData } from '../../coordinator/train-config.js';
+import type { SplitName, TrainData } from '../../coordinator/train/config.js';
 
 /**
  * An in-memory learnable dataset: label l present draws a bright square in cell l of a grid,
  * on noise; labels are 1/0 with a few -1 and NaN so the policies are exercised.
  */
-export function syntheticData(opts: { size: number; labels: string[]; labelSet?: string; counts: Record<SplitName, number>; seed: number; uncertain?: number }): TrainData {
+export function syntheticData(opts: {
+  size: number;
+  labels: string[];
+  labelSet?: string;
+  counts: Record<SplitName, number>;
+  seed: number;
+  uncertain?: number;
+}): TrainData {
   const { size, labels } = opts;
   const L = labels.length;
   const grid = Math.ceil(Math.sqrt(L));
@@ -26,7 +33,8 @@ export function syntheticData(opts: { size: number; labels: string[]; labelSet?:
         if (!on) continue;
         const gy = Math.floor(l / grid) * cell;
         const gx = (l % grid) * cell;
-        for (let y = gy + 1; y < gy + cell - 1; y++) for (let x = gx + 1; x < gx + cell - 1; x++) img[y * size + x] = 200 + Math.floor(rand() * 55);
+        for (let y = gy + 1; y < gy + cell - 1; y++)
+          for (let x = gx + 1; x < gx + cell - 1; x++) img[y * size + x] = 200 + Math.floor(rand() * 55);
       }
     }
     return { images, labels: lab };
@@ -71,7 +79,13 @@ export async function writeDataset(dir: string, data: TrainData): Promise<void> 
     const s = data.split(split);
     const b = await s.read(Array.from({ length: s.length }, (_, i) => i));
     for (let i = 0; i < b.n; i++)
-      await w.add(split, { image: b.images.subarray(i * px, (i + 1) * px), labels: b.labels.subarray(i * L, (i + 1) * L), subjectId: `${split}-p${i}`, studyId: `${split}-s${i}`, path: `${split}/${i}.png` });
+      await w.add(split, {
+        image: b.images.subarray(i * px, (i + 1) * px),
+        labels: b.labels.subarray(i * L, (i + 1) * L),
+        subjectId: `${split}-p${i}`,
+        studyId: `${split}-s${i}`,
+        path: `${split}/${i}.png`,
+      });
   }
   await w.finish({ createdBy: 'test/helpers/synthetic.ts', source: { kind: 'test-synthetic' } });
 }

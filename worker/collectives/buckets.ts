@@ -45,7 +45,8 @@ export function flattenInto(tensors: readonly Float32Array[], bucket: Bucket, ou
     out.set(tensors[i]!, at);
     at += tensors[i]!.length;
   }
-  if (at !== bucket.length) throw new RangeError(`tensors ${bucket.first}..${bucket.end - 1} hold ${at} elements, bucket expects ${bucket.length}`);
+  if (at !== bucket.length)
+    throw new RangeError(`tensors ${bucket.first}..${bucket.end - 1} hold ${at} elements, bucket expects ${bucket.length}`);
   return out;
 }
 

@@ -4,7 +4,7 @@
  * fp16 overflows to +-Infinity above 65504 and loses values below 2^-24; bf16 keeps fp32's range
  * with 8 bits of mantissa, so it is the safer choice for raw gradients.
  */
-import { addF32 } from './simd-add.js';
+import { addF32 } from '../../kernels/simd/add.js';
 
 export type Wire = 'fp32' | 'fp16' | 'bf16';
 

@@ -1,5 +1,5 @@
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
-import { UserError } from '../../shared/errors.js';
+import { UserError } from '../../shared/util/errors.js';
 import { ANSWERED } from './interrupt.js';
 import { CollectiveError, ProcessGroup, type DataPath, type ProcessGroupOptions } from './process-group.js';
 
@@ -39,7 +39,8 @@ export type CommReply = { readonly id: number; readonly result?: Float32Array; r
 export type CommEvent = { readonly ready: true; readonly dataPath: DataPath } | { readonly startError: WireError };
 
 export function toWireError(e: unknown): WireError {
-  if (e instanceof CollectiveError) return { message: e.message, kind: 'collective', code: e.code, ...(e.peer !== undefined ? { peer: e.peer } : {}) };
+  if (e instanceof CollectiveError)
+    return { message: e.message, kind: 'collective', code: e.code, ...(e.peer !== undefined ? { peer: e.peer } : {}) };
   if (e instanceof UserError) return { message: e.message, kind: 'user' };
   return { message: e instanceof Error ? (e.stack ?? e.message) : String(e), kind: 'error' };
 }

@@ -1,13 +1,32 @@
 import { endianness } from 'node:os';
 import * as zmq from 'zeromq';
 import { shardRange, shardRanges } from '../../shared/shard.js';
-import { UserError } from '../../shared/errors.js';
+import { UserError } from '../../shared/util/errors.js';
 import { type Wire, WIRES, wireBytes, encode, quantize, decodeAdd, decodeCopy } from './codec.js';
-import { type Header, type OpKindName, MsgType, FLAG_ACK_REQ, FLAG_SHM, ForeignMessage, ProtocolError, decodeMessage, encodeHeader } from './protocol.js';
-import { addF32From } from './simd-add.js';
-import { DEFAULT_SHM_DIR, ShmPeer, ShmRegion, ShmSegment, decodeDescriptor, decodeRelease, encodeDescriptor, encodeRelease, shmSlots } from './shm.js';
-import { shmNative, type ShmNative } from './native.js';
-import { type Plan, type PlanItem, type PlanRecv, ringPlan, broadcastPlan, segmentsFromCounts, referenceSum, reductionOrder } from './schedule.js';
+import { type Header, type OpKindName, MsgType, FLAG_ACK_REQ, FLAG_SHM, ForeignMessage, decodeMessage, encodeHeader } from './protocol.js';
+import { addF32From } from '../../kernels/simd/add.js';
+import {
+  DEFAULT_SHM_DIR,
+  ShmPeer,
+  ShmRegion,
+  ShmSegment,
+  decodeDescriptor,
+  decodeRelease,
+  encodeDescriptor,
+  encodeRelease,
+  shmSlots,
+} from './transport/shm.js';
+import { shmNative, type ShmNative } from '../../native/addon.js';
+import {
+  type Plan,
+  type PlanItem,
+  type PlanRecv,
+  ringPlan,
+  broadcastPlan,
+  segmentsFromCounts,
+  referenceSum,
+  reductionOrder,
+} from './algorithms/schedule.js';
 
 export interface ProcessGroupOptions {
   rank: number;
@@ -64,17 +83,6 @@ export class CollectiveError extends Error {
     this.name = 'CollectiveError';
   }
 }
-
-/**
- * Environment for processes that run collectives (merge it into a worker's env when spawning it).
- * libzmq allocates every received message with malloc; with glibc's defaults, 1 MiB chunks come
- * from fresh mmap'd or re-grown heap pages, and the page faults cost as much system time as the
- * transfer itself (measured: about 40% less system time per 64 MiB all-reduce with these).
- */
-export const COLLECTIVES_ENV: Readonly<Record<string, string>> = {
-  MALLOC_MMAP_THRESHOLD_: String(256 << 20),
-  MALLOC_TRIM_THRESHOLD_: String(1024 << 20),
-};
 
 export const DEFAULT_TIMEOUT_MS = 30_000;
 export const DEFAULT_CHUNK_BYTES = 1 << 20;
@@ -286,7 +294,12 @@ export class ProcessGroup {
     this.context = opts.ioThreads ? new zmq.Context({ ioThreads: opts.ioThreads }) : undefined;
     const ctx = this.context ? { context: this.context } : {};
     const sockBuf = opts.socketBufferBytes ?? DEFAULT_SOCKET_BUFFER_BYTES;
-    this.pull = new zmq.Pull({ ...ctx, maxMessageSize: this.chunkBytes + 65536, linger: 0, ...(sockBuf > 0 ? { receiveBufferSize: sockBuf } : {}) });
+    this.pull = new zmq.Pull({
+      ...ctx,
+      maxMessageSize: this.chunkBytes + 65536,
+      linger: 0,
+      ...(sockBuf > 0 ? { receiveBufferSize: sockBuf } : {}),
+    });
     this.outboxes = this.endpoints.map((ep, r) => {
       if (r === this.rank) return null;
       const s = new zmq.Push({ ...ctx, sendTimeout: this.timeoutMs, linger: 1000, ...(sockBuf > 0 ? { sendBufferSize: sockBuf } : {}) });
@@ -345,9 +358,18 @@ export class ProcessGroup {
         }
     }
     const hello = Buffer.from(
-      JSON.stringify({ world: this.world, rank: this.rank, chunkBytes: this.chunkBytes, endpoint: ep, shm: this.shm?.offer() ?? null, region: this.region?.offer() ?? null }),
+      JSON.stringify({
+        world: this.world,
+        rank: this.rank,
+        chunkBytes: this.chunkBytes,
+        endpoint: ep,
+        shm: this.shm?.offer() ?? null,
+        region: this.region?.offer() ?? null,
+      }),
     );
-    for (let r = 0; r < this.world; r++) if (r !== this.rank) this.outboxes[r]!.push({ frames: [this.header(MsgType.HELLO, 'hello', 0, 0, 0, 0, 0, 'fp32'), hello], op: null });
+    for (let r = 0; r < this.world; r++)
+      if (r !== this.rank)
+        this.outboxes[r]!.push({ frames: [this.header(MsgType.HELLO, 'hello', 0, 0, 0, 0, 0, 'fp32'), hello], op: null });
     // Three rounds: HELLO (with this rank's segment and region), LINK answers (the successor opened
     // the segment or not), LINK status (whether each rank sends through shared memory and has mapped
     // every region), which every rank needs to pick the same ring chunk and all-reduce path.
@@ -365,7 +387,9 @@ export class ProcessGroup {
           const regions = this.region !== null && this.endpoints.every((_, r) => this.regions[r]);
           const status = Buffer.from(JSON.stringify({ sending: this.shmSendOn, regions }));
           this.regionsOn = regions;
-          for (let r = 0; r < this.world; r++) if (r !== this.rank) this.outboxes[r]!.push({ frames: [this.header(MsgType.LINK, 'hello', 0, 0, 0, 0, 0, 'fp32'), status], op: null });
+          for (let r = 0; r < this.world; r++)
+            if (r !== this.rank)
+              this.outboxes[r]!.push({ frames: [this.header(MsgType.LINK, 'hello', 0, 0, 0, 0, 0, 'fp32'), status], op: null });
         }
         if (statusSent && this.peerStatus.size === this.world - 1) {
           clearTimeout(timer);
@@ -392,7 +416,8 @@ export class ProcessGroup {
     // The chunk must be the same on every link of a ring (what arrives is forwarded chunk by
     // chunk), so the larger shared-memory chunk is used only when every rank sends that way.
     const peers = [...this.peerStatus.values()];
-    if (this.world > 1 && this.shmSendOn && peers.every((p) => p.sending)) this.chunkElems = Math.floor(Math.max(this.chunkBytes, this.shmChunkBytes) / 4);
+    if (this.world > 1 && this.shmSendOn && peers.every((p) => p.sending))
+      this.chunkElems = Math.floor(Math.max(this.chunkBytes, this.shmChunkBytes) / 4);
     // Every rank maps every region or none uses them: an all-reduce's path must be the same everywhere.
     this.regionsOn = this.regionsOn && peers.every((p) => p.regions);
     if (this.region && !this.regionsOn) this.shmNotes.push('no shared buffers: not every rank maps every region');
@@ -442,7 +467,8 @@ export class ProcessGroup {
     if (!o || typeof o !== 'object') return `rank ${r} (${this.endpoints[r]}) sent an unreadable hello`;
     if (o.world !== this.world) return `rank ${r} (${this.endpoints[r]}) has world size ${String(o.world)}, this rank ${this.world}`;
     if (o.rank !== r) return `the process at ${this.endpoints[r]} says it is rank ${String(o.rank)}, expected ${r}`;
-    if (o.chunkBytes !== this.chunkBytes) return `rank ${r} (${this.endpoints[r]}) uses chunkBytes ${String(o.chunkBytes)}, this rank ${this.chunkBytes}`;
+    if (o.chunkBytes !== this.chunkBytes)
+      return `rank ${r} (${this.endpoints[r]}) uses chunkBytes ${String(o.chunkBytes)}, this rank ${this.chunkBytes}`;
     return null;
   }
 
@@ -478,7 +504,9 @@ export class ProcessGroup {
       this.wire,
       -1,
       () => ringPlan('reduceScatter', this.world, this.rank, shardRanges(buf.length, this.world), this.chunkElems),
-      small ? { contrib: () => ({ start: 0, end: buf.length }), finish: (parts) => buf.set(referenceSum(parts, 'fp32', 'reduceScatter')) } : null,
+      small
+        ? { contrib: () => ({ start: 0, end: buf.length }), finish: (parts) => buf.set(referenceSum(parts, 'fp32', 'reduceScatter')) }
+        : null,
     );
     const { start, end } = shardRange(buf.length, this.world, this.rank);
     return buf.subarray(start, end);
@@ -486,14 +514,20 @@ export class ProcessGroup {
 
   /** Concatenation of every rank's `local` (all the same length) in rank order. */
   allGather(local: Float32Array): Promise<Float32Array> {
-    return this.gather('allGather', local, Array.from({ length: this.world }, () => local.length));
+    return this.gather(
+      'allGather',
+      local,
+      Array.from({ length: this.world }, () => local.length),
+    );
   }
 
   /** Concatenation of every rank's `local` in rank order; rank r contributes `counts[r]` elements. */
   allGatherV(local: Float32Array, counts: number[]): Promise<Float32Array> {
     if (counts.length !== this.world) return Promise.reject(new RangeError(`allGatherV: ${counts.length} counts for world ${this.world}`));
     if (counts[this.rank] !== local.length)
-      return Promise.reject(new RangeError(`allGatherV: rank ${this.rank} passes ${local.length} elements but counts[${this.rank}] is ${counts[this.rank]}`));
+      return Promise.reject(
+        new RangeError(`allGatherV: rank ${this.rank} passes ${local.length} elements but counts[${this.rank}] is ${counts[this.rank]}`),
+      );
     return this.gather('allGatherV', local, counts);
   }
 
@@ -504,11 +538,17 @@ export class ProcessGroup {
   async allGatherVInPlace(buf: Float32Array, counts: number[]): Promise<void> {
     if (counts.length !== this.world) throw new RangeError(`allGatherVInPlace: ${counts.length} counts for world ${this.world}`);
     const total = counts.reduce((a, b) => a + b, 0);
-    if (buf.length !== total) throw new RangeError(`allGatherVInPlace: rank ${this.rank} passes ${buf.length} elements but the counts add up to ${total}`);
+    if (buf.length !== total)
+      throw new RangeError(`allGatherVInPlace: rank ${this.rank} passes ${buf.length} elements but the counts add up to ${total}`);
     await this.gather('allGatherV', null, counts, buf);
   }
 
-  private async gather(kind: 'allGather' | 'allGatherV' | 'barrier', local: Float32Array | null, counts: readonly number[], into?: Float32Array): Promise<Float32Array> {
+  private async gather(
+    kind: 'allGather' | 'allGatherV' | 'barrier',
+    local: Float32Array | null,
+    counts: readonly number[],
+    into?: Float32Array,
+  ): Promise<Float32Array> {
     const segs = segmentsFromCounts(counts);
     const out = into ?? new Float32Array(segs[this.world - 1]!.end);
     if (local) out.set(local, segs[this.rank]!.start);
@@ -520,20 +560,29 @@ export class ProcessGroup {
       'fp32',
       -1,
       () => ringPlan('allGather', this.world, this.rank, segs, this.chunkElems),
-      small ? { contrib: (r) => segs[r]!, finish: (parts) => parts.forEach((p, r) => r !== this.rank && out.set(p, segs[r]!.start)) } : null,
+      small
+        ? { contrib: (r) => segs[r]!, finish: (parts) => parts.forEach((p, r) => r !== this.rank && out.set(p, segs[r]!.start)) }
+        : null,
     );
     return out;
   }
 
   /** Copies `root`'s buffer into every rank's `buf` (all the same length). */
   broadcast(buf: Float32Array, root: number): Promise<void> {
-    if (!Number.isInteger(root) || root < 0 || root >= this.world) return Promise.reject(new RangeError(`broadcast: root ${root} outside 0..${this.world - 1}`));
-    return this.enqueue('broadcast', buf, buf.length, 'fp32', -1, () => broadcastPlan(this.world, this.rank, root, buf.length, this.chunkElems));
+    if (!Number.isInteger(root) || root < 0 || root >= this.world)
+      return Promise.reject(new RangeError(`broadcast: root ${root} outside 0..${this.world - 1}`));
+    return this.enqueue('broadcast', buf, buf.length, 'fp32', -1, () =>
+      broadcastPlan(this.world, this.rank, root, buf.length, this.chunkElems),
+    );
   }
 
   /** Resolves once every rank has entered the barrier. */
   async barrier(): Promise<void> {
-    await this.gather('barrier', new Float32Array([this.rank]), Array.from({ length: this.world }, () => 1));
+    await this.gather(
+      'barrier',
+      new Float32Array([this.rank]),
+      Array.from({ length: this.world }, () => 1),
+    );
   }
 
   /**
@@ -563,11 +612,16 @@ export class ProcessGroup {
    */
   async close(opts: { flush?: boolean } = {}): Promise<void> {
     if (this.closed) return;
-    if (this.active) this.fail(this.active, new CollectiveError(`rank ${this.rank}: process group closed during ${this.active.label}`, 'closed'), true);
+    if (this.active)
+      this.fail(this.active, new CollectiveError(`rank ${this.rank}: process group closed during ${this.active.label}`, 'closed'), true);
     const peers = this.endpoints.map((_, r) => r).filter((r) => r !== this.rank);
     const pending = (): number[] => peers.filter((r) => !this.byeFrom.has(r) && !this.byeAcked.has(r) && !this.down.has(r));
     if (opts.flush !== false && this.helloWaiter === null && this.hellos.size === this.world - 1) {
-      for (const r of pending()) this.outboxes[r]!.push({ frames: [this.header(MsgType.BYE, 'hello', 0, 0, 0, 0, 0, 'fp32', FLAG_ACK_REQ), Buffer.alloc(0)], op: null });
+      for (const r of pending())
+        this.outboxes[r]!.push({
+          frames: [this.header(MsgType.BYE, 'hello', 0, 0, 0, 0, 0, 'fp32', FLAG_ACK_REQ), Buffer.alloc(0)],
+          op: null,
+        });
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, this.timeoutMs);
         this.byeWaiter = () => {
@@ -618,7 +672,14 @@ export class ProcessGroup {
     return run;
   }
 
-  private async runShared(buf: Float32Array, segs: { start: number; end: number }[], block: number, rounds: number, generation: number, first: number): Promise<void> {
+  private async runShared(
+    buf: Float32Array,
+    segs: { start: number; end: number }[],
+    block: number,
+    rounds: number,
+    generation: number,
+    first: number,
+  ): Promise<void> {
     this.sharedSpan = { generation, first, end: first + 2 * rounds };
     try {
       await this.sharedRounds(buf, segs, block, rounds, generation, first);
@@ -627,7 +688,14 @@ export class ProcessGroup {
     }
   }
 
-  private async sharedRounds(buf: Float32Array, segs: { start: number; end: number }[], block: number, rounds: number, generation: number, first: number): Promise<void> {
+  private async sharedRounds(
+    buf: Float32Array,
+    segs: { start: number; end: number }[],
+    block: number,
+    rounds: number,
+    generation: number,
+    first: number,
+  ): Promise<void> {
     const n = this.world;
     const half = (n + 1) * block;
     const order = reductionOrder(n, this.rank);
@@ -667,22 +735,42 @@ export class ProcessGroup {
   private barrierAt(generation: number, seq: number, length: number): Promise<void> {
     const out = new Float32Array(this.world);
     out[this.rank] = this.rank;
-    return this.start1('barrier', generation, seq, out, length, 'fp32', -1, { contrib: (r) => ({ start: r, end: r + 1 }), finish: () => undefined }, () => ({
-      sends: [],
-      recvs: [],
-      from: -1,
-      to: -1,
-    }));
+    return this.start1(
+      'barrier',
+      generation,
+      seq,
+      out,
+      length,
+      'fp32',
+      -1,
+      { contrib: (r) => ({ start: r, end: r + 1 }), finish: () => undefined },
+      () => ({
+        sends: [],
+        recvs: [],
+        from: -1,
+        to: -1,
+      }),
+    );
   }
 
   // ---------------------------------------------------------------- op engine
 
-  private enqueue(kind: OpKindName, buf: Float32Array, total: number, wire: Wire, protectedUpTo: number, plan: () => Plan, exchange: Exchange | null = null): Promise<void> {
+  private enqueue(
+    kind: OpKindName,
+    buf: Float32Array,
+    total: number,
+    wire: Wire,
+    protectedUpTo: number,
+    plan: () => Plan,
+    exchange: Exchange | null = null,
+  ): Promise<void> {
     if (this.closed) return Promise.reject(new CollectiveError(`rank ${this.rank}: ${kind} on a closed process group`, 'closed'));
     if (total > 0xffffffff) return Promise.reject(new RangeError(`${kind}: ${total} elements exceed the protocol's 2^32-1`));
     const generation = this.generation;
     const seq = this.nextSeq++;
-    const run = this.tail.then(() => this.start1(kind, generation, seq, buf, total, wire, protectedUpTo, this.world > 1 ? exchange : null, plan));
+    const run = this.tail.then(() =>
+      this.start1(kind, generation, seq, buf, total, wire, protectedUpTo, this.world > 1 ? exchange : null, plan),
+    );
     this.tail = run.catch(() => undefined);
     return run;
   }
@@ -700,10 +788,14 @@ export class ProcessGroup {
   ): Promise<void> {
     const label = `${kind} #${seq} (generation ${generation})`;
     if (this.closed) return Promise.reject(new CollectiveError(`rank ${this.rank}: ${label}: process group closed`, 'closed'));
-    if (generation !== this.generation) return Promise.reject(new CollectiveError(`rank ${this.rank}: ${label} aborted before it started`, 'aborted'));
+    if (generation !== this.generation)
+      return Promise.reject(new CollectiveError(`rank ${this.rank}: ${label} aborted before it started`, 'aborted'));
     if (this.broken)
       return Promise.reject(
-        new CollectiveError(`rank ${this.rank}: ${label} refused: an earlier collective failed (${this.broken.message}); call abort() on every rank first`, 'broken'),
+        new CollectiveError(
+          `rank ${this.rank}: ${label} refused: an earlier collective failed (${this.broken.message}); call abort() on every rank first`,
+          'broken',
+        ),
       );
     const plan: Plan = exchange ? { sends: [], recvs: [], from: -1, to: -1 } : mkPlan();
     let ackNeeded = false;
@@ -759,7 +851,8 @@ export class ProcessGroup {
         const { start, end } = exchange.contrib(this.rank);
         const payload = encode(buf.subarray(start, end), 'fp32');
         for (let r = 0; r < this.world; r++)
-          if (r !== this.rank) this.outboxes[r]!.push({ frames: [this.header(MsgType.DATA, kind, generation, seq, 0, 0, total, wire), payload], op });
+          if (r !== this.rank)
+            this.outboxes[r]!.push({ frames: [this.header(MsgType.DATA, kind, generation, seq, 0, 0, total, wire), payload], op });
       }
       const key = `${generation}/${seq}`;
       const early = this.future.get(key);
@@ -774,7 +867,17 @@ export class ProcessGroup {
     });
   }
 
-  private header(type: MsgType, op: OpKindName, generation: number, seq: number, step: number, chunk: number, total: number, wire: Wire, flags = 0): Buffer {
+  private header(
+    type: MsgType,
+    op: OpKindName,
+    generation: number,
+    seq: number,
+    step: number,
+    chunk: number,
+    total: number,
+    wire: Wire,
+    flags = 0,
+  ): Buffer {
     return encodeHeader({ type, op, wire, sender: this.rank, flags, generation, seq, step, chunk, total });
   }
 
@@ -788,7 +891,8 @@ export class ProcessGroup {
       // The owner's finished segment of a compressed all-reduce: keep the value the others receive.
       if (op.kind === 'allReduce' && item.step === this.world - 1) quantize(view, op.wire);
       if (op.wire !== 'fp32') payload = encode(view, op.wire);
-      else if (this.shmSendOn || item.step <= op.protectedUpTo || view.byteLength > COPY_MAX_BYTES) payload = Buffer.from(view.buffer, view.byteOffset, view.byteLength);
+      else if (this.shmSendOn || item.step <= op.protectedUpTo || view.byteLength > COPY_MAX_BYTES)
+        payload = Buffer.from(view.buffer, view.byteOffset, view.byteLength);
       else payload = encode(view, 'fp32');
     }
     if (this.shmSendOn) {
@@ -822,7 +926,9 @@ export class ProcessGroup {
   private onRelease(h: Header, payload: Buffer): void {
     const consumed = decodeRelease(payload);
     if (h.sender !== this.successor || !this.shm || consumed === null || !this.shm.release(consumed))
-      return this.fault(`rank ${h.sender} sent a shared-memory release (${consumed ?? 'unreadable'}) that does not fit this rank's segment`);
+      return this.fault(
+        `rank ${h.sender} sent a shared-memory release (${consumed ?? 'unreadable'}) that does not fit this rank's segment`,
+      );
     if (this.active) this.active.lastProgress = Date.now();
     this.pumpShm();
   }
@@ -837,7 +943,11 @@ export class ProcessGroup {
     const peer = this.shmPeer;
     if (!peer || h.sender !== this.predecessor) return `rank ${h.sender} sent shared-memory data, but this rank does not read its segment`;
     if (!d) return `rank ${h.sender} sent an unreadable shared-memory descriptor`;
-    const bad = peer.check(d.counter, d.bytes) ?? (dst instanceof Uint8Array && dst.byteLength !== d.bytes ? `rank ${h.sender} sent ${d.bytes} bytes for step ${h.step} chunk ${h.chunk}, expected ${dst.byteLength}` : null);
+    const bad =
+      peer.check(d.counter, d.bytes) ??
+      (dst instanceof Uint8Array && dst.byteLength !== d.bytes
+        ? `rank ${h.sender} sent ${d.bytes} bytes for step ${h.step} chunk ${h.chunk}, expected ${dst.byteLength}`
+        : null);
     if (bad) return `${bad} (from rank ${h.sender})`;
     if (dst instanceof Uint8Array) peer.read(dst);
     else if (dst) dst(peer);
@@ -845,7 +955,10 @@ export class ProcessGroup {
     // Released in batches of half the slots: the writer always keeps half a segment of lead, and
     // every message saved is a wake-up of both ranks' threads saved.
     if (peer.consumed % Math.max(1, peer.slots >> 1) === 0)
-      this.outboxes[h.sender]!.push({ frames: [this.header(MsgType.RELEASE, 'hello', 0, 0, 0, 0, 0, 'fp32'), encodeRelease(peer.consumed)], op: null });
+      this.outboxes[h.sender]!.push({
+        frames: [this.header(MsgType.RELEASE, 'hello', 0, 0, 0, 0, 0, 'fp32'), encodeRelease(peer.consumed)],
+        op: null,
+      });
     return null;
   }
 
@@ -867,8 +980,17 @@ export class ProcessGroup {
 
   private sendFailed(peer: number, o: Outgoing, e: unknown): void {
     if (this.closed || !o.op || o.op.settled) return;
-    const why = (e as { code?: string }).code === 'EAGAIN' ? `did not take data for ${this.timeoutMs} ms` : `refused data: ${(e as Error).message}`;
-    this.fail(o.op, new CollectiveError(`rank ${this.rank}: ${o.op.label}: rank ${peer} (${this.endpoints[peer]}) ${why}${this.downNote()}`, 'timeout', peer), true);
+    const why =
+      (e as { code?: string }).code === 'EAGAIN' ? `did not take data for ${this.timeoutMs} ms` : `refused data: ${(e as Error).message}`;
+    this.fail(
+      o.op,
+      new CollectiveError(
+        `rank ${this.rank}: ${o.op.label}: rank ${peer} (${this.endpoints[peer]}) ${why}${this.downNote()}`,
+        'timeout',
+        peer,
+      ),
+      true,
+    );
   }
 
   private maybeDone(op: ActiveOp): void {
@@ -895,7 +1017,11 @@ export class ProcessGroup {
     if (notify && !this.closed) {
       const body = Buffer.from(JSON.stringify({ message: err.message, peer: err.peer }));
       for (let r = 0; r < this.world; r++)
-        if (r !== this.rank) this.outboxes[r]!.push({ frames: [this.header(MsgType.FAIL, op.kind, op.generation, op.seq, 0, 0, op.total, 'fp32'), body], op: null });
+        if (r !== this.rank)
+          this.outboxes[r]!.push({
+            frames: [this.header(MsgType.FAIL, op.kind, op.generation, op.seq, 0, 0, op.total, 'fp32'), body],
+            op: null,
+          });
     }
     op.reject(err);
   }
@@ -904,7 +1030,11 @@ export class ProcessGroup {
   private ping(op: ActiveOp): void {
     if (op.settled || this.closed) return;
     for (let r = 0; r < this.world; r++)
-      if (r !== this.rank) this.outboxes[r]!.push({ frames: [this.header(MsgType.PING, op.kind, op.generation, op.seq, 0, 0, op.total, 'fp32'), Buffer.alloc(0)], op: null });
+      if (r !== this.rank)
+        this.outboxes[r]!.push({
+          frames: [this.header(MsgType.PING, op.kind, op.generation, op.seq, 0, 0, op.total, 'fp32'), Buffer.alloc(0)],
+          op: null,
+        });
   }
 
   private armTimer(op: ActiveOp): void {
@@ -922,12 +1052,18 @@ export class ProcessGroup {
     const missing = op.exchange ? this.endpoints.map((_, r) => r).find((r) => r !== this.rank && !op.parts[r]) : undefined;
     const [what, neighbour] =
       missing !== undefined
-        ? [`timed out after ${t} ms waiting for rank ${missing} (${this.endpoints[missing]}): ${op.got} of ${this.world - 1} parts arrived`, missing]
+        ? [
+            `timed out after ${t} ms waiting for rank ${missing} (${this.endpoints[missing]}): ${op.got} of ${this.world - 1} parts arrived`,
+            missing,
+          ]
         : op.next < op.plan.recvs.length
-        ? [`timed out after ${t} ms waiting for rank ${from} (${this.endpoints[from]}): ${op.next} of ${op.plan.recvs.length} messages arrived`, from]
-        : op.sendsDone < op.sendsTotal
-          ? [`rank ${to} (${this.endpoints[to]}) took no data for ${t} ms`, to]
-          : [`no acknowledgement from rank ${to} (${this.endpoints[to]}) within ${t} ms`, to];
+          ? [
+              `timed out after ${t} ms waiting for rank ${from} (${this.endpoints[from]}): ${op.next} of ${op.plan.recvs.length} messages arrived`,
+              from,
+            ]
+          : op.sendsDone < op.sendsTotal
+            ? [`rank ${to} (${this.endpoints[to]}) took no data for ${t} ms`, to]
+            : [`no acknowledgement from rank ${to} (${this.endpoints[to]}) within ${t} ms`, to];
     const silent = this.silentPeer();
     const blame =
       silent === null || silent.rank === neighbour
@@ -935,7 +1071,11 @@ export class ProcessGroup {
           ? ''
           : `; it has sent nothing at all for ${silent.ms} ms (dead, stopped, or not in this collective)`
         : `; rank ${silent.rank} (${this.endpoints[silent.rank]}) has sent nothing for ${silent.ms} ms (dead, stopped, or not in this collective)`;
-    return new CollectiveError(`rank ${this.rank}: ${op.label}: ${what}${blame}${this.downNote()}`, 'timeout', silent?.rank ?? this.suspect(neighbour));
+    return new CollectiveError(
+      `rank ${this.rank}: ${op.label}: ${what}${blame}${this.downNote()}`,
+      'timeout',
+      silent?.rank ?? this.suspect(neighbour),
+    );
   }
 
   /** The peer silent the longest, if any has been silent for over half the timeout. */
@@ -969,14 +1109,22 @@ export class ProcessGroup {
     if (!op) return;
     const needed =
       (op.exchange !== null && !op.parts[r]) ||
-      (r === op.plan.from && op.next < op.plan.recvs.length) || (r === op.plan.to && (op.sendsDone < op.sendsTotal || (op.ackNeeded && !op.acked)));
+      (r === op.plan.from && op.next < op.plan.recvs.length) ||
+      (r === op.plan.to && (op.sendsDone < op.sendsTotal || (op.ackNeeded && !op.acked)));
     if (!needed) return;
     // Messages the peer sent before it went may still be queued here; give them a moment.
     const progress = op.lastProgress;
-    setTimeout(() => {
-      if (op.settled || this.down.get(r) !== at || op.lastProgress !== progress) return;
-      this.fail(op, new CollectiveError(`rank ${this.rank}: ${op.label}: lost connection to rank ${r} (${this.endpoints[r]})`, 'peer-lost', r), true);
-    }, Math.min(LOST_GRACE_MS, this.timeoutMs)).unref();
+    setTimeout(
+      () => {
+        if (op.settled || this.down.get(r) !== at || op.lastProgress !== progress) return;
+        this.fail(
+          op,
+          new CollectiveError(`rank ${this.rank}: ${op.label}: lost connection to rank ${r} (${this.endpoints[r]})`, 'peer-lost', r),
+          true,
+        );
+      },
+      Math.min(LOST_GRACE_MS, this.timeoutMs),
+    ).unref();
   }
 
   // ---------------------------------------------------------------- receiving
@@ -988,7 +1136,10 @@ export class ProcessGroup {
         frames = await this.pull.receive();
       } catch (e) {
         if (this.closed) return;
-        const err = new CollectiveError(`rank ${this.rank}: receive failed on ${this.endpoints[this.rank]}: ${(e as Error).message}`, 'protocol');
+        const err = new CollectiveError(
+          `rank ${this.rank}: receive failed on ${this.endpoints[this.rank]}: ${(e as Error).message}`,
+          'protocol',
+        );
         this.broken = err;
         if (this.active) this.fail(this.active, err, true);
         return;
@@ -997,7 +1148,10 @@ export class ProcessGroup {
         this.onMessage(frames);
       } catch (e) {
         // A bug here must not kill the loop (and with it every later collective).
-        const err = new CollectiveError(`rank ${this.rank}: internal error handling a message: ${(e as Error).stack ?? String(e)}`, 'protocol');
+        const err = new CollectiveError(
+          `rank ${this.rank}: internal error handling a message: ${(e as Error).stack ?? String(e)}`,
+          'protocol',
+        );
         if (this.active) this.fail(this.active, err, true);
         else this.pendingFault = err;
       }
@@ -1069,7 +1223,8 @@ export class ProcessGroup {
     const key = `${h.generation}/${h.seq}`;
     const list = this.future.get(key);
     if (list) list.push(m);
-    else if (this.future.size >= MAX_FUTURE_OPS) return this.fault(`rank ${h.sender} is more than ${MAX_FUTURE_OPS} collectives ahead (generation ${h.generation}, #${h.seq})`);
+    else if (this.future.size >= MAX_FUTURE_OPS)
+      return this.fault(`rank ${h.sender} is more than ${MAX_FUTURE_OPS} collectives ahead (generation ${h.generation}, #${h.seq})`);
     else this.future.set(key, [m]);
   }
 
@@ -1113,7 +1268,10 @@ export class ProcessGroup {
       if (typeof mapped === 'string') this.shmNotes.push(`rank ${h.sender}'s shared buffer not used: ${mapped}`);
       else this.regions[h.sender] = mapped;
     }
-    this.outboxes[h.sender]!.push({ frames: [this.header(MsgType.LINK, 'hello', 0, 0, 0, 0, 0, 'fp32'), Buffer.from(JSON.stringify(link))], op: null });
+    this.outboxes[h.sender]!.push({
+      frames: [this.header(MsgType.LINK, 'hello', 0, 0, 0, 0, 0, 'fp32'), Buffer.from(JSON.stringify(link))],
+      op: null,
+    });
     this.helloWaiter();
   }
 
@@ -1126,7 +1284,8 @@ export class ProcessGroup {
     } catch {
       body = null;
     }
-    const status = body !== null && typeof body === 'object' && 'sending' in body ? (body as { sending: unknown; regions?: unknown }) : undefined;
+    const status =
+      body !== null && typeof body === 'object' && 'sending' in body ? (body as { sending: unknown; regions?: unknown }) : undefined;
     if (status !== undefined) this.peerStatus.set(h.sender, { sending: status.sending === true, regions: status.regions === true });
     else if (!this.links.has(h.sender)) this.links.set(h.sender, body);
     this.helloWaiter();
@@ -1142,11 +1301,19 @@ export class ProcessGroup {
         info = { message: m.payload.toString('utf8').slice(0, 500) };
       }
       const peer = typeof info.peer === 'number' ? info.peer : h.sender;
-      return this.fail(op, new CollectiveError(`rank ${this.rank}: ${op.label} failed on rank ${h.sender}: ${String(info.message)}`, 'peer-failed', peer), false);
+      return this.fail(
+        op,
+        new CollectiveError(`rank ${this.rank}: ${op.label} failed on rank ${h.sender}: ${String(info.message)}`, 'peer-failed', peer),
+        false,
+      );
     }
     if (h.type === MsgType.ACK) {
       if (h.sender !== op.plan.to || !op.ackNeeded)
-        return this.fail(op, new CollectiveError(`rank ${this.rank}: ${op.label}: unexpected acknowledgement from rank ${h.sender}`, 'protocol', h.sender), true);
+        return this.fail(
+          op,
+          new CollectiveError(`rank ${this.rank}: ${op.label}: unexpected acknowledgement from rank ${h.sender}`, 'protocol', h.sender),
+          true,
+        );
       op.acked = true;
       op.lastProgress = Date.now();
       return this.maybeDone(op);
@@ -1190,7 +1357,10 @@ export class ProcessGroup {
     op.lastProgress = Date.now();
     if (r.forward) this.sendItem(op, { step: r.step + 1, chunk: r.chunk, start: r.start, end: r.end }, forward);
     if (h.flags & FLAG_ACK_REQ)
-      this.outboxes[h.sender]!.push({ frames: [this.header(MsgType.ACK, op.kind, op.generation, op.seq, h.step, h.chunk, op.total, 'fp32'), Buffer.alloc(0)], op: null });
+      this.outboxes[h.sender]!.push({
+        frames: [this.header(MsgType.ACK, op.kind, op.generation, op.seq, h.step, h.chunk, op.total, 'fp32'), Buffer.alloc(0)],
+        op: null,
+      });
     this.maybeDone(op);
   }
 
@@ -1227,12 +1397,15 @@ export class ProcessGroup {
   /** Why a DATA message cannot be part of this collective, or null when it fits. */
   private checkData(op: ActiveOp, h: Header, payload: Buffer): string | null {
     const exp: PlanRecv | undefined = op.plan.recvs[op.next];
-    if (h.op !== op.kind) return `rank ${h.sender} sent data of ${h.op}, this rank is running ${op.kind} (collectives called in different orders?)`;
+    if (h.op !== op.kind)
+      return `rank ${h.sender} sent data of ${h.op}, this rank is running ${op.kind} (collectives called in different orders?)`;
     if (h.total !== op.total) return `rank ${h.sender} runs it on ${h.total} elements, this rank on ${op.total}`;
     if (h.wire !== op.wire) return `rank ${h.sender} sends ${h.wire}, this rank expects ${op.wire}`;
-    if (!exp) return `unexpected extra data from rank ${h.sender} (step ${h.step}, chunk ${h.chunk}): all ${op.plan.recvs.length} messages already arrived`;
+    if (!exp)
+      return `unexpected extra data from rank ${h.sender} (step ${h.step}, chunk ${h.chunk}): all ${op.plan.recvs.length} messages already arrived`;
     if (h.sender !== op.plan.from) return `data from rank ${h.sender}, expected it from rank ${op.plan.from}`;
-    if (h.step !== exp.step || h.chunk !== exp.chunk) return `rank ${h.sender} sent step ${h.step} chunk ${h.chunk}, expected step ${exp.step} chunk ${exp.chunk}`;
+    if (h.step !== exp.step || h.chunk !== exp.chunk)
+      return `rank ${h.sender} sent step ${h.step} chunk ${h.chunk}, expected step ${exp.step} chunk ${exp.chunk}`;
     const want = (exp.end - exp.start) * wireBytes[op.wire];
     const got = h.flags & FLAG_SHM ? (decodeDescriptor(payload)?.bytes ?? -1) : payload.length;
     if (got !== want) return `rank ${h.sender} sent ${got} bytes for step ${h.step} chunk ${h.chunk}, expected ${want}`;
@@ -1242,25 +1415,36 @@ export class ProcessGroup {
 
 function validateOptions(o: ProcessGroupOptions): void {
   if (endianness() !== 'LE') throw new UserError('collectives: tensors travel as little-endian bytes; this host is big-endian');
-  if (!Number.isInteger(o.world) || o.world < 1 || o.world > 65535) throw new UserError(`collectives: world must be an integer in 1..65535, got ${o.world}`);
-  if (!Number.isInteger(o.rank) || o.rank < 0 || o.rank >= o.world) throw new UserError(`collectives: rank must be in 0..${o.world - 1}, got ${o.rank}`);
+  if (!Number.isInteger(o.world) || o.world < 1 || o.world > 65535)
+    throw new UserError(`collectives: world must be an integer in 1..65535, got ${o.world}`);
+  if (!Number.isInteger(o.rank) || o.rank < 0 || o.rank >= o.world)
+    throw new UserError(`collectives: rank must be in 0..${o.world - 1}, got ${o.rank}`);
   if (!Array.isArray(o.endpoints) || o.endpoints.length !== o.world)
-    throw new UserError(`collectives: need one endpoint per rank (${o.world}), got ${Array.isArray(o.endpoints) ? o.endpoints.length : 'none'}`);
+    throw new UserError(
+      `collectives: need one endpoint per rank (${o.world}), got ${Array.isArray(o.endpoints) ? o.endpoints.length : 'none'}`,
+    );
   o.endpoints.forEach((e, r) => {
     if (typeof e !== 'string' || !/^(tcp:\/\/[^\s]+:\d+|ipc:\/\/\S+)$/.test(e))
       throw new UserError(`collectives: endpoint of rank ${r} is '${String(e)}'; use tcp://host:port or ipc:///path`);
   });
   if (new Set(o.endpoints).size !== o.endpoints.length) throw new UserError('collectives: endpoints must be distinct, one per rank');
-  if (o.timeoutMs !== undefined && (!Number.isFinite(o.timeoutMs) || o.timeoutMs <= 0)) throw new UserError(`collectives: timeoutMs must be positive, got ${o.timeoutMs}`);
+  if (o.timeoutMs !== undefined && (!Number.isFinite(o.timeoutMs) || o.timeoutMs <= 0))
+    throw new UserError(`collectives: timeoutMs must be positive, got ${o.timeoutMs}`);
   if (o.chunkBytes !== undefined && (!Number.isInteger(o.chunkBytes) || o.chunkBytes < 4 || o.chunkBytes > 256 << 20))
     throw new UserError(`collectives: chunkBytes must be an integer in 4..${256 << 20}, got ${o.chunkBytes}`);
   if (o.shmChunkBytes !== undefined && (!Number.isInteger(o.shmChunkBytes) || o.shmChunkBytes < 4 || o.shmChunkBytes > 256 << 20))
     throw new UserError(`collectives: shmChunkBytes must be an integer in 4..${256 << 20}, got ${o.shmChunkBytes}`);
-  if (o.socketBufferBytes !== undefined && (!Number.isInteger(o.socketBufferBytes) || o.socketBufferBytes < 0 || o.socketBufferBytes > 1 << 30))
+  if (
+    o.socketBufferBytes !== undefined &&
+    (!Number.isInteger(o.socketBufferBytes) || o.socketBufferBytes < 0 || o.socketBufferBytes > 1 << 30)
+  )
     throw new UserError(`collectives: socketBufferBytes must be an integer in 0..${1 << 30}, got ${o.socketBufferBytes}`);
-  if (o.sharedMemory !== undefined && typeof o.sharedMemory !== 'boolean') throw new UserError(`collectives: sharedMemory must be true or false, got '${String(o.sharedMemory)}'`);
-  if (o.sharedBuffers !== undefined && typeof o.sharedBuffers !== 'boolean') throw new UserError(`collectives: sharedBuffers must be true or false, got '${String(o.sharedBuffers)}'`);
-  if (o.shmDir !== undefined && (typeof o.shmDir !== 'string' || !o.shmDir.startsWith('/'))) throw new UserError(`collectives: shmDir must be an absolute path, got '${String(o.shmDir)}'`);
-  if (o.wire !== undefined && !WIRES.includes(o.wire)) throw new UserError(`collectives: wire must be one of ${WIRES.join(', ')}, got '${String(o.wire)}'`);
+  if (o.sharedMemory !== undefined && typeof o.sharedMemory !== 'boolean')
+    throw new UserError(`collectives: sharedMemory must be true or false, got '${String(o.sharedMemory)}'`);
+  if (o.sharedBuffers !== undefined && typeof o.sharedBuffers !== 'boolean')
+    throw new UserError(`collectives: sharedBuffers must be true or false, got '${String(o.sharedBuffers)}'`);
+  if (o.shmDir !== undefined && (typeof o.shmDir !== 'string' || !o.shmDir.startsWith('/')))
+    throw new UserError(`collectives: shmDir must be an absolute path, got '${String(o.shmDir)}'`);
+  if (o.wire !== undefined && !WIRES.includes(o.wire))
+    throw new UserError(`collectives: wire must be one of ${WIRES.join(', ')}, got '${String(o.wire)}'`);
 }
-

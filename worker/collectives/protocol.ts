@@ -1,5 +1,5 @@
 import { type Wire, wireCode, wireOfCode, wireBytes } from './codec.js';
-import { DESCRIPTOR_BYTES } from './shm.js';
+import { DESCRIPTOR_BYTES } from './transport/shm.js';
 
 /**
  * Message format between ranks. Every message is two ZeroMQ frames: a fixed 32-byte little-endian
@@ -114,10 +114,15 @@ export function decodeMessage(frames: readonly Buffer[], world: number, self: nu
     total: hb.readUInt32LE(28),
   };
   if (type === MsgType.DATA && header.flags & FLAG_SHM) {
-    if (payload.length !== DESCRIPTOR_BYTES) throw new ProtocolError(`${op} shared-memory data from rank ${sender}: descriptor of ${payload.length} bytes, expected ${DESCRIPTOR_BYTES}`);
+    if (payload.length !== DESCRIPTOR_BYTES)
+      throw new ProtocolError(
+        `${op} shared-memory data from rank ${sender}: descriptor of ${payload.length} bytes, expected ${DESCRIPTOR_BYTES}`,
+      );
   } else if (type === MsgType.DATA && payload.length % wireBytes[wire] !== 0)
     throw new ProtocolError(`${op} data from rank ${sender}: ${payload.length} bytes is not a whole number of ${wire} values`);
-  if ((type === MsgType.ACK || type === MsgType.PING || type === MsgType.BYE) && payload.length !== 0) throw new ProtocolError(`control message ${type} from rank ${sender} carries ${payload.length} bytes`);
-  if (type === MsgType.RELEASE && payload.length !== 8) throw new ProtocolError(`release from rank ${sender} carries ${payload.length} bytes, expected 8`);
+  if ((type === MsgType.ACK || type === MsgType.PING || type === MsgType.BYE) && payload.length !== 0)
+    throw new ProtocolError(`control message ${type} from rank ${sender} carries ${payload.length} bytes`);
+  if (type === MsgType.RELEASE && payload.length !== 8)
+    throw new ProtocolError(`release from rank ${sender} carries ${payload.length} bytes, expected 8`);
   return { header, payload };
 }

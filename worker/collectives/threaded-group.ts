@@ -1,5 +1,5 @@
 import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
-import { UserError } from '../../shared/errors.js';
+import { UserError } from '../../shared/util/errors.js';
 import type { CommEvent, CommReply, CommRequest, CommThreadData, WireError } from './comm-thread.js';
 import { ANSWERED, INTERRUPT, SIGNAL_BYTES } from './interrupt.js';
 import { CollectiveError, DEFAULT_TIMEOUT_MS, type CollectiveErrorCode, type DataPath, type ProcessGroupOptions } from './process-group.js';
@@ -105,7 +105,8 @@ export class ThreadedProcessGroup {
           resolve(m);
         }
       };
-      const onExit = (code: number) => reject(new CollectiveError(`rank ${opts.rank}: the comm thread exited (code ${code}) while starting`, 'broken'));
+      const onExit = (code: number) =>
+        reject(new CollectiveError(`rank ${opts.rank}: the comm thread exited (code ${code}) while starting`, 'broken'));
       thread.on('message', onMessage);
       thread.once('exit', onExit);
     });
@@ -168,14 +169,21 @@ export class ThreadedProcessGroup {
       }
       const left = deadline - performance.now();
       if (left <= 0) {
-        this.dead = new CollectiveError(`rank ${this.rank}: allGatherV: the comm thread gave no answer within ${limit} ms (the group's timeout is ${this.timeoutMs} ms): it is stuck or gone`, 'timeout');
+        this.dead = new CollectiveError(
+          `rank ${this.rank}: allGatherV: the comm thread gave no answer within ${limit} ms (the group's timeout is ${this.timeoutMs} ms): it is stuck or gone`,
+          'timeout',
+        );
         throw this.dead;
       }
       Atomics.wait(this.signal, ANSWERED, seen, left);
       seen = Atomics.load(this.signal, ANSWERED);
     }
     const got = receiveMessageOnPort(this.syncPort)?.message as CommReply | undefined;
-    if (!got || got.id !== id) throw new CollectiveError(`rank ${this.rank}: allGatherV: the comm thread answered request ${got?.id ?? 'none'} to request ${id}`, 'protocol');
+    if (!got || got.id !== id)
+      throw new CollectiveError(
+        `rank ${this.rank}: allGatherV: the comm thread answered request ${got?.id ?? 'none'} to request ${id}`,
+        'protocol',
+      );
     if (got.error) throw fromWire(got.error);
     return got.result!;
   }
@@ -208,7 +216,12 @@ export class ThreadedProcessGroup {
     return this.closing;
   }
 
-  private request(req: { op: 'allGatherV' | 'allGatherVInPlace'; buf: Float32Array; counts: number[] } | { op: 'allReduce' | 'reduceScatter'; buf: Float32Array }, transfer: ArrayBuffer[] = []): Promise<Float32Array | undefined> {
+  private request(
+    req:
+      | { op: 'allGatherV' | 'allGatherVInPlace'; buf: Float32Array; counts: number[] }
+      | { op: 'allReduce' | 'reduceScatter'; buf: Float32Array },
+    transfer: ArrayBuffer[] = [],
+  ): Promise<Float32Array | undefined> {
     if (this.dead) return Promise.reject(this.dead);
     if (this.closing) return Promise.reject(new CollectiveError(`rank ${this.rank}: ${req.op} on a closed process group`, 'closed'));
     const id = this.nextId++;
@@ -230,7 +243,8 @@ export function spansBuffer(buf: Float32Array): boolean {
 }
 
 function ownsBuffer(buf: Float32Array, what: string): void {
-  if (!spansBuffer(buf)) throw new RangeError(`${what}: the array must span its whole ArrayBuffer (it is moved to the comm thread, not copied)`);
+  if (!spansBuffer(buf))
+    throw new RangeError(`${what}: the array must span its whole ArrayBuffer (it is moved to the comm thread, not copied)`);
 }
 
 function fromWire(e: WireError): Error {

@@ -1,0 +1,11 @@
+import { UserError } from '../../shared/util/errors.js';
+import { openDataset } from '../../shared/dataset/reader.js';
+import type { TrainData } from './config.js';
+
+/** A dataset directory (shared/dataset format) as the trainer's view of it. */
+export async function openTrainData(dir: string): Promise<TrainData> {
+  const ds = await openDataset(dir);
+  const { height, width } = ds.manifest.image;
+  if (height !== width) throw new UserError(`${dir}: images are ${height}x${width}; the model needs square images (prepare with --size)`);
+  return { labelNames: ds.labelNames, labelSet: ds.manifest.labelSet, imageSize: height, split: (n) => ds.split(n) };
+}

@@ -1,0 +1,161 @@
+import { UserError } from '../shared/util/errors.js';
+
+export type ImagePool = 'tok' | 'avg' | 'spatial';
+/** Features per patch token in the `spatial` readout. */
+export const SPATIAL_RANK = 16;
+/**
+ * What the stem sees. `fixed`: (p/255 - 0.5) / 0.25, an affine map of the pixels that folds exactly
+ * into open_clip's RGB normalisation (docs/model.md), so CLIP/BiomedCLIP weights load. `image`:
+ * every image standardised to mean 0, variance 1 over its own pixels, which takes exposure and
+ * contrast (the gain and offset that differ between studies) out of what a model trained from
+ * scratch must learn.
+ */
+export type InputNorm = 'fixed' | 'image';
+export type ModelPreset = 'tiny' | 'small' | 'vit-b16';
+export const MODEL_PRESETS: readonly ModelPreset[] = ['tiny', 'small', 'vit-b16'];
+
+/** Where the label prompts' embeddings come from: trained from scratch, or a fixed file. */
+export type TextSource = { kind: 'learnable'; dim: number } | { kind: 'file'; path: string; dim: number };
+
+export interface ModelConfig {
+  preset: ModelPreset;
+  imageSize: number;
+  patchSize: number;
+  width: number;
+  layers: number;
+  heads: number;
+  /** Joint image-text embedding dimension (open_clip's `embed_dim`). */
+  embedDim: number;
+  /**
+   * Image readout: `tok` reads the class token (CLIP's ViTs, open_clip `pool_type='tok'`), `avg` the
+   * mean of the patch tokens after ln_post (`pool_type='avg'`), `spatial` a position-aware linear
+   * map of the patch tokens after ln_post (each token reduced to `spatialRank` features by one
+   * shared matrix, the whole grid of them mapped to the width; its own parameters
+   * `visual.spatial_pool.*`). A missing value (model.json written before the option existed)
+   * means `tok`.
+   */
+  pool?: ImagePool;
+  /** Features per patch token of the `spatial` readout (present exactly when pool is `spatial`). */
+  spatialRank?: number;
+  /** Stem input normalisation; a missing value (model.json written before the option existed) means `fixed`. */
+  inputNorm?: InputNorm;
+  /**
+   * Initial std of the learned position embedding; a missing value means open_clip's width^-0.5.
+   * Initialisation only: a saved model does not depend on it.
+   */
+  posInitStd?: number;
+  /**
+   * `text`: classify by cosine similarity to the label text embeddings (the text branch);
+   * `linear`: the visual-only baseline, a plain linear classifier on the image embedding.
+   */
+  head: 'text' | 'linear';
+  text: TextSource;
+  labels: string[];
+}
+
+interface PresetShape {
+  imageSize: number | null;
+  patchSize: number;
+  width: number;
+  layers: number;
+  heads: number;
+  embedDim: number;
+  pool: ImagePool;
+  inputNorm: InputNorm;
+  /** null: open_clip's width^-0.5. */
+  posInitStd: number | null;
+}
+
+/**
+ * `tiny`/`small` take their image size from the dataset (any multiple of the patch size);
+ * `vit-b16` is open_clip ViT-B-16 exactly (224 px, patch 16, width 768, 12 layers, 12 heads,
+ * embed dim 512), so its visual weights can be loaded by name.
+ * The CPU presets are tuned to learn from scratch in a few hundred steps (docs/results.md, the
+ * synthetic ablations). Many signs are only signs at their place (a dark lung apex is a
+ * pneumothorax, a dark corner is air; a bright band at the chest wall is pleural, one over the
+ * mediastinum is not), so they read out with the position-aware `spatial` map instead of a pooled
+ * token, standardise each image (exposure and contrast vary between studies), and start the
+ * position embedding at std 1 rather than width^-0.5 (so tokens carry their place at a scale that
+ * survives the patch content). `vit-b16` keeps open_clip's choices so its weights load.
+ */
+const PRESETS: Record<ModelPreset, PresetShape> = {
+  tiny: {
+    imageSize: null,
+    patchSize: 8,
+    width: 128,
+    layers: 4,
+    heads: 4,
+    embedDim: 128,
+    pool: 'spatial',
+    inputNorm: 'image',
+    posInitStd: 1,
+  },
+  small: {
+    imageSize: null,
+    patchSize: 8,
+    width: 256,
+    layers: 6,
+    heads: 8,
+    embedDim: 256,
+    pool: 'spatial',
+    inputNorm: 'image',
+    posInitStd: 1,
+  },
+  'vit-b16': {
+    imageSize: 224,
+    patchSize: 16,
+    width: 768,
+    layers: 12,
+    heads: 12,
+    embedDim: 512,
+    pool: 'tok',
+    inputNorm: 'fixed',
+    posInitStd: null,
+  },
+};
+
+export function resolveModelConfig(opts: {
+  preset: string;
+  imageSize: number;
+  labels: string[];
+  head?: 'text' | 'linear';
+  textEmbeddingsFile?: string | null;
+  textDim?: number;
+  /** Shape changes for tests and experiments (the preset name is kept for the record). */
+  overrides?: Partial<Omit<PresetShape, 'imageSize'>>;
+}): ModelConfig {
+  const preset = PRESETS[opts.preset as ModelPreset];
+  if (!preset) throw new UserError(`--model '${opts.preset}' is not one of ${MODEL_PRESETS.join(', ')}`);
+  const p: PresetShape = { ...preset, ...opts.overrides };
+  if (p.width % p.heads !== 0) throw new UserError(`model width ${p.width} is not a multiple of ${p.heads} heads`);
+  if (p.imageSize !== null && p.imageSize !== opts.imageSize)
+    throw new UserError(
+      `--model ${opts.preset} needs ${p.imageSize}x${p.imageSize} images but the dataset has ${opts.imageSize}x${opts.imageSize}; ` +
+        `prepare the data with --size ${p.imageSize}`,
+    );
+  if (opts.imageSize % p.patchSize !== 0)
+    throw new UserError(`--model ${opts.preset}: image size ${opts.imageSize} is not a multiple of the patch size ${p.patchSize}`);
+  const text: TextSource = opts.textEmbeddingsFile
+    ? { kind: 'file', path: opts.textEmbeddingsFile, dim: opts.textDim ?? 0 }
+    : { kind: 'learnable', dim: opts.textDim ?? p.embedDim };
+  return {
+    preset: opts.preset as ModelPreset,
+    imageSize: opts.imageSize,
+    patchSize: p.patchSize,
+    width: p.width,
+    layers: p.layers,
+    heads: p.heads,
+    embedDim: p.embedDim,
+    pool: p.pool,
+    ...(p.pool === 'spatial' ? { spatialRank: SPATIAL_RANK } : {}),
+    inputNorm: p.inputNorm,
+    ...(p.posInitStd !== null ? { posInitStd: p.posInitStd } : {}),
+    head: opts.head ?? 'text',
+    text,
+    labels: [...opts.labels],
+  };
+}
+
+export function tokenCount(c: ModelConfig): number {
+  return (c.imageSize / c.patchSize) ** 2 + 1;
+}

@@ -1,0 +1,315 @@
+import * as tf from '@tensorflow/tfjs';
+import { buildLayout, type ParamLayout } from '../shared/params.js';
+import { labelText } from '../shared/labels.js';
+import { type ModelConfig, tokenCount } from './config.js';
+import { attentionHeads, dense, gelu, layerNorm, residualMlp, softmax } from './layers.js';
+import { mulberry32, normalSource } from '../shared/random/generators.js';
+import { overwriteVariable, readInto } from './tensor-storage.js';
+
+/**
+ * Pixels enter as uint8 grayscale. With `inputNorm: 'fixed'` the stem sees (p/255 - PIXEL_MEAN) /
+ * PIXEL_STD on one channel (docs/model.md gives the exact conversion to and from open_clip's
+ * 3-channel conv1); with `image`, each image standardised over its own pixels.
+ */
+export const PIXEL_MEAN = 0.5;
+export const PIXEL_STD = 0.25;
+/** CLIP's initial contrastive temperature 1/0.07 and its clamp of exp(logit_scale) at 100. */
+export const LOGIT_SCALE_INIT = Math.log(1 / 0.07);
+export const LOGIT_SCALE_MAX = 100;
+/**
+ * Initial classification scale on the cosine (a cosine of 1 then means a logit of 30). Early in
+ * training the cosines of positives and negatives differ by a few hundredths; at scale 10 that is
+ * a fraction of a logit and the rare findings' gradients stay weak for the whole of a short run
+ * (docs/results.md: mean AUROC 0.88 -> 0.91 on the synthetic set, 3 epochs).
+ */
+export const CLS_SCALE_INIT = Math.log(30);
+/** Variance floor of per-image standardisation, in (p/255)^2 units: a blank image maps to zeros. */
+export const IMAGE_VAR_EPS = 1e-6;
+
+interface Spec {
+  name: string;
+  shape: number[];
+  decay: boolean;
+  /** Initial values: a normal std, or a constant. */
+  init: { std: number } | { value: number };
+}
+
+/** The three prompts per label, in the order of the prompt embedding rows. */
+export function labelPrompts(labels: readonly string[]): string[] {
+  const names = labels.map(labelText);
+  return [...names, ...names.map((n) => `Positive ${n}`), ...names.map((n) => `Negative ${n}`)];
+}
+
+function spatialRank(c: ModelConfig): number {
+  if (!c.spatialRank) throw new Error('model: the spatial readout needs config.spatialRank');
+  return c.spatialRank;
+}
+
+function paramSpecs(c: ModelConfig): Spec[] {
+  const W = c.width;
+  const scale = W ** -0.5;
+  const projStd = scale * (2 * c.layers) ** -0.5;
+  const fcStd = (2 * W) ** -0.5;
+  const s: Spec[] = [];
+  const p = (name: string, shape: number[], decay: boolean, init: Spec['init']) => s.push({ name, shape, decay, init });
+  const ones = { value: 1 };
+  const zeros = { value: 0 };
+  p('visual.conv1.weight', [c.patchSize, c.patchSize, 1, W], true, { std: (c.patchSize * c.patchSize) ** -0.5 });
+  p('visual.class_embedding', [W], false, { std: scale });
+  p('visual.positional_embedding', [tokenCount(c), W], false, { std: c.posInitStd ?? scale });
+  p('visual.ln_pre.weight', [W], false, ones);
+  p('visual.ln_pre.bias', [W], false, zeros);
+  for (let i = 0; i < c.layers; i++) {
+    const b = `visual.transformer.resblocks.${i}`;
+    p(`${b}.ln_1.weight`, [W], false, ones);
+    p(`${b}.ln_1.bias`, [W], false, zeros);
+    p(`${b}.attn.in_proj_weight`, [W, 3 * W], true, { std: scale });
+    p(`${b}.attn.in_proj_bias`, [3 * W], false, zeros);
+    p(`${b}.attn.out_proj.weight`, [W, W], true, { std: projStd });
+    p(`${b}.attn.out_proj.bias`, [W], false, zeros);
+    p(`${b}.ln_2.weight`, [W], false, ones);
+    p(`${b}.ln_2.bias`, [W], false, zeros);
+    p(`${b}.mlp.c_fc.weight`, [W, 4 * W], true, { std: fcStd });
+    p(`${b}.mlp.c_fc.bias`, [4 * W], false, zeros);
+    p(`${b}.mlp.c_proj.weight`, [4 * W, W], true, { std: projStd });
+    p(`${b}.mlp.c_proj.bias`, [W], false, zeros);
+  }
+  p('visual.ln_post.weight', [W], false, ones);
+  p('visual.ln_post.bias', [W], false, zeros);
+  if (c.pool === 'spatial') {
+    const r = spatialRank(c);
+    p('visual.spatial_pool.reduce.weight', [W, r], true, { std: scale });
+    p('visual.spatial_pool.map.weight', [(tokenCount(c) - 1) * r, W], true, { std: ((tokenCount(c) - 1) * r) ** -0.5 });
+    p('visual.spatial_pool.map.bias', [W], false, zeros);
+  }
+  p('visual.proj', [W, c.embedDim], true, { std: scale });
+  const L = c.labels.length;
+  const D = c.embedDim;
+  if (c.head === 'linear') {
+    p('cls.weight', [D, L], true, { std: D ** -0.5 });
+    p('cls.bias', [L], false, zeros);
+    return s;
+  }
+  const T = c.text.dim;
+  if (c.text.kind === 'learnable') p('text.prompt_embeddings', [3 * L, T], false, { std: 1 });
+  p('text.head.fc1.weight', [T, D], true, { std: T ** -0.5 });
+  p('text.head.fc1.bias', [D], false, zeros);
+  p('text.head.fc2.weight', [D, D], true, { std: D ** -0.5 * 0.1 });
+  p('text.head.fc2.bias', [D], false, zeros);
+  p('logit_scale', [], false, { value: LOGIT_SCALE_INIT });
+  p('cls.log_scale', [], false, { value: CLS_SCALE_INIT });
+  p('cls.bias', [L], false, zeros);
+  return s;
+}
+
+/** The flat layout of a model configuration (no tensors are created). */
+export function modelLayout(c: ModelConfig): ParamLayout {
+  return buildLayout(paramSpecs(c));
+}
+
+/** Seeded initial parameters as one flat vector in layout order. */
+export function initialParams(c: ModelConfig, seed: number): Float32Array {
+  const specs = paramSpecs(c);
+  const layout = buildLayout(specs);
+  const out = new Float32Array(layout.total);
+  const normal = normalSource(mulberry32(seed));
+  specs.forEach((s, k) => {
+    const e = layout.entries[k]!;
+    const view = out.subarray(e.offset, e.offset + e.size);
+    if ('value' in s.init) view.fill(s.init.value);
+    else for (let i = 0; i < view.length; i++) view[i] = normal() * s.init.std;
+  });
+  return out;
+}
+
+export interface TextEmbeddings {
+  /** Label-name embeddings [L, D] (classification targets, label prior). */
+  names: tf.Tensor2D;
+  /** "Positive <label>" / "Negative <label>" embeddings [L, D] (contrastive targets). */
+  positive: tf.Tensor2D;
+  negative: tf.Tensor2D;
+}
+
+let instances = 0;
+
+/**
+ * A CLIP-style ViT image tower plus the label text branch, its variables kept in TensorFlow.js.
+ * Every parameter is addressed by open_clip's state-dict name through the flat layout.
+ */
+export class CxrModel {
+  readonly config: ModelConfig;
+  readonly layout: ParamLayout;
+  /** Variables in layout order. */
+  readonly variables: tf.Variable[];
+  private readonly byName = new Map<string, tf.Variable>();
+  /** Fixed prompt embeddings from --text-embeddings (not trained), [3L, textDim]. */
+  private readonly fixedPrompts: tf.Tensor2D | null;
+
+  constructor(config: ModelConfig, params: Float32Array, fixedPrompts?: Float32Array) {
+    this.config = config;
+    this.layout = modelLayout(config);
+    if (params.length !== this.layout.total)
+      throw new Error(`model: ${params.length} parameters given, the layout has ${this.layout.total}`);
+    // Variable names must be unique per process (tests hold several replicas), so they are prefixed.
+    const prefix = `cxr${instances++}/`;
+    // Each variable gets its own copy (the cpu backend would otherwise keep a view of `params`)
+    // and holds it alone (the initial tensor is released), so assignFlat can write in place.
+    this.variables = this.layout.entries.map((e) => {
+      const t = tf.tensor(params.slice(e.offset, e.offset + e.size), [...e.shape]);
+      const v = tf.variable(t, true, prefix + e.name);
+      t.dispose();
+      this.byName.set(e.name, v);
+      return v;
+    });
+    if (config.head === 'text' && config.text.kind === 'file') {
+      if (!fixedPrompts || fixedPrompts.length !== 3 * config.labels.length * config.text.dim)
+        throw new Error('model: fixed prompt embeddings missing or of the wrong size');
+      this.fixedPrompts = tf.keep(tf.tensor2d(fixedPrompts, [3 * config.labels.length, config.text.dim]));
+    } else {
+      this.fixedPrompts = null;
+    }
+  }
+
+  p<T extends tf.Tensor = tf.Tensor>(name: string): T {
+    const v = this.byName.get(name);
+    if (!v) throw new Error(`model: no parameter '${name}'`);
+    return v as unknown as T;
+  }
+
+  /** Layout name of a variable from its (prefixed) tfjs name. */
+  paramName(v: tf.Variable): string {
+    return v.name.slice(v.name.indexOf('/') + 1);
+  }
+
+  /** Uint8 grayscale [B, H, W] pixels to the normalised float input of the stem. */
+  pixelsToInput(pixels: Uint8Array, n: number): tf.Tensor3D {
+    const s = this.config.imageSize;
+    return tf.tidy(() => {
+      const v = tf.div(tf.cast(tf.tensor3d(pixels, [n, s, s], 'int32'), 'float32'), 255);
+      if ((this.config.inputNorm ?? 'fixed') === 'fixed') return tf.div(tf.sub(v, PIXEL_MEAN), PIXEL_STD) as tf.Tensor3D;
+      const { mean, variance } = tf.moments(v, [1, 2], true);
+      return tf.div(tf.sub(v, mean), tf.sqrt(tf.add(variance, IMAGE_VAR_EPS))) as tf.Tensor3D;
+    });
+  }
+
+  /**
+   * Image embeddings [B, D] (not normalised). The conv stem with stride = kernel = patch is
+   * computed as patches @ W, which is the same arithmetic without a conv kernel (and its
+   * backprop-filter kernel) on the hot path.
+   */
+  encodeImages(x: tf.Tensor3D): tf.Tensor2D {
+    const c = this.config;
+    const B = x.shape[0];
+    const P = c.patchSize;
+    const g = c.imageSize / P;
+    const G = g * g;
+    const W = c.width;
+    const Tk = G + 1;
+    const patches = tf.reshape(tf.transpose(tf.reshape(x, [B, g, P, g, P]), [0, 1, 3, 2, 4]), [B * G, P * P]) as tf.Tensor2D;
+    const stem = tf.reshape(tf.matMul(patches, tf.reshape(this.p('visual.conv1.weight'), [P * P, W])), [B, G, W]);
+    const cls = tf.broadcastTo(tf.reshape(this.p('visual.class_embedding'), [1, 1, W]), [B, 1, W]);
+    const tokens = tf.add(tf.concat([cls, stem], 1), this.p('visual.positional_embedding'));
+    let h = layerNorm(tf.reshape(tokens, [B * Tk, W]) as tf.Tensor2D, this.p('visual.ln_pre.weight'), this.p('visual.ln_pre.bias'));
+    for (let i = 0; i < c.layers; i++) h = this.block(h, i, B, Tk);
+    // ln_post on every token, then the patch tokens [B, G, W] (open_clip's final_ln_after_pool=False).
+    const patchesAfterLnPost = () =>
+      tf.slice(
+        tf.reshape(layerNorm(h, this.p('visual.ln_post.weight'), this.p('visual.ln_post.bias')), [B, Tk, W]),
+        [0, 1, 0],
+        [B, G, W],
+      ) as tf.Tensor3D;
+    let pooled: tf.Tensor2D;
+    if (c.pool === 'spatial') {
+      // A pooled token must first learn position-independent codes for every sign; this map reads
+      // each patch's features where they are, so a sign is learned as soon as its token shows it.
+      const grid = tf.reshape(patchesAfterLnPost(), [B * G, W]) as tf.Tensor2D;
+      const reduced = tf.reshape(tf.matMul(grid, this.p<tf.Tensor2D>('visual.spatial_pool.reduce.weight')), [
+        B,
+        G * spatialRank(c),
+      ]) as tf.Tensor2D;
+      pooled = dense(reduced, this.p('visual.spatial_pool.map.weight'), this.p('visual.spatial_pool.map.bias'));
+    } else if ((c.pool ?? 'tok') === 'avg') {
+      pooled = tf.mean(patchesAfterLnPost(), 1) as tf.Tensor2D;
+    } else {
+      const clsOut = tf.reshape(tf.slice(tf.reshape(h, [B, Tk, W]), [0, 0, 0], [B, 1, W]), [B, W]) as tf.Tensor2D;
+      pooled = layerNorm(clsOut, this.p('visual.ln_post.weight'), this.p('visual.ln_post.bias'));
+    }
+    return tf.matMul(pooled, this.p<tf.Tensor2D>('visual.proj'));
+  }
+
+  private block(x: tf.Tensor2D, i: number, B: number, Tk: number): tf.Tensor2D {
+    const c = this.config;
+    const W = c.width;
+    const H = c.heads;
+    const d = W / H;
+    const b = `visual.transformer.resblocks.${i}`;
+    const a = layerNorm(x, this.p(`${b}.ln_1.weight`), this.p(`${b}.ln_1.bias`));
+    const qkv = dense(a, this.p(`${b}.attn.in_proj_weight`), this.p(`${b}.attn.in_proj_bias`));
+    const [q, k, v] = attentionHeads(qkv, B, H, d ** -0.5);
+    const scores = tf.matMul(q, k, false, true);
+    const ctx = tf.matMul(softmax(scores), v);
+    const merged = tf.reshape(tf.transpose(tf.reshape(ctx, [B, H, Tk, d]), [0, 2, 1, 3]), [B * Tk, W]) as tf.Tensor2D;
+    // The residual adds and c_fc's GELU go with the dense layers (fused kernels on wasm).
+    const x1 = dense(merged, this.p(`${b}.attn.out_proj.weight`), this.p(`${b}.attn.out_proj.bias`), { residual: x });
+    const m = layerNorm(x1, this.p(`${b}.ln_2.weight`), this.p(`${b}.ln_2.bias`));
+    return residualMlp(
+      m,
+      this.p(`${b}.mlp.c_fc.weight`),
+      this.p(`${b}.mlp.c_fc.bias`),
+      this.p(`${b}.mlp.c_proj.weight`),
+      this.p(`${b}.mlp.c_proj.bias`),
+      x1,
+    );
+  }
+
+  /** Label-prompt embeddings through the trainable head (text head only). */
+  encodeText(): TextEmbeddings {
+    const c = this.config;
+    if (c.head !== 'text') throw new Error('model: the linear head has no text branch');
+    const L = c.labels.length;
+    const e = this.fixedPrompts ?? this.p<tf.Tensor2D>('text.prompt_embeddings');
+    const h = dense(e, this.p('text.head.fc1.weight'), this.p('text.head.fc1.bias'));
+    const t = dense(gelu(h), this.p('text.head.fc2.weight'), this.p('text.head.fc2.bias'), { residual: h });
+    const [names, positive, negative] = tf.split(t, [L, L, L], 0) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
+    return { names, positive, negative };
+  }
+
+  /**
+   * Gradients (keyed by variable name) to one flat vector; a parameter without a gradient gets
+   * zeros. `into` (the layout's size) is reused when given: the step keeps one across steps.
+   */
+  flattenGrads(grads: tf.NamedTensorMap, into?: Float32Array): Float32Array {
+    if (into && into.length !== this.layout.total)
+      throw new Error(`flattenGrads: a buffer of ${into.length} for a layout of ${this.layout.total}`);
+    const out = into ?? new Float32Array(this.layout.total);
+    this.variables.forEach((v, k) => {
+      const e = this.layout.entries[k]!;
+      const g = grads[v.name];
+      if (g) readInto(g, out, e.offset);
+      else if (into) out.fill(0, e.offset, e.offset + e.size);
+    });
+    return out;
+  }
+
+  /**
+   * Overwrite every variable from a flat vector in layout order. The variables never keep a view
+   * of `params` (their storage is written in place where the backend allows, else copied), so the
+   * caller may reuse or move the vector afterwards.
+   */
+  assignFlat(params: Float32Array): void {
+    if (params.length !== this.layout.total) throw new Error(`assignFlat: ${params.length} values for a layout of ${this.layout.total}`);
+    this.layout.entries.forEach((e, k) => overwriteVariable(this.variables[k]!, params.subarray(e.offset, e.offset + e.size)));
+  }
+
+  /** The current parameters as one flat vector in layout order. */
+  readFlat(): Float32Array {
+    const out = new Float32Array(this.layout.total);
+    this.layout.entries.forEach((e, k) => readInto(this.variables[k]!, out, e.offset));
+    return out;
+  }
+
+  dispose(): void {
+    this.variables.forEach((v) => v.dispose());
+    this.fixedPrompts?.dispose();
+  }
+}

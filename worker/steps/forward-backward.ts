@@ -1,0 +1,209 @@
+import * as tf from '@tensorflow/tfjs';
+import type { CxrModel } from '../../model/vit.js';
+import {
+  classificationLoss,
+  contrastiveLoss,
+  cosineLogits,
+  labelGroups,
+  labelPriorLoss,
+  multiPositiveTargets,
+  resolveTargets,
+  scaleGradient,
+  sampleTextEmbeddings,
+  withLiveSlice,
+  type TargetOptions,
+} from '../../model/losses.js';
+
+/**
+ * The collectives one training step needs. `allGather` concatenates every rank's buffer in rank
+ * order (buffers may differ in length); `allGatherSync` does the same without returning to the
+ * event loop (the step calls it inside the tape, which cannot span an await); `allReduceSum` sums
+ * in place with a fixed order so that every rank gets the same bytes. World 1 is `localComm`; the
+ * train step plugs in ZeroMQ through its comm thread (worker/collectives/threaded-group.ts).
+ */
+export interface StepComm {
+  rank: number;
+  world: number;
+  /**
+   * Rows of the global batch on each rank, when the caller knows them (the data-parallel trainer
+   * cuts every global batch with shardRange): saves a collective per step. Absent: gathered.
+   */
+  rowCounts?: readonly number[];
+  allGather(local: Float32Array): Promise<Float32Array>;
+  allGatherSync(local: Float32Array): Float32Array;
+  allReduceSum(buf: Float32Array): Promise<void>;
+}
+
+export const localComm: StepComm = {
+  rank: 0,
+  world: 1,
+  allGather: async (local) => local,
+  allGatherSync: (local) => local,
+  allReduceSum: async () => {},
+};
+
+export interface LossWeights {
+  classification: number;
+  contrastive: number;
+  labelPrior: number;
+}
+
+export interface StepOptions {
+  weights: LossWeights;
+  targets: TargetOptions;
+  /** Per-label positive weights, or null for none. */
+  posWeight: Float32Array | null;
+  /** Label-prior target S [L*L] (used when weights.labelPrior > 0). */
+  priorTarget: Float32Array;
+}
+
+/** This rank's slice of a global batch. */
+export interface LocalBatch {
+  n: number;
+  images: Uint8Array;
+  /** Raw labels n*L: 1, 0, -1, NaN. */
+  labels: Float32Array;
+  /** Dataset indices of the samples (keys of the label-smoothing draws). */
+  indices: readonly number[];
+  epoch: number;
+}
+
+export interface StepTerms {
+  /** This rank's share of each term: summing over ranks gives the global value. */
+  classification: number;
+  contrastive: number;
+  labelPrior: number;
+  total: number;
+}
+
+export interface StepResult {
+  /** Gradient of the global loss (flat layout): summed over ranks, or this rank's part with `reduce` false. */
+  grads: Float32Array;
+  terms: StepTerms;
+  globalBatch: number;
+}
+
+/**
+ * Forward and backward for one global batch, with gradients summed over ranks.
+ *
+ * With more than one rank and the contrastive term on, the loss needs every rank's embeddings:
+ * inside the tape, this rank's image and text embeddings are read out and all-gathered with its
+ * labels in one synchronous collective, and the global matrices are built with this rank's slice
+ * live (the taped tensors), so the forward runs once.
+ *
+ * `into` (the layout's size), when given, receives the flat gradient and is returned as `grads`:
+ * a step that reuses one vector across steps makes no model-sized garbage per step.
+ */
+export async function computeGradients(
+  model: CxrModel,
+  batch: LocalBatch,
+  comm: StepComm,
+  opts: StepOptions,
+  reduce = true,
+  into?: Float32Array,
+): Promise<StepResult> {
+  const L = model.config.labels.length;
+  const { n } = batch;
+  const textHead = model.config.head === 'text';
+  const w = opts.weights;
+  const useContrastive = textHead && w.contrastive > 0;
+  const usePrior = textHead && w.labelPrior > 0;
+
+  const sizes = comm.rowCounts ? [...comm.rowCounts] : Array.from(await comm.allGather(Float32Array.of(n)));
+  if (sizes[comm.rank] !== n) throw new Error(`step: this rank holds ${n} rows, the batch plan says ${sizes[comm.rank]}`);
+  const offset = sizes.slice(0, comm.rank).reduce((a, b) => a + b, 0);
+  const N = sizes.reduce((a, b) => a + b, 0);
+
+  const { targets, mask } = resolveTargets(batch.labels, n, L, opts.targets, batch.indices, batch.epoch);
+
+  const kept: tf.Scalar[] = [];
+  const { grads, value } = tf.tidy(() => {
+    const x = model.pixelsToInput(batch.images, n);
+    const tgt = tf.tensor2d(targets, [n, L]);
+    const msk = tf.tensor2d(mask, [n, L]);
+    const pw = opts.posWeight ? tf.tensor1d(opts.posWeight) : null;
+    const S = usePrior ? tf.tensor2d(opts.priorTarget, [L, L]) : null;
+    return tf.variableGrads(() => {
+      const z = model.encodeImages(x);
+      let cls: tf.Scalar;
+      let con: tf.Scalar = tf.scalar(0);
+      let prior: tf.Scalar = tf.scalar(0);
+      if (textHead) {
+        const text = model.encodeText();
+        const logits = cosineLogits(z, text.names, model.p('cls.log_scale'), model.p('cls.bias'));
+        cls = classificationLoss(logits, tgt, msk, pw, N);
+        if (useContrastive) {
+          const t = sampleTextEmbeddings(text.positive, text.negative, tgt, msk);
+          let Z = z;
+          let T = t;
+          let allLabels = batch.labels;
+          if (comm.world > 1) {
+            const g = splitRows(
+              comm.allGatherSync(packRows([batch.labels, z.dataSync() as Float32Array, t.dataSync() as Float32Array])),
+              sizes,
+              [L, z.shape[1], t.shape[1]],
+            );
+            allLabels = g[0]!;
+            Z = withLiveSlice(g[1]!, z, offset);
+            T = withLiveSlice(g[2]!, t, offset);
+          }
+          const G = tf.tensor2d(multiPositiveTargets(labelGroups(allLabels, N, L)), [N, N]);
+          con = contrastiveLoss(Z, T, G, scaleGradient(model.p<tf.Scalar>('logit_scale'), 1 / comm.world));
+        }
+        if (usePrior) prior = labelPriorLoss(text.names, S!, comm.world);
+      } else {
+        const logits = tf.add(tf.matMul(z, model.p<tf.Tensor2D>('cls.weight')), model.p('cls.bias')) as tf.Tensor2D;
+        cls = classificationLoss(logits, tgt, msk, pw, N);
+      }
+      kept.push(tf.keep(cls), tf.keep(con), tf.keep(prior));
+      return tf.addN([tf.mul(cls, w.classification), tf.mul(con, w.contrastive), tf.mul(prior, w.labelPrior)]) as tf.Scalar;
+    }, model.variables);
+  });
+  const [cls, con, prior] = kept.map((t) => t.dataSync()[0]!) as [number, number, number];
+  const total = value.dataSync()[0]!;
+  kept.forEach((t) => t.dispose());
+  value.dispose();
+  const flat = model.flattenGrads(grads, into);
+  Object.values(grads).forEach((g) => g.dispose());
+  // A ZeRO-1 caller reduce-scatters instead (each rank needs only its shard of the sum).
+  if (reduce) await comm.allReduceSum(flat);
+  // Every rank evaluates the whole contrastive loss (its slice live), so its share is 1/world of it.
+  const conShare = con / comm.world;
+  const share = comm.world === 1 ? total : w.classification * cls + w.contrastive * conShare + w.labelPrior * prior;
+  return { grads: flat, terms: { classification: cls, contrastive: conShare, labelPrior: prior, total: share }, globalBatch: N };
+}
+
+/**
+ * One rank's rows as one buffer: each part is this rank's rows of one width, laid end to end,
+ * so that a single all-gather carries them all (one round trip instead of one per part).
+ */
+export function packRows(parts: readonly Float32Array[]): Float32Array {
+  const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+/**
+ * Undoes packRows over the rank-order concatenation of every rank's packed rows (rank r holding
+ * sizes[r] rows): part i of the result is [sum(sizes), widths[i]], rows in rank order.
+ */
+export function splitRows(gathered: Float32Array, sizes: readonly number[], widths: readonly number[]): Float32Array[] {
+  const N = sizes.reduce((a, b) => a + b, 0);
+  const rowWidth = widths.reduce((a, b) => a + b, 0);
+  if (gathered.length !== N * rowWidth) throw new Error(`splitRows: ${gathered.length} values for ${N} rows of width ${rowWidth}`);
+  const out = widths.map((wd) => new Float32Array(N * wd));
+  let src = 0;
+  let row = 0;
+  for (const m of sizes) {
+    widths.forEach((wd, i) => {
+      out[i]!.set(gathered.subarray(src, src + m * wd), row * wd);
+      src += m * wd;
+    });
+    row += m;
+  }
+  return out;
+}
