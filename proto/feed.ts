@@ -42,6 +42,8 @@ export interface BatchMsg {
   readonly indices: number[];
   /** Save a checkpoint after this step (the coordinator decides once per step, the same for every rank). */
   readonly checkpoint?: boolean;
+  /** The job stops after this step (SIGINT/SIGTERM): it carries `checkpoint` too, and the end of data follows. */
+  readonly final?: boolean;
 }
 
 export interface EndMsg {

@@ -84,16 +84,18 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
     });
     stopped.catch(() => {});
     let lastRun = -1;
+    // The job's last step: the run's end, or an earlier one when the coordinator stops the job (`final`).
+    let endAt = job.endStep;
     // A shutdown can overtake the end-of-data message and the last report's answer: the coordinator
     // sends it once it holds every rank's last report. It is early only if this rank's last step is not done.
     const orStop = <T>(p: Promise<T>): Promise<T> =>
       Promise.race([
         p,
         stopped.then((c) => {
-          throw lastRun === job.endStep - 1
+          throw lastRun === endAt - 1
             ? new Finished(c.command === 'shutdown' ? c.shutdown.reason : '')
             : new Aborted(
-                `the coordinator shut the job down before step ${job.endStep - 1}: ${c.command === 'shutdown' ? c.shutdown.reason : ''}`,
+                `the coordinator shut the job down before step ${endAt - 1}: ${c.command === 'shutdown' ? c.shutdown.reason : ''}`,
               );
         }),
       ]);
@@ -138,11 +140,18 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
       const tDecode = performance.now();
       const batch = decodeBatch(item.payload);
       const decodeSeconds = (performance.now() - tDecode) / 1000;
-      const info = { step: h.step, epoch: h.epoch, epochStep: h.epochStep, indices: h.indices, checkpoint: h.checkpoint === true };
+      const info = {
+        step: h.step,
+        epoch: h.epoch,
+        epochStep: h.epochStep,
+        indices: h.indices,
+        checkpoint: h.checkpoint === true,
+        final: h.final === true,
+      };
+      if (info.final) endAt = h.step + 1;
       const r = await orStop(step.run(batch, info));
       lastRun = h.step;
-      const check =
-        job.paramsCheckEvery > 0 && step.paramsHash && ((h.step + 1) % job.paramsCheckEvery === 0 || h.step + 1 === job.endStep);
+      const check = job.paramsCheckEvery > 0 && step.paramsHash && ((h.step + 1) % job.paramsCheckEvery === 0 || h.step + 1 === endAt);
       const paramsHash = check ? await step.paramsHash!() : '';
       const tAck = performance.now();
       while (unanswered.length >= MAX_UNANSWERED) await orStop(unanswered.shift()!);

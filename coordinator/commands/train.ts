@@ -45,6 +45,8 @@ export interface TrainArgs {
   prefetch: number;
   'params-check-every': number;
   'metrics-port'?: number;
+  'max-restarts'?: number;
+  'rejoin-timeout'?: number;
   report: boolean;
   'checkpoint-every': number;
   'checkpoint-every-minutes': number;
@@ -123,6 +125,16 @@ export function jobOptions<T>(y: Argv<T>) {
     .option('prefetch', { type: 'number', default: 2, describe: 'batches queued ahead per worker' })
     .option('params-check-every', { type: 'number', default: 50, describe: 'compare replica parameter hashes every K steps' })
     .option('metrics-port', { type: 'number', describe: 'serve Prometheus /metrics and /healthz on this port' })
+    .option('max-restarts', {
+      type: 'number',
+      default: 3,
+      describe: 'when a worker is lost, start fresh workers from the newest checkpoint, at most this many times (0: fail at once)',
+    })
+    .option('rejoin-timeout', {
+      type: 'number',
+      default: 600,
+      describe: 'with --listen: seconds a restart waits for the lost worker to register again',
+    })
     .option('report', { type: 'boolean', default: true, describe: 'write report.html at the end of the run' });
 }
 
@@ -136,6 +148,10 @@ export function toTrainConfig(a: ArgumentsCamelCase<TrainArgs> | TrainArgs): Tra
   positive(args['batch-size'], '--batch-size');
   if (args.steps !== undefined) positive(args.steps, '--steps');
   if (args.epochs !== undefined) positive(args.epochs, '--epochs');
+  if (args['max-restarts'] !== undefined && (!Number.isInteger(args['max-restarts']) || args['max-restarts'] < 0))
+    throw new UserError(`--max-restarts must be a whole number >= 0, got ${args['max-restarts']}`);
+  if (args['rejoin-timeout'] !== undefined && !(args['rejoin-timeout'] > 0))
+    throw new UserError(`--rejoin-timeout must be a number of seconds > 0, got ${args['rejoin-timeout']}`);
   for (const w of ['w-cls', 'w-con', 'w-prior', 'lr', 'weight-decay', 'clip-norm'] as const)
     if (!(args[w] >= 0)) throw new UserError(`--${w} must be >= 0, got ${args[w]}`);
   return {
@@ -181,6 +197,8 @@ export async function runTraining(args: TrainArgs): Promise<void> {
     prefetch: args.prefetch,
     paramsCheckEvery: args['params-check-every'],
     metricsPort: args['metrics-port'],
+    maxRestarts: args['max-restarts'] ?? 3,
+    rejoinTimeoutMs: (args['rejoin-timeout'] ?? 600) * 1000,
     checkpoints: {
       checkpointEvery: args['checkpoint-every'],
       checkpointEveryMinutes: args['checkpoint-every-minutes'],
@@ -190,6 +208,14 @@ export async function runTraining(args: TrainArgs): Promise<void> {
     },
     log,
   });
+  if (r.stopped) {
+    process.stdout.write(
+      `stopped by ${r.stopped.signal} after step ${r.stopped.step} of the run; checkpoint: ${r.checkpoint}\n` +
+        `resume with: ${resumeCommand(cfg.out)}\n`,
+    );
+    process.exitCode = r.stopped.signal === 'SIGINT' ? 130 : 143;
+    return;
+  }
   const e = r.evalReport;
   const report = args.report ? (await writeReport(cfg.out)).html : null;
   process.stdout.write(
@@ -198,10 +224,23 @@ export async function runTraining(args: TrainArgs): Promise<void> {
       (e
         ? `\n${e.split} mean AUROC ${e.mean_auroc?.toFixed(4) ?? 'n/a'} (competition labels ${e.mean_auroc_competition?.toFixed(4) ?? 'n/a'}), eval.json written`
         : '') +
+      (r.restarts > 0 ? `\n${r.restarts} restart${r.restarts > 1 ? 's' : ''} after lost workers (restarts.json)` : '') +
       `\ncheckpoint: ${r.checkpoint}` +
       (report ? `\nreport: ${report}` : '') +
       '\n',
   );
+}
+
+/** This invocation's command line with `--resume RUN` in place of any --resume it had. */
+function resumeCommand(out: string): string {
+  const argv = process.argv.slice(2);
+  const kept: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === '--resume') i++;
+    else if (!argv[i]!.startsWith('--resume=')) kept.push(argv[i]!);
+  }
+  const quote = (a: string) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`);
+  return ['coordinator', ...kept, '--resume', out].map(quote).join(' ');
 }
 
 export const trainCommand: CommandModule<object, TrainArgs> = {

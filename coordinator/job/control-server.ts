@@ -72,6 +72,8 @@ export class JobFailure extends UserError {
     readonly rank?: number,
     /** The fault is the user's to fix (a worker reported a UserError). */
     readonly userError = false,
+    /** A lost rank (exit, silence, disconnect, a failed collective): a fresh set of workers may go on from the last checkpoint. */
+    readonly restartable = false,
   ) {
     super(message, 1);
     this.name = 'JobFailure';
@@ -205,6 +207,8 @@ export class ControlServer {
           new JobFailure(
             `worker ${describeWorker(w)} sent no heartbeat for ${(silent / 1000).toFixed(1)} s (timeout ${(this.opts.heartbeatTimeoutMs / 1000).toFixed(1)} s; last completed step ${this.lastStep[w.rank]}): it is hung or its host is unreachable`,
             w.rank,
+            false,
+            true,
           ),
         );
         return;
@@ -365,7 +369,7 @@ export class ControlServer {
         cb(null, {});
         const w = this.registered[r.rank];
         const who = w ? describeWorker(w) : `rank ${r.rank}`;
-        this.fail(new JobFailure(`worker ${who} failed: ${r.message}`, r.rank, r.userError));
+        this.fail(new JobFailure(`worker ${who} failed: ${r.message}`, r.rank, r.userError, !r.userError));
       },
 
       Commands: (call) => {
@@ -383,6 +387,8 @@ export class ControlServer {
             new JobFailure(
               `worker ${describeWorker(w)} disconnected from the control plane (last completed step ${this.lastStep[rank]})`,
               rank,
+              false,
+              true,
             ),
           );
         });

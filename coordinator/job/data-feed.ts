@@ -60,6 +60,8 @@ export class DataFeed {
   /** Settles with the feed's first failure (a read error, a protocol violation); never rejects. */
   readonly failure: Promise<Error>;
   private endpoint = '';
+  /** The first step not fed: endStep, or one past the stop step once `stopEarly` moved it. */
+  private end: number;
 
   constructor(private readonly opts: DataFeedOptions) {
     if (opts.startStep < 0 || opts.endStep < opts.startStep)
@@ -70,6 +72,21 @@ export class DataFeed {
     this.pumping = new Array(opts.world).fill(false);
     this.endSent = new Array(opts.world).fill(false);
     this.failure = new Promise((r) => (this.resolveFailure = r));
+    this.end = opts.endStep;
+  }
+
+  /**
+   * End the job early, at the first step no rank has been sent yet: that step is fed with a
+   * checkpoint and as the final one, then the end of data. Steps already sent (at most the
+   * prefetch depth ahead of each rank) still run, so every rank stops at the same step. Returns
+   * that step, or null when every step is already out (the run ends as planned).
+   */
+  stopEarly(): number | null {
+    const next = Math.max(...this.cursor);
+    if (next >= this.end - 1) return null;
+    this.end = next + 1;
+    for (let r = 0; r < this.opts.world; r++) void this.pump(r);
+    return next;
   }
 
   /** Bind; resolves with the endpoint workers connect to (the port filled in when it was "*"). */
@@ -154,7 +171,7 @@ export class DataFeed {
     this.pumping[rank] = true;
     const s = this.stats[rank]!;
     try {
-      while (!this.closed && s.credit > 0 && this.cursor[rank]! < this.opts.endStep) {
+      while (!this.closed && s.credit > 0 && this.cursor[rank]! < this.end) {
         const step = this.cursor[rank]!;
         const pos = this.opts.sampler.positionAt(step);
         const indices = this.opts.sampler.rankSlice(pos, this.opts.world, rank);
@@ -178,15 +195,16 @@ export class DataFeed {
             epoch: pos.epoch,
             epochStep: pos.step,
             indices: Array.from(indices),
-            ...(this.checkpointAfter(step) ? { checkpoint: true } : {}),
+            ...(this.checkpointAfter(step) || step === this.end - 1 ? { checkpoint: true } : {}),
+            ...(step === this.end - 1 && this.end < this.opts.endStep ? { final: true } : {}),
           },
           payload,
         );
       }
       // End-of-data is a message of its own, not a credit-consuming batch: the worker may be at full queue.
-      if (!this.closed && this.cursor[rank] === this.opts.endStep && !this.endSent[rank]) {
+      if (!this.closed && this.cursor[rank] === this.end && !this.endSent[rank]) {
         this.endSent[rank] = true;
-        await this.send(rank, { v: FEED_PROTOCOL_VERSION, type: 'end', generation: this.opts.generation, step: this.opts.endStep });
+        await this.send(rank, { v: FEED_PROTOCOL_VERSION, type: 'end', generation: this.opts.generation, step: this.end });
       }
     } catch (e) {
       this.fail(e as Error);

@@ -157,7 +157,9 @@ export class WorkerProcesses {
     if (this.exitsExpected) return;
     const phase = this.registered ? 'during the run' : 'during start-up';
     const output = c.tail.length ? `; its last output:\n${c.tail.map((l) => `  | ${l}`).join('\n')}` : ' (it printed nothing)';
-    this.resolveFailure(new JobFailure(`${this.describe(c)} ${this.how(c)} ${phase}${output}`, this.ranks.get(c.proc.pid ?? -1)));
+    const rank = this.ranks.get(c.proc.pid ?? -1);
+    // A worker lost during the run can be replaced; one that dies starting up would die again.
+    this.resolveFailure(new JobFailure(`${this.describe(c)} ${this.how(c)} ${phase}${output}`, rank, false, this.registered));
   }
 
   private describe(c: Child): string {

@@ -33,6 +33,8 @@ export interface JobOptions {
   readonly seed: number;
   readonly globalBatch: number;
   readonly dropLast?: boolean;
+  /** Counts the job's restarts from 1: messages of a worker of an earlier generation are refused. */
+  readonly generation?: number;
   /** First global step (resume), default 0. */
   readonly startStep?: number;
   /** Steps to run from startStep. */
@@ -53,6 +55,12 @@ export interface JobOptions {
   readonly checkpointAfter?: (step: number) => boolean;
   /** Called once the control plane listens (tests start remote workers from here). */
   readonly onListening?: (address: { control: string; data: string; token: string }) => void;
+  /**
+   * SIGINT/SIGTERM once the workers run: finish the steps already fed, save a checkpoint after the
+   * last and end the job there (JobResult.stopped); a second signal stops at once. Without it, or
+   * before the rendezvous, a signal stops at once.
+   */
+  readonly stopOnSignal?: boolean;
   readonly log: Logger;
 }
 
@@ -62,6 +70,8 @@ export interface JobResult {
   readonly lastStep?: StepSummary;
   readonly feed: readonly RankFeedStats[];
   readonly seconds: number;
+  /** The job ended early on this signal, after global step `step` (its checkpoint is step + 1). */
+  readonly stopped?: { readonly signal: NodeJS.Signals; readonly step: number };
 }
 
 /**
@@ -98,7 +108,7 @@ export async function runJob(o: JobOptions): Promise<JobResult> {
   const feed = new DataFeed({
     bind: `tcp://${local ? '127.0.0.1' : bracket(listenHost)}:${dataPort === 0 ? '*' : dataPort}`,
     world,
-    generation: 1,
+    generation: o.generation ?? 1,
     sampler,
     source: o.source,
     startStep,
@@ -124,6 +134,8 @@ export async function runJob(o: JobOptions): Promise<JobResult> {
   };
   let stepsRun = 0;
   let lastStep: StepSummary | undefined;
+  // The job's last global step: endStep - 1, or the stop step after a signal.
+  let finalStep = endStep - 1;
   let resolveDone!: () => void;
   const done = new Promise<void>((r) => (resolveDone = r));
   const server = new ControlServer({
@@ -132,7 +144,7 @@ export async function runJob(o: JobOptions): Promise<JobResult> {
     world,
     configJson: JSON.stringify({ ...o.config, job: section }),
     dataEndpoint,
-    generation: 1,
+    generation: o.generation ?? 1,
     heartbeatIntervalMs,
     heartbeatTimeoutMs,
     log: o.log,
@@ -140,7 +152,7 @@ export async function runJob(o: JobOptions): Promise<JobResult> {
       stepsRun++;
       lastStep = s;
       o.onStep?.(s);
-      if (s.step === endStep - 1) resolveDone();
+      if (s.step === finalStep) resolveDone();
     },
     onCheckpointShard: o.onCheckpointShard,
   });
@@ -171,10 +183,25 @@ export async function runJob(o: JobOptions): Promise<JobResult> {
 
   let interrupted: (f: JobFailure) => void = () => {};
   const signalled = new Promise<JobFailure>((r) => (interrupted = r));
-  const onSignal = (sig: NodeJS.Signals) =>
+  let running = false;
+  let stopped: JobResult['stopped'];
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (o.stopOnSignal && running && !stopped) {
+      const at = feed.stopEarly();
+      stopped = { signal: sig, step: at ?? endStep - 1 };
+      if (at === null) o.log.warn(`${sig}: every step is already fed; finishing the run (a second signal stops at once)`);
+      else {
+        finalStep = at;
+        o.log.warn(
+          `${sig}: finishing the steps already fed, saving a checkpoint after step ${at + 1} and stopping (a second signal stops at once, without saving)`,
+        );
+      }
+      return;
+    }
     interrupted(Object.assign(new JobFailure(`interrupted by ${sig}; stopping the workers`), { exitCode: sig === 'SIGINT' ? 130 : 143 }));
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
 
   const failures: Promise<JobFailure>[] = [server.failure, feed.failure.then((e) => new JobFailure(e.message)), signalled];
   if (procs) failures.push(procs.failure);
@@ -210,11 +237,18 @@ export async function runJob(o: JobOptions): Promise<JobResult> {
     procs?.setRanks(new Map(workers.map((w) => [w.pid, w.rank])));
     o.log.info(`rendezvous complete: ${workers.map((w) => describeWorker(w)).join('; ')}`);
     o.onRendezvous?.(workers);
+    running = true;
 
     if (endStep > startStep) await orFail(done);
-    o.log.info(`all ${endStep - startStep} steps done; shutting the workers down`);
+    running = false;
+    const early = stopped && finalStep < endStep - 1;
+    o.log.info(
+      early
+        ? `stopped by ${stopped!.signal} after step ${finalStep + 1}; shutting the workers down`
+        : `all ${endStep - startStep} steps done; shutting the workers down`,
+    );
     procs?.expectExit();
-    await server.shutdown('training finished');
+    await server.shutdown(early ? `stopped by ${stopped!.signal}` : 'training finished');
     const bad = procs ? await procs.waitExit(30_000) : [];
     if (bad.length) throw new JobFailure(`after shutdown, ${bad.join('; ')}`);
     return {
@@ -223,6 +257,7 @@ export async function runJob(o: JobOptions): Promise<JobResult> {
       lastStep,
       feed: Array.from({ length: world }, (_, r) => feed.statsOf(r)),
       seconds: (Date.now() - t0) / 1000,
+      ...(early ? { stopped: { signal: stopped!.signal, step: finalStep } } : {}),
     };
   } catch (e) {
     const reason = e instanceof Error ? e.message : String(e);

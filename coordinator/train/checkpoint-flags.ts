@@ -17,7 +17,11 @@ export function checkpointFlags<T>(y: Argv<T>) {
       default: 0,
       describe: 'save a checkpoint every STEPS optimizer steps (0: off; the end of the run is always saved)',
     })
-    .option('checkpoint-every-minutes', { type: 'number', default: 0, describe: 'save a checkpoint every M minutes of training (0: off)' })
+    .option('checkpoint-every-minutes', {
+      type: 'number',
+      default: 10,
+      describe: 'save a checkpoint every M minutes of training, so a crash loses at most that much (0: off)',
+    })
     .option('keep-checkpoints', { type: 'number', default: 3, describe: 'keep the newest K committed checkpoints (at least 1)' })
     .option('resume', {
       type: 'string',

@@ -22,14 +22,15 @@ import { resolveModelConfig } from '../../model/config.js';
 import { loadTextEmbeddings } from '../../model/text-embeddings.js';
 import { modelLayout } from '../../model/vit.js';
 import { DEFAULT_ADAMW, type TrainSection } from '../../model/train-config.js';
-import type { StepSummary } from '../job/control-server.js';
+import { JobFailure, type StepSummary } from '../job/control-server.js';
 import { datasetRowSource } from '../data/dataset-source.js';
-import { runJob } from '../job/run-job.js';
+import { type JobResult, runJob } from '../job/run-job.js';
 import { serveMetrics, TrainingMetrics } from '../ops/metrics-server.js';
 import { writeRunEnvironment } from '../report/environment.js';
 import { Sampler } from '../job/sampler.js';
 import { labelSetFor, type TrainConfig } from './config.js';
 import type { CheckpointFlags } from './checkpoint-flags.js';
+import { MetricsLog } from './metrics-log.js';
 
 /** Where and how the workers run (the rest of the run is TrainConfig). */
 export interface TrainJobOptions {
@@ -47,6 +48,10 @@ export interface TrainJobOptions {
   /** Show a progress bar / progress lines (default true). */
   progress?: boolean;
   workerOutput?: (line: string) => void;
+  /** Restarts in place after a lost rank, each from the newest committed checkpoint (default 0). */
+  maxRestarts?: number;
+  /** With `listen`: how long a restart waits for the lost rank's replacement to register. */
+  rejoinTimeoutMs?: number;
   /** Checkpoint flags; `resume: 'auto'` resumes the newest committed checkpoint in the run directory, if any. */
   checkpoints?: Partial<CheckpointFlags>;
   log: Logger;
@@ -81,6 +86,10 @@ export interface TrainJobResult {
   /** sha256 of the final parameters, the same on every rank (checked at the last step). */
   paramsHash: string;
   evalReport: { split: string; mean_auroc: number | null; mean_auroc_competition: number | null } | null;
+  /** Restarts in place after lost ranks. */
+  restarts: number;
+  /** SIGINT/SIGTERM ended the run early, at checkpoint step `step` (no evaluation, no model.bin). */
+  stopped?: { signal: NodeJS.Signals; step: number };
 }
 
 /** The metrics.jsonl line of one step, from the ranks' reports (losses are global; times are the slowest rank's). */
@@ -190,6 +199,14 @@ export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Pr
       trainRows: source.size,
     };
     const ckRoot = checkpointsDir(cfg.out);
+    const requireConfig = {
+      'model.preset': model.preset,
+      'model.head': model.head,
+      labelSet: savedConfig.labelSet,
+      seed: cfg.seed,
+      globalBatch: cfg.batchSize,
+      trainRows: source.size,
+    };
     let resume: { dir: string; step: number } | null = null;
     if (ck.resume) {
       const from = ck.resume === 'auto' ? cfg.out : ck.resume;
@@ -197,14 +214,7 @@ export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Pr
       if (any) {
         const r = await resolveCheckpoint(from, {
           layout,
-          requireConfig: {
-            'model.preset': model.preset,
-            'model.head': model.head,
-            labelSet: savedConfig.labelSet,
-            seed: cfg.seed,
-            globalBatch: cfg.batchSize,
-            trainRows: source.size,
-          },
+          requireConfig,
           onWarning: (msg) => o.log.warn(msg),
         });
         resume = { dir: r.dir, step: r.manifest.step };
@@ -270,20 +280,7 @@ export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Pr
       o.metricsPort !== undefined ? await serveMetrics(metrics, { port: o.metricsPort, ...(o.listen ? { host: '0.0.0.0' } : {}) }) : null;
     if (server) o.log.info(`metrics on ${server.url}`);
     const bar = o.progress === false ? null : createProgress({ label: 'train', total: totalSteps, unit: 'steps', logger: o.log });
-    // A resumed run continues metrics.jsonl from the checkpoint: lines of steps after it (run
-    // before a crash, lost with it) are dropped so that every step appears once.
-    const metricsPath = path.join(cfg.out, 'metrics.jsonl');
-    let kept = '';
-    if (startStep > 0) {
-      const old = await fsp.readFile(metricsPath, 'utf8').catch(() => '');
-      kept = old
-        .split('\n')
-        .filter((l) => l.trim() && (JSON.parse(l) as { step: number }).step <= startStep)
-        .map((l) => l + '\n')
-        .join('');
-    }
-    await fsp.writeFile(metricsPath, kept);
-    const file = await fsp.open(metricsPath, 'a');
+    const metricsLog = await MetricsLog.open(path.join(cfg.out, 'metrics.jsonl'), startStep);
     // Checkpoints: the coordinator decides after which steps the ranks save (the feed tells them),
     // collects their shard reports and commits each checkpoint once all are in.
     const endStep = totalSteps;
@@ -323,70 +320,129 @@ export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Pr
         o.log.info(`checkpoint ${dir} committed`);
       });
     };
-    let writing: Promise<unknown> = Promise.resolve();
     let lastAt = performance.now();
     // The bar shows the run's mean rate: a step that also ran an epoch's evaluation would show a tenth of it.
     const barStart = performance.now();
     let barImages = 0;
+    const maxRestarts = o.maxRestarts ?? 0;
+    const restarts: RestartRecord[] = [];
+    let from = startStep;
+    let lastDone = startStep;
     try {
-      const result = await runJob({
-        workers: cfg.workers,
-        listen: o.listen,
-        advertise: o.advertise,
-        dataPort: o.dataPort,
-        token: o.token,
-        gpu: o.gpu,
-        workerEnv: COLLECTIVES_ENV,
-        workerOutput: o.workerOutput,
-        step: { name: 'train' },
-        config: { train: section },
-        source,
-        seed: cfg.seed,
-        globalBatch: cfg.batchSize,
-        startStep,
-        steps: totalSteps - startStep,
-        prefetch: o.prefetch,
-        checkpointAfter,
-        onCheckpointShard,
-        paramsCheckEvery: o.paramsCheckEvery ?? 50,
-        onRendezvous: (w) => metrics.setWorkersUp(w.length),
-        onStep: (s) => {
-          const now = performance.now();
-          // Step time as the coordinator sees it (reports arrive in step order): includes every
-          // rank's wait for the slowest, which the per-rank totals do not.
-          const rec = metricsRecord(s, Math.max(s.timings.total, (now - lastAt) / 1000));
-          lastAt = now;
-          writing = writing.then(() => file.write(JSON.stringify(rec) + '\n'));
-          metrics.observeStep(rec as unknown as Parameters<TrainingMetrics['observeStep']>[0]);
-          // The ZeRO-1 reduce-scatter + parameter all-gather move an all-reduce's bytes.
-          if (cfg.workers > 1 && rec.time_reduce_s > 0)
-            metrics.observeCollective('allreduce', layout.total * 4, rec.time_reduce_s, cfg.workers);
-          barImages += s.images;
-          bar?.update(rec.step, {
-            epoch: rec.epoch,
-            loss: rec.loss.toFixed(4),
-            'img/s': (barImages / ((now - barStart) / 1000)).toFixed(1),
+      let result: JobResult;
+      for (;;) {
+        try {
+          result = await runJob({
+            workers: cfg.workers,
+            listen: o.listen,
+            advertise: o.advertise,
+            dataPort: o.dataPort,
+            token: o.token,
+            gpu: o.gpu,
+            workerEnv: COLLECTIVES_ENV,
+            workerOutput: o.workerOutput,
+            step: { name: 'train' },
+            config: { train: section },
+            source,
+            seed: cfg.seed,
+            globalBatch: cfg.batchSize,
+            generation: restarts.length + 1,
+            startStep: from,
+            steps: totalSteps - from,
+            prefetch: o.prefetch,
+            checkpointAfter,
+            onCheckpointShard,
+            paramsCheckEvery: o.paramsCheckEvery ?? 50,
+            stopOnSignal: true,
+            // A restart with remote workers waits this long for the lost rank's replacement.
+            ...(restarts.length > 0 && o.listen && o.rejoinTimeoutMs ? { rendezvousTimeoutMs: o.rejoinTimeoutMs } : {}),
+            onRendezvous: (w) => metrics.setWorkersUp(w.length),
+            onStep: (s) => {
+              lastDone = s.step + 1;
+              const now = performance.now();
+              // Step time as the coordinator sees it (reports arrive in step order): includes every
+              // rank's wait for the slowest, which the per-rank totals do not.
+              const rec = metricsRecord(s, Math.max(s.timings.total, (now - lastAt) / 1000));
+              lastAt = now;
+              metricsLog.write(rec);
+              metrics.observeStep(rec as unknown as Parameters<TrainingMetrics['observeStep']>[0]);
+              // The ZeRO-1 reduce-scatter + parameter all-gather move an all-reduce's bytes.
+              if (cfg.workers > 1 && rec.time_reduce_s > 0)
+                metrics.observeCollective('allreduce', layout.total * 4, rec.time_reduce_s, cfg.workers);
+              barImages += s.images;
+              bar?.update(rec.step, {
+                epoch: rec.epoch,
+                loss: rec.loss.toFixed(4),
+                'img/s': (barImages / ((now - barStart) / 1000)).toFixed(1),
+              });
+            },
+            log: o.log,
           });
-        },
-        log: o.log,
-      });
-      await writing;
+          break;
+        } catch (e) {
+          await committing.catch(() => {});
+          shards.clear();
+          // Verified block by block; a damaged newest one falls back to the one before, with a warning.
+          const newest = (await listCheckpoints(ckRoot)).some((c) => c.committed)
+            ? await resolveCheckpoint(cfg.out, { layout, requireConfig, onWarning: (msg) => o.log.warn(msg) }).then(
+                (r) => ({ dir: r.dir, step: r.manifest.step }),
+                () => null,
+              )
+            : null;
+          if (!(e instanceof JobFailure) || !e.restartable || restarts.length >= maxRestarts) {
+            if (!(e instanceof JobFailure) || e.exitCode !== 1) throw e;
+            const why =
+              e.restartable && maxRestarts > 0
+                ? `; gave up after ${restarts.length} restart${restarts.length === 1 ? '' : 's'} (--max-restarts ${maxRestarts})`
+                : '';
+            throw new JobFailure(
+              `${e.message}${why}\n${newest ? `continue from ${newest.dir} (step ${newest.step}) with --resume ${cfg.out}` : 'no checkpoint was committed: a rerun starts over'}`,
+              e.rank,
+              e.userError,
+            );
+          }
+          // Go on from the newest committed checkpoint of this run, else from where this invocation began.
+          from = newest?.step ?? startStep;
+          section.resume = newest?.dir ?? resume?.dir ?? null;
+          const record: RestartRecord = {
+            at: new Date().toISOString(),
+            failedAfterStep: lastDone,
+            resumedAt: from,
+            checkpoint: section.resume,
+            reason: e.message.split('\n')[0]!,
+          };
+          restarts.push(record);
+          metrics.incRestarts('rank_lost');
+          await writeJsonAtomic(path.join(cfg.out, 'restarts.json'), restarts);
+          o.log.warn(
+            `restart ${restarts.length} of at most ${maxRestarts}: ${record.reason}; starting ${cfg.workers} fresh worker${cfg.workers > 1 ? 's' : ''} from ${section.resume ?? 'the start'} (step ${from})`,
+          );
+          await metricsLog.rewind(from);
+          last = { step: from, lastAtMs: Date.now() };
+          lastAt = performance.now();
+        }
+      }
+      await metricsLog.flush();
       await committing;
-      if (lastCommitted !== stepDir(ckRoot, endStep)) throw new Error(`the final checkpoint (step ${endStep}) was not committed`);
+      // The job's last step: the run's end, or where a signal stopped it.
+      const finalStep = result.stopped ? result.stopped.step + 1 : endStep;
+      if (lastCommitted !== stepDir(ckRoot, finalStep)) throw new Error(`the final checkpoint (step ${finalStep}) was not committed`);
       bar?.stop();
       let evalReport: TrainJobResult['evalReport'] = null;
-      if (cfg.eval !== 'none') {
+      if (cfg.eval !== 'none' && !result.stopped) {
         evalReport = JSON.parse(await fsp.readFile(path.join(cfg.out, 'eval.json'), 'utf8'));
         metrics.observeEval(evalReport as unknown as Parameters<TrainingMetrics['observeEval']>[0]);
       }
       metrics.setPhase('done');
       return {
-        steps: result.stepsRun,
+        steps: finalStep - startStep,
         startStep,
         checkpoint: lastCommitted,
         seconds: result.seconds,
         paramsHash: result.lastStep?.paramsHash ?? '',
         evalReport,
+        restarts: restarts.length,
+        ...(result.stopped ? { stopped: { signal: result.stopped.signal, step: finalStep } } : {}),
       };
     } catch (e) {
       await committing.catch(() => {});
@@ -394,11 +450,21 @@ export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Pr
       bar?.stop();
       throw e;
     } finally {
-      await writing.catch(() => {});
-      await file.close();
+      await metricsLog.close();
       await server?.close();
     }
   } finally {
     await ds.close();
   }
+}
+
+/** One restart in place, as restarts.json records it. */
+export interface RestartRecord {
+  readonly at: string;
+  /** The last step every rank completed before the failure. */
+  readonly failedAfterStep: number;
+  /** The step training went on from. */
+  readonly resumedAt: number;
+  readonly checkpoint: string | null;
+  readonly reason: string;
 }

@@ -15,6 +15,8 @@ export interface StepInfo {
   readonly indices: readonly number[];
   /** Save a checkpoint after this step (the coordinator's decision, the same on every rank). */
   readonly checkpoint: boolean;
+  /** The job stops after this step before the run's end (SIGINT/SIGTERM at the coordinator); `checkpoint` is set too. */
+  readonly final: boolean;
 }
 
 /** What one step reports (the worker loop adds data wait, total time and the step's position). */

@@ -271,8 +271,8 @@ async function trainStepWith(ctx: StepContext, t: TrainSection, pg: ThreadedProc
           .then((w) => ctx.control.commitCheckpoint(w));
         saving = save;
         save.catch(() => {}); // rethrown at the next checkpoint or the end
-        // The run's last checkpoint is reported before the last step, so the coordinator commits it before the job ends.
-        if (last) await save;
+        // The job's last checkpoint is reported before its last step, so the coordinator commits it before the job ends.
+        if (last || info.final) await save;
       }
       if (last && rank === 0) await saveParams(t.out, t.model, params, info.step + 1, fixed);
       if (epochEnd && !last) await evaluate(evalEpochFile(info.epoch), false, info.step + 1, info.epoch);
