@@ -7,6 +7,8 @@ import { configureDecoder, decodeGray } from '../coordinator/data/decode.js';
 import { runPrepare } from '../coordinator/data/prepare.js';
 import { drawAnatomy, renderStudy } from '../coordinator/data/synth-image.js';
 import { Prng } from '../shared/random/sfc32.js';
+import { readManifest, SPLITS } from '../shared/dataset/manifest.js';
+import { shardBytes, verifyShards } from '../shared/dataset/verify.js';
 
 /**
  * `npm run bench -- prepare [--count 5000] [--source-size 256] [--image-size 64] [--reps 2]`
@@ -16,7 +18,8 @@ import { Prng } from '../shared/random/sfc32.js';
  *  - bare: decodeGray (sharp, the exact settings of prepare) over every file with the same
  *    number of images in flight, results dropped;
  *  - prepare: the full `data prepare` (CSV, image index, patient split, decode, Arrow shards with
- *    sha256, fsync, rename).
+ *    sha256, fsync, rename);
+ *  - verify: the check training runs before step 0 (every shard's sha256 against the manifest).
  * Prints the best rate of each and prepare's share of the bare rate (goal: at least 80%).
  */
 export async function run(argv: string[]): Promise<void> {
@@ -61,9 +64,19 @@ export async function run(argv: string[]): Promise<void> {
         overwrite: false,
         progress: false,
       });
-      const p = count / ((performance.now() - tp) / 1000);
+      const prepS = (performance.now() - tp) / 1000;
+      const p = count / prepS;
+      // What training adds before step 0: every shard against the manifest's sha256.
+      const manifest = await readManifest(out);
+      const tv = performance.now();
+      await verifyShards(out, manifest, SPLITS);
+      const verS = (performance.now() - tv) / 1000;
+      const mb = shardBytes(manifest, SPLITS) / 1e6;
       rmSync(out, { recursive: true, force: true });
-      process.stdout.write(`  rep ${r + 1}: bare decode+resize ${b.toFixed(0)} images/s, prepare ${p.toFixed(0)} images/s\n`);
+      process.stdout.write(
+        `  rep ${r + 1}: bare decode+resize ${b.toFixed(0)} images/s, prepare ${p.toFixed(0)} images/s; ` +
+          `verify ${mb.toFixed(1)} MB in ${verS.toFixed(2)} s (${(mb / verS).toFixed(0)} MB/s, ${((100 * verS) / prepS).toFixed(1)}% of prepare)\n`,
+      );
       bare = Math.max(bare, b);
       full = Math.max(full, p);
     }

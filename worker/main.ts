@@ -10,6 +10,8 @@ import { closeAllThreadedGroups } from './collectives/threaded-group.js';
  * The `worker` command: one process per accelerator. Started by `coordinator --workers N` on the
  * same host, or on its own (Kubernetes) as `worker --coordinator HOST:PORT --token T`.
  */
+let sigterms = 0;
+
 async function main(argv: string[]): Promise<number> {
   const args = await yargs(argv)
     .scriptName('worker')
@@ -41,6 +43,13 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write('worker: error: no job token: pass --token or set CXR_JOB_TOKEN\n');
     return 2;
   }
+  // A worker pod gets SIGTERM with its coordinator (preemption, a deleted Job): it goes on until the
+  // coordinator ends the job at a checkpoint. Local workers are stopped by their coordinator only.
+  if (parentPid() === undefined)
+    process.on('SIGTERM', () => {
+      if (sigterms++ > 0) process.exit(143);
+      log.warn('SIGTERM: going on until the coordinator stops the job at a checkpoint; a second SIGTERM stops now');
+    });
   const host = args.coordinator.replace(/:\d+$/, '');
   const loopback = /^(127\.|localhost$|\[?::1\]?$)/.test(host);
   const advertise = args.advertise ?? (loopback ? '127.0.0.1' : (process.env.POD_IP ?? hostname()));

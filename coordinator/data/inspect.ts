@@ -1,8 +1,8 @@
-import { createHash } from 'node:crypto';
-import { createReadStream, promises as fsp } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { RecordBatchReader } from 'apache-arrow';
 import { readManifest, SPLITS, type Manifest, type SplitName } from '../../shared/dataset/manifest.js';
+import { sha256File } from '../../shared/dataset/verify.js';
 
 export interface ShardCheck {
   split: SplitName;
@@ -17,12 +17,6 @@ export interface InspectReport {
   manifest: Manifest;
   shards: ShardCheck[];
   ok: boolean;
-}
-
-async function sha256File(file: string): Promise<string> {
-  const h = createHash('sha256');
-  for await (const chunk of createReadStream(file, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
-  return h.digest('hex');
 }
 
 /** Verify every shard against the manifest: size, sha256, and the record-batch count in the footer. */

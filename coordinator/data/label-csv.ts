@@ -99,6 +99,17 @@ function nihRowParser(
       if (!image) throw new UserError(`${file}:${line}: empty 'Image Index'`);
       const patient = (f[iPatient] ?? '').trim();
       if (!patient) throw new UserError(`${file}:${line}: empty 'Patient ID'`);
+      // The split is by patient: a wrong id puts a patient's images in two splits (test AUROC leaks).
+      if (!/^\d+$/.test(patient)) throw new UserError(`${file}:${line}: 'Patient ID' '${patient}' is not a number`);
+      const named = /^(\d+)_\d+\.[A-Za-z]+$/.exec(image);
+      if (!named)
+        throw new UserError(
+          `${file}:${line}: 'Image Index' '${image}' is not an NIH image name (PATIENT_FOLLOWUP.png, e.g. 00000003_004.png), so its patient cannot be checked`,
+        );
+      if (Number(named[1]) !== Number(patient))
+        throw new UserError(
+          `${file}:${line}: 'Patient ID' ${patient} differs from the patient of image ${image} (${Number(named[1])}); correct the row`,
+        );
       // NIH labels are all-or-nothing text mining: a finding not listed is a negative, never blank.
       const labels = new Float32Array(set.labels.length);
       const names = (f[iFind] ?? '')
@@ -147,6 +158,8 @@ function chexpertRowParser(
   };
   if (hasPath) {
     const iPath = col.get('Path')!;
+    // A subject_id column next to Path must name the same patient as the path's folder.
+    const iSub = header.indexOf('subject_id');
     return {
       refKind: 'path',
       parse: (f, line) => {
@@ -154,6 +167,11 @@ function chexpertRowParser(
         if (!p) throw new UserError(`${file}:${line}: empty 'Path'`);
         const pm = /(?:^|\/)(patient\d+)\//.exec(p);
         if (!pm) throw new UserError(`${file}:${line}: 'Path' ${p} has no patientNNNNN folder to take the patient id from`);
+        if (iSub >= 0) {
+          const sub = (f[iSub] ?? '').trim();
+          if (!/^\d+$/.test(sub) || Number(sub) !== Number(pm[1]!.slice('patient'.length)))
+            throw new UserError(`${file}:${line}: 'subject_id' '${sub}' differs from the patient of 'Path' ${p}; correct the row`);
+        }
         const sm = /(?:^|\/)(patient\d+\/study\d+)\//.exec(p);
         return { line, ref: p, subjectId: pm[1]!, studyId: sm ? sm[1]! : p.replace(/\/[^/]*$/, ''), labels: parseLabels(f, line) };
       },
@@ -174,6 +192,7 @@ function chexpertRowParser(
         ['dicom_id', dicom],
       ] as const)
         if (!v) throw new UserError(`${file}:${line}: empty '${name}'`);
+      if (!/^\d+$/.test(sub)) throw new UserError(`${file}:${line}: 'subject_id' '${sub}' is not a number`);
       return { line, ref: dicom, subjectId: sub, studyId: `${sub}/${study}`, labels: parseLabels(f, line) };
     },
   };

@@ -69,6 +69,12 @@ export async function locateImages(table: LabelTable, root: string): Promise<str
       throw new UserError(
         `${table.file}:${r.line}: image '${r.ref}' matches ${hits.length} files under ${root}: ${hits.slice(0, 3).join(', ')}`,
       );
+    // MIMIC-CXR keeps files/pXX/p<subject_id>/s<study_id>/: the folder must agree with the row.
+    const folder = table.refKind === 'stem' ? /(?:^|\/)p(\d+)\/s(\d+)\/[^/]+$/.exec(hits[0]!) : null;
+    if (folder && `${folder[1]}/${folder[2]}` !== r.studyId)
+      throw new UserError(
+        `${table.file}:${r.line}: subject_id/study_id ${r.studyId}, but image ${hits[0]} is in the folder of patient ${folder[1]}, study ${folder[2]}; correct the row`,
+      );
     return hits[0]!;
   });
 }

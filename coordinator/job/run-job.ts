@@ -117,7 +117,7 @@ export async function runJob(o: JobOptions): Promise<JobResult> {
     checkpointAfter: o.checkpointAfter,
     log: o.log,
   });
-  const boundData = await feed.start();
+  const boundData = await rebinding(() => feed.start(), o.generation ?? 1);
   const dataEndpoint = `tcp://${bracket(advertise)}:${boundData.slice(boundData.lastIndexOf(':') + 1)}`;
 
   const section: WorkerJobSection = {
@@ -158,7 +158,7 @@ export async function runJob(o: JobOptions): Promise<JobResult> {
   });
   let port: number;
   try {
-    port = await server.start();
+    port = await rebinding(() => server.start(), o.generation ?? 1);
   } catch (e) {
     await feed.close();
     throw new UserError((e as Error).message);
@@ -274,6 +274,18 @@ export async function runJob(o: JobOptions): Promise<JobResult> {
     // at least: a worker blocked in a collective hears an abort only in a heartbeat reply.
     await server.close(Math.max(500, 2 * heartbeatIntervalMs));
     await feed.close();
+  }
+}
+
+/** A restarted job binds the ports its previous generation just closed: retry for a few seconds while they are released. */
+async function rebinding<T>(bind: () => Promise<T>, generation: number): Promise<T> {
+  for (let i = 0; ; i++) {
+    try {
+      return await bind();
+    } catch (e) {
+      if (generation === 1 || i >= 20) throw e;
+      await new Promise((r) => setTimeout(r, 250));
+    }
   }
 }
 

@@ -12,6 +12,8 @@ import {
 } from '../../shared/checkpoint/index.js';
 import type { ShardWritten } from '../../shared/checkpoint/shard-writer.js';
 import { openDataset } from '../../shared/dataset/reader.js';
+import type { Manifest, SplitName } from '../../shared/dataset/manifest.js';
+import { shardBytes, verifyShards } from '../../shared/dataset/verify.js';
 import { UserError } from '../../shared/util/errors.js';
 import { writeJsonAtomic } from '../../shared/util/fs-atomic.js';
 import type { Logger } from '../../shared/util/log.js';
@@ -246,6 +248,7 @@ export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Pr
           throw new UserError(
             `--out ${cfg.out} already holds a run (${f}); choose a new run directory, remove it, or continue it with --resume ${cfg.out}`,
           );
+    await verifyData(cfg, ds.manifest, o);
     await fsp.mkdir(cfg.out, { recursive: true });
     // A crashed save leaves a step directory without a manifest; no save runs now.
     const removed = await removeUncommitted(ckRoot);
@@ -456,6 +459,28 @@ export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Pr
   } finally {
     await ds.close();
   }
+}
+
+/**
+ * Every shard the run reads (train, and the evaluated split) against manifest.json's sha256
+ * before step 0, with a progress bar: a damaged shard is refused by name instead of training
+ * to other weights (docs/reliability.md; the cost is in docs/performance.md, "Verified data").
+ */
+async function verifyData(cfg: TrainConfig, manifest: Manifest, o: TrainJobOptions): Promise<void> {
+  const splits: SplitName[] = cfg.eval === 'none' ? ['train'] : ['train', cfg.eval];
+  const total = shardBytes(manifest, splits);
+  const bar =
+    o.progress === false ? null : createProgress({ label: 'verify data', total: Math.ceil(total / 1e6), unit: 'MB', logger: o.log });
+  let done = 0;
+  const t0 = performance.now();
+  try {
+    await verifyShards(cfg.data, manifest, splits, (n) => bar?.update(Math.floor((done += n) / 1e6)));
+  } finally {
+    bar?.stop();
+  }
+  o.log.info(
+    `verified ${(total / 1e6).toFixed(1)} MB of ${splits.join(' and ')} shards against manifest.json in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
+  );
 }
 
 /** One restart in place, as restarts.json records it. */

@@ -208,3 +208,12 @@ export function fromRecordBatch(rb: RecordBatch): SampleBatch {
   if (c.report) b.reports = all(c.report);
   return b;
 }
+
+/** The first label value that is not 1, 0, -1 or NaN (blank), by row and label; null when all are. */
+export function invalidLabel(labels: ArrayLike<number>, labelCount: number): { row: number; label: number; value: number } | null {
+  for (let i = 0; i < labels.length; i++) {
+    const v = labels[i]!;
+    if (v !== 1 && v !== 0 && v !== -1 && !Number.isNaN(v)) return { row: Math.floor(i / labelCount), label: i % labelCount, value: v };
+  }
+  return null;
+}

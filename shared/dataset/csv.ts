@@ -118,11 +118,20 @@ export async function* readCsv(file: string): AsyncGenerator<CsvRecord[]> {
   const raw = createReadStream(file, { highWaterMark: 1 << 20 });
   const stream = gz ? raw.pipe(createGunzip()) : raw;
   raw.on('error', (e) => stream.destroy(e));
-  stream.setEncoding('utf8');
+  // Strict UTF-8: a replacement character in a patient id would put one patient in two splits unnoticed.
+  const decoder = new TextDecoder('utf-8', { fatal: true });
+  const where = new ByteLines();
   const parser = new CsvParser(file);
   let first = true;
   try {
-    for await (let chunk of stream as AsyncIterable<string>) {
+    for await (const bytes of stream as AsyncIterable<Buffer>) {
+      let chunk: string;
+      try {
+        chunk = decoder.decode(bytes, { stream: true });
+      } catch {
+        throw new UserError(`${file}:${where.invalidAt(bytes)}: invalid UTF-8; save the CSV as UTF-8`);
+      }
+      where.advance(bytes);
       if (first) {
         if (chunk.charCodeAt(0) === 0xfeff) chunk = chunk.slice(1);
         first = false;
@@ -131,6 +140,18 @@ export async function* readCsv(file: string): AsyncGenerator<CsvRecord[]> {
       parser.push(chunk, out);
       if (out.length) yield out;
     }
+    try {
+      const rest = decoder.decode();
+      if (rest) {
+        const out: CsvRecord[] = [];
+        parser.push(rest, out);
+        if (out.length) yield out;
+      }
+    } catch {
+      throw new UserError(
+        `${file}:${where.invalidAt(Buffer.alloc(0))}: invalid UTF-8 (a sequence cut off at the end of the file); save the CSV as UTF-8`,
+      );
+    }
   } catch (e) {
     if (e instanceof UserError) throw e;
     throw new UserError(`${file}: cannot read${gz ? ' (gzip)' : ''} CSV: ${(e as Error).message}`);
@@ -138,6 +159,85 @@ export async function* readCsv(file: string): AsyncGenerator<CsvRecord[]> {
   const out: CsvRecord[] = [];
   parser.end(out);
   if (out.length) yield out;
+}
+
+/**
+ * Line and column (1-based, in bytes) in a byte stream fed chunk by chunk, to name where a UTF-8
+ * decoder failed. Keeps the last bytes of an unfinished character of the previous chunk.
+ */
+export class ByteLines {
+  private line = 1;
+  /** Bytes since the last newline. */
+  private col = 0;
+  /** The tail of the previous chunk that may start a character the next chunk finishes. */
+  private tail: Uint8Array = new Uint8Array(0);
+
+  advance(bytes: Buffer): void {
+    let last = -1;
+    for (let i = bytes.indexOf(0x0a); i !== -1; i = bytes.indexOf(0x0a, i + 1)) {
+      this.line++;
+      last = i;
+    }
+    this.col = last === -1 ? this.col + bytes.length : bytes.length - last - 1;
+    const k = utf8Boundary(bytes);
+    this.tail = bytes.slice(k);
+  }
+
+  /** "LINE:COLUMN" of the first invalid byte in `bytes` (the chunk the decoder refused), counting from the stream's start. */
+  invalidAt(bytes: Uint8Array): string {
+    const all = new Uint8Array(this.tail.length + bytes.length);
+    all.set(this.tail);
+    all.set(bytes, this.tail.length);
+    const bad = firstInvalidUtf8(all);
+    // The tail's bytes are already counted in line/col.
+    let line = this.line;
+    let col = this.col - this.tail.length;
+    for (let i = 0; i < bad; i++) {
+      if (all[i] === 0x0a) {
+        line++;
+        col = 0;
+      } else col++;
+    }
+    return `${line}:${col + 1}`;
+  }
+}
+
+/** Start of the unfinished UTF-8 character at the end of `b` (b.length when it ends on a boundary). */
+function utf8Boundary(b: Uint8Array): number {
+  for (let i = b.length - 1; i >= Math.max(0, b.length - 3); i--) {
+    const x = b[i]!;
+    if ((x & 0xc0) === 0x80) continue;
+    const need = x >= 0xf0 ? 4 : x >= 0xe0 ? 3 : x >= 0xc0 ? 2 : 1;
+    return b.length - i < need ? i : b.length;
+  }
+  return b.length;
+}
+
+/** Offset of the first byte that starts no complete, valid UTF-8 sequence (b.length when every one is). */
+export function firstInvalidUtf8(b: Uint8Array): number {
+  let i = 0;
+  while (i < b.length) {
+    const x = b[i]!;
+    let n: number;
+    let min: number;
+    if (x < 0x80) {
+      i++;
+      continue;
+    } else if (x >= 0xc2 && x <= 0xdf) [n, min] = [1, 0x80];
+    else if (x >= 0xe0 && x <= 0xef) [n, min] = [2, 0x800];
+    else if (x >= 0xf0 && x <= 0xf4) [n, min] = [3, 0x10000];
+    else return i;
+    if (i + n >= b.length) return i;
+    let cp = x & (0x3f >> n);
+    for (let k = 1; k <= n; k++) {
+      const c = b[i + k]!;
+      if ((c & 0xc0) !== 0x80) return i;
+      cp = (cp << 6) | (c & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return i;
+    i += n + 1;
+  }
+  return b.length;
 }
 
 /** Column index by name; a missing column is an error naming the file and every missing name. */

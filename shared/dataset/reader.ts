@@ -2,7 +2,7 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { Message, RecordBatchReader, Utf8, makeData, makeVector, type AsyncRecordBatchFileReader } from 'apache-arrow';
 import { UserError } from '../util/errors.js';
-import { REQUIRED_COLUMNS, imageSizeOf, recordBatchColumns, type RecordBatchColumns, type SampleBatch } from './columns.js';
+import { REQUIRED_COLUMNS, imageSizeOf, invalidLabel, recordBatchColumns, type RecordBatchColumns, type SampleBatch } from './columns.js';
 import { readManifest, SPLITS, type Manifest, type ShardInfo, type SplitName } from './manifest.js';
 
 export type { SampleBatch } from './columns.js';
@@ -298,7 +298,16 @@ class SplitReaderImpl implements SplitReader {
     }
     const rpb = this.manifest.rowsPerBatch;
     const rows = Math.min(rpb, this.shards[shard]!.info.rows - batch * rpb);
-    const p = this.shards[shard]!.readBatch(batch, rows);
+    const h = this.shards[shard]!;
+    // A label outside 1, 0, -1, blank would train silently on a wrong target.
+    const p = h.readBatch(batch, rows).then((c) => {
+      const bad = invalidLabel(c.cols.labels, this.L);
+      if (bad)
+        throw new UserError(
+          `${h.file}: row ${batch * rpb + bad.row} (${c.cols.path(bad.row)}): label '${this.manifest.labels[bad.label]}' is ${bad.value}; labels are 1, 0, -1 or blank: the shard is damaged, run 'coordinator data inspect'`,
+        );
+      return c;
+    });
     this.cache.set(key, p);
     p.then(
       (c) => {

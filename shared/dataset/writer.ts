@@ -2,7 +2,8 @@ import { createHash, type Hash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { AsyncByteQueue, RecordBatchFileWriter, type Schema } from 'apache-arrow';
-import { datasetSchema, toRecordBatch, type SampleBatch } from './columns.js';
+import { datasetSchema, invalidLabel, toRecordBatch, type SampleBatch } from './columns.js';
+import { UserError } from '../util/errors.js';
 import { writeJsonAtomic } from '../util/fs-atomic.js';
 import { MANIFEST_FILE, FORMAT_NAME, FORMAT_VERSION, type Manifest, type ShardInfo, type SplitName, SPLITS } from './manifest.js';
 
@@ -79,6 +80,8 @@ export class ShardWriter {
     const hw = this.height * this.width;
     if (s.image.length !== hw) throw new RangeError(`${s.path}: image has ${s.image.length} pixels, expected ${hw}`);
     if (s.labels.length !== this.labelCount) throw new RangeError(`${s.path}: ${s.labels.length} labels, expected ${this.labelCount}`);
+    const bad = invalidLabel(s.labels, this.labelCount);
+    if (bad) throw new UserError(`${s.path}: label ${bad.label} is ${bad.value}; labels are 1, 0, -1 or blank (NaN)`);
     this.pending.push(s);
     if (this.pending.length === this.rowsPerBatch) await this.flushBatch();
   }

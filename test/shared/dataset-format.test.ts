@@ -20,7 +20,7 @@ const LABELS = ['A', 'B', 'C'];
 function sample(i: number): Sample {
   const image = new Uint8Array(H * W);
   for (let p = 0; p < image.length; p++) image[p] = (i * 7 + p) & 255;
-  const labels = [i % 3 === 0 ? 1 : 0, i % 5 === 0 ? -1 : NaN, (i % 7) / 7];
+  const labels = [i % 3 === 0 ? 1 : 0, i % 5 === 0 ? -1 : NaN, [1, 0, -1, NaN][i % 4]!];
   return { image, labels, subjectId: `p${Math.floor(i / 3)}`, studyId: `s${i}`, path: `img/${i}.png` };
 }
 
