@@ -16,6 +16,7 @@ async function main(argv: string[]): Promise<void> {
       throw err ?? new UsageError(msg);
     })
     .option('config', { type: 'string', global: true, describe: 'YAML or JSON file of option values; command-line flags override it' })
+    .option('debug', { type: 'boolean', global: true, describe: 'print the stack trace of an internal error (workers too)' })
     // Before validation, so options required by a command can come from the file.
     .middleware(configFileMiddleware(argv, commands) as never, true)
     .help()
@@ -25,6 +26,10 @@ async function main(argv: string[]): Promise<void> {
 }
 
 class UsageError extends Error {}
+
+// Read before parsing: an error in parsing itself must know too. Local workers inherit it.
+const debug = process.argv.includes('--debug') || process.env.CXR_DEBUG === '1';
+if (debug) process.env.CXR_DEBUG = '1';
 
 // `coordinator data inspect DIR | head` closes stdout early: that is the reader's choice, not a failure.
 process.stdout.on('error', (e: NodeJS.ErrnoException) => {
@@ -40,7 +45,9 @@ main(hideBin(process.argv)).catch((e: unknown) => {
     process.stderr.write(`coordinator: error: ${e.message}\n`);
     process.exitCode = e.exitCode;
   } else {
-    process.stderr.write(`coordinator: internal error: ${errorMessage(e)}\n${(e as Error)?.stack ?? ''}\n`);
+    process.stderr.write(
+      `coordinator: internal error: ${errorMessage(e)}\n${debug ? `${(e as Error)?.stack ?? ''}\n` : '(run with --debug for the stack trace)\n'}`,
+    );
     process.exitCode = 1;
   }
 });

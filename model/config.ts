@@ -131,7 +131,7 @@ export function resolveModelConfig(opts: {
   if (p.imageSize !== null && p.imageSize !== opts.imageSize)
     throw new UserError(
       `--model ${opts.preset} needs ${p.imageSize}x${p.imageSize} images but the dataset has ${opts.imageSize}x${opts.imageSize}; ` +
-        `prepare the data with --size ${p.imageSize}`,
+        `prepare the data with --image-size ${p.imageSize}`,
     );
   if (opts.imageSize % p.patchSize !== 0)
     throw new UserError(`--model ${opts.preset}: image size ${opts.imageSize} is not a multiple of the patch size ${p.patchSize}`);

@@ -82,8 +82,12 @@ async function registerWith(
       const code = (e as grpc.ServiceError).code;
       if (code === grpc.status.PERMISSION_DENIED)
         throw new UserError(`coordinator at ${opts.address} refused this worker: ${(e as grpc.ServiceError).details}`);
+      // An answer (rank taken, job full, job failed): the coordinator's reason is the whole message.
       if (!RETRYABLE.has(code))
-        throw new Error(`coordinator at ${opts.address} refused registration: ${(e as grpc.ServiceError).details ?? errorMessage(e)}`);
+        throw new UserError(
+          `coordinator at ${opts.address} refused this worker: ${(e as grpc.ServiceError).details ?? errorMessage(e)}`,
+          1,
+        );
       if (opts.parentPid !== undefined && process.ppid !== opts.parentPid) {
         throw new UserError(
           `the coordinator that started this worker (pid ${opts.parentPid}) is gone: registration failed (${(e as grpc.ServiceError).details}) and is not retried`,

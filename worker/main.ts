@@ -89,7 +89,9 @@ main(hideBin(process.argv)).then(
   },
   async (e: unknown) => {
     process.stderr.write(
-      isUserError(e) ? `worker: error: ${e.message}\n` : `worker: internal error: ${errorMessage(e)}\n${(e as Error)?.stack ?? ''}\n`,
+      isUserError(e)
+        ? `worker: error: ${e.message}\n`
+        : `worker: internal error: ${errorMessage(e)}\n${process.env.CXR_DEBUG === '1' ? `${(e as Error)?.stack ?? ''}\n` : ''}`,
     );
     await exit(isUserError(e) ? e.exitCode : 1);
   },

@@ -244,7 +244,8 @@ function resumeCommand(out: string): string {
 }
 
 export const trainCommand: CommandModule<object, TrainArgs> = {
-  command: '$0',
+  // `coordinator train ...` and plain `coordinator ...` are the same command.
+  command: ['train', '$0'],
   describe: 'train a model (the default command)',
   builder: (y) =>
     checkpointFlags(jobOptions(trainOptions(y)))

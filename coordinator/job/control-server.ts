@@ -243,31 +243,32 @@ export class ControlServer {
             ),
           );
         }
-        if (this.failed) return cb(status(grpc.status.ABORTED, `job failed: ${this.failed.message}`));
+        // Every refusal is logged here too, naming the worker: the operator sees who was turned away.
+        const refuse = (code: grpc.status, why: string) => {
+          this.opts.log.warn(`refused a worker (${who}): ${why}`);
+          cb(status(code, why));
+        };
+        if (this.failed) return refuse(grpc.status.ABORTED, `job failed: ${this.failed.message}`);
         if (this.registerWaiters.size + this.workers().length === 0 && this.closing)
           return cb(status(grpc.status.UNAVAILABLE, 'coordinator is shutting down'));
         let rank = req.requestedRank;
         if (rank >= 0) {
           if (rank >= this.opts.world)
-            return cb(
-              status(
-                grpc.status.INVALID_ARGUMENT,
-                `requested rank ${rank} is outside 0..${this.opts.world - 1} (world size ${this.opts.world})`,
-              ),
+            return refuse(
+              grpc.status.INVALID_ARGUMENT,
+              `requested rank ${rank} is outside 0..${this.opts.world - 1} (world size ${this.opts.world})`,
             );
           if (this.registered[rank])
-            return cb(status(grpc.status.ALREADY_EXISTS, `rank ${rank} is already taken by ${describeWorker(this.registered[rank]!)}`));
+            return refuse(grpc.status.ALREADY_EXISTS, `rank ${rank} is already taken by ${describeWorker(this.registered[rank]!)}`);
         } else {
           rank = this.registered.indexOf(undefined);
           if (rank < 0)
-            return cb(
-              status(
-                grpc.status.RESOURCE_EXHAUSTED,
-                `all ${this.opts.world} ranks are taken; this job wants exactly ${this.opts.world} workers`,
-              ),
+            return refuse(
+              grpc.status.RESOURCE_EXHAUSTED,
+              `all ${this.opts.world} ranks are taken; this job wants exactly ${this.opts.world} workers`,
             );
         }
-        if (!req.collectiveEndpoint) return cb(status(grpc.status.INVALID_ARGUMENT, 'collective_endpoint is empty'));
+        if (!req.collectiveEndpoint) return refuse(grpc.status.INVALID_ARGUMENT, 'collective_endpoint is empty');
         const info: WorkerInfo = {
           rank,
           host: req.host,

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { rmSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { ControlServer, JobFailure, describeWorker, type StepSummary, type WorkerInfo } from './control-server.js';
 import { DataFeed, type RankFeedStats, type RowSource } from './data-feed.js';
@@ -274,6 +275,11 @@ export async function runJob(o: JobOptions): Promise<JobResult> {
     // at least: a worker blocked in a collective hears an abort only in a heartbeat reply.
     await server.close(Math.max(500, 2 * heartbeatIntervalMs));
     await feed.close();
+    // A local worker that was killed could not remove its Unix socket file; they are all gone now.
+    if (procs)
+      for (const w of server.workers())
+        if (/^ipc:\/\/.*\/cxr-collective-[^/]+\.sock$/.test(w.collectiveEndpoint))
+          rmSync(w.collectiveEndpoint.slice('ipc://'.length), { force: true });
   }
 }
 

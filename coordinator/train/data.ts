@@ -6,6 +6,7 @@ import type { TrainData } from './config.js';
 export async function openTrainData(dir: string): Promise<TrainData> {
   const ds = await openDataset(dir);
   const { height, width } = ds.manifest.image;
-  if (height !== width) throw new UserError(`${dir}: images are ${height}x${width}; the model needs square images (prepare with --size)`);
+  if (height !== width)
+    throw new UserError(`${dir}: images are ${height}x${width}; the model needs square images (prepare with --image-size)`);
   return { labelNames: ds.labelNames, labelSet: ds.manifest.labelSet, imageSize: height, split: (n) => ds.split(n) };
 }

@@ -122,11 +122,14 @@ export function metricsRecord(s: StepSummary, stepSeconds: number): MetricsRecor
  * ranks write model.json/model.bin, eval.json, eval-epoch-E.json and embeddings.json (rank 0).
  */
 export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Promise<TrainJobResult> {
+  const outStat = await fsp.stat(cfg.out).catch(() => null);
+  if (outStat && !outStat.isDirectory())
+    throw new UserError(`--out ${cfg.out} is a file, not a run directory; name a new directory (it is created)`);
   const ds = await openDataset(cfg.data);
   try {
     const { height, width } = ds.manifest.image;
     if (height !== width)
-      throw new UserError(`${cfg.data}: images are ${height}x${width}; the model needs square images (prepare with --size)`);
+      throw new UserError(`${cfg.data}: images are ${height}x${width}; the model needs square images (prepare with --image-size)`);
     const labels = [...ds.labelNames];
     const L = labels.length;
     const source = datasetRowSource(ds);

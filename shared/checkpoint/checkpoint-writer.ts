@@ -1,5 +1,6 @@
 import { Worker } from 'node:worker_threads';
 import { writeShard, type ShardData, type ShardWritten } from './shard-writer.js';
+import { UserError } from '../util/errors.js';
 
 export interface SaveOptions {
   /**
@@ -155,13 +156,14 @@ export class CheckpointWriter {
   private ensureWorker(): Worker {
     if (this.worker) return this.worker;
     const w = new Worker(new URL('./writer-thread.js', import.meta.url));
-    w.on('message', (msg: { id: number; ok: boolean; result?: ShardWritten; error?: string; buffers?: ArrayBuffer[] }) => {
+    w.on('message', (msg: { id: number; ok: boolean; result?: ShardWritten; error?: string; user?: boolean; buffers?: ArrayBuffer[] }) => {
       if (msg.buffers) this.giveBack(msg.buffers);
       const p = this.pending.get(msg.id);
       if (!p) return;
       this.pending.delete(msg.id);
       if (msg.ok) p.resolve(msg.result!);
-      else p.reject(new Error(`checkpoint shard write failed: ${msg.error}`));
+      // A full disk is the user's to fix (a UserError, so no restart tries again); anything else is a failure of the save.
+      else p.reject(msg.user ? new UserError(msg.error!, 1) : new Error(`checkpoint shard write failed: ${msg.error}`));
     });
     const failAll = (e: Error) => {
       for (const p of this.pending.values()) p.reject(e);

@@ -1,6 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { writeAtomically } from '../util/fs-atomic.js';
+import { diskFull } from '../util/errors.js';
 import {
   DEFAULT_BLOCK_BYTES,
   SHARD_END_MAGIC,
@@ -84,10 +85,14 @@ export async function writeShard(stepDir: string, d: ShardData): Promise<ShardWr
     blockBytes,
     sectionBytes: [n * 4, n * 4, n * 4, extra.byteLength],
   };
-  await fsp.mkdir(stepDir, { recursive: true });
   const file = shardFileName(d.rank, d.world);
   const target = path.join(stepDir, file);
   const headerBytes = encodeHeader(header);
+  const full = (e: unknown) =>
+    diskFull(e, target, `the previous committed checkpoint in ${path.dirname(stepDir)} is intact: free space, then resume the run`);
+  await fsp.mkdir(stepDir, { recursive: true }).catch((e: unknown) => {
+    throw full(e);
+  });
   const trailer = await writeAtomically(target, async (fh) => {
     let pos = 0;
     let inflight: Promise<void> | null = null;
@@ -129,6 +134,8 @@ export async function writeShard(stepDir: string, d: ShardData): Promise<ShardWr
     }
     if (pos !== shardFileBytes(header)) throw new Error(`writeShard: wrote ${pos} bytes, format says ${shardFileBytes(header)}`);
     return trailer;
+  }).catch((e: unknown) => {
+    throw full(e);
   });
   return {
     file,

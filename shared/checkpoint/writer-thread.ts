@@ -1,5 +1,6 @@
 import { parentPort } from 'node:worker_threads';
 import { writeShard, type ShardData } from './shard-writer.js';
+import { isUserError } from '../util/errors.js';
 
 /** Worker-thread body of CheckpointWriter: one save at a time, in the order they arrive. */
 interface Job {
@@ -20,7 +21,10 @@ port.on('message', (job: Job) => {
       const result = await writeShard(job.stepDir, d);
       port.postMessage({ id: job.id, ok: true, result, buffers }, buffers);
     } catch (e) {
-      port.postMessage({ id: job.id, ok: false, error: e instanceof Error ? e.message : String(e), buffers }, buffers);
+      port.postMessage(
+        { id: job.id, ok: false, error: e instanceof Error ? e.message : String(e), user: isUserError(e), buffers },
+        buffers,
+      );
     }
   });
 });

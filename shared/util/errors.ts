@@ -20,3 +20,13 @@ export function isUserError(e: unknown): e is UserError {
 export function errorMessage(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
+
+/**
+ * A full disk as a UserError naming the file being written (Node's ENOSPC message names none),
+ * with `after` saying what is still intact and what to do; other errors unchanged.
+ */
+export function diskFull(e: unknown, file: string, after: string): unknown {
+  const code = (e as NodeJS.ErrnoException)?.code;
+  if (code !== 'ENOSPC' && code !== 'EDQUOT') return e;
+  return new UserError(`${file}: no space left on device (${code}); ${after}`, 1);
+}

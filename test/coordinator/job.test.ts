@@ -141,6 +141,56 @@ test('coordinator --listen: workers started first retry until it answers; a work
   for (const w of workers) assert.equal((await w.done).code, 0);
 });
 
+test('a third worker joining a full job and a worker asking for a taken rank are refused in one line each, and the coordinator logs them', async () => {
+  const [port] = await freePorts(1);
+  const address = `127.0.0.1:${port}`;
+  const coord = run(coordinatorEntry, [
+    'probe',
+    '--data',
+    dataDir,
+    '--listen',
+    address,
+    '--data-port',
+    '0',
+    '--workers',
+    '2',
+    '--batch',
+    '2',
+    '--steps',
+    '100000',
+    '--step-option',
+    'delayMs=100',
+    '--token',
+    'tok',
+  ]);
+  let err = '';
+  coord.proc.stderr!.on('data', (d) => (err += d));
+  const workers = [0, 1].map((r) =>
+    run(workerEntry, ['--coordinator', address, '--rank', String(r), '--connect-timeout', '30'], { CXR_JOB_TOKEN: 'tok' }),
+  );
+  while (!/rendezvous complete/.test(err)) await new Promise((r) => setTimeout(r, 20));
+  const third = await run(workerEntry, ['--coordinator', address, '--connect-timeout', '30'], { CXR_JOB_TOKEN: 'tok' }).done;
+  const taken = await run(workerEntry, ['--coordinator', address, '--rank', '1', '--connect-timeout', '30'], { CXR_JOB_TOKEN: 'tok' }).done;
+  for (const [w, why] of [
+    [
+      third,
+      /^worker: error: coordinator at 127\.0\.0\.1:\d+ refused this worker: all 2 ranks are taken; this job wants exactly 2 workers$/m,
+    ],
+    [taken, /^worker: error: coordinator at 127\.0\.0\.1:\d+ refused this worker: rank 1 is already taken by rank 1 \(host .*\)$/m],
+  ] as const) {
+    assert.equal(w.code, 1, w.stderr);
+    assert.match(w.stderr, why);
+    assert.doesNotMatch(w.stderr, /internal error|\n\s+at /);
+  }
+  assert.match(err, /refused a worker \(host .*, pid \d+\): all 2 ranks are taken/);
+  assert.match(err, /refused a worker \(host .*, pid \d+\): rank 1 is already taken/);
+  // The job went on with its two workers all along; stop it.
+  assert.doesNotMatch(err, /"level":50/);
+  coord.proc.kill('SIGTERM');
+  assert.equal((await coord.done).code, 143);
+  await Promise.all(workers.map((w) => w.done));
+});
+
 test('a worker that dies during start-up fails the job: non-zero, its error output shown, the other worker stopped', async () => {
   const ds = await openDataset(dataDir);
   let pids: number[] = [];
