@@ -4,6 +4,7 @@ import { UserError } from '../../shared/util/errors.js';
 import { BACKEND_CHOICES, type BackendChoice } from '../../kernels/backend.js';
 import { UNCERTAINTY_POLICIES } from '../../model/losses.js';
 import { MODEL_PRESETS } from '../../model/config.js';
+import { PRIOR_SCOPES, priorScope, type PriorScope } from '../../model/prior-scope.js';
 import { createLogger } from '../../shared/util/log.js';
 import { writeReport } from '../report/index.js';
 import { trainDistributed } from '../train/train-job.js';
@@ -33,6 +34,7 @@ export interface TrainArgs {
   'w-con': number;
   'w-prior': number;
   'label-prior': 'orth' | 'graph';
+  'prior-scope'?: PriorScope;
   uncertainty: string;
   'uncertainty-label': string[];
   blank: 'mask' | 'zeros';
@@ -91,6 +93,11 @@ export function trainOptions<T>(y: Argv<T>) {
     .option('w-con', { type: 'number', default: 0.5, describe: 'contrastive loss weight (0: off)' })
     .option('w-prior', { type: 'number', default: 0.1, describe: 'label prior loss weight (0: off)' })
     .option('label-prior', { choices: ['orth', 'graph'] as const, default: 'graph' as const })
+    .option('prior-scope', {
+      choices: PRIOR_SCOPES,
+      default: 'names' as PriorScope,
+      describe: 'label prior on the label names (target from --label-prior), the 2L state prompts (identity), or all',
+    })
     .option('uncertainty', {
       type: 'string',
       choices: UNCERTAINTY_POLICIES as unknown as string[],
@@ -174,6 +181,7 @@ export function toTrainConfig(a: ArgumentsCamelCase<TrainArgs> | TrainArgs): Tra
     wCon: args['w-con'],
     wPrior: args['w-prior'],
     labelPrior: args['label-prior'],
+    priorScope: priorScope(args['prior-scope'] ?? 'names'),
     uncertainty: args.uncertainty,
     uncertaintyLabel: args['uncertainty-label'],
     blank: args.blank,

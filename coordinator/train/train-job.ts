@@ -160,7 +160,9 @@ export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Pr
       uncertainty: uncertaintyPolicies(labels, cfg.uncertainty, cfg.uncertaintyLabel),
       blank: cfg.blank,
       posWeight: posWeight ? Array.from(posWeight) : null,
-      priorTarget: Array.from(labelPriorTarget(cfg.labelPrior, labels, set)),
+      // The names' target; the state prompts' is the identity (model/prior-scope.ts).
+      priorTarget: cfg.priorScope === 'states' ? [] : Array.from(labelPriorTarget(cfg.labelPrior, labels, set)),
+      priorScope: cfg.priorScope ?? 'names',
       optimizer: {
         lr: cfg.lr,
         warmupSteps: cfg.warmupSteps,

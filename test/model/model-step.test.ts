@@ -429,3 +429,46 @@ test('packRows/splitRows: one buffer per rank carries several row-aligned parts,
   assert.deepEqual(Array.from(b!), [0, 1, 2, 3, 4, 5, 200, 201, 202]);
   assert.throws(() => splitRows(all.subarray(1), sizes, [1, 3]), /11 values for 3 rows of width 4/);
 });
+
+test('--prior-scope states and all: two simulated ranks sum to the one-process gradient (1e-5 relative); the state prior reaches the prompts', async () => {
+  const cfg = micro();
+  const params = initialParams(cfg, 11);
+  const n = 6;
+  const { images, labels: lab } = batchOf(n, 2);
+  const indices = [7, 8, 9, 10, 11, 12];
+  const batch = (r: number, k: number) => ({
+    n: k,
+    images: images.subarray(r * 256, (r + k) * 256),
+    labels: lab.subarray(r * 4, (r + k) * 4),
+    indices: indices.slice(r, r + k),
+    epoch: 0,
+  });
+  const plain = new CxrModel(cfg, params);
+  const names = await computeGradients(plain, batch(0, n), localComm, opts);
+  plain.dispose();
+  for (const priorScope of ['states', 'all'] as const) {
+    const o = { ...opts, priorScope };
+    const one = new CxrModel(cfg, params);
+    const whole = await computeGradients(one, batch(0, n), localComm, o);
+    const replicas = [new CxrModel(cfg, params), new CxrModel(cfg, params)];
+    // Uneven slices (4 and 2 rows).
+    const parts = await simulatedWorld([4, 2], (comm) =>
+      computeGradients(replicas[comm.rank]!, batch(comm.rank * 4, comm.rank ? 2 : 4), comm, o),
+    );
+    let maxErr = 0;
+    let maxMag = 0;
+    whole.grads.forEach((g, i) => {
+      maxErr = Math.max(maxErr, Math.abs(g - parts[0]!.grads[i]!));
+      maxMag = Math.max(maxMag, Math.abs(g));
+    });
+    assert.ok(maxErr / maxMag < 1e-5, `${priorScope}: max abs difference ${maxErr} vs max gradient ${maxMag}`);
+    assert.ok(Math.abs(parts[0]!.terms.labelPrior + parts[1]!.terms.labelPrior - whole.terms.labelPrior) < 1e-6);
+    // The prompt rows of the states ("Positive X", "Negative X") get a different gradient than under the names scope.
+    const e = one.layout.entries.find((x) => x.name === 'text.prompt_embeddings')!;
+    const L = cfg.labels.length;
+    const rowsOf = (g: Float32Array, from: number, to: number) => g.subarray(e.offset + from * e.shape[1]!, e.offset + to * e.shape[1]!);
+    assert.notDeepEqual(rowsOf(whole.grads, L, 3 * L), rowsOf(names.grads, L, 3 * L));
+    if (priorScope === 'all') assert.ok(whole.terms.labelPrior > names.terms.labelPrior, 'all adds the state term to the names term');
+    [one, ...replicas].forEach((m) => m.dispose());
+  }
+});
