@@ -3,7 +3,7 @@ import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { UserError } from '../../shared/util/errors.js';
 import { BACKEND_CHOICES, type BackendChoice } from '../../kernels/backend.js';
 import { UNCERTAINTY_POLICIES } from '../../model/losses.js';
-import { MODEL_PRESETS } from '../../model/config.js';
+import { MODEL_PRESETS, VISUAL_HEADS, checkVisualHead, type VisualHead } from '../../model/config.js';
 import { PRIOR_SCOPES, priorScope, type PriorScope } from '../../model/prior-scope.js';
 import { createLogger } from '../../shared/util/log.js';
 import { writeReport } from '../report/index.js';
@@ -35,6 +35,8 @@ export interface TrainArgs {
   'w-prior': number;
   'label-prior': 'orth' | 'graph';
   'prior-scope'?: PriorScope;
+  'visual-head'?: 'none' | VisualHead;
+  'visual-head-layers'?: number;
   uncertainty: string;
   'uncertainty-label': string[];
   blank: 'mask' | 'zeros';
@@ -88,6 +90,12 @@ export function trainOptions<T>(y: Argv<T>) {
       default: 'text' as const,
       describe: 'text: classify by label text embeddings; linear: visual-only baseline',
     })
+    .option('visual-head', {
+      choices: VISUAL_HEADS,
+      default: 'none' as const,
+      describe: 'trainable block on the image tower: mlp on the embedding, transformer over the tokens (docs/model.md)',
+    })
+    .option('visual-head-layers', { type: 'number', default: 1, describe: 'blocks of --visual-head transformer' })
     .option('text-embeddings', { type: 'string', describe: 'JSON of precomputed prompt vectors (docs/model.md); default learnable' })
     .option('w-cls', { type: 'number', default: 1, describe: 'classification loss weight (0: off)' })
     .option('w-con', { type: 'number', default: 0.5, describe: 'contrastive loss weight (0: off)' })
@@ -159,6 +167,7 @@ export function toTrainConfig(a: ArgumentsCamelCase<TrainArgs> | TrainArgs): Tra
   for (const w of ['w-cls', 'w-con', 'w-prior', 'lr', 'weight-decay', 'clip-norm'] as const)
     if (!(args[w] >= 0)) throw new UserError(`--${w} must be >= 0, got ${args[w]}`);
   augmentPolicy(args.augment ?? 'none', args['augment-hflip'] ?? 0);
+  checkVisualHead(args['visual-head'] ?? 'none', args['visual-head-layers'] ?? 1);
   return {
     data: path.resolve(args.data),
     out: path.resolve(args.out),
@@ -182,6 +191,8 @@ export function toTrainConfig(a: ArgumentsCamelCase<TrainArgs> | TrainArgs): Tra
     wPrior: args['w-prior'],
     labelPrior: args['label-prior'],
     priorScope: priorScope(args['prior-scope'] ?? 'names'),
+    visualHead: args['visual-head'] ?? 'none',
+    visualHeadLayers: args['visual-head-layers'] ?? 1,
     uncertainty: args.uncertainty,
     uncertaintyLabel: args['uncertainty-label'],
     blank: args.blank,

@@ -18,7 +18,7 @@ import type { Logger } from '../../shared/util/log.js';
 import { createProgress } from '../../shared/util/progress.js';
 import { COLLECTIVES_ENV } from '../../shared/config/worker-env.js';
 import { balancedPosWeights, labelPriorTarget, uncertaintyPolicies } from '../../model/losses.js';
-import { resolveModelConfig } from '../../model/config.js';
+import { resolveModelConfig, withVisualHead } from '../../model/config.js';
 import { loadTextEmbeddings } from '../../model/text-embeddings.js';
 import { modelLayout } from '../../model/vit.js';
 import { DEFAULT_ADAMW, type TrainSection } from '../../model/train-config.js';
@@ -132,14 +132,18 @@ export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Pr
     if (cfg.eval !== 'none' && ds.split(cfg.eval).length === 0)
       throw new UserError(`the ${cfg.eval} split of ${cfg.data} is empty; use --eval with another split or none`);
     const text = cfg.textEmbeddings ? loadTextEmbeddings(cfg.textEmbeddings, labels) : null;
-    const model = resolveModelConfig({
-      preset: cfg.model,
-      imageSize: height,
-      labels,
-      head: cfg.head,
-      textEmbeddingsFile: cfg.textEmbeddings,
-      ...(text ? { textDim: text.dim } : {}),
-    });
+    const model = withVisualHead(
+      resolveModelConfig({
+        preset: cfg.model,
+        imageSize: height,
+        labels,
+        head: cfg.head,
+        textEmbeddingsFile: cfg.textEmbeddings,
+        ...(text ? { textDim: text.dim } : {}),
+      }),
+      cfg.visualHead ?? 'none',
+      cfg.visualHeadLayers ?? 1,
+    );
     const set = labelSetFor(ds.manifest.labelSet, labels);
     let posWeight: Float32Array | null = null;
     if (cfg.posWeight === 'balanced') {
