@@ -2,7 +2,9 @@ import * as tf from '@tensorflow/tfjs';
 import { buildLayout, type ParamLayout } from '../shared/params.js';
 import { labelText } from '../shared/labels.js';
 import { type ModelConfig, tokenCount } from './config.js';
-import { attentionHeads, dense, gelu, layerNorm, residualMlp, softmax } from './layers.js';
+import { type ParamGetter, residualAttentionBlock } from './blocks.js';
+import { dense, gelu, layerNorm } from './layers.js';
+import type { ParamSpec } from './param-specs.js';
 import { mulberry32, normalSource } from '../shared/random/generators.js';
 import { overwriteVariable, readInto } from './tensor-storage.js';
 
@@ -26,14 +28,6 @@ export const CLS_SCALE_INIT = Math.log(30);
 /** Variance floor of per-image standardisation, in (p/255)^2 units: a blank image maps to zeros. */
 export const IMAGE_VAR_EPS = 1e-6;
 
-interface Spec {
-  name: string;
-  shape: number[];
-  decay: boolean;
-  /** Initial values: a normal std, or a constant. */
-  init: { std: number } | { value: number };
-}
-
 /** The three prompts per label, in the order of the prompt embedding rows. */
 export function labelPrompts(labels: readonly string[]): string[] {
   const names = labels.map(labelText);
@@ -45,13 +39,13 @@ function spatialRank(c: ModelConfig): number {
   return c.spatialRank;
 }
 
-function paramSpecs(c: ModelConfig): Spec[] {
+function paramSpecs(c: ModelConfig): ParamSpec[] {
   const W = c.width;
   const scale = W ** -0.5;
   const projStd = scale * (2 * c.layers) ** -0.5;
   const fcStd = (2 * W) ** -0.5;
-  const s: Spec[] = [];
-  const p = (name: string, shape: number[], decay: boolean, init: Spec['init']) => s.push({ name, shape, decay, init });
+  const s: ParamSpec[] = [];
+  const p = (name: string, shape: number[], decay: boolean, init: ParamSpec['init']) => s.push({ name, shape, decay, init });
   const ones = { value: 1 };
   const zeros = { value: 0 };
   p('visual.conv1.weight', [c.patchSize, c.patchSize, 1, W], true, { std: (c.patchSize * c.patchSize) ** -0.5 });
@@ -170,6 +164,9 @@ export class CxrModel {
     }
   }
 
+  /** `p` as a free function (the shared blocks take parameters by name). */
+  readonly param: ParamGetter = (name) => this.p(name);
+
   p<T extends tf.Tensor = tf.Tensor>(name: string): T {
     const v = this.byName.get(name);
     if (!v) throw new Error(`model: no parameter '${name}'`);
@@ -210,7 +207,7 @@ export class CxrModel {
     const cls = tf.broadcastTo(tf.reshape(this.p('visual.class_embedding'), [1, 1, W]), [B, 1, W]);
     const tokens = tf.add(tf.concat([cls, stem], 1), this.p('visual.positional_embedding'));
     let h = layerNorm(tf.reshape(tokens, [B * Tk, W]) as tf.Tensor2D, this.p('visual.ln_pre.weight'), this.p('visual.ln_pre.bias'));
-    for (let i = 0; i < c.layers; i++) h = this.block(h, i, B, Tk);
+    for (let i = 0; i < c.layers; i++) h = residualAttentionBlock(this.param, `visual.transformer.resblocks.${i}`, h, B, Tk, c.heads);
     // ln_post on every token, then the patch tokens [B, G, W] (open_clip's final_ln_after_pool=False).
     const patchesAfterLnPost = () =>
       tf.slice(
@@ -235,31 +232,6 @@ export class CxrModel {
       pooled = layerNorm(clsOut, this.p('visual.ln_post.weight'), this.p('visual.ln_post.bias'));
     }
     return tf.matMul(pooled, this.p<tf.Tensor2D>('visual.proj'));
-  }
-
-  private block(x: tf.Tensor2D, i: number, B: number, Tk: number): tf.Tensor2D {
-    const c = this.config;
-    const W = c.width;
-    const H = c.heads;
-    const d = W / H;
-    const b = `visual.transformer.resblocks.${i}`;
-    const a = layerNorm(x, this.p(`${b}.ln_1.weight`), this.p(`${b}.ln_1.bias`));
-    const qkv = dense(a, this.p(`${b}.attn.in_proj_weight`), this.p(`${b}.attn.in_proj_bias`));
-    const [q, k, v] = attentionHeads(qkv, B, H, d ** -0.5);
-    const scores = tf.matMul(q, k, false, true);
-    const ctx = tf.matMul(softmax(scores), v);
-    const merged = tf.reshape(tf.transpose(tf.reshape(ctx, [B, H, Tk, d]), [0, 2, 1, 3]), [B * Tk, W]) as tf.Tensor2D;
-    // The residual adds and c_fc's GELU go with the dense layers (fused kernels on wasm).
-    const x1 = dense(merged, this.p(`${b}.attn.out_proj.weight`), this.p(`${b}.attn.out_proj.bias`), { residual: x });
-    const m = layerNorm(x1, this.p(`${b}.ln_2.weight`), this.p(`${b}.ln_2.bias`));
-    return residualMlp(
-      m,
-      this.p(`${b}.mlp.c_fc.weight`),
-      this.p(`${b}.mlp.c_fc.bias`),
-      this.p(`${b}.mlp.c_proj.weight`),
-      this.p(`${b}.mlp.c_proj.bias`),
-      x1,
-    );
   }
 
   /** Label-prompt embeddings through the trainable head (text head only). */

@@ -12,9 +12,21 @@ import { SafetensorsFile, type TensorOut } from './safetensors.js';
  *     (cin = 1) is exported as an RGB kernel whose channels sum to the gray kernel, so open_clip
  *     given the gray image replicated to RGB computes the same thing; import sums over channels.
  *   - visual.proj [width, dim] is used as x @ proj in open_clip too: unchanged.
- * Everything else (text branch, heads, logit_scale) is written under its own name and shape.
+ *   - the text towers' nn.Linear weights (CLIP's resblocks as above; BERT's query/key/value,
+ *     attention.output.dense, intermediate.dense, output.dense, pooler.dense; HFTextEncoder's
+ *     proj) are transposed the same way; embeddings and CLIP's text_projection [width, dim] are not.
+ * Everything else (text head, logit_scale) is written under its own name and shape.
  */
-const TRANSPOSED = /^visual\..*\.(attn\.in_proj_weight|attn\.out_proj\.weight|mlp\.c_fc\.weight|mlp\.c_proj\.weight)$/;
+const TRANSPOSED = new RegExp(
+  [
+    // open_clip's transformer blocks, in the image tower and in CLIP's text tower (top-level in the
+    // CLIP class, under `text.` in CustomTextCLIP).
+    String.raw`^(visual\..*|(text\.)?transformer\.resblocks\.\d+)\.(attn\.in_proj_weight|attn\.out_proj\.weight|mlp\.c_fc\.weight|mlp\.c_proj\.weight)$`,
+    // Hugging Face BERT's nn.Linear layers and open_clip's HFTextEncoder projection.
+    String.raw`^text\.transformer\.(encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)|pooler\.dense)\.weight$`,
+    String.raw`^text\.proj(\.\d+)?\.weight$`,
+  ].join('|'),
+);
 const CONV1 = 'visual.conv1.weight';
 
 /** The PyTorch (open_clip) shape of a layout entry. */
