@@ -17,8 +17,10 @@ export type BertProj = 'linear' | 'mlp' | 'none';
 export interface BertTextShape {
   kind: 'bert';
   vocabSize: number;
-  /** max_position_embeddings: rows of the position table, and open_clip's context length. */
+  /** open_clip's context length (`text_cfg.context_length`, 256 in BiomedCLIP): the tokenizer's padded length. */
   contextLength: number;
+  /** max_position_embeddings: rows of the position table (>= contextLength). */
+  maxPositions: number;
   typeVocabSize: number;
   width: number;
   heads: number;
@@ -51,7 +53,7 @@ export function bertTextSpecs(s: BertTextShape): ParamSpec[] {
   const std = { std: 0.02 };
   const e = `${T_}embeddings`;
   p(`${e}.word_embeddings.weight`, [s.vocabSize, W], false, std);
-  p(`${e}.position_embeddings.weight`, [s.contextLength, W], false, std);
+  p(`${e}.position_embeddings.weight`, [s.maxPositions, W], false, std);
   p(`${e}.token_type_embeddings.weight`, [s.typeVocabSize, W], false, std);
   p(`${e}.LayerNorm.weight`, [W], false, ones);
   p(`${e}.LayerNorm.bias`, [W], false, zeros);

@@ -30,7 +30,7 @@ const TRANSPOSED = new RegExp(
 const CONV1 = 'visual.conv1.weight';
 
 /** The PyTorch (open_clip) shape of a layout entry. */
-export function openClipShape(e: ParamEntry): number[] {
+export function openClipShape(e: Pick<ParamEntry, 'name' | 'shape'>): number[] {
   if (e.name === CONV1) {
     const [kh, kw, cin, out] = conv1Dims(e);
     void cin;
@@ -110,6 +110,13 @@ export function openClipTensors(layout: ParamLayout, params: Float32Array): Tens
   });
 }
 
+/** One tensor read in open_clip's layout (openClipShape(e)) as the layout entry's TensorFlow.js layout. */
+export function fromOpenClipLayout(e: { name: string; shape: readonly number[] }, src: Float32Array): Float32Array {
+  if (e.name === CONV1) return conv1FromTorch(src, conv1Dims(e));
+  if (TRANSPOSED.test(e.name)) return transpose2d(src, e.shape[1]!, e.shape[0]!);
+  return src;
+}
+
 export interface InitWeights {
   /** The initial vector with every tensor found in the file written over it. */
   readonly params: Float32Array;
@@ -146,10 +153,7 @@ export async function loadInitWeights(file: string, layout: ParamLayout, init: F
             `choose the model preset that matches the weights`,
         );
       }
-      const src = await st.readF32(e.name);
-      const data =
-        e.name === CONV1 ? conv1FromTorch(src, conv1Dims(e)) : TRANSPOSED.test(e.name) ? transpose2d(src, want[0]!, want[1]!) : src;
-      params.set(data, e.offset);
+      params.set(fromOpenClipLayout(e, await st.readF32(e.name)), e.offset);
       loaded.push(e.name);
     }
     const known = new Set(layout.entries.map((e) => e.name));

@@ -71,7 +71,7 @@ class BertEmbeddings(nn.Module):
         super().__init__()
         W = s['width']
         self.word_embeddings = nn.Embedding(s['vocabSize'], W, padding_idx=s['padId'])
-        self.position_embeddings = nn.Embedding(s['contextLength'], W)
+        self.position_embeddings = nn.Embedding(s['maxPositions'], W)
         self.token_type_embeddings = nn.Embedding(s['typeVocabSize'], W)
         self.LayerNorm = nn.LayerNorm(W, eps=s['eps'])
 

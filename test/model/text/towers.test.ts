@@ -36,6 +36,7 @@ const bert = (pooler: BertTextShape['pooler'], proj: BertTextShape['proj'], voca
   kind: 'bert',
   vocabSize,
   contextLength: 256,
+  maxPositions: 300,
   typeVocabSize: 2,
   width: 48,
   heads: 4,
