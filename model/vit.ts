@@ -5,6 +5,7 @@ import { type ModelConfig, tokenCount } from './config.js';
 import { type ParamGetter, residualAttentionBlock } from './blocks.js';
 import { dense, gelu, layerNorm } from './layers.js';
 import type { ParamSpec } from './param-specs.js';
+import { encodeTextTower, textTowerSpecs } from './text/tower.js';
 import { mulberry32, normalSource } from '../shared/random/generators.js';
 import { overwriteVariable, readInto } from './tensor-storage.js';
 
@@ -86,6 +87,7 @@ function paramSpecs(c: ModelConfig): ParamSpec[] {
   }
   const T = c.text.dim;
   if (c.text.kind === 'learnable') p('text.prompt_embeddings', [3 * L, T], false, { std: 1 });
+  if (c.text.kind === 'tower') s.push(...textTowerSpecs(c.text.tower));
   p('text.head.fc1.weight', [T, D], true, { std: T ** -0.5 });
   p('text.head.fc1.bias', [D], false, zeros);
   p('text.head.fc2.weight', [D, D], true, { std: D ** -0.5 * 0.1 });
@@ -136,7 +138,7 @@ export class CxrModel {
   /** Variables in layout order. */
   readonly variables: tf.Variable[];
   private readonly byName = new Map<string, tf.Variable>();
-  /** Fixed prompt embeddings from --text-embeddings (not trained), [3L, textDim]. */
+  /** Fixed prompt embeddings from --text-embeddings or a frozen text tower (not trained), [3L, textDim]. */
   private readonly fixedPrompts: tf.Tensor2D | null;
 
   constructor(config: ModelConfig, params: Float32Array, fixedPrompts?: Float32Array) {
@@ -155,7 +157,7 @@ export class CxrModel {
       this.byName.set(e.name, v);
       return v;
     });
-    if (config.head === 'text' && config.text.kind === 'file') {
+    if (config.head === 'text' && (config.text.kind === 'file' || config.text.kind === 'frozen')) {
       if (!fixedPrompts || fixedPrompts.length !== 3 * config.labels.length * config.text.dim)
         throw new Error('model: fixed prompt embeddings missing or of the wrong size');
       this.fixedPrompts = tf.keep(tf.tensor2d(fixedPrompts, [3 * config.labels.length, config.text.dim]));
@@ -239,7 +241,10 @@ export class CxrModel {
     const c = this.config;
     if (c.head !== 'text') throw new Error('model: the linear head has no text branch');
     const L = c.labels.length;
-    const e = this.fixedPrompts ?? this.p<tf.Tensor2D>('text.prompt_embeddings');
+    const e =
+      c.text.kind === 'tower'
+        ? encodeTextTower(this.param, c.text.tower, c.text.tokens)
+        : (this.fixedPrompts ?? this.p<tf.Tensor2D>('text.prompt_embeddings'));
     const h = dense(e, this.p('text.head.fc1.weight'), this.p('text.head.fc1.bias'));
     const t = dense(gelu(h), this.p('text.head.fc2.weight'), this.p('text.head.fc2.bias'), { residual: h });
     const [names, positive, negative] = tf.split(t, [L, L, L], 0) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
