@@ -1,13 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
-import { attentionHeads, dense, layerNorm, residualMlp, softmax } from './layers.js';
+import { attentionHeads, dense, layerNorm, quickGelu, residualMlp, softmax } from './layers.js';
 
 /** A parameter by its layout name (CxrModel.p, or any map of tensors with open_clip's names). */
 export type ParamGetter = <T extends tf.Tensor = tf.Tensor>(name: string) => T;
-
-/** CLIP's QuickGELU, x * sigmoid(1.702 x) (OpenAI's weights were trained with it; open_clip `quick_gelu`). */
-export function quickGelu<T extends tf.Tensor>(x: T): T {
-  return tf.mul(x, tf.sigmoid(tf.mul(x, 1.702))) as T;
-}
 
 /**
  * Multi-head attention's core on the qkv projection [B * T, 3 * W]: softmax(q k^T / sqrt(d) + mask) v
@@ -27,7 +22,8 @@ export function attentionCore(qkv: tf.Tensor2D, B: number, T: number, heads: num
 /**
  * open_clip's ResidualAttentionBlock on [B * T, W] rows, parameters `${name}.ln_1`, `.attn.in_proj_*`,
  * `.attn.out_proj.*`, `.ln_2`, `.mlp.c_fc.*`, `.mlp.c_proj.*` (dense kernels [in, out]): pre-norm
- * attention and MLP, each with its residual. The MLP's activation is exact GELU, or QuickGELU.
+ * attention and MLP, each with its residual. The MLP's activation is exact GELU, or QuickGELU;
+ * the LayerNorms' eps is open_clip's 1e-5 unless given (timm's ViTs: 1e-6).
  */
 export function residualAttentionBlock(
   p: ParamGetter,
@@ -36,14 +32,15 @@ export function residualAttentionBlock(
   B: number,
   T: number,
   heads: number,
-  opts: { mask?: tf.Tensor; quickGelu?: boolean } = {},
+  opts: { mask?: tf.Tensor; quickGelu?: boolean; eps?: number } = {},
 ): tf.Tensor2D {
-  const a = layerNorm(x, p(`${name}.ln_1.weight`), p(`${name}.ln_1.bias`));
+  const eps = opts.eps ?? 1e-5;
+  const a = layerNorm(x, p(`${name}.ln_1.weight`), p(`${name}.ln_1.bias`), eps);
   const qkv = dense(a, p(`${name}.attn.in_proj_weight`), p(`${name}.attn.in_proj_bias`));
   const merged = attentionCore(qkv, B, T, heads, opts.mask);
   // The residual adds and c_fc's GELU go with the dense layers (fused kernels on wasm).
   const x1 = dense(merged, p(`${name}.attn.out_proj.weight`), p(`${name}.attn.out_proj.bias`), { residual: x });
-  const m = layerNorm(x1, p(`${name}.ln_2.weight`), p(`${name}.ln_2.bias`));
+  const m = layerNorm(x1, p(`${name}.ln_2.weight`), p(`${name}.ln_2.bias`), eps);
   if (opts.quickGelu) {
     const h = quickGelu(dense(m, p(`${name}.mlp.c_fc.weight`), p(`${name}.mlp.c_fc.bias`)));
     return dense(h, p(`${name}.mlp.c_proj.weight`), p(`${name}.mlp.c_proj.bias`), { residual: x1 });

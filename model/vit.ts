@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { buildLayout, type ParamLayout } from '../shared/params.js';
 import { labelText } from '../shared/labels.js';
-import { type ModelConfig, tokenCount } from './config.js';
+import { type ModelConfig, mlpWidth, tokenCount } from './config.js';
 import { type ParamGetter, residualAttentionBlock } from './blocks.js';
 import { dense, gelu, layerNorm } from './layers.js';
 import type { ParamSpec } from './param-specs.js';
@@ -45,6 +45,7 @@ function paramSpecs(c: ModelConfig): ParamSpec[] {
   const scale = W ** -0.5;
   const projStd = scale * (2 * c.layers) ** -0.5;
   const fcStd = (2 * W) ** -0.5;
+  const M = mlpWidth(c);
   const s: ParamSpec[] = [];
   const p = (name: string, shape: number[], decay: boolean, init: ParamSpec['init']) => s.push({ name, shape, decay, init });
   const ones = { value: 1 };
@@ -52,8 +53,10 @@ function paramSpecs(c: ModelConfig): ParamSpec[] {
   p('visual.conv1.weight', [c.patchSize, c.patchSize, 1, W], true, { std: (c.patchSize * c.patchSize) ** -0.5 });
   p('visual.class_embedding', [W], false, { std: scale });
   p('visual.positional_embedding', [tokenCount(c), W], false, { std: c.posInitStd ?? scale });
-  p('visual.ln_pre.weight', [W], false, ones);
-  p('visual.ln_pre.bias', [W], false, zeros);
+  if (c.lnPre ?? true) {
+    p('visual.ln_pre.weight', [W], false, ones);
+    p('visual.ln_pre.bias', [W], false, zeros);
+  }
   for (let i = 0; i < c.layers; i++) {
     const b = `visual.transformer.resblocks.${i}`;
     p(`${b}.ln_1.weight`, [W], false, ones);
@@ -64,9 +67,9 @@ function paramSpecs(c: ModelConfig): ParamSpec[] {
     p(`${b}.attn.out_proj.bias`, [W], false, zeros);
     p(`${b}.ln_2.weight`, [W], false, ones);
     p(`${b}.ln_2.bias`, [W], false, zeros);
-    p(`${b}.mlp.c_fc.weight`, [W, 4 * W], true, { std: fcStd });
-    p(`${b}.mlp.c_fc.bias`, [4 * W], false, zeros);
-    p(`${b}.mlp.c_proj.weight`, [4 * W, W], true, { std: projStd });
+    p(`${b}.mlp.c_fc.weight`, [W, M], true, { std: fcStd });
+    p(`${b}.mlp.c_fc.bias`, [M], false, zeros);
+    p(`${b}.mlp.c_proj.weight`, [M, W], true, { std: projStd });
     p(`${b}.mlp.c_proj.bias`, [W], false, zeros);
   }
   p('visual.ln_post.weight', [W], false, ones);
@@ -208,12 +211,18 @@ export class CxrModel {
     const stem = tf.reshape(tf.matMul(patches, tf.reshape(this.p('visual.conv1.weight'), [P * P, W])), [B, G, W]);
     const cls = tf.broadcastTo(tf.reshape(this.p('visual.class_embedding'), [1, 1, W]), [B, 1, W]);
     const tokens = tf.add(tf.concat([cls, stem], 1), this.p('visual.positional_embedding'));
-    let h = layerNorm(tf.reshape(tokens, [B * Tk, W]) as tf.Tensor2D, this.p('visual.ln_pre.weight'), this.p('visual.ln_pre.bias'));
-    for (let i = 0; i < c.layers; i++) h = residualAttentionBlock(this.param, `visual.transformer.resblocks.${i}`, h, B, Tk, c.heads);
+    const eps = c.lnEps ?? 1e-5;
+    let h = tf.reshape(tokens, [B * Tk, W]) as tf.Tensor2D;
+    if (c.lnPre ?? true) h = layerNorm(h, this.p('visual.ln_pre.weight'), this.p('visual.ln_pre.bias'), eps);
+    for (let i = 0; i < c.layers; i++)
+      h = residualAttentionBlock(this.param, `visual.transformer.resblocks.${i}`, h, B, Tk, c.heads, {
+        eps,
+        quickGelu: c.act === 'quick_gelu',
+      });
     // ln_post on every token, then the patch tokens [B, G, W] (open_clip's final_ln_after_pool=False).
     const patchesAfterLnPost = () =>
       tf.slice(
-        tf.reshape(layerNorm(h, this.p('visual.ln_post.weight'), this.p('visual.ln_post.bias')), [B, Tk, W]),
+        tf.reshape(layerNorm(h, this.p('visual.ln_post.weight'), this.p('visual.ln_post.bias'), eps), [B, Tk, W]),
         [0, 1, 0],
         [B, G, W],
       ) as tf.Tensor3D;
@@ -231,7 +240,7 @@ export class CxrModel {
       pooled = tf.mean(patchesAfterLnPost(), 1) as tf.Tensor2D;
     } else {
       const clsOut = tf.reshape(tf.slice(tf.reshape(h, [B, Tk, W]), [0, 0, 0], [B, 1, W]), [B, W]) as tf.Tensor2D;
-      pooled = layerNorm(clsOut, this.p('visual.ln_post.weight'), this.p('visual.ln_post.bias'));
+      pooled = layerNorm(clsOut, this.p('visual.ln_post.weight'), this.p('visual.ln_post.bias'), eps);
     }
     return tf.matMul(pooled, this.p<tf.Tensor2D>('visual.proj'));
   }
