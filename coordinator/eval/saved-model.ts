@@ -31,7 +31,7 @@ export async function evaluate(
   for (let s = 0; s < split.length; s += 256) {
     const idx = Array.from({ length: Math.min(256, split.length - s) }, (_, i) => s + i);
     const b = await split.read(idx);
-    scores.set(predictLogits(model, b.images, b.n), s * L);
+    scores.set(await predictLogits(model, b.images, b.n), s * L);
     labels.set(b.labels, s * L);
     bar.update(s + b.n);
   }

@@ -163,8 +163,8 @@ async function trainStepWith(ctx: StepContext, t: TrainSection, pg: ThreadedProc
             : (tf.add(tf.matMul(zz, model.p<tf.Tensor2D>('cls.weight')), model.p('cls.bias')) as tf.Tensor2D);
         return [lg, tf.div(zz, tf.norm(zz, 'euclidean', 1, true))];
       });
-      scores.set(logits.dataSync() as Float32Array, s * L);
-      if (withEmbeddings) emb.set(z.dataSync() as Float32Array, s * D);
+      scores.set((await logits.data()) as Float32Array, s * L);
+      if (withEmbeddings) emb.set((await z.data()) as Float32Array, s * D);
       logits.dispose();
       z.dispose();
       labels.set(b.labels, s * L);
@@ -198,7 +198,7 @@ async function trainStepWith(ctx: StepContext, t: TrainSection, pg: ThreadedProc
         const e = model.encodeText().names;
         return tf.div(e, tf.norm(e, 'euclidean', 1, true));
       });
-      const labelEmbeddings = Float32Array.from(names.dataSync());
+      const labelEmbeddings = Float32Array.from(await names.data());
       names.dispose();
       await writeRunEmbeddings(t.out, { labels: t.model.labels, labelEmbeddings, testEmbeddings: r.embeddings, testLabels: r.labels });
     }
