@@ -57,7 +57,9 @@ export function gpuPciAddresses(root = '/sys/bus/pci/devices'): string[] {
     return readdirSync(root)
       .filter((d) => {
         try {
-          return readFileSync(path.join(root, d, 'class'), 'utf8').trim().startsWith('0x03');
+          return readFileSync(path.join(root, d, 'class'), 'utf8')
+            .trim()
+            .startsWith('0x03');
         } catch {
           return false;
         }
@@ -83,7 +85,10 @@ export function selectVulkanDevice(env: NodeJS.ProcessEnv = process.env): string
   if (!Number.isInteger(index) || index < 0) throw new UserError(`${WEBGPU_DEVICE_ENV}='${raw}' is not a GPU index (0, 1, ...)`);
   const gpus = gpuPciAddresses();
   const pci = gpus[index];
-  if (!pci) throw new UserError(`${WEBGPU_DEVICE_ENV}=${index}, but this machine has ${gpus.length} PCI display device(s); start fewer workers or drop --gpu`);
+  if (!pci)
+    throw new UserError(
+      `${WEBGPU_DEVICE_ENV}=${index}, but this machine has ${gpus.length} PCI display device(s); start fewer workers or drop --gpu`,
+    );
   env.DRI_PRIME = `pci-${pci.replace(/[:.]/g, '_')}`;
   env.MESA_VK_DEVICE_SELECT_FORCE_DEFAULT_DEVICE = '1';
   return `GPU ${index} of ${gpus.length} at PCI ${pci} by Mesa's device-select layer (DRI_PRIME=${env.DRI_PRIME})`;
@@ -161,7 +166,10 @@ export async function registerWebGpuBackend(): Promise<void> {
   if (!chosen) throw new Error('registerWebGpuBackend: no adapter was found first');
   const adapter = chosen.adapter;
   const nav = ((globalThis as { navigator?: object }).navigator ??= {}) as Record<string, unknown>;
-  Object.defineProperty(nav, 'gpu', { value: { requestAdapter: async () => adapter, getPreferredCanvasFormat: () => 'bgra8unorm' }, configurable: true });
+  Object.defineProperty(nav, 'gpu', {
+    value: { requestAdapter: async () => adapter, getPreferredCanvasFormat: () => 'bgra8unorm' },
+    configurable: true,
+  });
   await import('@tensorflow/tfjs-backend-webgpu');
 }
 
