@@ -6,7 +6,10 @@ import { findWebGpuAdapter } from '../../kernels/webgpu.js';
  */
 export async function webGpuMissing(): Promise<string | null> {
   const found = await findWebGpuAdapter();
-  return 'error' in found ? found.error : null;
+  if (!('error' in found)) return null;
+  // CI (.ci/run) installs the software adapter: there a missing adapter is a failure, not a skip.
+  if (process.env.CXR_REQUIRE_WEBGPU === '1') throw new Error(`CXR_REQUIRE_WEBGPU=1: ${found.error}`);
+  return found.error;
 }
 
 /** Relative L2 difference ||a - b|| / ||b||. */
