@@ -78,12 +78,12 @@ export function gpuPciAddresses(root = '/sys/bus/pci/devices'): string[] {
  * only that one. CUDA_VISIBLE_DEVICES does not reach Vulkan drivers. Set before Dawn's Vulkan
  * instance exists (the layer reads them there). Returns what it did, for the report.
  */
-export function selectVulkanDevice(env: NodeJS.ProcessEnv = process.env): string | null {
+export function selectVulkanDevice(env: NodeJS.ProcessEnv = process.env, pciRoot?: string): string | null {
   const raw = env[WEBGPU_DEVICE_ENV];
   if (raw === undefined || raw === '') return null;
   const index = Number(raw);
   if (!Number.isInteger(index) || index < 0) throw new UserError(`${WEBGPU_DEVICE_ENV}='${raw}' is not a GPU index (0, 1, ...)`);
-  const gpus = gpuPciAddresses();
+  const gpus = gpuPciAddresses(pciRoot);
   const pci = gpus[index];
   if (!pci)
     throw new UserError(
