@@ -25,6 +25,11 @@ interface GpuLike {
   requestAdapter(options?: { powerPreference?: string }): Promise<GpuAdapterLike | null>;
 }
 
+// Loaded by name at run time (like the optional tfjs-node packages): a checkout whose node_modules
+// predates them still builds and runs every other backend, and reports WebGPU as missing.
+const DAWN_PACKAGE: string = 'webgpu';
+const TFJS_WEBGPU_PACKAGE: string = '@tensorflow/tfjs-backend-webgpu';
+
 /** The environment variable the launcher sets with `--gpu`: the index of the GPU this worker drives. */
 export const WEBGPU_DEVICE_ENV = 'CXR_WEBGPU_DEVICE';
 
@@ -138,7 +143,7 @@ export async function findWebGpuAdapter(): Promise<{ info: WebGpuAdapterInfo; se
   const selection = selectVulkanDevice();
   if (!gpu) {
     try {
-      const dawn = (await import('webgpu')) as unknown as { create(flags: string[]): GpuLike; globals: object };
+      const dawn = (await import(DAWN_PACKAGE)) as { create(flags: string[]): GpuLike; globals: object };
       // GPUBufferUsage, GPUMapMode etc., which tfjs-backend-webgpu reads as globals.
       Object.assign(globalThis, dawn.globals);
       gpu = dawn.create([]);
@@ -170,7 +175,7 @@ export async function registerWebGpuBackend(): Promise<void> {
     value: { requestAdapter: async () => adapter, getPreferredCanvasFormat: () => 'bgra8unorm' },
     configurable: true,
   });
-  await import('@tensorflow/tfjs-backend-webgpu');
+  await import(TFJS_WEBGPU_PACKAGE);
 }
 
 /**
