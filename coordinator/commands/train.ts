@@ -9,6 +9,7 @@ import { writeReport } from '../report/index.js';
 import { trainDistributed } from '../train/train-job.js';
 import type { TrainConfig } from '../train/config.js';
 import { checkpointFlags } from '../train/checkpoint-flags.js';
+import { AUGMENT_LEVELS, augmentPolicy, type AugmentLevel } from '../../shared/augment/policy.js';
 
 export interface TrainArgs {
   workers: number;
@@ -40,6 +41,8 @@ export interface TrainArgs {
   pretrained?: string;
   'image-mean'?: number[];
   'image-std'?: number[];
+  augment?: AugmentLevel;
+  'augment-hflip'?: number;
   listen?: string;
   advertise?: string;
   'data-port'?: number;
@@ -110,6 +113,16 @@ export function trainOptions<T>(y: Argv<T>) {
       describe: 'balanced: weight positives by neg/pos (clamped to 50)',
     })
     .option('bootstrap', { type: 'number', default: 1000, describe: 'bootstrap replicates for the AUROC 95% CI (0: none)' })
+    .option('augment', {
+      choices: AUGMENT_LEVELS,
+      default: 'none' as AugmentLevel,
+      describe: 'training-image augmentation: crop, rotation, shift, brightness/contrast (docs/training.md)',
+    })
+    .option('augment-hflip', {
+      type: 'number',
+      default: 0,
+      describe: 'horizontal-flip probability with --augment (default 0: laterality matters in chest films)',
+    })
     .option('pretrained', {
       type: 'string',
       describe:
@@ -169,6 +182,7 @@ export function toTrainConfig(a: ArgumentsCamelCase<TrainArgs> | TrainArgs): Tra
   if (args.epochs !== undefined) positive(args.epochs, '--epochs');
   for (const w of ['w-cls', 'w-con', 'w-prior', 'lr', 'weight-decay', 'clip-norm'] as const)
     if (!(args[w] >= 0)) throw new UserError(`--${w} must be >= 0, got ${args[w]}`);
+  augmentPolicy(args.augment ?? 'none', args['augment-hflip'] ?? 0);
   return {
     data: path.resolve(args.data),
     out: path.resolve(args.out),
@@ -200,6 +214,8 @@ export function toTrainConfig(a: ArgumentsCamelCase<TrainArgs> | TrainArgs): Tra
     ...((image) => ({ imageMean: image ? [...image.mean] : null, imageStd: image ? [...image.std] : null }))(
       imageNorm(args['image-mean'], args['image-std']),
     ),
+    augment: args.augment ?? 'none',
+    augmentHflip: args['augment-hflip'] ?? 0,
   };
 }
 
