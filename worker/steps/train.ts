@@ -4,6 +4,7 @@ import { openDataset, type Dataset } from '../../shared/dataset/reader.js';
 import type { SplitName } from '../../shared/dataset/manifest.js';
 import { writeJsonAtomic } from '../../shared/util/fs-atomic.js';
 import { aurocReport } from '../../shared/metrics/auroc.js';
+import { loadPretrainedParams } from '../../model/pretrained/model.js';
 import { CheckpointWriter, checkpointsDir, layoutHash, loadCheckpoint, loadInitWeights, stepDir } from '../../shared/checkpoint/index.js';
 import { paramsSha256 } from '../../shared/params-hash.js';
 import { shardRange, shardRanges } from '../../shared/shard.js';
@@ -85,6 +86,14 @@ async function trainStepWith(ctx: StepContext, t: TrainSection, pg: ThreadedProc
     if (rank === 0)
       ctx.log.info(
         `initial weights from ${t.initWeights}: ${w.loaded.length} tensors loaded, ${w.missing.length} kept fresh (${w.missing.slice(0, 5).join(', ')}${w.missing.length > 5 ? ', ...' : ''})`,
+      );
+  } else if (t.model.pretrained) {
+    const w = await loadPretrainedParams(t.model, params);
+    params = w.params;
+    model.assignFlat(params);
+    if (rank === 0)
+      ctx.log.info(
+        `pretrained weights from ${t.model.pretrained.weights}: ${w.loaded.length} tensors loaded, ${w.missing.length} kept fresh, ${w.unused.length} of the file not used`,
       );
   }
   // The parameter all-gather moves `params` to the comm thread and back (no copy): it must own its
