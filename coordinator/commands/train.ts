@@ -3,12 +3,14 @@ import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { UserError } from '../../shared/util/errors.js';
 import { BACKEND_CHOICES, type BackendChoice } from '../../kernels/backend.js';
 import { UNCERTAINTY_POLICIES } from '../../model/losses.js';
-import { MODEL_PRESETS } from '../../model/config.js';
+import { checkRgb, checkVisualHead, MODEL_PRESETS, VISUAL_HEADS, type Rgb, type VisualHead } from '../../model/config.js';
+import { PRIOR_SCOPES, priorScope, type PriorScope } from '../../model/prior-scope.js';
 import { createLogger } from '../../shared/util/log.js';
 import { writeReport } from '../report/index.js';
 import { trainDistributed } from '../train/train-job.js';
 import type { TrainConfig } from '../train/config.js';
 import { checkpointFlags } from '../train/checkpoint-flags.js';
+import { AUGMENT_LEVELS, augmentPolicy, type AugmentLevel } from '../../shared/augment/policy.js';
 
 export interface TrainArgs {
   workers: number;
@@ -32,11 +34,19 @@ export interface TrainArgs {
   'w-con': number;
   'w-prior': number;
   'label-prior': 'orth' | 'graph';
+  'prior-scope'?: PriorScope;
+  'visual-head'?: 'none' | VisualHead;
+  'visual-head-layers'?: number;
   uncertainty: string;
   'uncertainty-label': string[];
   blank: 'mask' | 'zeros';
   'pos-weight': 'none' | 'balanced';
   bootstrap: number;
+  pretrained?: string;
+  'image-mean'?: number[];
+  'image-std'?: number[];
+  augment?: AugmentLevel;
+  'augment-hflip'?: number;
   listen?: string;
   advertise?: string;
   'data-port'?: number;
@@ -85,11 +95,22 @@ export function trainOptions<T>(y: Argv<T>) {
       default: 'text' as const,
       describe: 'text: classify by label text embeddings; linear: visual-only baseline',
     })
+    .option('visual-head', {
+      choices: VISUAL_HEADS,
+      default: 'none' as const,
+      describe: 'trainable block on the image tower: mlp on the embedding, transformer over the tokens (docs/model.md)',
+    })
+    .option('visual-head-layers', { type: 'number', default: 1, describe: 'blocks of --visual-head transformer' })
     .option('text-embeddings', { type: 'string', describe: 'JSON of precomputed prompt vectors (docs/model.md); default learnable' })
     .option('w-cls', { type: 'number', default: 1, describe: 'classification loss weight (0: off)' })
     .option('w-con', { type: 'number', default: 0.5, describe: 'contrastive loss weight (0: off)' })
     .option('w-prior', { type: 'number', default: 0.1, describe: 'label prior loss weight (0: off)' })
     .option('label-prior', { choices: ['orth', 'graph'] as const, default: 'graph' as const })
+    .option('prior-scope', {
+      choices: PRIOR_SCOPES,
+      default: 'names' as PriorScope,
+      describe: 'label prior on the label names (target from --label-prior), the 2L state prompts (identity), or all',
+    })
     .option('uncertainty', {
       type: 'string',
       choices: UNCERTAINTY_POLICIES as unknown as string[],
@@ -108,7 +129,45 @@ export function trainOptions<T>(y: Argv<T>) {
       default: 'none' as const,
       describe: 'balanced: weight positives by neg/pos (clamped to 50)',
     })
-    .option('bootstrap', { type: 'number', default: 1000, describe: 'bootstrap replicates for the AUROC 95% CI (0: none)' });
+    .option('bootstrap', { type: 'number', default: 1000, describe: 'bootstrap replicates for the AUROC 95% CI (0: none)' })
+    .option('augment', {
+      choices: AUGMENT_LEVELS,
+      default: 'none' as AugmentLevel,
+      describe: 'training-image augmentation: crop, rotation, shift, brightness/contrast (docs/training.md)',
+    })
+    .option('augment-hflip', {
+      type: 'number',
+      default: 0,
+      describe: 'horizontal-flip probability with --augment (default 0: laterality matters in chest films)',
+    })
+    .option('pretrained', {
+      type: 'string',
+      describe:
+        'open_clip / model hub directory (open_clip_config.json + weights): the model shape and initial weights, instead of --model',
+    })
+    .option('image-mean', imageNormOption('mean'))
+    .option('image-std', imageNormOption('std'));
+}
+
+/** --image-mean / --image-std: three numbers, R G B. */
+export function imageNormOption(which: 'mean' | 'std') {
+  return {
+    type: 'number',
+    array: true,
+    describe:
+      `per-channel (R G B) ${which} of the RGB preprocessing the imported/exported weights expect ` +
+      `(default: preprocess_cfg of --pretrained, CLIP's for vit-b16)`,
+  } as const;
+}
+
+/** Both of --image-mean and --image-std, or neither. */
+export function imageNorm(mean: number[] | undefined, std: number[] | undefined): { mean: Rgb; std: Rgb } | undefined {
+  if (mean === undefined && std === undefined) return undefined;
+  if (mean === undefined || std === undefined)
+    throw new UserError('give --image-mean and --image-std together (three numbers each, R G B)');
+  const image = { mean: mean as unknown as Rgb, std: std as unknown as Rgb };
+  checkRgb(image);
+  return image;
 }
 
 /** Where the workers run and how the job is watched (train and demo). */
@@ -121,7 +180,11 @@ export function jobOptions<T>(y: Argv<T>) {
       type: 'string',
       describe: 'job token remote workers must present (default: $CXR_JOB_TOKEN; generated for local workers)',
     })
-    .option('gpu', { type: 'boolean', default: false, describe: 'pin local workers to GPUs (CUDA_VISIBLE_DEVICES)' })
+    .option('gpu', {
+      type: 'boolean',
+      default: false,
+      describe: 'pin local worker i to GPU i (CUDA_VISIBLE_DEVICES; for WebGPU, Mesa device selection: docs/gpu.md)',
+    })
     .option('prefetch', { type: 'number', default: 2, describe: 'batches queued ahead per worker' })
     .option('params-check-every', { type: 'number', default: 50, describe: 'compare replica parameter hashes every K steps' })
     .option('metrics-port', { type: 'number', describe: 'serve Prometheus /metrics and /healthz on this port' })
@@ -154,6 +217,8 @@ export function toTrainConfig(a: ArgumentsCamelCase<TrainArgs> | TrainArgs): Tra
     throw new UserError(`--rejoin-timeout must be a number of seconds > 0, got ${args['rejoin-timeout']}`);
   for (const w of ['w-cls', 'w-con', 'w-prior', 'lr', 'weight-decay', 'clip-norm'] as const)
     if (!(args[w] >= 0)) throw new UserError(`--${w} must be >= 0, got ${args[w]}`);
+  augmentPolicy(args.augment ?? 'none', args['augment-hflip'] ?? 0);
+  checkVisualHead(args['visual-head'] ?? 'none', args['visual-head-layers'] ?? 1);
   return {
     data: path.resolve(args.data),
     out: path.resolve(args.out),
@@ -176,11 +241,20 @@ export function toTrainConfig(a: ArgumentsCamelCase<TrainArgs> | TrainArgs): Tra
     wCon: args['w-con'],
     wPrior: args['w-prior'],
     labelPrior: args['label-prior'],
+    priorScope: priorScope(args['prior-scope'] ?? 'names'),
+    visualHead: args['visual-head'] ?? 'none',
+    visualHeadLayers: args['visual-head-layers'] ?? 1,
     uncertainty: args.uncertainty,
     uncertaintyLabel: args['uncertainty-label'],
     blank: args.blank,
     posWeight: args['pos-weight'],
     bootstrap: args.bootstrap,
+    pretrained: args.pretrained ? path.resolve(args.pretrained) : null,
+    ...((image) => ({ imageMean: image ? [...image.mean] : null, imageStd: image ? [...image.std] : null }))(
+      imageNorm(args['image-mean'], args['image-std']),
+    ),
+    augment: args.augment ?? 'none',
+    augmentHflip: args['augment-hflip'] ?? 0,
   };
 }
 
@@ -256,6 +330,10 @@ export const trainCommand: CommandModule<object, TrainArgs> = {
       .example(
         '$0 --workers 2 --data data/nih64 --out runs/a --epochs 16 --batch-size 64 --resume auto',
         'continue runs/a on 2 workers from its last checkpoint',
+      )
+      .example(
+        '$0 --data data/cxr224 --out runs/b --pretrained models/BiomedCLIP --lr 1e-5 --epochs 2',
+        'start from BiomedCLIP as downloaded from the model hub (docs/model.md)',
       )
       .example('$0 --config train.yaml --lr 1e-4', 'options from a file, one overridden') as unknown as Argv<TrainArgs>,
   handler: (args) => runTraining(args),
