@@ -403,7 +403,9 @@ export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Pr
           });
           break;
         } catch (e) {
+          // A commit the failure interrupted leaves its step uncommitted; the restart saves it again.
           await committing.catch(() => {});
+          committing = Promise.resolve();
           shards.clear();
           // Verified block by block; a damaged newest one falls back to the one before, with a warning.
           const newest = (await listCheckpoints(ckRoot)).some((c) => c.committed)

@@ -1,4 +1,4 @@
-import { test } from 'node:test';
+import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -10,7 +10,8 @@ import { toTrainConfig, type TrainArgs } from '../../coordinator/commands/train.
 import { trainDistributed } from '../../coordinator/train/train-job.js';
 import { checkpointsDir } from '../../shared/checkpoint/index.js';
 import { createLogger } from '../../shared/util/log.js';
-import { coordinatorEntry } from '../../shared/util/paths.js';
+import { coordinatorEntry, workerEntry } from '../../shared/util/paths.js';
+import { freePorts } from '../../shared/util/free-ports.js';
 
 // Faults in real processes against an undisturbed run of the same 24 steps (docs/reliability.md).
 const STEPS = 24;
@@ -83,99 +84,148 @@ const killAll = (pids: Iterable<number>) => {
     }
 };
 
+let dir: string;
+let data: string;
+let base: TrainArgs;
+/** model.bin of the undisturbed 24-step run. */
+let want: Buffer;
+const pids = new Set<number>();
+before(async () => {
+  dir = await mkdtemp(path.join(tmpdir(), 'cxr-faults-'));
+  data = path.join(dir, 'data');
+  await runSynth(data, false, { count: 100, imageSize: 32, seed: 3, fractions: { val: 0.1, test: 0.2 } });
+  const straight = path.join(dir, 'straight');
+  base = {
+    workers: 2,
+    data,
+    out: straight,
+    model: 'tiny',
+    steps: STEPS,
+    'batch-size': 16,
+    seed: 5,
+    eval: 'none',
+    backend: 'wasm',
+    lr: 3e-3,
+    'warmup-steps': 2,
+    'min-lr-ratio': 0.1,
+    'weight-decay': 0.05,
+    'clip-norm': 1,
+    head: 'text',
+    'w-cls': 1,
+    'w-con': 0.5,
+    'w-prior': 0.1,
+    'label-prior': 'graph',
+    uncertainty: 'ignore',
+    'uncertainty-label': [],
+    blank: 'mask',
+    'pos-weight': 'none',
+    bootstrap: 0,
+  } as unknown as TrainArgs;
+  await trainDistributed(toTrainConfig(base), { log: createLogger('test', 'warn'), progress: false, workerOutput: () => {} });
+  want = await readFile(path.join(straight, 'model.bin'));
+});
+after(async () => {
+  killAll(pids);
+  await rm(dir, { recursive: true, force: true });
+});
+
 test('faults: a worker killed at step >= 10 is replaced in place; SIGTERM at step >= 12 saves there and resumes; both give the undisturbed weights', async () => {
-  const dir = await mkdtemp(path.join(tmpdir(), 'cxr-faults-'));
-  const pids = new Set<number>();
-  try {
-    const data = path.join(dir, 'data');
-    await runSynth(data, false, { count: 100, imageSize: 32, seed: 3, fractions: { val: 0.1, test: 0.2 } });
-    const straight = path.join(dir, 'straight');
-    const base = {
-      workers: 2,
-      data,
-      out: straight,
-      model: 'tiny',
-      steps: STEPS,
-      'batch-size': 16,
-      seed: 5,
-      eval: 'none',
-      backend: 'wasm',
-      lr: 3e-3,
-      'warmup-steps': 2,
-      'min-lr-ratio': 0.1,
-      'weight-decay': 0.05,
-      'clip-norm': 1,
-      head: 'text',
-      'w-cls': 1,
-      'w-con': 0.5,
-      'w-prior': 0.1,
-      'label-prior': 'graph',
-      uncertainty: 'ignore',
-      'uncertainty-label': [],
-      blank: 'mask',
-      'pos-weight': 'none',
-      bootstrap: 0,
-    } as unknown as TrainArgs;
-    await trainDistributed(toTrainConfig(base), { log: createLogger('test', 'warn'), progress: false, workerOutput: () => {} });
-    const want = await readFile(path.join(straight, 'model.bin'));
+  // kill -9 of one worker at step >= 10: the coordinator restarts both from step 8 and finishes.
+  const killed = path.join(dir, 'killed');
+  const a = coordinator([...COMMON, '--data', data, '--out', killed, '--checkpoint-every', '4']);
+  await atStep(killed, 10, a.proc);
+  for (const p of a.pids) pids.add(p);
+  const victim = [...a.pids][0]!;
+  process.kill(victim, 'SIGKILL');
+  const codeA = await a.code;
+  for (const p of a.pids) pids.add(p);
+  assert.equal(codeA, 0, a.out.stderr.slice(-3000));
+  assert.match(
+    a.out.stderr,
+    /restart 1 of at most 3: worker \d \(rank \d, pid \d+\) was killed by SIGKILL|restart 1 of at most 3: worker rank \d/,
+  );
+  assert.match(a.out.stdout, /1 restart after lost workers/);
+  assert.deepEqual(await readFile(path.join(killed, 'model.bin')), want, 'bit-identical weights after the restart');
+  assert.deepEqual(
+    (await lines(killed)).map((l) => l.step),
+    Array.from({ length: STEPS }, (_, i) => i + 1),
+    'every step once in metrics.jsonl',
+  );
+  const restarts = JSON.parse(await readFile(path.join(killed, 'restarts.json'), 'utf8'));
+  assert.equal(restarts.length, 1);
+  assert.ok(restarts[0].resumedAt >= 8 && restarts[0].resumedAt % 4 === 0, JSON.stringify(restarts[0]));
 
-    // kill -9 of one worker at step >= 10: the coordinator restarts both from step 8 and finishes.
-    const killed = path.join(dir, 'killed');
-    const a = coordinator([...COMMON, '--data', data, '--out', killed, '--checkpoint-every', '4']);
-    await atStep(killed, 10, a.proc);
-    for (const p of a.pids) pids.add(p);
-    const victim = [...a.pids][0]!;
-    process.kill(victim, 'SIGKILL');
-    const codeA = await a.code;
-    for (const p of a.pids) pids.add(p);
-    assert.equal(codeA, 0, a.out.stderr.slice(-3000));
-    assert.match(
-      a.out.stderr,
-      /restart 1 of at most 3: worker \d \(rank \d, pid \d+\) was killed by SIGKILL|restart 1 of at most 3: worker rank \d/,
-    );
-    assert.match(a.out.stdout, /1 restart after lost workers/);
-    assert.deepEqual(await readFile(path.join(killed, 'model.bin')), want, 'bit-identical weights after the restart');
-    assert.deepEqual(
-      (await lines(killed)).map((l) => l.step),
-      Array.from({ length: STEPS }, (_, i) => i + 1),
-      'every step once in metrics.jsonl',
-    );
-    const restarts = JSON.parse(await readFile(path.join(killed, 'restarts.json'), 'utf8'));
-    assert.equal(restarts.length, 1);
-    assert.ok(restarts[0].resumedAt >= 8 && restarts[0].resumedAt % 4 === 0, JSON.stringify(restarts[0]));
+  // SIGTERM at step >= 12, no periodic checkpoints: a checkpoint at the stop step, exit 143, and the
+  // printed resume command finishes the run with the same weights.
+  const termed = path.join(dir, 'termed');
+  const b = coordinator([...COMMON, '--data', data, '--out', termed, '--checkpoint-every', '0', '--checkpoint-every-minutes', '0']);
+  await atStep(termed, 12, b.proc);
+  b.proc.kill('SIGTERM');
+  const codeB = await b.code;
+  for (const p of b.pids) pids.add(p);
+  assert.equal(codeB, 143, b.out.stderr.slice(-3000));
+  const m = /stopped by SIGTERM after step (\d+) of the run; checkpoint: (\S+)\nresume with: (.*)\n/.exec(b.out.stdout);
+  assert.ok(m, b.out.stdout);
+  const at = Number(m[1]);
+  assert.ok(at >= 12 && at < STEPS, `stopped at ${at}`);
+  const committed = (await readdir(checkpointsDir(termed))).filter((d) =>
+    existsSync(path.join(checkpointsDir(termed), d, 'manifest.json')),
+  );
+  assert.deepEqual(committed, [`step-${String(at).padStart(7, '0')}`]);
+  assert.ok(!existsSync(path.join(termed, 'model.bin')), 'an interrupted run exports no final weights');
+  const argv = m[3]!.split(' ').slice(1);
+  assert.deepEqual(argv.slice(-2), ['--resume', termed]);
+  const c = coordinator(argv);
+  const codeC = await c.code;
+  for (const p of c.pids) pids.add(p);
+  assert.equal(codeC, 0, c.out.stderr.slice(-3000));
+  assert.match(c.out.stdout, new RegExp(`resumed at step ${at}`));
+  assert.deepEqual(await readFile(path.join(termed, 'model.bin')), want, 'bit-identical weights after stop + resume');
+  assert.deepEqual(
+    (await lines(termed)).map((l) => l.step),
+    Array.from({ length: STEPS }, (_, i) => i + 1),
+  );
+});
 
-    // SIGTERM at step >= 12, no periodic checkpoints: a checkpoint at the stop step, exit 143, and the
-    // printed resume command finishes the run with the same weights.
-    const termed = path.join(dir, 'termed');
-    const b = coordinator([...COMMON, '--data', data, '--out', termed, '--checkpoint-every', '0', '--checkpoint-every-minutes', '0']);
-    await atStep(termed, 12, b.proc);
-    b.proc.kill('SIGTERM');
-    const codeB = await b.code;
-    for (const p of b.pids) pids.add(p);
-    assert.equal(codeB, 143, b.out.stderr.slice(-3000));
-    const m = /stopped by SIGTERM after step (\d+) of the run; checkpoint: (\S+)\nresume with: (.*)\n/.exec(b.out.stdout);
-    assert.ok(m, b.out.stdout);
-    const at = Number(m[1]);
-    assert.ok(at >= 12 && at < STEPS, `stopped at ${at}`);
-    const committed = (await readdir(checkpointsDir(termed))).filter((d) =>
-      existsSync(path.join(checkpointsDir(termed), d, 'manifest.json')),
-    );
-    assert.deepEqual(committed, [`step-${String(at).padStart(7, '0')}`]);
-    assert.ok(!existsSync(path.join(termed, 'model.bin')), 'an interrupted run exports no final weights');
-    const argv = m[3]!.split(' ').slice(1);
-    assert.deepEqual(argv.slice(-2), ['--resume', termed]);
-    const c = coordinator(argv);
-    const codeC = await c.code;
-    for (const p of c.pids) pids.add(p);
-    assert.equal(codeC, 0, c.out.stderr.slice(-3000));
-    assert.match(c.out.stdout, new RegExp(`resumed at step ${at}`));
-    assert.deepEqual(await readFile(path.join(termed, 'model.bin')), want, 'bit-identical weights after stop + resume');
-    assert.deepEqual(
-      (await lines(termed)).map((l) => l.step),
-      Array.from({ length: STEPS }, (_, i) => i + 1),
-    );
-  } finally {
-    killAll(pids);
-    await rm(dir, { recursive: true, force: true });
-  }
+test('faults with --listen: a remote worker killed at step >= 10 rejoins (as a restarted pod would) and the run ends with the undisturbed weights', async () => {
+  const [port, dataPort] = await freePorts(2);
+  const address = `127.0.0.1:${port}`;
+  const out = path.join(dir, 'listen');
+  let finished = false;
+  const current: (ChildProcess | undefined)[] = [];
+  // A Kubernetes Indexed Job in miniature: a worker that exits non-zero is started again with its rank.
+  const start = (rank: number) => {
+    const p = spawn(process.execPath, [workerEntry, '--coordinator', address, '--rank', String(rank), '--connect-timeout', '120'], {
+      env: { ...process.env, CXR_JOB_TOKEN: 'listen-token' },
+      stdio: 'ignore',
+    });
+    pids.add(p.pid!);
+    current[rank] = p;
+    p.once('exit', (code) => {
+      if (!finished && code !== 0) setTimeout(() => start(rank), 200);
+    });
+  };
+  start(0);
+  start(1);
+  const run = trainDistributed(toTrainConfig({ ...base, out, 'checkpoint-every': 4 } as TrainArgs), {
+    log: createLogger('test', 'warn'),
+    progress: false,
+    listen: address,
+    dataPort,
+    token: 'listen-token',
+    maxRestarts: 3,
+    rejoinTimeoutMs: 120_000,
+    checkpoints: { checkpointEvery: 4 },
+  });
+  const proc = { once: () => {}, off: () => {} } as unknown as ChildProcess;
+  await atStep(out, 10, proc);
+  current[1]!.kill('SIGKILL');
+  const r = await run;
+  finished = true;
+  assert.equal(r.restarts, 1);
+  assert.deepEqual(await readFile(path.join(out, 'model.bin')), want, 'bit-identical weights after the rejoin');
+  assert.deepEqual(
+    (await lines(out)).map((l) => l.step),
+    Array.from({ length: STEPS }, (_, i) => i + 1),
+  );
 });

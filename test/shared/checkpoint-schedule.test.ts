@@ -20,7 +20,11 @@ test('checkpoint flags: parsed to camelCase, refused with the flag named', async
   const a = (await checkpointFlags(yargs(['--checkpoint-every', '50', '--keep-checkpoints', '2', '--resume', 'runs/a']))
     .exitProcess(false)
     .parseAsync()) as unknown as CheckpointFlags;
-  assert.deepEqual([a.checkpointEvery, a.checkpointEveryMinutes, a.keepCheckpoints, a.resume], [50, 0, 2, 'runs/a']);
+  assert.deepEqual(
+    [a.checkpointEvery, a.checkpointEveryMinutes, a.keepCheckpoints, a.resume],
+    [50, 10, 2, 'runs/a'],
+    'a checkpoint every 10 minutes by default',
+  );
   const base: CheckpointFlags = { checkpointEvery: 0, checkpointEveryMinutes: 0, keepCheckpoints: 3 };
   assert.throws(() => checkCheckpointFlags({ ...base, checkpointEvery: 2.5 }), /--checkpoint-every must be a whole number >= 0, got 2.5/);
   assert.throws(() => checkCheckpointFlags({ ...base, keepCheckpoints: 0 }), /--keep-checkpoints must be a whole number >= 1/);
