@@ -249,7 +249,8 @@ export function configFileMiddleware(rawArgs: readonly string[], modules: readon
       .map((c) => c.trim().split(/\s+/)[0]!)
       .filter((w) => w && w !== '$0' && w !== '*')
       .join(' ');
-    const exclude = new Set(['help', 'version', 'config', '$0', '_', ...positionals]);
+    // --debug is read from the command line before parsing (coordinator/cli.ts), never from a file.
+    const exclude = new Set(['help', 'version', 'config', 'debug', '$0', '_', ...positionals]);
     const o = y.getOptions();
     const specs = optionSpecsFromYargs(o, exclude);
     const resolved = path.resolve(file);
