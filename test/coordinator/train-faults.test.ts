@@ -51,9 +51,14 @@ function coordinator(args: string[]) {
   const pids = new Set<number>();
   const out = { stdout: '', stderr: '' };
   proc.stdout.on('data', (b: Buffer) => (out.stdout += b.toString()));
+  let partial = '';
   proc.stderr.on('data', (b: Buffer) => {
     out.stderr += b.toString();
-    for (const m of b.toString().matchAll(/^\[worker \d+\] .*"pid":(\d+)/gm)) pids.add(Number(m[1]));
+    // Whole lines only: a chunk may end inside a pid.
+    const text = partial + b.toString();
+    const cut = text.lastIndexOf('\n') + 1;
+    partial = text.slice(cut);
+    for (const m of text.slice(0, cut).matchAll(/^\[worker \d+\] .*"pid":(\d+)/gm)) pids.add(Number(m[1]));
   });
   const code = new Promise<number | null>((r) => proc.once('close', (c) => r(c)));
   return { proc, pids, out, code };
