@@ -1,5 +1,6 @@
 import * as path from 'node:path';
 import { z } from 'zod';
+import { AUGMENT_LEVELS, augmentPolicy } from '../shared/augment/policy.js';
 import { UserError } from '../shared/util/errors.js';
 import { BACKEND_CHOICES } from '../kernels/backend.js';
 import { MODEL_PRESETS, type ModelConfig } from './config.js';
@@ -52,6 +53,8 @@ const trainFlagsSchema = z.object({
   blank: z.enum(['mask', 'zeros']),
   posWeight: z.enum(['none', 'balanced']),
   bootstrap: z.number(),
+  augment: z.enum(AUGMENT_LEVELS).optional(),
+  augmentHflip: z.number().optional(),
 });
 
 /** The training flags as yargs declares them (kebab-case keys, `--epochs`/`--steps`/`--text-embeddings` optional). */
@@ -61,13 +64,17 @@ type Kebab<S extends string> = S extends `${infer H}${infer T}` ? `${H extends L
 export type EvalSplit = 'test' | 'val' | 'none';
 
 /** The one training configuration: the flags, checked, with paths absolute and exactly one of epochs/steps. */
-export type TrainConfig = Omit<z.output<typeof trainFlagsSchema>, 'epochs' | 'steps' | 'textEmbeddings'> & {
+export type TrainConfig = Omit<z.output<typeof trainFlagsSchema>, 'epochs' | 'steps' | 'textEmbeddings' | 'augment' | 'augmentHflip'> & {
   epochs: number | null;
   steps: number | null;
   textEmbeddings: string | null;
   labelPrior: LabelPriorKind;
   blank: BlankPolicy;
   eval: EvalSplit;
+  /** Training-time augmentation (docs/training.md); absent: none. */
+  augment?: (typeof AUGMENT_LEVELS)[number];
+  /** Horizontal-flip probability on top of --augment; absent: 0. */
+  augmentHflip?: number;
 };
 
 const kebab = (k: string) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
@@ -84,6 +91,7 @@ export function parseTrainConfig(flags: TrainFlags | Record<string, unknown>): T
   }
   const a = parsed.data;
   if (a.epochs !== undefined && a.steps !== undefined) throw new UserError('give --epochs or --steps, not both');
+  augmentPolicy(a.augment ?? 'none', a.augmentHflip ?? 0);
   return {
     ...a,
     data: path.resolve(a.data),
@@ -91,6 +99,8 @@ export function parseTrainConfig(flags: TrainFlags | Record<string, unknown>): T
     epochs: a.steps === undefined ? (a.epochs ?? 1) : null,
     steps: a.steps ?? null,
     textEmbeddings: a.textEmbeddings ? path.resolve(a.textEmbeddings) : null,
+    augment: a.augment ?? 'none',
+    augmentHflip: a.augmentHflip ?? 0,
   } as TrainConfig;
 }
 

@@ -7,6 +7,7 @@ import { createLogger } from '../../shared/util/log.js';
 import { writeReport } from '../report/index.js';
 import { trainDistributed } from '../train/train-job.js';
 import { checkpointFlags } from '../train/checkpoint-flags.js';
+import { AUGMENT_LEVELS, type AugmentLevel } from '../../shared/augment/policy.js';
 
 /** The command's arguments: the training flags (the run's TrainConfig) and where the workers run. */
 export type TrainArgs = TrainFlags & {
@@ -79,7 +80,17 @@ export function trainOptions<T>(y: Argv<T>) {
       default: 'none' as const,
       describe: 'balanced: weight positives by neg/pos (clamped to 50)',
     })
-    .option('bootstrap', { type: 'number', default: 1000, describe: 'bootstrap replicates for the AUROC 95% CI (0: none)' });
+    .option('bootstrap', { type: 'number', default: 1000, describe: 'bootstrap replicates for the AUROC 95% CI (0: none)' })
+    .option('augment', {
+      choices: AUGMENT_LEVELS,
+      default: 'none' as AugmentLevel,
+      describe: 'training-image augmentation: crop, rotation, shift, brightness/contrast (docs/training.md)',
+    })
+    .option('augment-hflip', {
+      type: 'number',
+      default: 0,
+      describe: 'horizontal-flip probability with --augment (default 0: laterality matters in chest films)',
+    });
 }
 
 /** Where the workers run and how the job is watched (train and demo). */

@@ -4,6 +4,7 @@ import { openDataset } from '../../shared/dataset/reader.js';
 import type { Logger } from '../../shared/util/log.js';
 import { createProgress } from '../../shared/util/progress.js';
 import { COLLECTIVES_ENV } from '../../shared/config/worker-env.js';
+import { augmentPolicy } from '../../shared/augment/policy.js';
 import { checkpointConfig, type TrainConfig, type TrainStepConfig } from '../../model/train-config.js';
 import type { StepSummary } from '../job/control-server.js';
 import { runJob } from '../job/run-job.js';
@@ -124,6 +125,7 @@ async function launch(
       startStep,
       steps: totalSteps - startStep,
       prefetch: o.prefetch,
+      augment: augmentPolicy(cfg.augment ?? 'none', cfg.augmentHflip ?? 0),
       checkpointAfter: checkpoints.after,
       onCheckpointShard: checkpoints.onShard,
       paramsCheckEvery: o.paramsCheckEvery ?? 50,
