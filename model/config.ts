@@ -1,4 +1,5 @@
 import { UserError } from '../shared/util/errors.js';
+import type { TextTowerShape } from './text/tower.js';
 
 export type ImagePool = 'tok' | 'avg' | 'spatial';
 /** Features per patch token in the `spatial` readout. */
@@ -29,8 +30,22 @@ export interface PretrainedSource {
   tower: 'open-clip-vit' | 'timm-vit';
 }
 
-/** Where the label prompts' embeddings come from: trained from scratch, or a fixed file. */
-export type TextSource = { kind: 'learnable'; dim: number } | { kind: 'file'; path: string; dim: number };
+/**
+ * Where the label prompts' embeddings come from: trained from scratch, a fixed file, or a
+ * pretrained text tower. `frozen`: the tower encoded the prompts once at start, and the vectors
+ * are fixed like a file's (stored with the model); `tower`: the tower is part of the model, its
+ * weights in the layout under open_clip's names, and runs on the prompts' token rows (`tokens`,
+ * cut to the longest prompt) in every step (--text-tower finetune).
+ */
+export type TextSource =
+  | { kind: 'learnable'; dim: number }
+  | { kind: 'file'; path: string; dim: number }
+  | { kind: 'frozen'; dim: number; tower: TextTowerShape }
+  | { kind: 'tower'; dim: number; tower: TextTowerShape; tokens: number[][] };
+
+/** --text-tower: a pretrained text tower's prompt vectors computed once (frozen) or the tower trained with the rest (finetune). */
+export type TextTowerMode = 'frozen' | 'finetune';
+export const TEXT_TOWER_MODES: readonly TextTowerMode[] = ['frozen', 'finetune'];
 
 export interface ModelConfig {
   /** The --model preset, or `pretrained` when the shape came from a --pretrained directory's config. */

@@ -3,7 +3,7 @@ import { z } from 'zod';
 import { AUGMENT_LEVELS, augmentPolicy } from '../shared/augment/policy.js';
 import { UserError } from '../shared/util/errors.js';
 import { BACKEND_CHOICES } from '../kernels/backend.js';
-import { MODEL_PRESETS, type ModelConfig } from './config.js';
+import { checkRgb, MODEL_PRESETS, type ModelConfig, type Rgb } from './config.js';
 import type { LabelPriorKind } from './label-prior.js';
 import type { BlankPolicy, UncertaintyPolicy } from './targets.js';
 
@@ -53,6 +53,9 @@ const trainFlagsSchema = z.object({
   blank: z.enum(['mask', 'zeros']),
   posWeight: z.enum(['none', 'balanced']),
   bootstrap: z.number(),
+  pretrained: z.string().optional(),
+  imageMean: z.array(z.number()).optional(),
+  imageStd: z.array(z.number()).optional(),
   augment: z.enum(AUGMENT_LEVELS).optional(),
   augmentHflip: z.number().optional(),
 });
@@ -64,13 +67,21 @@ type Kebab<S extends string> = S extends `${infer H}${infer T}` ? `${H extends L
 export type EvalSplit = 'test' | 'val' | 'none';
 
 /** The one training configuration: the flags, checked, with paths absolute and exactly one of epochs/steps. */
-export type TrainConfig = Omit<z.output<typeof trainFlagsSchema>, 'epochs' | 'steps' | 'textEmbeddings' | 'augment' | 'augmentHflip'> & {
+export type TrainConfig = Omit<
+  z.output<typeof trainFlagsSchema>,
+  'epochs' | 'steps' | 'textEmbeddings' | 'pretrained' | 'imageMean' | 'imageStd' | 'augment' | 'augmentHflip'
+> & {
   epochs: number | null;
   steps: number | null;
   textEmbeddings: string | null;
   labelPrior: LabelPriorKind;
   blank: BlankPolicy;
   eval: EvalSplit;
+  /** A pretrained model directory (--pretrained): the model's shape and initial weights; null: --model. */
+  pretrained?: string | null;
+  /** --image-mean / --image-std: RGB preprocessing of imported and exported weights (both or neither); null: the model's default. */
+  imageMean?: number[] | null;
+  imageStd?: number[] | null;
   /** Training-time augmentation (docs/training.md); absent: none. */
   augment?: (typeof AUGMENT_LEVELS)[number];
   /** Horizontal-flip probability on top of --augment; absent: 0. */
@@ -92,6 +103,7 @@ export function parseTrainConfig(flags: TrainFlags | Record<string, unknown>): T
   const a = parsed.data;
   if (a.epochs !== undefined && a.steps !== undefined) throw new UserError('give --epochs or --steps, not both');
   augmentPolicy(a.augment ?? 'none', a.augmentHflip ?? 0);
+  const image = imageNorm(a.imageMean, a.imageStd);
   return {
     ...a,
     data: path.resolve(a.data),
@@ -99,9 +111,22 @@ export function parseTrainConfig(flags: TrainFlags | Record<string, unknown>): T
     epochs: a.steps === undefined ? (a.epochs ?? 1) : null,
     steps: a.steps ?? null,
     textEmbeddings: a.textEmbeddings ? path.resolve(a.textEmbeddings) : null,
+    pretrained: a.pretrained ? path.resolve(a.pretrained) : null,
+    imageMean: image ? [...image.mean] : null,
+    imageStd: image ? [...image.std] : null,
     augment: a.augment ?? 'none',
     augmentHflip: a.augmentHflip ?? 0,
   } as TrainConfig;
+}
+
+/** Both of --image-mean and --image-std, or neither. */
+export function imageNorm(mean: number[] | undefined, std: number[] | undefined): { mean: Rgb; std: Rgb } | undefined {
+  if (mean === undefined && std === undefined) return undefined;
+  if (mean === undefined || std === undefined)
+    throw new UserError('give --image-mean and --image-std together (three numbers each, R G B)');
+  const image = { mean: mean as unknown as Rgb, std: std as unknown as Rgb };
+  checkRgb(image);
+  return image;
 }
 
 /** The loss weights a run trains with: the contrastive and label-prior terms need the text head. */

@@ -2,7 +2,10 @@ import * as tf from '@tensorflow/tfjs';
 import { buildLayout, type ParamLayout } from '../shared/params.js';
 import { labelText } from '../shared/labels.js';
 import { type ModelConfig, mlpWidth, tokenCount } from './config.js';
-import { attentionHeads, dense, gelu, layerNorm, quickGelu, residualMlp, softmax } from './layers.js';
+import { type ParamGetter, residualAttentionBlock } from './blocks.js';
+import { dense, gelu, layerNorm } from './layers.js';
+import type { ParamSpec } from './param-specs.js';
+import { encodeTextTower, textTowerSpecs } from './text/tower.js';
 import { mulberry32, normalSource } from '../shared/random/generators.js';
 import { overwriteVariable, readInto } from './tensor-storage.js';
 import { cosineLogits } from './losses.js';
@@ -27,14 +30,6 @@ export const CLS_SCALE_INIT = Math.log(30);
 /** Variance floor of per-image standardisation, in (p/255)^2 units: a blank image maps to zeros. */
 export const IMAGE_VAR_EPS = 1e-6;
 
-interface Spec {
-  name: string;
-  shape: number[];
-  decay: boolean;
-  /** Initial values: a normal std, or a constant. */
-  init: { std: number } | { value: number };
-}
-
 /** The three prompts per label, in the order of the prompt embedding rows. */
 export function labelPrompts(labels: readonly string[]): string[] {
   const names = labels.map(labelText);
@@ -46,14 +41,14 @@ function spatialRank(c: ModelConfig): number {
   return c.spatialRank;
 }
 
-function paramSpecs(c: ModelConfig): Spec[] {
+function paramSpecs(c: ModelConfig): ParamSpec[] {
   const W = c.width;
   const scale = W ** -0.5;
   const projStd = scale * (2 * c.layers) ** -0.5;
   const fcStd = (2 * W) ** -0.5;
   const M = mlpWidth(c);
-  const s: Spec[] = [];
-  const p = (name: string, shape: number[], decay: boolean, init: Spec['init']) => s.push({ name, shape, decay, init });
+  const s: ParamSpec[] = [];
+  const p = (name: string, shape: number[], decay: boolean, init: ParamSpec['init']) => s.push({ name, shape, decay, init });
   const ones = { value: 1 };
   const zeros = { value: 0 };
   p('visual.conv1.weight', [c.patchSize, c.patchSize, 1, W], true, { std: (c.patchSize * c.patchSize) ** -0.5 });
@@ -96,6 +91,7 @@ function paramSpecs(c: ModelConfig): Spec[] {
   }
   const T = c.text.dim;
   if (c.text.kind === 'learnable') p('text.prompt_embeddings', [3 * L, T], false, { std: 1 });
+  if (c.text.kind === 'tower') s.push(...textTowerSpecs(c.text.tower));
   p('text.head.fc1.weight', [T, D], true, { std: T ** -0.5 });
   p('text.head.fc1.bias', [D], false, zeros);
   p('text.head.fc2.weight', [D, D], true, { std: D ** -0.5 * 0.1 });
@@ -146,7 +142,7 @@ export class CxrModel {
   /** Variables in layout order. */
   readonly variables: tf.Variable[];
   private readonly byName = new Map<string, tf.Variable>();
-  /** Fixed prompt embeddings from --text-embeddings (not trained), [3L, textDim]. */
+  /** Fixed prompt embeddings from --text-embeddings or a frozen text tower (not trained), [3L, textDim]. */
   private readonly fixedPrompts: tf.Tensor2D | null;
 
   constructor(config: ModelConfig, params: Float32Array, fixedPrompts?: Float32Array) {
@@ -165,7 +161,7 @@ export class CxrModel {
       this.byName.set(e.name, v);
       return v;
     });
-    if (config.head === 'text' && config.text.kind === 'file') {
+    if (config.head === 'text' && (config.text.kind === 'file' || config.text.kind === 'frozen')) {
       if (!fixedPrompts || fixedPrompts.length !== 3 * config.labels.length * config.text.dim)
         throw new Error('model: fixed prompt embeddings missing or of the wrong size');
       this.fixedPrompts = tf.keep(tf.tensor2d(fixedPrompts, [3 * config.labels.length, config.text.dim]));
@@ -173,6 +169,9 @@ export class CxrModel {
       this.fixedPrompts = null;
     }
   }
+
+  /** `p` as a free function (the shared blocks take parameters by name). */
+  readonly param: ParamGetter = (name) => this.p(name);
 
   p<T extends tf.Tensor = tf.Tensor>(name: string): T {
     const v = this.byName.get(name);
@@ -216,7 +215,11 @@ export class CxrModel {
     const eps = c.lnEps ?? 1e-5;
     let h = tf.reshape(tokens, [B * Tk, W]) as tf.Tensor2D;
     if (c.lnPre ?? true) h = layerNorm(h, this.p('visual.ln_pre.weight'), this.p('visual.ln_pre.bias'), eps);
-    for (let i = 0; i < c.layers; i++) h = this.block(h, i, B, Tk);
+    for (let i = 0; i < c.layers; i++)
+      h = residualAttentionBlock(this.param, `visual.transformer.resblocks.${i}`, h, B, Tk, c.heads, {
+        eps,
+        quickGelu: c.act === 'quick_gelu',
+      });
     // ln_post on every token, then the patch tokens [B, G, W] (open_clip's final_ln_after_pool=False).
     const patchesAfterLnPost = () =>
       tf.slice(
@@ -243,42 +246,15 @@ export class CxrModel {
     return tf.matMul(pooled, this.p<tf.Tensor2D>('visual.proj'));
   }
 
-  private block(x: tf.Tensor2D, i: number, B: number, Tk: number): tf.Tensor2D {
-    const c = this.config;
-    const W = c.width;
-    const H = c.heads;
-    const d = W / H;
-    const b = `visual.transformer.resblocks.${i}`;
-    const eps = c.lnEps ?? 1e-5;
-    const a = layerNorm(x, this.p(`${b}.ln_1.weight`), this.p(`${b}.ln_1.bias`), eps);
-    const qkv = dense(a, this.p(`${b}.attn.in_proj_weight`), this.p(`${b}.attn.in_proj_bias`));
-    const [q, k, v] = attentionHeads(qkv, B, H, d ** -0.5);
-    const scores = tf.matMul(q, k, false, true);
-    const ctx = tf.matMul(softmax(scores), v);
-    const merged = tf.reshape(tf.transpose(tf.reshape(ctx, [B, H, Tk, d]), [0, 2, 1, 3]), [B * Tk, W]) as tf.Tensor2D;
-    // The residual adds and c_fc's GELU go with the dense layers (fused kernels on wasm).
-    const x1 = dense(merged, this.p(`${b}.attn.out_proj.weight`), this.p(`${b}.attn.out_proj.bias`), { residual: x });
-    const m = layerNorm(x1, this.p(`${b}.ln_2.weight`), this.p(`${b}.ln_2.bias`), eps);
-    if (c.act === 'quick_gelu') {
-      const hid = quickGelu(dense(m, this.p(`${b}.mlp.c_fc.weight`), this.p(`${b}.mlp.c_fc.bias`)));
-      return dense(hid, this.p(`${b}.mlp.c_proj.weight`), this.p(`${b}.mlp.c_proj.bias`), { residual: x1 });
-    }
-    return residualMlp(
-      m,
-      this.p(`${b}.mlp.c_fc.weight`),
-      this.p(`${b}.mlp.c_fc.bias`),
-      this.p(`${b}.mlp.c_proj.weight`),
-      this.p(`${b}.mlp.c_proj.bias`),
-      x1,
-    );
-  }
-
   /** Label-prompt embeddings through the trainable head (text head only). */
   encodeText(): TextEmbeddings {
     const c = this.config;
     if (c.head !== 'text') throw new Error('model: the linear head has no text branch');
     const L = c.labels.length;
-    const e = this.fixedPrompts ?? this.p<tf.Tensor2D>('text.prompt_embeddings');
+    const e =
+      c.text.kind === 'tower'
+        ? encodeTextTower(this.param, c.text.tower, c.text.tokens)
+        : (this.fixedPrompts ?? this.p<tf.Tensor2D>('text.prompt_embeddings'));
     const h = dense(e, this.p('text.head.fc1.weight'), this.p('text.head.fc1.bias'));
     const t = dense(gelu(h), this.p('text.head.fc2.weight'), this.p('text.head.fc2.bias'), { residual: h });
     const [names, positive, negative] = tf.split(t, [L, L, L], 0) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];

@@ -90,7 +90,25 @@ export function trainOptions<T>(y: Argv<T>) {
       type: 'number',
       default: 0,
       describe: 'horizontal-flip probability with --augment (default 0: laterality matters in chest films)',
-    });
+    })
+    .option('pretrained', {
+      type: 'string',
+      describe:
+        'open_clip / model hub directory (open_clip_config.json + weights): the model shape and initial weights, instead of --model',
+    })
+    .option('image-mean', imageNormOption('mean'))
+    .option('image-std', imageNormOption('std'));
+}
+
+/** --image-mean / --image-std: three numbers, R G B. */
+export function imageNormOption(which: 'mean' | 'std') {
+  return {
+    type: 'number',
+    array: true,
+    describe:
+      `per-channel (R G B) ${which} of the RGB preprocessing the imported/exported weights expect ` +
+      `(default: preprocess_cfg of --pretrained, CLIP's for vit-b16)`,
+  } as const;
 }
 
 /** Where the workers run and how the job is watched (train and demo). */
@@ -158,6 +176,10 @@ export const trainCommand: CommandModule<object, TrainArgs> = {
       .example(
         '$0 --workers 2 --data data/nih64 --out runs/a --epochs 16 --batch-size 64 --resume auto',
         'continue runs/a on 2 workers from its last checkpoint',
+      )
+      .example(
+        '$0 --data data/cxr224 --out runs/b --pretrained models/BiomedCLIP --lr 1e-5 --epochs 2',
+        'start from BiomedCLIP as downloaded from the model hub (docs/model.md)',
       )
       .example('$0 --config train.yaml --lr 1e-4', 'options from a file, one overridden') as unknown as Argv<TrainArgs>,
   handler: (args) => runTraining(args),

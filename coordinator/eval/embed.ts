@@ -15,7 +15,7 @@ import { UserError } from '../../shared/util/errors.js';
 import { writeFileAtomic } from '../../shared/util/fs-atomic.js';
 import { initBackend, type BackendChoice } from '../../kernels/backend.js';
 import { scoreRows } from '../../model/predict.js';
-import { loadModelFor } from './saved-model.js';
+import { loadModelFor, type ModelSource, sourceName } from './saved-model.js';
 import type { SplitName } from '../train/config.js';
 
 /**
@@ -37,7 +37,7 @@ export interface EmbedResult {
 const CHUNK = 128;
 
 export async function embedSplit(
-  o: { checkpoint: string; data: string; split: SplitName; out: string; backend: BackendChoice },
+  o: { checkpoint: ModelSource; data: string; split: SplitName; out: string; backend: BackendChoice },
   log: (line: string) => void,
 ): Promise<EmbedResult> {
   const backend = await initBackend(o.backend);
@@ -54,7 +54,7 @@ export async function embedSplit(
       const schema = embeddingSchema(dim, L, {
         labels: ds.labelNames,
         split: o.split,
-        checkpoint: o.checkpoint,
+        checkpoint: sourceName(o.checkpoint),
         model: model.config.preset,
       });
       const batches: RecordBatch[] = [];

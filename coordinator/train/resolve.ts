@@ -1,9 +1,11 @@
 import type { Dataset } from '../../shared/dataset/reader.js';
 import type { ParamLayout } from '../../shared/params.js';
 import { UserError } from '../../shared/util/errors.js';
+import type { Logger } from '../../shared/util/log.js';
 import { labelPriorTarget } from '../../model/label-prior.js';
 import { uncertaintyPolicies } from '../../model/targets.js';
-import { resolveModelConfig } from '../../model/config.js';
+import type { Rgb } from '../../model/config.js';
+import { modelConfigFor } from '../../model/pretrained/model.js';
 import { loadTextEmbeddings } from '../../model/text-embeddings.js';
 import { DEFAULT_ADAMW, type RunConfig, type TrainConfig } from '../../model/train-config.js';
 import { modelLayout } from '../../model/vit.js';
@@ -25,7 +27,7 @@ export interface ResolvedRun {
 }
 
 /** Check `cfg` against the opened dataset and derive the model, the schedule's length and the loss options. */
-export async function resolveRun(cfg: TrainConfig, ds: Dataset): Promise<ResolvedRun> {
+export async function resolveRun(cfg: TrainConfig, ds: Dataset, log: Logger): Promise<ResolvedRun> {
   const { height, width } = ds.manifest.image;
   if (height !== width)
     throw new UserError(`${cfg.data}: images are ${height}x${width}; the model needs square images (prepare with --size)`);
@@ -43,14 +45,18 @@ export async function resolveRun(cfg: TrainConfig, ds: Dataset): Promise<Resolve
   if (cfg.eval !== 'none' && ds.split(cfg.eval).length === 0)
     throw new UserError(`the ${cfg.eval} split of ${cfg.data} is empty; use --eval with another split or none`);
   const text = cfg.textEmbeddings ? loadTextEmbeddings(cfg.textEmbeddings, labels) : null;
-  const model = resolveModelConfig({
+  const image = cfg.imageMean && cfg.imageStd ? { mean: cfg.imageMean as unknown as Rgb, std: cfg.imageStd as unknown as Rgb } : undefined;
+  const model = await modelConfigFor(cfg.pretrained ?? null, {
     preset: cfg.model,
     imageSize: height,
     labels,
     head: cfg.head,
     textEmbeddingsFile: cfg.textEmbeddings,
     ...(text ? { textDim: text.dim } : {}),
+    ...(image ? { image } : {}),
   });
+  if (model.pretrained)
+    log.info(`pretrained ${model.pretrained.tower} image tower from ${model.pretrained.weights} (sha256 ${model.pretrained.sha256})`);
   const set = labelSetFor(ds.manifest.labelSet, labels);
   const posWeight = cfg.posWeight === 'balanced' ? await trainingPosWeights(ds) : null;
   const layout = modelLayout(model);

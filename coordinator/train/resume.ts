@@ -35,6 +35,7 @@ export async function chooseResume(
     requireConfig: {
       'model.preset': saved.model.preset,
       'model.head': saved.model.head,
+      'model.pretrained.sha256': saved.model.pretrained?.sha256,
       labelSet: saved.labelSet,
       seed: saved.seed,
       globalBatch: saved.globalBatch,

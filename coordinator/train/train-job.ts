@@ -1,6 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { openDataset } from '../../shared/dataset/reader.js';
+import { UserError } from '../../shared/util/errors.js';
 import type { Logger } from '../../shared/util/log.js';
 import { createProgress } from '../../shared/util/progress.js';
 import { COLLECTIVES_ENV } from '../../shared/config/worker-env.js';
@@ -59,8 +60,10 @@ export interface TrainJobResult {
 export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Promise<TrainJobResult> {
   const ds = await openDataset(cfg.data);
   try {
-    const r = await resolveRun(cfg, ds);
     const ck = o.checkpoints ?? {};
+    if (cfg.pretrained && ck.initWeights)
+      throw new UserError('--pretrained and --init-weights exclude each other: the directory already names the weights');
+    const r = await resolveRun(cfg, ds, o.log);
     const saved = checkpointConfig(r.run, r.fixedPrompts, r.source.size);
     const resume = await chooseResume(ck.resume, r.run, saved, r.layout, o.log);
     const startStep = resume?.step ?? 0;

@@ -19,7 +19,11 @@ import { openStateDict, type StateDict } from './state-dict.js';
  * conv is exactly sum_c (0.25 / std_c) W_c x plus, per output channel, the constant
  * k = sum_c sum_taps W_c (0.5 - mean_c) / std_c (plus timm's conv bias), which is the same for
  * every patch and so lives in the patch rows of the position embedding. Import folds, export
- * unfolds (docs/model.md). Everything else (text branch, heads, logit_scale) keeps its name and shape.
+ * unfolds (docs/model.md). The text towers (model/text/) have open_clip's names on both sides; their
+ * nn.Linear weights are transposed like the image tower's (CLIP's resblocks; BERT's query, key,
+ * value, attention.output.dense, intermediate.dense, output.dense, pooler.dense; HFTextEncoder's
+ * proj), embeddings and CLIP's text_projection [width, dim] are not. Everything else (the text
+ * head, logit_scale) keeps its name and shape.
  */
 export type ImageTower = 'open-clip-vit' | 'timm-vit';
 
@@ -30,7 +34,16 @@ export interface TorchFormat {
   readonly imageStd?: readonly number[];
 }
 
-const TRANSPOSED = /^visual\..*\.(attn\.in_proj_weight|attn\.out_proj\.weight|mlp\.c_fc\.weight|mlp\.c_proj\.weight)$/;
+const TRANSPOSED = new RegExp(
+  [
+    // open_clip's transformer blocks, in the image tower and in CLIP's text tower (top-level in the
+    // CLIP class, under `text.` in CustomTextCLIP).
+    String.raw`^(visual\..*|(text\.)?transformer\.resblocks\.\d+)\.(attn\.in_proj_weight|attn\.out_proj\.weight|mlp\.c_fc\.weight|mlp\.c_proj\.weight)$`,
+    // Hugging Face BERT's nn.Linear layers and open_clip's HFTextEncoder projection.
+    String.raw`^text\.transformer\.(encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)|pooler\.dense)\.weight$`,
+    String.raw`^text\.proj(\.\d+)?\.weight$`,
+  ].join('|'),
+);
 const CONV1 = 'visual.conv1.weight';
 const POS = 'visual.positional_embedding';
 const TIMM_BIAS = 'visual.trunk.patch_embed.proj.bias';
@@ -76,7 +89,7 @@ function transposed(name: string, fmt: TorchFormat): boolean {
 }
 
 /** The PyTorch (open_clip) shape of a layout entry. */
-export function openClipShape(e: ParamEntry, fmt: TorchFormat = {}): number[] {
+export function openClipShape(e: Pick<ParamEntry, 'name' | 'shape'>, fmt: TorchFormat = {}): number[] {
   if (e.name === CONV1) {
     const [kh, kw, , out] = conv1Dims(e);
     return [out, 3, kh, kw];
@@ -204,6 +217,12 @@ export function openClipTensors(layout: ParamLayout, params: Float32Array, fmt: 
       data: new Float32Array(conv.shape[3]!),
     });
   return out;
+}
+
+/** One tensor other than the stem read in PyTorch's layout (openClipShape) as the layout entry's TensorFlow.js layout. */
+export function fromOpenClipLayout(e: Pick<ParamEntry, 'name' | 'shape'>, src: Float32Array, fmt: TorchFormat = {}): Float32Array {
+  if (e.name === CONV1) throw new Error('fromOpenClipLayout: the stem is folded with the position embedding (loadInitWeights)');
+  return transposed(e.name, fmt) ? transpose2d(src, e.shape[1]!, e.shape[0]!) : src;
 }
 
 export interface InitWeights {

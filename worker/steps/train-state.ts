@@ -1,6 +1,7 @@
 import { loadCheckpoint, loadInitWeights } from '../../shared/checkpoint/index.js';
 import { shardRange } from '../../shared/shard.js';
 import type { Logger } from '../../shared/util/log.js';
+import { loadPretrainedParams } from '../../model/pretrained/model.js';
 import type { TrainStepConfig } from '../../model/train-config.js';
 import { CxrModel, initialParams } from '../../model/vit.js';
 import { spansBuffer } from '../collectives/threaded-group.js';
@@ -38,6 +39,14 @@ export async function buildTrainState(
     if (o.rank === 0)
       o.log.info(
         `initial weights from ${t.initWeights}: ${w.loaded.length} tensors loaded, ${w.missing.length} kept fresh (${w.missing.slice(0, 5).join(', ')}${w.missing.length > 5 ? ', ...' : ''})`,
+      );
+  } else if (config.pretrained) {
+    const w = await loadPretrainedParams(config, params);
+    params = w.params;
+    model.assignFlat(params);
+    if (o.rank === 0)
+      o.log.info(
+        `pretrained weights from ${config.pretrained.weights}: ${w.loaded.length} tensors loaded, ${w.missing.length} kept fresh, ${w.unused.length} of the file not used`,
       );
   }
   // The parameter all-gather moves `params` to the comm thread and back (no copy): it must own its
