@@ -104,16 +104,26 @@ export class ContrastiveLoss {
     this.N = o.rowCounts.reduce((a, b) => a + b, 0);
   }
 
-  /** The global loss from this rank's image [n, Dz] and text [n, Dt] embeddings and raw labels [n*L]. */
-  forward(imageEmb: tf.Tensor2D, textEmb: tf.Tensor2D, labels: Float32Array, logitScale: tf.Scalar): tf.Scalar {
+  /**
+   * The global loss from this rank's image [n, Dz] and text [n, Dt] embeddings and raw labels [n*L].
+   * `gathered`: every rank's packRows([labels, image, text]) when the caller gathered them before
+   * the tape (a backend that cannot read inside it); absent, this gathers them itself.
+   */
+  forward(
+    imageEmb: tf.Tensor2D,
+    textEmb: tf.Tensor2D,
+    labels: Float32Array,
+    logitScale: tf.Scalar,
+    gathered?: Float32Array | null,
+  ): tf.Scalar {
     const { world, rowCounts } = this.o;
     const L = labels.length / imageEmb.shape[0];
     let Z = imageEmb;
     let T = textEmb;
     let allLabels = labels;
     if (world > 1) {
-      const local = packRows([labels, imageEmb.dataSync() as Float32Array, textEmb.dataSync() as Float32Array]);
-      const g = splitRows(this.o.gather(local), rowCounts, [L, imageEmb.shape[1], textEmb.shape[1]]);
+      const all = gathered ?? this.o.gather(packRows([labels, imageEmb.dataSync() as Float32Array, textEmb.dataSync() as Float32Array]));
+      const g = splitRows(all, rowCounts, [L, imageEmb.shape[1], textEmb.shape[1]]);
       allLabels = g[0]!;
       Z = withLiveSlice(g[1]!, imageEmb, this.offset);
       T = withLiveSlice(g[2]!, textEmb, this.offset);

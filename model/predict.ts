@@ -52,8 +52,8 @@ export async function scoreRows<B extends ScoredBatch>(
       if (embeddings) r.z = tf.div(z, tf.maximum(tf.norm(z, 'euclidean', 1, true), 1e-12));
       return r;
     });
-    const chunkScores = out.logits ? (out.logits.dataSync() as Float32Array) : null;
-    const chunkEmb = out.z ? (out.z.dataSync() as Float32Array) : null;
+    const chunkScores = out.logits ? ((await out.logits.data()) as Float32Array) : null;
+    const chunkEmb = out.z ? ((await out.z.data()) as Float32Array) : null;
     for (const t of Object.values(out)) t.dispose();
     if (chunkScores) scores!.set(chunkScores, s * L);
     if (chunkEmb) embeddings!.set(chunkEmb, s * D);

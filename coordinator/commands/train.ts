@@ -121,7 +121,11 @@ export function jobOptions<T>(y: Argv<T>) {
       type: 'string',
       describe: 'job token remote workers must present (default: $CXR_JOB_TOKEN; generated for local workers)',
     })
-    .option('gpu', { type: 'boolean', default: false, describe: 'pin local workers to GPUs (CUDA_VISIBLE_DEVICES)' })
+    .option('gpu', {
+      type: 'boolean',
+      default: false,
+      describe: 'pin local worker i to GPU i (CUDA_VISIBLE_DEVICES; for WebGPU, Mesa device selection: docs/gpu.md)',
+    })
     .option('prefetch', { type: 'number', default: 2, describe: 'batches queued ahead per worker' })
     .option('params-check-every', { type: 'number', default: 50, describe: 'compare replica parameter hashes every K steps' })
     .option('metrics-port', { type: 'number', describe: 'serve Prometheus /metrics and /healthz on this port' })

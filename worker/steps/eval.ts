@@ -44,7 +44,7 @@ export class Evaluator {
         const e = this.model.encodeText().names;
         return tf.div(e, tf.norm(e, 'euclidean', 1, true));
       });
-      const labelEmbeddings = Float32Array.from(names.dataSync());
+      const labelEmbeddings = Float32Array.from(await names.data());
       names.dispose();
       await writeRunEmbeddings(run.out, { labels: labelNames, labelEmbeddings, testEmbeddings: r.embeddings, testLabels: r.labels });
     }
