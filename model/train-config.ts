@@ -3,7 +3,8 @@ import { z } from 'zod';
 import { AUGMENT_LEVELS, augmentPolicy } from '../shared/augment/policy.js';
 import { UserError } from '../shared/util/errors.js';
 import { BACKEND_CHOICES } from '../kernels/backend.js';
-import { checkRgb, MODEL_PRESETS, type ModelConfig, type Rgb } from './config.js';
+import { checkRgb, checkVisualHead, MODEL_PRESETS, type ModelConfig, type Rgb, VISUAL_HEADS } from './config.js';
+import { PRIOR_SCOPES, type PriorScope } from './prior-scope.js';
 import type { LabelPriorKind } from './label-prior.js';
 import type { BlankPolicy, UncertaintyPolicy } from './targets.js';
 
@@ -48,6 +49,9 @@ const trainFlagsSchema = z.object({
   wCon: nonNegative,
   wPrior: nonNegative,
   labelPrior: z.enum(['orth', 'graph']),
+  priorScope: z.enum(PRIOR_SCOPES).optional(),
+  visualHead: z.enum(VISUAL_HEADS).optional(),
+  visualHeadLayers: z.number().optional(),
   uncertainty: z.string(),
   uncertaintyLabel: z.array(z.string()),
   blank: z.enum(['mask', 'zeros']),
@@ -69,7 +73,17 @@ export type EvalSplit = 'test' | 'val' | 'none';
 /** The one training configuration: the flags, checked, with paths absolute and exactly one of epochs/steps. */
 export type TrainConfig = Omit<
   z.output<typeof trainFlagsSchema>,
-  'epochs' | 'steps' | 'textEmbeddings' | 'pretrained' | 'imageMean' | 'imageStd' | 'augment' | 'augmentHflip'
+  | 'epochs'
+  | 'steps'
+  | 'textEmbeddings'
+  | 'priorScope'
+  | 'visualHead'
+  | 'visualHeadLayers'
+  | 'pretrained'
+  | 'imageMean'
+  | 'imageStd'
+  | 'augment'
+  | 'augmentHflip'
 > & {
   epochs: number | null;
   steps: number | null;
@@ -77,6 +91,11 @@ export type TrainConfig = Omit<
   labelPrior: LabelPriorKind;
   blank: BlankPolicy;
   eval: EvalSplit;
+  /** --visual-head none|mlp|transformer and its block count; absent: none, 1. */
+  visualHead?: (typeof VISUAL_HEADS)[number];
+  visualHeadLayers?: number;
+  /** Which prompts the label prior covers (--prior-scope); absent: names. */
+  priorScope?: PriorScope;
   /** A pretrained model directory (--pretrained): the model's shape and initial weights; null: --model. */
   pretrained?: string | null;
   /** --image-mean / --image-std: RGB preprocessing of imported and exported weights (both or neither); null: the model's default. */
@@ -103,6 +122,7 @@ export function parseTrainConfig(flags: TrainFlags | Record<string, unknown>): T
   const a = parsed.data;
   if (a.epochs !== undefined && a.steps !== undefined) throw new UserError('give --epochs or --steps, not both');
   augmentPolicy(a.augment ?? 'none', a.augmentHflip ?? 0);
+  checkVisualHead(a.visualHead ?? 'none', a.visualHeadLayers ?? 1);
   const image = imageNorm(a.imageMean, a.imageStd);
   return {
     ...a,
@@ -111,6 +131,9 @@ export function parseTrainConfig(flags: TrainFlags | Record<string, unknown>): T
     epochs: a.steps === undefined ? (a.epochs ?? 1) : null,
     steps: a.steps ?? null,
     textEmbeddings: a.textEmbeddings ? path.resolve(a.textEmbeddings) : null,
+    priorScope: a.priorScope ?? 'names',
+    visualHead: a.visualHead ?? 'none',
+    visualHeadLayers: a.visualHeadLayers ?? 1,
     pretrained: a.pretrained ? path.resolve(a.pretrained) : null,
     imageMean: image ? [...image.mean] : null,
     imageStd: image ? [...image.std] : null,
@@ -147,7 +170,7 @@ export interface ResolvedTrain {
   /** Per-label positive weights (--pos-weight balanced), or null. */
   readonly posWeight: number[] | null;
   readonly uncertainty: UncertaintyPolicy[];
-  /** The label-prior target similarity S [L*L] (--label-prior). */
+  /** The label-prior target similarity S [L*L] of the names (--label-prior); empty with --prior-scope states (the identity is implied). */
   readonly priorTarget: number[];
   /** Competition labels (mean AUROC over them), from the label set. */
   readonly competition: string[];

@@ -1,7 +1,8 @@
 import type { Argv, CommandModule } from 'yargs';
 import { BACKEND_CHOICES, type BackendChoice } from '../../kernels/backend.js';
 import { UNCERTAINTY_POLICIES } from '../../model/targets.js';
-import { MODEL_PRESETS } from '../../model/config.js';
+import { MODEL_PRESETS, VISUAL_HEADS } from '../../model/config.js';
+import { PRIOR_SCOPES, type PriorScope } from '../../model/prior-scope.js';
 import { parseTrainConfig, type TrainFlags } from '../../model/train-config.js';
 import { createLogger } from '../../shared/util/log.js';
 import { writeReport } from '../report/index.js';
@@ -57,11 +58,22 @@ export function trainOptions<T>(y: Argv<T>) {
       default: 'text' as const,
       describe: 'text: classify by label text embeddings; linear: visual-only baseline',
     })
+    .option('visual-head', {
+      choices: VISUAL_HEADS,
+      default: 'none' as const,
+      describe: 'trainable block on the image tower: mlp on the embedding, transformer over the tokens (docs/model.md)',
+    })
+    .option('visual-head-layers', { type: 'number', default: 1, describe: 'blocks of --visual-head transformer' })
     .option('text-embeddings', { type: 'string', describe: 'JSON of precomputed prompt vectors (docs/model.md); default learnable' })
     .option('w-cls', { type: 'number', default: 1, describe: 'classification loss weight (0: off)' })
     .option('w-con', { type: 'number', default: 0.5, describe: 'contrastive loss weight (0: off)' })
     .option('w-prior', { type: 'number', default: 0.1, describe: 'label prior loss weight (0: off)' })
     .option('label-prior', { choices: ['orth', 'graph'] as const, default: 'graph' as const })
+    .option('prior-scope', {
+      choices: PRIOR_SCOPES,
+      default: 'names' as PriorScope,
+      describe: 'label prior on the label names (target from --label-prior), the 2L state prompts (identity), or all',
+    })
     .option('uncertainty', {
       type: 'string',
       choices: UNCERTAINTY_POLICIES as unknown as string[],

@@ -4,7 +4,7 @@ import { UserError } from '../../shared/util/errors.js';
 import type { Logger } from '../../shared/util/log.js';
 import { labelPriorTarget } from '../../model/label-prior.js';
 import { uncertaintyPolicies } from '../../model/targets.js';
-import type { Rgb } from '../../model/config.js';
+import { type Rgb, withVisualHead } from '../../model/config.js';
 import { modelConfigFor } from '../../model/pretrained/model.js';
 import { loadTextEmbeddings } from '../../model/text-embeddings.js';
 import { DEFAULT_ADAMW, type RunConfig, type TrainConfig } from '../../model/train-config.js';
@@ -46,15 +46,19 @@ export async function resolveRun(cfg: TrainConfig, ds: Dataset, log: Logger): Pr
     throw new UserError(`the ${cfg.eval} split of ${cfg.data} is empty; use --eval with another split or none`);
   const text = cfg.textEmbeddings ? loadTextEmbeddings(cfg.textEmbeddings, labels) : null;
   const image = cfg.imageMean && cfg.imageStd ? { mean: cfg.imageMean as unknown as Rgb, std: cfg.imageStd as unknown as Rgb } : undefined;
-  const model = await modelConfigFor(cfg.pretrained ?? null, {
-    preset: cfg.model,
-    imageSize: height,
-    labels,
-    head: cfg.head,
-    textEmbeddingsFile: cfg.textEmbeddings,
-    ...(text ? { textDim: text.dim } : {}),
-    ...(image ? { image } : {}),
-  });
+  const model = withVisualHead(
+    await modelConfigFor(cfg.pretrained ?? null, {
+      preset: cfg.model,
+      imageSize: height,
+      labels,
+      head: cfg.head,
+      textEmbeddingsFile: cfg.textEmbeddings,
+      ...(text ? { textDim: text.dim } : {}),
+      ...(image ? { image } : {}),
+    }),
+    cfg.visualHead ?? 'none',
+    cfg.visualHeadLayers ?? 1,
+  );
   if (model.pretrained)
     log.info(`pretrained ${model.pretrained.tower} image tower from ${model.pretrained.weights} (sha256 ${model.pretrained.sha256})`);
   const set = labelSetFor(ds.manifest.labelSet, labels);
@@ -72,7 +76,8 @@ export async function resolveRun(cfg: TrainConfig, ds: Dataset, log: Logger): Pr
       adamw: { ...DEFAULT_ADAMW, weightDecay: cfg.weightDecay },
       posWeight: posWeight ? Array.from(posWeight) : null,
       uncertainty: uncertaintyPolicies(labels, cfg.uncertainty, cfg.uncertaintyLabel),
-      priorTarget: Array.from(labelPriorTarget(cfg.labelPrior, labels, set)),
+      // The names' target; the state prompts' is the identity (model/prior-scope.ts).
+      priorTarget: cfg.priorScope === 'states' ? [] : Array.from(labelPriorTarget(cfg.labelPrior, labels, set)),
       competition: [...(set?.competition ?? [])],
     },
   };

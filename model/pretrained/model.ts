@@ -85,7 +85,14 @@ export async function loadPretrainedParams(c: ModelConfig, init: Float32Array): 
     throw new UserError(
       `${src.weights}: sha256 ${sha.slice(0, 12)}... is not the ${src.sha256.slice(0, 12)}... this run was configured with; the file changed`,
     );
-  return loadInitWeights(src.weights, modelLayout(c), init, torchFormat(c), (name) => name.startsWith('visual.'));
+  // The image tower must be in the file; the visual head (--visual-head) never is, and starts fresh.
+  return loadInitWeights(
+    src.weights,
+    modelLayout(c),
+    init,
+    torchFormat(c),
+    (name) => name.startsWith('visual.') && !name.startsWith('visual.head.'),
+  );
 }
 
 /**

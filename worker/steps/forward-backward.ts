@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { CxrModel } from '../../model/vit.js';
-import { classificationLoss, ContrastiveLoss, labelPriorLoss, packRows, sampleTextEmbeddings } from '../../model/losses.js';
+import { classificationLoss, ContrastiveLoss, packRows, sampleTextEmbeddings } from '../../model/losses.js';
+import { scopedPriorLoss, type PriorScope } from '../../model/prior-scope.js';
 import { resolveTargets, type TargetOptions } from '../../model/targets.js';
 import { readsSynchronously } from '../../model/tensor-storage.js';
 
@@ -43,8 +44,10 @@ export interface StepOptions {
   targets: TargetOptions;
   /** Per-label positive weights, or null for none. */
   posWeight: Float32Array | null;
-  /** Label-prior target S [L*L] (used when weights.labelPrior > 0). */
+  /** Label-prior target S [L*L] of the names (used when weights.labelPrior > 0 and the scope has names). */
   priorTarget: Float32Array;
+  /** Which prompts the label prior covers (model/prior-scope.ts); absent: names. */
+  priorScope?: PriorScope;
 }
 
 /** This rank's slice of a global batch. */
@@ -98,6 +101,7 @@ export async function computeGradients(
   const w = opts.weights;
   const useContrastive = textHead && w.contrastive > 0;
   const usePrior = textHead && w.labelPrior > 0;
+  const scope = opts.priorScope ?? 'names';
 
   const sizes = comm.rowCounts ? [...comm.rowCounts] : Array.from(await comm.allGather(Float32Array.of(n)));
   if (sizes[comm.rank] !== n) throw new Error(`step: this rank holds ${n} rows, the batch plan says ${sizes[comm.rank]}`);
@@ -116,7 +120,7 @@ export async function computeGradients(
   const { grads, value } = tf.tidy(() => {
     const { x, tgt, msk } = inputs();
     const pw = opts.posWeight ? tf.tensor1d(opts.posWeight) : null;
-    const S = usePrior ? tf.tensor2d(opts.priorTarget, [L, L]) : null;
+    const S = usePrior && scope !== 'states' ? tf.tensor2d(opts.priorTarget, [L, L]) : null;
     return tf.variableGrads(() => {
       const z = model.encodeImages(x);
       let con: tf.Scalar = tf.scalar(0);
@@ -127,7 +131,7 @@ export async function computeGradients(
         const t = sampleTextEmbeddings(text.positive, text.negative, tgt, msk);
         con = contrastive.forward(z, t, batch.labels, model.p<tf.Scalar>('logit_scale'), gatheredBefore);
       }
-      if (text && usePrior) prior = labelPriorLoss(text.names, S!, comm.world);
+      if (text && usePrior) prior = scopedPriorLoss(text, scope, S, comm.world);
       kept.push(tf.keep(cls), tf.keep(con), tf.keep(prior));
       return tf.addN([tf.mul(cls, w.classification), tf.mul(con, w.contrastive), tf.mul(prior, w.labelPrior)]) as tf.Scalar;
     }, model.variables);

@@ -66,6 +66,7 @@ async function trainStepWith(ctx: StepContext, t: TrainStepConfig, pg: ThreadedP
     targets: { uncertainty: run.resolved.uncertainty, blank: run.blank, seed: job.seed },
     posWeight: run.resolved.posWeight ? Float32Array.from(run.resolved.posWeight) : null,
     priorTarget: Float32Array.from(run.resolved.priorTarget),
+    priorScope: run.priorScope ?? 'names',
   };
   const saver = new ShardSaver({ out: run.out, rank, world, own: optimizer.own, control: ctx.control }, model.layout);
   const evaluator = new Evaluator(model, run, pg, { rank, world, seed: job.seed });
