@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { buildLayout, type ParamLayout } from '../shared/params.js';
 import { labelText } from '../shared/labels.js';
-import { type ModelConfig, tokenCount } from './config.js';
-import { attentionHeads, dense, gelu, layerNorm, residualMlp, softmax } from './layers.js';
+import { type ModelConfig, mlpWidth, tokenCount } from './config.js';
+import { attentionHeads, dense, gelu, layerNorm, quickGelu, residualMlp, softmax } from './layers.js';
 import { mulberry32, normalSource } from '../shared/random/generators.js';
 import { overwriteVariable, readInto } from './tensor-storage.js';
 
@@ -50,6 +50,7 @@ function paramSpecs(c: ModelConfig): Spec[] {
   const scale = W ** -0.5;
   const projStd = scale * (2 * c.layers) ** -0.5;
   const fcStd = (2 * W) ** -0.5;
+  const M = mlpWidth(c);
   const s: Spec[] = [];
   const p = (name: string, shape: number[], decay: boolean, init: Spec['init']) => s.push({ name, shape, decay, init });
   const ones = { value: 1 };
@@ -57,8 +58,10 @@ function paramSpecs(c: ModelConfig): Spec[] {
   p('visual.conv1.weight', [c.patchSize, c.patchSize, 1, W], true, { std: (c.patchSize * c.patchSize) ** -0.5 });
   p('visual.class_embedding', [W], false, { std: scale });
   p('visual.positional_embedding', [tokenCount(c), W], false, { std: c.posInitStd ?? scale });
-  p('visual.ln_pre.weight', [W], false, ones);
-  p('visual.ln_pre.bias', [W], false, zeros);
+  if (c.lnPre ?? true) {
+    p('visual.ln_pre.weight', [W], false, ones);
+    p('visual.ln_pre.bias', [W], false, zeros);
+  }
   for (let i = 0; i < c.layers; i++) {
     const b = `visual.transformer.resblocks.${i}`;
     p(`${b}.ln_1.weight`, [W], false, ones);
@@ -69,9 +72,9 @@ function paramSpecs(c: ModelConfig): Spec[] {
     p(`${b}.attn.out_proj.bias`, [W], false, zeros);
     p(`${b}.ln_2.weight`, [W], false, ones);
     p(`${b}.ln_2.bias`, [W], false, zeros);
-    p(`${b}.mlp.c_fc.weight`, [W, 4 * W], true, { std: fcStd });
-    p(`${b}.mlp.c_fc.bias`, [4 * W], false, zeros);
-    p(`${b}.mlp.c_proj.weight`, [4 * W, W], true, { std: projStd });
+    p(`${b}.mlp.c_fc.weight`, [W, M], true, { std: fcStd });
+    p(`${b}.mlp.c_fc.bias`, [M], false, zeros);
+    p(`${b}.mlp.c_proj.weight`, [M, W], true, { std: projStd });
     p(`${b}.mlp.c_proj.bias`, [W], false, zeros);
   }
   p('visual.ln_post.weight', [W], false, ones);
@@ -209,12 +212,14 @@ export class CxrModel {
     const stem = tf.reshape(tf.matMul(patches, tf.reshape(this.p('visual.conv1.weight'), [P * P, W])), [B, G, W]);
     const cls = tf.broadcastTo(tf.reshape(this.p('visual.class_embedding'), [1, 1, W]), [B, 1, W]);
     const tokens = tf.add(tf.concat([cls, stem], 1), this.p('visual.positional_embedding'));
-    let h = layerNorm(tf.reshape(tokens, [B * Tk, W]) as tf.Tensor2D, this.p('visual.ln_pre.weight'), this.p('visual.ln_pre.bias'));
+    const eps = c.lnEps ?? 1e-5;
+    let h = tf.reshape(tokens, [B * Tk, W]) as tf.Tensor2D;
+    if (c.lnPre ?? true) h = layerNorm(h, this.p('visual.ln_pre.weight'), this.p('visual.ln_pre.bias'), eps);
     for (let i = 0; i < c.layers; i++) h = this.block(h, i, B, Tk);
     // ln_post on every token, then the patch tokens [B, G, W] (open_clip's final_ln_after_pool=False).
     const patchesAfterLnPost = () =>
       tf.slice(
-        tf.reshape(layerNorm(h, this.p('visual.ln_post.weight'), this.p('visual.ln_post.bias')), [B, Tk, W]),
+        tf.reshape(layerNorm(h, this.p('visual.ln_post.weight'), this.p('visual.ln_post.bias'), eps), [B, Tk, W]),
         [0, 1, 0],
         [B, G, W],
       ) as tf.Tensor3D;
@@ -232,7 +237,7 @@ export class CxrModel {
       pooled = tf.mean(patchesAfterLnPost(), 1) as tf.Tensor2D;
     } else {
       const clsOut = tf.reshape(tf.slice(tf.reshape(h, [B, Tk, W]), [0, 0, 0], [B, 1, W]), [B, W]) as tf.Tensor2D;
-      pooled = layerNorm(clsOut, this.p('visual.ln_post.weight'), this.p('visual.ln_post.bias'));
+      pooled = layerNorm(clsOut, this.p('visual.ln_post.weight'), this.p('visual.ln_post.bias'), eps);
     }
     return tf.matMul(pooled, this.p<tf.Tensor2D>('visual.proj'));
   }
@@ -243,7 +248,8 @@ export class CxrModel {
     const H = c.heads;
     const d = W / H;
     const b = `visual.transformer.resblocks.${i}`;
-    const a = layerNorm(x, this.p(`${b}.ln_1.weight`), this.p(`${b}.ln_1.bias`));
+    const eps = c.lnEps ?? 1e-5;
+    const a = layerNorm(x, this.p(`${b}.ln_1.weight`), this.p(`${b}.ln_1.bias`), eps);
     const qkv = dense(a, this.p(`${b}.attn.in_proj_weight`), this.p(`${b}.attn.in_proj_bias`));
     const [q, k, v] = attentionHeads(qkv, B, H, d ** -0.5);
     const scores = tf.matMul(q, k, false, true);
@@ -251,7 +257,11 @@ export class CxrModel {
     const merged = tf.reshape(tf.transpose(tf.reshape(ctx, [B, H, Tk, d]), [0, 2, 1, 3]), [B * Tk, W]) as tf.Tensor2D;
     // The residual adds and c_fc's GELU go with the dense layers (fused kernels on wasm).
     const x1 = dense(merged, this.p(`${b}.attn.out_proj.weight`), this.p(`${b}.attn.out_proj.bias`), { residual: x });
-    const m = layerNorm(x1, this.p(`${b}.ln_2.weight`), this.p(`${b}.ln_2.bias`));
+    const m = layerNorm(x1, this.p(`${b}.ln_2.weight`), this.p(`${b}.ln_2.bias`), eps);
+    if (c.act === 'quick_gelu') {
+      const hid = quickGelu(dense(m, this.p(`${b}.mlp.c_fc.weight`), this.p(`${b}.mlp.c_fc.bias`)));
+      return dense(hid, this.p(`${b}.mlp.c_proj.weight`), this.p(`${b}.mlp.c_proj.bias`), { residual: x1 });
+    }
     return residualMlp(
       m,
       this.p(`${b}.mlp.c_fc.weight`),

@@ -9,6 +9,7 @@ import { writeReport } from '../report/index.js';
 import { trainDistributed } from '../train/train-job.js';
 import type { TrainConfig } from '../train/config.js';
 import { checkpointFlags } from '../train/checkpoint-flags.js';
+import { AUGMENT_LEVELS, augmentPolicy, type AugmentLevel } from '../../shared/augment/policy.js';
 
 export interface TrainArgs {
   workers: number;
@@ -37,6 +38,8 @@ export interface TrainArgs {
   blank: 'mask' | 'zeros';
   'pos-weight': 'none' | 'balanced';
   bootstrap: number;
+  augment?: AugmentLevel;
+  'augment-hflip'?: number;
   listen?: string;
   advertise?: string;
   'data-port'?: number;
@@ -106,7 +109,17 @@ export function trainOptions<T>(y: Argv<T>) {
       default: 'none' as const,
       describe: 'balanced: weight positives by neg/pos (clamped to 50)',
     })
-    .option('bootstrap', { type: 'number', default: 1000, describe: 'bootstrap replicates for the AUROC 95% CI (0: none)' });
+    .option('bootstrap', { type: 'number', default: 1000, describe: 'bootstrap replicates for the AUROC 95% CI (0: none)' })
+    .option('augment', {
+      choices: AUGMENT_LEVELS,
+      default: 'none' as AugmentLevel,
+      describe: 'training-image augmentation: crop, rotation, shift, brightness/contrast (docs/training.md)',
+    })
+    .option('augment-hflip', {
+      type: 'number',
+      default: 0,
+      describe: 'horizontal-flip probability with --augment (default 0: laterality matters in chest films)',
+    });
 }
 
 /** Where the workers run and how the job is watched (train and demo). */
@@ -138,6 +151,7 @@ export function toTrainConfig(a: ArgumentsCamelCase<TrainArgs> | TrainArgs): Tra
   if (args.epochs !== undefined) positive(args.epochs, '--epochs');
   for (const w of ['w-cls', 'w-con', 'w-prior', 'lr', 'weight-decay', 'clip-norm'] as const)
     if (!(args[w] >= 0)) throw new UserError(`--${w} must be >= 0, got ${args[w]}`);
+  augmentPolicy(args.augment ?? 'none', args['augment-hflip'] ?? 0);
   return {
     data: path.resolve(args.data),
     out: path.resolve(args.out),
@@ -165,6 +179,8 @@ export function toTrainConfig(a: ArgumentsCamelCase<TrainArgs> | TrainArgs): Tra
     blank: args.blank,
     posWeight: args['pos-weight'],
     bootstrap: args.bootstrap,
+    augment: args.augment ?? 'none',
+    augmentHflip: args['augment-hflip'] ?? 0,
   };
 }
 

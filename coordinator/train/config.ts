@@ -1,6 +1,7 @@
 import { BUILTIN_LABEL_SETS, loadLabelSet, type LabelSet } from '../../shared/labels.js';
 import type { BackendChoice } from '../../kernels/backend.js';
 import type { BlankPolicy, LabelPriorKind } from '../../model/losses.js';
+import type { AugmentLevel } from '../../shared/augment/policy.js';
 
 /**
  * The trainer's resolved configuration and what it needs of a dataset. Training itself runs in
@@ -48,6 +49,10 @@ export interface TrainConfig {
   blank: BlankPolicy;
   posWeight: 'none' | 'balanced';
   bootstrap: number;
+  /** Training-time augmentation (docs/training.md); absent: none. */
+  augment?: AugmentLevel;
+  /** Horizontal-flip probability on top of --augment; absent: 0. */
+  augmentHflip?: number;
 }
 
 /** The label set a dataset's labels belong to (by manifest name, else by identical label list). */

@@ -29,6 +29,7 @@ import { serveMetrics, TrainingMetrics } from '../ops/metrics-server.js';
 import { writeRunEnvironment } from '../report/environment.js';
 import { Sampler } from '../job/sampler.js';
 import { labelSetFor, type TrainConfig } from './config.js';
+import { augmentPolicy } from '../../shared/augment/policy.js';
 import type { CheckpointFlags } from './checkpoint-flags.js';
 
 /** Where and how the workers run (the rest of the run is TrainConfig). */
@@ -346,6 +347,7 @@ export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Pr
         startStep,
         steps: totalSteps - startStep,
         prefetch: o.prefetch,
+        augment: augmentPolicy(cfg.augment ?? 'none', cfg.augmentHflip ?? 0),
         checkpointAfter,
         onCheckpointShard,
         paramsCheckEvery: o.paramsCheckEvery ?? 50,
