@@ -76,11 +76,13 @@ interface ActiveOp {
 }
 
 /**
- * A group of ranks running collectives over ZeroMQ, the way torch.distributed runs them over gloo.
- * Every rank binds a PULL socket on its endpoint and connects a PUSH socket to every other rank;
- * data flows round the ring (rank r to r+1), the other links carry handshakes, acknowledgements
- * and failure notices. Collectives run one at a time in call order; every rank must call the
- * same collectives in the same order with matching sizes. See docs/collectives.md.
+ * A group of ranks running collectives, the way torch.distributed's ProcessGroup runs them over
+ * its backends: this is the front end (the API, the handshake, the op engine that runs a plan's
+ * messages with sequence numbers, generations and checks, and liveness and timeouts); the bytes
+ * move through transport/ (ZeroMQ sockets; shared memory to a same-host ring neighbour), and what
+ * moves when is algorithms/ (the ring and chain, the one-hop exchange, the shared buffers).
+ * Collectives run one at a time in call order; every rank must call the same collectives in the
+ * same order with matching sizes. See docs/collectives.md.
  */
 export class ProcessGroup {
   readonly rank: number;
@@ -281,10 +283,7 @@ export class ProcessGroup {
     if (!this.regionsOn) this.regions.length = 0;
   }
 
-  /**
-   * After the handshake: the successor has opened this rank's segment (or said why not), so its
-   * name can go; a segment nobody reads is closed at once.
-   */
+  /** After the handshake's answers: whether this rank's successor reads its segment (ShmLink.settle). */
   private settleShm(): void {
     if (this.world === 1) return;
     const note = this.shmLink.settle(this.links.get(this.successor) as { shm?: unknown; reason?: unknown } | undefined);
