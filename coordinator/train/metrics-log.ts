@@ -1,58 +1,95 @@
 import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import type { StepSummary } from '../job/control-server.js';
 
-/**
- * A run's metrics.jsonl, one line per step in step order. Opened at a resume point (a checkpoint's
- * step), it keeps the lines up to that step and drops the later ones, run before a crash and lost
- * with it, so that every step appears once however often the run was resumed or restarted.
- */
+/** One line of metrics.jsonl. */
+export interface MetricsRecord {
+  step: number;
+  epoch: number;
+  loss: number;
+  loss_classification: number;
+  loss_contrastive: number;
+  loss_label_prior: number;
+  lr: number;
+  grad_norm: number;
+  images_per_s: number;
+  time_compute_s: number;
+  time_gather_s: number;
+  time_reduce_s: number;
+  time_data_wait_s: number;
+  time_step_s: number;
+}
+
+/** The metrics.jsonl line of one step, from the ranks' reports (losses are global; times are the slowest rank's). */
+export function metricsRecord(s: StepSummary, stepSeconds: number): MetricsRecord {
+  const l = s.losses;
+  return {
+    step: s.step + 1,
+    epoch: s.epoch,
+    loss: l.loss ?? NaN,
+    loss_classification: l.loss_classification ?? NaN,
+    loss_contrastive: l.loss_contrastive ?? NaN,
+    loss_label_prior: l.loss_label_prior ?? NaN,
+    lr: l.lr ?? NaN,
+    grad_norm: l.grad_norm ?? NaN,
+    images_per_s: stepSeconds > 0 ? s.images / stepSeconds : 0,
+    time_compute_s: s.timings.compute,
+    time_gather_s: s.timings.gather,
+    time_reduce_s: s.timings.reduce,
+    time_data_wait_s: s.timings.dataWait,
+    time_step_s: stepSeconds,
+  };
+}
+
+/** The lines of a metrics.jsonl up to and including `step`. */
+export function linesUpTo(text: string, step: number): string {
+  return text
+    .split('\n')
+    .filter((l) => l.trim() && (JSON.parse(l) as { step: number }).step <= step)
+    .map((l) => l + '\n')
+    .join('');
+}
+
+/** The run's metrics.jsonl, appended to in step order without blocking the step reports. */
 export class MetricsLog {
   private writing: Promise<unknown> = Promise.resolve();
 
   private constructor(
-    private readonly file: string,
-    private fh: fsp.FileHandle,
+    private readonly path: string,
+    private file: fsp.FileHandle,
   ) {}
 
-  static async open(file: string, keepThrough: number): Promise<MetricsLog> {
-    await keepSteps(file, keepThrough);
+  /**
+   * A resumed run continues metrics.jsonl from the checkpoint: lines of steps after it (run before
+   * a crash, lost with it) are dropped so that every step appears once.
+   */
+  static async open(out: string, startStep: number): Promise<MetricsLog> {
+    const file = path.join(out, 'metrics.jsonl');
+    const kept = startStep > 0 ? linesUpTo(await fsp.readFile(file, 'utf8').catch(() => ''), startStep) : '';
+    await fsp.writeFile(file, kept);
     return new MetricsLog(file, await fsp.open(file, 'a'));
   }
 
-  /** Append one line (queued; lines stay in call order). */
-  write(record: { step: number }): void {
-    this.writing = this.writing.then(() => this.fh.write(JSON.stringify(record) + '\n'));
-  }
-
-  /** Wait for the queued lines; rethrows a failed write. */
-  flush(): Promise<unknown> {
-    return this.writing;
-  }
-
-  /** Go back to `step` (a restart from its checkpoint): drop the lines after it. */
+  /** Back to `step` (a restart in place from its checkpoint): the lines after it go, as at a resume. */
   async rewind(step: number): Promise<void> {
     await this.writing.catch(() => {});
-    await this.fh.close();
-    await keepSteps(this.file, step);
-    this.fh = await fsp.open(this.file, 'a');
+    await this.file.close();
+    await fsp.writeFile(this.path, step > 0 ? linesUpTo(await fsp.readFile(this.path, 'utf8'), step) : '');
+    this.file = await fsp.open(this.path, 'a');
     this.writing = Promise.resolve();
+  }
+
+  append(rec: MetricsRecord): void {
+    this.writing = this.writing.then(() => this.file.write(JSON.stringify(rec) + '\n'));
+  }
+
+  /** Every appended line written. */
+  async flushed(): Promise<void> {
+    await this.writing;
   }
 
   async close(): Promise<void> {
     await this.writing.catch(() => {});
-    await this.fh.close();
+    await this.file.close();
   }
-}
-
-/** Rewrite `file` with only its lines of steps <= `step` (none for step 0). */
-async function keepSteps(file: string, step: number): Promise<void> {
-  let kept = '';
-  if (step > 0) {
-    const old = await fsp.readFile(file, 'utf8').catch(() => '');
-    kept = old
-      .split('\n')
-      .filter((l) => l.trim() && (JSON.parse(l) as { step: number }).step <= step)
-      .map((l) => l + '\n')
-      .join('');
-  }
-  await fsp.writeFile(file, kept);
 }

@@ -6,7 +6,8 @@ import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { runSynth } from '../../coordinator/data/synth-run.js';
-import { toTrainConfig, type TrainArgs } from '../../coordinator/commands/train.js';
+import type { TrainArgs } from '../../coordinator/commands/train.js';
+import { parseTrainConfig } from '../../model/train-config.js';
 import { trainDistributed } from '../../coordinator/train/train-job.js';
 import { checkpointsDir } from '../../shared/checkpoint/index.js';
 import { createLogger } from '../../shared/util/log.js';
@@ -126,7 +127,7 @@ before(async () => {
     'pos-weight': 'none',
     bootstrap: 0,
   } as unknown as TrainArgs;
-  await trainDistributed(toTrainConfig(base), { log: createLogger('test', 'warn'), progress: false, workerOutput: () => {} });
+  await trainDistributed(parseTrainConfig(base), { log: createLogger('test', 'warn'), progress: false, workerOutput: () => {} });
   want = await readFile(path.join(straight, 'model.bin'));
 });
 after(async () => {
@@ -212,7 +213,7 @@ test('faults with --listen: a remote worker killed at step >= 10 rejoins (as a r
   };
   start(0);
   start(1);
-  const run = trainDistributed(toTrainConfig({ ...base, out, 'checkpoint-every': 4 } as TrainArgs), {
+  const run = trainDistributed(parseTrainConfig({ ...base, out, 'checkpoint-every': 4 } as TrainArgs), {
     log: createLogger('test', 'warn'),
     progress: false,
     listen: address,

@@ -6,7 +6,8 @@ import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { runSynth } from '../../coordinator/data/synth-run.js';
-import { toTrainConfig, type TrainArgs } from '../../coordinator/commands/train.js';
+import type { TrainArgs } from '../../coordinator/commands/train.js';
+import { parseTrainConfig } from '../../model/train-config.js';
 import { trainDistributed } from '../../coordinator/train/train-job.js';
 import { openDataset } from '../../shared/dataset/reader.js';
 import { readManifest } from '../../shared/dataset/manifest.js';
@@ -78,7 +79,7 @@ test('verified data: a flipped byte in a training or test shard is refused befor
       await writeFile(shard, bad);
       const out = path.join(dir, `run-${split}`);
       await assert.rejects(
-        trainDistributed(toTrainConfig(args(data, out)), { log, progress: false, workerOutput: () => {} }),
+        trainDistributed(parseTrainConfig(args(data, out)), { log, progress: false, workerOutput: () => {} }),
         (e: Error) => e.message.includes(shard) && /sha256 .* differs from manifest\.json's/.test(e.message),
       );
       assert.ok(!existsSync(path.join(out, 'metrics.jsonl')), 'no step ran');
