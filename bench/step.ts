@@ -8,13 +8,7 @@ import { resolveModelConfig } from '../model/config.js';
 import { CxrModel, initialParams } from '../model/vit.js';
 import { adamwStep, clipFactor, decayMask, sumOfSquares } from '../worker/steps/adamw.js';
 import { computeGradients, localComm } from '../worker/steps/forward-backward.js';
-import {
-  setSimdAttentionHeads,
-  setSimdDenseEpilogue,
-  setSimdNormGelu,
-  setSimdSoftmaxGrad,
-  setSimdTranspose,
-} from '../kernels/wasm-kernels.js';
+import { withKernelOptions, type KernelOptions } from '../kernels/options.js';
 import { matMulFlops, simdPeak } from './simd-peak.js';
 import { runTorchReference } from './torch-reference.js';
 import { median } from './median.js';
@@ -26,7 +20,7 @@ import { arg } from './args.js';
  * parameters back) per model and backend, next to PyTorch's time for the same architecture, batch
  * and losses measured in the same run on one thread (bench/reference/vit_step.py), as installed
  * and again with its tensors on transparent huge pages (the `PyTorch THP` columns; the wasm heap
- * is on them by default, worker/heap-pages.ts). `--warmup` steps run first on both sides: a fresh
+ * is on them by default, kernels/heap-pages.ts). `--warmup` steps run first on both sides: a fresh
  * tfjs process is ~10% slower for its first steps (V8 still optimising, the heap faulting in).
  * `--norm-gelu` (wasm only): LayerNorm/GELU on the SIMD kernels (on, the default), on tfjs
  * kernels (off), or `ab`: both, steps alternating on one model, each path a row.
@@ -100,15 +94,18 @@ interface Setting {
   transpose: boolean;
 }
 
-/** Every wasm switch on: the default, and what the switches are left at. */
+/** Every wasm option on: the default. */
 const ALL_ON: Setting = { normGelu: true, epilogue: true, softmaxGrad: true, transpose: true };
 
-function applySetting(on: Setting): void {
-  setSimdNormGelu(on.normGelu);
-  setSimdDenseEpilogue(on.epilogue);
-  setSimdSoftmaxGrad(on.softmaxGrad);
-  setSimdTranspose(on.transpose);
-  setSimdAttentionHeads(on.transpose);
+/** The kernel options a setting stands for. */
+function settingOptions(on: Setting): Partial<KernelOptions> {
+  return {
+    normGelu: on.normGelu,
+    denseEpilogue: on.epilogue,
+    softmaxGrad: on.softmaxGrad,
+    transpose: on.transpose,
+    attentionHeads: on.transpose,
+  };
 }
 
 /** Step times per setting of the wasm switches, the settings alternating step by step. */
@@ -126,15 +123,15 @@ async function tfjsStepMs(
   try {
     for (let s = 1; s <= warmup + steps; s++) {
       for (const [i, on] of settings.entries()) {
-        applySetting(on);
-        const t0 = performance.now();
-        await step.run();
-        // The first steps compile the kernels, let V8 optimise tfjs's JavaScript and fault the heap in.
-        if (s > warmup) times[i]!.push(performance.now() - t0);
+        await withKernelOptions(settingOptions(on), async () => {
+          const t0 = performance.now();
+          await step.run();
+          // The first steps compile the kernels, let V8 optimise tfjs's JavaScript and fault the heap in.
+          if (s > warmup) times[i]!.push(performance.now() - t0);
+        });
       }
     }
   } finally {
-    applySetting(ALL_ON);
     step.dispose();
   }
   return times;
@@ -223,7 +220,7 @@ async function wasmCeiling(
 
 /**
  * glibc's tunable that makes malloc advise its mappings onto transparent huge pages: the PyTorch
- * reference run a second time with it, next to our wasm heap, which worker/heap-pages.ts advises
+ * reference run a second time with it, next to our wasm heap, which kernels/heap-pages.ts advises
  * onto them, so that the table also compares like with like.
  */
 const TORCH_THP_ENV = { GLIBC_TUNABLES: 'glibc.malloc.hugetlb=1' };
