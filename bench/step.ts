@@ -193,8 +193,12 @@ async function wasmCeiling(
   const atPeakMs = (gflop / peak) * 1000;
   const oursRest = Math.max(0, stepMs - p.matMulMs);
   const lines = [
-    `  wasm ceiling: the step's matMuls are ${gflop.toFixed(2)} GFLOP; one profiled step spends ${p.matMulMs.toFixed(0)} ms of kernel time in them (${rate(p.matMulMs).toFixed(1)} GFLOP/s) and ${p.otherMs.toFixed(0)} ms in the other kernels; the rest of our step (other kernels, JavaScript) ${oursRest.toFixed(0)} ms`,
-    `    this engine's SIMD peak, measured now (a GEMM micro-kernel's loop from L1; no whole product reaches it): mul+add ${mulAdd ? `${mulAdd.gflops.toFixed(1)} GFLOP/s (${mulAdd.tile})` : 'n/a'}, relaxed-SIMD FMA ${fma ? `${fma.gflops.toFixed(1)} GFLOP/s (${fma.tile})` : 'not available on this engine'}`,
+    `  wasm ceiling: the step's matMuls are ${gflop.toFixed(2)} GFLOP; one profiled step spends ${p.matMulMs.toFixed(0)} ms ` +
+      `of kernel time in them (${rate(p.matMulMs).toFixed(1)} GFLOP/s) and ${p.otherMs.toFixed(0)} ms in the other kernels; ` +
+      `the rest of our step (other kernels, JavaScript) ${oursRest.toFixed(0)} ms`,
+    "    this engine's SIMD peak, measured now (a GEMM micro-kernel's loop from L1; no whole product reaches it): " +
+      `mul+add ${mulAdd ? `${mulAdd.gflops.toFixed(1)} GFLOP/s (${mulAdd.tile})` : 'n/a'}, ` +
+      `relaxed-SIMD FMA ${fma ? `${fma.gflops.toFixed(1)} GFLOP/s (${fma.tile})` : 'not available on this engine'}`,
     `    at that peak the matMuls alone take >= ${atPeakMs.toFixed(0)} ms`,
   ];
   if (torchMs === null) return lines.join('\n') + '\n';
@@ -212,7 +216,9 @@ async function wasmCeiling(
     const need = goalMs > oursRest ? rate(goalMs - oursRest) : null;
     lines.push(
       `    PyTorch, one profiled step: its matMuls (BLAS) take ${torchMatMulMs.toFixed(0)} ms, ${rate(torchMatMulMs).toFixed(1)} GFLOP/s on the same FLOPs = ${(rate(torchMatMulMs) / peak).toFixed(2)}x this engine's peak; the rest of its step ${torchRest.toFixed(0)} ms`,
-      `    goal (1.5x = ${goalMs.toFixed(0)} ms) would leave ${(goalMs - atPeakMs).toFixed(0)} ms for the rest if every matMul ran at the peak (${(((goalMs - atPeakMs) / torchRest) * 100).toFixed(0)}% of PyTorch's rest; ours is ${oursRest.toFixed(0)} ms); with the rest as it is, the matMuls would need ${need === null ? 'less than no time' : `${need.toFixed(1)} GFLOP/s (${((need / peak) * 100).toFixed(0)}% of the peak)`}`,
+      `    goal (1.5x = ${goalMs.toFixed(0)} ms) would leave ${(goalMs - atPeakMs).toFixed(0)} ms for the rest if every matMul ran at the peak ` +
+        `(${(((goalMs - atPeakMs) / torchRest) * 100).toFixed(0)}% of PyTorch's rest; ours is ${oursRest.toFixed(0)} ms); ` +
+        `with the rest as it is, the matMuls would need ${need === null ? 'less than no time' : `${need.toFixed(1)} GFLOP/s (${((need / peak) * 100).toFixed(0)}% of the peak)`}`,
     );
   }
   return lines.join('\n') + '\n';
