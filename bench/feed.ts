@@ -10,6 +10,9 @@ import { Sampler } from '../coordinator/job/sampler.js';
 import { runJob } from '../coordinator/job/run-job.js';
 import type { StepSummary } from '../coordinator/job/control-server.js';
 import { createLogger } from '../shared/util/log.js';
+import { augmentPolicy, type AugmentPolicy } from '../shared/augment/policy.js';
+import { augmentImages } from '../shared/augment/warp.js';
+import { median } from './median.js';
 
 /**
  * `npm run bench -- feed`: the data plane on real worker processes, real gRPC and ZeroMQ.
@@ -19,7 +22,9 @@ import { createLogger } from '../shared/util/log.js';
  *    read, encoded and decoded in one process with no transport, measured in the same run.
  * 2. Data wait under load: the step holds each worker's main thread for --compute-ms (a stand-in
  *    for a training step); reported is the share of step time spent waiting for data (the goal of
- *    the scaling issue is under 2%), next to the step's compute time.
+ *    the scaling issue is under 2%), next to the step's compute time. Then the same with every
+ *    slice augmented (--augment, default strong; a worker thread decodes and augments it while the
+ *    step computes), next to the time one slice's augmentation takes on one thread.
  */
 export async function run(argv: string[]): Promise<void> {
   const a = await yargs(argv)
@@ -30,6 +35,7 @@ export async function run(argv: string[]): Promise<void> {
     .option('prefetch', { type: 'number', default: 2 })
     .option('compute-ms', { type: 'number', default: 100, describe: 'simulated compute per step in part 2' })
     .option('steps', { type: 'number', default: 40, describe: 'steps in part 2' })
+    .option('augment', { choices: ['none', 'light', 'strong'] as const, default: 'strong' as const, describe: 'augmentation in part 2b' })
     .strict()
     .parseAsync();
   const dir = mkdtempSync(path.join(tmpdir(), 'cxr-bench-feed-'));
@@ -57,7 +63,7 @@ export async function run(argv: string[]): Promise<void> {
         rows += decodeBatch(await source.encode(sampler.rankSlice(sampler.positionAt(s), a.workers, r))).n;
     const refRate = rows / ((performance.now() - t) / 1000);
 
-    const feedRun = async (options: Record<string, number>, n: number) => {
+    const feedRun = async (options: Record<string, number>, n: number, augment: AugmentPolicy | null = null) => {
       const summaries: StepSummary[] = [];
       const at: number[] = [];
       await runJob({
@@ -68,6 +74,7 @@ export async function run(argv: string[]): Promise<void> {
         globalBatch,
         steps: n,
         prefetch: a.prefetch,
+        augment,
         log,
         workerOutput: () => {},
         onStep: (s) => {
@@ -88,24 +95,46 @@ export async function run(argv: string[]): Promise<void> {
 
     // Part 2: a compute-bound step; how much of it is spent waiting for data?
     const n = Math.min(a.steps, steps);
-    const slow = await feedRun({ spinMs: a['compute-ms'] }, n);
-    const steady = slow.summaries.slice(2);
-    const sum = (f: (s: StepSummary) => number) => steady.reduce((x, s) => x + f(s), 0);
-    // Per rank, then the worst rank: the step waits for the slowest.
-    const waitShare = Math.max(
-      ...Array.from({ length: a.workers }, (_, r) => sum((s) => s.reports[r]!.timings.dataWait) / sum((s) => s.reports[r]!.timings.total)),
-    );
-    const perStep = slow.seconds / slow.timed;
-    const meanTotal = sum((s) => Math.max(...s.reports.map((x) => x.timings.total))) / steady.length;
-    const meanDecode = sum((s) => Math.max(...s.reports.map((x) => x.counters.decode_seconds!))) / steady.length;
-    const meanAck = sum((s) => Math.max(...s.reports.map((x) => x.counters.ack_wait_seconds!))) / steady.length;
-    const meanCompute = sum((s) => Math.max(...s.reports.map((x) => x.timings.compute))) / steady.length;
-    process.stdout.write(
-      `2. data wait with ${a['compute-ms']} ms of compute per step (steps 3..${n}): ${(waitShare * 100).toFixed(2)}% of step time on the worst rank` +
-        `   (goal < 2%)\n` +
-        `   time between step completions ${(perStep * 1000).toFixed(1)} ms; inside the worker loop ${(meanTotal * 1000).toFixed(1)} ms, of it in the step ${(meanCompute * 1000).toFixed(1)} ms, decoding ${(meanDecode * 1000).toFixed(2)} ms, waiting for the previous report's ack ${(meanAck * 1000).toFixed(2)} ms` +
-        ` (reference: ${a['compute-ms']} ms of compute alone)\n`,
-    );
+    const underLoad = async (label: string, augment: AugmentPolicy | null) => {
+      const slow = await feedRun({ spinMs: a['compute-ms'] }, n, augment);
+      const steady = slow.summaries.slice(2);
+      const sum = (f: (s: StepSummary) => number) => steady.reduce((x, s) => x + f(s), 0);
+      // Per rank, then the worst rank: the step waits for the slowest.
+      const waitShare = Math.max(
+        ...Array.from(
+          { length: a.workers },
+          (_, r) => sum((s) => s.reports[r]!.timings.dataWait) / sum((s) => s.reports[r]!.timings.total),
+        ),
+      );
+      const perStep = slow.seconds / slow.timed;
+      const meanTotal = sum((s) => Math.max(...s.reports.map((x) => x.timings.total))) / steady.length;
+      const meanDecode = sum((s) => Math.max(...s.reports.map((x) => x.counters.decode_seconds!))) / steady.length;
+      const meanAck = sum((s) => Math.max(...s.reports.map((x) => x.counters.ack_wait_seconds!))) / steady.length;
+      const meanCompute = sum((s) => Math.max(...s.reports.map((x) => x.timings.compute))) / steady.length;
+      process.stdout.write(
+        `${label} data wait with ${a['compute-ms']} ms of compute per step (steps 3..${n}): ${(waitShare * 100).toFixed(2)}% of step time on the worst rank` +
+          `   (goal < 2%)\n` +
+          `   time between step completions ${(perStep * 1000).toFixed(1)} ms; inside the worker loop ${(meanTotal * 1000).toFixed(1)} ms, of it in the step ${(meanCompute * 1000).toFixed(1)} ms, decoding on the main thread ${(meanDecode * 1000).toFixed(2)} ms, waiting for the previous report's ack ${(meanAck * 1000).toFixed(2)} ms` +
+          ` (reference: ${a['compute-ms']} ms of compute alone)\n`,
+      );
+    };
+    await underLoad('2a.', null);
+    const policy = augmentPolicy(a.augment);
+    if (policy) {
+      // Reference: one slice augmented on this thread, as the worker's augmentation thread does it.
+      const slice = decodeBatch(await source.encode(sampler.rankSlice(sampler.positionAt(0), a.workers, 0)));
+      const idx = Array.from(sampler.rankSlice(sampler.positionAt(0), a.workers, 0));
+      const times: number[] = [];
+      for (let k = 0; k < 9; k++) {
+        const t1 = performance.now();
+        augmentImages(slice.images, slice.n, a.size, policy, 0, k, idx);
+        times.push(performance.now() - t1);
+      }
+      process.stdout.write(
+        `   --augment ${a.augment}: one slice of ${slice.n} images augmented on one thread in ${median(times).toFixed(2)} ms (median of 9)\n`,
+      );
+      await underLoad(`2b. --augment ${a.augment}:`, policy);
+    }
     await ds.close();
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -15,7 +15,7 @@ import { median } from './median.js';
 import { arg } from './args.js';
 
 /**
- * `npm run bench -- step [--models tiny,small] [--backends wasm,cpu] [--batch 32] [--image 64] [--steps 5] [--warmup 5] [--norm-gelu on|off|ab] [--epilogue on|off|ab] [--softmax-grad on|off|ab] [--transpose on|off|ab]`:
+ * `npm run bench -- step [--models tiny,small] [--backends wasm,cpu|--backend webgpu] [--reference on|off] [--batch 32] [--image 64] [--steps 5] [--warmup 5] [--norm-gelu on|off|ab] [--epilogue on|off|ab] [--softmax-grad on|off|ab] [--transpose on|off|ab]`:
  * time of one full training step (forward, backward, all three losses, clipping, AdamW, writing the
  * parameters back) per model and backend, next to PyTorch's time for the same architecture, batch
  * and losses measured in the same run on one thread (bench/reference/vit_step.py), as installed
@@ -29,7 +29,9 @@ import { arg } from './args.js';
  * the attention softmax's gradient in one pass (on) or as tfjs's four kernels (off), or `ab`;
  * `--transpose` (wasm only): Transpose as row copies and the attention's head split and merge as
  * one kernel each (on), or the backend's Transpose with tfjs's split, multiply and concat (off), or `ab`.
- * Several `ab`s run every combination.
+ * Several `ab`s run every combination. `--backend webgpu` (or `webgpu-software`, the software
+ * adapter) times the step on WebGPU and names the adapter; the PyTorch reference is off by default
+ * when only WebGPU runs (`--reference on` runs it anyway).
  */
 
 /** One full training step of `preset` on `backend` (the setup the step bench times), run by run(). */
@@ -39,8 +41,8 @@ export async function trainingStep(
   batch: number,
   image: number,
 ): Promise<{ run(): Promise<void>; dispose(): void }> {
-  await initBackend(backend);
-  if (tf.getBackend() !== backend) await tf.setBackend(backend);
+  const { name } = await initBackend(backend);
+  if (tf.getBackend() !== name) await tf.setBackend(name);
   const set = loadLabelSet('chexpert14');
   const L = set.labels.length;
   const cfg = resolveModelConfig({ preset, imageSize: image, labels: set.labels });
@@ -287,11 +289,14 @@ function torchStepMs(
 
 export async function run(argv: string[]): Promise<void> {
   const models = arg(argv, 'models', 'tiny,small').split(',');
-  const backends = arg(argv, 'backends', 'wasm,cpu').split(',') as BackendChoice[];
+  const backends = arg(argv, 'backends', arg(argv, 'backend', 'wasm,cpu')).split(',') as BackendChoice[];
   const batch = Number(arg(argv, 'batch', '32'));
   const image = Number(arg(argv, 'image', '64'));
   const steps = Number(arg(argv, 'steps', '5'));
   const warmup = Number(arg(argv, 'warmup', '5'));
+  // PyTorch on one CPU thread is the wasm backend's yardstick, not a GPU's: off by default for WebGPU alone.
+  const reference = arg(argv, 'reference', backends.every((b) => b.startsWith('webgpu')) ? 'off' : 'on');
+  if (!['on', 'off'].includes(reference)) throw new UserError(`--reference must be on or off, got '${reference}'`);
   const onOffAb = (name: string) => {
     const v = arg(argv, name, 'on');
     if (!['on', 'off', 'ab'].includes(v)) throw new UserError(`--${name} must be on, off or ab, got '${v}'`);
@@ -325,9 +330,11 @@ export async function run(argv: string[]): Promise<void> {
     `${'model'.padEnd(6)} ${'backend'.padEnd(8)} ${'tfjs s/step'.padStart(12)} ${'PyTorch s/step'.padStart(15)} ${'ratio'.padStart(7)} ${'PyTorch THP'.padStart(12)} ${'ratio'.padStart(7)}\n`,
   );
   let heap: string | null = null; // what the backend did with the wasm heap, once it ran
+  let adapter: string | null = null; // the WebGPU adapter, once it ran
   for (const preset of models) {
-    const ref = torchStepMs(preset, batch, image, steps, warmup, {}, backends.includes('wasm'));
-    const refThp = torchStepMs(preset, batch, image, steps, warmup, TORCH_THP_ENV);
+    const off = 'PyTorch reference not run (--reference on runs it)';
+    const ref = reference === 'on' ? torchStepMs(preset, batch, image, steps, warmup, {}, backends.includes('wasm')) : off;
+    const refThp = reference === 'on' ? torchStepMs(preset, batch, image, steps, warmup, TORCH_THP_ENV) : off;
     let wasmMs: number | null = null; // the step with every switch on, for the ceiling lines
     for (const be of backends) {
       // The cpu backend is ~10x slower; one step of `small` on it takes minutes, so it gets one, after one.
@@ -335,6 +342,8 @@ export async function run(argv: string[]): Promise<void> {
       const settings = be === 'wasm' ? wasmSettings : [ALL_ON];
       const all = await tfjsStepMs(be, preset, batch, image, n, w, settings);
       if (be === 'wasm') heap ??= /heap [^;)]*/.exec((await initBackend('wasm')).reason)?.[0] ?? 'heap: not reported';
+      // Which GPU the figures are for (a GPU machine prints its own with the same command).
+      if (be.startsWith('webgpu')) adapter ??= (await initBackend(be)).reason.replace(/^requested with --backend [\w-]+: /, '');
       const refMs = typeof ref === 'string' ? null : median(ref.ms);
       const thpMs = typeof refThp === 'string' ? null : median(refThp.ms);
       const cols = (ms: number, r: number | null, w: number) =>
@@ -368,4 +377,5 @@ export async function run(argv: string[]): Promise<void> {
       .map(([k, v]) => `${k}=${v}`)
       .join(' ')} (its tensors on transparent huge pages); wasm: ${heap ?? 'not run'}\n`,
   );
+  if (adapter) process.stdout.write(`webgpu: ${adapter}\n`);
 }

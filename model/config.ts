@@ -1,4 +1,5 @@
 import { UserError } from '../shared/util/errors.js';
+import type { TextTowerShape } from './text/tower.js';
 
 export type ImagePool = 'tok' | 'avg' | 'spatial';
 /** Features per patch token in the `spatial` readout. */
@@ -13,12 +14,42 @@ export const SPATIAL_RANK = 16;
 export type InputNorm = 'fixed' | 'image';
 export type ModelPreset = 'tiny' | 'small' | 'vit-b16';
 export const MODEL_PRESETS: readonly ModelPreset[] = ['tiny', 'small', 'vit-b16'];
+/** Per-channel (R, G, B) values of an RGB preprocessing. */
+export type Rgb = readonly [number, number, number];
+/** CLIP's preprocessing (OpenAI; also BiomedCLIP's), the default of the pretrained-shaped presets. */
+export const CLIP_MEAN: Rgb = [0.48145466, 0.4578275, 0.40821073];
+export const CLIP_STD: Rgb = [0.26862954, 0.26130258, 0.27577711];
 
-/** Where the label prompts' embeddings come from: trained from scratch, or a fixed file. */
-export type TextSource = { kind: 'learnable'; dim: number } | { kind: 'file'; path: string; dim: number };
+/** Where a model's initial weights came from (`--pretrained DIR`): recorded in model.json and checkpoints. */
+export interface PretrainedSource {
+  dir: string;
+  /** The weights file read, and its sha256. */
+  weights: string;
+  sha256: string;
+  /** Which image tower the weights are: open_clip's VisionTransformer or a timm ViT (BiomedCLIP). */
+  tower: 'open-clip-vit' | 'timm-vit';
+}
+
+/**
+ * Where the label prompts' embeddings come from: trained from scratch, a fixed file, or a
+ * pretrained text tower. `frozen`: the tower encoded the prompts once at start, and the vectors
+ * are fixed like a file's (stored with the model); `tower`: the tower is part of the model, its
+ * weights in the layout under open_clip's names, and runs on the prompts' token rows (`tokens`,
+ * cut to the longest prompt) in every step (--text-tower finetune).
+ */
+export type TextSource =
+  | { kind: 'learnable'; dim: number }
+  | { kind: 'file'; path: string; dim: number }
+  | { kind: 'frozen'; dim: number; tower: TextTowerShape }
+  | { kind: 'tower'; dim: number; tower: TextTowerShape; tokens: number[][] };
+
+/** --text-tower: a pretrained text tower's prompt vectors computed once (frozen) or the tower trained with the rest (finetune). */
+export type TextTowerMode = 'frozen' | 'finetune';
+export const TEXT_TOWER_MODES: readonly TextTowerMode[] = ['frozen', 'finetune'];
 
 export interface ModelConfig {
-  preset: ModelPreset;
+  /** The --model preset, or `pretrained` when the shape came from a --pretrained directory's config. */
+  preset: ModelPreset | 'pretrained';
   imageSize: number;
   patchSize: number;
   width: number;
@@ -39,6 +70,25 @@ export interface ModelConfig {
   spatialRank?: number;
   /** Stem input normalisation; a missing value (model.json written before the option existed) means `fixed`. */
   inputNorm?: InputNorm;
+  /**
+   * The RGB preprocessing the imported or exported weights expect, `(p/255 - mean_c) / std_c` on a
+   * gray image replicated to three channels (`--image-mean`, `--image-std`). With `fixed` input the
+   * stem computes exactly that: import folds it into the one-channel kernel and the patch rows of
+   * the position embedding, export unfolds it (docs/model.md). Missing means 0.5 / 0.25 on every
+   * channel, the stem's own input, where the fold is the identity.
+   */
+  imageMean?: Rgb;
+  imageStd?: Rgb;
+  /** MLP hidden width; missing means 4 x width. */
+  mlpWidth?: number;
+  /** MLP activation: exact GELU (missing) or QuickGELU, x sigmoid(1.702 x) (OpenAI's CLIP weights). */
+  act?: 'gelu' | 'quick_gelu';
+  /** LayerNorm epsilon; missing means open_clip's 1e-5 (timm's ViTs use 1e-6). */
+  lnEps?: number;
+  /** Whether ln_pre follows the position embedding (open_clip's ViTs); missing means true. timm's ViTs have none. */
+  lnPre?: boolean;
+  /** The --pretrained weights the run started from. */
+  pretrained?: PretrainedSource;
   /**
    * Initial std of the learned position embedding; a missing value means open_clip's width^-0.5.
    * Initialisation only: a saved model does not depend on it.
@@ -64,6 +114,8 @@ interface PresetShape {
   inputNorm: InputNorm;
   /** null: open_clip's width^-0.5. */
   posInitStd: number | null;
+  /** RGB preprocessing of weights imported into or exported from the preset; null: the stem's own 0.5 / 0.25. */
+  image: { mean: Rgb; std: Rgb } | null;
 }
 
 /**
@@ -89,6 +141,7 @@ const PRESETS: Record<ModelPreset, PresetShape> = {
     pool: 'spatial',
     inputNorm: 'image',
     posInitStd: 1,
+    image: null,
   },
   small: {
     imageSize: null,
@@ -100,6 +153,7 @@ const PRESETS: Record<ModelPreset, PresetShape> = {
     pool: 'spatial',
     inputNorm: 'image',
     posInitStd: 1,
+    image: null,
   },
   'vit-b16': {
     imageSize: 224,
@@ -111,6 +165,7 @@ const PRESETS: Record<ModelPreset, PresetShape> = {
     pool: 'tok',
     inputNorm: 'fixed',
     posInitStd: null,
+    image: { mean: CLIP_MEAN, std: CLIP_STD },
   },
 };
 
@@ -123,6 +178,8 @@ export function resolveModelConfig(opts: {
   textDim?: number;
   /** Shape changes for tests and experiments (the preset name is kept for the record). */
   overrides?: Partial<Omit<PresetShape, 'imageSize'>>;
+  /** --image-mean / --image-std: the RGB preprocessing of imported and exported weights (both or neither). */
+  image?: { mean: Rgb; std: Rgb };
 }): ModelConfig {
   const preset = PRESETS[opts.preset as ModelPreset];
   if (!preset) throw new UserError(`--model '${opts.preset}' is not one of ${MODEL_PRESETS.join(', ')}`);
@@ -135,6 +192,8 @@ export function resolveModelConfig(opts: {
     );
   if (opts.imageSize % p.patchSize !== 0)
     throw new UserError(`--model ${opts.preset}: image size ${opts.imageSize} is not a multiple of the patch size ${p.patchSize}`);
+  const image = opts.image ?? p.image;
+  if (image) checkRgb(image);
   const text: TextSource = opts.textEmbeddingsFile
     ? { kind: 'file', path: opts.textEmbeddingsFile, dim: opts.textDim ?? 0 }
     : { kind: 'learnable', dim: opts.textDim ?? p.embedDim };
@@ -149,6 +208,7 @@ export function resolveModelConfig(opts: {
     pool: p.pool,
     ...(p.pool === 'spatial' ? { spatialRank: SPATIAL_RANK } : {}),
     inputNorm: p.inputNorm,
+    ...(image ? { imageMean: [...image.mean] as unknown as Rgb, imageStd: [...image.std] as unknown as Rgb } : {}),
     ...(p.posInitStd !== null ? { posInitStd: p.posInitStd } : {}),
     head: opts.head ?? 'text',
     text,
@@ -158,4 +218,17 @@ export function resolveModelConfig(opts: {
 
 export function tokenCount(c: ModelConfig): number {
   return (c.imageSize / c.patchSize) ** 2 + 1;
+}
+
+/** Refuses a preprocessing that is not three finite means and three positive stds. */
+export function checkRgb(image: { mean: readonly number[]; std: readonly number[] }): void {
+  if (image.mean.length !== 3 || !image.mean.every(Number.isFinite))
+    throw new UserError(`--image-mean needs three numbers (R G B), got ${JSON.stringify(image.mean)}`);
+  if (image.std.length !== 3 || !image.std.every((x) => Number.isFinite(x) && x > 0))
+    throw new UserError(`--image-std needs three positive numbers (R G B), got ${JSON.stringify(image.std)}`);
+}
+
+/** The MLP hidden width of a configuration. */
+export function mlpWidth(c: ModelConfig): number {
+  return c.mlpWidth ?? 4 * c.width;
 }

@@ -91,6 +91,11 @@ export function gelu<T extends tf.Tensor>(x: T): T {
   return f(x) as T;
 }
 
+/** QuickGELU, x sigmoid(1.702 x): the activation OpenAI's CLIP weights were trained with (open_clip `quick_gelu`). */
+export function quickGelu<T extends tf.Tensor>(x: T): T {
+  return tf.mul(x, tf.sigmoid(tf.mul(x, 1.702))) as T;
+}
+
 /** gelu on the wasm backend's SIMD kernels (same formula; erf by a rational approximation). */
 function simdGelu<T extends tf.Tensor>(x: T): T {
   const f = tf.customGrad((xIn, save) => {

@@ -1,10 +1,13 @@
 import * as tf from '@tensorflow/tfjs';
 import { buildLayout, type ParamLayout } from '../shared/params.js';
 import { labelText } from '../shared/labels.js';
-import { type ModelConfig, tokenCount } from './config.js';
-import { attentionHeads, dense, gelu, layerNorm, residualMlp, softmax } from './layers.js';
+import { type ModelConfig, mlpWidth, tokenCount } from './config.js';
+import { type ParamGetter, residualAttentionBlock } from './blocks.js';
+import { dense, gelu, layerNorm } from './layers.js';
+import type { ParamSpec } from './param-specs.js';
+import { encodeTextTower, textTowerSpecs } from './text/tower.js';
 import { mulberry32, normalSource } from '../shared/random/generators.js';
-import { overwriteVariable, readInto } from './tensor-storage.js';
+import { assignConcatenated, readConcatenated } from './tensor-storage.js';
 
 /**
  * Pixels enter as uint8 grayscale. With `inputNorm: 'fixed'` the stem sees (p/255 - PIXEL_MEAN) /
@@ -26,14 +29,6 @@ export const CLS_SCALE_INIT = Math.log(30);
 /** Variance floor of per-image standardisation, in (p/255)^2 units: a blank image maps to zeros. */
 export const IMAGE_VAR_EPS = 1e-6;
 
-interface Spec {
-  name: string;
-  shape: number[];
-  decay: boolean;
-  /** Initial values: a normal std, or a constant. */
-  init: { std: number } | { value: number };
-}
-
 /** The three prompts per label, in the order of the prompt embedding rows. */
 export function labelPrompts(labels: readonly string[]): string[] {
   const names = labels.map(labelText);
@@ -45,20 +40,23 @@ function spatialRank(c: ModelConfig): number {
   return c.spatialRank;
 }
 
-function paramSpecs(c: ModelConfig): Spec[] {
+function paramSpecs(c: ModelConfig): ParamSpec[] {
   const W = c.width;
   const scale = W ** -0.5;
   const projStd = scale * (2 * c.layers) ** -0.5;
   const fcStd = (2 * W) ** -0.5;
-  const s: Spec[] = [];
-  const p = (name: string, shape: number[], decay: boolean, init: Spec['init']) => s.push({ name, shape, decay, init });
+  const M = mlpWidth(c);
+  const s: ParamSpec[] = [];
+  const p = (name: string, shape: number[], decay: boolean, init: ParamSpec['init']) => s.push({ name, shape, decay, init });
   const ones = { value: 1 };
   const zeros = { value: 0 };
   p('visual.conv1.weight', [c.patchSize, c.patchSize, 1, W], true, { std: (c.patchSize * c.patchSize) ** -0.5 });
   p('visual.class_embedding', [W], false, { std: scale });
   p('visual.positional_embedding', [tokenCount(c), W], false, { std: c.posInitStd ?? scale });
-  p('visual.ln_pre.weight', [W], false, ones);
-  p('visual.ln_pre.bias', [W], false, zeros);
+  if (c.lnPre ?? true) {
+    p('visual.ln_pre.weight', [W], false, ones);
+    p('visual.ln_pre.bias', [W], false, zeros);
+  }
   for (let i = 0; i < c.layers; i++) {
     const b = `visual.transformer.resblocks.${i}`;
     p(`${b}.ln_1.weight`, [W], false, ones);
@@ -69,9 +67,9 @@ function paramSpecs(c: ModelConfig): Spec[] {
     p(`${b}.attn.out_proj.bias`, [W], false, zeros);
     p(`${b}.ln_2.weight`, [W], false, ones);
     p(`${b}.ln_2.bias`, [W], false, zeros);
-    p(`${b}.mlp.c_fc.weight`, [W, 4 * W], true, { std: fcStd });
-    p(`${b}.mlp.c_fc.bias`, [4 * W], false, zeros);
-    p(`${b}.mlp.c_proj.weight`, [4 * W, W], true, { std: projStd });
+    p(`${b}.mlp.c_fc.weight`, [W, M], true, { std: fcStd });
+    p(`${b}.mlp.c_fc.bias`, [M], false, zeros);
+    p(`${b}.mlp.c_proj.weight`, [M, W], true, { std: projStd });
     p(`${b}.mlp.c_proj.bias`, [W], false, zeros);
   }
   p('visual.ln_post.weight', [W], false, ones);
@@ -92,6 +90,7 @@ function paramSpecs(c: ModelConfig): Spec[] {
   }
   const T = c.text.dim;
   if (c.text.kind === 'learnable') p('text.prompt_embeddings', [3 * L, T], false, { std: 1 });
+  if (c.text.kind === 'tower') s.push(...textTowerSpecs(c.text.tower));
   p('text.head.fc1.weight', [T, D], true, { std: T ** -0.5 });
   p('text.head.fc1.bias', [D], false, zeros);
   p('text.head.fc2.weight', [D, D], true, { std: D ** -0.5 * 0.1 });
@@ -142,7 +141,7 @@ export class CxrModel {
   /** Variables in layout order. */
   readonly variables: tf.Variable[];
   private readonly byName = new Map<string, tf.Variable>();
-  /** Fixed prompt embeddings from --text-embeddings (not trained), [3L, textDim]. */
+  /** Fixed prompt embeddings from --text-embeddings or a frozen text tower (not trained), [3L, textDim]. */
   private readonly fixedPrompts: tf.Tensor2D | null;
 
   constructor(config: ModelConfig, params: Float32Array, fixedPrompts?: Float32Array) {
@@ -161,7 +160,7 @@ export class CxrModel {
       this.byName.set(e.name, v);
       return v;
     });
-    if (config.head === 'text' && config.text.kind === 'file') {
+    if (config.head === 'text' && (config.text.kind === 'file' || config.text.kind === 'frozen')) {
       if (!fixedPrompts || fixedPrompts.length !== 3 * config.labels.length * config.text.dim)
         throw new Error('model: fixed prompt embeddings missing or of the wrong size');
       this.fixedPrompts = tf.keep(tf.tensor2d(fixedPrompts, [3 * config.labels.length, config.text.dim]));
@@ -169,6 +168,9 @@ export class CxrModel {
       this.fixedPrompts = null;
     }
   }
+
+  /** `p` as a free function (the shared blocks take parameters by name). */
+  readonly param: ParamGetter = (name) => this.p(name);
 
   p<T extends tf.Tensor = tf.Tensor>(name: string): T {
     const v = this.byName.get(name);
@@ -209,12 +211,18 @@ export class CxrModel {
     const stem = tf.reshape(tf.matMul(patches, tf.reshape(this.p('visual.conv1.weight'), [P * P, W])), [B, G, W]);
     const cls = tf.broadcastTo(tf.reshape(this.p('visual.class_embedding'), [1, 1, W]), [B, 1, W]);
     const tokens = tf.add(tf.concat([cls, stem], 1), this.p('visual.positional_embedding'));
-    let h = layerNorm(tf.reshape(tokens, [B * Tk, W]) as tf.Tensor2D, this.p('visual.ln_pre.weight'), this.p('visual.ln_pre.bias'));
-    for (let i = 0; i < c.layers; i++) h = this.block(h, i, B, Tk);
+    const eps = c.lnEps ?? 1e-5;
+    let h = tf.reshape(tokens, [B * Tk, W]) as tf.Tensor2D;
+    if (c.lnPre ?? true) h = layerNorm(h, this.p('visual.ln_pre.weight'), this.p('visual.ln_pre.bias'), eps);
+    for (let i = 0; i < c.layers; i++)
+      h = residualAttentionBlock(this.param, `visual.transformer.resblocks.${i}`, h, B, Tk, c.heads, {
+        eps,
+        quickGelu: c.act === 'quick_gelu',
+      });
     // ln_post on every token, then the patch tokens [B, G, W] (open_clip's final_ln_after_pool=False).
     const patchesAfterLnPost = () =>
       tf.slice(
-        tf.reshape(layerNorm(h, this.p('visual.ln_post.weight'), this.p('visual.ln_post.bias')), [B, Tk, W]),
+        tf.reshape(layerNorm(h, this.p('visual.ln_post.weight'), this.p('visual.ln_post.bias'), eps), [B, Tk, W]),
         [0, 1, 0],
         [B, G, W],
       ) as tf.Tensor3D;
@@ -232,34 +240,9 @@ export class CxrModel {
       pooled = tf.mean(patchesAfterLnPost(), 1) as tf.Tensor2D;
     } else {
       const clsOut = tf.reshape(tf.slice(tf.reshape(h, [B, Tk, W]), [0, 0, 0], [B, 1, W]), [B, W]) as tf.Tensor2D;
-      pooled = layerNorm(clsOut, this.p('visual.ln_post.weight'), this.p('visual.ln_post.bias'));
+      pooled = layerNorm(clsOut, this.p('visual.ln_post.weight'), this.p('visual.ln_post.bias'), eps);
     }
     return tf.matMul(pooled, this.p<tf.Tensor2D>('visual.proj'));
-  }
-
-  private block(x: tf.Tensor2D, i: number, B: number, Tk: number): tf.Tensor2D {
-    const c = this.config;
-    const W = c.width;
-    const H = c.heads;
-    const d = W / H;
-    const b = `visual.transformer.resblocks.${i}`;
-    const a = layerNorm(x, this.p(`${b}.ln_1.weight`), this.p(`${b}.ln_1.bias`));
-    const qkv = dense(a, this.p(`${b}.attn.in_proj_weight`), this.p(`${b}.attn.in_proj_bias`));
-    const [q, k, v] = attentionHeads(qkv, B, H, d ** -0.5);
-    const scores = tf.matMul(q, k, false, true);
-    const ctx = tf.matMul(softmax(scores), v);
-    const merged = tf.reshape(tf.transpose(tf.reshape(ctx, [B, H, Tk, d]), [0, 2, 1, 3]), [B * Tk, W]) as tf.Tensor2D;
-    // The residual adds and c_fc's GELU go with the dense layers (fused kernels on wasm).
-    const x1 = dense(merged, this.p(`${b}.attn.out_proj.weight`), this.p(`${b}.attn.out_proj.bias`), { residual: x });
-    const m = layerNorm(x1, this.p(`${b}.ln_2.weight`), this.p(`${b}.ln_2.bias`));
-    return residualMlp(
-      m,
-      this.p(`${b}.mlp.c_fc.weight`),
-      this.p(`${b}.mlp.c_fc.bias`),
-      this.p(`${b}.mlp.c_proj.weight`),
-      this.p(`${b}.mlp.c_proj.bias`),
-      x1,
-    );
   }
 
   /** Label-prompt embeddings through the trainable head (text head only). */
@@ -267,7 +250,10 @@ export class CxrModel {
     const c = this.config;
     if (c.head !== 'text') throw new Error('model: the linear head has no text branch');
     const L = c.labels.length;
-    const e = this.fixedPrompts ?? this.p<tf.Tensor2D>('text.prompt_embeddings');
+    const e =
+      c.text.kind === 'tower'
+        ? encodeTextTower(this.param, c.text.tower, c.text.tokens)
+        : (this.fixedPrompts ?? this.p<tf.Tensor2D>('text.prompt_embeddings'));
     const h = dense(e, this.p('text.head.fc1.weight'), this.p('text.head.fc1.bias'));
     const t = dense(gelu(h), this.p('text.head.fc2.weight'), this.p('text.head.fc2.bias'), { residual: h });
     const [names, positive, negative] = tf.split(t, [L, L, L], 0) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
@@ -278,33 +264,34 @@ export class CxrModel {
    * Gradients (keyed by variable name) to one flat vector; a parameter without a gradient gets
    * zeros. `into` (the layout's size) is reused when given: the step keeps one across steps.
    */
-  flattenGrads(grads: tf.NamedTensorMap, into?: Float32Array): Float32Array {
+  async flattenGrads(grads: tf.NamedTensorMap, into?: Float32Array): Promise<Float32Array> {
     if (into && into.length !== this.layout.total)
       throw new Error(`flattenGrads: a buffer of ${into.length} for a layout of ${this.layout.total}`);
     const out = into ?? new Float32Array(this.layout.total);
-    this.variables.forEach((v, k) => {
-      const e = this.layout.entries[k]!;
-      const g = grads[v.name];
-      if (g) readInto(g, out, e.offset);
-      else if (into) out.fill(0, e.offset, e.offset + e.size);
-    });
+    await readConcatenated(
+      this.variables.map((v) => ({ tensor: grads[v.name] ?? null, size: v.size })),
+      out,
+    );
     return out;
   }
 
   /**
    * Overwrite every variable from a flat vector in layout order. The variables never keep a view
    * of `params` (their storage is written in place where the backend allows, else copied), so the
-   * caller may reuse or move the vector afterwards.
+   * caller may reuse or move the vector afterwards. On a GPU backend one upload for all of them.
    */
   assignFlat(params: Float32Array): void {
     if (params.length !== this.layout.total) throw new Error(`assignFlat: ${params.length} values for a layout of ${this.layout.total}`);
-    this.layout.entries.forEach((e, k) => overwriteVariable(this.variables[k]!, params.subarray(e.offset, e.offset + e.size)));
+    assignConcatenated(this.variables, params);
   }
 
   /** The current parameters as one flat vector in layout order. */
-  readFlat(): Float32Array {
+  async readFlat(): Promise<Float32Array> {
     const out = new Float32Array(this.layout.total);
-    this.layout.entries.forEach((e, k) => readInto(this.variables[k]!, out, e.offset));
+    await readConcatenated(
+      this.variables.map((v) => ({ tensor: v, size: v.size })),
+      out,
+    );
     return out;
   }
 

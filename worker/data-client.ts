@@ -1,12 +1,15 @@
 import * as zmq from 'zeromq';
 import { decodeHeader, encodeHeader, FEED_PROTOCOL_VERSION, type BatchMsg, type FeedToWorker, type WorkerToFeed } from '../proto/feed.js';
 import { errorMessage } from '../shared/util/errors.js';
+import type { SampleBatch } from '../shared/dataset/columns.js';
 
 /** One rank's slice of one step, as it came off the wire. */
 export interface FeedBatch {
   readonly header: BatchMsg;
   /** Arrow IPC bytes of the slice's rows. */
   readonly payload: Uint8Array;
+  /** The slice decoded and prepared by the client's `prepare` (augmented), when it has one. */
+  readonly batch?: SampleBatch;
   /** Seconds the step loop waited for this batch (0 when it was already queued). */
   readonly waitSeconds: number;
   /** Batches queued (this one included) when the step loop took it: `prefetch` means the feed is ahead. */
@@ -14,6 +17,9 @@ export interface FeedBatch {
 }
 
 export type FeedItem = ({ kind: 'batch' } & FeedBatch) | { kind: 'end'; step: number };
+
+/** A batch as queued: its preparation, started on arrival, may still be running. */
+type Queued = ({ kind: 'batch'; prepared?: Promise<SampleBatch> } & FeedBatch) | { kind: 'end'; step: number };
 
 /** The coordinator aborted the data feed. */
 export class FeedAborted extends Error {
@@ -29,6 +35,11 @@ export interface DataClientOptions {
   readonly generation: number;
   /** Batches the feed may have queued or in flight for this rank. */
   readonly prefetch: number;
+  /**
+   * Started on each batch as it arrives (decoding and augmenting it in a thread), so that it runs
+   * while the step loop computes; `next()` waits for it, and that wait counts as data wait.
+   */
+  readonly prepare?: (header: BatchMsg, payload: Uint8Array) => Promise<SampleBatch>;
 }
 
 /**
@@ -38,8 +49,8 @@ export interface DataClientOptions {
  */
 export class DataClient {
   private readonly dealer: zmq.Dealer;
-  private readonly queue: FeedItem[] = [];
-  private waiter?: { resolve: (i: FeedItem) => void; reject: (e: Error) => void };
+  private readonly queue: Queued[] = [];
+  private waiter?: { resolve: (i: Queued) => void; reject: (e: Error) => void };
   private error?: Error;
   private sending: Promise<void> = Promise.resolve();
   private closed = false;
@@ -72,13 +83,15 @@ export class DataClient {
     const queued = item ? this.queue.length + 1 - (this.queue.at(-1)?.kind === 'end' ? 1 : 0) : 0;
     if (!item) {
       if (this.error) throw this.error;
-      item = await new Promise<FeedItem>((resolve, reject) => (this.waiter = { resolve, reject }));
+      item = await new Promise<Queued>((resolve, reject) => (this.waiter = { resolve, reject }));
     }
     if (item.kind === 'end') return item;
     void this.send({ v: FEED_PROTOCOL_VERSION, type: 'credit', rank: this.opts.rank, generation: this.opts.generation, n: 1 }).catch((e) =>
       this.setError(new Error(`data client: granting credit failed: ${errorMessage(e)}`)),
     );
-    return { ...item, waitSeconds: (performance.now() - t0) / 1000, queued: Math.max(queued, 1) };
+    const { prepared, ...got } = item;
+    const batch = prepared ? await prepared : undefined;
+    return { ...got, ...(batch ? { batch } : {}), waitSeconds: (performance.now() - t0) / 1000, queued: Math.max(queued, 1) };
   }
 
   close(): void {
@@ -97,7 +110,9 @@ export class DataClient {
             throw new Error(`data client: got step ${m.step}, expected ${this.expectedStep}`);
           this.expectedStep = m.step + 1;
           if (!payload) throw new Error(`data client: step ${m.step} arrived without its data frame`);
-          this.push({ kind: 'batch', header: m, payload, waitSeconds: 0, queued: 0 });
+          const prepared = this.opts.prepare?.(m, payload);
+          prepared?.catch(() => {}); // rethrown by next()
+          this.push({ kind: 'batch', header: m, payload, waitSeconds: 0, queued: 0, ...(prepared ? { prepared } : {}) });
         } else this.push({ kind: 'end', step: m.step });
       }
     } catch (e) {
@@ -105,7 +120,7 @@ export class DataClient {
     }
   }
 
-  private push(item: FeedItem): void {
+  private push(item: Queued): void {
     if (this.waiter) {
       const w = this.waiter;
       this.waiter = undefined;

@@ -9,6 +9,7 @@ import { UserError, errorMessage } from '../shared/util/errors.js';
 import type { Logger } from '../shared/util/log.js';
 import { AbortedByCoordinator, register, type ControlSession } from './control-client.js';
 import { DataClient, FeedAborted } from './data-client.js';
+import { BatchAugmenter } from './batch-augmenter.js';
 import { stepFactory, type StepFactory, type WorkerStep } from './steps/api.js';
 
 export interface WorkerOptions {
@@ -69,6 +70,7 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
   const log = o.log.child({ rank: reply.rank });
   let step: WorkerStep | undefined;
   let data: DataClient | undefined;
+  let augmenter: BatchAugmenter | undefined;
   try {
     const config = parseWorkerConfig(reply.configJson);
     const job = config.job;
@@ -98,7 +100,15 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
         }),
       ]);
 
-    data = new DataClient({ endpoint: reply.dataEndpoint, rank: reply.rank, generation: reply.generation, prefetch: job.prefetch });
+    if (job.augment) augmenter = new BatchAugmenter(job.augment, job.seed);
+    const aug = augmenter;
+    data = new DataClient({
+      endpoint: reply.dataEndpoint,
+      rank: reply.rank,
+      generation: reply.generation,
+      prefetch: job.prefetch,
+      ...(aug ? { prepare: (h, payload) => aug.prepare(payload, h.epoch, h.indices) } : {}),
+    });
     // The hello waits for the feed's socket to connect, which never fails (ZeroMQ reconnects
     // forever): a coordinator that dies now is noticed only through the race.
     await orStop(data.start());
@@ -136,7 +146,7 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
       if (item.kind === 'end') break;
       const h = item.header;
       const tDecode = performance.now();
-      const batch = decodeBatch(item.payload);
+      const batch = item.batch ?? decodeBatch(item.payload);
       const decodeSeconds = (performance.now() - tDecode) / 1000;
       const info = { step: h.step, epoch: h.epoch, epochStep: h.epochStep, indices: h.indices, checkpoint: h.checkpoint === true };
       const r = await orStop(step.run(batch, info));
@@ -189,6 +199,7 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
   } finally {
     await step?.close?.().catch(() => {});
     data?.close();
+    await augmenter?.close().catch(() => {});
     session.close();
     // libzmq leaves a bound ipc socket's file behind when the process ends without unbinding.
     if (ipc) rmSync(collectiveEndpoint.slice('ipc://'.length), { force: true });

@@ -10,6 +10,7 @@ import { embedCommand } from './embed.js';
 import { exportCommand } from './export.js';
 import { probeCommand } from './probe.js';
 import { reportCommand } from './report.js';
+import { textEmbedCommand } from './text-embed.js';
 
 /**
  * Every `coordinator` sub-command, one module each. The training command is the default
@@ -28,4 +29,5 @@ export const commands: CommandModule<any, any>[] = [
   compareCommand,
   doctorCommand,
   embedCommand,
+  textEmbedCommand,
 ];

@@ -3,12 +3,13 @@ import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { UserError } from '../../shared/util/errors.js';
 import { BACKEND_CHOICES, type BackendChoice } from '../../kernels/backend.js';
 import { UNCERTAINTY_POLICIES } from '../../model/losses.js';
-import { MODEL_PRESETS } from '../../model/config.js';
+import { checkRgb, MODEL_PRESETS, type Rgb } from '../../model/config.js';
 import { createLogger } from '../../shared/util/log.js';
 import { writeReport } from '../report/index.js';
 import { trainDistributed } from '../train/train-job.js';
 import type { TrainConfig } from '../train/config.js';
 import { checkpointFlags } from '../train/checkpoint-flags.js';
+import { AUGMENT_LEVELS, augmentPolicy, type AugmentLevel } from '../../shared/augment/policy.js';
 
 export interface TrainArgs {
   workers: number;
@@ -37,6 +38,11 @@ export interface TrainArgs {
   blank: 'mask' | 'zeros';
   'pos-weight': 'none' | 'balanced';
   bootstrap: number;
+  pretrained?: string;
+  'image-mean'?: number[];
+  'image-std'?: number[];
+  augment?: AugmentLevel;
+  'augment-hflip'?: number;
   listen?: string;
   advertise?: string;
   'data-port'?: number;
@@ -106,7 +112,45 @@ export function trainOptions<T>(y: Argv<T>) {
       default: 'none' as const,
       describe: 'balanced: weight positives by neg/pos (clamped to 50)',
     })
-    .option('bootstrap', { type: 'number', default: 1000, describe: 'bootstrap replicates for the AUROC 95% CI (0: none)' });
+    .option('bootstrap', { type: 'number', default: 1000, describe: 'bootstrap replicates for the AUROC 95% CI (0: none)' })
+    .option('augment', {
+      choices: AUGMENT_LEVELS,
+      default: 'none' as AugmentLevel,
+      describe: 'training-image augmentation: crop, rotation, shift, brightness/contrast (docs/training.md)',
+    })
+    .option('augment-hflip', {
+      type: 'number',
+      default: 0,
+      describe: 'horizontal-flip probability with --augment (default 0: laterality matters in chest films)',
+    })
+    .option('pretrained', {
+      type: 'string',
+      describe:
+        'open_clip / model hub directory (open_clip_config.json + weights): the model shape and initial weights, instead of --model',
+    })
+    .option('image-mean', imageNormOption('mean'))
+    .option('image-std', imageNormOption('std'));
+}
+
+/** --image-mean / --image-std: three numbers, R G B. */
+export function imageNormOption(which: 'mean' | 'std') {
+  return {
+    type: 'number',
+    array: true,
+    describe:
+      `per-channel (R G B) ${which} of the RGB preprocessing the imported/exported weights expect ` +
+      `(default: preprocess_cfg of --pretrained, CLIP's for vit-b16)`,
+  } as const;
+}
+
+/** Both of --image-mean and --image-std, or neither. */
+export function imageNorm(mean: number[] | undefined, std: number[] | undefined): { mean: Rgb; std: Rgb } | undefined {
+  if (mean === undefined && std === undefined) return undefined;
+  if (mean === undefined || std === undefined)
+    throw new UserError('give --image-mean and --image-std together (three numbers each, R G B)');
+  const image = { mean: mean as unknown as Rgb, std: std as unknown as Rgb };
+  checkRgb(image);
+  return image;
 }
 
 /** Where the workers run and how the job is watched (train and demo). */
@@ -119,7 +163,11 @@ export function jobOptions<T>(y: Argv<T>) {
       type: 'string',
       describe: 'job token remote workers must present (default: $CXR_JOB_TOKEN; generated for local workers)',
     })
-    .option('gpu', { type: 'boolean', default: false, describe: 'pin local workers to GPUs (CUDA_VISIBLE_DEVICES)' })
+    .option('gpu', {
+      type: 'boolean',
+      default: false,
+      describe: 'pin local worker i to GPU i (CUDA_VISIBLE_DEVICES; for WebGPU, Mesa device selection: docs/gpu.md)',
+    })
     .option('prefetch', { type: 'number', default: 2, describe: 'batches queued ahead per worker' })
     .option('params-check-every', { type: 'number', default: 50, describe: 'compare replica parameter hashes every K steps' })
     .option('metrics-port', { type: 'number', describe: 'serve Prometheus /metrics and /healthz on this port' })
@@ -138,6 +186,7 @@ export function toTrainConfig(a: ArgumentsCamelCase<TrainArgs> | TrainArgs): Tra
   if (args.epochs !== undefined) positive(args.epochs, '--epochs');
   for (const w of ['w-cls', 'w-con', 'w-prior', 'lr', 'weight-decay', 'clip-norm'] as const)
     if (!(args[w] >= 0)) throw new UserError(`--${w} must be >= 0, got ${args[w]}`);
+  augmentPolicy(args.augment ?? 'none', args['augment-hflip'] ?? 0);
   return {
     data: path.resolve(args.data),
     out: path.resolve(args.out),
@@ -165,6 +214,12 @@ export function toTrainConfig(a: ArgumentsCamelCase<TrainArgs> | TrainArgs): Tra
     blank: args.blank,
     posWeight: args['pos-weight'],
     bootstrap: args.bootstrap,
+    pretrained: args.pretrained ? path.resolve(args.pretrained) : null,
+    ...((image) => ({ imageMean: image ? [...image.mean] : null, imageStd: image ? [...image.std] : null }))(
+      imageNorm(args['image-mean'], args['image-std']),
+    ),
+    augment: args.augment ?? 'none',
+    augmentHflip: args['augment-hflip'] ?? 0,
   };
 }
 
@@ -216,6 +271,10 @@ export const trainCommand: CommandModule<object, TrainArgs> = {
       .example(
         '$0 --workers 2 --data data/nih64 --out runs/a --epochs 16 --batch-size 64 --resume auto',
         'continue runs/a on 2 workers from its last checkpoint',
+      )
+      .example(
+        '$0 --data data/cxr224 --out runs/b --pretrained models/BiomedCLIP --lr 1e-5 --epochs 2',
+        'start from BiomedCLIP as downloaded from the model hub (docs/model.md)',
       )
       .example('$0 --config train.yaml --lr 1e-4', 'options from a file, one overridden') as unknown as Argv<TrainArgs>,
   handler: (args) => runTraining(args),

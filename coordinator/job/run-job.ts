@@ -8,6 +8,7 @@ import type { ShardWritten } from '../../shared/checkpoint/shard-writer.js';
 import { UserError } from '../../shared/util/errors.js';
 import type { Logger } from '../../shared/util/log.js';
 import type { WorkerJobSection } from '../../shared/config/job.js';
+import type { AugmentPolicy } from '../../shared/augment/policy.js';
 
 export interface JobOptions {
   readonly workers: number;
@@ -38,6 +39,8 @@ export interface JobOptions {
   /** Steps to run from startStep. */
   readonly steps: number;
   readonly prefetch?: number;
+  /** Augment every fed slice in the workers (training only: evaluation reads the dataset itself). */
+  readonly augment?: AugmentPolicy | null;
   readonly paramsCheckEvery?: number;
   readonly heartbeatIntervalMs?: number;
   readonly heartbeatTimeoutMs?: number;
@@ -119,6 +122,7 @@ export async function runJob(o: JobOptions): Promise<JobResult> {
     endStep,
     stepsPerEpoch: sampler.stepsPerEpoch,
     prefetch,
+    ...(o.augment ? { augment: o.augment } : {}),
     paramsCheckEvery: o.paramsCheckEvery ?? 0,
     heartbeatTimeoutMs,
   };

@@ -1,6 +1,7 @@
 import { BUILTIN_LABEL_SETS, loadLabelSet, type LabelSet } from '../../shared/labels.js';
 import type { BackendChoice } from '../../kernels/backend.js';
 import type { BlankPolicy, LabelPriorKind } from '../../model/losses.js';
+import type { AugmentLevel } from '../../shared/augment/policy.js';
 
 /**
  * The trainer's resolved configuration and what it needs of a dataset. Training itself runs in
@@ -48,6 +49,15 @@ export interface TrainConfig {
   blank: BlankPolicy;
   posWeight: 'none' | 'balanced';
   bootstrap: number;
+  /** A pretrained model directory (--pretrained): the model's shape and initial weights; null: --model. */
+  pretrained?: string | null;
+  /** --image-mean / --image-std: RGB preprocessing of imported and exported weights (both or neither); null: the model's default. */
+  imageMean?: number[] | null;
+  imageStd?: number[] | null;
+  /** Training-time augmentation (docs/training.md); absent: none. */
+  augment?: AugmentLevel;
+  /** Horizontal-flip probability on top of --augment; absent: 0. */
+  augmentHflip?: number;
 }
 
 /** The label set a dataset's labels belong to (by manifest name, else by identical label list). */

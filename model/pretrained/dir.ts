@@ -1,6 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { UserError } from '../../shared/util/errors.js';
+import { CLIP_MEAN, CLIP_STD } from '../config.js';
 
 /**
  * A pretrained model directory as open_clip and the model hub lay it out: `open_clip_config.json`
@@ -13,10 +14,6 @@ export const OPEN_CLIP_CONFIG = 'open_clip_config.json';
 /** The weights open_clip's hub loader looks for, in its order of preference. */
 export const OPEN_CLIP_WEIGHTS = ['open_clip_model.safetensors', 'open_clip_pytorch_model.bin'] as const;
 const STATE_DICT_EXT = /\.(safetensors|bin|pt|pth)$/;
-
-/** CLIP's preprocessing (OpenAI), open_clip's default when a config names none. */
-export const CLIP_MEAN: readonly [number, number, number] = [0.48145466, 0.4578275, 0.40821073];
-export const CLIP_STD: readonly [number, number, number] = [0.26862954, 0.26130258, 0.27577711];
 
 /**
  * The image tower a config describes. `open-clip-vit`: open_clip's VisionTransformer (names

@@ -1,3 +1,5 @@
+import type { AugmentPolicy } from '../augment/policy.js';
+
 /**
  * The part of the resolved config every worker reads (under the key `job`); the rest of the
  * config (model, optimizer, losses) passes through to the step untouched.
@@ -12,6 +14,8 @@ export interface WorkerJobSection {
   readonly endStep: number;
   readonly stepsPerEpoch: number;
   readonly prefetch: number;
+  /** Training-time augmentation of every fed slice (keyed by job.seed, epoch, row), or null/absent for none. */
+  readonly augment?: AugmentPolicy | null;
   /** Compare parameter hashes every this many steps (0: only at rendezvous). */
   readonly paramsCheckEvery: number;
   /** A worker that cannot reach the coordinator for this long stops. */

@@ -7,6 +7,7 @@ import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../../kernels/backend.js';
 import { resolveModelConfig } from '../../model/config.js';
 import { CxrModel, initialParams, modelLayout } from '../../model/vit.js';
+import { type TextTowerShape, textTowerSpecs } from '../../model/text/tower.js';
 import { computeGradients, localComm, packRows, splitRows, type StepComm, type StepOptions } from '../../worker/steps/forward-backward.js';
 import { labelPriorTarget } from '../../model/losses.js';
 import { adamwStep, decayMask } from '../../worker/steps/adamw.js';
@@ -105,58 +106,110 @@ async function simulatedWorld<T>(rowCounts: number[], step: (comm: StepComm) => 
   return Promise.all(comms(true).map(step));
 }
 
-test('two simulated ranks with half batches each sum to the one-process gradient of the whole batch', async () => {
-  const cfg = micro();
-  const params = initialParams(cfg, 9);
-  const n = 6;
-  const { images, labels: lab } = batchOf(n, 1);
-  const indices = [40, 41, 42, 43, 44, 45];
-  const one = new CxrModel(cfg, params);
-  const whole = await computeGradients(one, { n, images, labels: lab, indices, epoch: 1 }, localComm, opts);
-  const replicas = [new CxrModel(cfg, params), new CxrModel(cfg, params)];
-  const parts = await simulatedWorld([3, 3], (comm) => {
-    const r = comm.rank;
-    return computeGradients(
-      replicas[r]!,
-      {
-        n: 3,
-        images: images.subarray(r * 3 * 256, (r + 1) * 3 * 256),
-        labels: lab.subarray(r * 12, (r + 1) * 12),
-        indices: indices.slice(r * 3, r * 3 + 3),
-        epoch: 1,
-      },
-      comm,
-      opts,
-    );
-  });
-  assert.deepEqual(parts[0]!.grads, parts[1]!.grads, 'every rank holds the same summed gradient');
-  let maxErr = 0;
-  let maxMag = 0;
-  whole.grads.forEach((g, i) => {
-    maxErr = Math.max(maxErr, Math.abs(g - parts[0]!.grads[i]!));
-    maxMag = Math.max(maxMag, Math.abs(g));
-  });
-  const worst = one.layout.entries
-    .map((e) => ({
-      name: e.name,
-      err: Math.max(
-        ...Array.from(
-          e.shape.length ? whole.grads.subarray(e.offset, e.offset + e.size) : whole.grads.subarray(e.offset, e.offset + 1),
-          (g, i) => Math.abs(g - parts[0]!.grads[e.offset + i]!),
+/** micro() with a small pretrained-shaped text tower in the step (--text-tower finetune). */
+const withTower = (tower: TextTowerShape) => {
+  const c = micro();
+  // Token rows for the 12 prompts: start, two or three tokens, end, padding (ids below the vocabulary).
+  const tokens = Array.from({ length: 12 }, (_, i) =>
+    tower.kind === 'clip'
+      ? [30, 1 + (i % 7), 2 + (i % 5), ...(i % 2 ? [3] : []), 31, ...(i % 2 ? [] : [0])]
+      : [2, 5 + (i % 9), 6 + (i % 4), 3, ...(i % 3 ? [0, 0] : [7, 3]).slice(0, 2)],
+  );
+  return { ...c, text: { kind: 'tower' as const, dim: tower.embedDim, tower, tokens } };
+};
+const clipTower: TextTowerShape = {
+  kind: 'clip',
+  vocabSize: 32,
+  contextLength: 8,
+  width: 8,
+  heads: 2,
+  layers: 1,
+  embedDim: 6,
+  quickGelu: true,
+  prefix: '',
+};
+const bertTower: TextTowerShape = {
+  kind: 'bert',
+  vocabSize: 20,
+  contextLength: 8,
+  maxPositions: 10,
+  typeVocabSize: 2,
+  width: 8,
+  heads: 2,
+  layers: 1,
+  intermediate: 16,
+  eps: 1e-12,
+  padId: 0,
+  embedDim: 6,
+  pooler: 'cls_pooler',
+  proj: 'mlp',
+};
+
+for (const [what, make] of [
+  ['learnable prompts', () => micro()],
+  ['a CLIP text tower in the step', () => withTower(clipTower)],
+  ['a BERT text tower in the step', () => withTower(bertTower)],
+] as const)
+  test(`two simulated ranks with half batches each sum to the one-process gradient of the whole batch (${what})`, async () => {
+    const cfg = make();
+    const params = initialParams(cfg, 9);
+    const n = 6;
+    const { images, labels: lab } = batchOf(n, 1);
+    const indices = [40, 41, 42, 43, 44, 45];
+    const one = new CxrModel(cfg, params);
+    const whole = await computeGradients(one, { n, images, labels: lab, indices, epoch: 1 }, localComm, opts);
+    const replicas = [new CxrModel(cfg, params), new CxrModel(cfg, params)];
+    const parts = await simulatedWorld([3, 3], (comm) => {
+      const r = comm.rank;
+      return computeGradients(
+        replicas[r]!,
+        {
+          n: 3,
+          images: images.subarray(r * 3 * 256, (r + 1) * 3 * 256),
+          labels: lab.subarray(r * 12, (r + 1) * 12),
+          indices: indices.slice(r * 3, r * 3 + 3),
+          epoch: 1,
+        },
+        comm,
+        opts,
+      );
+    });
+    assert.deepEqual(parts[0]!.grads, parts[1]!.grads, 'every rank holds the same summed gradient');
+    if (cfg.text.kind === 'tower')
+      for (const s of textTowerSpecs(cfg.text.tower)) {
+        const e = one.layout.entries.find((x) => x.name === s.name)!;
+        assert.ok(
+          whole.grads.subarray(e.offset, e.offset + e.size).some((g) => g !== 0),
+          `the text tower's ${s.name} gets a gradient`,
+        );
+      }
+    let maxErr = 0;
+    let maxMag = 0;
+    whole.grads.forEach((g, i) => {
+      maxErr = Math.max(maxErr, Math.abs(g - parts[0]!.grads[i]!));
+      maxMag = Math.max(maxMag, Math.abs(g));
+    });
+    const worst = one.layout.entries
+      .map((e) => ({
+        name: e.name,
+        err: Math.max(
+          ...Array.from(
+            e.shape.length ? whole.grads.subarray(e.offset, e.offset + e.size) : whole.grads.subarray(e.offset, e.offset + 1),
+            (g, i) => Math.abs(g - parts[0]!.grads[e.offset + i]!),
+          ),
         ),
-      ),
-    }))
-    .sort((a, b) => b.err - a.err)[0]!;
-  assert.ok(maxMag > 0 && maxErr / maxMag < 1e-5, `max abs difference ${maxErr} (in ${worst.name}) vs max gradient ${maxMag}`);
-  const t0 = parts[0]!.terms;
-  const t1 = parts[1]!.terms;
-  assert.ok(Math.abs(t0.classification + t1.classification - whole.terms.classification) < 1e-5);
-  // Each rank evaluates the whole contrastive loss and reports half of it: the terms are shares that sum to the global value.
-  assert.ok(Math.abs(t0.contrastive + t1.contrastive - whole.terms.contrastive) < 1e-5);
-  assert.ok(Math.abs(t0.labelPrior + t1.labelPrior - whole.terms.labelPrior) < 1e-6);
-  assert.ok(Math.abs(t0.total + t1.total - whole.terms.total) < 1e-5);
-  [one, ...replicas].forEach((m) => m.dispose());
-});
+      }))
+      .sort((a, b) => b.err - a.err)[0]!;
+    assert.ok(maxMag > 0 && maxErr / maxMag < 1e-5, `max abs difference ${maxErr} (in ${worst.name}) vs max gradient ${maxMag}`);
+    const t0 = parts[0]!.terms;
+    const t1 = parts[1]!.terms;
+    assert.ok(Math.abs(t0.classification + t1.classification - whole.terms.classification) < 1e-5);
+    // Each rank evaluates the whole contrastive loss and reports half of it: the terms are shares that sum to the global value.
+    assert.ok(Math.abs(t0.contrastive + t1.contrastive - whole.terms.contrastive) < 1e-5);
+    assert.ok(Math.abs(t0.labelPrior + t1.labelPrior - whole.terms.labelPrior) < 1e-6);
+    assert.ok(Math.abs(t0.total + t1.total - whole.terms.total) < 1e-5);
+    [one, ...replicas].forEach((m) => m.dispose());
+  });
 
 test('hundreds of training steps leave the number of live tensors unchanged', async () => {
   for (const head of ['text', 'linear'] as const) {

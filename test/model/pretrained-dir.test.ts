@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { CLIP_MEAN, CLIP_STD, readPretrainedDir } from '../../model/pretrained/dir.js';
+import { CLIP_MEAN, CLIP_STD } from '../../model/config.js';
+import { readPretrainedDir } from '../../model/pretrained/dir.js';
 import { UserError } from '../../shared/util/errors.js';
 
 /** BiomedCLIP's open_clip_config.json as the hub ships it. */
