@@ -27,7 +27,7 @@ import { median } from './median.js';
 import { arg } from './args.js';
 
 /**
- * `npm run bench -- step [--models tiny,small] [--backends wasm,cpu] [--batch 32] [--image 64] [--steps 5] [--warmup 5] [--norm-gelu on|off|ab] [--epilogue on|off|ab] [--softmax-grad on|off|ab] [--transpose on|off|ab]`:
+ * `npm run bench -- step [--models tiny,small] [--backends wasm,cpu|--backend webgpu] [--reference on|off] [--batch 32] [--image 64] [--steps 5] [--warmup 5] [--norm-gelu on|off|ab] [--epilogue on|off|ab] [--softmax-grad on|off|ab] [--transpose on|off|ab]`:
  * time of one full training step (forward, backward, all three losses, clipping, AdamW, writing the
  * parameters back) per model and backend, next to PyTorch's time for the same architecture, batch
  * and losses measured in the same run on one thread (bench/reference/vit_step.py), as installed
@@ -41,13 +41,16 @@ import { arg } from './args.js';
  * the attention softmax's gradient in one pass (on) or as tfjs's four kernels (off), or `ab`;
  * `--transpose` (wasm only): Transpose as row copies and the attention's head split and merge as
  * one kernel each (on), or the backend's Transpose with tfjs's split, multiply and concat (off), or `ab`.
- * Several `ab`s run every combination.
+ * Several `ab`s run every combination. `--backend webgpu` (or `webgpu-software`, the software
+ * adapter) times the step on WebGPU and names the adapter; the PyTorch reference is off by default
+ * when only WebGPU runs (`--reference on` runs it anyway).
  * `--pretrained-shape vit-b16`: OpenAI CLIP ViT-B/16 as `--pretrained` builds it, the image tower
  * (QuickGELU) and CLIP's text tower (width 512, 12 layers, 8 heads, vocabulary 49408) trained in
  * the step on the chexpert14 prompts' real token ids (test/fixtures/prompt-tokens.json, cut to the
  * longest prompt on both sides), batch 8 at 224 unless given; sized to finish in minutes: wasm
  * only, 1 warm-up and 2 timed steps, PyTorch once (no THP rerun, no profiled split unless
- * `--ceiling`) within `--torch-budget` seconds (default 300), after which its reason is printed.
+ * `--ceiling`) within `--torch-budget` seconds (default 300), after which its reason is printed;
+ * `--models vit-b16` gets the same sizing.
  */
 
 /** One full training step of `preset` on `backend` (the setup the step bench times), run by run(). */
@@ -57,8 +60,8 @@ export async function trainingStep(
   batch: number,
   image: number,
 ): Promise<{ run(): Promise<void>; dispose(): void }> {
-  await initBackend(backend);
-  if (tf.getBackend() !== backend) await tf.setBackend(backend);
+  const { name } = await initBackend(backend);
+  if (tf.getBackend() !== name) await tf.setBackend(name);
   const set = loadLabelSet('chexpert14');
   const L = set.labels.length;
   const cfg = benchConfig(preset, image);
@@ -358,13 +361,16 @@ export async function run(argv: string[]): Promise<void> {
   // ViT-B/16-sized steps take tens of seconds each here (docs/performance.md): the defaults for
   // them keep the whole run to minutes.
   const big = models.some((m) => m === 'vit-b16' || m.startsWith(PRETRAINED));
-  const backends = arg(argv, 'backends', big ? 'wasm' : 'wasm,cpu').split(',') as BackendChoice[];
+  const backends = arg(argv, 'backends', arg(argv, 'backend', big ? 'wasm' : 'wasm,cpu')).split(',') as BackendChoice[];
   const batch = Number(arg(argv, 'batch', shape ? '8' : '32'));
   const image = Number(arg(argv, 'image', shape ? '224' : '64'));
   const steps = Number(arg(argv, 'steps', big ? '2' : '5'));
   const warmup = Number(arg(argv, 'warmup', big ? '1' : '5'));
   const ceiling = !big || argv.includes('--ceiling');
   const budget = Number(arg(argv, 'torch-budget', big ? '300' : '0'));
+  // PyTorch on one CPU thread is the wasm backend's yardstick, not a GPU's: off by default for WebGPU alone.
+  const reference = arg(argv, 'reference', backends.every((b) => b.startsWith('webgpu')) ? 'off' : 'on');
+  if (!['on', 'off'].includes(reference)) throw new UserError(`--reference must be on or off, got '${reference}'`);
   const onOffAb = (name: string) => {
     const v = arg(argv, name, 'on');
     if (!['on', 'off', 'ab'].includes(v)) throw new UserError(`--${name} must be on, off or ab, got '${v}'`);
@@ -398,18 +404,24 @@ export async function run(argv: string[]): Promise<void> {
     `${'model'.padEnd(6)} ${'backend'.padEnd(8)} ${'tfjs s/step'.padStart(12)} ${'PyTorch s/step'.padStart(15)} ${'ratio'.padStart(7)} ${'PyTorch THP'.padStart(12)} ${'ratio'.padStart(7)}\n`,
   );
   let heap: string | null = null; // what the backend did with the wasm heap, once it ran
+  let adapter: string | null = null; // the WebGPU adapter, once it ran
   for (const preset of models) {
+    const off = 'PyTorch reference not run (--reference on runs it)';
     const t0 = performance.now();
-    const ran = torchStepMs(preset, batch, image, steps, warmup, {}, ceiling && backends.includes('wasm'), budget);
+    const ran =
+      reference === 'on' ? torchStepMs(preset, batch, image, steps, warmup, {}, ceiling && backends.includes('wasm'), budget) : off;
     const torchS = (performance.now() - t0) / 1000;
     // A reference stopped at its budget is a reason, with the BLAS it found.
     const ref: TorchSteps | string =
       typeof ran !== 'string' && ran.error
         ? `PyTorch reference ${ran.error} (${steps + warmup} steps asked; its BLAS ${ran.blas} multiplies at ${ran.gemm_gflops?.toFixed(2)} GFLOP/s)`
         : ran;
-    const refThp = big
-      ? 'not run for this size (--models tiny,small run it)'
-      : torchStepMs(preset, batch, image, steps, warmup, TORCH_THP_ENV);
+    const refThp =
+      reference !== 'on'
+        ? off
+        : big
+          ? 'not run for this size (--models tiny,small run it)'
+          : torchStepMs(preset, batch, image, steps, warmup, TORCH_THP_ENV);
     let wasmMs: number | null = null; // the step with every switch on, for the ceiling lines
     for (const be of backends) {
       // The cpu backend is ~10x slower; one step of `small` on it takes minutes, so it gets one, after one.
@@ -417,6 +429,8 @@ export async function run(argv: string[]): Promise<void> {
       const settings = be === 'wasm' ? wasmSettings : [ALL_ON];
       const all = await tfjsStepMs(be, preset, batch, image, n, w, settings);
       if (be === 'wasm') heap ??= /heap [^;)]*/.exec((await initBackend('wasm')).reason)?.[0] ?? 'heap: not reported';
+      // Which GPU the figures are for (a GPU machine prints its own with the same command).
+      if (be.startsWith('webgpu')) adapter ??= (await initBackend(be)).reason.replace(/^requested with --backend [\w-]+: /, '');
       const refMs = typeof ref === 'string' ? null : median(ref.ms);
       const thpMs = typeof refThp === 'string' ? null : median(refThp.ms);
       const cols = (ms: number, r: number | null, w: number) =>
@@ -450,4 +464,5 @@ export async function run(argv: string[]): Promise<void> {
       .map(([k, v]) => `${k}=${v}`)
       .join(' ')} (its tensors on transparent huge pages); wasm: ${heap ?? 'not run'}\n`,
   );
+  if (adapter) process.stdout.write(`webgpu: ${adapter}\n`);
 }

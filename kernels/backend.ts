@@ -7,12 +7,13 @@ import { UserError, errorMessage } from '../shared/util/errors.js';
 import { adviseHeapHugePages } from './heap-pages.js';
 import { gemmVariants } from './simd/gemm.js';
 import { registerWasmGradientKernels, setSimdGemmVariant, wasmGemmVariant } from './wasm-kernels.js';
+import { useWebGpu } from './webgpu.js';
 
-export type BackendChoice = 'auto' | 'tensorflow' | 'wasm' | 'cpu';
-export const BACKEND_CHOICES: readonly BackendChoice[] = ['auto', 'tensorflow', 'wasm', 'cpu'];
+export type BackendChoice = 'auto' | 'tensorflow' | 'webgpu' | 'webgpu-software' | 'wasm' | 'cpu';
+export const BACKEND_CHOICES: readonly BackendChoice[] = ['auto', 'tensorflow', 'webgpu', 'webgpu-software', 'wasm', 'cpu'];
 
 export interface BackendInfo {
-  /** The tfjs backend name now active ('tensorflow', 'wasm', 'cpu'). */
+  /** The tfjs backend name now active ('tensorflow', 'webgpu', 'wasm', 'cpu'). */
   name: string;
   /** Why it was chosen, including what was tried and refused before it. */
   reason: string;
@@ -84,8 +85,9 @@ let active: BackendInfo | null = null;
 
 /**
  * Select and initialise the compute backend once per process. `auto` prefers CUDA
- * (tfjs-node-gpu with a visible NVIDIA GPU), then native TensorFlow on the CPU (tfjs-node),
- * then WebAssembly (XNNPACK, SIMD), then the pure-JS `cpu` backend.
+ * (tfjs-node-gpu with a visible NVIDIA GPU), then WebGPU on a hardware adapter (kernels/webgpu.ts),
+ * then native TensorFlow on the CPU (tfjs-node), then WebAssembly (XNNPACK, SIMD), then the
+ * pure-JS `cpu` backend. A software WebGPU adapter only with `webgpu-software`.
  */
 export async function initBackend(choice: BackendChoice): Promise<BackendInfo> {
   if (active && (choice === 'auto' || choice === active.name)) return active;
@@ -99,6 +101,13 @@ export async function initBackend(choice: BackendChoice): Promise<BackendInfo> {
   switch (choice) {
     case 'cpu':
       return done('cpu', 'requested with --backend cpu');
+    case 'webgpu':
+    case 'webgpu-software': {
+      const adapter = await useWebGpu(choice === 'webgpu-software').catch((e: unknown) => {
+        throw new UserError(`--backend ${choice}: ${errorMessage(e)}`);
+      });
+      return done('webgpu', `requested with --backend ${choice}: WebGPU on ${adapter}`);
+    }
     case 'wasm': {
       const relaxed = await useWasm();
       return done('wasm', `requested with --backend wasm (${await wasmReport(relaxed)})`);
@@ -122,6 +131,11 @@ export async function initBackend(choice: BackendChoice): Promise<BackendInfo> {
         tried.push(`tfjs-node-gpu: ${err}`);
       } else {
         tried.push('tfjs-node-gpu: no NVIDIA GPU visible');
+      }
+      try {
+        return done('webgpu', `auto: WebGPU on ${await useWebGpu(false)}`);
+      } catch (e) {
+        tried.push(`webgpu: ${errorMessage(e).split(/\. Looked for|: it computes/)[0]}`);
       }
       const err = await tryImport('@tensorflow/tfjs-node');
       if (err === null) return done('tensorflow', 'auto: tfjs-node (native TensorFlow on the CPU)');

@@ -45,6 +45,75 @@ export function readInto(t: tf.Tensor, out: Float32Array, offset: number): void 
 }
 
 /**
+ * Whether the active backend keeps tensors in memory the process reads directly (wasm's heap,
+ * cpu's arrays). Elsewhere (webgpu: GPU memory) a read-back or an upload is a transfer with a
+ * fixed cost, so a whole vector moves once instead of once per tensor.
+ */
+export function hostResident(): boolean {
+  const name = tf.getBackend();
+  return name === 'wasm' || name === 'cpu';
+}
+
+/**
+ * Whether dataSync works on the active backend. tfjs-backend-webgpu reads synchronously only in a
+ * browser (through OffscreenCanvas); in Node every read from the GPU is `await data()`.
+ */
+export function readsSynchronously(): boolean {
+  return tf.getBackend() !== 'webgpu';
+}
+
+/**
+ * `parts` (each null for zeros, or a tensor of that size) laid end to end into `out` from offset 0.
+ * Host-resident backends copy each tensor's storage; elsewhere the parts are concatenated where
+ * they live and read back in one transfer.
+ */
+export async function readConcatenated(parts: readonly { tensor: tf.Tensor | null; size: number }[], out: Float32Array): Promise<void> {
+  const total = parts.reduce((a, p) => a + p.size, 0);
+  if (total !== out.length) throw new Error(`readConcatenated: ${total} values for a buffer of ${out.length}`);
+  if (hostResident()) {
+    let at = 0;
+    for (const p of parts) {
+      if (p.tensor) readInto(p.tensor, out, at);
+      else out.fill(0, at, at + p.size);
+      at += p.size;
+    }
+    return;
+  }
+  const flat = tf.tidy(() => tf.concat(parts.map((p) => (p.tensor ? tf.reshape(p.tensor, [-1]) : tf.zeros([p.size])))));
+  try {
+    out.set((await flat.data()) as Float32Array);
+  } finally {
+    flat.dispose();
+  }
+}
+
+/**
+ * Overwrites `variables` from `values` laid end to end in their order. Host-resident backends
+ * write each variable (overwriteVariable); elsewhere the vector is uploaded once and each variable
+ * gets its slice of it where the data lives.
+ */
+export function assignConcatenated(variables: readonly tf.Variable[], values: Float32Array): void {
+  const total = variables.reduce((a, v) => a + v.size, 0);
+  if (total !== values.length) throw new Error(`assignConcatenated: ${values.length} values for variables of ${total}`);
+  if (hostResident()) {
+    let at = 0;
+    for (const v of variables) {
+      overwriteVariable(v, values.subarray(at, at + v.size));
+      at += v.size;
+    }
+    return;
+  }
+  tf.tidy(() => {
+    const all = tf.tensor1d(values);
+    let at = 0;
+    for (const v of variables) {
+      v.assign(tf.reshape(tf.slice(all, at, v.size), v.shape));
+      at += v.size;
+    }
+  });
+}
+
+/**
  * Overwrites variable `v` with `values` (its size). On the cpu backend in place when the variable
  * alone holds its data (refcount 1, so no other tensor sees the write); otherwise a new tensor is
  * assigned (wasm copies `values` into its heap). The cpu backend keeps the very array a tensor is

@@ -7,7 +7,7 @@ import { dense, gelu, layerNorm } from './layers.js';
 import type { ParamSpec } from './param-specs.js';
 import { encodeTextTower, textTowerSpecs } from './text/tower.js';
 import { mulberry32, normalSource } from '../shared/random/generators.js';
-import { overwriteVariable, readInto } from './tensor-storage.js';
+import { assignConcatenated, readConcatenated } from './tensor-storage.js';
 
 /**
  * Pixels enter as uint8 grayscale. With `inputNorm: 'fixed'` the stem sees (p/255 - PIXEL_MEAN) /
@@ -264,33 +264,34 @@ export class CxrModel {
    * Gradients (keyed by variable name) to one flat vector; a parameter without a gradient gets
    * zeros. `into` (the layout's size) is reused when given: the step keeps one across steps.
    */
-  flattenGrads(grads: tf.NamedTensorMap, into?: Float32Array): Float32Array {
+  async flattenGrads(grads: tf.NamedTensorMap, into?: Float32Array): Promise<Float32Array> {
     if (into && into.length !== this.layout.total)
       throw new Error(`flattenGrads: a buffer of ${into.length} for a layout of ${this.layout.total}`);
     const out = into ?? new Float32Array(this.layout.total);
-    this.variables.forEach((v, k) => {
-      const e = this.layout.entries[k]!;
-      const g = grads[v.name];
-      if (g) readInto(g, out, e.offset);
-      else if (into) out.fill(0, e.offset, e.offset + e.size);
-    });
+    await readConcatenated(
+      this.variables.map((v) => ({ tensor: grads[v.name] ?? null, size: v.size })),
+      out,
+    );
     return out;
   }
 
   /**
    * Overwrite every variable from a flat vector in layout order. The variables never keep a view
    * of `params` (their storage is written in place where the backend allows, else copied), so the
-   * caller may reuse or move the vector afterwards.
+   * caller may reuse or move the vector afterwards. On a GPU backend one upload for all of them.
    */
   assignFlat(params: Float32Array): void {
     if (params.length !== this.layout.total) throw new Error(`assignFlat: ${params.length} values for a layout of ${this.layout.total}`);
-    this.layout.entries.forEach((e, k) => overwriteVariable(this.variables[k]!, params.subarray(e.offset, e.offset + e.size)));
+    assignConcatenated(this.variables, params);
   }
 
   /** The current parameters as one flat vector in layout order. */
-  readFlat(): Float32Array {
+  async readFlat(): Promise<Float32Array> {
     const out = new Float32Array(this.layout.total);
-    this.layout.entries.forEach((e, k) => readInto(this.variables[k]!, out, e.offset));
+    await readConcatenated(
+      this.variables.map((v) => ({ tensor: v, size: v.size })),
+      out,
+    );
     return out;
   }
 

@@ -1,7 +1,7 @@
 import * as path from 'node:path';
 import type { CommandModule } from 'yargs';
 import { embedSplit } from '../eval/embed.js';
-import { savedModelOptions, type SavedModelArgs } from './eval.js';
+import { modelSource, savedModelOptions, type SavedModelArgs } from './eval.js';
 
 export const embedCommand: CommandModule<object, SavedModelArgs> = {
   command: 'embed',
@@ -13,9 +13,8 @@ export const embedCommand: CommandModule<object, SavedModelArgs> = {
     ) as never,
   handler: async (a) => {
     const out = path.resolve(a.out);
-    const r = await embedSplit(
-      { checkpoint: path.resolve(a.checkpoint), data: path.resolve(a.data), split: a.split, out, backend: a.backend },
-      (l) => process.stderr.write(l + '\n'),
+    const r = await embedSplit({ checkpoint: modelSource(a), data: path.resolve(a.data), split: a.split, out, backend: a.backend }, (l) =>
+      process.stderr.write(l + '\n'),
     );
     process.stdout.write(`${a.split}: ${r.rows} embeddings of dimension ${r.dim} -> ${a.out} (${r.bytes} bytes)\n`);
   },

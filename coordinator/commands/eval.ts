@@ -3,11 +3,13 @@ import type { Argv, CommandModule } from 'yargs';
 import { writeJsonAtomic } from '../../shared/util/fs-atomic.js';
 import { BACKEND_CHOICES, type BackendChoice } from '../../kernels/backend.js';
 import { openTrainData } from '../train/data.js';
-import { evalSaved } from '../eval/saved-model.js';
+import { evalSaved, type ModelSource } from '../eval/saved-model.js';
+import { UserError } from '../../shared/util/errors.js';
 
 /** The options of every command that runs a saved model over a dataset split (eval, embed). */
 export interface SavedModelArgs {
-  checkpoint: string;
+  checkpoint?: string;
+  pretrained?: string;
   data: string;
   split: 'train' | 'val' | 'test';
   out: string;
@@ -18,13 +20,24 @@ export function savedModelOptions(y: Argv, out: string): Argv<SavedModelArgs> {
   return y
     .option('checkpoint', {
       type: 'string',
-      demandOption: true,
       describe: 'run directory (its newest checkpoint), its model.json, or a checkpoint step directory',
+    })
+    .option('pretrained', {
+      type: 'string',
+      describe: 'instead of --checkpoint: an open_clip / model hub directory (its image tower as imported, the heads untrained)',
     })
     .option('data', { type: 'string', demandOption: true, describe: 'dataset directory' })
     .option('split', { choices: ['train', 'val', 'test'] as const, default: 'test' as const })
     .option('out', { type: 'string', demandOption: true, describe: out })
     .option('backend', { choices: BACKEND_CHOICES, default: 'auto' as BackendChoice });
+}
+
+/** The model source of eval / embed: exactly one of --checkpoint and --pretrained. */
+export function modelSource(a: SavedModelArgs): ModelSource {
+  if (a.checkpoint && a.pretrained) throw new UserError('give --checkpoint or --pretrained, not both');
+  if (a.pretrained) return { pretrained: path.resolve(a.pretrained) };
+  if (!a.checkpoint) throw new UserError('give --checkpoint RUN (a trained model) or --pretrained DIR');
+  return path.resolve(a.checkpoint);
 }
 
 interface EvalArgs extends SavedModelArgs {
@@ -45,7 +58,7 @@ export const evalCommand: CommandModule<object, EvalArgs> = {
       ) as never,
   handler: async (a) => {
     const data = await openTrainData(path.resolve(a.data));
-    const rep = await evalSaved(path.resolve(a.checkpoint), data, a.split, a.backend, { replicates: a.bootstrap, seed: a.seed }, (l) =>
+    const rep = await evalSaved(modelSource(a), data, a.split, a.backend, { replicates: a.bootstrap, seed: a.seed }, (l) =>
       process.stderr.write(l + '\n'),
     );
     await writeJsonAtomic(path.resolve(a.out), rep);

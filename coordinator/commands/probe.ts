@@ -59,7 +59,11 @@ export const probeCommand: CommandModule<object, ProbeArgs> = {
         type: 'number',
         describe: 'seconds to wait for all workers (default 120 local, unbounded with --listen)',
       })
-      .option('gpu', { type: 'boolean', default: false, describe: 'pin local workers to GPUs (CUDA_VISIBLE_DEVICES)' })
+      .option('gpu', {
+        type: 'boolean',
+        default: false,
+        describe: 'pin local worker i to GPU i (CUDA_VISIBLE_DEVICES; for WebGPU, Mesa device selection: docs/gpu.md)',
+      })
       .option('step-option', {
         type: 'string',
         array: true,

@@ -3,7 +3,7 @@ import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { UserError } from '../../shared/util/errors.js';
 import { BACKEND_CHOICES, type BackendChoice } from '../../kernels/backend.js';
 import { UNCERTAINTY_POLICIES } from '../../model/losses.js';
-import { MODEL_PRESETS } from '../../model/config.js';
+import { checkRgb, MODEL_PRESETS, type Rgb } from '../../model/config.js';
 import { createLogger } from '../../shared/util/log.js';
 import { writeReport } from '../report/index.js';
 import { trainDistributed } from '../train/train-job.js';
@@ -38,6 +38,9 @@ export interface TrainArgs {
   blank: 'mask' | 'zeros';
   'pos-weight': 'none' | 'balanced';
   bootstrap: number;
+  pretrained?: string;
+  'image-mean'?: number[];
+  'image-std'?: number[];
   augment?: AugmentLevel;
   'augment-hflip'?: number;
   listen?: string;
@@ -119,7 +122,35 @@ export function trainOptions<T>(y: Argv<T>) {
       type: 'number',
       default: 0,
       describe: 'horizontal-flip probability with --augment (default 0: laterality matters in chest films)',
-    });
+    })
+    .option('pretrained', {
+      type: 'string',
+      describe:
+        'open_clip / model hub directory (open_clip_config.json + weights): the model shape and initial weights, instead of --model',
+    })
+    .option('image-mean', imageNormOption('mean'))
+    .option('image-std', imageNormOption('std'));
+}
+
+/** --image-mean / --image-std: three numbers, R G B. */
+export function imageNormOption(which: 'mean' | 'std') {
+  return {
+    type: 'number',
+    array: true,
+    describe:
+      `per-channel (R G B) ${which} of the RGB preprocessing the imported/exported weights expect ` +
+      `(default: preprocess_cfg of --pretrained, CLIP's for vit-b16)`,
+  } as const;
+}
+
+/** Both of --image-mean and --image-std, or neither. */
+export function imageNorm(mean: number[] | undefined, std: number[] | undefined): { mean: Rgb; std: Rgb } | undefined {
+  if (mean === undefined && std === undefined) return undefined;
+  if (mean === undefined || std === undefined)
+    throw new UserError('give --image-mean and --image-std together (three numbers each, R G B)');
+  const image = { mean: mean as unknown as Rgb, std: std as unknown as Rgb };
+  checkRgb(image);
+  return image;
 }
 
 /** Where the workers run and how the job is watched (train and demo). */
@@ -132,7 +163,11 @@ export function jobOptions<T>(y: Argv<T>) {
       type: 'string',
       describe: 'job token remote workers must present (default: $CXR_JOB_TOKEN; generated for local workers)',
     })
-    .option('gpu', { type: 'boolean', default: false, describe: 'pin local workers to GPUs (CUDA_VISIBLE_DEVICES)' })
+    .option('gpu', {
+      type: 'boolean',
+      default: false,
+      describe: 'pin local worker i to GPU i (CUDA_VISIBLE_DEVICES; for WebGPU, Mesa device selection: docs/gpu.md)',
+    })
     .option('prefetch', { type: 'number', default: 2, describe: 'batches queued ahead per worker' })
     .option('params-check-every', { type: 'number', default: 50, describe: 'compare replica parameter hashes every K steps' })
     .option('metrics-port', { type: 'number', describe: 'serve Prometheus /metrics and /healthz on this port' })
@@ -179,6 +214,10 @@ export function toTrainConfig(a: ArgumentsCamelCase<TrainArgs> | TrainArgs): Tra
     blank: args.blank,
     posWeight: args['pos-weight'],
     bootstrap: args.bootstrap,
+    pretrained: args.pretrained ? path.resolve(args.pretrained) : null,
+    ...((image) => ({ imageMean: image ? [...image.mean] : null, imageStd: image ? [...image.std] : null }))(
+      imageNorm(args['image-mean'], args['image-std']),
+    ),
     augment: args.augment ?? 'none',
     augmentHflip: args['augment-hflip'] ?? 0,
   };
@@ -232,6 +271,10 @@ export const trainCommand: CommandModule<object, TrainArgs> = {
       .example(
         '$0 --workers 2 --data data/nih64 --out runs/a --epochs 16 --batch-size 64 --resume auto',
         'continue runs/a on 2 workers from its last checkpoint',
+      )
+      .example(
+        '$0 --data data/cxr224 --out runs/b --pretrained models/BiomedCLIP --lr 1e-5 --epochs 2',
+        'start from BiomedCLIP as downloaded from the model hub (docs/model.md)',
       )
       .example('$0 --config train.yaml --lr 1e-4', 'options from a file, one overridden') as unknown as Argv<TrainArgs>,
   handler: (args) => runTraining(args),

@@ -15,7 +15,7 @@ import { openDataset } from '../../shared/dataset/reader.js';
 import { UserError } from '../../shared/util/errors.js';
 import { writeFileAtomic } from '../../shared/util/fs-atomic.js';
 import { initBackend, type BackendChoice } from '../../kernels/backend.js';
-import { loadModelFor } from './saved-model.js';
+import { loadModelFor, type ModelSource, sourceName } from './saved-model.js';
 import type { SplitName } from '../train/config.js';
 
 /**
@@ -37,7 +37,7 @@ export interface EmbedResult {
 const CHUNK = 128;
 
 export async function embedSplit(
-  o: { checkpoint: string; data: string; split: SplitName; out: string; backend: BackendChoice },
+  o: { checkpoint: ModelSource; data: string; split: SplitName; out: string; backend: BackendChoice },
   log: (line: string) => void,
 ): Promise<EmbedResult> {
   const backend = await initBackend(o.backend);
@@ -63,7 +63,12 @@ export async function embedSplit(
         const values = (await z.data()) as Float32Array;
         dim = z.shape[1]!;
         z.dispose();
-        schema ??= embeddingSchema(dim, L, { labels: ds.labelNames, split: o.split, checkpoint: o.checkpoint, model: model.config.preset });
+        schema ??= embeddingSchema(dim, L, {
+          labels: ds.labelNames,
+          split: o.split,
+          checkpoint: sourceName(o.checkpoint),
+          model: model.config.preset,
+        });
         batches.push(toBatch(schema, b.n, values, b.labels, b.subjectIds, b.studyIds, b.paths));
       }
       const bytes = RecordBatchFileWriter.writeAll(batches).toUint8Array(true);

@@ -9,6 +9,7 @@ import { initBackend, type BackendChoice } from '../../kernels/backend.js';
 import type { ModelConfig } from '../../model/config.js';
 import { loadParams, PARAMS_JSON } from '../../model/params-file.js';
 import { CxrModel } from '../../model/vit.js';
+import { loadPretrainedModel } from '../../model/pretrained/model.js';
 import { predictLogits } from '../../model/predict.js';
 import { labelSetFor, type SplitName, type TrainData } from '../train/config.js';
 
@@ -31,7 +32,7 @@ export async function evaluate(
   for (let s = 0; s < split.length; s += 256) {
     const idx = Array.from({ length: Math.min(256, split.length - s) }, (_, i) => s + i);
     const b = await split.read(idx);
-    scores.set(predictLogits(model, b.images, b.n), s * L);
+    scores.set(await predictLogits(model, b.images, b.n), s * L);
     labels.set(b.labels, s * L);
     bar.update(s + b.n);
   }
@@ -66,7 +67,7 @@ export async function loadSavedModel(
 
 /** `coordinator eval`: load a saved model and evaluate it on a split. */
 export async function evalSaved(
-  checkpoint: string,
+  checkpoint: ModelSource,
   data: TrainData,
   splitName: SplitName,
   backendChoice: BackendChoice,
@@ -83,8 +84,24 @@ export async function evalSaved(
   }
 }
 
-/** A saved model, refused unless it was trained on exactly these labels and this image size. */
-export async function loadModelFor(checkpoint: string, labels: readonly string[], imageSize: number): Promise<CxrModel> {
+/** Where eval and embed take a model from: a saved run or checkpoint, or a pretrained directory (--pretrained). */
+export type ModelSource = string | { pretrained: string };
+
+/** A display name of a model source, for logs and file metadata. */
+export function sourceName(source: ModelSource): string {
+  return typeof source === 'string' ? source : source.pretrained;
+}
+
+/**
+ * A saved model, refused unless it was trained on exactly these labels and this image size; or a
+ * pretrained directory's model for them (its image tower as imported, the heads freshly initialised).
+ */
+export async function loadModelFor(source: ModelSource, labels: readonly string[], imageSize: number): Promise<CxrModel> {
+  if (typeof source !== 'string') {
+    const { config, params } = await loadPretrainedModel(source.pretrained, { imageSize, labels: [...labels] });
+    return new CxrModel(config, params);
+  }
+  const checkpoint = source;
   const { doc, params } = await loadSavedModel(checkpoint);
   if (doc.config.labels.length !== labels.length || doc.config.labels.some((l, i) => l !== labels[i]))
     throw new UserError(

@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { workerEntry } from '../../shared/util/paths.js';
 import { JobFailure } from './control-server.js';
+import { WEBGPU_DEVICE_ENV } from '../../kernels/webgpu.js';
 import type { Logger } from '../../shared/util/log.js';
 
 export interface LaunchOptions {
@@ -8,7 +9,7 @@ export interface LaunchOptions {
   /** "HOST:PORT" of the control plane. */
   readonly coordinator: string;
   readonly token: string;
-  /** Pin worker i to GPU i with CUDA_VISIBLE_DEVICES. */
+  /** Pin worker i to GPU i: CUDA_VISIBLE_DEVICES for CUDA, CXR_WEBGPU_DEVICE for WebGPU (kernels/webgpu.ts). */
   readonly gpu: boolean;
   /** More arguments for every worker. */
   readonly args?: readonly string[];
@@ -67,7 +68,11 @@ export class WorkerProcesses {
         CXR_JOB_TOKEN: this.opts.token,
         CXR_COORDINATOR_PID: String(process.pid),
       };
-      if (this.opts.gpu) env.CUDA_VISIBLE_DEVICES = String(i);
+      // CUDA_VISIBLE_DEVICES does not reach Vulkan drivers: WebGPU selects its device by this index itself.
+      if (this.opts.gpu) {
+        env.CUDA_VISIBLE_DEVICES = String(i);
+        env[WEBGPU_DEVICE_ENV] = String(i);
+      }
       const args = [
         this.opts.entry ?? workerEntry,
         '--coordinator',

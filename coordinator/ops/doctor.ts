@@ -3,6 +3,7 @@ import { promises as fsp, readFileSync } from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { packageRoot } from '../../shared/util/paths.js';
 import { shmNative } from '../../native/addon.js';
 import { thpPolicy } from '../../kernels/heap-pages.js';
@@ -86,6 +87,52 @@ export async function checkBackend(b: (typeof BACKENDS)[number]): Promise<Check>
   // Only the portable backends are required; the native ones are optional extras.
   const required = b.backend === 'wasm' || b.backend === 'cpu';
   return { name, status: required ? 'fail' : missing ? 'warn' : 'fail', detail: missing ? 'not installed' : (res.error ?? 'failed'), hint };
+}
+
+/**
+ * WebGPU in a child process (kernels/webgpu.ts there): the adapter Dawn offers and one op
+ * computed on it. A hardware adapter is ok; the software one (llvmpipe) or none is a warning,
+ * since WebGPU is optional.
+ */
+const WEBGPU_PROBE = `
+const [entry] = process.argv.slice(1);
+(async () => {
+  const w = await import(entry + '/webgpu.js');
+  const found = await w.findWebGpuAdapter();
+  if (found.error) return console.log(JSON.stringify({ ok: false, error: found.error }));
+  try {
+    const b = await import(entry + '/backend.js');
+    await b.initBackend('webgpu-software');
+    const tf = await import('@tensorflow/tfjs');
+    const sum = await tf.add(tf.tensor1d([1, 2]), tf.tensor1d([3, 4])).data();
+    if (sum[0] !== 4 || sum[1] !== 6) throw new Error('wrong result from a test op: ' + Array.from(sum));
+    console.log(JSON.stringify({ ok: true, software: found.info.software, adapter: w.describeAdapter(found.info) }));
+  } catch (e) {
+    console.log(JSON.stringify({ ok: false, error: 'adapter ' + w.describeAdapter(found.info) + ': ' + String(e && e.message || e).split('\\n')[0] }));
+  }
+})();
+`;
+
+export async function checkWebGpu(): Promise<Check> {
+  const kernels = pathToFileURL(path.join(packageRoot, 'dist', 'kernels')).href;
+  const r = await run(process.execPath, ['--input-type=module', '-e', WEBGPU_PROBE, kernels], 120_000);
+  let res: { ok: boolean; software?: boolean; adapter?: string; error?: string };
+  try {
+    res = JSON.parse(r.stdout.trim().split('\n').pop() ?? '');
+  } catch {
+    res = { ok: false, error: `probe crashed (exit ${r.code}): ${r.stderr.trim().split('\n').pop() ?? ''}` };
+  }
+  const name = 'backend webgpu';
+  if (res.ok && !res.software) return { name, status: 'ok', detail: `WebGPU computes on ${res.adapter}` };
+  if (res.ok)
+    return {
+      name,
+      status: 'warn',
+      detail: `only a software adapter: ${res.adapter}`,
+      hint: 'correct but slow: --backend webgpu-software runs on it (tests, CI); a GPU needs its driver with a Vulkan ICD (docs/gpu.md)',
+    };
+  const [detail, hint] = (res.error ?? 'failed').split(/\. (?=Looked for)/);
+  return { name, status: 'warn', detail: detail!, hint: hint ?? 'see docs/gpu.md' };
 }
 
 export async function checkGpus(): Promise<Check> {
@@ -234,22 +281,34 @@ export interface DoctorOptions {
 }
 
 export async function runDoctor(opts: DoctorOptions): Promise<{ checks: Check[]; usable: boolean }> {
-  const [node, zmq, gpus, disk, ...rest] = await Promise.all([
+  const [node, zmq, gpus, disk, webgpu, ...rest] = await Promise.all([
     Promise.resolve(checkNode()),
     checkZeromq(),
     checkGpus(),
     checkDisk(opts.runDir, opts.minFreeGiB),
+    checkWebGpu(),
     ...BACKENDS.map(checkBackend),
     ...opts.ports.map((p) => checkPort(p)),
   ]);
-  const checks = [node, ...rest.slice(0, BACKENDS.length), gpus, zmq, checkNativeAddon(), disk, ...rest.slice(BACKENDS.length)];
+  // Backends in auto's order of preference (the first ok one is the fastest).
+  const checks = [
+    node,
+    rest[0]!,
+    webgpu,
+    ...rest.slice(1, BACKENDS.length),
+    gpus,
+    zmq,
+    checkNativeAddon(),
+    disk,
+    ...rest.slice(BACKENDS.length),
+  ];
   const backends = checks.filter((c) => c.name.startsWith('backend '));
   // A GPU without the GPU backend (or the reverse) is worth a warning: the run would be slow.
-  if (gpus.status === 'ok' && backends[0]!.status !== 'ok') {
+  if (gpus.status === 'ok' && backends[0]!.status !== 'ok' && webgpu.status !== 'ok') {
     checks.push({
       name: 'GPU use',
       status: 'warn',
-      detail: 'GPUs are present but the tensorflow GPU backend does not load',
+      detail: 'GPUs are present but neither the tensorflow GPU backend nor WebGPU on a hardware adapter loads',
       hint: backends[0]!.hint ?? '',
     });
   }

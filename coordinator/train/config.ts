@@ -49,6 +49,11 @@ export interface TrainConfig {
   blank: BlankPolicy;
   posWeight: 'none' | 'balanced';
   bootstrap: number;
+  /** A pretrained model directory (--pretrained): the model's shape and initial weights; null: --model. */
+  pretrained?: string | null;
+  /** --image-mean / --image-std: RGB preprocessing of imported and exported weights (both or neither); null: the model's default. */
+  imageMean?: number[] | null;
+  imageStd?: number[] | null;
   /** Training-time augmentation (docs/training.md); absent: none. */
   augment?: AugmentLevel;
   /** Horizontal-flip probability on top of --augment; absent: 0. */

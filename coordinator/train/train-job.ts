@@ -18,7 +18,8 @@ import type { Logger } from '../../shared/util/log.js';
 import { createProgress } from '../../shared/util/progress.js';
 import { COLLECTIVES_ENV } from '../../shared/config/worker-env.js';
 import { balancedPosWeights, labelPriorTarget, uncertaintyPolicies } from '../../model/losses.js';
-import { resolveModelConfig } from '../../model/config.js';
+import type { Rgb } from '../../model/config.js';
+import { modelConfigFor } from '../../model/pretrained/model.js';
 import { loadTextEmbeddings } from '../../model/text-embeddings.js';
 import { modelLayout } from '../../model/vit.js';
 import { DEFAULT_ADAMW, type TrainSection } from '../../model/train-config.js';
@@ -132,14 +133,21 @@ export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Pr
     if (cfg.eval !== 'none' && ds.split(cfg.eval).length === 0)
       throw new UserError(`the ${cfg.eval} split of ${cfg.data} is empty; use --eval with another split or none`);
     const text = cfg.textEmbeddings ? loadTextEmbeddings(cfg.textEmbeddings, labels) : null;
-    const model = resolveModelConfig({
+    const image =
+      cfg.imageMean && cfg.imageStd ? { mean: cfg.imageMean as unknown as Rgb, std: cfg.imageStd as unknown as Rgb } : undefined;
+    if (cfg.pretrained && o.checkpoints?.initWeights)
+      throw new UserError('--pretrained and --init-weights exclude each other: the directory already names the weights');
+    const model = await modelConfigFor(cfg.pretrained ?? null, {
       preset: cfg.model,
       imageSize: height,
       labels,
       head: cfg.head,
       textEmbeddingsFile: cfg.textEmbeddings,
       ...(text ? { textDim: text.dim } : {}),
+      ...(image ? { image } : {}),
     });
+    if (model.pretrained)
+      o.log.info(`pretrained ${model.pretrained.tower} image tower from ${model.pretrained.weights} (sha256 ${model.pretrained.sha256})`);
     const set = labelSetFor(ds.manifest.labelSet, labels);
     let posWeight: Float32Array | null = null;
     if (cfg.posWeight === 'balanced') {
@@ -201,6 +209,7 @@ export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Pr
           requireConfig: {
             'model.preset': model.preset,
             'model.head': model.head,
+            'model.pretrained.sha256': model.pretrained?.sha256,
             labelSet: savedConfig.labelSet,
             seed: cfg.seed,
             globalBatch: cfg.batchSize,

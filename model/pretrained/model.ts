@@ -1,9 +1,9 @@
 import { UserError } from '../../shared/util/errors.js';
 import { type InitWeights, loadInitWeights, type TorchFormat } from '../../shared/interop/open-clip.js';
 import { sha256File } from '../../shared/interop/state-dict.js';
-import type { ModelConfig, PretrainedSource, Rgb } from '../config.js';
-import { modelLayout } from '../vit.js';
-import type { PretrainedDir } from './dir.js';
+import { type ModelConfig, type PretrainedSource, resolveModelConfig, type Rgb } from '../config.js';
+import { initialParams, modelLayout } from '../vit.js';
+import { type PretrainedDir, readPretrainedDir } from './dir.js';
 
 /**
  * A model configuration shaped by a pretrained directory: the image tower's widths, layers,
@@ -86,4 +86,30 @@ export async function loadPretrainedParams(c: ModelConfig, init: Float32Array): 
       `${src.weights}: sha256 ${sha.slice(0, 12)}... is not the ${src.sha256.slice(0, 12)}... this run was configured with; the file changed`,
     );
   return loadInitWeights(src.weights, modelLayout(c), init, torchFormat(c), (name) => name.startsWith('visual.'));
+}
+
+/**
+ * The model configuration of a run: from a --pretrained directory when one is given (the preset
+ * is then not used), else from the preset.
+ */
+export async function modelConfigFor(pretrained: string | null, opts: Parameters<typeof resolveModelConfig>[0]): Promise<ModelConfig> {
+  if (!pretrained) return resolveModelConfig(opts);
+  const pre = await readPretrainedDir(pretrained);
+  return pretrainedModelConfig(pre, { ...opts, source: await pretrainedSource(pre) });
+}
+
+/** A model configuration and its initial parameters from a pretrained directory (eval, embed, export without a run). */
+export async function loadPretrainedModel(
+  dir: string,
+  opts: { imageSize?: number; labels: string[]; image?: { mean: Rgb; std: Rgb } },
+): Promise<{ config: ModelConfig; params: Float32Array }> {
+  const pre = await readPretrainedDir(dir);
+  const config = pretrainedModelConfig(pre, {
+    imageSize: opts.imageSize ?? pre.vision.imageSize,
+    labels: opts.labels,
+    ...(opts.image ? { image: opts.image } : {}),
+    source: await pretrainedSource(pre),
+  });
+  const w = await loadPretrainedParams(config, initialParams(config, 0));
+  return { config, params: w.params };
 }

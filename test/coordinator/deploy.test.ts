@@ -99,9 +99,59 @@ test('kustomize renders the set', (t) => {
   assert.deepEqual(kinds.sort(), ['Job', 'Job', 'PersistentVolumeClaim', 'Service']);
 });
 
-test('the Dockerfile copies only what exists', () => {
-  const dockerfile = readFileSync(path.join(packageRoot, 'deploy', 'Dockerfile'), 'utf8');
-  const sources = [...dockerfile.matchAll(/^COPY\s+(.+)\s+\S+$/gm)].flatMap((m) => m[1]!.trim().split(/\s+/));
-  assert.ok(sources.length > 0);
-  for (const s of sources) assert.ok(existsSync(path.join(packageRoot, s)), `deploy/Dockerfile copies '${s}', which does not exist`);
+/** Source folders the built CLIs need (tsconfig's include without the tests and benchmarks). */
+function sourceFolders(): string[] {
+  const ts = JSON.parse(readFileSync(path.join(packageRoot, 'tsconfig.json'), 'utf8')) as { include: string[] };
+  return ts.include.filter((d) => d !== 'test' && d !== 'bench');
+}
+
+for (const file of ['Dockerfile', 'Dockerfile.webgpu']) {
+  test(`deploy/${file} copies only what exists, and every source folder the build needs`, () => {
+    const dockerfile = readFileSync(path.join(packageRoot, 'deploy', file), 'utf8');
+    const sources = [...dockerfile.matchAll(/^COPY\s+(.+)\s+\S+$/gm)].flatMap((m) => m[1]!.trim().split(/\s+/));
+    assert.ok(sources.length > 0);
+    for (const s of sources) assert.ok(existsSync(path.join(packageRoot, s)), `deploy/${file} copies '${s}', which does not exist`);
+    for (const d of ['bin', ...sourceFolders()])
+      assert.ok(sources.includes(d), `deploy/${file} does not copy ${d}/, which the build needs`);
+  });
+}
+
+test('the WebGPU set (deploy/k8s-webgpu) is the base with --backend webgpu, its own image and the graphics capability', () => {
+  const overlay = parseAllDocuments(
+    readFileSync(path.join(packageRoot, 'deploy', 'k8s-webgpu', 'kustomization.yaml'), 'utf8'),
+  )[0]!.toJS() as Doc;
+  assert.deepEqual(overlay.resources, ['../k8s']);
+  assert.match(overlay.images[0].newName, /cxr-align-webgpu$/);
+  // Apply the JSON patches to the base by hand (kubectl may be missing): each `test` op must hold.
+  const targets: Record<string, Doc> = {
+    'cxr-align-coordinator': docs('coordinator.yaml').find((d) => d.kind === 'Job'),
+    'cxr-align-workers': docs('workers.yaml').find((d) => d.kind === 'Job'),
+  };
+  for (const p of overlay.patches as Doc[]) {
+    const doc = targets[p.target.name];
+    assert.ok(doc, `the overlay patches ${p.target.name}, which the base does not have`);
+    for (const op of parseAllDocuments(p.patch)[0]!.toJS() as Doc[]) {
+      const keys = (op.path as string).split('/').slice(1);
+      const last = keys.pop()!;
+      const parent = keys.reduce((o: Doc, k) => o[k], doc);
+      if (op.op === 'test') assert.deepEqual(parent[last], op.value, `${p.target.name} ${op.path}`);
+      else if (op.op === 'replace') parent[last] = op.value;
+      else if (op.op === 'add' && last === '-') parent.push(op.value);
+      else assert.fail(`unexpected patch op ${op.op} ${op.path}`);
+    }
+  }
+  const coord = flags(targets['cxr-align-coordinator'].spec.template.spec.containers[0].args);
+  assert.equal(coord.get('backend'), 'webgpu');
+  const help = execFileSync(process.execPath, [coordinatorEntry, '--help'], { encoding: 'utf8' });
+  assert.match(help, /"webgpu"/, "'coordinator --help' lists webgpu among the backends");
+  const env = targets['cxr-align-workers'].spec.template.spec.containers[0].env as Doc[];
+  assert.match(env.find((e) => e.name === 'NVIDIA_DRIVER_CAPABILITIES')?.value ?? '', /\bgraphics\b/);
+  const dockerfile = readFileSync(path.join(packageRoot, 'deploy', 'Dockerfile.webgpu'), 'utf8');
+  assert.match(dockerfile, /NVIDIA_DRIVER_CAPABILITIES=compute,utility,graphics/);
+  assert.match(dockerfile, /libvulkan1/);
+  if (spawnSync('kubectl', ['version', '--client'], { stdio: 'ignore' }).status === 0) {
+    const rendered = execFileSync('kubectl', ['kustomize', path.join(packageRoot, 'deploy', 'k8s-webgpu')], { encoding: 'utf8' });
+    assert.match(rendered, /--backend=webgpu/);
+    assert.match(rendered, /image: registry\.example\.com\/cxr-align-webgpu:/);
+  }
 });

@@ -1,4 +1,5 @@
 import { test } from 'node:test';
+import { webGpuMissing } from '../helpers/webgpu.js';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
@@ -33,6 +34,13 @@ test('doctor on this machine: portable backends work, a busy port fails with a h
     assert.equal(byName.get('ZeroMQ')?.status, 'ok');
     assert.match(byName.get('ZeroMQ')!.detail, /^zeromq 6\.\d+\.\d+ \(libzmq \d+\.\d+\.\d+\)$/);
     assert.equal(byName.get('Node.js')?.status, 'ok');
+    // WebGPU is optional: a hardware adapter is ok, the software one (CI's llvmpipe) or none warns, naming what it found.
+    const webgpu = byName.get('backend webgpu')!;
+    assert.notEqual(webgpu.status, 'fail', JSON.stringify(webgpu));
+    assert.match(
+      webgpu.detail,
+      (await webGpuMissing()) === null ? /^(WebGPU computes on|only a software adapter: ).+\(/ : /no WebGPU adapter/,
+    );
     // CI builds the addon (.ci/run needs it), and this host's THP policy is madvise.
     assert.equal(byName.get('native addon')?.status, 'ok', JSON.stringify(byName.get('native addon')));
     assert.match(

@@ -8,14 +8,14 @@ import { createLogger } from '../../shared/util/log.js';
 
 const log = createLogger('test', 'silent');
 
-test('launcher: worker i gets --device i, CUDA_VISIBLE_DEVICES=i with the GPU backend, the token in its environment only, and prefixed output', async () => {
+test('launcher: worker i gets --device i, CUDA_VISIBLE_DEVICES=i and CXR_WEBGPU_DEVICE=i with --gpu, the token in its environment only, and prefixed output', async () => {
   const dir = mkdtempSync(path.join(tmpdir(), 'cxr-launch-'));
   try {
     // A stand-in entry point that prints what it was given, so the launch itself is what is tested.
     const entry = path.join(dir, 'echo-worker.mjs');
     writeFileSync(
       entry,
-      `const a = process.argv.slice(2); console.log(JSON.stringify({ args: a, cuda: process.env.CUDA_VISIBLE_DEVICES ?? null, token: process.env.CXR_JOB_TOKEN, parent: process.env.CXR_COORDINATOR_PID, ppid: process.ppid })); console.error('to stderr'); process.exit(a.includes('1') && a.includes('--fail') ? 3 : 0);\n`,
+      `const a = process.argv.slice(2); console.log(JSON.stringify({ args: a, cuda: process.env.CUDA_VISIBLE_DEVICES ?? null, webgpu: process.env.CXR_WEBGPU_DEVICE ?? null, token: process.env.CXR_JOB_TOKEN, parent: process.env.CXR_COORDINATOR_PID, ppid: process.ppid })); console.error('to stderr'); process.exit(a.includes('1') && a.includes('--fail') ? 3 : 0);\n`,
     );
     for (const gpu of [true, false]) {
       const lines: string[] = [];
@@ -37,6 +37,7 @@ test('launcher: worker i gets --device i, CUDA_VISIBLE_DEVICES=i with the GPU ba
         const got = JSON.parse(out.slice(`[worker ${i}] `.length));
         assert.deepEqual(got.args, ['--coordinator', '127.0.0.1:9', '--device', String(i), '--x']);
         assert.equal(got.cuda, gpu ? String(i) : (process.env.CUDA_VISIBLE_DEVICES ?? null));
+        assert.equal(got.webgpu, gpu ? String(i) : (process.env.CXR_WEBGPU_DEVICE ?? null));
         assert.equal(got.token, 'tok');
         // The worker can tell its starting coordinator is gone (control-client.ts, register).
         assert.equal(got.parent, String(process.pid));

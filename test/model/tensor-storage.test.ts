@@ -47,12 +47,12 @@ for (const backend of ['cpu', 'wasm'] as const) {
       assert.ok(storageOf(model.variables[0]!) instanceof Float32Array);
       const next = initialParams(cfg, 2);
       model.assignFlat(next);
-      assert.deepEqual(model.readFlat(), next);
+      assert.deepEqual(await model.readFlat(), next);
       assert.equal(tf.memory().numTensors, before, 'no tensor is created or leaked by assignFlat');
       // The caller's vector is free to change (or to be moved to another thread) afterwards.
       const copy = next.slice();
       next.fill(7);
-      assert.deepEqual(model.readFlat(), copy);
+      assert.deepEqual(await model.readFlat(), copy);
       // And the model computes with the new values, not stale ones.
       const z1 = model.encodeImages(x).arraySync();
       const fresh = new CxrModel(cfg, copy);
@@ -117,7 +117,7 @@ for (const backend of ['cpu', 'wasm'] as const) {
         if (k !== 1) grads[v.name] = tf.fill(v.shape, k + 1);
       });
       const into = new Float32Array(total).fill(-1);
-      assert.equal(model.flattenGrads(grads, into), into);
+      assert.equal(await model.flattenGrads(grads, into), into);
       model.layout.entries.forEach((e, k) => {
         const want = k === 1 ? 0 : k + 1;
         assert.ok(
@@ -125,8 +125,8 @@ for (const backend of ['cpu', 'wasm'] as const) {
           `entry ${e.name}`,
         );
       });
-      assert.deepEqual(model.flattenGrads(grads), into);
-      assert.throws(() => model.flattenGrads(grads, new Float32Array(3)), /a buffer of 3 for a layout of/);
+      assert.deepEqual(await model.flattenGrads(grads), into);
+      await assert.rejects(model.flattenGrads(grads, new Float32Array(3)), /a buffer of 3 for a layout of/);
       Object.values(grads).forEach((g) => g.dispose());
     } finally {
       model.dispose();

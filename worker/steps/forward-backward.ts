@@ -13,6 +13,7 @@ import {
   withLiveSlice,
   type TargetOptions,
 } from '../../model/losses.js';
+import { readsSynchronously } from '../../model/tensor-storage.js';
 
 /**
  * The collectives one training step needs. `allGather` concatenates every rank's buffer in rank
@@ -116,11 +117,15 @@ export async function computeGradients(
 
   const { targets, mask } = resolveTargets(batch.labels, n, L, opts.targets, batch.indices, batch.epoch);
 
+  const inputs = () => ({ x: model.pixelsToInput(batch.images, n), tgt: tf.tensor2d(targets, [n, L]), msk: tf.tensor2d(mask, [n, L]) });
+  // Where the backend cannot read inside the tape (webgpu in Node has no dataSync), the rows to
+  // gather are computed by a forward of their own first and gathered before the tape.
+  const gatheredBefore =
+    useContrastive && comm.world > 1 && !readsSynchronously() ? await gatherEmbeddingsAhead(model, batch.labels, inputs, comm) : null;
+
   const kept: tf.Scalar[] = [];
   const { grads, value } = tf.tidy(() => {
-    const x = model.pixelsToInput(batch.images, n);
-    const tgt = tf.tensor2d(targets, [n, L]);
-    const msk = tf.tensor2d(mask, [n, L]);
+    const { x, tgt, msk } = inputs();
     const pw = opts.posWeight ? tf.tensor1d(opts.posWeight) : null;
     const S = usePrior ? tf.tensor2d(opts.priorTarget, [L, L]) : null;
     return tf.variableGrads(() => {
@@ -139,7 +144,7 @@ export async function computeGradients(
           let allLabels = batch.labels;
           if (comm.world > 1) {
             const g = splitRows(
-              comm.allGatherSync(packRows([batch.labels, z.dataSync() as Float32Array, t.dataSync() as Float32Array])),
+              gatheredBefore ?? comm.allGatherSync(packRows([batch.labels, z.dataSync() as Float32Array, t.dataSync() as Float32Array])),
               sizes,
               [L, z.shape[1], t.shape[1]],
             );
@@ -159,11 +164,13 @@ export async function computeGradients(
       return tf.addN([tf.mul(cls, w.classification), tf.mul(con, w.contrastive), tf.mul(prior, w.labelPrior)]) as tf.Scalar;
     }, model.variables);
   });
-  const [cls, con, prior] = kept.map((t) => t.dataSync()[0]!) as [number, number, number];
-  const total = value.dataSync()[0]!;
+  // The four scalars in one read (on a GPU backend each read is a round trip).
+  const terms = tf.stack([...kept, value]);
+  const [cls, con, prior, total] = Array.from(await terms.data()) as [number, number, number, number];
+  terms.dispose();
   kept.forEach((t) => t.dispose());
   value.dispose();
-  const flat = model.flattenGrads(grads, into);
+  const flat = await model.flattenGrads(grads, into);
   Object.values(grads).forEach((g) => g.dispose());
   // A ZeRO-1 caller reduce-scatters instead (each rank needs only its shard of the sum).
   if (reduce) await comm.allReduceSum(flat);
@@ -171,6 +178,31 @@ export async function computeGradients(
   const conShare = con / comm.world;
   const share = comm.world === 1 ? total : w.classification * cls + w.contrastive * conShare + w.labelPrior * prior;
   return { grads: flat, terms: { classification: cls, contrastive: conShare, labelPrior: prior, total: share }, globalBatch: N };
+}
+
+/**
+ * The contrastive loss's all-gather (labels, image and text embedding rows) done before the tape:
+ * the same rows the taped forward computes (the same kernels on the same inputs), read with
+ * `await data()`. Costs one more image-tower forward per step; only where dataSync is unavailable.
+ */
+async function gatherEmbeddingsAhead(
+  model: CxrModel,
+  labels: Float32Array,
+  inputs: () => { x: tf.Tensor3D; tgt: tf.Tensor2D; msk: tf.Tensor2D },
+  comm: StepComm,
+): Promise<Float32Array> {
+  const [z, t] = tf.tidy(() => {
+    const { x, tgt, msk } = inputs();
+    const text = model.encodeText();
+    return [model.encodeImages(x), sampleTextEmbeddings(text.positive, text.negative, tgt, msk)];
+  });
+  try {
+    const [zd, td] = await Promise.all([z.data(), t.data()]);
+    return await comm.allGather(packRows([labels, zd as Float32Array, td as Float32Array]));
+  } finally {
+    z.dispose();
+    t.dispose();
+  }
 }
 
 /**

@@ -4,6 +4,7 @@ import { openDataset, type Dataset } from '../../shared/dataset/reader.js';
 import type { SplitName } from '../../shared/dataset/manifest.js';
 import { writeJsonAtomic } from '../../shared/util/fs-atomic.js';
 import { aurocReport } from '../../shared/metrics/auroc.js';
+import { loadPretrainedParams } from '../../model/pretrained/model.js';
 import { CheckpointWriter, checkpointsDir, layoutHash, loadCheckpoint, loadInitWeights, stepDir } from '../../shared/checkpoint/index.js';
 import { paramsSha256 } from '../../shared/params-hash.js';
 import { shardRange, shardRanges } from '../../shared/shard.js';
@@ -86,6 +87,14 @@ async function trainStepWith(ctx: StepContext, t: TrainSection, pg: ThreadedProc
       ctx.log.info(
         `initial weights from ${t.initWeights}: ${w.loaded.length} tensors loaded, ${w.missing.length} kept fresh (${w.missing.slice(0, 5).join(', ')}${w.missing.length > 5 ? ', ...' : ''})`,
       );
+  } else if (t.model.pretrained) {
+    const w = await loadPretrainedParams(t.model, params);
+    params = w.params;
+    model.assignFlat(params);
+    if (rank === 0)
+      ctx.log.info(
+        `pretrained weights from ${t.model.pretrained.weights}: ${w.loaded.length} tensors loaded, ${w.missing.length} kept fresh, ${w.unused.length} of the file not used`,
+      );
   }
   // The parameter all-gather moves `params` to the comm thread and back (no copy): it must own its
   // memory. The model's variables never alias it (assignFlat writes into their own storage).
@@ -163,8 +172,8 @@ async function trainStepWith(ctx: StepContext, t: TrainSection, pg: ThreadedProc
             : (tf.add(tf.matMul(zz, model.p<tf.Tensor2D>('cls.weight')), model.p('cls.bias')) as tf.Tensor2D);
         return [lg, tf.div(zz, tf.norm(zz, 'euclidean', 1, true))];
       });
-      scores.set(logits.dataSync() as Float32Array, s * L);
-      if (withEmbeddings) emb.set(z.dataSync() as Float32Array, s * D);
+      scores.set((await logits.data()) as Float32Array, s * L);
+      if (withEmbeddings) emb.set((await z.data()) as Float32Array, s * D);
       logits.dispose();
       z.dispose();
       labels.set(b.labels, s * L);
@@ -198,7 +207,7 @@ async function trainStepWith(ctx: StepContext, t: TrainSection, pg: ThreadedProc
         const e = model.encodeText().names;
         return tf.div(e, tf.norm(e, 'euclidean', 1, true));
       });
-      const labelEmbeddings = Float32Array.from(names.dataSync());
+      const labelEmbeddings = Float32Array.from(await names.data());
       names.dispose();
       await writeRunEmbeddings(t.out, { labels: t.model.labels, labelEmbeddings, testEmbeddings: r.embeddings, testLabels: r.labels });
     }
