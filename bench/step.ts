@@ -27,7 +27,7 @@ import { median } from './median.js';
 import { arg } from './args.js';
 
 /**
- * `npm run bench -- step [--models tiny,small] [--backends wasm,cpu|--backend webgpu] [--reference on|off] [--batch 32] [--image 64] [--steps 5] [--warmup 5] [--norm-gelu on|off|ab] [--epilogue on|off|ab] [--softmax-grad on|off|ab] [--transpose on|off|ab]`:
+ * `npm run bench -- step [--models tiny,small | --pretrained-shape vit-b16] [--backends wasm,cpu|--backend webgpu] [--reference on|off] [--batch 32] [--image 64] [--steps 5] [--warmup 5] [--norm-gelu on|off|ab] [--epilogue on|off|ab] [--softmax-grad on|off|ab] [--transpose on|off|ab]`:
  * time of one full training step (forward, backward, all three losses, clipping, AdamW, writing the
  * parameters back) per model and backend, next to PyTorch's time for the same architecture, batch
  * and losses measured in the same run on one thread (bench/reference/vit_step.py), as installed
