@@ -3,7 +3,7 @@ import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { UserError } from '../../shared/util/errors.js';
 import { BACKEND_CHOICES, type BackendChoice } from '../../kernels/backend.js';
 import { UNCERTAINTY_POLICIES } from '../../model/losses.js';
-import { checkRgb, MODEL_PRESETS, type Rgb } from '../../model/config.js';
+import { checkRgb, MODEL_PRESETS, type Rgb, TEXT_TOWER_MODES, type TextTowerMode } from '../../model/config.js';
 import { createLogger } from '../../shared/util/log.js';
 import { writeReport } from '../report/index.js';
 import { trainDistributed } from '../train/train-job.js';
@@ -29,6 +29,7 @@ export interface TrainArgs {
   'clip-norm': number;
   head: 'text' | 'linear';
   'text-embeddings'?: string;
+  'text-tower'?: TextTowerMode;
   'w-cls': number;
   'w-con': number;
   'w-prior': number;
@@ -128,6 +129,11 @@ export function trainOptions<T>(y: Argv<T>) {
       describe:
         'open_clip / model hub directory (open_clip_config.json + weights): the model shape and initial weights, instead of --model',
     })
+    .option('text-tower', {
+      choices: TEXT_TOWER_MODES,
+      describe:
+        "with --pretrained: the directory's text tower encodes the prompts once at start (frozen) or is trained with the rest (finetune); default frozen when the weights hold a text tower",
+    })
     .option('image-mean', imageNormOption('mean'))
     .option('image-std', imageNormOption('std'));
 }
@@ -215,6 +221,7 @@ export function toTrainConfig(a: ArgumentsCamelCase<TrainArgs> | TrainArgs): Tra
     posWeight: args['pos-weight'],
     bootstrap: args.bootstrap,
     pretrained: args.pretrained ? path.resolve(args.pretrained) : null,
+    textTower: args['text-tower'] ?? null,
     ...((image) => ({ imageMean: image ? [...image.mean] : null, imageStd: image ? [...image.std] : null }))(
       imageNorm(args['image-mean'], args['image-std']),
     ),

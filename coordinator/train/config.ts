@@ -1,3 +1,4 @@
+import type { TextTowerMode } from '../../model/config.js';
 import { BUILTIN_LABEL_SETS, loadLabelSet, type LabelSet } from '../../shared/labels.js';
 import type { BackendChoice } from '../../kernels/backend.js';
 import type { BlankPolicy, LabelPriorKind } from '../../model/losses.js';
@@ -51,6 +52,11 @@ export interface TrainConfig {
   bootstrap: number;
   /** A pretrained model directory (--pretrained): the model's shape and initial weights; null: --model. */
   pretrained?: string | null;
+  /**
+   * --text-tower with --pretrained: the directory's text tower encodes the prompts once (frozen) or
+   * is trained in the step (finetune); absent: frozen when the weights hold a text tower.
+   */
+  textTower?: TextTowerMode | null;
   /** --image-mean / --image-std: RGB preprocessing of imported and exported weights (both or neither); null: the model's default. */
   imageMean?: number[] | null;
   imageStd?: number[] | null;

@@ -20,6 +20,8 @@ import { COLLECTIVES_ENV } from '../../shared/config/worker-env.js';
 import { balancedPosWeights, labelPriorTarget, uncertaintyPolicies } from '../../model/losses.js';
 import type { Rgb } from '../../model/config.js';
 import { modelConfigFor } from '../../model/pretrained/model.js';
+import { readPretrainedDir } from '../../model/pretrained/dir.js';
+import { pretrainedTextSource } from '../../model/text/pretrained.js';
 import { loadTextEmbeddings } from '../../model/text-embeddings.js';
 import { modelLayout } from '../../model/vit.js';
 import { DEFAULT_ADAMW, type TrainSection } from '../../model/train-config.js';
@@ -137,7 +139,7 @@ export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Pr
       cfg.imageMean && cfg.imageStd ? { mean: cfg.imageMean as unknown as Rgb, std: cfg.imageStd as unknown as Rgb } : undefined;
     if (cfg.pretrained && o.checkpoints?.initWeights)
       throw new UserError('--pretrained and --init-weights exclude each other: the directory already names the weights');
-    const model = await modelConfigFor(cfg.pretrained ?? null, {
+    let model = await modelConfigFor(cfg.pretrained ?? null, {
       preset: cfg.model,
       imageSize: height,
       labels,
@@ -148,6 +150,21 @@ export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Pr
     });
     if (model.pretrained)
       o.log.info(`pretrained ${model.pretrained.tower} image tower from ${model.pretrained.weights} (sha256 ${model.pretrained.sha256})`);
+    let fixedPrompts = text ? Array.from(text.vectors) : null;
+    if (cfg.textTower && (!cfg.pretrained || cfg.textEmbeddings || cfg.head !== 'text'))
+      throw new UserError(
+        '--text-tower needs --pretrained DIR and the text head, without --text-embeddings (which fixes the prompts itself)',
+      );
+    if (cfg.pretrained && cfg.head === 'text' && !cfg.textEmbeddings) {
+      const towered = await pretrainedTextSource(await readPretrainedDir(cfg.pretrained), labels, cfg.textTower ?? null);
+      if (towered) {
+        model = { ...model, text: towered.text };
+        fixedPrompts = towered.fixedPrompts ? Array.from(towered.fixedPrompts) : null;
+        o.log.info(
+          `pretrained ${towered.text.kind === 'tower' ? 'text tower trained in the step' : 'text tower, prompts encoded once (frozen)'}`,
+        );
+      } else o.log.info('the pretrained weights hold no text tower: the prompts are learned (--text-embeddings gives fixed ones)');
+    }
     const set = labelSetFor(ds.manifest.labelSet, labels);
     let posWeight: Float32Array | null = null;
     if (cfg.posWeight === 'balanced') {
@@ -163,7 +180,7 @@ export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Pr
     const section: { -readonly [K in keyof TrainSection]: TrainSection[K] } = {
       backend: cfg.backend,
       model,
-      fixedPrompts: text ? Array.from(text.vectors) : null,
+      fixedPrompts,
       weights: { classification: cfg.wCls, contrastive: textHead ? cfg.wCon : 0, labelPrior: textHead ? cfg.wPrior : 0 },
       uncertainty: uncertaintyPolicies(labels, cfg.uncertainty, cfg.uncertaintyLabel),
       blank: cfg.blank,
