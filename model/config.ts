@@ -99,8 +99,33 @@ export interface ModelConfig {
    * `linear`: the visual-only baseline, a plain linear classifier on the image embedding.
    */
   head: 'text' | 'linear';
+  /**
+   * A trainable block on the image tower's output (`--visual-head`): `mlp` a residual MLP on the
+   * image embedding in the joint space, `transformer` `visualHeadLayers` pre-norm blocks of the
+   * tower's width over every token after the tower's last block. Missing means none. Its
+   * parameters are `visual.head.*`, which no pretrained file has, so they start fresh.
+   */
+  visualHead?: VisualHead;
+  visualHeadLayers?: number;
   text: TextSource;
   labels: string[];
+}
+
+export const VISUAL_HEADS = ['none', 'mlp', 'transformer'] as const;
+export type VisualHead = Exclude<(typeof VISUAL_HEADS)[number], 'none'>;
+
+/** Refuses a `--visual-head KIND --visual-head-layers N` that names no head or no block count. */
+export function checkVisualHead(kind: string, layers: number): void {
+  if (!(VISUAL_HEADS as readonly string[]).includes(kind))
+    throw new UserError(`--visual-head '${kind}': expected one of ${VISUAL_HEADS.join(', ')}`);
+  if (!Number.isInteger(layers) || layers < 1) throw new UserError(`--visual-head-layers must be a positive integer, got ${layers}`);
+}
+
+/** `config` with the visual head of `--visual-head KIND --visual-head-layers N` (none: as it is). */
+export function withVisualHead(config: ModelConfig, kind: string, layers = 1): ModelConfig {
+  checkVisualHead(kind, layers);
+  if (kind === 'none') return config;
+  return { ...config, visualHead: kind as VisualHead, ...(kind === 'transformer' ? { visualHeadLayers: layers } : {}) };
 }
 
 interface PresetShape {

@@ -1,6 +1,7 @@
 import type { BackendChoice } from '../kernels/backend.js';
 import type { ModelConfig } from './config.js';
 import type { BlankPolicy, UncertaintyPolicy } from './losses.js';
+import type { PriorScope } from './prior-scope.js';
 
 export interface AdamWHyper {
   lr: number;
@@ -26,6 +27,8 @@ export interface TrainSection {
   readonly blank: BlankPolicy;
   readonly posWeight: number[] | null;
   readonly priorTarget: number[];
+  /** Which prompts the label prior covers; absent: names. */
+  readonly priorScope?: PriorScope;
   readonly optimizer: { lr: number; warmupSteps: number; totalSteps: number; minLrRatio: number; weightDecay: number; clipNorm: number };
   /** The run directory (shared storage with remote workers): rank 0 writes the model and evaluations there. */
   readonly out: string;

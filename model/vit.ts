@@ -35,6 +35,10 @@ export function labelPrompts(labels: readonly string[]): string[] {
   return [...names, ...names.map((n) => `Positive ${n}`), ...names.map((n) => `Negative ${n}`)];
 }
 
+function visualHeadLayers(c: ModelConfig): number {
+  return c.visualHeadLayers ?? 1;
+}
+
 function spatialRank(c: ModelConfig): number {
   if (!c.spatialRank) throw new Error('model: the spatial readout needs config.spatialRank');
   return c.spatialRank;
@@ -57,21 +61,26 @@ function paramSpecs(c: ModelConfig): ParamSpec[] {
     p('visual.ln_pre.weight', [W], false, ones);
     p('visual.ln_pre.bias', [W], false, zeros);
   }
-  for (let i = 0; i < c.layers; i++) {
-    const b = `visual.transformer.resblocks.${i}`;
+  // `outStd` null: the block's output projections start at zero, so it starts as the identity.
+  const resblock = (b: string, outStd: number | null) => {
+    const out = outStd === null ? zeros : { std: outStd };
     p(`${b}.ln_1.weight`, [W], false, ones);
     p(`${b}.ln_1.bias`, [W], false, zeros);
     p(`${b}.attn.in_proj_weight`, [W, 3 * W], true, { std: scale });
     p(`${b}.attn.in_proj_bias`, [3 * W], false, zeros);
-    p(`${b}.attn.out_proj.weight`, [W, W], true, { std: projStd });
+    p(`${b}.attn.out_proj.weight`, [W, W], true, out);
     p(`${b}.attn.out_proj.bias`, [W], false, zeros);
     p(`${b}.ln_2.weight`, [W], false, ones);
     p(`${b}.ln_2.bias`, [W], false, zeros);
     p(`${b}.mlp.c_fc.weight`, [W, M], true, { std: fcStd });
     p(`${b}.mlp.c_fc.bias`, [M], false, zeros);
-    p(`${b}.mlp.c_proj.weight`, [M, W], true, { std: projStd });
+    p(`${b}.mlp.c_proj.weight`, [M, W], true, out);
     p(`${b}.mlp.c_proj.bias`, [W], false, zeros);
-  }
+  };
+  for (let i = 0; i < c.layers; i++) resblock(`visual.transformer.resblocks.${i}`, projStd);
+  // The visual head starts as the identity (zero output projections), so a pretrained tower's
+  // embeddings, and its zero-shot scores, are unchanged at step 0.
+  if (c.visualHead === 'transformer') for (let i = 0; i < visualHeadLayers(c); i++) resblock(`visual.head.resblocks.${i}`, null);
   p('visual.ln_post.weight', [W], false, ones);
   p('visual.ln_post.bias', [W], false, zeros);
   if (c.pool === 'spatial') {
@@ -83,6 +92,12 @@ function paramSpecs(c: ModelConfig): ParamSpec[] {
   p('visual.proj', [W, c.embedDim], true, { std: scale });
   const L = c.labels.length;
   const D = c.embedDim;
+  if (c.visualHead === 'mlp') {
+    p('visual.head.fc1.weight', [D, D], true, { std: D ** -0.5 });
+    p('visual.head.fc1.bias', [D], false, zeros);
+    p('visual.head.fc2.weight', [D, D], true, zeros);
+    p('visual.head.fc2.bias', [D], false, zeros);
+  }
   if (c.head === 'linear') {
     p('cls.weight', [D, L], true, { std: D ** -0.5 });
     p('cls.bias', [L], false, zeros);
@@ -214,11 +229,9 @@ export class CxrModel {
     const eps = c.lnEps ?? 1e-5;
     let h = tf.reshape(tokens, [B * Tk, W]) as tf.Tensor2D;
     if (c.lnPre ?? true) h = layerNorm(h, this.p('visual.ln_pre.weight'), this.p('visual.ln_pre.bias'), eps);
-    for (let i = 0; i < c.layers; i++)
-      h = residualAttentionBlock(this.param, `visual.transformer.resblocks.${i}`, h, B, Tk, c.heads, {
-        eps,
-        quickGelu: c.act === 'quick_gelu',
-      });
+    const block = (b: string) => residualAttentionBlock(this.param, b, h, B, Tk, c.heads, { eps, quickGelu: c.act === 'quick_gelu' });
+    for (let i = 0; i < c.layers; i++) h = block(`visual.transformer.resblocks.${i}`);
+    if (c.visualHead === 'transformer') for (let i = 0; i < visualHeadLayers(c); i++) h = block(`visual.head.resblocks.${i}`);
     // ln_post on every token, then the patch tokens [B, G, W] (open_clip's final_ln_after_pool=False).
     const patchesAfterLnPost = () =>
       tf.slice(
@@ -242,7 +255,10 @@ export class CxrModel {
       const clsOut = tf.reshape(tf.slice(tf.reshape(h, [B, Tk, W]), [0, 0, 0], [B, 1, W]), [B, W]) as tf.Tensor2D;
       pooled = layerNorm(clsOut, this.p('visual.ln_post.weight'), this.p('visual.ln_post.bias'), eps);
     }
-    return tf.matMul(pooled, this.p<tf.Tensor2D>('visual.proj'));
+    const z = tf.matMul(pooled, this.p<tf.Tensor2D>('visual.proj')) as tf.Tensor2D;
+    if (c.visualHead !== 'mlp') return z;
+    const hid = gelu(dense(z, this.p('visual.head.fc1.weight'), this.p('visual.head.fc1.bias')));
+    return dense(hid, this.p('visual.head.fc2.weight'), this.p('visual.head.fc2.bias'), { residual: z });
   }
 
   /** Label-prompt embeddings through the trainable head (text head only). */

@@ -3,7 +3,17 @@ import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { UserError } from '../../shared/util/errors.js';
 import { BACKEND_CHOICES, type BackendChoice } from '../../kernels/backend.js';
 import { UNCERTAINTY_POLICIES } from '../../model/losses.js';
-import { checkRgb, MODEL_PRESETS, type Rgb, TEXT_TOWER_MODES, type TextTowerMode } from '../../model/config.js';
+import {
+  checkRgb,
+  checkVisualHead,
+  MODEL_PRESETS,
+  VISUAL_HEADS,
+  type Rgb,
+  TEXT_TOWER_MODES,
+  type TextTowerMode,
+  type VisualHead,
+} from '../../model/config.js';
+import { PRIOR_SCOPES, priorScope, type PriorScope } from '../../model/prior-scope.js';
 import { createLogger } from '../../shared/util/log.js';
 import { writeReport } from '../report/index.js';
 import { trainDistributed } from '../train/train-job.js';
@@ -34,6 +44,9 @@ export interface TrainArgs {
   'w-con': number;
   'w-prior': number;
   'label-prior': 'orth' | 'graph';
+  'prior-scope'?: PriorScope;
+  'visual-head'?: 'none' | VisualHead;
+  'visual-head-layers'?: number;
   uncertainty: string;
   'uncertainty-label': string[];
   blank: 'mask' | 'zeros';
@@ -90,11 +103,22 @@ export function trainOptions<T>(y: Argv<T>) {
       default: 'text' as const,
       describe: 'text: classify by label text embeddings; linear: visual-only baseline',
     })
+    .option('visual-head', {
+      choices: VISUAL_HEADS,
+      default: 'none' as const,
+      describe: 'trainable block on the image tower: mlp on the embedding, transformer over the tokens (docs/model.md)',
+    })
+    .option('visual-head-layers', { type: 'number', default: 1, describe: 'blocks of --visual-head transformer' })
     .option('text-embeddings', { type: 'string', describe: 'JSON of precomputed prompt vectors (docs/model.md); default learnable' })
     .option('w-cls', { type: 'number', default: 1, describe: 'classification loss weight (0: off)' })
     .option('w-con', { type: 'number', default: 0.5, describe: 'contrastive loss weight (0: off)' })
     .option('w-prior', { type: 'number', default: 0.1, describe: 'label prior loss weight (0: off)' })
     .option('label-prior', { choices: ['orth', 'graph'] as const, default: 'graph' as const })
+    .option('prior-scope', {
+      choices: PRIOR_SCOPES,
+      default: 'names' as PriorScope,
+      describe: 'label prior on the label names (target from --label-prior), the 2L state prompts (identity), or all',
+    })
     .option('uncertainty', {
       type: 'string',
       choices: UNCERTAINTY_POLICIES as unknown as string[],
@@ -193,6 +217,7 @@ export function toTrainConfig(a: ArgumentsCamelCase<TrainArgs> | TrainArgs): Tra
   for (const w of ['w-cls', 'w-con', 'w-prior', 'lr', 'weight-decay', 'clip-norm'] as const)
     if (!(args[w] >= 0)) throw new UserError(`--${w} must be >= 0, got ${args[w]}`);
   augmentPolicy(args.augment ?? 'none', args['augment-hflip'] ?? 0);
+  checkVisualHead(args['visual-head'] ?? 'none', args['visual-head-layers'] ?? 1);
   return {
     data: path.resolve(args.data),
     out: path.resolve(args.out),
@@ -215,6 +240,9 @@ export function toTrainConfig(a: ArgumentsCamelCase<TrainArgs> | TrainArgs): Tra
     wCon: args['w-con'],
     wPrior: args['w-prior'],
     labelPrior: args['label-prior'],
+    priorScope: priorScope(args['prior-scope'] ?? 'names'),
+    visualHead: args['visual-head'] ?? 'none',
+    visualHeadLayers: args['visual-head-layers'] ?? 1,
     uncertainty: args.uncertainty,
     uncertaintyLabel: args['uncertainty-label'],
     blank: args.blank,

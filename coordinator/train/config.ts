@@ -3,6 +3,8 @@ import { BUILTIN_LABEL_SETS, loadLabelSet, type LabelSet } from '../../shared/la
 import type { BackendChoice } from '../../kernels/backend.js';
 import type { BlankPolicy, LabelPriorKind } from '../../model/losses.js';
 import type { AugmentLevel } from '../../shared/augment/policy.js';
+import type { PriorScope } from '../../model/prior-scope.js';
+import type { VisualHead } from '../../model/config.js';
 
 /**
  * The trainer's resolved configuration and what it needs of a dataset. Training itself runs in
@@ -45,6 +47,11 @@ export interface TrainConfig {
   wCon: number;
   wPrior: number;
   labelPrior: LabelPriorKind;
+  /** --visual-head none|mlp|transformer and its block count; absent: none, 1. */
+  visualHead?: 'none' | VisualHead;
+  visualHeadLayers?: number;
+  /** Which prompts the label prior covers (--prior-scope); absent: names. */
+  priorScope?: PriorScope;
   uncertainty: string;
   uncertaintyLabel: string[];
   blank: BlankPolicy;

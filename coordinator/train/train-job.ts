@@ -18,7 +18,7 @@ import type { Logger } from '../../shared/util/log.js';
 import { createProgress } from '../../shared/util/progress.js';
 import { COLLECTIVES_ENV } from '../../shared/config/worker-env.js';
 import { balancedPosWeights, labelPriorTarget, uncertaintyPolicies } from '../../model/losses.js';
-import type { Rgb } from '../../model/config.js';
+import { withVisualHead, type Rgb } from '../../model/config.js';
 import { modelConfigFor } from '../../model/pretrained/model.js';
 import { readPretrainedDir } from '../../model/pretrained/dir.js';
 import { pretrainedTextSource } from '../../model/text/pretrained.js';
@@ -139,15 +139,19 @@ export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Pr
       cfg.imageMean && cfg.imageStd ? { mean: cfg.imageMean as unknown as Rgb, std: cfg.imageStd as unknown as Rgb } : undefined;
     if (cfg.pretrained && o.checkpoints?.initWeights)
       throw new UserError('--pretrained and --init-weights exclude each other: the directory already names the weights');
-    let model = await modelConfigFor(cfg.pretrained ?? null, {
-      preset: cfg.model,
-      imageSize: height,
-      labels,
-      head: cfg.head,
-      textEmbeddingsFile: cfg.textEmbeddings,
-      ...(text ? { textDim: text.dim } : {}),
-      ...(image ? { image } : {}),
-    });
+    let model = withVisualHead(
+      await modelConfigFor(cfg.pretrained ?? null, {
+        preset: cfg.model,
+        imageSize: height,
+        labels,
+        head: cfg.head,
+        textEmbeddingsFile: cfg.textEmbeddings,
+        ...(text ? { textDim: text.dim } : {}),
+        ...(image ? { image } : {}),
+      }),
+      cfg.visualHead ?? 'none',
+      cfg.visualHeadLayers ?? 1,
+    );
     if (model.pretrained)
       o.log.info(`pretrained ${model.pretrained.tower} image tower from ${model.pretrained.weights} (sha256 ${model.pretrained.sha256})`);
     let fixedPrompts = text ? Array.from(text.vectors) : null;
@@ -185,7 +189,9 @@ export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Pr
       uncertainty: uncertaintyPolicies(labels, cfg.uncertainty, cfg.uncertaintyLabel),
       blank: cfg.blank,
       posWeight: posWeight ? Array.from(posWeight) : null,
-      priorTarget: Array.from(labelPriorTarget(cfg.labelPrior, labels, set)),
+      // The names' target; the state prompts' is the identity (model/prior-scope.ts).
+      priorTarget: cfg.priorScope === 'states' ? [] : Array.from(labelPriorTarget(cfg.labelPrior, labels, set)),
+      priorScope: cfg.priorScope ?? 'names',
       optimizer: {
         lr: cfg.lr,
         warmupSteps: cfg.warmupSteps,

@@ -86,9 +86,16 @@ export async function loadPretrainedParams(c: ModelConfig, init: Float32Array): 
     throw new UserError(
       `${src.weights}: sha256 ${sha.slice(0, 12)}... is not the ${src.sha256.slice(0, 12)}... this run was configured with; the file changed`,
     );
-  // A text tower in the model (--text-tower finetune) must be complete in the file as well.
+  // The image tower must be in the file (the visual head, --visual-head, never is: it starts fresh),
+  // and so must a text tower in the model (--text-tower finetune).
   const text = new Set(c.text.kind === 'tower' ? textTowerSpecs(c.text.tower).map((x) => x.name) : []);
-  return loadInitWeights(src.weights, modelLayout(c), init, torchFormat(c), (name) => name.startsWith('visual.') || text.has(name));
+  return loadInitWeights(
+    src.weights,
+    modelLayout(c),
+    init,
+    torchFormat(c),
+    (name) => (name.startsWith('visual.') && !name.startsWith('visual.head.')) || text.has(name),
+  );
 }
 
 /**

@@ -134,6 +134,10 @@ export class TorchZipFile {
     if (n === 0) return out;
     const eb = BYTES[t.dtype];
     const raw = await this.zip.read(`${this.prefix}data/${t.storageKey}`, t.offset * eb, (span(t) + 1) * eb);
+    if (t.dtype === 'F32' && contiguous(t)) {
+      new Uint8Array(out.buffer).set(raw.subarray(0, n * 4));
+      return out;
+    }
     const get = element(raw, t.dtype, this.path, name);
     // Walk the index space in row-major order, following the strides (views of shared storage).
     const idx = new Array<number>(t.shape.length).fill(0);
@@ -150,6 +154,16 @@ export class TorchZipFile {
     }
     return out;
   }
+}
+
+/** Whether the strides are row-major over the shape (the storage holds the tensor as it is). */
+function contiguous(t: { shape: readonly number[]; stride: readonly number[] }): boolean {
+  let want = 1;
+  for (let d = t.shape.length - 1; d >= 0; d--) {
+    if (t.shape[d] !== 1 && t.stride[d] !== want) return false;
+    want *= t.shape[d]!;
+  }
+  return true;
 }
 
 /** The largest element index a tensor reaches past its offset. */

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../../kernels/backend.js';
-import { resolveModelConfig } from '../../model/config.js';
+import { resolveModelConfig, withVisualHead } from '../../model/config.js';
 import { CxrModel, initialParams, modelLayout } from '../../model/vit.js';
 import { type TextTowerShape, textTowerSpecs } from '../../model/text/tower.js';
 import { computeGradients, localComm, packRows, splitRows, type StepComm, type StepOptions } from '../../worker/steps/forward-backward.js';
@@ -481,4 +481,57 @@ test('packRows/splitRows: one buffer per rank carries several row-aligned parts,
   assert.deepEqual(Array.from(a!), [0, 1, 20]);
   assert.deepEqual(Array.from(b!), [0, 1, 2, 3, 4, 5, 200, 201, 202]);
   assert.throws(() => splitRows(all.subarray(1), sizes, [1, 3]), /11 values for 3 rows of width 4/);
+});
+
+/** One process on the whole batch against two simulated ranks with uneven slices (4 and 2 rows): gradients within 1e-5 relative. */
+async function unevenRanksMatch(cfg: ReturnType<typeof micro>, o: StepOptions, what: string) {
+  const params = initialParams(cfg, 11);
+  const n = 6;
+  const { images, labels: lab } = batchOf(n, 2);
+  const indices = [7, 8, 9, 10, 11, 12];
+  const batch = (r: number, k: number) => ({
+    n: k,
+    images: images.subarray(r * 256, (r + k) * 256),
+    labels: lab.subarray(r * 4, (r + k) * 4),
+    indices: indices.slice(r, r + k),
+    epoch: 0,
+  });
+  const one = new CxrModel(cfg, params);
+  const whole = await computeGradients(one, batch(0, n), localComm, o);
+  const replicas = [new CxrModel(cfg, params), new CxrModel(cfg, params)];
+  const parts = await simulatedWorld([4, 2], (comm) =>
+    computeGradients(replicas[comm.rank]!, batch(comm.rank * 4, comm.rank ? 2 : 4), comm, o),
+  );
+  let maxErr = 0;
+  let maxMag = 0;
+  whole.grads.forEach((g, i) => {
+    maxErr = Math.max(maxErr, Math.abs(g - parts[0]!.grads[i]!));
+    maxMag = Math.max(maxMag, Math.abs(g));
+  });
+  assert.ok(maxErr / maxMag < 1e-5, `${what}: max abs difference ${maxErr} vs max gradient ${maxMag}`);
+  assert.ok(Math.abs(parts[0]!.terms.total + parts[1]!.terms.total - whole.terms.total) < 1e-5, `${what}: loss shares`);
+  [one, ...replicas].forEach((m) => m.dispose());
+  return { whole, layout: one.layout };
+}
+
+test('--prior-scope states and all: two simulated ranks sum to the one-process gradient (1e-5 relative); the state prior reaches the prompts', async () => {
+  const cfg = micro();
+  const plain = await unevenRanksMatch(cfg, opts, 'names');
+  for (const priorScope of ['states', 'all'] as const) {
+    const { whole, layout } = await unevenRanksMatch(cfg, { ...opts, priorScope }, priorScope);
+    // The prompt rows of the states ("Positive X", "Negative X") get a different gradient than under the names scope.
+    const e = layout.entries.find((x) => x.name === 'text.prompt_embeddings')!;
+    const L = cfg.labels.length;
+    const rowsOf = (g: Float32Array) => g.subarray(e.offset + L * e.shape[1]!, e.offset + 3 * L * e.shape[1]!);
+    assert.notDeepEqual(rowsOf(whole.grads), rowsOf(plain.whole.grads));
+    if (priorScope === 'all') assert.ok(whole.terms.labelPrior > plain.whole.terms.labelPrior, 'all adds the state term to the names term');
+  }
+});
+
+test('--visual-head mlp and transformer: two simulated ranks sum to the one-process gradient (1e-5 relative)', async () => {
+  for (const [kind, layers] of [
+    ['mlp', 1],
+    ['transformer', 2],
+  ] as const)
+    await unevenRanksMatch(withVisualHead(micro(), kind, layers), opts, `--visual-head ${kind}`);
 });

@@ -5,7 +5,6 @@ import {
   contrastiveLoss,
   cosineLogits,
   labelGroups,
-  labelPriorLoss,
   multiPositiveTargets,
   resolveTargets,
   scaleGradient,
@@ -13,6 +12,7 @@ import {
   withLiveSlice,
   type TargetOptions,
 } from '../../model/losses.js';
+import { scopedPriorLoss, type PriorScope } from '../../model/prior-scope.js';
 import { readsSynchronously } from '../../model/tensor-storage.js';
 
 /**
@@ -54,8 +54,10 @@ export interface StepOptions {
   targets: TargetOptions;
   /** Per-label positive weights, or null for none. */
   posWeight: Float32Array | null;
-  /** Label-prior target S [L*L] (used when weights.labelPrior > 0). */
+  /** Label-prior target S [L*L] of the names (used when weights.labelPrior > 0 and the scope has names). */
   priorTarget: Float32Array;
+  /** Which prompts the label prior covers (model/prior-scope.ts); absent: names. */
+  priorScope?: PriorScope;
 }
 
 /** This rank's slice of a global batch. */
@@ -109,6 +111,7 @@ export async function computeGradients(
   const w = opts.weights;
   const useContrastive = textHead && w.contrastive > 0;
   const usePrior = textHead && w.labelPrior > 0;
+  const scope = opts.priorScope ?? 'names';
 
   const sizes = comm.rowCounts ? [...comm.rowCounts] : Array.from(await comm.allGather(Float32Array.of(n)));
   if (sizes[comm.rank] !== n) throw new Error(`step: this rank holds ${n} rows, the batch plan says ${sizes[comm.rank]}`);
@@ -127,7 +130,7 @@ export async function computeGradients(
   const { grads, value } = tf.tidy(() => {
     const { x, tgt, msk } = inputs();
     const pw = opts.posWeight ? tf.tensor1d(opts.posWeight) : null;
-    const S = usePrior ? tf.tensor2d(opts.priorTarget, [L, L]) : null;
+    const S = usePrior && scope !== 'states' ? tf.tensor2d(opts.priorTarget, [L, L]) : null;
     return tf.variableGrads(() => {
       const z = model.encodeImages(x);
       let cls: tf.Scalar;
@@ -155,7 +158,7 @@ export async function computeGradients(
           const G = tf.tensor2d(multiPositiveTargets(labelGroups(allLabels, N, L)), [N, N]);
           con = contrastiveLoss(Z, T, G, scaleGradient(model.p<tf.Scalar>('logit_scale'), 1 / comm.world));
         }
-        if (usePrior) prior = labelPriorLoss(text.names, S!, comm.world);
+        if (usePrior) prior = scopedPriorLoss(text, scope, S, comm.world);
       } else {
         const logits = tf.add(tf.matMul(z, model.p<tf.Tensor2D>('cls.weight')), model.p('cls.bias')) as tf.Tensor2D;
         cls = classificationLoss(logits, tgt, msk, pw, N);

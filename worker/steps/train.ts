@@ -118,6 +118,7 @@ async function trainStepWith(ctx: StepContext, t: TrainSection, pg: ThreadedProc
     targets: { uncertainty: t.uncertainty, blank: t.blank, seed: job.seed },
     posWeight: t.posWeight ? Float32Array.from(t.posWeight) : null,
     priorTarget: Float32Array.from(t.priorTarget),
+    priorScope: t.priorScope ?? 'names',
   };
 
   const timing = { gather: 0 };

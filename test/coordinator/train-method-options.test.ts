@@ -44,6 +44,8 @@ function args(data: string, out: string, workers: number, extra: Partial<TrainAr
     'params-check-every': 1,
     report: false,
     augment: 'strong',
+    'prior-scope': 'all',
+    'visual-head': 'transformer',
     ...extra,
   } as TrainArgs;
 }
@@ -53,7 +55,7 @@ async function params(out: string): Promise<Float32Array> {
   return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
 }
 
-test('--augment strong: 2 workers train the model 1 worker trains, unlike the unaugmented one; evaluation sees the raw test images', async () => {
+test('--augment strong --prior-scope all --visual-head transformer: 2 workers train the model 1 worker trains, unlike the unaugmented one; evaluation sees the raw test images', async () => {
   const dir = await mkdtemp(path.join(tmpdir(), 'cxr-aug-'));
   try {
     const data = path.join(dir, 'data');
@@ -72,6 +74,8 @@ test('--augment strong: 2 workers train the model 1 worker trains, unlike the un
     assert.ok(diff(one.p, plain.p) > 1e-3 * maxA, 'augmentation changed what the model was trained on');
     const config = JSON.parse(await readFile(path.join(one.out, 'config.json'), 'utf8'));
     assert.equal(config.augment, 'strong');
+    assert.equal(config.priorScope, 'all');
+    assert.equal(config.resolved.model.visualHead, 'transformer');
     // The run's test evaluation equals a one-process evaluation of the saved model, which reads the split unaugmented.
     const ev = JSON.parse(await readFile(path.join(two.out, 'eval.json'), 'utf8'));
     const again = await evalSaved(two.r.checkpoint, await openTrainData(data), 'test', 'wasm', { replicates: 0, seed: 3 }, () => {});
