@@ -7,7 +7,7 @@ import { packageRoot } from '../shared/util/paths.js';
 import { loadLabelSet } from '../shared/labels.js';
 import { mulberry32 } from '../shared/random/generators.js';
 import { initBackend, type BackendChoice } from '../kernels/backend.js';
-import { labelPriorTarget } from '../model/losses.js';
+import { labelPriorTarget } from '../model/label-prior.js';
 import { type ModelConfig, resolveModelConfig } from '../model/config.js';
 import type { ClipTextShape } from '../model/text/clip-text.js';
 import { trimTokenRows } from '../model/text/tower.js';

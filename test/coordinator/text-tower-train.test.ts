@@ -4,7 +4,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { runSynth } from '../../coordinator/data/synth-run.js';
-import { toTrainConfig, type TrainArgs } from '../../coordinator/commands/train.js';
+import type { TrainArgs } from '../../coordinator/commands/train.js';
+import { parseTrainConfig } from '../../model/train-config.js';
 import { trainDistributed } from '../../coordinator/train/train-job.js';
 import { loadParams } from '../../model/params-file.js';
 import { textTowerSpecs } from '../../model/text/tower.js';
@@ -67,7 +68,7 @@ test('--pretrained DIR with its CLIP text tower: 20 steps frozen and finetune, 1
       const runs = [];
       for (const workers of [1, 2]) {
         const out = path.join(dir, `${mode}-${workers}`);
-        await trainDistributed(toTrainConfig(args(data, out, pre, workers, mode)), opts);
+        await trainDistributed(parseTrainConfig(args(data, out, pre, workers, mode)), opts);
         runs.push(await loadParams(out));
       }
       const [a, b] = runs as [Awaited<ReturnType<typeof loadParams>>, Awaited<ReturnType<typeof loadParams>>];
