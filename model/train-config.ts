@@ -29,6 +29,11 @@ export interface TrainSection {
   readonly priorTarget: number[];
   /** Which prompts the label prior covers; absent: names. */
   readonly priorScope?: PriorScope;
+  /**
+   * Learning-rate multiplier per layout entry (--freeze: 0, --head-lr, --lr-layer-decay;
+   * model/param-groups.ts); absent: 1 everywhere.
+   */
+  readonly lrScales?: number[];
   readonly optimizer: { lr: number; warmupSteps: number; totalSteps: number; minLrRatio: number; weightDecay: number; clipNorm: number };
   /** The run directory (shared storage with remote workers): rank 0 writes the model and evaluations there. */
   readonly out: string;

@@ -4,6 +4,7 @@ import { UserError } from '../../shared/util/errors.js';
 import { BACKEND_CHOICES, type BackendChoice } from '../../kernels/backend.js';
 import { UNCERTAINTY_POLICIES } from '../../model/losses.js';
 import { checkRgb, checkVisualHead, MODEL_PRESETS, VISUAL_HEADS, type Rgb, type VisualHead } from '../../model/config.js';
+import { parseFreeze } from '../../model/param-groups.js';
 import { PRIOR_SCOPES, priorScope, type PriorScope } from '../../model/prior-scope.js';
 import { createLogger } from '../../shared/util/log.js';
 import { writeReport } from '../report/index.js';
@@ -37,6 +38,9 @@ export interface TrainArgs {
   'prior-scope'?: PriorScope;
   'visual-head'?: 'none' | VisualHead;
   'visual-head-layers'?: number;
+  freeze?: string[];
+  'head-lr'?: number;
+  'lr-layer-decay'?: number;
   uncertainty: string;
   'uncertainty-label': string[];
   blank: 'mask' | 'zeros';
@@ -84,6 +88,14 @@ export function trainOptions<T>(y: Argv<T>) {
     .option('eval', { choices: ['test', 'val', 'none'] as const, default: 'test' as const, describe: 'split evaluated after training' })
     .option('backend', { choices: BACKEND_CHOICES, default: 'auto' as BackendChoice })
     .option('lr', { type: 'number', default: 1e-3, describe: 'peak learning rate' })
+    .option('freeze', {
+      type: 'string',
+      array: true,
+      default: [] as string[],
+      describe: 'visual | text | visual-blocks:N | text-blocks:N: train none / only the last N blocks of that tower (repeatable)',
+    })
+    .option('head-lr', { type: 'number', describe: 'learning rate of heads, prompts and scales (default: --lr)' })
+    .option('lr-layer-decay', { type: 'number', default: 1, describe: 'layer-wise lr decay over each tower (BEiT; 1: off)' })
     .option('warmup-steps', { type: 'number', default: 20 })
     .option('min-lr-ratio', { type: 'number', default: 0.1, describe: 'final lr as a fraction of --lr (cosine)' })
     .option('weight-decay', { type: 'number', default: 0.05, describe: 'AdamW decay (not on norms, biases, embeddings, scales)' })
@@ -203,6 +215,7 @@ export function toTrainConfig(a: ArgumentsCamelCase<TrainArgs> | TrainArgs): Tra
     if (!(args[w] >= 0)) throw new UserError(`--${w} must be >= 0, got ${args[w]}`);
   augmentPolicy(args.augment ?? 'none', args['augment-hflip'] ?? 0);
   checkVisualHead(args['visual-head'] ?? 'none', args['visual-head-layers'] ?? 1);
+  parseFreeze(args.freeze ?? []);
   return {
     data: path.resolve(args.data),
     out: path.resolve(args.out),
@@ -228,6 +241,9 @@ export function toTrainConfig(a: ArgumentsCamelCase<TrainArgs> | TrainArgs): Tra
     priorScope: priorScope(args['prior-scope'] ?? 'names'),
     visualHead: args['visual-head'] ?? 'none',
     visualHeadLayers: args['visual-head-layers'] ?? 1,
+    freeze: [...(args.freeze ?? [])],
+    headLr: args['head-lr'] ?? null,
+    lrLayerDecay: args['lr-layer-decay'] ?? 1,
     uncertainty: args.uncertainty,
     uncertaintyLabel: args['uncertainty-label'],
     blank: args.blank,

@@ -49,6 +49,10 @@ export interface TrainConfig {
   /** --visual-head none|mlp|transformer and its block count; absent: none, 1. */
   visualHead?: 'none' | VisualHead;
   visualHeadLayers?: number;
+  /** Fine-tuning controls (model/param-groups.ts); absent: none, --lr, 1. */
+  freeze?: string[];
+  headLr?: number | null;
+  lrLayerDecay?: number;
   /** Which prompts the label prior covers (--prior-scope); absent: names. */
   priorScope?: PriorScope;
   uncertainty: string;

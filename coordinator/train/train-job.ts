@@ -31,6 +31,7 @@ import { writeRunEnvironment } from '../report/environment.js';
 import { Sampler } from '../job/sampler.js';
 import { labelSetFor, type TrainConfig } from './config.js';
 import { augmentPolicy } from '../../shared/augment/policy.js';
+import { lrMultipliers, parseFreeze } from '../../model/param-groups.js';
 import type { CheckpointFlags } from './checkpoint-flags.js';
 
 /** Where and how the workers run (the rest of the run is TrainConfig). */
@@ -175,6 +176,14 @@ export async function trainDistributed(cfg: TrainConfig, o: TrainJobOptions): Pr
       // The names' target; the state prompts' is the identity (model/prior-scope.ts).
       priorTarget: cfg.priorScope === 'states' ? [] : Array.from(labelPriorTarget(cfg.labelPrior, labels, set)),
       priorScope: cfg.priorScope ?? 'names',
+      lrScales: Array.from(
+        lrMultipliers(modelLayout(model), {
+          lr: cfg.lr,
+          headLr: cfg.headLr ?? null,
+          layerDecay: cfg.lrLayerDecay ?? 1,
+          freeze: parseFreeze(cfg.freeze ?? []),
+        }),
+      ),
       optimizer: {
         lr: cfg.lr,
         warmupSteps: cfg.warmupSteps,

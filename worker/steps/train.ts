@@ -16,7 +16,7 @@ import { DEFAULT_ADAMW, type TrainSection } from '../../model/train-config.js';
 import { evalEpochFile } from '../../shared/run/files.js';
 import { saveParams } from '../../model/params-file.js';
 import { CxrModel, initialParams } from '../../model/vit.js';
-import { adamwStep, clipFactor, decayMask, learningRate, sumOfSquares, type Schedule } from './adamw.js';
+import { adamwStep, adamwStepGroups, clipFactor, decayMask, learningRate, lrGroups, sumOfSquares, type Schedule } from './adamw.js';
 import { computeGradients, type StepComm, type StepOptions } from './forward-backward.js';
 import type { StepContext, StepInfo, StepResult, WorkerStep } from './api.js';
 import type { SampleBatch } from '../../shared/dataset/reader.js';
@@ -67,6 +67,10 @@ async function trainStepWith(ctx: StepContext, t: TrainSection, pg: ThreadedProc
   const own = shardRange(total, world, rank);
   const paramCounts = shardRanges(total, world).map((s) => s.end - s.start);
   const mask = decayMask(model.layout);
+  // Fine-tuning controls: per-parameter rates, frozen parameters out of the backward pass and never written.
+  const scales = t.lrScales && t.lrScales.some((s) => s !== 1) ? t.lrScales : null;
+  const groups = scales ? lrGroups(model.layout, scales) : null;
+  const trainable = scales ? model.variables.filter((_, k) => scales[k] !== 0) : undefined;
   let m: Float32Array = new Float32Array(own.end - own.start);
   let v: Float32Array = new Float32Array(own.end - own.start);
   if (t.resume) {
@@ -119,6 +123,7 @@ async function trainStepWith(ctx: StepContext, t: TrainSection, pg: ThreadedProc
     posWeight: t.posWeight ? Float32Array.from(t.posWeight) : null,
     priorTarget: Float32Array.from(t.priorTarget),
     priorScope: t.priorScope ?? 'names',
+    ...(trainable ? { trainable } : {}),
   };
 
   const timing = { gather: 0 };
@@ -242,7 +247,8 @@ async function trainStepWith(ctx: StepContext, t: TrainSection, pg: ThreadedProc
       const tOpt = performance.now();
       hyper.lr = learningRate(schedule, info.step + 1);
       // Clipping's scale is applied as AdamW reads each gradient (with the bits of scaling first).
-      adamwStep(params, grads, m, v, own, hyper, info.step + 1, mask, clipFactor(norm, t.optimizer.clipNorm));
+      if (groups) adamwStepGroups(params, grads, m, v, own, hyper, info.step + 1, mask, groups, clipFactor(norm, t.optimizer.clipNorm));
+      else adamwStep(params, grads, m, v, own, hyper, info.step + 1, mask, clipFactor(norm, t.optimizer.clipNorm));
       const optSeconds = (performance.now() - tOpt) / 1000;
       const tGather = performance.now();
       // The parameters move to the comm thread and come back with the other ranks' ranges filled in.
