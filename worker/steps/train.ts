@@ -68,7 +68,7 @@ async function trainStepWith(ctx: StepContext, t: TrainSection, pg: ThreadedProc
   const paramCounts = shardRanges(total, world).map((s) => s.end - s.start);
   const mask = decayMask(model.layout);
   // Fine-tuning controls: per-parameter rates, frozen parameters out of the backward pass and never written.
-  const scales = t.lrScales && t.lrScales.some((s) => s !== 1) ? t.lrScales : null;
+  const scales = t.lrScales?.some((s) => s !== 1) ? t.lrScales : null;
   const groups = scales ? lrGroups(model.layout, scales) : null;
   const trainable = scales ? model.variables.filter((_, k) => scales[k] !== 0) : undefined;
   let m: Float32Array = new Float32Array(own.end - own.start);
