@@ -15,7 +15,7 @@ import { mulberry32 } from '../shared/random/generators.js';
 import { shardRanges } from '../shared/shard.js';
 import { initBackend } from '../kernels/backend.js';
 import { ThreadedProcessGroup } from '../worker/collectives/threaded-group.js';
-import { labelPriorTarget } from '../model/losses.js';
+import { labelPriorTarget } from '../model/label-prior.js';
 import { resolveModelConfig } from '../model/config.js';
 import { CxrModel, initialParams, modelLayout } from '../model/vit.js';
 import { computeGradients, localComm } from '../worker/steps/forward-backward.js';

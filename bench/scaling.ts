@@ -5,7 +5,8 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { runSynth } from '../coordinator/data/synth-run.js';
-import { toTrainConfig, type TrainArgs } from '../coordinator/commands/train.js';
+import type { TrainArgs } from '../coordinator/commands/train.js';
+import { parseTrainConfig } from '../model/train-config.js';
 import { trainDistributed } from '../coordinator/train/train-job.js';
 import { createLogger } from '../shared/util/log.js';
 import { COLLECTIVES_ENV } from '../shared/config/worker-env.js';
@@ -152,7 +153,7 @@ export async function run(argv: string[]): Promise<void> {
         'checkpoint-every-minutes': 0,
         'keep-checkpoints': 1,
       } as unknown as TrainArgs;
-      await trainDistributed(toTrainConfig(args), { log, progress: false, workerOutput: () => {} });
+      await trainDistributed(parseTrainConfig(args), { log, progress: false, workerOutput: () => {} });
       const recs = (await readFile(path.join(out, 'metrics.jsonl'), 'utf8'))
         .trim()
         .split('\n')

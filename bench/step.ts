@@ -3,7 +3,7 @@ import { UserError } from '../shared/util/errors.js';
 import { loadLabelSet } from '../shared/labels.js';
 import { mulberry32 } from '../shared/random/generators.js';
 import { initBackend, type BackendChoice } from '../kernels/backend.js';
-import { labelPriorTarget } from '../model/losses.js';
+import { labelPriorTarget } from '../model/label-prior.js';
 import { resolveModelConfig } from '../model/config.js';
 import { CxrModel, initialParams } from '../model/vit.js';
 import { adamwStep, clipFactor, decayMask, sumOfSquares } from '../worker/steps/adamw.js';

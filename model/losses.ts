@@ -1,7 +1,4 @@
 import * as tf from '@tensorflow/tfjs';
-import { UserError } from '../shared/util/errors.js';
-import type { LabelSet } from '../shared/labels.js';
-import { keyedUniform } from '../shared/random/generators.js';
 import { l2Normalize } from './layers.js';
 
 /**
@@ -10,97 +7,6 @@ import { l2Normalize } from './layers.js';
  * batch size; parameter-only terms divide by the world size. Summing each rank's gradient then
  * gives exactly the gradient of one process on the whole batch (docs/model.md, DESIGN.md).
  */
-
-export const UNCERTAINTY_POLICIES = ['ignore', 'zeros', 'ones', 'lsr-ones', 'lsr-zeros'] as const;
-export type UncertaintyPolicy = (typeof UNCERTAINTY_POLICIES)[number];
-export type BlankPolicy = 'mask' | 'zeros';
-
-export interface TargetOptions {
-  /** One policy per label, for labels equal to -1 (uncertain). */
-  uncertainty: UncertaintyPolicy[];
-  /** Blank (NaN, "not mentioned") labels: masked out, or negative. */
-  blank: BlankPolicy;
-  seed: number;
-}
-
-/** Label-smoothing ranges of Pham et al.: uncertain-as-positive ~ U(0.55, 0.85), as-negative ~ U(0, 0.3). */
-export const LSR_ONES: readonly [number, number] = [0.55, 0.85];
-export const LSR_ZEROS: readonly [number, number] = [0, 0.3];
-
-/**
- * Classification targets and mask for n samples from raw labels (1, 0, -1, NaN). Smoothed
- * targets are drawn from a hash of (seed, epoch, dataset index, label), not from a stream, so a
- * sample gets the same target whatever its position in the batch and whichever rank holds it.
- */
-export function resolveTargets(
-  labels: Float32Array,
-  n: number,
-  L: number,
-  opts: TargetOptions,
-  sampleKeys: readonly number[],
-  epoch: number,
-): { targets: Float32Array; mask: Float32Array } {
-  const targets = new Float32Array(n * L);
-  const mask = new Float32Array(n * L);
-  for (let i = 0; i < n; i++) {
-    for (let l = 0; l < L; l++) {
-      const k = i * L + l;
-      const y = labels[k]!;
-      if (Number.isNaN(y)) {
-        if (opts.blank === 'zeros') mask[k] = 1;
-        continue;
-      }
-      if (y === 1 || y === 0) {
-        targets[k] = y;
-        mask[k] = 1;
-        continue;
-      }
-      const policy = opts.uncertainty[l]!;
-      if (policy === 'ignore') continue;
-      mask[k] = 1;
-      if (policy === 'ones') targets[k] = 1;
-      else if (policy === 'zeros') targets[k] = 0;
-      else {
-        const [lo, hi] = policy === 'lsr-ones' ? LSR_ONES : LSR_ZEROS;
-        targets[k] = lo + (hi - lo) * keyedUniform(opts.seed, epoch, sampleKeys[i]!, l);
-      }
-    }
-  }
-  return { targets, mask };
-}
-
-/**
- * Per-label uncertainty policies from a default and `Label=policy` overrides.
- */
-export function uncertaintyPolicies(labels: readonly string[], dflt: string, overrides: readonly string[]): UncertaintyPolicy[] {
-  const check = (p: string, where: string): UncertaintyPolicy => {
-    if (!(UNCERTAINTY_POLICIES as readonly string[]).includes(p))
-      throw new UserError(`${where}: '${p}' is not an uncertainty policy (${UNCERTAINTY_POLICIES.join(', ')})`);
-    return p as UncertaintyPolicy;
-  };
-  const out = labels.map(() => check(dflt, '--uncertainty'));
-  for (const o of overrides) {
-    const eq = o.lastIndexOf('=');
-    if (eq <= 0) throw new UserError(`--uncertainty-label '${o}': expected LABEL=POLICY, e.g. Atelectasis=lsr-ones`);
-    const name = o.slice(0, eq);
-    const l = labels.indexOf(name);
-    if (l < 0) throw new UserError(`--uncertainty-label '${o}': no label '${name}' (labels: ${labels.join(', ')})`);
-    out[l] = check(o.slice(eq + 1), `--uncertainty-label '${o}'`);
-  }
-  return out;
-}
-
-/** Positive weights neg/pos per label from training labels, clamped to [1, max]; 1 where a class is absent. */
-export function balancedPosWeights(labels: Float32Array, L: number, max = 50): Float32Array {
-  const pos = new Float64Array(L);
-  const neg = new Float64Array(L);
-  for (let k = 0; k < labels.length; k++) {
-    const y = labels[k]!;
-    if (y === 1) pos[k % L]++;
-    else if (y === 0) neg[k % L]++;
-  }
-  return Float32Array.from({ length: L }, (_, l) => (pos[l]! > 0 && neg[l]! > 0 ? Math.min(max, Math.max(1, neg[l]! / pos[l]!)) : 1));
-}
 
 /** Cosine-similarity logits: exp(logScale) * cos(image, label) + bias, [n, L]. */
 export function cosineLogits(imageEmb: tf.Tensor2D, labelEmb: tf.Tensor2D, logScale: tf.Scalar, bias: tf.Tensor1D): tf.Tensor2D {
@@ -179,6 +85,54 @@ export function contrastiveLoss(imageEmb: tf.Tensor2D, textEmb: tf.Tensor2D, tar
   return tf.div(tf.add(i2t, t2i), 2 * N) as tf.Scalar;
 }
 
+/** Every rank's buffer concatenated in rank order, without leaving the tape (a synchronous collective). */
+export type GatherRows = (local: Float32Array) => Float32Array;
+
+/**
+ * The contrastive term over the global batch, owning its gather the way open_clip's ClipLoss
+ * does: it takes this rank's image and text embeddings (taped) and raw labels, all-gathers them in
+ * one synchronous collective, and rebuilds the global matrices with this rank's slice live, so the
+ * forward runs once and gradients flow only into this rank's rows. The temperature's gradient is
+ * scaled by 1/world (every rank computes the whole loss), so the rank sum is exact.
+ */
+export class ContrastiveLoss {
+  private readonly offset: number;
+  private readonly N: number;
+
+  constructor(private readonly o: { rank: number; world: number; rowCounts: readonly number[]; gather: GatherRows }) {
+    this.offset = o.rowCounts.slice(0, o.rank).reduce((a, b) => a + b, 0);
+    this.N = o.rowCounts.reduce((a, b) => a + b, 0);
+  }
+
+  /**
+   * The global loss from this rank's image [n, Dz] and text [n, Dt] embeddings and raw labels [n*L].
+   * `gathered`: every rank's packRows([labels, image, text]) when the caller gathered them before
+   * the tape (a backend that cannot read inside it); absent, this gathers them itself.
+   */
+  forward(
+    imageEmb: tf.Tensor2D,
+    textEmb: tf.Tensor2D,
+    labels: Float32Array,
+    logitScale: tf.Scalar,
+    gathered?: Float32Array | null,
+  ): tf.Scalar {
+    const { world, rowCounts } = this.o;
+    const L = labels.length / imageEmb.shape[0];
+    let Z = imageEmb;
+    let T = textEmb;
+    let allLabels = labels;
+    if (world > 1) {
+      const all = gathered ?? this.o.gather(packRows([labels, imageEmb.dataSync() as Float32Array, textEmb.dataSync() as Float32Array]));
+      const g = splitRows(all, rowCounts, [L, imageEmb.shape[1], textEmb.shape[1]]);
+      allLabels = g[0]!;
+      Z = withLiveSlice(g[1]!, imageEmb, this.offset);
+      T = withLiveSlice(g[2]!, textEmb, this.offset);
+    }
+    const G = tf.tensor2d(multiPositiveTargets(labelGroups(allLabels, this.N, L)), [this.N, this.N]);
+    return contrastiveLoss(Z, T, G, scaleGradient(logitScale, 1 / world));
+  }
+}
+
 /**
  * Label prior mean((T T^T - S)^2) over normalised label embeddings T [L, D], divided by the world
  * size because every rank adds it.
@@ -186,52 +140,6 @@ export function contrastiveLoss(imageEmb: tf.Tensor2D, textEmb: tf.Tensor2D, tar
 export function labelPriorLoss(labelEmb: tf.Tensor2D, target: tf.Tensor2D, world: number): tf.Scalar {
   const t = l2Normalize(labelEmb);
   return tf.div(tf.mean(tf.squaredDifference(tf.matMul(t, t, false, true), target)), world) as tf.Scalar;
-}
-
-export type LabelPriorKind = 'orth' | 'graph';
-
-/**
- * Target similarity S for the label prior. `orth`: the identity. `graph`: S_ii = 1 and
- * S_ij = 0.5^d(i, j) where d is the shortest-path length between i and j in the undirected label
- * graph whose edges are the hierarchy's parent-child edges plus every pair inside a group; labels
- * with no path between them get 0. So a parent and child (Lung Opacity, Edema) or two pleural
- * findings target cosine 0.5, two children of one parent 0.25, unrelated findings 0.
- */
-export function labelPriorTarget(kind: LabelPriorKind, labels: readonly string[], set: LabelSet | null): Float32Array {
-  const L = labels.length;
-  const S = new Float32Array(L * L);
-  for (let i = 0; i < L; i++) S[i * L + i] = 1;
-  if (kind === 'orth') return S;
-  if (!set)
-    throw new UserError(
-      "--label-prior graph: the dataset's labels are not a known label set, so there is no label graph; use --label-prior orth",
-    );
-  const idx = new Map(labels.map((n, i) => [n, i]));
-  const adj: number[][] = labels.map(() => []);
-  const link = (a: string, b: string) => {
-    const i = idx.get(a);
-    const j = idx.get(b);
-    if (i === undefined || j === undefined || i === j) return;
-    adj[i]!.push(j);
-    adj[j]!.push(i);
-  };
-  for (const [p, c] of set.edges) link(p, c);
-  for (const members of Object.values(set.groups)) for (const a of members) for (const b of members) link(a, b);
-  for (let s = 0; s < L; s++) {
-    const dist = new Array<number>(L).fill(-1);
-    dist[s] = 0;
-    const queue = [s];
-    for (let q = 0; q < queue.length; q++) {
-      const u = queue[q]!;
-      for (const w of adj[u]!)
-        if (dist[w] === -1) {
-          dist[w] = dist[u]! + 1;
-          queue.push(w);
-        }
-    }
-    for (let t = 0; t < L; t++) if (t !== s && dist[t]! > 0) S[s * L + t] = 0.5 ** dist[t]!;
-  }
-  return S;
 }
 
 /**
@@ -259,4 +167,39 @@ export function withLiveSlice(gathered: Float32Array, live: tf.Tensor2D, offset:
   parts.push(live);
   if (offset + n < N) parts.push(tf.tensor2d(gathered.subarray((offset + n) * D), [N - offset - n, D]));
   return parts.length === 1 ? live : tf.concat(parts, 0);
+}
+
+/**
+ * One rank's rows as one buffer: each part is this rank's rows of one width, laid end to end,
+ * so that a single all-gather carries them all (one round trip instead of one per part).
+ */
+export function packRows(parts: readonly Float32Array[]): Float32Array {
+  const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+/**
+ * Undoes packRows over the rank-order concatenation of every rank's packed rows (rank r holding
+ * sizes[r] rows): part i of the result is [sum(sizes), widths[i]], rows in rank order.
+ */
+export function splitRows(gathered: Float32Array, sizes: readonly number[], widths: readonly number[]): Float32Array[] {
+  const N = sizes.reduce((a, b) => a + b, 0);
+  const rowWidth = widths.reduce((a, b) => a + b, 0);
+  if (gathered.length !== N * rowWidth) throw new Error(`splitRows: ${gathered.length} values for ${N} rows of width ${rowWidth}`);
+  const out = widths.map((wd) => new Float32Array(N * wd));
+  let src = 0;
+  let row = 0;
+  for (const m of sizes) {
+    widths.forEach((wd, i) => {
+      out[i]!.set(gathered.subarray(src, src + m * wd), row * wd);
+      src += m * wd;
+    });
+    row += m;
+  }
+  return out;
 }

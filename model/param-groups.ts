@@ -48,6 +48,11 @@ export interface GroupOptions {
   readonly freeze: readonly Freeze[];
 }
 
+/** The group options of a run's flags (absent flags: nothing frozen, heads at --lr, no decay). */
+export function groupOptions(cfg: { lr: number; headLr?: number | null; lrLayerDecay?: number; freeze?: readonly string[] }): GroupOptions {
+  return { lr: cfg.lr, headLr: cfg.headLr ?? null, layerDecay: cfg.lrLayerDecay ?? 1, freeze: parseFreeze(cfg.freeze ?? []) };
+}
+
 /** One multiplier of --lr per layout entry (0: frozen). */
 export function lrMultipliers(layout: ParamLayout, o: GroupOptions): Float64Array {
   if (!(o.layerDecay > 0 && o.layerDecay <= 1)) throw new UserError(`--lr-layer-decay must be in (0, 1], got ${o.layerDecay}`);

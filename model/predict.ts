@@ -1,21 +1,64 @@
 import * as tf from '@tensorflow/tfjs';
-import { cosineLogits } from './losses.js';
 import type { CxrModel } from './vit.js';
 
-/** Scores [n, L] (logits) for evaluation, computed in chunks to bound memory. */
-export async function predictLogits(model: CxrModel, images: Uint8Array, n: number, chunk = 64): Promise<Float32Array> {
+/** A batch of rows as the dataset reader gives it (extra columns pass through to `onChunk`). */
+export interface ScoredBatch {
+  readonly n: number;
+  readonly images: Uint8Array;
+  /** Raw labels [n*L]: 1, 0, -1, NaN. */
+  readonly labels: Float32Array;
+}
+
+/** What a scoring pass computes per row: logits [n, L], L2-normalised image embeddings [n, D], or both. */
+export interface ScoreOptions<B> {
+  /** Rows read and scored at a time (bounds memory). */
+  readonly chunk: number;
+  readonly scores: boolean;
+  readonly embeddings: boolean;
+  /** Each chunk's batch and outputs, as they come (progress bars, extra columns). */
+  readonly onChunk?: (b: B, out: { scores: Float32Array | null; embeddings: Float32Array | null }, done: number) => void;
+}
+
+export interface Scored {
+  readonly scores: Float32Array | null;
+  readonly embeddings: Float32Array | null;
+  readonly labels: Float32Array;
+}
+
+/**
+ * The one scoring loop (evaluation during training, `coordinator eval` and `embed`): rows
+ * [start, end) of a split, read `chunk` at a time, each chunk's logits (CxrModel.logits) and
+ * embeddings computed from one image encoding.
+ */
+export async function scoreRows<B extends ScoredBatch>(
+  model: CxrModel,
+  split: { read(indices: ArrayLike<number>): Promise<B> },
+  range: { start: number; end: number },
+  o: ScoreOptions<B>,
+): Promise<Scored> {
   const L = model.config.labels.length;
-  const px = model.config.imageSize ** 2;
-  const out = new Float32Array(n * L);
-  for (let s = 0; s < n; s += chunk) {
-    const m = Math.min(chunk, n - s);
-    const logits = tf.tidy(() => {
-      const z = model.encodeImages(model.pixelsToInput(images.subarray(s * px, (s + m) * px), m));
-      if (model.config.head === 'text') return cosineLogits(z, model.encodeText().names, model.p('cls.log_scale'), model.p('cls.bias'));
-      return tf.add(tf.matMul(z, model.p<tf.Tensor2D>('cls.weight')), model.p('cls.bias')) as tf.Tensor2D;
+  const D = model.config.embedDim;
+  const n = range.end - range.start;
+  const scores = o.scores ? new Float32Array(n * L) : null;
+  const embeddings = o.embeddings ? new Float32Array(n * D) : null;
+  const labels = new Float32Array(n * L);
+  for (let s = 0; s < n; s += o.chunk) {
+    const k = Math.min(o.chunk, n - s);
+    const b = await split.read(Array.from({ length: k }, (_, i) => range.start + s + i));
+    const out = tf.tidy(() => {
+      const z = model.encodeImages(model.pixelsToInput(b.images, k));
+      const r: Record<string, tf.Tensor2D> = {};
+      if (scores) r.logits = model.logits(z);
+      if (embeddings) r.z = tf.div(z, tf.maximum(tf.norm(z, 'euclidean', 1, true), 1e-12));
+      return r;
     });
-    out.set((await logits.data()) as Float32Array, s * L);
-    logits.dispose();
+    const chunkScores = out.logits ? ((await out.logits.data()) as Float32Array) : null;
+    const chunkEmb = out.z ? ((await out.z.data()) as Float32Array) : null;
+    for (const t of Object.values(out)) t.dispose();
+    if (chunkScores) scores!.set(chunkScores, s * L);
+    if (chunkEmb) embeddings!.set(chunkEmb, s * D);
+    labels.set(b.labels, s * L);
+    o.onChunk?.(b, { scores: chunkScores, embeddings: chunkEmb }, s + k);
   }
-  return out;
+  return { scores, embeddings, labels };
 }

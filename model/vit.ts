@@ -8,6 +8,7 @@ import type { ParamSpec } from './param-specs.js';
 import { encodeTextTower, textTowerSpecs } from './text/tower.js';
 import { mulberry32, normalSource } from '../shared/random/generators.js';
 import { assignConcatenated, readConcatenated } from './tensor-storage.js';
+import { cosineLogits } from './losses.js';
 
 /**
  * Pixels enter as uint8 grayscale. With `inputNorm: 'fixed'` the stem sees (p/255 - PIXEL_MEAN) /
@@ -274,6 +275,15 @@ export class CxrModel {
     const t = dense(gelu(h), this.p('text.head.fc2.weight'), this.p('text.head.fc2.bias'), { residual: h });
     const [names, positive, negative] = tf.split(t, [L, L, L], 0) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
     return { names, positive, negative };
+  }
+
+  /**
+   * Per-label logits [n, L] of image embeddings: the text head scores by cosine with the label-name
+   * embeddings (`names`: encodeText's, computed here unless the caller has them), the linear head by its matrix.
+   */
+  logits(z: tf.Tensor2D, names?: tf.Tensor2D): tf.Tensor2D {
+    if (this.config.head === 'text') return cosineLogits(z, names ?? this.encodeText().names, this.p('cls.log_scale'), this.p('cls.bias'));
+    return tf.add(tf.matMul(z, this.p<tf.Tensor2D>('cls.weight')), this.p('cls.bias')) as tf.Tensor2D;
   }
 
   /**

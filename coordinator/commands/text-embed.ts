@@ -45,7 +45,7 @@ export const textEmbedCommand: CommandModule<object, TextEmbedArgs> = {
     const sd = await openStateDict(pd.weightsFile);
     const text = await loadPretrainedText(pd, sd).finally(() => sd.close());
     const prompts = labelPrompts(loadLabelSet(a.labels).labels);
-    const vectors = embedPrompts(text, prompts);
+    const vectors = await embedPrompts(text, prompts);
     const D = text.shape.embedDim;
     await writeJsonAtomic(path.resolve(a.out), {
       dim: D,

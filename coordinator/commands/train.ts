@@ -1,56 +1,17 @@
-import * as path from 'node:path';
-import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
-import { UserError } from '../../shared/util/errors.js';
+import type { Argv, CommandModule } from 'yargs';
 import { BACKEND_CHOICES, type BackendChoice } from '../../kernels/backend.js';
-import { UNCERTAINTY_POLICIES } from '../../model/losses.js';
-import { checkRgb, checkVisualHead, MODEL_PRESETS, VISUAL_HEADS, type Rgb, type VisualHead } from '../../model/config.js';
-import { parseFreeze } from '../../model/param-groups.js';
-import { PRIOR_SCOPES, priorScope, type PriorScope } from '../../model/prior-scope.js';
+import { UNCERTAINTY_POLICIES } from '../../model/targets.js';
+import { MODEL_PRESETS, VISUAL_HEADS } from '../../model/config.js';
+import { PRIOR_SCOPES, type PriorScope } from '../../model/prior-scope.js';
+import { parseTrainConfig, type TrainFlags } from '../../model/train-config.js';
 import { createLogger } from '../../shared/util/log.js';
 import { writeReport } from '../report/index.js';
 import { trainDistributed } from '../train/train-job.js';
-import type { TrainConfig } from '../train/config.js';
 import { checkpointFlags } from '../train/checkpoint-flags.js';
-import { AUGMENT_LEVELS, augmentPolicy, type AugmentLevel } from '../../shared/augment/policy.js';
+import { AUGMENT_LEVELS, type AugmentLevel } from '../../shared/augment/policy.js';
 
-export interface TrainArgs {
-  workers: number;
-  data: string;
-  out: string;
-  model: string;
-  epochs?: number;
-  steps?: number;
-  'batch-size': number;
-  seed: number;
-  eval: 'test' | 'val' | 'none';
-  backend: BackendChoice;
-  lr: number;
-  'warmup-steps': number;
-  'min-lr-ratio': number;
-  'weight-decay': number;
-  'clip-norm': number;
-  head: 'text' | 'linear';
-  'text-embeddings'?: string;
-  'w-cls': number;
-  'w-con': number;
-  'w-prior': number;
-  'label-prior': 'orth' | 'graph';
-  'prior-scope'?: PriorScope;
-  'visual-head'?: 'none' | VisualHead;
-  'visual-head-layers'?: number;
-  freeze?: string[];
-  'head-lr'?: number;
-  'lr-layer-decay'?: number;
-  uncertainty: string;
-  'uncertainty-label': string[];
-  blank: 'mask' | 'zeros';
-  'pos-weight': 'none' | 'balanced';
-  bootstrap: number;
-  pretrained?: string;
-  'image-mean'?: number[];
-  'image-std'?: number[];
-  augment?: AugmentLevel;
-  'augment-hflip'?: number;
+/** The command's arguments: the training flags (the run's TrainConfig) and where the workers run. */
+export type TrainArgs = TrainFlags & {
   listen?: string;
   advertise?: string;
   'data-port'?: number;
@@ -65,7 +26,7 @@ export interface TrainArgs {
   'keep-checkpoints': number;
   resume?: string;
   'init-weights'?: string;
-}
+};
 
 export function trainOptions<T>(y: Argv<T>) {
   return y
@@ -170,16 +131,6 @@ export function imageNormOption(which: 'mean' | 'std') {
   } as const;
 }
 
-/** Both of --image-mean and --image-std, or neither. */
-export function imageNorm(mean: number[] | undefined, std: number[] | undefined): { mean: Rgb; std: Rgb } | undefined {
-  if (mean === undefined && std === undefined) return undefined;
-  if (mean === undefined || std === undefined)
-    throw new UserError('give --image-mean and --image-std together (three numbers each, R G B)');
-  const image = { mean: mean as unknown as Rgb, std: std as unknown as Rgb };
-  checkRgb(image);
-  return image;
-}
-
 /** Where the workers run and how the job is watched (train and demo). */
 export function jobOptions<T>(y: Argv<T>) {
   return y
@@ -201,66 +152,9 @@ export function jobOptions<T>(y: Argv<T>) {
     .option('report', { type: 'boolean', default: true, describe: 'write report.html at the end of the run' });
 }
 
-export function toTrainConfig(a: ArgumentsCamelCase<TrainArgs> | TrainArgs): TrainConfig {
-  const args = a as TrainArgs;
-  if (!Number.isInteger(args.workers) || args.workers < 1) throw new UserError(`--workers must be a positive integer, got ${args.workers}`);
-  if (args.epochs !== undefined && args.steps !== undefined) throw new UserError('give --epochs or --steps, not both');
-  const positive = (v: number, name: string) => {
-    if (!Number.isInteger(v) || v <= 0) throw new UserError(`${name} must be a positive integer, got ${v}`);
-  };
-  positive(args['batch-size'], '--batch-size');
-  if (args.steps !== undefined) positive(args.steps, '--steps');
-  if (args.epochs !== undefined) positive(args.epochs, '--epochs');
-  for (const w of ['w-cls', 'w-con', 'w-prior', 'lr', 'weight-decay', 'clip-norm'] as const)
-    if (!(args[w] >= 0)) throw new UserError(`--${w} must be >= 0, got ${args[w]}`);
-  augmentPolicy(args.augment ?? 'none', args['augment-hflip'] ?? 0);
-  checkVisualHead(args['visual-head'] ?? 'none', args['visual-head-layers'] ?? 1);
-  parseFreeze(args.freeze ?? []);
-  return {
-    data: path.resolve(args.data),
-    out: path.resolve(args.out),
-    workers: args.workers,
-    model: args.model,
-    epochs: args.steps === undefined ? (args.epochs ?? 1) : null,
-    steps: args.steps ?? null,
-    batchSize: args['batch-size'],
-    seed: args.seed,
-    eval: args.eval,
-    backend: args.backend,
-    lr: args.lr,
-    warmupSteps: args['warmup-steps'],
-    minLrRatio: args['min-lr-ratio'],
-    weightDecay: args['weight-decay'],
-    clipNorm: args['clip-norm'],
-    head: args.head,
-    textEmbeddings: args['text-embeddings'] ? path.resolve(args['text-embeddings']) : null,
-    wCls: args['w-cls'],
-    wCon: args['w-con'],
-    wPrior: args['w-prior'],
-    labelPrior: args['label-prior'],
-    priorScope: priorScope(args['prior-scope'] ?? 'names'),
-    visualHead: args['visual-head'] ?? 'none',
-    visualHeadLayers: args['visual-head-layers'] ?? 1,
-    freeze: [...(args.freeze ?? [])],
-    headLr: args['head-lr'] ?? null,
-    lrLayerDecay: args['lr-layer-decay'] ?? 1,
-    uncertainty: args.uncertainty,
-    uncertaintyLabel: args['uncertainty-label'],
-    blank: args.blank,
-    posWeight: args['pos-weight'],
-    bootstrap: args.bootstrap,
-    pretrained: args.pretrained ? path.resolve(args.pretrained) : null,
-    ...((image) => ({ imageMean: image ? [...image.mean] : null, imageStd: image ? [...image.std] : null }))(
-      imageNorm(args['image-mean'], args['image-std']),
-    ),
-    augment: args.augment ?? 'none',
-    augmentHflip: args['augment-hflip'] ?? 0,
-  };
-}
-
 /** Train, then write the report; prints where everything is. */
 export async function runTraining(args: TrainArgs): Promise<void> {
-  const cfg = toTrainConfig(args);
+  const cfg = parseTrainConfig(args);
   const log = createLogger('coordinator');
   const r = await trainDistributed(cfg, {
     listen: args.listen,

@@ -1,4 +1,3 @@
-import * as tf from '@tensorflow/tfjs';
 import {
   Field,
   FixedSizeList,
@@ -15,6 +14,7 @@ import { openDataset } from '../../shared/dataset/reader.js';
 import { UserError } from '../../shared/util/errors.js';
 import { writeFileAtomic } from '../../shared/util/fs-atomic.js';
 import { initBackend, type BackendChoice } from '../../kernels/backend.js';
+import { scoreRows } from '../../model/predict.js';
 import { loadModelFor, type ModelSource, sourceName } from './saved-model.js';
 import type { SplitName } from '../train/config.js';
 
@@ -50,27 +50,25 @@ export async function embedSplit(
       const split = ds.split(o.split);
       if (split.length === 0) throw new UserError(`${o.data}: the ${o.split} split is empty; choose another --split`);
       const L = ds.labelNames.length;
-      let dim = 0;
-      let schema: Schema | null = null;
+      const dim = model.config.embedDim;
+      const schema = embeddingSchema(dim, L, {
+        labels: ds.labelNames,
+        split: o.split,
+        checkpoint: sourceName(o.checkpoint),
+        model: model.config.preset,
+      });
       const batches: RecordBatch[] = [];
-      for (let s = 0; s < split.length; s += CHUNK) {
-        const idx = Array.from({ length: Math.min(CHUNK, split.length - s) }, (_, i) => s + i);
-        const b = await split.read(idx);
-        const z = tf.tidy(() => {
-          const e = model.encodeImages(model.pixelsToInput(b.images, b.n));
-          return tf.div(e, tf.maximum(tf.norm(e, 'euclidean', 1, true), 1e-12));
-        });
-        const values = (await z.data()) as Float32Array;
-        dim = z.shape[1]!;
-        z.dispose();
-        schema ??= embeddingSchema(dim, L, {
-          labels: ds.labelNames,
-          split: o.split,
-          checkpoint: sourceName(o.checkpoint),
-          model: model.config.preset,
-        });
-        batches.push(toBatch(schema, b.n, values, b.labels, b.subjectIds, b.studyIds, b.paths));
-      }
+      await scoreRows(
+        model,
+        split,
+        { start: 0, end: split.length },
+        {
+          chunk: CHUNK,
+          scores: false,
+          embeddings: true,
+          onChunk: (b, out) => batches.push(toBatch(schema, b.n, out.embeddings!, b.labels, b.subjectIds, b.studyIds, b.paths)),
+        },
+      );
       const bytes = RecordBatchFileWriter.writeAll(batches).toUint8Array(true);
       await writeFileAtomic(o.out, bytes);
       return { rows: split.length, dim, bytes: bytes.byteLength };

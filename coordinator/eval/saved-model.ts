@@ -10,7 +10,7 @@ import type { ModelConfig } from '../../model/config.js';
 import { loadParams, PARAMS_JSON } from '../../model/params-file.js';
 import { CxrModel } from '../../model/vit.js';
 import { loadPretrainedModel } from '../../model/pretrained/model.js';
-import { predictLogits } from '../../model/predict.js';
+import { scoreRows } from '../../model/predict.js';
 import { labelSetFor, type SplitName, type TrainData } from '../train/config.js';
 
 /** A saved model (run directory or checkpoint), loaded and evaluated in this process: `coordinator eval`, `embed`. */
@@ -25,21 +25,17 @@ export async function evaluate(
 ): Promise<AurocReport & { split: string }> {
   const split = data.split(splitName);
   if (split.length === 0) throw new UserError(`the ${splitName} split of the dataset is empty; use --eval with another split or none`);
-  const L = model.config.labels.length;
-  const scores = new Float32Array(split.length * L);
-  const labels = new Float32Array(split.length * L);
   const bar = createProgress({ label: `eval ${splitName}`, total: split.length, unit: 'images' });
-  for (let s = 0; s < split.length; s += 256) {
-    const idx = Array.from({ length: Math.min(256, split.length - s) }, (_, i) => s + i);
-    const b = await split.read(idx);
-    scores.set(await predictLogits(model, b.images, b.n), s * L);
-    labels.set(b.labels, s * L);
-    bar.update(s + b.n);
-  }
+  const { scores, labels } = await scoreRows(
+    model,
+    split,
+    { start: 0, end: split.length },
+    { chunk: 64, scores: true, embeddings: false, onChunk: (_b, _out, done) => bar.update(done) },
+  );
   bar.stop();
   const competition = set?.competition ?? [];
   const rep = aurocReport(
-    { scores, labels, n: split.length, labelNames: model.config.labels },
+    { scores: scores!, labels, n: split.length, labelNames: model.config.labels },
     competition,
     bootstrap.replicates > 0 ? bootstrap : undefined,
   );

@@ -162,11 +162,15 @@ export function promptTokenRows(t: Pick<PretrainedText, 'shape' | 'tokenizer'>, 
 }
 
 /** Text embeddings [prompts.length * embedDim] (not normalised) of the prompts under the pretrained tower. */
-export function embedPrompts(t: PretrainedText, prompts: readonly string[]): Float32Array {
+export async function embedPrompts(t: PretrainedText, prompts: readonly string[]): Promise<Float32Array> {
   const rows = promptTokenRows(t, prompts);
-  return tf.tidy(() => {
+  const y = tf.tidy(() => {
     const tensors = new Map(textTowerSpecs(t.shape).map((s) => [s.name, tf.tensor(t.params.get(s.name)!, s.shape)]));
     const p = ((name: string) => tensors.get(name)!) as ParamGetter;
-    return (encodeTextTower(p, t.shape, rows).dataSync() as Float32Array).slice();
+    return encodeTextTower(p, t.shape, rows);
   });
+  // Read with await: WebGPU has no synchronous read in Node.
+  const out = Float32Array.from(await y.data());
+  y.dispose();
+  return out;
 }

@@ -6,7 +6,8 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { runSynth } from '../../coordinator/data/synth-run.js';
-import { toTrainConfig, type TrainArgs } from '../../coordinator/commands/train.js';
+import type { TrainArgs } from '../../coordinator/commands/train.js';
+import { parseTrainConfig } from '../../model/train-config.js';
 import { trainDistributed, type TrainJobOptions } from '../../coordinator/train/train-job.js';
 import { loadPretrainedModel } from '../../model/pretrained/model.js';
 import { loadParams } from '../../model/params-file.js';
@@ -74,7 +75,7 @@ test('--pretrained DIR: a run starts from the imported tower, records the weight
 
     // lr 0: one step leaves the parameters as imported, so model.bin's image tower is DIR's.
     const still = path.join(dir, 'still');
-    await trainDistributed(toTrainConfig(args(data, still, pre, 1, 0)), opts({}));
+    await trainDistributed(parseTrainConfig(args(data, still, pre, 1, 0)), opts({}));
     const saved = await loadParams(still);
     assert.deepEqual(saved.doc.config.pretrained, { dir: pre, weights, sha256: await sha256File(weights), tower: 'open-clip-vit' });
     assert.equal(saved.doc.config.act, 'quick_gelu');
@@ -83,9 +84,9 @@ test('--pretrained DIR: a run starts from the imported tower, records the weight
       assert.deepEqual(saved.params.subarray(e.offset, e.offset + e.size), imported.params.subarray(e.offset, e.offset + e.size), e.name);
 
     const straight = path.join(dir, 'straight');
-    const s = await trainDistributed(toTrainConfig(args(data, straight, pre, 4)), opts({ checkpointEvery: 2, keepCheckpoints: 5 }));
+    const s = await trainDistributed(parseTrainConfig(args(data, straight, pre, 4)), opts({ checkpointEvery: 2, keepCheckpoints: 5 }));
     const resumed = path.join(dir, 'resumed');
-    const r = await trainDistributed(toTrainConfig(args(data, resumed, pre, 4)), opts({ resume: stepDir(checkpointsDir(straight), 2) }));
+    const r = await trainDistributed(parseTrainConfig(args(data, resumed, pre, 4)), opts({ resume: stepDir(checkpointsDir(straight), 2) }));
     assert.equal(r.startStep, 2);
     assert.equal(r.paramsHash, s.paramsHash, 'bit-identical parameters after the resumed run');
     const config = JSON.parse(await readFile(path.join(straight, 'config.json'), 'utf8'));

@@ -4,7 +4,8 @@ import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { runSynth } from '../../coordinator/data/synth-run.js';
-import { toTrainConfig, type TrainArgs } from '../../coordinator/commands/train.js';
+import type { TrainArgs } from '../../coordinator/commands/train.js';
+import { parseTrainConfig } from '../../model/train-config.js';
 import { trainDistributed } from '../../coordinator/train/train-job.js';
 import { writeReport } from '../../coordinator/report/index.js';
 import { paramsSha256 } from '../../shared/params-hash.js';
@@ -60,7 +61,11 @@ test('N workers with per-worker batch b train the model 1 worker trains with bat
   try {
     const data = path.join(dir, 'data');
     await runSynth(data, false, { count: 120, imageSize: 16, seed: 1, fractions: { val: 0.1, test: 0.2 } });
-    const ref = await trainDistributed(toTrainConfig(args(data, path.join(dir, 'w1'), 1)), { log, progress: false, workerOutput: quiet });
+    const ref = await trainDistributed(parseTrainConfig(args(data, path.join(dir, 'w1'), 1)), {
+      log,
+      progress: false,
+      workerOutput: quiet,
+    });
     const a = await params(path.join(dir, 'w1'));
     assert.equal(ref.paramsHash, paramsSha256(a));
     const lines = (await readFile(path.join(dir, 'w1', 'metrics.jsonl'), 'utf8'))
@@ -79,7 +84,7 @@ test('N workers with per-worker batch b train the model 1 worker trains with bat
     for (const workers of [2, 3, 4]) {
       const out = path.join(dir, `w${workers}`);
       // params-check-every 1: the job fails at the first step whose replicas differ by one bit.
-      const r = await trainDistributed(toTrainConfig(args(data, out, workers)), { log, progress: false, workerOutput: quiet });
+      const r = await trainDistributed(parseTrainConfig(args(data, out, workers)), { log, progress: false, workerOutput: quiet });
       const b = await params(out);
       assert.equal(r.paramsHash, paramsSha256(b), "model.bin holds the replicas' parameters");
       assert.equal(b.length, a.length);
@@ -104,7 +109,7 @@ test('2 workers: train across an epoch boundary, evaluate per epoch and at the e
     const data = path.join(dir, 'data');
     await runSynth(data, false, { count: 100, imageSize: 16, seed: 2, fractions: { val: 0.1, test: 0.3 } });
     const out = path.join(dir, 'run');
-    const cfg = toTrainConfig(args(data, out, 2, { steps: undefined, epochs: 2, eval: 'test', bootstrap: 20, 'params-check-every': 5 }));
+    const cfg = parseTrainConfig(args(data, out, 2, { steps: undefined, epochs: 2, eval: 'test', bootstrap: 20, 'params-check-every': 5 }));
     const r = await trainDistributed(cfg, { log, progress: false, workerOutput: quiet });
     const metrics = (await readFile(path.join(out, 'metrics.jsonl'), 'utf8'))
       .trim()

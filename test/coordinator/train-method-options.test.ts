@@ -4,7 +4,8 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { runSynth } from '../../coordinator/data/synth-run.js';
-import { toTrainConfig, type TrainArgs } from '../../coordinator/commands/train.js';
+import type { TrainArgs } from '../../coordinator/commands/train.js';
+import { parseTrainConfig } from '../../model/train-config.js';
 import { trainDistributed } from '../../coordinator/train/train-job.js';
 import { createLogger } from '../../shared/util/log.js';
 import { evalSaved } from '../../coordinator/eval/saved-model.js';
@@ -63,7 +64,7 @@ test('--augment strong --prior-scope all --visual-head transformer: 2 workers tr
     await runSynth(data, false, { count: 80, imageSize: 16, seed: 4, fractions: { val: 0.1, test: 0.3 } });
     const run = async (name: string, workers: number, extra: Partial<TrainArgs> = {}) => {
       const out = path.join(dir, name);
-      const r = await trainDistributed(toTrainConfig(args(data, out, workers, extra)), { log, progress: false, workerOutput: quiet });
+      const r = await trainDistributed(parseTrainConfig(args(data, out, workers, extra)), { log, progress: false, workerOutput: quiet });
       return { r, out, p: await params(out) };
     };
     const one = await run('w1', 1);
@@ -101,7 +102,7 @@ test('--freeze visual-blocks:1 --head-lr --lr-layer-decay: frozen parameters bit
     };
     const run = async (name: string, workers: number) => {
       const out = path.join(dir, name);
-      await trainDistributed(toTrainConfig(args(data, out, workers, extra)), { log, progress: false, workerOutput: quiet });
+      await trainDistributed(parseTrainConfig(args(data, out, workers, extra)), { log, progress: false, workerOutput: quiet });
       return { out, p: await params(out) };
     };
     const one = await run('w1', 1);

@@ -7,7 +7,8 @@ import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { runSynth } from '../../coordinator/data/synth-run.js';
-import { toTrainConfig, type TrainArgs } from '../../coordinator/commands/train.js';
+import type { TrainArgs } from '../../coordinator/commands/train.js';
+import { parseTrainConfig } from '../../model/train-config.js';
 import { trainDistributed, type TrainJobOptions } from '../../coordinator/train/train-job.js';
 import { checkpointsDir, stepDir } from '../../shared/checkpoint/index.js';
 import { createLogger } from '../../shared/util/log.js';
@@ -86,20 +87,20 @@ test('resume: 20 steps straight = 10 + resume to 20 bit for bit (same world); 2 
     const data = path.join(dir, 'data');
     await runSynth(data, false, { count: 100, imageSize: 16, seed: 3, fractions: { val: 0.1, test: 0.2 } });
     const straight = path.join(dir, 'straight');
-    const s = await trainDistributed(toTrainConfig(args(data, straight, 2, 20)), opts({ checkpointEvery: 10, keepCheckpoints: 5 }));
+    const s = await trainDistributed(parseTrainConfig(args(data, straight, 2, 20)), opts({ checkpointEvery: 10, keepCheckpoints: 5 }));
     assert.equal(s.checkpoint, stepDir(checkpointsDir(straight), 20));
     assert.deepEqual((await readdir(checkpointsDir(straight))).sort(), ['step-0000010', 'step-0000020']);
     const at10 = stepDir(checkpointsDir(straight), 10);
 
     const same = path.join(dir, 'same');
-    const r = await trainDistributed(toTrainConfig(args(data, same, 2, 20)), opts({ resume: at10 }));
+    const r = await trainDistributed(parseTrainConfig(args(data, same, 2, 20)), opts({ resume: at10 }));
     assert.equal(r.startStep, 10);
     assert.equal(r.steps, 10);
     assert.equal(r.paramsHash, s.paramsHash, 'bit-identical parameters after the resumed run');
     assert.deepEqual(await readFile(path.join(same, 'model.bin')), await readFile(path.join(straight, 'model.bin')));
 
     const wider = path.join(dir, 'wider');
-    const w = await trainDistributed(toTrainConfig(args(data, wider, 4, 20)), opts({ resume: at10 }));
+    const w = await trainDistributed(parseTrainConfig(args(data, wider, 4, 20)), opts({ resume: at10 }));
     assert.equal(w.startStep, 10);
     const a = await lines(straight);
     const b = await lines(wider);
@@ -111,13 +112,13 @@ test('resume: 20 steps straight = 10 + resume to 20 bit for bit (same world); 2 
     assert.equal(b[0].epoch, a[10].epoch);
     assert.ok(Math.abs(b[0].loss - a[10].loss) <= 1e-5 * Math.abs(a[10].loss), `step 11 loss ${b[0].loss} vs ${a[10].loss}`);
 
-    await assert.rejects(trainDistributed(toTrainConfig(args(data, same, 2, 20)), opts({ resume: 'auto' })), /nothing left of 20 steps/);
+    await assert.rejects(trainDistributed(parseTrainConfig(args(data, same, 2, 20)), opts({ resume: 'auto' })), /nothing left of 20 steps/);
 
     // --init-weights: the exported safetensors of the final checkpoint, trained one step with lr 0, gives its parameters back.
     const st = path.join(dir, 'final.safetensors');
     await run(process.execPath, [coordinatorEntry, 'export', '--checkpoint', straight, '--out', st]);
     const init = path.join(dir, 'init');
-    await trainDistributed(toTrainConfig({ ...args(data, init, 2, 1), lr: 0 }), opts({ initWeights: st }));
+    await trainDistributed(parseTrainConfig({ ...args(data, init, 2, 1), lr: 0 }), opts({ initWeights: st }));
     assert.deepEqual(await readFile(path.join(init, 'model.bin')), await readFile(path.join(straight, 'model.bin')));
   } finally {
     await rm(dir, { recursive: true, force: true });
@@ -131,7 +132,7 @@ test('a coordinator killed during a run (checkpoint saves in flight) resumes wit
     const data = path.join(dir, 'data');
     await runSynth(data, false, { count: 100, imageSize: 16, seed: 4, fractions: { val: 0.1, test: 0.2 } });
     const straight = path.join(dir, 'straight');
-    await trainDistributed(toTrainConfig({ ...args(data, straight, 2, 24), seed: 5 }), opts({ checkpointEvery: 2 }));
+    await trainDistributed(parseTrainConfig({ ...args(data, straight, 2, 24), seed: 5 }), opts({ checkpointEvery: 2 }));
     const out = path.join(dir, 'run');
     const cli = (extra: string[]) =>
       spawn(

@@ -4,7 +4,8 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { runSynth } from '../../coordinator/data/synth-run.js';
-import { toTrainConfig, type TrainArgs } from '../../coordinator/commands/train.js';
+import type { TrainArgs } from '../../coordinator/commands/train.js';
+import { parseTrainConfig } from '../../model/train-config.js';
 import { trainDistributed, type TrainJobOptions } from '../../coordinator/train/train-job.js';
 import { checkpointsDir, stepDir } from '../../shared/checkpoint/index.js';
 import { createLogger } from '../../shared/util/log.js';
@@ -70,15 +71,18 @@ test("2 workers on WebGPU (software adapter): 20 steps end at the wasm run's wei
     const data = path.join(dir, 'data');
     await runSynth(data, false, { count: 60, imageSize: 16, seed: 3, fractions: { val: 0.1, test: 0.2 } });
     const wasm = path.join(dir, 'wasm');
-    await trainDistributed(toTrainConfig(args(data, wasm, 'wasm', 20)), opts({ checkpoints: { checkpointEvery: 18, keepCheckpoints: 3 } }));
+    await trainDistributed(
+      parseTrainConfig(args(data, wasm, 'wasm', 20)),
+      opts({ checkpoints: { checkpointEvery: 18, keepCheckpoints: 3 } }),
+    );
     const gpu = path.join(dir, 'webgpu');
-    await trainDistributed(toTrainConfig(args(data, gpu, 'webgpu-software', 20)), opts());
+    await trainDistributed(parseTrainConfig(args(data, gpu, 'webgpu-software', 20)), opts());
     const d = relativeDifference(await weights(gpu), await weights(wasm));
     assert.ok(d < 1e-4, `WebGPU vs wasm after 20 steps: relative difference ${d}`);
 
     const resumed = path.join(dir, 'resumed');
     const r = await trainDistributed(
-      toTrainConfig(args(data, resumed, 'webgpu-software', 20)),
+      parseTrainConfig(args(data, resumed, 'webgpu-software', 20)),
       opts({ checkpoints: { resume: stepDir(checkpointsDir(wasm), 18) } }),
     );
     assert.equal(r.startStep, 18);

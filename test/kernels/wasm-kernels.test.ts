@@ -16,7 +16,7 @@ import {
 import { Body, sleb, uleb, wasmApi } from '../../kernels/wasm-asm.js';
 import { gemmVariants, simdGemm, simdGemmSupported, type GemmVariant } from '../../kernels/simd/gemm.js';
 import { mulberry32, normalSource } from '../../shared/random/generators.js';
-import type { TrainConfig } from '../../coordinator/train/config.js';
+import type { TrainConfig } from '../../model/train-config.js';
 import { trainDistributed } from '../../coordinator/train/train-job.js';
 import { createLogger } from '../../shared/util/log.js';
 import { syntheticData, writeDataset } from '../helpers/synthetic.js';

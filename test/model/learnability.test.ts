@@ -5,7 +5,8 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { runSynth } from '../../coordinator/data/synth-run.js';
 import { trainDistributed } from '../../coordinator/train/train-job.js';
-import { trainOptions, toTrainConfig } from '../../coordinator/commands/train.js';
+import { trainOptions } from '../../coordinator/commands/train.js';
+import { parseTrainConfig } from '../../model/train-config.js';
 import { createLogger } from '../../shared/util/log.js';
 import type { AurocReport } from '../../shared/metrics/auroc.js';
 import yargs from 'yargs';
@@ -46,7 +47,7 @@ test(`tiny preset with default flags learns the synthetic signs: mean test AUROC
       '0',
       '--no-report',
     ]);
-    await trainDistributed(toTrainConfig(args as never), { log: createLogger('test', 'warn'), progress: false, workerOutput: () => {} });
+    await trainDistributed(parseTrainConfig(args as never), { log: createLogger('test', 'warn'), progress: false, workerOutput: () => {} });
     const e = JSON.parse(await readFile(path.join(out, 'eval.json'), 'utf8')) as AurocReport;
     const per = Object.entries(e.auroc)
       .map(([k, v]) => `${k} ${v === null ? 'null' : (v as number).toFixed(3)}`)

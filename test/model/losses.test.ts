@@ -2,19 +2,20 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import {
-  balancedPosWeights,
   classificationLoss,
+  ContrastiveLoss,
   contrastiveLoss,
   cosineLogits,
   labelGroups,
   labelPriorLoss,
-  labelPriorTarget,
   multiPositiveTargets,
-  resolveTargets,
+  packRows,
   sampleTextEmbeddings,
-  uncertaintyPolicies,
   withLiveSlice,
 } from '../../model/losses.js';
+import { labelPriorTarget } from '../../model/label-prior.js';
+import { resolveTargets, uncertaintyPolicies } from '../../model/targets.js';
+import { balancedPosWeights } from '../../coordinator/train/pos-weights.js';
 import { loadLabelSet } from '../../shared/labels.js';
 import { mulberry32, normalSource } from '../../shared/random/generators.js';
 import { UserError } from '../../shared/util/errors.js';
@@ -201,4 +202,37 @@ test('withLiveSlice: values of the gathered matrix, gradient only into the live 
   ])[0]!;
   assert.deepEqual(Array.from(withLiveSlice(gathered, live, 2).dataSync()), [0, 1, 2, 3, 100, 101, 102, 103, 8, 9, 10, 11]);
   assert.deepEqual(Array.from(g.dataSync()), [5, 6, 7, 8]);
+});
+
+test('ContrastiveLoss: each rank, gathering the others, gets the whole batch loss, and the gradient of its own rows', () => {
+  const N = 5;
+  const L = 2;
+  const Z = rand2d(N, 3, 11);
+  const T = rand2d(N, 3, 12);
+  const labels = Float32Array.of(1, 0, 1, 0, 0, 1, NaN, 1, 0, 1);
+  const scale = tf.scalar(Math.log(10));
+  const whole = (z: tf.Tensor2D, t: tf.Tensor2D) =>
+    contrastiveLoss(z, t, tf.tensor2d(multiPositiveTargets(labelGroups(labels, N, L)), [N, N]), scale);
+  const expected = whole(Z, T).dataSync()[0]!;
+  const [gz] = tf.grads((z: tf.Tensor) => whole(z as tf.Tensor2D, T))([Z]);
+  const rowCounts = [2, 3];
+  const rows = (x: tf.Tensor2D, r: number) => x.slice([r === 0 ? 0 : 2, 0], [rowCounts[r]!, x.shape[1]]) as tf.Tensor2D;
+  const packed = (r: number) =>
+    packRows([
+      labels.subarray((r === 0 ? 0 : 2) * L, (r === 0 ? 2 : 5) * L),
+      rows(Z, r).dataSync() as Float32Array,
+      rows(T, r).dataSync() as Float32Array,
+    ]);
+  const gather = () => packRows([packed(0), packed(1)]);
+  for (const rank of [0, 1]) {
+    const loss = new ContrastiveLoss({ rank, world: 2, rowCounts, gather });
+    const local = labels.subarray((rank === 0 ? 0 : 2) * L, (rank === 0 ? 2 : 5) * L);
+    const value = loss.forward(rows(Z, rank), rows(T, rank), local, scale).dataSync()[0]!;
+    assert.ok(Math.abs(value - expected) < 1e-6, `rank ${rank}: ${value} vs ${expected}`);
+    const [g] = tf.grads((z: tf.Tensor) => loss.forward(z as tf.Tensor2D, rows(T, rank), local, scale))([rows(Z, rank)]);
+    const want = rows(gz as tf.Tensor2D, rank).dataSync();
+    g!.dataSync().forEach((v, i) => assert.ok(Math.abs(v - want[i]!) < 1e-6, `rank ${rank} grad ${i}`));
+  }
+  const single = new ContrastiveLoss({ rank: 0, world: 1, rowCounts: [N], gather: () => assert.fail('world 1 gathers nothing') });
+  assert.equal(single.forward(Z, T, labels, scale).dataSync()[0], expected);
 });

@@ -6,7 +6,7 @@ import { resolveModelConfig } from '../../model/config.js';
 import { CxrModel, initialParams } from '../../model/vit.js';
 import { overwriteVariable, storageOf } from '../../model/tensor-storage.js';
 import { computeGradients, localComm, type StepOptions } from '../../worker/steps/forward-backward.js';
-import { labelPriorTarget } from '../../model/losses.js';
+import { labelPriorTarget } from '../../model/label-prior.js';
 import { adamwStep, decayMask } from '../../worker/steps/adamw.js';
 import { DEFAULT_ADAMW } from '../../model/train-config.js';
 

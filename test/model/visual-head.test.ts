@@ -8,7 +8,7 @@ import { initBackend } from '../../kernels/backend.js';
 import { resolveModelConfig, withVisualHead } from '../../model/config.js';
 import { CxrModel, initialParams, modelLayout } from '../../model/vit.js';
 import { computeGradients, localComm, type StepOptions } from '../../worker/steps/forward-backward.js';
-import { labelPriorTarget } from '../../model/losses.js';
+import { labelPriorTarget } from '../../model/label-prior.js';
 import { loadInitWeights, openClipTensors } from '../../shared/checkpoint/index.js';
 import { writeSafetensors } from '../../shared/interop/safetensors.js';
 import { mulberry32 } from '../../shared/random/generators.js';

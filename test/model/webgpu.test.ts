@@ -4,8 +4,8 @@ import { execFileSync } from 'node:child_process';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../../kernels/backend.js';
 import { resolveModelConfig } from '../../model/config.js';
-import { labelPriorTarget } from '../../model/losses.js';
-import { predictLogits } from '../../model/predict.js';
+import { labelPriorTarget } from '../../model/label-prior.js';
+import { scoreRows } from '../../model/predict.js';
 import { CxrModel, initialParams } from '../../model/vit.js';
 import { computeGradients, localComm, type StepOptions } from '../../worker/steps/forward-backward.js';
 import { mulberry32 } from '../../shared/random/generators.js';
@@ -51,7 +51,15 @@ async function outputs(backend: 'cpu' | 'webgpu-software') {
     const embeddings = (await z.data()) as Float32Array;
     z.dispose();
     const step = await computeGradients(model, batch, localComm, opts);
-    const scores = await predictLogits(model, batch.images, n, 4);
+    const px = cfg.imageSize ** 2;
+    const rows = {
+      read: async (idx: ArrayLike<number>) => ({
+        n: idx.length,
+        images: batch.images.subarray(idx[0]! * px, (idx[0]! + idx.length) * px),
+        labels: batch.labels.subarray(idx[0]! * 4, (idx[0]! + idx.length) * 4),
+      }),
+    };
+    const scores = (await scoreRows(model, rows, { start: 0, end: n }, { chunk: 4, scores: true, embeddings: false })).scores!;
     // One upload and one read-back of the whole vector round-trip its bits.
     const next = initialParams(cfg, 2);
     const before = tf.memory().numTensors;

@@ -1,18 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
 import type { CxrModel } from '../../model/vit.js';
-import {
-  classificationLoss,
-  contrastiveLoss,
-  cosineLogits,
-  labelGroups,
-  multiPositiveTargets,
-  resolveTargets,
-  scaleGradient,
-  sampleTextEmbeddings,
-  withLiveSlice,
-  type TargetOptions,
-} from '../../model/losses.js';
+import { classificationLoss, ContrastiveLoss, packRows, sampleTextEmbeddings } from '../../model/losses.js';
 import { scopedPriorLoss, type PriorScope } from '../../model/prior-scope.js';
+import { resolveTargets, type TargetOptions } from '../../model/targets.js';
 import { readsSynchronously } from '../../model/tensor-storage.js';
 
 /**
@@ -117,8 +107,8 @@ export async function computeGradients(
 
   const sizes = comm.rowCounts ? [...comm.rowCounts] : Array.from(await comm.allGather(Float32Array.of(n)));
   if (sizes[comm.rank] !== n) throw new Error(`step: this rank holds ${n} rows, the batch plan says ${sizes[comm.rank]}`);
-  const offset = sizes.slice(0, comm.rank).reduce((a, b) => a + b, 0);
   const N = sizes.reduce((a, b) => a + b, 0);
+  const contrastive = new ContrastiveLoss({ rank: comm.rank, world: comm.world, rowCounts: sizes, gather: (x) => comm.allGatherSync(x) });
 
   const { targets, mask } = resolveTargets(batch.labels, n, L, opts.targets, batch.indices, batch.epoch);
 
@@ -135,36 +125,15 @@ export async function computeGradients(
     const S = usePrior && scope !== 'states' ? tf.tensor2d(opts.priorTarget, [L, L]) : null;
     return tf.variableGrads(() => {
       const z = model.encodeImages(x);
-      let cls: tf.Scalar;
       let con: tf.Scalar = tf.scalar(0);
       let prior: tf.Scalar = tf.scalar(0);
-      if (textHead) {
-        const text = model.encodeText();
-        const logits = cosineLogits(z, text.names, model.p('cls.log_scale'), model.p('cls.bias'));
-        cls = classificationLoss(logits, tgt, msk, pw, N);
-        if (useContrastive) {
-          const t = sampleTextEmbeddings(text.positive, text.negative, tgt, msk);
-          let Z = z;
-          let T = t;
-          let allLabels = batch.labels;
-          if (comm.world > 1) {
-            const g = splitRows(
-              gatheredBefore ?? comm.allGatherSync(packRows([batch.labels, z.dataSync() as Float32Array, t.dataSync() as Float32Array])),
-              sizes,
-              [L, z.shape[1], t.shape[1]],
-            );
-            allLabels = g[0]!;
-            Z = withLiveSlice(g[1]!, z, offset);
-            T = withLiveSlice(g[2]!, t, offset);
-          }
-          const G = tf.tensor2d(multiPositiveTargets(labelGroups(allLabels, N, L)), [N, N]);
-          con = contrastiveLoss(Z, T, G, scaleGradient(model.p<tf.Scalar>('logit_scale'), 1 / comm.world));
-        }
-        if (usePrior) prior = scopedPriorLoss(text, scope, S, comm.world);
-      } else {
-        const logits = tf.add(tf.matMul(z, model.p<tf.Tensor2D>('cls.weight')), model.p('cls.bias')) as tf.Tensor2D;
-        cls = classificationLoss(logits, tgt, msk, pw, N);
+      const text = textHead ? model.encodeText() : null;
+      const cls = classificationLoss(model.logits(z, text?.names), tgt, msk, pw, N);
+      if (text && useContrastive) {
+        const t = sampleTextEmbeddings(text.positive, text.negative, tgt, msk);
+        con = contrastive.forward(z, t, batch.labels, model.p<tf.Scalar>('logit_scale'), gatheredBefore);
       }
+      if (text && usePrior) prior = scopedPriorLoss(text, scope, S, comm.world);
       kept.push(tf.keep(cls), tf.keep(con), tf.keep(prior));
       return tf.addN([tf.mul(cls, w.classification), tf.mul(con, w.contrastive), tf.mul(prior, w.labelPrior)]) as tf.Scalar;
     }, opts.trainable ?? model.variables);
@@ -208,39 +177,4 @@ async function gatherEmbeddingsAhead(
     z.dispose();
     t.dispose();
   }
-}
-
-/**
- * One rank's rows as one buffer: each part is this rank's rows of one width, laid end to end,
- * so that a single all-gather carries them all (one round trip instead of one per part).
- */
-export function packRows(parts: readonly Float32Array[]): Float32Array {
-  const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
-
-/**
- * Undoes packRows over the rank-order concatenation of every rank's packed rows (rank r holding
- * sizes[r] rows): part i of the result is [sum(sizes), widths[i]], rows in rank order.
- */
-export function splitRows(gathered: Float32Array, sizes: readonly number[], widths: readonly number[]): Float32Array[] {
-  const N = sizes.reduce((a, b) => a + b, 0);
-  const rowWidth = widths.reduce((a, b) => a + b, 0);
-  if (gathered.length !== N * rowWidth) throw new Error(`splitRows: ${gathered.length} values for ${N} rows of width ${rowWidth}`);
-  const out = widths.map((wd) => new Float32Array(N * wd));
-  let src = 0;
-  let row = 0;
-  for (const m of sizes) {
-    widths.forEach((wd, i) => {
-      out[i]!.set(gathered.subarray(src, src + m * wd), row * wd);
-      src += m * wd;
-    });
-    row += m;
-  }
-  return out;
 }

@@ -1,0 +1,83 @@
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import type { StepSummary } from '../job/control-server.js';
+
+/** One line of metrics.jsonl. */
+export interface MetricsRecord {
+  step: number;
+  epoch: number;
+  loss: number;
+  loss_classification: number;
+  loss_contrastive: number;
+  loss_label_prior: number;
+  lr: number;
+  grad_norm: number;
+  images_per_s: number;
+  time_compute_s: number;
+  time_gather_s: number;
+  time_reduce_s: number;
+  time_data_wait_s: number;
+  time_step_s: number;
+}
+
+/** The metrics.jsonl line of one step, from the ranks' reports (losses are global; times are the slowest rank's). */
+export function metricsRecord(s: StepSummary, stepSeconds: number): MetricsRecord {
+  const l = s.losses;
+  return {
+    step: s.step + 1,
+    epoch: s.epoch,
+    loss: l.loss ?? NaN,
+    loss_classification: l.loss_classification ?? NaN,
+    loss_contrastive: l.loss_contrastive ?? NaN,
+    loss_label_prior: l.loss_label_prior ?? NaN,
+    lr: l.lr ?? NaN,
+    grad_norm: l.grad_norm ?? NaN,
+    images_per_s: stepSeconds > 0 ? s.images / stepSeconds : 0,
+    time_compute_s: s.timings.compute,
+    time_gather_s: s.timings.gather,
+    time_reduce_s: s.timings.reduce,
+    time_data_wait_s: s.timings.dataWait,
+    time_step_s: stepSeconds,
+  };
+}
+
+/** The lines of a metrics.jsonl up to and including `step`. */
+export function linesUpTo(text: string, step: number): string {
+  return text
+    .split('\n')
+    .filter((l) => l.trim() && (JSON.parse(l) as { step: number }).step <= step)
+    .map((l) => l + '\n')
+    .join('');
+}
+
+/** The run's metrics.jsonl, appended to in step order without blocking the step reports. */
+export class MetricsLog {
+  private writing: Promise<unknown> = Promise.resolve();
+
+  private constructor(private readonly file: fsp.FileHandle) {}
+
+  /**
+   * A resumed run continues metrics.jsonl from the checkpoint: lines of steps after it (run before
+   * a crash, lost with it) are dropped so that every step appears once.
+   */
+  static async open(out: string, startStep: number): Promise<MetricsLog> {
+    const file = path.join(out, 'metrics.jsonl');
+    const kept = startStep > 0 ? linesUpTo(await fsp.readFile(file, 'utf8').catch(() => ''), startStep) : '';
+    await fsp.writeFile(file, kept);
+    return new MetricsLog(await fsp.open(file, 'a'));
+  }
+
+  append(rec: MetricsRecord): void {
+    this.writing = this.writing.then(() => this.file.write(JSON.stringify(rec) + '\n'));
+  }
+
+  /** Every appended line written. */
+  async flushed(): Promise<void> {
+    await this.writing;
+  }
+
+  async close(): Promise<void> {
+    await this.writing.catch(() => {});
+    await this.file.close();
+  }
+}
