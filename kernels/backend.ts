@@ -7,7 +7,7 @@ import { UserError, errorMessage } from '../shared/util/errors.js';
 import { adviseHeapHugePages } from './heap-pages.js';
 import { gemmVariants } from './simd/gemm.js';
 import { registerWasmGradientKernels, setSimdGemmVariant, wasmGemmVariant } from './wasm-kernels.js';
-import { useWebGpu } from './webgpu.js';
+import { noGpuDeviceNode, useWebGpu } from './webgpu.js';
 
 export type BackendChoice = 'auto' | 'tensorflow' | 'webgpu' | 'webgpu-software' | 'wasm' | 'cpu';
 export const BACKEND_CHOICES: readonly BackendChoice[] = ['auto', 'tensorflow', 'webgpu', 'webgpu-software', 'wasm', 'cpu'];
@@ -132,10 +132,14 @@ export async function initBackend(choice: BackendChoice): Promise<BackendInfo> {
       } else {
         tried.push('tfjs-node-gpu: no NVIDIA GPU visible');
       }
-      try {
-        return done('webgpu', `auto: WebGPU on ${await useWebGpu(false)}`);
-      } catch (e) {
-        tried.push(`webgpu: ${errorMessage(e).split(/\. Looked for|: it computes/)[0]}`);
+      const noGpu = noGpuDeviceNode();
+      if (noGpu) tried.push(`webgpu: ${noGpu}`);
+      else {
+        try {
+          return done('webgpu', `auto: WebGPU on ${await useWebGpu(false)}`);
+        } catch (e) {
+          tried.push(`webgpu: ${errorMessage(e).split(/\. Looked for|: it computes/)[0]}`);
+        }
       }
       const err = await tryImport('@tensorflow/tfjs-node');
       if (err === null) return done('tensorflow', 'auto: tfjs-node (native TensorFlow on the CPU)');
