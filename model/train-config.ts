@@ -3,8 +3,18 @@ import { z } from 'zod';
 import { AUGMENT_LEVELS, augmentPolicy } from '../shared/augment/policy.js';
 import { UserError } from '../shared/util/errors.js';
 import { BACKEND_CHOICES } from '../kernels/backend.js';
-import { checkRgb, checkVisualHead, MODEL_PRESETS, type ModelConfig, type Rgb, VISUAL_HEADS } from './config.js';
+import {
+  checkRgb,
+  checkVisualHead,
+  MODEL_PRESETS,
+  type ModelConfig,
+  type Rgb,
+  TEXT_TOWER_MODES,
+  type TextTowerMode,
+  VISUAL_HEADS,
+} from './config.js';
 import { PRIOR_SCOPES, type PriorScope } from './prior-scope.js';
+import { parseFreeze } from './param-groups.js';
 import type { LabelPriorKind } from './label-prior.js';
 import type { BlankPolicy, UncertaintyPolicy } from './targets.js';
 
@@ -52,12 +62,16 @@ const trainFlagsSchema = z.object({
   priorScope: z.enum(PRIOR_SCOPES).optional(),
   visualHead: z.enum(VISUAL_HEADS).optional(),
   visualHeadLayers: z.number().optional(),
+  freeze: z.array(z.string()).optional(),
+  headLr: nonNegative.optional(),
+  lrLayerDecay: z.number().optional(),
   uncertainty: z.string(),
   uncertaintyLabel: z.array(z.string()),
   blank: z.enum(['mask', 'zeros']),
   posWeight: z.enum(['none', 'balanced']),
   bootstrap: z.number(),
   pretrained: z.string().optional(),
+  textTower: z.enum(TEXT_TOWER_MODES as [TextTowerMode, ...TextTowerMode[]]).optional(),
   imageMean: z.array(z.number()).optional(),
   imageStd: z.array(z.number()).optional(),
   augment: z.enum(AUGMENT_LEVELS).optional(),
@@ -79,7 +93,11 @@ export type TrainConfig = Omit<
   | 'priorScope'
   | 'visualHead'
   | 'visualHeadLayers'
+  | 'freeze'
+  | 'headLr'
+  | 'lrLayerDecay'
   | 'pretrained'
+  | 'textTower'
   | 'imageMean'
   | 'imageStd'
   | 'augment'
@@ -96,8 +114,17 @@ export type TrainConfig = Omit<
   visualHeadLayers?: number;
   /** Which prompts the label prior covers (--prior-scope); absent: names. */
   priorScope?: PriorScope;
+  /** Fine-tuning controls (model/param-groups.ts): --freeze values, --head-lr (null: --lr), --lr-layer-decay; absent: none, null, 1. */
+  freeze?: string[];
+  headLr?: number | null;
+  lrLayerDecay?: number;
   /** A pretrained model directory (--pretrained): the model's shape and initial weights; null: --model. */
   pretrained?: string | null;
+  /**
+   * --text-tower with --pretrained: the directory's text tower encodes the prompts once (frozen) or
+   * is trained in the step (finetune); null: frozen when the weights hold a text tower.
+   */
+  textTower?: TextTowerMode | null;
   /** --image-mean / --image-std: RGB preprocessing of imported and exported weights (both or neither); null: the model's default. */
   imageMean?: number[] | null;
   imageStd?: number[] | null;
@@ -123,6 +150,7 @@ export function parseTrainConfig(flags: TrainFlags | Record<string, unknown>): T
   if (a.epochs !== undefined && a.steps !== undefined) throw new UserError('give --epochs or --steps, not both');
   augmentPolicy(a.augment ?? 'none', a.augmentHflip ?? 0);
   checkVisualHead(a.visualHead ?? 'none', a.visualHeadLayers ?? 1);
+  parseFreeze(a.freeze ?? []);
   const image = imageNorm(a.imageMean, a.imageStd);
   return {
     ...a,
@@ -134,7 +162,11 @@ export function parseTrainConfig(flags: TrainFlags | Record<string, unknown>): T
     priorScope: a.priorScope ?? 'names',
     visualHead: a.visualHead ?? 'none',
     visualHeadLayers: a.visualHeadLayers ?? 1,
+    freeze: a.freeze ?? [],
+    headLr: a.headLr ?? null,
+    lrLayerDecay: a.lrLayerDecay ?? 1,
     pretrained: a.pretrained ? path.resolve(a.pretrained) : null,
+    textTower: a.textTower ?? null,
     imageMean: image ? [...image.mean] : null,
     imageStd: image ? [...image.std] : null,
     augment: a.augment ?? 'none',

@@ -1,7 +1,7 @@
 import type { Argv, CommandModule } from 'yargs';
 import { BACKEND_CHOICES, type BackendChoice } from '../../kernels/backend.js';
 import { UNCERTAINTY_POLICIES } from '../../model/targets.js';
-import { MODEL_PRESETS, VISUAL_HEADS } from '../../model/config.js';
+import { MODEL_PRESETS, TEXT_TOWER_MODES, VISUAL_HEADS } from '../../model/config.js';
 import { PRIOR_SCOPES, type PriorScope } from '../../model/prior-scope.js';
 import { parseTrainConfig, type TrainFlags } from '../../model/train-config.js';
 import { createLogger } from '../../shared/util/log.js';
@@ -52,6 +52,14 @@ export function trainOptions<T>(y: Argv<T>) {
     .option('eval', { choices: ['test', 'val', 'none'] as const, default: 'test' as const, describe: 'split evaluated after training' })
     .option('backend', { choices: BACKEND_CHOICES, default: 'auto' as BackendChoice })
     .option('lr', { type: 'number', default: 1e-3, describe: 'peak learning rate' })
+    .option('freeze', {
+      type: 'string',
+      array: true,
+      default: [] as string[],
+      describe: 'visual | text | visual-blocks:N | text-blocks:N: train none / only the last N blocks of that tower (repeatable)',
+    })
+    .option('head-lr', { type: 'number', describe: 'learning rate of heads, prompts and scales (default: --lr)' })
+    .option('lr-layer-decay', { type: 'number', default: 1, describe: 'layer-wise lr decay over each tower (BEiT; 1: off)' })
     .option('warmup-steps', { type: 'number', default: 20 })
     .option('min-lr-ratio', { type: 'number', default: 0.1, describe: 'final lr as a fraction of --lr (cosine)' })
     .option('weight-decay', { type: 'number', default: 0.05, describe: 'AdamW decay (not on norms, biases, embeddings, scales)' })
@@ -110,6 +118,11 @@ export function trainOptions<T>(y: Argv<T>) {
       type: 'string',
       describe:
         'open_clip / model hub directory (open_clip_config.json + weights): the model shape and initial weights, instead of --model',
+    })
+    .option('text-tower', {
+      choices: TEXT_TOWER_MODES,
+      describe:
+        "with --pretrained: the directory's text tower encodes the prompts once at start (frozen) or is trained with the rest (finetune); default frozen when the weights hold a text tower",
     })
     .option('image-mean', imageNormOption('mean'))
     .option('image-std', imageNormOption('std'));

@@ -109,3 +109,58 @@ export function scaleInPlace(x: Float32Array, factor: number, range: FlatRange =
   if (factor === 1) return;
   for (let i = range.start; i < range.end; i++) x[i]! *= factor;
 }
+
+/** A run of the flat vector trained at `lrScale` x the scheduled rate (0: frozen, never written). */
+export interface LrGroup {
+  readonly start: number;
+  readonly end: number;
+  readonly lrScale: number;
+}
+
+/** Runs of equal multiplier over the layout, from one multiplier per entry (model/param-groups.ts). */
+export function lrGroups(layout: ParamLayout, perEntry: ArrayLike<number>): LrGroup[] {
+  const out: { start: number; end: number; lrScale: number }[] = [];
+  layout.entries.forEach((e, k) => {
+    const s = perEntry[k]!;
+    const last = out.at(-1);
+    if (last && last.lrScale === s && last.end === e.offset) last.end = e.offset + e.size;
+    else out.push({ start: e.offset, end: e.offset + e.size, lrScale: s });
+  });
+  return out;
+}
+
+/**
+ * adamwStep over `range` with a learning rate per group: each group's part of the range is updated
+ * at hyper.lr x lrScale (weight decay with it, as BEiT's layer decay does), a frozen group (0) is
+ * left untouched, its moments at zero. One group at 1 is exactly adamwStep.
+ */
+export function adamwStepGroups(
+  params: Float32Array,
+  grads: Float32Array,
+  m: Float32Array,
+  v: Float32Array,
+  range: FlatRange,
+  hyper: AdamWHyper,
+  step: number,
+  decay: Uint8Array,
+  groups: readonly LrGroup[],
+  gradScale = 1,
+): void {
+  for (const g of groups) {
+    const a = Math.max(g.start, range.start);
+    const b = Math.min(g.end, range.end);
+    if (a >= b || g.lrScale === 0) continue;
+    const h = g.lrScale === 1 ? hyper : { ...hyper, lr: hyper.lr * g.lrScale };
+    adamwStep(
+      params,
+      grads,
+      m.subarray(a - range.start, b - range.start),
+      v.subarray(a - range.start, b - range.start),
+      { start: a, end: b },
+      h,
+      step,
+      decay,
+      gradScale,
+    );
+  }
+}
