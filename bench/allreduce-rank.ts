@@ -1,7 +1,7 @@
 /**
- * One rank of `npm run bench -- allreduce`, run as a child process. Mirrors
- * ../shared/bench/gloo_allreduce.py: a buffer of ones, two warm-up all-reduces, a barrier, then
- * `iters` timed all-reduces; rank 0 prints one JSON line per size with the median time.
+ * One rank of `npm run bench -- allreduce`, run as a child process. Does what the gloo reference
+ * run beside it does: a buffer of ones, two warm-up all-reduces, a barrier, then `iters` timed
+ * all-reduces; rank 0 prints one JSON line per size with the median time.
  */
 import { ProcessGroup } from '../worker/collectives/index.js';
 import type { Wire } from '../worker/collectives/index.js';

@@ -5,7 +5,7 @@
  *
  * Our ZeroMQ ring all-reduce on real processes, reported as nccl-tests do (algbw = bytes/time,
  * busbw = algbw * 2(n-1)/n), next to the references measured in the same run: PyTorch gloo over
- * loopback (../shared/bench/gloo_allreduce.py) and iperf3's loopback TCP rate. Plus the 1 KiB
+ * loopback (`glooScript`, skipped with the reason when it is not there) and iperf3's loopback TCP rate. Plus the 1 KiB
  * latency of both. By default ours runs twice: with the same-host shared-memory data path (what
  * ranks on one host use) and with every byte on the socket (what ranks on different hosts use).
  * `--json` prints the first of those as a JSON array with the keys of the gloo script.

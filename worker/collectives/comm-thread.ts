@@ -1,7 +1,9 @@
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { UserError } from '../../shared/util/errors.js';
 import { ANSWERED } from './interrupt.js';
-import { CollectiveError, ProcessGroup, type DataPath, type ProcessGroupOptions } from './process-group.js';
+import { CollectiveError } from './errors.js';
+import type { DataPath, ProcessGroupOptions } from './options.js';
+import { ProcessGroup } from './process-group.js';
 
 /**
  * The body of a worker's comm thread (threaded-group.ts has the main thread's handle): it owns

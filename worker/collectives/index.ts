@@ -1,14 +1,11 @@
-/** Collective communication over ZeroMQ (docs/collectives.md). */
-export {
-  ProcessGroup,
-  CollectiveError,
-  DEFAULT_TIMEOUT_MS,
-  DEFAULT_CHUNK_BYTES,
-  DEFAULT_SOCKET_BUFFER_BYTES,
-  EXCHANGE_MAX_BYTES,
-  DEFAULT_SHM_CHUNK_BYTES,
-} from './process-group.js';
-export type { ProcessGroupOptions, CollectiveErrorCode, DataPath } from './process-group.js';
+/** Collective communication over ZeroMQ and shared memory (docs/collectives.md). */
+export { ProcessGroup } from './process-group.js';
+export { CollectiveError } from './errors.js';
+export type { CollectiveErrorCode } from './errors.js';
+export { DEFAULT_TIMEOUT_MS, DEFAULT_CHUNK_BYTES, DEFAULT_SHM_CHUNK_BYTES } from './options.js';
+export type { ProcessGroupOptions, DataPath } from './options.js';
+export { DEFAULT_SOCKET_BUFFER_BYTES } from './transport/zmq.js';
+export { EXCHANGE_MAX_BYTES } from './algorithms/exchange.js';
 export type { Wire } from './codec.js';
 export { packBuckets, flattenInto, unflattenFrom } from './buckets.js';
 export type { Bucket } from './buckets.js';

@@ -1,165 +1,51 @@
-import { endianness } from 'node:os';
-import * as zmq from 'zeromq';
 import { shardRange, shardRanges } from '../../shared/shard.js';
-import { UserError } from '../../shared/util/errors.js';
-import { type Wire, WIRES, wireBytes, encode, quantize, decodeAdd, decodeCopy } from './codec.js';
-import { type Header, type OpKindName, MsgType, FLAG_ACK_REQ, FLAG_SHM, ForeignMessage, decodeMessage, encodeHeader } from './protocol.js';
 import { addF32From } from '../../kernels/simd/add.js';
-import {
-  DEFAULT_SHM_DIR,
-  ShmPeer,
-  ShmRegion,
-  ShmSegment,
-  decodeDescriptor,
-  decodeRelease,
-  encodeDescriptor,
-  encodeRelease,
-  shmSlots,
-} from './transport/shm.js';
 import { shmNative, type ShmNative } from '../../native/addon.js';
+import { type Wire, WIRES, wireBytes, encode, quantize, decodeAdd, decodeCopy } from './codec.js';
 import {
-  type Plan,
-  type PlanItem,
-  type PlanRecv,
-  ringPlan,
-  broadcastPlan,
-  segmentsFromCounts,
-  referenceSum,
-  reductionOrder,
-} from './algorithms/schedule.js';
+  type Header,
+  type Incoming,
+  type OpKindName,
+  MsgType,
+  FLAG_ACK_REQ,
+  FLAG_SHM,
+  ForeignMessage,
+  decodeMessage,
+  encodeHeader,
+} from './protocol.js';
+import { CollectiveError } from './errors.js';
+import {
+  type DataPath,
+  type ProcessGroupOptions,
+  DEFAULT_CHUNK_BYTES,
+  DEFAULT_SHM_CHUNK_BYTES,
+  DEFAULT_TIMEOUT_MS,
+  validateOptions,
+} from './options.js';
+import { PeerLiveness } from './liveness.js';
+import { DEFAULT_SOCKET_BUFFER_BYTES, type Outgoing, ZmqTransport } from './transport/zmq.js';
+import { DEFAULT_SHM_DIR, ShmRegion, decodeDescriptor, type ShmPeer } from './transport/shm.js';
+import { ShmLink } from './transport/shm-link.js';
+import { type Plan, type PlanItem, type PlanRecv, ringPlan, broadcastPlan, segmentsFromCounts } from './algorithms/schedule.js';
+import {
+  type Exchange,
+  EXCHANGE_MAX_BYTES,
+  barrierExchange,
+  gatherExchange,
+  partProblem,
+  partValues,
+  sumExchange,
+} from './algorithms/exchange.js';
+import { sharedAllReduce, sharedRounds } from './algorithms/shared-buffers.js';
 
-export interface ProcessGroupOptions {
-  rank: number;
-  world: number;
-  /** One per rank, `tcp://host:port` or `ipc:///path`; this rank binds its own and connects to the others. */
-  endpoints: string[];
-  /** A peer that sends nothing the current collective needs for this long fails it (default 30000). */
-  timeoutMs?: number;
-  /** Largest message payload; buffers are cut into chunks of at most this many bytes (default 1 MiB). */
-  chunkBytes?: number;
-  /** Default wire format of allReduce and reduceScatter (default fp32). */
-  wire?: Wire;
-  /** Collectives up to this many bytes use the one-hop exchange instead of the ring (default 32 KiB; 0: always the ring). */
-  exchangeMaxBytes?: number;
-  /** libzmq I/O threads for this group's sockets (default: the shared context, one thread). */
-  ioThreads?: number;
-  /** Kernel send and receive buffer of every socket (SO_SNDBUF/SO_RCVBUF), bytes (default 256 KiB; 0: the OS's autotuning). */
-  socketBufferBytes?: number;
-  /** Move bulk data to a ring successor on the same host through shared memory (default true unless CXR_SHM_DISABLE=1; see shm.ts). */
-  sharedMemory?: boolean;
-  /** Where the shared-memory segments live (default /dev/shm; must be a tmpfs). */
-  shmDir?: string;
-  /** Chunk size of rings whose every link is in shared memory (default 4 MiB; see DEFAULT_SHM_CHUNK_BYTES). */
-  shmChunkBytes?: number;
-  /**
-   * fp32 all-reduces through buffers every rank maps, when all ranks share a host and the addon is
-   * built (default true; off with sharedMemory). See "Shared buffers" in docs/collectives.md.
-   */
-  sharedBuffers?: boolean;
-}
-
-/** Which path this rank's bulk data takes to its ring successor and from its predecessor, and why. */
-export interface DataPath {
-  send: 'shared-memory' | 'socket';
-  receive: 'shared-memory' | 'socket';
-  /** Why a link is on the socket, when one is (null when both use shared memory, or world is 1). */
-  note: string | null;
-  /** Chunk size the rings use. */
-  chunkBytes: number;
-  /** How a large fp32 allReduce runs: through buffers all ranks map, or on the ring. */
-  allReduce: 'shared-buffers' | 'ring';
-}
-
-export type CollectiveErrorCode = 'timeout' | 'peer-lost' | 'peer-failed' | 'protocol' | 'aborted' | 'closed' | 'broken' | 'handshake';
-
-/** Why a collective failed; `peer` is the rank held responsible, when there is one. */
-export class CollectiveError extends Error {
-  constructor(
-    message: string,
-    readonly code: CollectiveErrorCode,
-    readonly peer?: number,
-  ) {
-    super(message);
-    this.name = 'CollectiveError';
-  }
-}
-
-export const DEFAULT_TIMEOUT_MS = 30_000;
-export const DEFAULT_CHUNK_BYTES = 1 << 20;
-/**
- * Through shared memory a chunk costs its two copies plus two ZeroMQ messages (descriptor and
- * release) that wake both ranks' threads; the copies do not care about the size, the messages do.
- * Measured at 2 ranks, 64 MiB: 1 MiB chunks 41 ms, 2 MiB 33-39 ms, 4 MiB 30-36 ms.
- */
-export const DEFAULT_SHM_CHUNK_BYTES = 4 << 20;
-/**
- * Fixed kernel socket buffers. With Linux's autotuning, loopback TCP grows them to several MiB,
- * so the bytes in flight fall out of the cache between the sender's copy in and the receiver's
- * copy out; with 256 KiB both copies stay in L2. Measured at 2 ranks, 64 MiB, same load: median
- * 230 ms with autotuning, 80-130 ms with 256 KiB (64-128 KiB: 120-150 ms, 1 MiB: 180 ms, 4 MiB: 320-370 ms).
- */
-export const DEFAULT_SOCKET_BUFFER_BYTES = 256 << 10;
 /**
  * Sends of the caller's memory that nothing later in the collective proves delivered are copied
  * when at most this big; bigger ones go zero-copy and the receiver acknowledges the last one.
  */
 const COPY_MAX_BYTES = 64 << 10;
-/**
- * Collectives on at most this many bytes are latency-bound: instead of 2(N-1) ring hops, every
- * rank sends its part straight to every other rank (one hop) and combines locally, in the same
- * fixed order as the ring (`referenceSum`), so the result is bit-identical to the ring's.
- */
-export const EXCHANGE_MAX_BYTES = 32 << 10;
 /** After a needed peer's connection drops, how long its already-sent messages may still trickle in. */
 const LOST_GRACE_MS = 1000;
 const MAX_FUTURE_OPS = 64;
-
-interface Outgoing {
-  readonly frames: [Buffer, Buffer];
-  readonly op: ActiveOp | null;
-}
-
-/** One socket's send queue: zeromq.js allows one send in flight per socket. */
-class Outbox {
-  private queue: Outgoing[] = [];
-  private busy = false;
-  private drained: (() => void)[] = [];
-
-  constructor(
-    readonly socket: zmq.Push,
-    private readonly onSent: (o: Outgoing) => void,
-    private readonly onError: (o: Outgoing, e: unknown) => void,
-  ) {}
-
-  push(o: Outgoing): void {
-    this.queue.push(o);
-    if (!this.busy) void this.pump();
-  }
-
-  private async pump(): Promise<void> {
-    this.busy = true;
-    let o: Outgoing | undefined;
-    while ((o = this.queue.shift()) !== undefined) {
-      try {
-        await this.socket.send(o.frames);
-        this.onSent(o);
-      } catch (e) {
-        this.onError(o, e);
-      }
-    }
-    this.busy = false;
-    for (const d of this.drained.splice(0)) d();
-  }
-
-  dropOp(op: ActiveOp): void {
-    this.queue = this.queue.filter((o) => o.op !== op);
-  }
-
-  /** Resolves when everything queued so far has been handed to ZeroMQ. */
-  idle(): Promise<void> {
-    return this.busy ? new Promise((r) => this.drained.push(r)) : Promise.resolve();
-  }
-}
 
 interface ActiveOp {
   readonly kind: OpKindName;
@@ -189,32 +75,14 @@ interface ActiveOp {
   reject(e: Error): void;
 }
 
-/** The one-hop exchange used for small collectives (see EXCHANGE_MAX_BYTES). */
-interface Exchange {
-  /** Element range of the buffer rank r contributes (all-reduce: all of it). */
-  contrib(r: number): { start: number; end: number };
-  /** Combines the parts once all have arrived; parts[r] is rank r's contribution. */
-  finish(parts: Float32Array[]): void;
-}
-
-interface Incoming {
-  readonly header: Header;
-  readonly payload: Buffer;
-}
-
-/** A send to the ring successor waiting for a free shared-memory slot. */
-interface ShmSend {
-  readonly op: ActiveOp;
-  readonly header: Buffer;
-  readonly payload: Uint8Array;
-}
-
 /**
- * A group of ranks running collectives over ZeroMQ, the way torch.distributed runs them over gloo.
- * Every rank binds a PULL socket on its endpoint and connects a PUSH socket to every other rank;
- * data flows round the ring (rank r to r+1), the other links carry handshakes, acknowledgements
- * and failure notices. Collectives run one at a time in call order; every rank must call the
- * same collectives in the same order with matching sizes. See docs/collectives.md.
+ * A group of ranks running collectives, the way torch.distributed's ProcessGroup runs them over
+ * its backends: this is the front end (the API, the handshake, the op engine that runs a plan's
+ * messages with sequence numbers, generations and checks, and liveness and timeouts); the bytes
+ * move through transport/ (ZeroMQ sockets; shared memory to a same-host ring neighbour), and what
+ * moves when is algorithms/ (the ring and chain, the one-hop exchange, the shared buffers).
+ * Collectives run one at a time in call order; every rank must call the same collectives in the
+ * same order with matching sizes. See docs/collectives.md.
  */
 export class ProcessGroup {
   readonly rank: number;
@@ -230,9 +98,7 @@ export class ProcessGroup {
   /** Chunk of the rings and chains: chunkBytes, or shmChunkBytes once every link is known to be in shared memory. */
   private chunkElems: number;
   private readonly shmChunkBytes: number;
-  private readonly context: zmq.Context | undefined;
-  private readonly pull: zmq.Pull;
-  private readonly outboxes: (Outbox | null)[];
+  private readonly transport: ZmqTransport<ActiveOp>;
   private generation = 0;
   private nextSeq = 0;
   /** Ops of this generation numbered below this have finished; their late messages are stale. */
@@ -241,9 +107,7 @@ export class ProcessGroup {
   private broken: Error | null = null;
   private pendingFault: Error | null = null;
   private readonly future = new Map<string, Incoming[]>();
-  private readonly down = new Map<number, number>();
-  /** When each peer last sent anything (data, ping, ...): tells a dead or stopped rank from one that waits too. */
-  private readonly lastHeard: number[];
+  private readonly liveness: PeerLiveness;
   private tail: Promise<unknown> = Promise.resolve();
   private closed = false;
   private hellos = new Map<number, unknown>();
@@ -258,12 +122,8 @@ export class ProcessGroup {
   private readonly peerStatus = new Map<number, { sending: boolean; regions: boolean }>();
   private readonly useShm: boolean;
   private readonly shmDir: string;
-  /** This rank's segment while its successor reads it; the predecessor's segment when this rank reads it. */
-  private shm: ShmSegment | null = null;
-  private shmPeer: ShmPeer | null = null;
-  private shmSendOn = false;
-  private shmQueue: ShmSend[] = [];
-  private shmScratch: Buffer | null = null;
+  /** The ring links through shared memory: this rank's segment to its successor, its predecessor's from it. */
+  private readonly shmLink: ShmLink<ActiveOp>;
   private readonly shmNotes: string[] = [];
   /** Shared buffers: this rank's region, every rank's region mapped (own included), and whether all ranks have them. */
   private readonly useRegions: boolean;
@@ -290,27 +150,29 @@ export class ProcessGroup {
     this.shmChunkBytes = opts.shmChunkBytes ?? DEFAULT_SHM_CHUNK_BYTES;
     this.useRegions = this.useShm && (opts.sharedBuffers ?? true);
     this.shmDir = opts.shmDir ?? DEFAULT_SHM_DIR;
-    this.lastHeard = this.endpoints.map(() => Date.now());
-    this.context = opts.ioThreads ? new zmq.Context({ ioThreads: opts.ioThreads }) : undefined;
-    const ctx = this.context ? { context: this.context } : {};
-    const sockBuf = opts.socketBufferBytes ?? DEFAULT_SOCKET_BUFFER_BYTES;
-    this.pull = new zmq.Pull({
-      ...ctx,
-      maxMessageSize: this.chunkBytes + 65536,
-      linger: 0,
-      ...(sockBuf > 0 ? { receiveBufferSize: sockBuf } : {}),
-    });
-    this.outboxes = this.endpoints.map((ep, r) => {
-      if (r === this.rank) return null;
-      const s = new zmq.Push({ ...ctx, sendTimeout: this.timeoutMs, linger: 1000, ...(sockBuf > 0 ? { sendBufferSize: sockBuf } : {}) });
-      s.events.on('disconnect', () => this.peerDown(r));
-      s.events.on('handshake', () => this.down.delete(r));
-      s.connect(ep);
-      return new Outbox(
-        s,
-        (o) => this.sent(o),
-        (o, e) => this.sendFailed(r, o, e),
-      );
+    this.liveness = new PeerLiveness(this.rank, this.endpoints, this.timeoutMs, Date.now());
+    this.transport = new ZmqTransport<ActiveOp>(
+      {
+        rank: this.rank,
+        endpoints: this.endpoints,
+        timeoutMs: this.timeoutMs,
+        maxMessageBytes: this.chunkBytes + 65536,
+        ioThreads: opts.ioThreads,
+        socketBufferBytes: opts.socketBufferBytes ?? DEFAULT_SOCKET_BUFFER_BYTES,
+      },
+      {
+        message: (frames) => this.onFrames(frames),
+        receiveFailed: (e) => this.receiveFailed(e),
+        sent: (o) => this.sent(o),
+        sendFailed: (peer, o, e) => this.sendFailed(peer, o, e),
+        disconnected: (r) => this.peerDown(r),
+        connected: (r) => this.liveness.connected(r),
+      },
+    );
+    this.shmLink = new ShmLink<ActiveOp>(this.rank, this.world, {
+      data: (op, header, descriptor) => this.transport.push(op.plan.to, { frames: [header, descriptor], op }),
+      release: (to, body) =>
+        this.transport.push(to, { frames: [this.header(MsgType.RELEASE, 'hello', 0, 0, 0, 0, 0, 'fp32'), body], op: null }),
     });
   }
 
@@ -329,20 +191,16 @@ export class ProcessGroup {
 
   private async start(): Promise<void> {
     const ep = this.endpoints[this.rank]!;
-    try {
-      await this.pull.bind(ep);
-    } catch (e) {
-      throw new UserError(`rank ${this.rank}: cannot bind ${ep}: ${(e as Error).message} (is another process using it?)`);
-    }
-    void this.receiveLoop();
+    await this.transport.bind();
+    // From here to the handshake's waiter nothing may await: a HELLO taken before it is there is dropped.
+    this.transport.receive();
     // The addon maps the segments (slots written and read as memory, an add reading the slot in
     // place) and the regions; without it the segments use pwrite/pread and there are no regions.
     const { addon, why } = this.world > 1 && (this.useShm || this.useRegions) ? shmNative() : { addon: null, why: '' };
     this.native = addon;
     if (this.useShm && this.world > 1) {
       try {
-        const slotBytes = Math.max(this.chunkBytes, this.shmChunkBytes);
-        this.shm = ShmSegment.create(this.shmDir, shmSlots(slotBytes), slotBytes, addon);
+        this.shmLink.create(this.shmDir, Math.max(this.chunkBytes, this.shmChunkBytes), addon);
       } catch (e) {
         this.shmNotes.push(`no shared-memory segment: ${(e as Error).message}`);
       }
@@ -363,13 +221,13 @@ export class ProcessGroup {
         rank: this.rank,
         chunkBytes: this.chunkBytes,
         endpoint: ep,
-        shm: this.shm?.offer() ?? null,
+        shm: this.shmLink.offer(),
         region: this.region?.offer() ?? null,
       }),
     );
     for (let r = 0; r < this.world; r++)
       if (r !== this.rank)
-        this.outboxes[r]!.push({ frames: [this.header(MsgType.HELLO, 'hello', 0, 0, 0, 0, 0, 'fp32'), hello], op: null });
+        this.transport.push(r, { frames: [this.header(MsgType.HELLO, 'hello', 0, 0, 0, 0, 0, 'fp32'), hello], op: null });
     // Three rounds: HELLO (with this rank's segment and region), LINK answers (the successor opened
     // the segment or not), LINK status (whether each rank sends through shared memory and has mapped
     // every region), which every rank needs to pick the same ring chunk and all-reduce path.
@@ -385,11 +243,11 @@ export class ProcessGroup {
           statusSent = true;
           this.settleShm();
           const regions = this.region !== null && this.endpoints.every((_, r) => this.regions[r]);
-          const status = Buffer.from(JSON.stringify({ sending: this.shmSendOn, regions }));
+          const status = Buffer.from(JSON.stringify({ sending: this.shmLink.sending, regions }));
           this.regionsOn = regions;
           for (let r = 0; r < this.world; r++)
             if (r !== this.rank)
-              this.outboxes[r]!.push({ frames: [this.header(MsgType.LINK, 'hello', 0, 0, 0, 0, 0, 'fp32'), status], op: null });
+              this.transport.push(r, { frames: [this.header(MsgType.LINK, 'hello', 0, 0, 0, 0, 0, 'fp32'), status], op: null });
         }
         if (statusSent && this.peerStatus.size === this.world - 1) {
           clearTimeout(timer);
@@ -416,7 +274,7 @@ export class ProcessGroup {
     // The chunk must be the same on every link of a ring (what arrives is forwarded chunk by
     // chunk), so the larger shared-memory chunk is used only when every rank sends that way.
     const peers = [...this.peerStatus.values()];
-    if (this.world > 1 && this.shmSendOn && peers.every((p) => p.sending))
+    if (this.world > 1 && this.shmLink.sending && peers.every((p) => p.sending))
       this.chunkElems = Math.floor(Math.max(this.chunkBytes, this.shmChunkBytes) / 4);
     // Every rank maps every region or none uses them: an all-reduce's path must be the same everywhere.
     this.regionsOn = this.regionsOn && peers.every((p) => p.regions);
@@ -425,21 +283,11 @@ export class ProcessGroup {
     if (!this.regionsOn) this.regions.length = 0;
   }
 
-  /**
-   * After the handshake: the successor has opened this rank's segment (or said why not), so its
-   * name can go; a segment nobody reads is closed at once.
-   */
+  /** After the handshake's answers: whether this rank's successor reads its segment (ShmLink.settle). */
   private settleShm(): void {
     if (this.world === 1) return;
-    const to = this.successor;
-    const link = this.links.get(to) as { shm?: unknown; reason?: unknown } | undefined;
-    this.shmSendOn = this.shm !== null && link?.shm === true;
-    if (this.shm && !this.shmSendOn) {
-      this.shmNotes.push(`rank ${to} does not read this rank's segment: ${String(link?.reason ?? 'no reason given')}`);
-      this.shm.close();
-      this.shm = null;
-    }
-    this.shm?.unlink();
+    const note = this.shmLink.settle(this.links.get(this.successor) as { shm?: unknown; reason?: unknown } | undefined);
+    if (note) this.shmNotes.push(note);
   }
 
   /** The ring's neighbours: bulk data of every ring and chain goes to the successor, and comes from the predecessor. */
@@ -454,8 +302,8 @@ export class ProcessGroup {
   /** Which path bulk data takes on this rank's two ring links. */
   get dataPath(): DataPath {
     return {
-      send: this.shmSendOn ? 'shared-memory' : 'socket',
-      receive: this.shmPeer ? 'shared-memory' : 'socket',
+      send: this.shmLink.sending ? 'shared-memory' : 'socket',
+      receive: this.shmLink.receiving ? 'shared-memory' : 'socket',
       note: this.shmNotes.length > 0 ? this.shmNotes.join('; ') : null,
       chunkBytes: this.chunkElems * 4,
       allReduce: this.regionsOn ? 'shared-buffers' : 'ring',
@@ -487,7 +335,7 @@ export class ProcessGroup {
       wire,
       this.world - 2,
       () => ringPlan('allReduce', this.world, this.rank, shardRanges(buf.length, this.world), this.chunkElems),
-      small ? { contrib: () => ({ start: 0, end: buf.length }), finish: (parts) => buf.set(referenceSum(parts)) } : null,
+      small ? sumExchange(buf, 'allReduce') : null,
     );
   }
 
@@ -504,9 +352,7 @@ export class ProcessGroup {
       this.wire,
       -1,
       () => ringPlan('reduceScatter', this.world, this.rank, shardRanges(buf.length, this.world), this.chunkElems),
-      small
-        ? { contrib: () => ({ start: 0, end: buf.length }), finish: (parts) => buf.set(referenceSum(parts, 'fp32', 'reduceScatter')) }
-        : null,
+      small ? sumExchange(buf, 'reduceScatter') : null,
     );
     const { start, end } = shardRange(buf.length, this.world, this.rank);
     return buf.subarray(start, end);
@@ -560,9 +406,7 @@ export class ProcessGroup {
       'fp32',
       -1,
       () => ringPlan('allGather', this.world, this.rank, segs, this.chunkElems),
-      small
-        ? { contrib: (r) => segs[r]!, finish: (parts) => parts.forEach((p, r) => r !== this.rank && out.set(p, segs[r]!.start)) }
-        : null,
+      small ? gatherExchange(out, segs, this.rank) : null,
     );
     return out;
   }
@@ -615,10 +459,11 @@ export class ProcessGroup {
     if (this.active)
       this.fail(this.active, new CollectiveError(`rank ${this.rank}: process group closed during ${this.active.label}`, 'closed'), true);
     const peers = this.endpoints.map((_, r) => r).filter((r) => r !== this.rank);
-    const pending = (): number[] => peers.filter((r) => !this.byeFrom.has(r) && !this.byeAcked.has(r) && !this.down.has(r));
+    const pending = (): number[] =>
+      peers.filter((r) => !this.byeFrom.has(r) && !this.byeAcked.has(r) && this.liveness.lostAt(r) === undefined);
     if (opts.flush !== false && this.helloWaiter === null && this.hellos.size === this.world - 1) {
       for (const r of pending())
-        this.outboxes[r]!.push({
+        this.transport.push(r, {
           frames: [this.header(MsgType.BYE, 'hello', 0, 0, 0, 0, 0, 'fp32', FLAG_ACK_REQ), Buffer.alloc(0)],
           op: null,
         });
@@ -634,11 +479,8 @@ export class ProcessGroup {
       this.byeWaiter = null;
     }
     this.closed = true;
-    for (const o of this.outboxes) o?.socket.close();
-    this.pull.close();
-    this.shm?.close();
-    this.shmPeer?.close();
-    this.shmQueue = [];
+    this.transport.close();
+    this.shmLink.close();
     this.region?.unlink();
     this.regions.length = 0;
     this.regionsOn = false;
@@ -647,22 +489,15 @@ export class ProcessGroup {
   // ---------------------------------------------------------------- shared buffers
 
   /**
-   * An fp32 all-reduce through the regions every rank maps (docs/collectives.md, "Shared
-   * buffers"). Segment k (shardRange of the length) is cut into blocks of the region's size; per
-   * round, every rank copies block r of every segment into its inputs, owner k folds block r of
-   * segment k over all ranks' inputs in `reductionOrder(N, k)` (the ring's order, so the ring's
-   * bits) into its result, and every rank copies every result out. Two small barriers per round
-   * (one-hop exchanges with the usual sequence numbers, timeouts and failure notices) order it;
-   * rounds alternate between two halves of the regions, so a round's inputs never overwrite what
-   * a slower rank is still reading: before writing round g a rank has seen every rank finish
-   * reading round g-2 (that rank's inputs barrier of round g-1 comes after its copy-out of g-2).
+   * An fp32 all-reduce through the regions every rank maps (algorithms/shared-buffers.ts). Its
+   * barriers are one-hop exchanges with the usual sequence numbers, timeouts and failure notices.
    */
   private enqueueShared(buf: Float32Array): Promise<void> {
     if (this.closed) return Promise.reject(new CollectiveError(`rank ${this.rank}: allReduce on a closed process group`, 'closed'));
     if (buf.length > 0xffffffff) return Promise.reject(new RangeError(`allReduce: ${buf.length} elements exceed the protocol's 2^32-1`));
     const segs = shardRanges(buf.length, this.world);
     const block = this.region!.blockElems;
-    const rounds = Math.ceil((segs[0]!.end - segs[0]!.start) / block);
+    const rounds = sharedRounds(segs, block);
     const generation = this.generation;
     const first = this.nextSeq;
     // Every rank reserves the same numbers for the rounds' barriers, so later collectives keep theirs.
@@ -682,48 +517,18 @@ export class ProcessGroup {
   ): Promise<void> {
     this.sharedSpan = { generation, first, end: first + 2 * rounds };
     try {
-      await this.sharedRounds(buf, segs, block, rounds, generation, first);
+      await sharedAllReduce(buf, segs, {
+        rank: this.rank,
+        world: this.world,
+        blockElems: block,
+        regions: this.regions,
+        sum: (dst, inputs) => this.native!.sum(dst, inputs),
+        live: () => !this.closed && generation === this.generation && this.regionsOn,
+        nextRound: () => this.regionRound++,
+        barrier: (i) => this.barrierAt(generation, first + i, buf.length),
+      });
     } finally {
       this.sharedSpan = null;
-    }
-  }
-
-  private async sharedRounds(
-    buf: Float32Array,
-    segs: { start: number; end: number }[],
-    block: number,
-    rounds: number,
-    generation: number,
-    first: number,
-  ): Promise<void> {
-    const n = this.world;
-    const half = (n + 1) * block;
-    const order = reductionOrder(n, this.rank);
-    /** Block r of segment k: its element range in the buffer (empty past the segment's end). */
-    const blockOf = (k: number, r: number): { start: number; end: number } => {
-      const start = segs[k]!.start + r * block;
-      return { start, end: Math.max(start, Math.min(segs[k]!.end, start + block)) };
-    };
-    for (let r = 0; r < rounds; r++) {
-      if (this.closed || generation !== this.generation || !this.regionsOn) return this.barrierAt(generation, first + 2 * r, buf.length); // rejects with the reason
-      const h = (this.regionRound++ % 2) * half;
-      const mine = this.regions[this.rank]!;
-      for (let k = 0; k < n; k++) {
-        const { start, end } = blockOf(k, r);
-        if (end > start) mine.set(buf.subarray(start, end), h + k * block);
-      }
-      await this.barrierAt(generation, first + 2 * r, buf.length);
-      const ownBlock = blockOf(this.rank, r);
-      const len = ownBlock.end - ownBlock.start;
-      if (len > 0) {
-        const inputs = order.map((k) => this.regions[k]!.subarray(h + this.rank * block, h + this.rank * block + len));
-        this.native!.sum(mine.subarray(h + n * block, h + n * block + len), inputs);
-      }
-      await this.barrierAt(generation, first + 2 * r + 1, buf.length);
-      for (let k = 0; k < n; k++) {
-        const { start, end } = blockOf(k, r);
-        if (end > start) buf.set(this.regions[k]!.subarray(h + n * block, h + n * block + (end - start)), start);
-      }
     }
   }
 
@@ -735,22 +540,12 @@ export class ProcessGroup {
   private barrierAt(generation: number, seq: number, length: number): Promise<void> {
     const out = new Float32Array(this.world);
     out[this.rank] = this.rank;
-    return this.start1(
-      'barrier',
-      generation,
-      seq,
-      out,
-      length,
-      'fp32',
-      -1,
-      { contrib: (r) => ({ start: r, end: r + 1 }), finish: () => undefined },
-      () => ({
-        sends: [],
-        recvs: [],
-        from: -1,
-        to: -1,
-      }),
-    );
+    return this.start1('barrier', generation, seq, out, length, 'fp32', -1, barrierExchange, () => ({
+      sends: [],
+      recvs: [],
+      from: -1,
+      to: -1,
+    }));
   }
 
   // ---------------------------------------------------------------- op engine
@@ -801,7 +596,7 @@ export class ProcessGroup {
     let ackNeeded = false;
     // Shared-memory sends copy the bytes before they return, so nothing needs protecting.
     const check = (step: number, start: number, end: number): void => {
-      if (!this.shmSendOn && wire === 'fp32' && step > protectedUpTo && (end - start) * 4 > COPY_MAX_BYTES) ackNeeded = true;
+      if (!this.shmLink.sending && wire === 'fp32' && step > protectedUpTo && (end - start) * 4 > COPY_MAX_BYTES) ackNeeded = true;
     };
     for (const s of plan.sends) check(s.step, s.start, s.end);
     let forwards = 0;
@@ -852,7 +647,7 @@ export class ProcessGroup {
         const payload = encode(buf.subarray(start, end), 'fp32');
         for (let r = 0; r < this.world; r++)
           if (r !== this.rank)
-            this.outboxes[r]!.push({ frames: [this.header(MsgType.DATA, kind, generation, seq, 0, 0, total, wire), payload], op });
+            this.transport.push(r, { frames: [this.header(MsgType.DATA, kind, generation, seq, 0, 0, total, wire), payload], op });
       }
       const key = `${generation}/${seq}`;
       const early = this.future.get(key);
@@ -891,86 +686,28 @@ export class ProcessGroup {
       // The owner's finished segment of a compressed all-reduce: keep the value the others receive.
       if (op.kind === 'allReduce' && item.step === this.world - 1) quantize(view, op.wire);
       if (op.wire !== 'fp32') payload = encode(view, op.wire);
-      else if (this.shmSendOn || item.step <= op.protectedUpTo || view.byteLength > COPY_MAX_BYTES)
+      else if (this.shmLink.sending || item.step <= op.protectedUpTo || view.byteLength > COPY_MAX_BYTES)
         payload = Buffer.from(view.buffer, view.byteOffset, view.byteLength);
       else payload = encode(view, 'fp32');
     }
-    if (this.shmSendOn) {
+    if (this.shmLink.sending) {
       // Every ring and chain sends its bulk data to the successor, the reader of this rank's segment.
       const h = this.header(MsgType.DATA, op.kind, op.generation, op.seq, item.step, item.chunk, op.total, op.wire, FLAG_SHM);
-      this.shmQueue.push({ op, header: h, payload });
-      return this.pumpShm();
+      return this.shmLink.send(op, h, payload);
     }
     const flags = last && op.ackNeeded ? FLAG_ACK_REQ : 0;
     const h = this.header(MsgType.DATA, op.kind, op.generation, op.seq, item.step, item.chunk, op.total, op.wire, flags);
-    this.outboxes[op.plan.to]!.push({ frames: [h, payload], op });
-  }
-
-  /**
-   * Writes queued sends into free slots, in order. The payload of a waiting send is a view of the
-   * collective's buffer: nothing writes that range again before this send has gone (what comes
-   * back into it has to pass through the successor first), and a send of a failed collective is
-   * dropped, never written.
-   */
-  private pumpShm(): void {
-    const seg = this.shm;
-    if (!seg) return;
-    while (this.shmQueue.length > 0 && seg.canWrite()) {
-      const s = this.shmQueue.shift()!;
-      if (s.op.settled) continue;
-      const counter = seg.write(s.payload);
-      this.outboxes[s.op.plan.to]!.push({ frames: [s.header, encodeDescriptor(counter, s.payload.byteLength)], op: s.op });
-    }
+    this.transport.push(op.plan.to, { frames: [h, payload], op });
   }
 
   private onRelease(h: Header, payload: Buffer): void {
-    const consumed = decodeRelease(payload);
-    if (h.sender !== this.successor || !this.shm || consumed === null || !this.shm.release(consumed))
-      return this.fault(
-        `rank ${h.sender} sent a shared-memory release (${consumed ?? 'unreadable'}) that does not fit this rank's segment`,
-      );
+    const bad = this.shmLink.release(h.sender, payload);
+    if (bad) return this.fault(bad);
     if (this.active) this.active.lastProgress = Date.now();
-    this.pumpShm();
+    this.shmLink.pump();
   }
 
-  /**
-   * Takes the next slot of the predecessor's segment: copied into `dst`, or skipped (`dst` null)
-   * when its collective is over, and released either way, so that the slot order never depends on
-   * which collective a message belongs to. Returns why the descriptor is wrong, or null.
-   */
-  private takeShm(h: Header, payload: Buffer, dst: Uint8Array | ((peer: ShmPeer) => void) | null): string | null {
-    const d = decodeDescriptor(payload);
-    const peer = this.shmPeer;
-    if (!peer || h.sender !== this.predecessor) return `rank ${h.sender} sent shared-memory data, but this rank does not read its segment`;
-    if (!d) return `rank ${h.sender} sent an unreadable shared-memory descriptor`;
-    const bad =
-      peer.check(d.counter, d.bytes) ??
-      (dst instanceof Uint8Array && dst.byteLength !== d.bytes
-        ? `rank ${h.sender} sent ${d.bytes} bytes for step ${h.step} chunk ${h.chunk}, expected ${dst.byteLength}`
-        : null);
-    if (bad) return `${bad} (from rank ${h.sender})`;
-    if (dst instanceof Uint8Array) peer.read(dst);
-    else if (dst) dst(peer);
-    peer.advance();
-    // Released in batches of half the slots: the writer always keeps half a segment of lead, and
-    // every message saved is a wake-up of both ranks' threads saved.
-    if (peer.consumed % Math.max(1, peer.slots >> 1) === 0)
-      this.outboxes[h.sender]!.push({
-        frames: [this.header(MsgType.RELEASE, 'hello', 0, 0, 0, 0, 0, 'fp32'), encodeRelease(peer.consumed)],
-        op: null,
-      });
-    return null;
-  }
-
-  /** A shared-memory message for a collective that has not started here: its bytes move into the message. */
-  private materialize(m: Incoming): Incoming | string {
-    const d = decodeDescriptor(m.payload);
-    const bytes = Buffer.allocUnsafe(d && d.bytes <= (this.shmPeer?.slotBytes ?? 0) ? d.bytes : 0);
-    const bad = this.takeShm(m.header, m.payload, bytes);
-    return bad ?? { header: { ...m.header, flags: m.header.flags & ~FLAG_SHM }, payload: bytes };
-  }
-
-  private sent(o: Outgoing): void {
+  private sent(o: Outgoing<ActiveOp>): void {
     const op = o.op;
     if (!op || op.settled) return;
     op.sendsDone++;
@@ -978,14 +715,14 @@ export class ProcessGroup {
     this.maybeDone(op);
   }
 
-  private sendFailed(peer: number, o: Outgoing, e: unknown): void {
+  private sendFailed(peer: number, o: Outgoing<ActiveOp>, e: unknown): void {
     if (this.closed || !o.op || o.op.settled) return;
     const why =
       (e as { code?: string }).code === 'EAGAIN' ? `did not take data for ${this.timeoutMs} ms` : `refused data: ${(e as Error).message}`;
     this.fail(
       o.op,
       new CollectiveError(
-        `rank ${this.rank}: ${o.op.label}: rank ${peer} (${this.endpoints[peer]}) ${why}${this.downNote()}`,
+        `rank ${this.rank}: ${o.op.label}: rank ${peer} (${this.endpoints[peer]}) ${why}${this.liveness.downNote(Date.now())}`,
         'timeout',
         peer,
       ),
@@ -1011,14 +748,14 @@ export class ProcessGroup {
     if (op.pinger) clearInterval(op.pinger);
     if (this.active === op) this.active = null;
     if (op.generation === this.generation) this.finishedSeq = Math.max(this.finishedSeq, op.seq + 1);
-    for (const o of this.outboxes) o?.dropOp(op);
-    this.shmQueue = this.shmQueue.filter((s) => s.op !== op);
+    this.transport.dropOp(op);
+    this.shmLink.drop(op);
     if (err.code !== 'aborted') this.broken = err;
     if (notify && !this.closed) {
       const body = Buffer.from(JSON.stringify({ message: err.message, peer: err.peer }));
       for (let r = 0; r < this.world; r++)
         if (r !== this.rank)
-          this.outboxes[r]!.push({
+          this.transport.push(r, {
             frames: [this.header(MsgType.FAIL, op.kind, op.generation, op.seq, 0, 0, op.total, 'fp32'), body],
             op: null,
           });
@@ -1031,7 +768,7 @@ export class ProcessGroup {
     if (op.settled || this.closed) return;
     for (let r = 0; r < this.world; r++)
       if (r !== this.rank)
-        this.outboxes[r]!.push({
+        this.transport.push(r, {
           frames: [this.header(MsgType.PING, op.kind, op.generation, op.seq, 0, 0, op.total, 'fp32'), Buffer.alloc(0)],
           op: null,
         });
@@ -1064,7 +801,7 @@ export class ProcessGroup {
           : op.sendsDone < op.sendsTotal
             ? [`rank ${to} (${this.endpoints[to]}) took no data for ${t} ms`, to]
             : [`no acknowledgement from rank ${to} (${this.endpoints[to]}) within ${t} ms`, to];
-    const silent = this.silentPeer();
+    const silent = this.liveness.silentPeer(Date.now(), this.byeFrom);
     const blame =
       silent === null || silent.rank === neighbour
         ? silent === null
@@ -1072,38 +809,16 @@ export class ProcessGroup {
           : `; it has sent nothing at all for ${silent.ms} ms (dead, stopped, or not in this collective)`
         : `; rank ${silent.rank} (${this.endpoints[silent.rank]}) has sent nothing for ${silent.ms} ms (dead, stopped, or not in this collective)`;
     return new CollectiveError(
-      `rank ${this.rank}: ${op.label}: ${what}${blame}${this.downNote()}`,
+      `rank ${this.rank}: ${op.label}: ${what}${blame}${this.liveness.downNote(Date.now())}`,
       'timeout',
-      silent?.rank ?? this.suspect(neighbour),
+      silent?.rank ?? this.liveness.suspect(neighbour),
     );
-  }
-
-  /** The peer silent the longest, if any has been silent for over half the timeout. */
-  private silentPeer(): { rank: number; ms: number } | null {
-    const now = Date.now();
-    let best: { rank: number; ms: number } | null = null;
-    this.lastHeard.forEach((at, r) => {
-      const ms = now - at;
-      if (r !== this.rank && !this.byeFrom.has(r) && ms > this.timeoutMs / 2 && (!best || ms > best.ms)) best = { rank: r, ms };
-    });
-    return best;
-  }
-
-  /** A disconnected rank is a better suspect than a live neighbour that is merely waiting too. */
-  private suspect(neighbour: number): number {
-    return this.down.has(neighbour) || this.down.size === 0 ? neighbour : [...this.down.keys()][0]!;
-  }
-
-  private downNote(): string {
-    if (this.down.size === 0) return '';
-    const now = Date.now();
-    return `; connection lost to ${[...this.down].map(([r, at]) => `rank ${r} (${this.endpoints[r]}) ${now - at} ms ago`).join(', ')}`;
   }
 
   private peerDown(r: number): void {
     if (this.closed) return;
     const at = Date.now();
-    this.down.set(r, at);
+    this.liveness.lost(r, at);
     this.byeWaiter?.();
     const op = this.active;
     if (!op) return;
@@ -1116,7 +831,7 @@ export class ProcessGroup {
     const progress = op.lastProgress;
     setTimeout(
       () => {
-        if (op.settled || this.down.get(r) !== at || op.lastProgress !== progress) return;
+        if (op.settled || this.liveness.lostAt(r) !== at || op.lastProgress !== progress) return;
         this.fail(
           op,
           new CollectiveError(`rank ${this.rank}: ${op.label}: lost connection to rank ${r} (${this.endpoints[r]})`, 'peer-lost', r),
@@ -1129,32 +844,23 @@ export class ProcessGroup {
 
   // ---------------------------------------------------------------- receiving
 
-  private async receiveLoop(): Promise<void> {
-    for (;;) {
-      let frames: Buffer[];
-      try {
-        frames = await this.pull.receive();
-      } catch (e) {
-        if (this.closed) return;
-        const err = new CollectiveError(
-          `rank ${this.rank}: receive failed on ${this.endpoints[this.rank]}: ${(e as Error).message}`,
-          'protocol',
-        );
-        this.broken = err;
-        if (this.active) this.fail(this.active, err, true);
-        return;
-      }
-      try {
-        this.onMessage(frames);
-      } catch (e) {
-        // A bug here must not kill the loop (and with it every later collective).
-        const err = new CollectiveError(
-          `rank ${this.rank}: internal error handling a message: ${(e as Error).stack ?? String(e)}`,
-          'protocol',
-        );
-        if (this.active) this.fail(this.active, err, true);
-        else this.pendingFault = err;
-      }
+  private receiveFailed(e: Error): void {
+    const err = new CollectiveError(`rank ${this.rank}: receive failed on ${this.endpoints[this.rank]}: ${e.message}`, 'protocol');
+    this.broken = err;
+    if (this.active) this.fail(this.active, err, true);
+  }
+
+  private onFrames(frames: Buffer[]): void {
+    try {
+      this.onMessage(frames);
+    } catch (e) {
+      // A bug here must not kill the receive loop (and with it every later collective).
+      const err = new CollectiveError(
+        `rank ${this.rank}: internal error handling a message: ${(e as Error).stack ?? String(e)}`,
+        'protocol',
+      );
+      if (this.active) this.fail(this.active, err, true);
+      else this.pendingFault = err;
     }
   }
 
@@ -1170,11 +876,11 @@ export class ProcessGroup {
       return this.fault(`malformed message: ${(e as Error).message}`);
     }
     const h = m.header;
-    this.lastHeard[h.sender] = Date.now();
+    this.liveness.heard(h.sender, Date.now());
     if (h.type === MsgType.PING) return;
     if (h.type === MsgType.BYE) {
       this.byeFrom.add(h.sender);
-      this.outboxes[h.sender]!.push({ frames: [this.header(MsgType.ACK, 'hello', 0, 0, 0, 0, 0, 'fp32'), Buffer.alloc(0)], op: null });
+      this.transport.push(h.sender, { frames: [this.header(MsgType.ACK, 'hello', 0, 0, 0, 0, 0, 'fp32'), Buffer.alloc(0)], op: null });
       this.byeWaiter?.();
       return;
     }
@@ -1209,14 +915,14 @@ export class ProcessGroup {
     if (h.generation < this.generation || (h.generation === this.generation && h.seq < this.finishedSeq)) {
       this.stats.stale++;
       if (shm) {
-        const bad = this.takeShm(h, m.payload, null);
+        const bad = this.shmLink.take(h, m.payload, null);
         if (bad) this.fault(bad);
       }
       return;
     }
     // A peer already in a later collective or generation: keep it for when this rank gets there.
     if (shm) {
-      const own = this.materialize(m);
+      const own = this.shmLink.materialize(m);
       if (typeof own === 'string') return this.fault(own);
       m = own;
     }
@@ -1251,15 +957,11 @@ export class ProcessGroup {
       if (!this.useShm) link = { shm: false, reason: 'shared memory turned off on the reader' };
       else if (!offer) link = { shm: false, reason: 'no segment offered' };
       else {
-        const peer = ShmPeer.open(offer, this.native);
-        if (typeof peer === 'string') {
-          link = { shm: false, reason: peer };
-          this.shmNotes.push(`rank ${h.sender}'s segment not used: ${peer}`);
-        } else {
-          this.shmPeer = peer;
-          this.shmScratch = Buffer.allocUnsafe(peer.slotBytes);
-          link = { shm: true };
-        }
+        const why = this.shmLink.open(offer, this.native);
+        if (why !== null) {
+          link = { shm: false, reason: why };
+          this.shmNotes.push(`rank ${h.sender}'s segment not used: ${why}`);
+        } else link = { shm: true };
       }
     }
     const regionOffer = (body as { region?: unknown } | null)?.region;
@@ -1268,7 +970,7 @@ export class ProcessGroup {
       if (typeof mapped === 'string') this.shmNotes.push(`rank ${h.sender}'s shared buffer not used: ${mapped}`);
       else this.regions[h.sender] = mapped;
     }
-    this.outboxes[h.sender]!.push({
+    this.transport.push(h.sender, {
       frames: [this.header(MsgType.LINK, 'hello', 0, 0, 0, 0, 0, 'fp32'), Buffer.from(JSON.stringify(link))],
       op: null,
     });
@@ -1320,13 +1022,13 @@ export class ProcessGroup {
     }
     const shm = h.type === MsgType.DATA && (h.flags & FLAG_SHM) !== 0;
     if (shm && op.exchange) {
-      const bad = this.takeShm(h, m.payload, null) ?? `rank ${h.sender} sent shared-memory data to a one-hop exchange`;
+      const bad = this.shmLink.take(h, m.payload, null) ?? `rank ${h.sender} sent shared-memory data to a one-hop exchange`;
       return this.fail(op, new CollectiveError(`rank ${this.rank}: ${op.label}: ${bad}`, 'protocol', h.sender), true);
     }
     if (op.exchange) return this.deliverPart(op, op.exchange, h, m.payload);
     const bad = this.checkData(op, h, m.payload);
     if (bad) {
-      if (shm) this.takeShm(h, m.payload, null);
+      if (shm) this.shmLink.take(h, m.payload, null);
       return this.fail(op, new CollectiveError(`rank ${this.rank}: ${op.label}: ${bad}`, 'protocol', h.sender), true);
     }
     const r = op.plan.recvs[op.next++]!;
@@ -1337,7 +1039,7 @@ export class ProcessGroup {
       const bytes = (r.end - r.start) * wireBytes[op.wire];
       const into =
         op.wire !== 'fp32'
-          ? this.shmScratch!.subarray(0, bytes)
+          ? this.shmLink.scratch.subarray(0, bytes)
           : r.mode === 'copy'
             ? new Uint8Array(dst.buffer, dst.byteOffset, dst.byteLength)
             : (peer: ShmPeer) => {
@@ -1346,18 +1048,18 @@ export class ProcessGroup {
                 if (src && this.native) this.native.sum(dst, [dst, src]);
                 else addF32From(dst, (piece, at) => peer.read(piece, at));
               };
-      const bad2 = this.takeShm(h, m.payload, into);
+      const bad2 = this.shmLink.take(h, m.payload, into);
       if (bad2) return this.fail(op, new CollectiveError(`rank ${this.rank}: ${op.label}: ${bad2}`, 'protocol', h.sender), true);
       if (op.wire !== 'fp32') (r.mode === 'add' ? decodeAdd : decodeCopy)(dst, into as Uint8Array, op.wire);
       // A copy goes on from the buffer: into this rank's own segment, or as a copy onto the socket
       // (a view would let ZeroMQ read memory the caller owns again once the collective is over).
-      forward = r.mode === 'copy' && !this.shmSendOn ? encode(dst, op.wire) : null;
+      forward = r.mode === 'copy' && !this.shmLink.sending ? encode(dst, op.wire) : null;
     } else if (r.mode === 'add') decodeAdd(dst, m.payload, op.wire);
     else decodeCopy(dst, m.payload, op.wire);
     op.lastProgress = Date.now();
     if (r.forward) this.sendItem(op, { step: r.step + 1, chunk: r.chunk, start: r.start, end: r.end }, forward);
     if (h.flags & FLAG_ACK_REQ)
-      this.outboxes[h.sender]!.push({
+      this.transport.push(h.sender, {
         frames: [this.header(MsgType.ACK, op.kind, op.generation, op.seq, h.step, h.chunk, op.total, 'fp32'), Buffer.alloc(0)],
         op: null,
       });
@@ -1366,23 +1068,9 @@ export class ProcessGroup {
 
   private deliverPart(op: ActiveOp, ex: Exchange, h: Header, payload: Buffer): void {
     const { start, end } = ex.contrib(h.sender);
-    const want = (end - start) * 4;
-    const bad =
-      h.op !== op.kind
-        ? `rank ${h.sender} sent data of ${h.op}, this rank is running ${op.kind} (collectives called in different orders?)`
-        : h.total !== op.total
-          ? `rank ${h.sender} runs it on ${h.total} elements, this rank on ${op.total}`
-          : h.wire !== op.wire
-            ? `rank ${h.sender} sends ${h.wire}, this rank expects ${op.wire}`
-            : op.parts[h.sender]
-              ? `rank ${h.sender} sent its part twice`
-              : h.step !== 0 || h.chunk !== 0 || payload.length !== want
-                ? `rank ${h.sender} sent ${payload.length} bytes as step ${h.step} chunk ${h.chunk}, expected ${want} bytes as step 0 chunk 0`
-                : null;
+    const bad = partProblem(h, op, (end - start) * 4, payload.length, op.parts[h.sender] !== undefined);
     if (bad) return this.fail(op, new CollectiveError(`rank ${this.rank}: ${op.label}: ${bad}`, 'protocol', h.sender), true);
-    const part = new Float32Array(end - start);
-    new Uint8Array(part.buffer).set(payload);
-    op.parts[h.sender] = part;
+    op.parts[h.sender] = partValues(payload, end - start);
     op.got++;
     op.lastProgress = Date.now();
     if (op.got === this.world - 1) {
@@ -1411,40 +1099,4 @@ export class ProcessGroup {
     if (got !== want) return `rank ${h.sender} sent ${got} bytes for step ${h.step} chunk ${h.chunk}, expected ${want}`;
     return null;
   }
-}
-
-function validateOptions(o: ProcessGroupOptions): void {
-  if (endianness() !== 'LE') throw new UserError('collectives: tensors travel as little-endian bytes; this host is big-endian');
-  if (!Number.isInteger(o.world) || o.world < 1 || o.world > 65535)
-    throw new UserError(`collectives: world must be an integer in 1..65535, got ${o.world}`);
-  if (!Number.isInteger(o.rank) || o.rank < 0 || o.rank >= o.world)
-    throw new UserError(`collectives: rank must be in 0..${o.world - 1}, got ${o.rank}`);
-  if (!Array.isArray(o.endpoints) || o.endpoints.length !== o.world)
-    throw new UserError(
-      `collectives: need one endpoint per rank (${o.world}), got ${Array.isArray(o.endpoints) ? o.endpoints.length : 'none'}`,
-    );
-  o.endpoints.forEach((e, r) => {
-    if (typeof e !== 'string' || !/^(tcp:\/\/[^\s]+:\d+|ipc:\/\/\S+)$/.test(e))
-      throw new UserError(`collectives: endpoint of rank ${r} is '${String(e)}'; use tcp://host:port or ipc:///path`);
-  });
-  if (new Set(o.endpoints).size !== o.endpoints.length) throw new UserError('collectives: endpoints must be distinct, one per rank');
-  if (o.timeoutMs !== undefined && (!Number.isFinite(o.timeoutMs) || o.timeoutMs <= 0))
-    throw new UserError(`collectives: timeoutMs must be positive, got ${o.timeoutMs}`);
-  if (o.chunkBytes !== undefined && (!Number.isInteger(o.chunkBytes) || o.chunkBytes < 4 || o.chunkBytes > 256 << 20))
-    throw new UserError(`collectives: chunkBytes must be an integer in 4..${256 << 20}, got ${o.chunkBytes}`);
-  if (o.shmChunkBytes !== undefined && (!Number.isInteger(o.shmChunkBytes) || o.shmChunkBytes < 4 || o.shmChunkBytes > 256 << 20))
-    throw new UserError(`collectives: shmChunkBytes must be an integer in 4..${256 << 20}, got ${o.shmChunkBytes}`);
-  if (
-    o.socketBufferBytes !== undefined &&
-    (!Number.isInteger(o.socketBufferBytes) || o.socketBufferBytes < 0 || o.socketBufferBytes > 1 << 30)
-  )
-    throw new UserError(`collectives: socketBufferBytes must be an integer in 0..${1 << 30}, got ${o.socketBufferBytes}`);
-  if (o.sharedMemory !== undefined && typeof o.sharedMemory !== 'boolean')
-    throw new UserError(`collectives: sharedMemory must be true or false, got '${String(o.sharedMemory)}'`);
-  if (o.sharedBuffers !== undefined && typeof o.sharedBuffers !== 'boolean')
-    throw new UserError(`collectives: sharedBuffers must be true or false, got '${String(o.sharedBuffers)}'`);
-  if (o.shmDir !== undefined && (typeof o.shmDir !== 'string' || !o.shmDir.startsWith('/')))
-    throw new UserError(`collectives: shmDir must be an absolute path, got '${String(o.shmDir)}'`);
-  if (o.wire !== undefined && !WIRES.includes(o.wire))
-    throw new UserError(`collectives: wire must be one of ${WIRES.join(', ')}, got '${String(o.wire)}'`);
 }

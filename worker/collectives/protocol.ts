@@ -68,6 +68,12 @@ export function encodeHeader(h: Header): Buffer {
   return b;
 }
 
+/** A received message: its header, and the payload frame as it arrived. */
+export interface Incoming {
+  readonly header: Header;
+  readonly payload: Buffer;
+}
+
 /** Not a message of this protocol at all (wrong frame count, size or magic): dropped, counted. */
 export class ForeignMessage extends Error {}
 
@@ -83,7 +89,7 @@ export class ProtocolError extends Error {
  * Parses and checks what can be checked without knowing the collective: structure, type, sender
  * rank, world-independent payload sizes. Throws ForeignMessage or ProtocolError.
  */
-export function decodeMessage(frames: readonly Buffer[], world: number, self: number): { header: Header; payload: Buffer } {
+export function decodeMessage(frames: readonly Buffer[], world: number, self: number): Incoming {
   if (frames.length !== 2) throw new ForeignMessage(`${frames.length} frames, expected 2`);
   const [hb, payload] = frames as [Buffer, Buffer];
   if (hb.length !== HEADER_BYTES) throw new ForeignMessage(`header of ${hb.length} bytes, expected ${HEADER_BYTES}`);

@@ -2,7 +2,8 @@ import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from '
 import { UserError } from '../../shared/util/errors.js';
 import type { CommEvent, CommReply, CommRequest, CommThreadData, WireError } from './comm-thread.js';
 import { ANSWERED, INTERRUPT, SIGNAL_BYTES } from './interrupt.js';
-import { CollectiveError, DEFAULT_TIMEOUT_MS, type CollectiveErrorCode, type DataPath, type ProcessGroupOptions } from './process-group.js';
+import { CollectiveError, type CollectiveErrorCode } from './errors.js';
+import { DEFAULT_TIMEOUT_MS, type DataPath, type ProcessGroupOptions } from './options.js';
 
 /**
  * How much longer than the group's timeout a blocked main thread waits for the comm thread: the

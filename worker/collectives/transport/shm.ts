@@ -8,7 +8,7 @@ import type { ShmNative } from '../../../native/addon.js';
  * (tmpfs, normally /dev/shm) instead of through loopback TCP, the way NCCL's SHM transport does
  * within a node. Loopback TCP costs two kernel copies plus the TCP stack per byte and a hand-over
  * between libzmq's I/O thread and the caller; a tmpfs pwrite and pread are one plain memory copy
- * each (64 MiB: about 12 ms each way here, against 35-80 ms through the socket).
+ * each (docs/performance.md, "Collectives").
  *
  * Every rank owns one segment: a header and `slots` slots of `slotBytes`. It writes what it sends
  * to its ring successor (rank + 1: the only peer a ring or chain sends bulk data to) into the next
@@ -383,7 +383,7 @@ function writeAll(fd: number, src: Uint8Array, at: number): void {
 }
 
 /**
- * The shared-buffer all-reduce's memory (process-group.ts, "shared buffers"): a file every rank on
+ * The shared-buffer all-reduce's memory (algorithms/shared-buffers.ts): a file every rank on
  * the host maps, holding two halves of `world` input blocks and one result block of `blockElems`
  * floats each. Rank k copies its sub-piece of every segment into its inputs, owner k folds block k
  * of every rank's inputs into its result, and every rank copies the results out: the ranks read
