@@ -3,15 +3,9 @@ import { UserError } from '../shared/util/errors.js';
 import { loadLabelSet } from '../shared/labels.js';
 import { initBackend } from '../kernels/backend.js';
 import { MODEL_PRESETS, resolveModelConfig } from '../model/config.js';
-import type { GemmBlocking, GemmVariant } from '../kernels/simd/gemm.js';
-import {
-  setSimdGemmBlocking,
-  setSimdGemmVariant,
-  setSimdMatMulScope,
-  wasmGemmVariant,
-  type GemmVariantChoice,
-  type SimdMatMulScope,
-} from '../kernels/wasm-kernels.js';
+import { DEFAULT_BLOCKING, type GemmBlocking, type GemmVariant } from '../kernels/simd/gemm.js';
+import { wasmGemmVariant } from '../kernels/tfjs/batch-mat-mul.js';
+import { withKernelOptions, type GemmVariantChoice, type KernelOptions, type SimdMatMulScope } from '../kernels/options.js';
 import { trainingStep } from './step.js';
 import { median } from './median.js';
 import { arg } from './args.js';
@@ -20,7 +14,7 @@ import { arg } from './args.js';
  * `npm run bench -- batch-matmul [--models tiny,small] [--batch 32] [--image 64] [--reps 10] [--blocking]`:
  * every BatchMatMul of a wasm training step on each path, side by side, measured in the same run
  * (alternating call by call): the SIMD GEMM's FMA build and its mul+add build
- * (worker/simd-gemm.ts) next to the backend's own kernels, the reference: tfjs-backend-wasm's
+ * (kernels/simd/gemm.ts) next to the backend's own kernels, the reference: tfjs-backend-wasm's
  * scalar loop for the batched attention products, XNNPACK for the dense (batch-1) ones. Then one
  * training step per model under tf.profile on each path. `speed-up` is the reference's time over
  * the first build's. `--blocking` adds a sweep of the GEMM's k and m block sizes over the dense
@@ -83,14 +77,9 @@ interface Route {
   blocking?: GemmBlocking;
 }
 
-function useRoute(r: Route): void {
-  setSimdMatMulScope(r.scope);
-  setSimdGemmVariant(r.variant);
-  setSimdGemmBlocking(r.blocking);
-}
-
-function defaultRoute(): void {
-  useRoute({ label: '', scope: 'all', variant: 'auto' });
+/** The kernel options a route runs with. */
+function routeOptions(r: Route): Partial<KernelOptions> {
+  return { matMulScope: r.scope, gemmVariant: r.variant, gemmBlocking: r.blocking ?? DEFAULT_BLOCKING };
 }
 
 /**
@@ -107,18 +96,17 @@ function timeRoutes(p: Product, routes: readonly Route[], reps: number) {
   for (let rep = -2; rep < reps; rep++) {
     routes.forEach((_, j) => {
       const i = (((rep + 2) % 2 ? routes.length - 1 - j : j) + rep + 2) % routes.length;
-      const route = routes[i]!;
-      useRoute(route);
-      const t0 = performance.now();
-      const c = tf.matMul(a, b, p.ta, p.tb); // wasm kernels run synchronously
-      if (rep >= 0) ms[i]!.push(performance.now() - t0);
-      work = flops(p.a, c.shape);
-      c.dispose();
+      withKernelOptions(routeOptions(routes[i]!), () => {
+        const t0 = performance.now();
+        const c = tf.matMul(a, b, p.ta, p.tb); // wasm kernels run synchronously
+        if (rep >= 0) ms[i]!.push(performance.now() - t0);
+        work = flops(p.a, c.shape);
+        c.dispose();
+      });
     });
   }
   a.dispose();
   b.dispose();
-  defaultRoute();
   return { ms: ms.map(median), work };
 }
 
@@ -154,16 +142,13 @@ export async function run(argv: string[]): Promise<void> {
     if (!Number.isInteger(v) || v < 1) throw new UserError(`--${name}: expected a positive integer, got ${v}`);
   }
   const info = await initBackend('wasm');
-  defaultRoute();
   process.stdout.write(`backend: ${info.reason}\n`);
   const simd = (variant: GemmVariant, label: string): Route[] => {
-    setSimdGemmVariant(variant);
-    const ok = wasmGemmVariant() === variant;
+    const ok = withKernelOptions({ gemmVariant: variant }, () => wasmGemmVariant() === variant);
     if (!ok) process.stdout.write(`(the ${label} build cannot run on this engine: left out)\n`);
     return ok ? [{ label, scope: 'all', variant }] : [];
   };
   const builds = [...simd('fma', 'fma'), ...simd('muladd', 'mul+add')];
-  defaultRoute();
   if (!builds.length) {
     process.stdout.write('this engine cannot run the SIMD GEMM (no wasm SIMD); nothing to compare\n');
     return;
@@ -171,11 +156,11 @@ export async function run(argv: string[]): Promise<void> {
   // V8 runs a wasm function on its baseline compiler until it has run a while, then switches to
   // the optimised code compiled in the background: without this, the first rows time the former.
   for (const r of builds) {
-    useRoute(r);
-    const t0 = performance.now();
-    while (performance.now() - t0 < 1500) tf.tidy(() => tf.matMul(tf.ones([130, 65, 65]), tf.ones([130, 65, 32])).dataSync());
+    withKernelOptions(routeOptions(r), () => {
+      const t0 = performance.now();
+      while (performance.now() - t0 < 1500) tf.tidy(() => tf.matMul(tf.ones([130, 65, 65]), tf.ones([130, 65, 32])).dataSync());
+    });
   }
-  defaultRoute();
   const shapes = (preset: string) => {
     const cfg = resolveModelConfig({ preset, imageSize: image, labels: loadLabelSet('chexpert14').labels });
     const T = (image / cfg.patchSize) ** 2 + 1;
@@ -265,17 +250,14 @@ export async function run(argv: string[]): Promise<void> {
   for (const preset of models) {
     const step = await trainingStep('wasm', preset, batch, image);
     for (const r of stepRoutes) {
-      useRoute(r);
-      await step.run(); // warm-up on this path: kernels compiled and tiered up, memory grown
+      await withKernelOptions(routeOptions(r), () => step.run()); // warm-up on this path: kernels compiled and tiered up, memory grown
     }
     for (const r of stepRoutes) {
-      useRoute(r);
-      const p = await profileStep(step);
+      const p = await withKernelOptions(routeOptions(r), () => profileStep(step));
       process.stdout.write(
         `${preset.padEnd(6)} ${r.label.padEnd(18)} ${col(p.total.toFixed(0), 11)} ${col(p.bmm.toFixed(0), 15)} ${col(p.batched.toFixed(0), 14)} ${col(((100 * p.bmm) / p.total).toFixed(0) + '%', 6)} ${col(p.gflops.toFixed(1))}\n`,
       );
     }
     step.dispose();
   }
-  defaultRoute();
 }

@@ -4,7 +4,7 @@ import { loadLabelSet } from '../shared/labels.js';
 import { initBackend } from '../kernels/backend.js';
 import { MODEL_PRESETS, resolveModelConfig, tokenCount } from '../model/config.js';
 import { dense, residualMlp } from '../model/layers.js';
-import { setSimdDenseEpilogue, wasmDenseActive } from '../kernels/wasm-kernels.js';
+import { wasmDenseActive } from '../kernels/tfjs/dense.js';
 import { arg } from './args.js';
 import { randomTensor, timeSwitched } from './switched.js';
 
@@ -13,7 +13,7 @@ import { randomTensor, timeSwitched } from './switched.js';
  * backend, a ViT block's dense layers at the encoder's shapes ([batch*tokens, width] in), forward
  * alone and forward + backward (tf.grads with a given dy): qkv (x W + b), out_proj (+ residual)
  * and the MLP (c_fc with GELU, c_proj + residual: residualMlp), with the bias, GELU and residual
- * in the SIMD GEMM's epilogue (worker/simd-gemm.ts) next to the separate matMul, Add, GELU and
+ * in the SIMD GEMM's epilogue (kernels/simd/gemm.ts) next to the separate matMul, Add, GELU and
  * Multiply kernels they replace (the reference), alternating call by call in one run.
  */
 
@@ -73,8 +73,9 @@ export async function run(argv: string[]): Promise<void> {
     ];
     const sum = { fOff: 0, fOn: 0, bOff: 0, bOn: 0 };
     for (const [name, f, inputs, dy] of layers) {
-      const fwd = timeSwitched(reps, setSimdDenseEpilogue, () => f(...inputs));
-      const both = timeSwitched(reps, setSimdDenseEpilogue, () => {
+      const epilogue = (on: boolean) => ({ denseEpilogue: on });
+      const fwd = timeSwitched(reps, epilogue, () => f(...inputs));
+      const both = timeSwitched(reps, epilogue, () => {
         const g = tf.grads(f)(inputs, dy);
         return g;
       });

@@ -4,7 +4,8 @@ import { loadLabelSet } from '../shared/labels.js';
 import { initBackend } from '../kernels/backend.js';
 import { MODEL_PRESETS, resolveModelConfig, tokenCount } from '../model/config.js';
 import { gelu, layerNorm } from '../model/layers.js';
-import { setSimdNormGelu, wasmNormGeluActive } from '../kernels/wasm-kernels.js';
+import { wasmNormGeluActive } from '../kernels/tfjs/gelu.js';
+import { withKernelOptions } from '../kernels/options.js';
 import { trainingStep } from './step.js';
 import { arg } from './args.js';
 import { randomTensor, timeSwitched } from './switched.js';
@@ -13,7 +14,7 @@ import { randomTensor, timeSwitched } from './switched.js';
  * `npm run bench -- norm-gelu [--models tiny,small] [--batch 32] [--image 64] [--reps 20]`: on the
  * wasm backend, layerNorm at the encoder's shape [batch*tokens, width] and gelu at the MLP's
  * [batch*tokens, 4*width], forward alone and forward + backward (tf.grads with a given dy), on
- * the SIMD kernels (worker/simd-norm-gelu.ts) next to the tfjs-kernel path they replace (the
+ * the SIMD kernels (kernels/simd/norm-gelu.ts) next to the tfjs-kernel path they replace (the
  * reference), alternating in one run; then what one training step spends in them (layers*2 + 2
  * layerNorms and `layers` gelus of those shapes); then one training step per model under
  * tf.profile on each path: the summed kernel time and the kernels that take the most.
@@ -47,12 +48,13 @@ export async function run(argv: string[]): Promise<void> {
       throw new UserError(`--models: unknown model '${m}' (known: ${MODEL_PRESETS.join(', ')})`);
   if (!(Number.isInteger(reps) && reps > 0)) throw new UserError(`--reps must be a positive integer, got '${arg(argv, 'reps', '')}'`);
   await initBackend('wasm');
+  const normGelu = (on: boolean) => ({ normGelu: on });
   if (!wasmNormGeluActive()) {
     process.stdout.write('the SIMD LayerNorm/GELU kernels cannot run on this engine (no wasm SIMD): nothing to compare\n');
     return;
   }
   process.stdout.write(
-    `wasm backend, median of ${reps} calls per path, paths alternating (tfjs: the tfjs-kernel path of worker/model/layers.ts; simd: worker/simd-norm-gelu.ts)\n`,
+    `wasm backend, median of ${reps} calls per path, paths alternating (tfjs: the tfjs-kernel path of model/layers.ts; simd: kernels/simd/norm-gelu.ts)\n`,
   );
   process.stdout.write(
     `${'model'.padEnd(6)} ${'op'.padEnd(22)} ${'pass'.padEnd(9)} ${'tfjs ms'.padStart(9)} ${'simd ms'.padStart(9)} ${'speed-up'.padStart(9)}\n`,
@@ -72,20 +74,20 @@ export async function run(argv: string[]): Promise<void> {
       {
         op: `layerNorm [${R},${W}]`,
         pass: 'forward',
-        ms: timeSwitched(reps, setSimdNormGelu, () => ln(x, gamma, beta)),
+        ms: timeSwitched(reps, normGelu, () => ln(x, gamma, beta)),
         perStep: 2 * cfg.layers + 2,
       },
       {
         op: `layerNorm [${R},${W}]`,
         pass: 'fwd+bwd',
-        ms: timeSwitched(reps, setSimdNormGelu, () => tf.grads(ln)([x, gamma, beta], dyLn)),
+        ms: timeSwitched(reps, normGelu, () => tf.grads(ln)([x, gamma, beta], dyLn)),
         perStep: 2 * cfg.layers + 2,
       },
-      { op: `gelu [${R},${4 * W}]`, pass: 'forward', ms: timeSwitched(reps, setSimdNormGelu, () => gelu(h)), perStep: cfg.layers },
+      { op: `gelu [${R},${4 * W}]`, pass: 'forward', ms: timeSwitched(reps, normGelu, () => gelu(h)), perStep: cfg.layers },
       {
         op: `gelu [${R},${4 * W}]`,
         pass: 'fwd+bwd',
-        ms: timeSwitched(reps, setSimdNormGelu, () => tf.grads((a: tf.Tensor) => gelu(a))([h], dyGelu)),
+        ms: timeSwitched(reps, normGelu, () => tf.grads((a: tf.Tensor) => gelu(a))([h], dyGelu)),
         perStep: cfg.layers,
       },
     ];
@@ -106,8 +108,7 @@ export async function run(argv: string[]): Promise<void> {
     try {
       await step.run(); // warm-up: kernels compiled, memory grown
       for (const p of PATHS) {
-        setSimdNormGelu(p.on);
-        const r = await profileStep(step);
+        const r = await withKernelOptions({ normGelu: p.on }, () => profileStep(step));
         const top = r.top
           .slice(0, 8)
           .map(([name, ms]) => `${name} ${ms.toFixed(0)}`)
@@ -115,7 +116,6 @@ export async function run(argv: string[]): Promise<void> {
         process.stdout.write(`${preset.padEnd(6)} ${p.name.padEnd(5)} ${r.total.toFixed(0).padStart(6)} ms: ${top}\n`);
       }
     } finally {
-      setSimdNormGelu(true);
       step.dispose();
     }
   }

@@ -2,7 +2,8 @@ import { loadLabelSet } from '../shared/labels.js';
 import { mulberry32, normalSource } from '../shared/random/generators.js';
 import { resolveModelConfig } from '../model/config.js';
 import { modelLayout } from '../model/vit.js';
-import { adamwStep, clipFactor, decayMask, scaleInPlace, setSimdAdamw, sumOfSquares } from '../worker/steps/adamw.js';
+import { adamwStep, clipFactor, decayMask, scaleInPlace, sumOfSquares } from '../worker/steps/adamw.js';
+import { withKernelOptions } from '../kernels/options.js';
 import { simdAdamwAvailable } from '../kernels/simd/adamw.js';
 import { median } from './median.js';
 import { arg } from './args.js';
@@ -11,7 +12,7 @@ import { arg } from './args.js';
  * `npm run bench -- optimizer [--models tiny,small] [--steps 12]`: the optimizer's part of a
  * training step on the flat vectors of each model (the global norm, the clipping and AdamW), as
  * before (the JavaScript loop after a separate scaling pass, the reference) and now (AdamW on the
- * SIMD kernel of worker/simd-adamw.ts, which applies the clipping scale as it reads each
+ * SIMD kernel of kernels/simd/adamw.ts, which applies the clipping scale as it reads each
  * gradient), alternating step by step. A 64 MiB buffer is written between steps so the vectors
  * come from memory, as after a training step's forward and backward. Both give the same bits.
  */
@@ -46,18 +47,18 @@ export async function run(argv: string[]): Promise<void> {
         const st = state[i]!;
         st.g.set(grads); // a fresh gradient each step, as the backward pass writes one
         evict.fill(s);
-        setSimdAdamw(simd);
-        const t0 = performance.now();
-        const clip = clipFactor(Math.sqrt(sumOfSquares(st.g)), 1e-3); // small enough that it scales
-        if (simd) adamwStep(st.p, st.g, st.m, st.v, { start: 0, end: n }, hyper, s, mask, clip);
-        else {
-          scaleInPlace(st.g, clip);
-          adamwStep(st.p, st.g, st.m, st.v, { start: 0, end: n }, hyper, s, mask);
-        }
-        if (s > 2) times[i]!.push(performance.now() - t0);
+        withKernelOptions({ adamw: simd }, () => {
+          const t0 = performance.now();
+          const clip = clipFactor(Math.sqrt(sumOfSquares(st.g)), 1e-3); // small enough that it scales
+          if (simd) adamwStep(st.p, st.g, st.m, st.v, { start: 0, end: n }, hyper, s, mask, clip);
+          else {
+            scaleInPlace(st.g, clip);
+            adamwStep(st.p, st.g, st.m, st.v, { start: 0, end: n }, hyper, s, mask);
+          }
+          if (s > 2) times[i]!.push(performance.now() - t0);
+        });
       }
     }
-    setSimdAdamw(true);
     const same = state[0]!.p.every((x, j) => Object.is(x, state[1]!.p[j]));
     const [loop, simd] = times.map(median) as [number, number];
     process.stdout.write(

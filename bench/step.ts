@@ -8,13 +8,7 @@ import { resolveModelConfig } from '../model/config.js';
 import { CxrModel, initialParams } from '../model/vit.js';
 import { adamwStep, clipFactor, decayMask, sumOfSquares } from '../worker/steps/adamw.js';
 import { computeGradients, localComm } from '../worker/steps/forward-backward.js';
-import {
-  setSimdAttentionHeads,
-  setSimdDenseEpilogue,
-  setSimdNormGelu,
-  setSimdSoftmaxGrad,
-  setSimdTranspose,
-} from '../kernels/wasm-kernels.js';
+import { withKernelOptions, type KernelOptions } from '../kernels/options.js';
 import { matMulFlops, simdPeak } from './simd-peak.js';
 import { runTorchReference } from './torch-reference.js';
 import { median } from './median.js';
@@ -26,7 +20,7 @@ import { arg } from './args.js';
  * parameters back) per model and backend, next to PyTorch's time for the same architecture, batch
  * and losses measured in the same run on one thread (bench/reference/vit_step.py), as installed
  * and again with its tensors on transparent huge pages (the `PyTorch THP` columns; the wasm heap
- * is on them by default, worker/heap-pages.ts). `--warmup` steps run first on both sides: a fresh
+ * is on them by default, kernels/heap-pages.ts). `--warmup` steps run first on both sides: a fresh
  * tfjs process is ~10% slower for its first steps (V8 still optimising, the heap faulting in).
  * `--norm-gelu` (wasm only): LayerNorm/GELU on the SIMD kernels (on, the default), on tfjs
  * kernels (off), or `ab`: both, steps alternating on one model, each path a row.
@@ -102,15 +96,18 @@ interface Setting {
   transpose: boolean;
 }
 
-/** Every wasm switch on: the default, and what the switches are left at. */
+/** Every wasm option on: the default. */
 const ALL_ON: Setting = { normGelu: true, epilogue: true, softmaxGrad: true, transpose: true };
 
-function applySetting(on: Setting): void {
-  setSimdNormGelu(on.normGelu);
-  setSimdDenseEpilogue(on.epilogue);
-  setSimdSoftmaxGrad(on.softmaxGrad);
-  setSimdTranspose(on.transpose);
-  setSimdAttentionHeads(on.transpose);
+/** The kernel options a setting stands for. */
+function settingOptions(on: Setting): Partial<KernelOptions> {
+  return {
+    normGelu: on.normGelu,
+    denseEpilogue: on.epilogue,
+    softmaxGrad: on.softmaxGrad,
+    transpose: on.transpose,
+    attentionHeads: on.transpose,
+  };
 }
 
 /** Step times per setting of the wasm switches, the settings alternating step by step. */
@@ -128,15 +125,15 @@ async function tfjsStepMs(
   try {
     for (let s = 1; s <= warmup + steps; s++) {
       for (const [i, on] of settings.entries()) {
-        applySetting(on);
-        const t0 = performance.now();
-        await step.run();
-        // The first steps compile the kernels, let V8 optimise tfjs's JavaScript and fault the heap in.
-        if (s > warmup) times[i]!.push(performance.now() - t0);
+        await withKernelOptions(settingOptions(on), async () => {
+          const t0 = performance.now();
+          await step.run();
+          // The first steps compile the kernels, let V8 optimise tfjs's JavaScript and fault the heap in.
+          if (s > warmup) times[i]!.push(performance.now() - t0);
+        });
       }
     }
   } finally {
-    applySetting(ALL_ON);
     step.dispose();
   }
   return times;
@@ -198,8 +195,12 @@ async function wasmCeiling(
   const atPeakMs = (gflop / peak) * 1000;
   const oursRest = Math.max(0, stepMs - p.matMulMs);
   const lines = [
-    `  wasm ceiling: the step's matMuls are ${gflop.toFixed(2)} GFLOP; one profiled step spends ${p.matMulMs.toFixed(0)} ms of kernel time in them (${rate(p.matMulMs).toFixed(1)} GFLOP/s) and ${p.otherMs.toFixed(0)} ms in the other kernels; the rest of our step (other kernels, JavaScript) ${oursRest.toFixed(0)} ms`,
-    `    this engine's SIMD peak, measured now (a GEMM micro-kernel's loop from L1; no whole product reaches it): mul+add ${mulAdd ? `${mulAdd.gflops.toFixed(1)} GFLOP/s (${mulAdd.tile})` : 'n/a'}, relaxed-SIMD FMA ${fma ? `${fma.gflops.toFixed(1)} GFLOP/s (${fma.tile})` : 'not available on this engine'}`,
+    `  wasm ceiling: the step's matMuls are ${gflop.toFixed(2)} GFLOP; one profiled step spends ${p.matMulMs.toFixed(0)} ms ` +
+      `of kernel time in them (${rate(p.matMulMs).toFixed(1)} GFLOP/s) and ${p.otherMs.toFixed(0)} ms in the other kernels; ` +
+      `the rest of our step (other kernels, JavaScript) ${oursRest.toFixed(0)} ms`,
+    "    this engine's SIMD peak, measured now (a GEMM micro-kernel's loop from L1; no whole product reaches it): " +
+      `mul+add ${mulAdd ? `${mulAdd.gflops.toFixed(1)} GFLOP/s (${mulAdd.tile})` : 'n/a'}, ` +
+      `relaxed-SIMD FMA ${fma ? `${fma.gflops.toFixed(1)} GFLOP/s (${fma.tile})` : 'not available on this engine'}`,
     `    at that peak the matMuls alone take >= ${atPeakMs.toFixed(0)} ms`,
   ];
   if (torchMs === null) return lines.join('\n') + '\n';
@@ -217,7 +218,9 @@ async function wasmCeiling(
     const need = goalMs > oursRest ? rate(goalMs - oursRest) : null;
     lines.push(
       `    PyTorch, one profiled step: its matMuls (BLAS) take ${torchMatMulMs.toFixed(0)} ms, ${rate(torchMatMulMs).toFixed(1)} GFLOP/s on the same FLOPs = ${(rate(torchMatMulMs) / peak).toFixed(2)}x this engine's peak; the rest of its step ${torchRest.toFixed(0)} ms`,
-      `    goal (1.5x = ${goalMs.toFixed(0)} ms) would leave ${(goalMs - atPeakMs).toFixed(0)} ms for the rest if every matMul ran at the peak (${(((goalMs - atPeakMs) / torchRest) * 100).toFixed(0)}% of PyTorch's rest; ours is ${oursRest.toFixed(0)} ms); with the rest as it is, the matMuls would need ${need === null ? 'less than no time' : `${need.toFixed(1)} GFLOP/s (${((need / peak) * 100).toFixed(0)}% of the peak)`}`,
+      `    goal (1.5x = ${goalMs.toFixed(0)} ms) would leave ${(goalMs - atPeakMs).toFixed(0)} ms for the rest if every matMul ran at the peak ` +
+        `(${(((goalMs - atPeakMs) / torchRest) * 100).toFixed(0)}% of PyTorch's rest; ours is ${oursRest.toFixed(0)} ms); ` +
+        `with the rest as it is, the matMuls would need ${need === null ? 'less than no time' : `${need.toFixed(1)} GFLOP/s (${((need / peak) * 100).toFixed(0)}% of the peak)`}`,
     );
   }
   return lines.join('\n') + '\n';
@@ -225,7 +228,7 @@ async function wasmCeiling(
 
 /**
  * glibc's tunable that makes malloc advise its mappings onto transparent huge pages: the PyTorch
- * reference run a second time with it, next to our wasm heap, which worker/heap-pages.ts advises
+ * reference run a second time with it, next to our wasm heap, which kernels/heap-pages.ts advises
  * onto them, so that the table also compares like with like.
  */
 const TORCH_THP_ENV = { GLIBC_TUNABLES: 'glibc.malloc.hugetlb=1' };

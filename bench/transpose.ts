@@ -4,7 +4,7 @@ import { loadLabelSet } from '../shared/labels.js';
 import { initBackend } from '../kernels/backend.js';
 import { MODEL_PRESETS, resolveModelConfig, tokenCount } from '../model/config.js';
 import { attentionHeads } from '../model/layers.js';
-import { setSimdAttentionHeads, setSimdTranspose, wasmAttentionHeadsActive } from '../kernels/wasm-kernels.js';
+import { wasmAttentionHeadsActive } from '../kernels/tfjs/attention-heads.js';
 import { arg } from './args.js';
 import { randomTensor, timeSwitched } from './switched.js';
 
@@ -12,7 +12,7 @@ import { randomTensor, timeSwitched } from './switched.js';
  * `npm run bench -- transpose [--models tiny,small] [--batch 32] [--image 64] [--reps 30]`: on the
  * wasm backend, at one attention layer's shapes, the merge's Transpose ([B, H, T, d] -> [B, T, H, d])
  * and its gradient's (the reverse), and the head split (qkv [B*T, 3W] -> q * d^-0.5, k, v) forward
- * and forward + backward, each on the row-copy kernels (worker/simd-transpose.ts) next to the
+ * and forward + backward, each on the row-copy kernels (kernels/simd/transpose.ts) next to the
  * backend's Transpose with tfjs's split, multiply and concat (the reference), alternating call by
  * call in one run; then x layers for one step.
  */
@@ -29,7 +29,7 @@ export async function run(argv: string[]): Promise<void> {
   await initBackend('wasm');
   if (!wasmAttentionHeadsActive()) throw new UserError('transpose: the row-copy kernels cannot run on this engine (no wasm SIMD)');
   process.stdout.write(
-    `wasm, batch ${batch} of ${image}x${image}, ms per call (median of ${reps}), tfjs = the backend's Transpose + split/multiply/concat, rows = worker/simd-transpose.ts\n`,
+    `wasm, batch ${batch} of ${image}x${image}, ms per call (median of ${reps}), tfjs = the backend's Transpose + split/multiply/concat, rows = kernels/simd/transpose.ts\n`,
   );
   process.stdout.write(`${'model'.padEnd(6)} ${'op'.padEnd(44)} ${'tfjs'.padStart(8)} ${'rows'.padStart(8)}\n`);
   for (const preset of models) {
@@ -39,15 +39,7 @@ export async function run(argv: string[]): Promise<void> {
     const qkv = randomTensor([batch * T, 3 * W], 1) as tf.Tensor2D;
     const ctx = randomTensor([batch, H, T, d], 2);
     const dy = [3, 4, 5].map((s) => randomTensor([batch * H, T, d], s));
-    const timed = (f: () => tf.Tensor | tf.Tensor[]) =>
-      timeSwitched(
-        reps,
-        (on) => {
-          setSimdTranspose(on);
-          setSimdAttentionHeads(on);
-        },
-        f,
-      );
+    const timed = (f: () => tf.Tensor | tf.Tensor[]) => timeSwitched(reps, (on) => ({ transpose: on, attentionHeads: on }), f);
     const rows: [string, { off: number; on: number }][] = [
       [`merge Transpose [${batch},${H},${T},${d}] [0,2,1,3]`, timed(() => tf.transpose(ctx, [0, 2, 1, 3]))],
       [

@@ -6,8 +6,10 @@ import * as tf from '@tensorflow/tfjs';
 import { UserError, errorMessage } from '../shared/util/errors.js';
 import { adviseHeapHugePages } from './heap-pages.js';
 import { gemmVariants } from './simd/gemm.js';
-import { registerWasmGradientKernels, setSimdGemmVariant, wasmGemmVariant } from './wasm-kernels.js';
-import { useWebGpu } from './webgpu.js';
+import { setKernelOptions } from './options.js';
+import { wasmGemmVariant } from './tfjs/batch-mat-mul.js';
+import { registerWasmGradientKernels } from './tfjs/register.js';
+import { noGpuDeviceNode, useWebGpu } from './webgpu.js';
 
 export type BackendChoice = 'auto' | 'tensorflow' | 'webgpu' | 'webgpu-software' | 'wasm' | 'cpu';
 export const BACKEND_CHOICES: readonly BackendChoice[] = ['auto', 'tensorflow', 'webgpu', 'webgpu-software', 'wasm', 'cpu'];
@@ -53,10 +55,10 @@ async function tryImport(pkg: string): Promise<string | null> {
  */
 function allowRelaxedSimd(): string {
   if (process.env.CXR_WASM_RELAXED_SIMD === '0') {
-    setSimdGemmVariant('muladd');
+    setKernelOptions({ gemmVariant: 'muladd' });
     return 'relaxed SIMD off by CXR_WASM_RELAXED_SIMD=0';
   }
-  setSimdGemmVariant('auto');
+  setKernelOptions({ gemmVariant: 'auto' });
   if (gemmVariants().includes('fma')) return 'relaxed SIMD standard in this engine';
   v8.setFlagsFromString('--experimental-wasm-relaxed-simd');
   return gemmVariants().includes('fma') ? 'relaxed SIMD on by --experimental-wasm-relaxed-simd' : 'no relaxed SIMD in this engine';
@@ -132,10 +134,14 @@ export async function initBackend(choice: BackendChoice): Promise<BackendInfo> {
       } else {
         tried.push('tfjs-node-gpu: no NVIDIA GPU visible');
       }
-      try {
-        return done('webgpu', `auto: WebGPU on ${await useWebGpu(false)}`);
-      } catch (e) {
-        tried.push(`webgpu: ${errorMessage(e).split(/\. Looked for|: it computes/)[0]}`);
+      const noGpu = noGpuDeviceNode();
+      if (noGpu) tried.push(`webgpu: ${noGpu}`);
+      else {
+        try {
+          return done('webgpu', `auto: WebGPU on ${await useWebGpu(false)}`);
+        } catch (e) {
+          tried.push(`webgpu: ${errorMessage(e).split(/\. Looked for|: it computes/)[0]}`);
+        }
       }
       const err = await tryImport('@tensorflow/tfjs-node');
       if (err === null) return done('tensorflow', 'auto: tfjs-node (native TensorFlow on the CPU)');

@@ -2,14 +2,13 @@ import { readFileSync } from 'node:fs';
 import { shmNative } from '../native/addon.js';
 
 /**
- * Transparent huge pages for the wasm backend's heap. The step's tensors (~200 MiB of heap for
- * the tiny model) are read in strided panels by the GEMM's packing and in rows by everything
- * else; on 4 KiB pages that walks far more pages than the TLB holds. Linux backs memory with
- * 2 MiB pages only where asked (THP policy "madvise", the common default), and neither V8 nor
- * emscripten asks, so the heap is advised here, once, right after the backend starts: the
- * advice covers the range the memory can grow into (V8 reserves it up front on 64-bit hosts), so
- * pages added later fault in huge. Measured: ~8% off a tiny training step; PyTorch gains about
- * as much from the same advice (docs/performance.md, "Huge pages for the heap").
+ * Transparent huge pages for the wasm backend's heap. The step's tensors (hundreds of MiB of
+ * heap) are read in strided panels by the GEMM's packing and in rows by everything else; on 4 KiB
+ * pages that walks far more pages than the TLB holds. Linux backs memory with 2 MiB pages only
+ * where asked (THP policy "madvise", the common default), and neither V8 nor emscripten asks, so
+ * the heap is advised here, once, right after the backend starts: the advice covers the range the
+ * memory can grow into (V8 reserves it up front on 64-bit hosts), so pages added later fault in
+ * huge. The gain is measured in docs/performance.md, "Huge pages for the heap".
  */
 
 /** The most a 32-bit WebAssembly memory can grow to: what the advice covers from the heap's start. */

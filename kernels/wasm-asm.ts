@@ -1,10 +1,10 @@
 /**
  * A tiny WebAssembly assembler for the project's hand-written SIMD kernels: the build has no wasm
- * toolchain, and a kernel of more than a few dozen instructions written as raw bytes (as
- * worker/collectives/simd-add.ts is) cannot be reviewed. Each method emits one instruction and
- * is named after it in the text format (`local.get` -> get, `f32x4.add` -> f32x4Add), so a body
- * reads as the WAT it stands for. Only what the kernels use is here: i32, f32 and v128 values, one
- * imported memory, functions without results, structured control with named labels.
+ * toolchain, and a kernel of more than a few dozen instructions written as raw bytes cannot be
+ * reviewed. Each method emits one instruction and is named after it in the text format
+ * (`local.get` -> get, `f32x4.add` -> f32x4Add), so a body reads as the WAT it stands for. Only
+ * what the kernels use is here: i32, f32 and v128 values, one imported memory, functions without
+ * results, structured control with named labels.
  */
 
 /** The part of the WebAssembly API the kernels use (the project's lib settings carry no WebAssembly types). */

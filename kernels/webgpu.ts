@@ -99,6 +99,22 @@ export function selectVulkanDevice(env: NodeJS.ProcessEnv = process.env, pciRoot
   return `GPU ${index} of ${gpus.length} at PCI ${pci} by Mesa's device-select layer (DRI_PRIME=${env.DRI_PRIME})`;
 }
 
+/**
+ * Why there can be no hardware adapter here, or null where a GPU's device node exists (a DRM
+ * render node, or NVIDIA's control node, which containers get without /dev/dri). `auto` asks Dawn
+ * only where one exists: elsewhere Dawn would find at best a software adapter, which auto never
+ * takes, after printing its start-up warnings into every worker's log.
+ */
+export function noGpuDeviceNode(dev = '/dev'): string | null {
+  if (existsSync(path.join(dev, 'nvidiactl'))) return null;
+  try {
+    if (readdirSync(path.join(dev, 'dri')).some((f) => f.startsWith('renderD'))) return null;
+  } catch {
+    // no /dev/dri
+  }
+  return `no GPU device node (${dev}/dri/renderD*, ${dev}/nvidiactl)`;
+}
+
 const ICD_DIRS = ['/usr/share/vulkan/icd.d', '/etc/vulkan/icd.d', '/usr/local/share/vulkan/icd.d'];
 const LIB_DIRS = ['/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/usr/lib64', '/usr/lib', '/lib/x86_64-linux-gnu', '/lib64'];
 

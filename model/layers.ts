@@ -1,15 +1,10 @@
 import * as tf from '@tensorflow/tfjs';
-import {
-  ATTENTION_HEADS_KERNELS,
-  DENSE_KERNEL,
-  MATMUL_MUL_KERNEL,
-  NORM_GELU_KERNELS as K,
-  SOFTMAX_GRAD_KERNEL,
-  wasmAttentionHeadsActive,
-  wasmDenseActive,
-  wasmNormGeluActive,
-  wasmSoftmaxGradActive,
-} from '../kernels/wasm-kernels.js';
+import { ATTENTION_HEADS_KERNELS, wasmAttentionHeadsActive } from '../kernels/tfjs/attention-heads.js';
+import { DENSE_KERNEL, wasmDenseActive } from '../kernels/tfjs/dense.js';
+import { GELU_KERNELS, wasmNormGeluActive } from '../kernels/tfjs/gelu.js';
+import { LAYER_NORM_KERNELS } from '../kernels/tfjs/layer-norm.js';
+import { MATMUL_MUL_KERNEL } from '../kernels/tfjs/matmul-mul.js';
+import { SOFTMAX_GRAD_KERNEL, wasmSoftmaxGradActive } from '../kernels/tfjs/softmax-grad.js';
 
 /**
  * Layer norm over the last axis of a 2-D tensor with a hand-written gradient: autodiff through
@@ -48,7 +43,7 @@ export function layerNorm(x: tf.Tensor2D, gamma: tf.Tensor1D, beta: tf.Tensor1D,
 }
 
 /**
- * layerNorm on the wasm backend's SIMD kernels (worker/simd-norm-gelu.ts: the same math, one
+ * layerNorm on the wasm backend's SIMD kernels (kernels/simd/norm-gelu.ts: the same math, one
  * kernel each way instead of ~8). The forward also returns each row's mean and rstd, which the
  * backward needs with x and gamma (xhat is recomputed there rather than kept).
  */
@@ -56,11 +51,15 @@ function simdLayerNorm(x: tf.Tensor2D, gamma: tf.Tensor1D, beta: tf.Tensor1D, ep
   const f = tf.customGrad((xIn, gIn, bIn, save) => {
     const [y, mean, rstd] = tf
       .engine()
-      .runKernel(K.layerNorm, { x: xIn as tf.Tensor, gamma: gIn as tf.Tensor, beta: bIn as tf.Tensor }, { eps }) as tf.Tensor[];
+      .runKernel(
+        LAYER_NORM_KERNELS.layerNorm,
+        { x: xIn as tf.Tensor, gamma: gIn as tf.Tensor, beta: bIn as tf.Tensor },
+        { eps },
+      ) as tf.Tensor[];
     (save as tf.GradSaveFunc)([xIn as tf.Tensor, gIn as tf.Tensor, mean!, rstd!]);
     const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]) => {
       const [xs, g, m, r] = saved as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
-      return tf.engine().runKernel(K.layerNormGrad, { dy, x: xs, gamma: g, mean: m, rstd: r }, {}) as tf.Tensor[];
+      return tf.engine().runKernel(LAYER_NORM_KERNELS.layerNormGrad, { dy, x: xs, gamma: g, mean: m, rstd: r }, {}) as tf.Tensor[];
     };
     return { value: y!, gradFunc };
   });
@@ -102,8 +101,10 @@ function simdGelu<T extends tf.Tensor>(x: T): T {
   const f = tf.customGrad((xIn, save) => {
     (save as tf.GradSaveFunc)([xIn as tf.Tensor]);
     return {
-      value: tf.engine().runKernel(K.gelu, { x: xIn as tf.Tensor }, {}) as tf.Tensor,
-      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => [tf.engine().runKernel(K.geluGrad, { dy, x: saved[0]! }, {}) as tf.Tensor],
+      value: tf.engine().runKernel(GELU_KERNELS.gelu, { x: xIn as tf.Tensor }, {}) as tf.Tensor,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => [
+        tf.engine().runKernel(GELU_KERNELS.geluGrad, { dy, x: saved[0]! }, {}) as tf.Tensor,
+      ],
     };
   });
   return f(x) as T;
@@ -138,7 +139,7 @@ export function dense(x: tf.Tensor2D, w: tf.Tensor2D, b?: tf.Tensor1D, then?: De
 }
 
 /**
- * dense on the fused kernel (worker/wasm-kernels.ts's CxrDense). The backward is the unfused
+ * dense on the fused kernel (kernels/tfjs/dense.ts's CxrDense). The backward is the unfused
  * graph's, op for op: dz = dy (after a GELU, dy * gelu'(z), the kernel's second output, which is
  * CxrGeluGrad(dy, z) to the bit without evaluating erf and exp again), dx = dz W^T,
  * dW = x^T dz, db = the column sums of dz, and dy itself for the residual.

@@ -5,6 +5,7 @@ import { UserError } from '../shared/util/errors.js';
 import { BACKEND_CHOICES } from '../kernels/backend.js';
 import { checkRgb, checkVisualHead, MODEL_PRESETS, type ModelConfig, type Rgb, VISUAL_HEADS } from './config.js';
 import { PRIOR_SCOPES, type PriorScope } from './prior-scope.js';
+import { parseFreeze } from './param-groups.js';
 import type { LabelPriorKind } from './label-prior.js';
 import type { BlankPolicy, UncertaintyPolicy } from './targets.js';
 
@@ -52,6 +53,9 @@ const trainFlagsSchema = z.object({
   priorScope: z.enum(PRIOR_SCOPES).optional(),
   visualHead: z.enum(VISUAL_HEADS).optional(),
   visualHeadLayers: z.number().optional(),
+  freeze: z.array(z.string()).optional(),
+  headLr: nonNegative.optional(),
+  lrLayerDecay: z.number().optional(),
   uncertainty: z.string(),
   uncertaintyLabel: z.array(z.string()),
   blank: z.enum(['mask', 'zeros']),
@@ -79,6 +83,9 @@ export type TrainConfig = Omit<
   | 'priorScope'
   | 'visualHead'
   | 'visualHeadLayers'
+  | 'freeze'
+  | 'headLr'
+  | 'lrLayerDecay'
   | 'pretrained'
   | 'imageMean'
   | 'imageStd'
@@ -96,6 +103,10 @@ export type TrainConfig = Omit<
   visualHeadLayers?: number;
   /** Which prompts the label prior covers (--prior-scope); absent: names. */
   priorScope?: PriorScope;
+  /** Fine-tuning controls (model/param-groups.ts): --freeze values, --head-lr (null: --lr), --lr-layer-decay; absent: none, null, 1. */
+  freeze?: string[];
+  headLr?: number | null;
+  lrLayerDecay?: number;
   /** A pretrained model directory (--pretrained): the model's shape and initial weights; null: --model. */
   pretrained?: string | null;
   /** --image-mean / --image-std: RGB preprocessing of imported and exported weights (both or neither); null: the model's default. */
@@ -123,6 +134,7 @@ export function parseTrainConfig(flags: TrainFlags | Record<string, unknown>): T
   if (a.epochs !== undefined && a.steps !== undefined) throw new UserError('give --epochs or --steps, not both');
   augmentPolicy(a.augment ?? 'none', a.augmentHflip ?? 0);
   checkVisualHead(a.visualHead ?? 'none', a.visualHeadLayers ?? 1);
+  parseFreeze(a.freeze ?? []);
   const image = imageNorm(a.imageMean, a.imageStd);
   return {
     ...a,
@@ -134,6 +146,9 @@ export function parseTrainConfig(flags: TrainFlags | Record<string, unknown>): T
     priorScope: a.priorScope ?? 'names',
     visualHead: a.visualHead ?? 'none',
     visualHeadLayers: a.visualHeadLayers ?? 1,
+    freeze: a.freeze ?? [],
+    headLr: a.headLr ?? null,
+    lrLayerDecay: a.lrLayerDecay ?? 1,
     pretrained: a.pretrained ? path.resolve(a.pretrained) : null,
     imageMean: image ? [...image.mean] : null,
     imageStd: image ? [...image.std] : null,

@@ -49,6 +49,14 @@ export function trainOptions<T>(y: Argv<T>) {
     .option('eval', { choices: ['test', 'val', 'none'] as const, default: 'test' as const, describe: 'split evaluated after training' })
     .option('backend', { choices: BACKEND_CHOICES, default: 'auto' as BackendChoice })
     .option('lr', { type: 'number', default: 1e-3, describe: 'peak learning rate' })
+    .option('freeze', {
+      type: 'string',
+      array: true,
+      default: [] as string[],
+      describe: 'visual | text | visual-blocks:N | text-blocks:N: train none / only the last N blocks of that tower (repeatable)',
+    })
+    .option('head-lr', { type: 'number', describe: 'learning rate of heads, prompts and scales (default: --lr)' })
+    .option('lr-layer-decay', { type: 'number', default: 1, describe: 'layer-wise lr decay over each tower (BEiT; 1: off)' })
     .option('warmup-steps', { type: 'number', default: 20 })
     .option('min-lr-ratio', { type: 'number', default: 0.1, describe: 'final lr as a fraction of --lr (cosine)' })
     .option('weight-decay', { type: 'number', default: 0.05, describe: 'AdamW decay (not on norms, biases, embeddings, scales)' })

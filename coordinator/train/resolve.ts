@@ -9,6 +9,7 @@ import { modelConfigFor } from '../../model/pretrained/model.js';
 import { loadTextEmbeddings } from '../../model/text-embeddings.js';
 import { DEFAULT_ADAMW, type RunConfig, type TrainConfig } from '../../model/train-config.js';
 import { modelLayout } from '../../model/vit.js';
+import { groupOptions, lrMultipliers } from '../../model/param-groups.js';
 import { datasetRowSource } from '../data/dataset-source.js';
 import type { RowSource } from '../job/data-feed.js';
 import { Sampler } from '../job/sampler.js';
@@ -64,6 +65,8 @@ export async function resolveRun(cfg: TrainConfig, ds: Dataset, log: Logger): Pr
   const set = labelSetFor(ds.manifest.labelSet, labels);
   const posWeight = cfg.posWeight === 'balanced' ? await trainingPosWeights(ds) : null;
   const layout = modelLayout(model);
+  // The fine-tuning controls against this model (a --freeze of a tower it lacks is an error now, not in the workers).
+  lrMultipliers(layout, groupOptions(cfg));
   const run: RunConfig = {
     ...cfg,
     resolved: {

@@ -1,18 +1,17 @@
 import { addTo, assembleModule, Body, countdown, instantiateOwnMemory } from '../wasm-asm.js';
 
 /**
- * AdamW's per-element update (worker/optim.ts) as a WebAssembly SIMD kernel, two elements per
- * instruction in float64 (f64x2). The JavaScript loop runs the same float64 operations one element
- * at a time and spends most of its time there (~10 ns an element after a training step, ~2x the
- * memory traffic it needs; ~64 ms of a `small` step): the divide and square root units take two
- * lanes at once here. Every operation is the loop's, in its order, IEEE float64 rounded to nearest
- * (f64x2.mul/add/sub/div/sqrt), with the same conversions (f32 -> f64 exact, f64 -> f32 to
- * nearest, ties to even, as a Float32Array store), so the results are bit-identical to it (a NaN
- * stays a NaN; its payload may differ).
+ * AdamW's per-element update (worker/steps/adamw.ts) as a WebAssembly SIMD kernel, two elements
+ * per instruction in float64 (f64x2). The JavaScript loop runs the same float64 operations one
+ * element at a time and spends most of its time there, not waiting for memory: the divide and
+ * square root units take two lanes at once here. Every operation is the loop's, in its order,
+ * IEEE float64 rounded to nearest (f64x2.mul/add/sub/div/sqrt), with the same conversions
+ * (f32 -> f64 exact, f64 -> f32 to nearest, ties to even, as a Float32Array store), so the results
+ * are bit-identical to it (a NaN stays a NaN; its payload may differ).
  *
  * The vectors are JavaScript Float32Arrays, so they go through the module's own memory in pieces
  * that stay in L2 (copied in, updated, copied back): the traffic to memory is the loop's, the
- * copies are cheap, as in ./collectives/simd-add.ts.
+ * copies are cheap, as in ./add.ts.
  *
  * adamw(p, g, m, v, n, f, scale, beta1, a1, beta2, a2, stepSize, sqrtBc2, eps): for the n floats
  * at each of the four byte offsets, with gs = f32(g * scale) (the clipping's scale, which the loop
@@ -96,7 +95,7 @@ const kernel = instantiate();
 /** Whether the SIMD kernel runs (false: the JavaScript loop, on engines without wasm SIMD). */
 export const simdAdamwAvailable = kernel !== null;
 
-/** The update's constants, as worker/optim.ts derives them for a step. */
+/** The update's constants, as worker/steps/adamw.ts derives them for a step. */
 export interface AdamwConstants {
   scale: number;
   beta1: number;

@@ -3,14 +3,14 @@ import { addTo, assembleModule, Body, instantiateOwnMemory, whileLoop } from '..
 /**
  * The fp32 add of the reduce-scatter, dst[i] = dst[i] + src[i], as a WebAssembly SIMD kernel.
  *
- * V8 does not vectorise the JavaScript loop; it ran at about 3.5 ns per element here, 40% of a
- * rank's main thread in a 64 MiB all-reduce. The kernel adds four lanes per instruction
- * (f32x4.add) in a small wasm memory: each piece of the chunk is copied in (the received bytes
- * and the destination), added, and copied back; the pieces fit in L2, so the copies are cheap and
- * the whole is about twice as fast as the loop. f32x4.add is IEEE binary32 addition rounded to
- * nearest, element by element, the same operation as the loop (a double-precision sum of two
- * fp32 values rounded to fp32 is the correctly rounded fp32 sum), so results are bit-identical to
- * it for every non-NaN input (a NaN stays a NaN; its payload bits may differ).
+ * V8 does not vectorise the JavaScript loop, which took a large share of a rank's main thread in
+ * an all-reduce. The kernel adds four lanes per instruction (f32x4.add) in a small wasm memory:
+ * each piece of the chunk is copied in (the received bytes and the destination), added, and copied
+ * back; the pieces fit in L2, so the copies are cheap and the whole is faster than the loop.
+ * f32x4.add is IEEE binary32 addition rounded to nearest, element by element, the same operation
+ * as the loop (a double-precision sum of two fp32 values rounded to fp32 is the correctly rounded
+ * fp32 sum), so results are bit-identical to it for every non-NaN input (a NaN stays a NaN; its
+ * payload bits may differ).
  *
  * The module is assembled by ../wasm-asm.ts (no toolchain in the build). Its one function,
  * add(d, s, n), adds `n` bytes (a multiple of 16) at s into d; the last 0-3 elements of a chunk

@@ -5,43 +5,35 @@ import { addTo, assembleModule, Body, countdown, instantiateWith, wasmApi, while
  * A batched fp32 GEMM in WebAssembly SIMD for tfjs-backend-wasm's BatchMatMul: every product of
  * the training step, the dense layers' batch-1 ones (which XNNPACK would run, the transposed ones
  * after an explicit Transpose) and the attention products with batch > 1 (which the backend runs in
- * a scalar loop at ~2 GFLOP/s).
+ * a scalar loop). Measurements: docs/performance.md ("Kernels: the figures behind the comments").
  *
  * The module imports the backend's own WebAssembly.Memory, so operands are read and results written
- * where tfjs keeps them (nothing is copied between memories; the only copies are the kernel's
- * own packed panels, in a scratch tensor). The loops are the classic Goto/BLIS ones: k is cut
- * into blocks of at most `kc` and m into blocks of at most `mc`; per k block the block of op(B)
- * [kc, n] is packed into panels of NR columns ([kc][NR] each); op(A)'s [mc, kc] block is read
- * where it is stored (see AMode), or, where that would thrash L1, packed per (k, m) block into
- * panels of MR rows ([kc][MR] each); a last partial panel's missing lanes hold
- * whatever is there (a repeated row, or stale scratch), as no kernel stores them. Packing reads any
- * row/column strides, which is how transposeA/transposeB are handled (no Transpose copy, and the
- * product loop is the same for all four layouts); the two layouts the GEMM meets (k adjacent, or
- * rows/columns adjacent) are packed with vectors. The micro-kernel keeps an MR x NR block of C in
- * f32x4 accumulators and streams MR rows of A and one B panel: per k, NR/4 vector loads of B, MR
- * load-splats of A, MR*NR/4 multiply-adds. The blocks at the right and bottom edges have their own
- * kernels, the same loop cut to their rows and columns (see blockBody). A B panel (kc*NR floats, 8-12 KiB at kc 256) stays in L1
- * while the A panels of the m block pass under it from L2; the packed A block is made just before
- * it is used, so it is still in cache.
+ * where tfjs keeps them; the only copies are the kernel's own packed panels, in a scratch tensor.
+ * The loops are the Goto/BLIS ones: k in blocks of at most `kc`, m in blocks of at most `mc`; per k
+ * block, op(B) [kc, n] is packed into panels of NR columns; op(A) is read where it is stored (see
+ * AMode) or packed per (k, m) block into panels of MR rows. Packing reads any row/column strides,
+ * which is how transposeA/transposeB are handled: the product loop is the same for all four
+ * layouts. The micro-kernel keeps an MR x NR block of C in f32x4 accumulators; the blocks at the
+ * right and bottom edges have their own kernels, the same loop cut to their rows and columns (see
+ * blockBody). A B panel stays in L1 while the A panels of the m block pass under it from L2; the
+ * packed A block is made just before it is used, so it is still in cache.
  *
  * Two builds, chosen by what the engine validates:
- * - 'fma': f32x4.relaxed_madd, which x64 V8 compiles to vfmadd where the CPU has FMA3. Tile 3x12
- *   (nine accumulators, three B vectors, one splat) for products at least WIDE_N columns wide,
- *   4x8 for narrower ones (see TILES). A register-only probe of V8 11.3 here gave ~60 GFLOP/s
- *   for FMA at 3x12 against ~44 for mul+add at any tiling; in this kernel, on packed panels in
- *   cache, 3x12 FMA did 59, 4x8 FMA 55, 6x8 FMA 35 (15 live vectors: it spills), 4x8 mul+add 44.
- *   Relaxed SIMD is standard from V8 11.4 (Node 22); Node 20 has it behind a flag that
- *   worker/backend.ts sets before the module is validated and compiled.
+ * - 'fma': f32x4.relaxed_madd, which x64 V8 compiles to vfmadd where the CPU has FMA3; tile 3x12
+ *   (nine accumulators, three B vectors, one splat) for products at least WIDE_N columns wide, 4x8
+ *   for narrower ones (see TILES). The faster build; 6x8 would spill (15 live vectors). Relaxed
+ *   SIMD is standard from V8 11.4 (Node 22); Node 20 has it behind a flag that kernels/backend.ts
+ *   sets before the module is validated and compiled.
  * - 'muladd': 4x8 with f32x4.mul then f32x4.add (its 3x12 spills: the product needs a register),
  *   for engines with plain wasm SIMD only.
  *
- * Summation order, the same in every build and tile: every C element is one accumulator that starts at 0 and
- * takes a[i,k]*b[k,j] for k = 0, 1, ..., K-1 in that order; cutting k into blocks only parks the
- * accumulator in C between blocks (an exact f32 store and load), so the block sizes do not change
- * the result. 'fma' rounds once per step (acc = fl(a*b + acc)), 'muladd' twice (fl(acc +
- * fl(a*b))); on a CPU without FMA relaxed_madd is mul+add. One thread, fixed order: the same bits on
- * every run on a machine, and for a matrix whatever else is in the batch. (Other kernels sum in
- * other orders, so they agree to rounding, not bit for bit.)
+ * Summation order, the same in every build and tile: every C element is one accumulator that starts
+ * at 0 and takes a[i,k]*b[k,j] for k = 0, 1, ..., K-1 in that order; cutting k into blocks only
+ * parks the accumulator in C between blocks (an exact f32 store and load), so the block sizes do not
+ * change the result. 'fma' rounds once per step (acc = fl(a*b + acc)), 'muladd' twice
+ * (fl(acc + fl(a*b))); on a CPU without FMA relaxed_madd is mul+add. One thread, fixed order: the
+ * same bits on every run on a machine, and for a matrix whatever else is in the batch. (Other
+ * kernels sum in other orders, so they agree to rounding, not bit for bit.)
  */
 
 const I = 'i32';
@@ -59,9 +51,9 @@ interface Tile {
 /**
  * Each build's micro-kernels, widest first. The FMA build has two: 3x12 for the dense products,
  * 4x8 for narrow ones (the attention products, n = 32 and 65 here), where 12 columns would leave
- * an edge block on every row (n = 32: a third of the blocks), which then went through a scalar
- * copy; `npm run bench -- batch-matmul` measured 3x12 ~25% slower than 4x8 there and ~15% faster
- * on the dense ones. Both tiles sum in the same order, so which one ran does not change a bit.
+ * an edge block on every row (n = 32: a third of the blocks); `npm run bench -- batch-matmul`
+ * found 3x12 slower than 4x8 there and faster on the dense ones. Both tiles sum in the same order,
+ * so which one ran does not change a bit.
  */
 const TILES: Record<GemmVariant, readonly Tile[]> = {
   fma: [
@@ -78,10 +70,10 @@ const WIDE_N = 96;
  * pack{W}(src, rowStride, colStride, outer, inner, dst), strides in bytes: for each panel of W
  * consecutive outer indices o < outer, dst[panel][x][o % W] = src[o*rowStride + x*colStride] for
  * x < inner; the lanes o >= outer of a last partial panel are unspecified (the edge kernels
- * neither store them nor let them reach a lane they store). Packs A (outer = m rows, inner = k, W = MR) and B (outer = n
- * columns, inner = k, W = NR) alike; one function per panel width, so that the copies of a panel's
- * row are unrolled for it. The two layouts the GEMM meets each have a vector path for whole
- * panels; the last partial panel (and any other strides) goes lane by lane.
+ * neither store them nor let them reach a lane they store). Packs A (outer = m rows, inner = k,
+ * W = MR) and B (outer = n columns, inner = k, W = NR) alike; one function per panel width, so
+ * that the copies of a panel's row are unrolled for it. The two layouts the GEMM meets each have a
+ * vector path for whole panels; the last partial panel (and any other strides) goes lane by lane.
  */
 function packBody(width: number): Body {
   const f = new Body([I, I, I, I, I, I]);
@@ -278,9 +270,8 @@ function packBody(width: number): Body {
  *   the GELU's backward, dy W^T times gelu'(z), in the product that makes dy W^T. Not in the block
  *   kernels but in mulRows, over each block of MC whole rows of C once its sums are stored (still in
  *   L2): s is then read front to back, where in the block kernels each 3x12 block's rows were three
- *   cache misses 2 KiB apart that the next block waited for (~2.6 ms of a 7 ms [2080,128]x[128,512]
- *   product, ~0.5 ms as a row pass).
- * - 'gelu': C = gelu(z) and a second output gelu'(z): worker/simd-norm-gelu.ts's GELU and the
+ *   cache misses 2 KiB apart that the next block waited for.
+ * - 'gelu': C = gelu(z) and a second output gelu'(z): ./norm-gelu.ts's GELU and the
  *   factor its geluGrad multiplies dy by, in the same instructions (geluOf, geluSlopeOf), so that
  *   the backward is dy * gelu'(z), a plain multiply with geluGrad's bits, instead of erf and exp
  *   again. Not in the block kernels but in geluStrip, over each column panel of z just stored
@@ -533,10 +524,10 @@ function blockBody(
  * between rows ('rows': k adjacent, A as stored: one pointer per row) or between consecutive k
  * ('cols': rows adjacent, A transposed: one pointer, the rows at 4-byte offsets). In place, the
  * operand's first pass from memory overlaps the first column panel's multiply-adds, where a
- * packing pass has nothing to overlap with: a tiny step spent ~34 ms packing A, mostly waiting
- * for memory (docs/performance.md, "A read in place"). Packing stays for a transposed A whose
- * rows are 4 KiB or more apart (each k then lands in the same L1 set: 43.5 -> 39.6 GFLOP/s in
- * place at [1024,2080]x[2080,256]) and for every other case the in-place builds leave out.
+ * packing pass has nothing to overlap with and mostly waits for memory (docs/performance.md, "A
+ * read in place"). Packing stays for a transposed A whose rows are 4 KiB or more apart (each k
+ * then lands in the same L1 set, which made the in-place read slower than packing) and for every
+ * other case the in-place builds leave out.
  */
 export type AMode = 'packed' | 'rows' | 'cols';
 
@@ -586,7 +577,7 @@ export const simdGemmSupported = wasmApi?.validate(MODULES.muladd) ?? false;
 /**
  * The builds this engine validates now, fastest first: ['fma', 'muladd'], ['muladd'] or [].
  * Asked at call time, not at import: on Node 20 relaxed SIMD validates only after
- * worker/backend.ts has set V8's flag.
+ * kernels/backend.ts has set V8's flag.
  */
 export function gemmVariants(): GemmVariant[] {
   const wasm = wasmApi;
@@ -628,11 +619,11 @@ export interface GemmBlocking {
 }
 
 /**
- * Measured with `npm run bench -- batch-matmul --blocking`, whose table is in docs/performance.md:
- * kc 256 keeps a B panel at 12 KiB; mc 120 keeps the packed A block (~120 KiB) in L2. A k of 384
- * or 512 (the dense layers' dX and c_proj) goes faster as one block (2-5%: C is stored once, not
- * parked and reloaded), a long one (the weight gradients, k = batch x tokens) slower (~7%: its
- * transposed A packs into twice the panel), so only k <= 512 runs whole.
+ * Chosen with `npm run bench -- batch-matmul --blocking` (docs/performance.md): kc 256 keeps a B
+ * panel at 12 KiB; mc 120 keeps the packed A block (~120 KiB) in L2. A k of 384 or 512 (the dense
+ * layers' dX and c_proj) goes faster as one block (C is stored once, not parked and reloaded), a
+ * long one (the weight gradients, k = batch x tokens) slower (its transposed A packs into twice the
+ * panel), so only k <= 512 runs whole.
  */
 export const DEFAULT_BLOCKING: GemmBlocking = { kc: 256, mc: 120, wholeK: 512 };
 

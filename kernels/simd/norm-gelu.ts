@@ -5,9 +5,9 @@ import { addTo, assembleModule, Body, countdown, instantiateWith, wasmApi, type 
  * tfjs-backend-wasm. In tfjs each is a chain of small kernels (moments, rsqrt, sub, mul, add; erf,
  * add, mul; and as many again in the backward), each writing a full-size output; here each is one
  * pass (GELU) or one row at a time in L1 (LayerNorm) over the data, in the backend's own heap (the
- * module imports its WebAssembly.Memory, as ./simd-gemm.ts does).
+ * module imports its WebAssembly.Memory, as ./gemm.ts does).
  *
- * The math is worker/model/layers.ts's, operation for operation, in f32:
+ * The math is model/layers.ts's, operation for operation, in f32:
  * - layerNorm: mean = sum(x)/C; var = sum((x-mean)^2)/C (two passes, as tf.moments);
  *   rstd = 1/sqrt(var + eps); y = ((x-mean)*rstd)*gamma + beta. The backward recomputes
  *   xhat = (x-mean)*rstd from the saved per-row mean and rstd (the same bits as the forward),
@@ -23,7 +23,7 @@ import { addTo, assembleModule, Body, countdown, instantiateWith, wasmApi, type 
  * erf: the rational approximation of XLA/Eigen's fp32 erf (x*P(x^2)/Q(x^2): an odd numerator of
  * degree 13 over an even denominator of degree 8, input clamped to [-4, 4], where erf is +-1 in
  * f32); evaluated in f32 its error is
- * at most 4e-7 over [-8, 8] against a double-precision reference (test/simd-norm-gelu.test.ts
+ * at most 4e-7 over [-8, 8] against a double-precision reference (test/kernels/simd-norm-gelu.test.ts
  * asserts < 5e-7; that is ~7 ulp of values just below 1, whose ulp is 6e-8).
  * tfjs's own Erf kernels use Abramowitz-Stegun 7.1.26, max error 1.5e-7. The result is clamped
  * to [-1, 1] so that cdf stays a probability.
@@ -461,7 +461,7 @@ function elementwiseBody(nInputs: number, math: (f: Body, xs: number[], t: Temps
 
 /**
  * res = gelu(x) = x*cdf(x), lane by lane, of v128 local x (uses the temps): the one sequence of
- * operations every GELU forward runs, here and in the GEMM's epilogue (./simd-gemm.ts), so that
+ * operations every GELU forward runs, here and in the GEMM's epilogue (./gemm.ts), so that
  * both give the same bits.
  */
 export function geluOf(f: Body, x: number, t: Temps, res: number): void {

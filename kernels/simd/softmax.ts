@@ -3,8 +3,7 @@ import { addTo, assembleModule, Body, countdown, instantiateWith, wasmApi } from
 /**
  * The gradient of softmax over the last axis in one WebAssembly SIMD pass per row, for
  * tfjs-backend-wasm: tfjs builds it from four kernels (Multiply, Sum, Multiply, Sub), each a full
- * pass over [batch*heads, tokens, tokens] that allocates its output (~13 ms of a tiny step for the
- * attention's four softmaxes).
+ * pass over [batch*heads, tokens, tokens] that allocates its output.
  *
  * The math is tfjs's Softmax gradient, operation for operation, in f32:
  * p = dy*y; s = sum over the row of p; dx = p - s*y. The row sum runs in increasing index from 0,

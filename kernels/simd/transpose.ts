@@ -3,9 +3,8 @@ import { addTo, assembleModule, Body, countdown, instantiateWith, wasmApi } from
 /**
  * Strided copies of contiguous rows of 4-byte values in WebAssembly SIMD, for the attention's
  * transposes on tfjs-backend-wasm: [B, T, 3H, d] -> [B, 3H, T, d] and the merge back, and their
- * gradients (perm [0, 2, 1, 3]). The backend's Transpose is generic over the axes (~0.42 ms for the
- * tiny model's [32, 65, 12, 32], timed alone), while each row of d values stays whole under that
- * permutation and moves as d/4 v128 loads and stores (~0.29 ms).
+ * gradients (perm [0, 2, 1, 3]). The backend's Transpose is generic over the axes, while each row of
+ * d values stays whole under that permutation and moves as d/4 v128 loads and stores.
  *
  * One routine covers the transpose, the head split (q, k, v as three outputs, so no SplitV after it,
  * and q's scaling on the way) and the head merge of the backward (three inputs, so no Concat before

@@ -10,6 +10,7 @@ import { trainDistributed } from '../../coordinator/train/train-job.js';
 import { createLogger } from '../../shared/util/log.js';
 import { evalSaved } from '../../coordinator/eval/saved-model.js';
 import { openTrainData } from '../../coordinator/train/data.js';
+import { initialParams, modelLayout } from '../../model/vit.js';
 
 const log = createLogger('test', 'warn');
 const quiet = () => {};
@@ -82,6 +83,48 @@ test('--augment strong --prior-scope all --visual-head transformer: 2 workers tr
     const again = await evalSaved(two.r.checkpoint, await openTrainData(data), 'test', 'wasm', { replicates: 0, seed: 3 }, () => {});
     for (const [label, v] of Object.entries(ev.auroc as Record<string, number | null>))
       assert.ok(v === null ? again.auroc[label] === null : Math.abs(again.auroc[label]! - v) < 1e-6, label);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('--freeze visual-blocks:1 --head-lr --lr-layer-decay: frozen parameters bit-identical after training, the rest trained; 2 workers equal 1', async () => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'cxr-freeze-'));
+  try {
+    const data = path.join(dir, 'data');
+    await runSynth(data, false, { count: 80, imageSize: 16, seed: 4, fractions: { val: 0.1, test: 0.3 } });
+    const extra: Partial<TrainArgs> = {
+      augment: 'none',
+      eval: 'none',
+      freeze: ['visual-blocks:1'],
+      'head-lr': 1e-2,
+      'lr-layer-decay': 0.8,
+    };
+    const run = async (name: string, workers: number) => {
+      const out = path.join(dir, name);
+      await trainDistributed(parseTrainConfig(args(data, out, workers, extra)), { log, progress: false, workerOutput: quiet });
+      return { out, p: await params(out) };
+    };
+    const one = await run('w1', 1);
+    const two = await run('w2', 2);
+    const config = JSON.parse(await readFile(path.join(one.out, 'config.json'), 'utf8'));
+    const layout = modelLayout(config.resolved.model);
+    const init = initialParams(config.resolved.model, 3);
+    let frozen = 0;
+    for (const e of layout.entries) {
+      const a = one.p.subarray(e.offset, e.offset + e.size);
+      const i = init.subarray(e.offset, e.offset + e.size);
+      const isFrozen = /^visual\.(conv1|class_embedding|positional_embedding|ln_pre|transformer\.resblocks\.[0-2]\.)/.test(e.name);
+      if (isFrozen) {
+        frozen++;
+        assert.deepEqual(a, i, `${e.name} is frozen: bit-identical`);
+        assert.deepEqual(two.p.subarray(e.offset, e.offset + e.size), i, `${e.name} is frozen on 2 workers too`);
+      } else if (e.name !== 'visual.head.resblocks.0.attn.in_proj_bias') assert.notDeepEqual(a, i, `${e.name} trained`);
+    }
+    assert.ok(frozen > 10);
+    const maxA = one.p.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
+    const diff = one.p.reduce((m, x, i) => Math.max(m, Math.abs(x - two.p[i]!)), 0);
+    assert.ok(diff <= 1e-4 * maxA, `1 vs 2 workers: max |difference| ${diff} vs max |parameter| ${maxA}`);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

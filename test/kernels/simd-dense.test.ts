@@ -6,17 +6,10 @@ import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../../kernels/backend.js';
 import { dense, residualMlp, type DenseEpilogue } from '../../model/layers.js';
-import {
-  DENSE_KERNEL,
-  MATMUL_MUL_KERNEL,
-  SOFTMAX_GRAD_KERNEL,
-  setSimdDenseEpilogue,
-  setSimdSoftmaxGrad,
-  setSimdGemmVariant,
-  setSimdMatMulScope,
-  setSimdNormGelu,
-  wasmDenseActive,
-} from '../../kernels/wasm-kernels.js';
+import { DENSE_KERNEL, wasmDenseActive } from '../../kernels/tfjs/dense.js';
+import { MATMUL_MUL_KERNEL } from '../../kernels/tfjs/matmul-mul.js';
+import { SOFTMAX_GRAD_KERNEL } from '../../kernels/tfjs/softmax-grad.js';
+import { withKernelOptions } from '../../kernels/options.js';
 import { gemmVariants } from '../../kernels/simd/gemm.js';
 import { assertStepBitsWithSwitchesOff, kernelsOf } from '../fixtures/step-bits.js';
 import { mulberry32, normalSource } from '../../shared/random/generators.js';
@@ -78,35 +71,26 @@ const NAMES = ['y', 'dx', 'dW', 'db', 'dr'];
 
 test('fused dense on wasm gives the bits of matMul, add (then GELU): values and gradients, odd shapes, both GEMM builds', async () => {
   for (const variant of gemmVariants()) {
-    setSimdGemmVariant(variant);
-    try {
+    withKernelOptions({ gemmVariant: variant }, () => {
       for (const kind of KINDS) {
         SHAPES.forEach(([rows, n, k], s) => {
           assert.ok(wasmDenseActive(kind === 'gelu'));
           const fused = denseAndGrads(kind, rows, k, n, 100 + s);
-          setSimdDenseEpilogue(false);
-          try {
+          withKernelOptions({ denseEpilogue: false }, () => {
             assert.equal(wasmDenseActive(false), false);
             const plain = denseAndGrads(kind, rows, k, n, 100 + s);
             fused.forEach((v, i) => assert.deepEqual(v, plain[i], `${variant} ${kind} [${rows},${k}]x[${k},${n}] ${NAMES[i]}`));
-          } finally {
-            setSimdDenseEpilogue(true);
-          }
+          });
         });
       }
-    } finally {
-      setSimdGemmVariant('auto');
-    }
+    });
   }
-  // The switch is what decides: on, one CxrDense; off, none.
+  // The option is what decides: on, one CxrDense; off, none.
   const run = () => tf.dispose(denseAndGrads('gelu', 7, 5, 13, 1) as unknown as tf.Tensor[]);
   assert.ok((await kernelsOf(run)).includes(DENSE_KERNEL));
-  setSimdDenseEpilogue(false);
-  try {
+  await withKernelOptions({ denseEpilogue: false }, async () => {
     assert.ok(!(await kernelsOf(run)).includes(DENSE_KERNEL));
-  } finally {
-    setSimdDenseEpilogue(true);
-  }
+  });
 });
 
 test("fused dense values and gradients agree with the cpu backend's unfused ops", () => {
@@ -136,24 +120,17 @@ test("fused dense values and gradients agree with the cpu backend's unfused ops"
 
 test('the fused dense is off where its unfused twin would not run on the same kernels: GEMM scope, GELU kernels off', () => {
   assert.equal(wasmDenseActive(true), true);
-  setSimdMatMulScope('batched');
-  try {
+  withKernelOptions({ matMulScope: 'batched' }, () => {
     assert.equal(wasmDenseActive(false), false);
-  } finally {
-    setSimdMatMulScope('all');
-  }
-  setSimdNormGelu(false);
-  try {
+  });
+  const y = withKernelOptions({ normGelu: false }, () => {
     assert.equal(wasmDenseActive(true), false);
     assert.equal(wasmDenseActive(false), true);
     // And the GELU variant then runs matMul + add + tfjs's GELU, still correct.
-    const [y] = denseAndGrads('gelu', 3, 4, 5, 9);
-    setSimdNormGelu(true);
-    const [yFused] = denseAndGrads('gelu', 3, 4, 5, 9);
-    yFused!.forEach((v, i) => assert.ok(Math.abs(v - y![i]!) <= 1e-6 * Math.max(1, Math.abs(v)), `y[${i}]: ${v} vs ${y![i]}`));
-  } finally {
-    setSimdNormGelu(true);
-  }
+    return denseAndGrads('gelu', 3, 4, 5, 9)[0];
+  });
+  const [yFused] = denseAndGrads('gelu', 3, 4, 5, 9);
+  yFused!.forEach((v, i) => assert.ok(Math.abs(v - y![i]!) <= 1e-6 * Math.max(1, Math.abs(v)), `y[${i}]: ${v} vs ${y![i]}`));
   const fixture = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'fixtures', 'wasm-no-simd.js');
   const r = spawnSync(process.execPath, [fixture, '--run'], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);
@@ -195,21 +172,13 @@ const MLP_NAMES = ['y', 'dx', 'dW1', 'db1', 'dW2', 'db2', 'dr'];
 
 test('residualMlp on wasm (one custom gradient, the GELU backward in the dy W2^T product) gives the bits of the two dense layers, both builds, and agrees with cpu', async () => {
   for (const variant of gemmVariants()) {
-    setSimdGemmVariant(variant);
-    try {
+    withKernelOptions({ gemmVariant: variant }, () => {
       MLP_SHAPES.forEach(([rows, width, hidden], s) => {
         const fused = mlpAndGrads(rows, width, hidden, 300 + s);
-        setSimdDenseEpilogue(false);
-        try {
-          const plain = mlpAndGrads(rows, width, hidden, 300 + s);
-          fused.forEach((v, i) => assert.deepEqual(v, plain[i], `${variant} [${rows},${width}] hidden ${hidden} ${MLP_NAMES[i]}`));
-        } finally {
-          setSimdDenseEpilogue(true);
-        }
+        const plain = withKernelOptions({ denseEpilogue: false }, () => mlpAndGrads(rows, width, hidden, 300 + s));
+        fused.forEach((v, i) => assert.deepEqual(v, plain[i], `${variant} [${rows},${width}] hidden ${hidden} ${MLP_NAMES[i]}`));
       });
-    } finally {
-      setSimdGemmVariant('auto');
-    }
+    });
   }
   const kernels = await kernelsOf(() => tf.dispose(mlpAndGrads(7, 5, 20, 1) as unknown as tf.Tensor[]));
   assert.ok(kernels.includes(DENSE_KERNEL) && kernels.includes(MATMUL_MUL_KERNEL), `kernels: ${kernels}`);
@@ -234,5 +203,5 @@ test('residualMlp on wasm (one custom gradient, the GELU backward in the dy W2^T
 test("a training step's gradients have the same bits with the epilogues (and the one-pass softmax gradient) on and off, on every run, and leak no tensors", () =>
   assertStepBitsWithSwitchesOff(
     [DENSE_KERNEL, MATMUL_MUL_KERNEL, SOFTMAX_GRAD_KERNEL],
-    [[setSimdDenseEpilogue], [setSimdSoftmaxGrad], [setSimdDenseEpilogue, setSimdSoftmaxGrad]],
+    [{ denseEpilogue: false }, { softmaxGrad: false }, { denseEpilogue: false, softmaxGrad: false }],
   ));

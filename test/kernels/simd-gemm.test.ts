@@ -281,7 +281,7 @@ test("every edge: 1..9 rows, 1..17 and 96..108 columns (each build's narrow and 
 });
 
 /**
- * worker/simd-norm-gelu.ts's GELU kernels (what CxrGelu and CxrGeluGrad run) on their own memory:
+ * kernels/simd/norm-gelu.ts's GELU kernels (what CxrGelu and CxrGeluGrad run) on their own memory:
  * the reference bits of gelu(x) and of geluGrad(dy = 1, x), the factor it multiplies dy by.
  */
 const geluKernels = (() => {

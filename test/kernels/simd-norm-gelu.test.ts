@@ -5,7 +5,9 @@ import { wasmApi } from '../../kernels/wasm-asm.js';
 import { initBackend } from '../../kernels/backend.js';
 import { gelu, layerNorm } from '../../model/layers.js';
 import { simdNormGelu, simdNormGeluSupported } from '../../kernels/simd/norm-gelu.js';
-import { NORM_GELU_KERNELS, setSimdNormGelu, wasmNormGeluActive } from '../../kernels/wasm-kernels.js';
+import { GELU_KERNELS, wasmNormGeluActive } from '../../kernels/tfjs/gelu.js';
+import { LAYER_NORM_KERNELS } from '../../kernels/tfjs/layer-norm.js';
+import { withKernelOptions } from '../../kernels/options.js';
 import { mulberry32, normalSource } from '../../shared/random/generators.js';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
@@ -95,12 +97,9 @@ function onBackends(f: () => tf.Tensor[]): { simd: Float32Array[]; tfjsWasm: Flo
       return Float32Array.from(v);
     });
   tf.setBackend('wasm');
-  setSimdNormGelu(true);
   assert.ok(wasmNormGeluActive());
   const simd = values();
-  setSimdNormGelu(false);
-  const tfjsWasm = values();
-  setSimdNormGelu(true);
+  const tfjsWasm = withKernelOptions({ normGelu: false }, values);
   tf.setBackend('cpu');
   assert.equal(wasmNormGeluActive(), false, 'the kernels are for the wasm backend only');
   const cpu = values();
@@ -209,7 +208,7 @@ test('the wasm backend runs the SIMD kernels when on and the tfjs kernels when s
     tf.dispose([x, g, b]);
     return grads;
   };
-  const ours = Object.values(NORM_GELU_KERNELS) as string[];
+  const ours = [...Object.values(LAYER_NORM_KERNELS), ...Object.values(GELU_KERNELS)] as string[];
   const before = tf.memory().numTensors;
   const on = await tf.profile(() => tf.dispose(step()));
   assert.deepEqual(
@@ -218,8 +217,7 @@ test('the wasm backend runs the SIMD kernels when on and the tfjs kernels when s
     `kernels run: ${on.kernelNames}`,
   );
   assert.ok(!on.kernelNames.includes('Erf') && !on.kernelNames.includes('Rsqrt'), `kernels run: ${on.kernelNames}`);
-  setSimdNormGelu(false);
-  try {
+  await withKernelOptions({ normGelu: false }, async () => {
     assert.equal(wasmNormGeluActive(), false);
     const off = await tf.profile(() => tf.dispose(step()));
     assert.deepEqual(
@@ -228,9 +226,7 @@ test('the wasm backend runs the SIMD kernels when on and the tfjs kernels when s
       `kernels run: ${off.kernelNames}`,
     );
     assert.ok(off.kernelNames.includes('Erf'));
-  } finally {
-    setSimdNormGelu(true);
-  }
+  });
   assert.equal(tf.memory().numTensors, before);
 });
 

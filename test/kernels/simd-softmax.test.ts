@@ -5,7 +5,8 @@ import { wasmApi } from '../../kernels/wasm-asm.js';
 import { initBackend } from '../../kernels/backend.js';
 import { softmax } from '../../model/layers.js';
 import { simdSoftmax } from '../../kernels/simd/softmax.js';
-import { SOFTMAX_GRAD_KERNEL, setSimdSoftmaxGrad, wasmSoftmaxGradActive } from '../../kernels/wasm-kernels.js';
+import { SOFTMAX_GRAD_KERNEL, wasmSoftmaxGradActive } from '../../kernels/tfjs/softmax-grad.js';
+import { withKernelOptions } from '../../kernels/options.js';
 import { mulberry32, normalSource } from '../../shared/random/generators.js';
 
 await initBackend('wasm');
@@ -47,24 +48,16 @@ test("softmax's one-pass gradient on wasm gives the bits of tfjs's Multiply/Sum/
   SHAPES.forEach((shape, s) => {
     assert.ok(wasmSoftmaxGradActive());
     const fused = softmaxAndGrad(shape, 10 + 2 * s);
-    setSimdSoftmaxGrad(false);
-    try {
-      const plain = softmaxAndGrad(shape, 10 + 2 * s);
-      fused.forEach((v, i) => assert.deepEqual(v, plain[i], `[${shape}] ${['y', 'dx'][i]}`));
-    } finally {
-      setSimdSoftmaxGrad(true);
-    }
+    const plain = withKernelOptions({ softmaxGrad: false }, () => softmaxAndGrad(shape, 10 + 2 * s));
+    fused.forEach((v, i) => assert.deepEqual(v, plain[i], `[${shape}] ${['y', 'dx'][i]}`));
   });
   const on = await tf.profile(() => tf.dispose(softmaxAndGrad([4, 65, 65], 1) as unknown as tf.Tensor[]));
   assert.ok(on.kernelNames.includes(SOFTMAX_GRAD_KERNEL) && !on.kernelNames.includes('Sub'), `kernels: ${on.kernelNames}`);
-  setSimdSoftmaxGrad(false);
-  try {
+  await withKernelOptions({ softmaxGrad: false }, async () => {
     assert.equal(wasmSoftmaxGradActive(), false);
     const off = await tf.profile(() => tf.dispose(softmaxAndGrad([4, 65, 65], 1) as unknown as tf.Tensor[]));
     assert.ok(!off.kernelNames.includes(SOFTMAX_GRAD_KERNEL), `kernels: ${off.kernelNames}`);
-  } finally {
-    setSimdSoftmaxGrad(true);
-  }
+  });
 });
 
 test("softmax's gradient on wasm agrees with the cpu backend; cpu keeps tf.softmax", () => {

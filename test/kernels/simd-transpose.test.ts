@@ -5,13 +5,9 @@ import { wasmApi } from '../../kernels/wasm-asm.js';
 import { initBackend } from '../../kernels/backend.js';
 import { attentionHeads } from '../../model/layers.js';
 import { adjacentSwap, simdTranspose } from '../../kernels/simd/transpose.js';
-import {
-  ATTENTION_HEADS_KERNELS,
-  setSimdAttentionHeads,
-  setSimdTranspose,
-  wasmAttentionHeadsActive,
-  wasmTransposePath,
-} from '../../kernels/wasm-kernels.js';
+import { ATTENTION_HEADS_KERNELS, wasmAttentionHeadsActive } from '../../kernels/tfjs/attention-heads.js';
+import { wasmTransposePath } from '../../kernels/tfjs/transpose.js';
+import { withKernelOptions } from '../../kernels/options.js';
 import { assertStepBitsWithSwitchesOff, kernelsOf } from '../fixtures/step-bits.js';
 import { mulberry32, normalSource } from '../../shared/random/generators.js';
 
@@ -146,14 +142,11 @@ test("Transpose on wasm gives the backend's own kernel's bits, forward and gradi
     for (const dtype of ['float32', 'int32'] as const) {
       assert.equal(wasmTransposePath(shape, perm, dtype), path, `[${shape}] perm [${perm}] ${dtype}`);
       const got = transposeAndGrad(shape, perm, 20 + c, dtype);
-      setSimdTranspose(false);
-      try {
+      withKernelOptions({ transpose: false }, () => {
         assert.equal(wasmTransposePath(shape, perm, dtype), 'backend');
         const want = transposeAndGrad(shape, perm, 20 + c, dtype);
         got.forEach((v, i) => assert.deepEqual(v, want[i], `[${shape}] perm [${perm}] ${dtype} ${['y', 'dx'][i]}`));
-      } finally {
-        setSimdTranspose(true);
-      }
+      });
     }
   });
   assert.equal(wasmTransposePath([4, 3, 2, 2], [0, 2, 1, 3], 'bool'), 'backend');
@@ -182,13 +175,8 @@ test('the fused head split gives the bits of transpose, split and q * scale, for
   HEAD_SHAPES.forEach(([b, t, h, d], s) => {
     assert.ok(wasmAttentionHeadsActive());
     const fused = read(headsAndGrad(b, t, h, d, 40 + 4 * s) as unknown as tf.Tensor[]);
-    setSimdAttentionHeads(false);
-    try {
-      const plain = read(headsAndGrad(b, t, h, d, 40 + 4 * s) as unknown as tf.Tensor[]);
-      fused.forEach((v, i) => assert.deepEqual(v, plain[i], `[${b}, ${t}, ${h}, ${d}] ${['q', 'k', 'v', 'dx'][i]}`));
-    } finally {
-      setSimdAttentionHeads(true);
-    }
+    const plain = withKernelOptions({ attentionHeads: false }, () => read(headsAndGrad(b, t, h, d, 40 + 4 * s) as unknown as tf.Tensor[]));
+    fused.forEach((v, i) => assert.deepEqual(v, plain[i], `[${b}, ${t}, ${h}, ${d}] ${['q', 'k', 'v', 'dx'][i]}`));
   });
   const on = await kernelsOf(() => tf.dispose(headsAndGrad(2, 5, 3, 4, 1) as unknown as tf.Tensor[]));
   assert.ok(
@@ -199,14 +187,11 @@ test('the fused head split gives the bits of transpose, split and q * scale, for
       !on.includes('Concat'),
     `kernels: ${on}`,
   );
-  setSimdAttentionHeads(false);
-  try {
+  await withKernelOptions({ attentionHeads: false }, async () => {
     assert.equal(wasmAttentionHeadsActive(), false);
     const off = await kernelsOf(() => tf.dispose(headsAndGrad(2, 5, 3, 4, 1) as unknown as tf.Tensor[]));
     assert.ok(!off.includes(ATTENTION_HEADS_KERNELS.split) && off.includes('Transpose'), `kernels: ${off}`);
-  } finally {
-    setSimdAttentionHeads(true);
-  }
+  });
 });
 
 test('the head split on wasm agrees with the cpu backend; cpu keeps transpose, split and multiply', () => {
@@ -233,5 +218,5 @@ test('the head split on wasm agrees with the cpu backend; cpu keeps transpose, s
 test("a training step's gradients have the same bits with the row Transpose and the fused heads on and off, and leak no tensors", () =>
   assertStepBitsWithSwitchesOff(
     [ATTENTION_HEADS_KERNELS.split, ATTENTION_HEADS_KERNELS.merge],
-    [[setSimdTranspose], [setSimdAttentionHeads], [setSimdTranspose, setSimdAttentionHeads]],
+    [{ transpose: false }, { attentionHeads: false }, { transpose: false, attentionHeads: false }],
   ));

@@ -5,16 +5,10 @@ import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { initBackend } from '../../kernels/backend.js';
-import {
-  broadcastBatchIndex,
-  setSimdGemmBlocking,
-  setSimdGemmVariant,
-  setSimdMatMulScope,
-  wasmBatchMatMulPath,
-  wasmGemmVariant,
-} from '../../kernels/wasm-kernels.js';
+import { broadcastBatchIndex, wasmBatchMatMulPath, wasmGemmVariant } from '../../kernels/tfjs/batch-mat-mul.js';
+import { withKernelOptions } from '../../kernels/options.js';
 import { Body, sleb, uleb, wasmApi } from '../../kernels/wasm-asm.js';
-import { gemmVariants, simdGemm, simdGemmSupported, type GemmVariant } from '../../kernels/simd/gemm.js';
+import { DEFAULT_BLOCKING, gemmVariants, simdGemm, simdGemmSupported, type GemmVariant } from '../../kernels/simd/gemm.js';
 import { mulberry32, normalSource } from '../../shared/random/generators.js';
 import type { TrainConfig } from '../../model/train-config.js';
 import { trainDistributed } from '../../coordinator/train/train-job.js';
@@ -31,14 +25,11 @@ const randArray = (n: number, seed: number) => {
 /** Run `body` once on each GEMM build this engine has (both on Node 20 with the backend's flag), then back to the default. */
 function onEachBuild(body: (variant: GemmVariant) => void): void {
   assert.deepEqual(gemmVariants(), ['fma', 'muladd']);
-  try {
-    for (const v of gemmVariants()) {
-      setSimdGemmVariant(v);
+  for (const v of gemmVariants()) {
+    withKernelOptions({ gemmVariant: v }, () => {
       assert.equal(wasmGemmVariant(), v);
       body(v);
-    }
-  } finally {
-    setSimdGemmVariant('auto');
+    });
   }
   assert.equal(wasmGemmVariant(), 'fma');
 }
@@ -169,8 +160,7 @@ test('dense (batch-1) matMuls on the SIMD GEMM equal the cpu kernel with k and m
   const bv = randArray(k * n, 52);
   onEachBuild((variant) => {
     for (const blocking of [undefined, { kc: 7, mc: 5 }]) {
-      try {
-        setSimdGemmBlocking(blocking);
+      withKernelOptions({ gemmBlocking: blocking ?? DEFAULT_BLOCKING }, () => {
         for (const [ta, tb] of [
           [false, false],
           [true, false],
@@ -181,40 +171,36 @@ test('dense (batch-1) matMuls on the SIMD GEMM equal the cpu kernel with k and m
             tf.matMul(tf.tensor2d(av, ta ? [k, m] : [m, k]), tf.tensor2d(bv, tb ? [n, k] : [k, n]), ta, tb),
           );
         }
-      } finally {
-        setSimdGemmBlocking();
-      }
+      });
     }
   });
 });
 
 test('the SIMD GEMM scope switch: batch-1 products on it (scope all, the default) and on XNNPACK (batched) equal the cpu kernel; none routes around it', () => {
-  try {
-    // 37 x 41 x 29: full 4x8 panels (the contiguous packing) and ragged edges in every layout.
-    const [m, n, k] = [37, 41, 29];
-    const av = randArray(m * k, 41);
-    const bv = randArray(k * n, 42);
-    for (const [ta, tb] of [
-      [false, false],
-      [true, false],
-      [false, true],
-      [true, true],
-    ] as const) {
-      for (const s of ['all', 'batched'] as const) {
-        setSimdMatMulScope(s);
+  // 37 x 41 x 29: full 4x8 panels (the contiguous packing) and ragged edges in every layout.
+  const [m, n, k] = [37, 41, 29];
+  const av = randArray(m * k, 41);
+  const bv = randArray(k * n, 42);
+  for (const [ta, tb] of [
+    [false, false],
+    [true, false],
+    [false, true],
+    [true, true],
+  ] as const) {
+    for (const s of ['all', 'batched'] as const) {
+      withKernelOptions({ matMulScope: s }, () =>
         sameOnCpu(`2-D ${ta} ${tb} ${s}`, () =>
           tf.matMul(tf.tensor2d(av, ta ? [k, m] : [m, k]), tf.tensor2d(bv, tb ? [n, k] : [k, n]), ta, tb),
-        );
-      }
+        ),
+      );
     }
-    setSimdMatMulScope('none');
+  }
+  withKernelOptions({ matMulScope: 'none' }, () => {
     assert.equal(wasmBatchMatMulPath(), 'fallback');
     sameOnCpu('batched on the backend kernel', () =>
       tf.matMul(tf.tensor3d(av.subarray(0, 3 * 4 * 5), [3, 4, 5]), tf.tensor3d(bv.subarray(0, 3 * 5 * 6), [3, 5, 6])),
     );
-  } finally {
-    setSimdMatMulScope('all');
-  }
+  });
   assert.equal(wasmBatchMatMulPath(), 'simd');
 });
 

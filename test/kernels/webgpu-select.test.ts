@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { adapterInfo, describeAdapter, gpuPciAddresses, selectVulkanDevice, vulkanSearch } from '../../kernels/webgpu.js';
+import { adapterInfo, describeAdapter, gpuPciAddresses, noGpuDeviceNode, selectVulkanDevice, vulkanSearch } from '../../kernels/webgpu.js';
 
 test('--gpu on WebGPU: worker i selects the i-th PCI display device through Mesa device select; a bad index is a clear error', () => {
   const root = mkdtempSync(path.join(tmpdir(), 'cxr-pci-'));
@@ -53,4 +53,21 @@ test('adapters: llvmpipe and SwiftShader count as software, a GPU does not; the 
   assert.equal(describeAdapter(h100), 'nvidia NVIDIA H100 80GB HBM3 (NVIDIA: 550.54.15; architecture hopper)');
   assert.match(describeAdapter(llvmpipe), /, a software adapter$/);
   assert.deepEqual(vulkanSearch({ VK_DRIVER_FILES: '/x.json', LD_LIBRARY_PATH: '' }).overrides, ['VK_DRIVER_FILES=/x.json']);
+});
+
+test("auto asks Dawn only where a GPU device node exists (a render node, or NVIDIA's control node)", () => {
+  const dev = mkdtempSync(path.join(tmpdir(), 'cxr-dev-'));
+  try {
+    assert.equal(noGpuDeviceNode(dev), `no GPU device node (${dev}/dri/renderD*, ${dev}/nvidiactl)`);
+    mkdirSync(path.join(dev, 'dri'));
+    writeFileSync(path.join(dev, 'dri', 'card0'), '');
+    assert.notEqual(noGpuDeviceNode(dev), null, 'a display card without a render node is no compute device');
+    writeFileSync(path.join(dev, 'dri', 'renderD128'), '');
+    assert.equal(noGpuDeviceNode(dev), null);
+    rmSync(path.join(dev, 'dri'), { recursive: true });
+    writeFileSync(path.join(dev, 'nvidiactl'), '');
+    assert.equal(noGpuDeviceNode(dev), null);
+  } finally {
+    rmSync(dev, { recursive: true, force: true });
+  }
 });

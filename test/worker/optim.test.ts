@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { adamwStep, clipFactor, decayMask, learningRate, scaleInPlace, setSimdAdamw, sumOfSquares } from '../../worker/steps/adamw.js';
+import { adamwStep, clipFactor, decayMask, learningRate, scaleInPlace, sumOfSquares } from '../../worker/steps/adamw.js';
+import { withKernelOptions } from '../../kernels/options.js';
 import { simdAdamwAvailable } from '../../kernels/simd/adamw.js';
 import { mulberry32, normalSource } from '../../shared/random/generators.js';
 import { buildLayout } from '../../shared/params.js';
@@ -69,18 +70,14 @@ test("AdamW on the SIMD kernel gives the JavaScript loop's bits: odd lengths, sh
   const hyper = { lr: 3e-3, beta1: 0.9, beta2: 0.98, eps: 1e-6, weightDecay: 0.05 };
   const grads = Float32Array.from({ length: n }, (_, i) => (i % 97 === 0 ? 0 : normal() * 10 ** Math.floor(r() * 8 - 5)));
   const start = Float32Array.from({ length: n }, () => normal());
-  const run = (simd: boolean, range: { start: number; end: number }, scale: number) => {
-    setSimdAdamw(simd);
-    try {
+  const run = (simd: boolean, range: { start: number; end: number }, scale: number) =>
+    withKernelOptions({ adamw: simd }, () => {
       const p = Float32Array.from(start);
       const m = new Float32Array(range.end - range.start);
       const v = new Float32Array(range.end - range.start);
       for (let t = 1; t <= 3; t++) adamwStep(p, grads, m, v, range, { ...hyper, lr: hyper.lr * t }, t, mask, t === 2 ? scale : 1);
       return [p, m, v].map((x) => Buffer.from(x.buffer).toString('hex'));
-    } finally {
-      setSimdAdamw(true);
-    }
-  };
+    });
   const before = Float32Array.from(grads);
   for (const range of [
     { start: 0, end: n },
@@ -92,12 +89,12 @@ test("AdamW on the SIMD kernel gives the JavaScript loop's bits: odd lengths, sh
   }
   assert.deepEqual(grads, before, 'the gradient is left as it was');
   // The scale is the clipping pass's: the same as scaleInPlace on a copy, then no scale.
-  setSimdAdamw(false);
   const [p1, p2] = [Float32Array.from(start), Float32Array.from(start)];
-  const scaled = Float32Array.from(grads);
-  scaleInPlace(scaled, 0.37);
-  adamwStep(p1, grads, new Float32Array(n), new Float32Array(n), { start: 0, end: n }, hyper, 1, mask, 0.37);
-  adamwStep(p2, scaled, new Float32Array(n), new Float32Array(n), { start: 0, end: n }, hyper, 1, mask);
-  setSimdAdamw(true);
+  withKernelOptions({ adamw: false }, () => {
+    const scaled = Float32Array.from(grads);
+    scaleInPlace(scaled, 0.37);
+    adamwStep(p1, grads, new Float32Array(n), new Float32Array(n), { start: 0, end: n }, hyper, 1, mask, 0.37);
+    adamwStep(p2, scaled, new Float32Array(n), new Float32Array(n), { start: 0, end: n }, hyper, 1, mask);
+  });
   assert.deepEqual(p1, p2);
 });

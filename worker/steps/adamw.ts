@@ -1,4 +1,5 @@
 import type { ParamLayout } from '../../shared/params.js';
+import { kernelOptions } from '../../kernels/options.js';
 import { adamwRun } from '../../kernels/simd/adamw.js';
 import type { AdamWHyper } from '../../model/train-config.js';
 
@@ -19,20 +20,14 @@ export function decayMask(layout: ParamLayout): Uint8Array {
   return mask;
 }
 
-let simdAdamw = true;
-
-/** Run AdamW's update on the SIMD kernel where it can (the default) or always in JavaScript (the reference). */
-export function setSimdAdamw(on: boolean): void {
-  simdAdamw = on;
-}
-
 /**
  * One AdamW update (PyTorch's torch.optim.AdamW, decoupled decay) of params[range] in place.
  * `params`, `grads` and `decay` are indexed over the whole flat vector; `m` and `v` hold only the
  * range (index i - range.start), which is the shard a ZeRO-1 rank owns. `step` counts from 1.
  * `gradScale` (the clipping factor) is applied to each gradient on the way in, rounded to f32 as
  * scaleInPlace would store it, so clipping costs no pass of its own; `grads` is left as it was.
- * The update runs on ./simd-adamw.ts's kernel where wasm SIMD is available, with the same bits.
+ * The update runs on kernels/simd/adamw.ts's kernel where wasm SIMD is available and the kernel
+ * option `adamw` is on (the default; off: JavaScript, the reference), with the same bits.
  */
 export function adamwStep(
   params: Float32Array,
@@ -58,15 +53,13 @@ export function adamwStep(
   // The mask is constant over each parameter tensor: the loop runs over runs of equal decay with
   // the factor hoisted (x * 1 is x, so the arithmetic is the same as multiplying only where it
   // applies). Hoisting 1 - beta also leaves every value bit-identical to the plain formula.
+  const simd = kernelOptions().adamw;
   for (let i = range.start; i < range.end; ) {
     const d = decay[i]!;
     let j = i + 1;
     while (j < range.end && decay[j] === d) j++;
     const f = d ? shrink : 1;
-    if (
-      simdAdamw &&
-      adamwRun(params, grads, m, v, i, j, range.start, f, { scale: gradScale, beta1, a1, beta2, a2, stepSize, sqrtBc2, eps })
-    ) {
+    if (simd && adamwRun(params, grads, m, v, i, j, range.start, f, { scale: gradScale, beta1, a1, beta2, a2, stepSize, sqrtBc2, eps })) {
       i = j;
       continue;
     }
@@ -115,4 +108,59 @@ export function clipFactor(globalNorm: number, maxNorm: number): number {
 export function scaleInPlace(x: Float32Array, factor: number, range: FlatRange = { start: 0, end: x.length }): void {
   if (factor === 1) return;
   for (let i = range.start; i < range.end; i++) x[i]! *= factor;
+}
+
+/** A run of the flat vector trained at `lrScale` x the scheduled rate (0: frozen, never written). */
+export interface LrGroup {
+  readonly start: number;
+  readonly end: number;
+  readonly lrScale: number;
+}
+
+/** Runs of equal multiplier over the layout, from one multiplier per entry (model/param-groups.ts). */
+export function lrGroups(layout: ParamLayout, perEntry: ArrayLike<number>): LrGroup[] {
+  const out: { start: number; end: number; lrScale: number }[] = [];
+  layout.entries.forEach((e, k) => {
+    const s = perEntry[k]!;
+    const last = out.at(-1);
+    if (last && last.lrScale === s && last.end === e.offset) last.end = e.offset + e.size;
+    else out.push({ start: e.offset, end: e.offset + e.size, lrScale: s });
+  });
+  return out;
+}
+
+/**
+ * adamwStep over `range` with a learning rate per group: each group's part of the range is updated
+ * at hyper.lr x lrScale (weight decay with it, as BEiT's layer decay does), a frozen group (0) is
+ * left untouched, its moments at zero. One group at 1 is exactly adamwStep.
+ */
+export function adamwStepGroups(
+  params: Float32Array,
+  grads: Float32Array,
+  m: Float32Array,
+  v: Float32Array,
+  range: FlatRange,
+  hyper: AdamWHyper,
+  step: number,
+  decay: Uint8Array,
+  groups: readonly LrGroup[],
+  gradScale = 1,
+): void {
+  for (const g of groups) {
+    const a = Math.max(g.start, range.start);
+    const b = Math.min(g.end, range.end);
+    if (a >= b || g.lrScale === 0) continue;
+    const h = g.lrScale === 1 ? hyper : { ...hyper, lr: hyper.lr * g.lrScale };
+    adamwStep(
+      params,
+      grads,
+      m.subarray(a - range.start, b - range.start),
+      v.subarray(a - range.start, b - range.start),
+      { start: a, end: b },
+      h,
+      step,
+      decay,
+      gradScale,
+    );
+  }
 }

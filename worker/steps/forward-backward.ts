@@ -48,6 +48,8 @@ export interface StepOptions {
   priorTarget: Float32Array;
   /** Which prompts the label prior covers (model/prior-scope.ts); absent: names. */
   priorScope?: PriorScope;
+  /** The variables to differentiate (--freeze leaves the frozen ones out: no backward pass into them); absent: all. */
+  trainable?: tf.Variable[];
 }
 
 /** This rank's slice of a global batch. */
@@ -134,7 +136,7 @@ export async function computeGradients(
       if (text && usePrior) prior = scopedPriorLoss(text, scope, S, comm.world);
       kept.push(tf.keep(cls), tf.keep(con), tf.keep(prior));
       return tf.addN([tf.mul(cls, w.classification), tf.mul(con, w.contrastive), tf.mul(prior, w.labelPrior)]) as tf.Scalar;
-    }, model.variables);
+    }, opts.trainable ?? model.variables);
   });
   // The four scalars in one read (on a GPU backend each read is a round trip).
   const terms = tf.stack([...kept, value]);

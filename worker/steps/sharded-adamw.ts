@@ -2,7 +2,18 @@ import type { ParamLayout } from '../../shared/params.js';
 import { shardRange, shardRanges } from '../../shared/shard.js';
 import { DEFAULT_ADAMW, type RunConfig } from '../../model/train-config.js';
 import type { ThreadedProcessGroup } from '../collectives/threaded-group.js';
-import { adamwStep, clipFactor, decayMask, type FlatRange, learningRate, sumOfSquares, type Schedule } from './adamw.js';
+import {
+  adamwStep,
+  adamwStepGroups,
+  clipFactor,
+  decayMask,
+  type FlatRange,
+  type LrGroup,
+  learningRate,
+  lrGroups,
+  sumOfSquares,
+  type Schedule,
+} from './adamw.js';
 import type { StepTerms } from './forward-backward.js';
 
 /** The optimizer's state on one rank: the whole flat parameter vector, AdamW's moments for its shard. */
@@ -41,6 +52,8 @@ export class ShardedAdamW {
   private readonly hyper;
   private readonly schedule: Schedule;
   private readonly clipNorm: number;
+  /** Runs of the flat vector at their own rate (--freeze, --head-lr, --lr-layer-decay), or null: all at the schedule's. */
+  private readonly groups: LrGroup[] | null;
   /**
    * The flat gradient: filled by forward-backward, moved to the comm thread and back by the
    * reduce-scatter, and filled again by the next step.
@@ -51,8 +64,9 @@ export class ShardedAdamW {
     private readonly pg: ThreadedProcessGroup | null,
     private state: OptimizerState,
     layout: ParamLayout,
-    o: { rank: number; world: number; run: RunConfig },
+    o: { rank: number; world: number; run: RunConfig; lrScales?: ArrayLike<number> | null },
   ) {
+    this.groups = o.lrScales ? lrGroups(layout, o.lrScales) : null;
     this.own = shardRange(layout.total, o.world, o.rank);
     this.paramCounts = shardRanges(layout.total, o.world).map((s) => s.end - s.start);
     this.mask = decayMask(layout);
@@ -97,7 +111,9 @@ export class ShardedAdamW {
     this.hyper.lr = learningRate(this.schedule, step);
     // Clipping's scale is applied as AdamW reads each gradient (with the bits of scaling first).
     const { params, m, v } = this.state;
-    adamwStep(params, grads, m, v, this.own, this.hyper, step, this.mask, clipFactor(norm, this.clipNorm));
+    const clip = clipFactor(norm, this.clipNorm);
+    if (this.groups) adamwStepGroups(params, grads, m, v, this.own, this.hyper, step, this.mask, this.groups, clip);
+    else adamwStep(params, grads, m, v, this.own, this.hyper, step, this.mask, clip);
     const optSeconds = (performance.now() - tOpt) / 1000;
     const tGather = performance.now();
     // The parameters move to the comm thread and come back with the other ranks' ranges filled in.

@@ -11,6 +11,7 @@ import { ShardSaver } from './checkpoint-save.js';
 import { Evaluator } from './eval.js';
 import { computeGradients, type StepOptions } from './forward-backward.js';
 import { ShardedAdamW } from './sharded-adamw.js';
+import { groupOptions, lrMultipliers } from '../../model/param-groups.js';
 import { groupComm } from './step-comm.js';
 import { buildTrainState } from './train-state.js';
 
@@ -54,7 +55,10 @@ async function trainStepWith(ctx: StepContext, t: TrainStepConfig, pg: ThreadedP
   const { rank, world } = ctx;
   const run = t.run;
   const { model, state, fixedPrompts } = await buildTrainState(t, { rank, world, seed: job.seed, startStep: job.startStep, log: ctx.log });
-  const optimizer = new ShardedAdamW(pg, state, model.layout, { rank, world, run });
+  // Fine-tuning controls: rates per parameter; frozen ones left out of the backward pass and never written.
+  const scales = lrMultipliers(model.layout, groupOptions(run));
+  const tuned = scales.some((s) => s !== 1);
+  const optimizer = new ShardedAdamW(pg, state, model.layout, { rank, world, run, lrScales: tuned ? scales : null });
   const comm = groupComm(
     pg,
     rank,
@@ -67,6 +71,7 @@ async function trainStepWith(ctx: StepContext, t: TrainStepConfig, pg: ThreadedP
     posWeight: run.resolved.posWeight ? Float32Array.from(run.resolved.posWeight) : null,
     priorTarget: Float32Array.from(run.resolved.priorTarget),
     priorScope: run.priorScope ?? 'names',
+    ...(tuned ? { trainable: model.variables.filter((_, k) => scales[k] !== 0) } : {}),
   };
   const saver = new ShardSaver({ out: run.out, rank, world, own: optimizer.own, control: ctx.control }, model.layout);
   const evaluator = new Evaluator(model, run, pg, { rank, world, seed: job.seed });
