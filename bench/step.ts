@@ -1,11 +1,17 @@
+import { readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { UserError } from '../shared/util/errors.js';
+import { packageRoot } from '../shared/util/paths.js';
 import { loadLabelSet } from '../shared/labels.js';
 import { mulberry32 } from '../shared/random/generators.js';
 import { initBackend, type BackendChoice } from '../kernels/backend.js';
 import { labelPriorTarget } from '../model/label-prior.js';
-import { resolveModelConfig } from '../model/config.js';
-import { CxrModel, initialParams } from '../model/vit.js';
+import { type ModelConfig, resolveModelConfig } from '../model/config.js';
+import type { ClipTextShape } from '../model/text/clip-text.js';
+import { trimTokenRows } from '../model/text/tower.js';
+import { CxrModel, initialParams, labelPrompts } from '../model/vit.js';
 import { adamwStep, clipFactor, decayMask, sumOfSquares } from '../worker/steps/adamw.js';
 import { computeGradients, localComm } from '../worker/steps/forward-backward.js';
 import { withKernelOptions, type KernelOptions } from '../kernels/options.js';
@@ -15,7 +21,7 @@ import { median } from './median.js';
 import { arg } from './args.js';
 
 /**
- * `npm run bench -- step [--models tiny,small] [--backends wasm,cpu|--backend webgpu] [--reference on|off] [--batch 32] [--image 64] [--steps 5] [--warmup 5] [--norm-gelu on|off|ab] [--epilogue on|off|ab] [--softmax-grad on|off|ab] [--transpose on|off|ab]`:
+ * `npm run bench -- step [--models tiny,small | --pretrained-shape vit-b16] [--backends wasm,cpu|--backend webgpu] [--reference on|off] [--batch 32] [--image 64] [--steps 5] [--warmup 5] [--norm-gelu on|off|ab] [--epilogue on|off|ab] [--softmax-grad on|off|ab] [--transpose on|off|ab]`:
  * time of one full training step (forward, backward, all three losses, clipping, AdamW, writing the
  * parameters back) per model and backend, next to PyTorch's time for the same architecture, batch
  * and losses measured in the same run on one thread (bench/reference/vit_step.py), as installed
@@ -32,6 +38,13 @@ import { arg } from './args.js';
  * Several `ab`s run every combination. `--backend webgpu` (or `webgpu-software`, the software
  * adapter) times the step on WebGPU and names the adapter; the PyTorch reference is off by default
  * when only WebGPU runs (`--reference on` runs it anyway).
+ * `--pretrained-shape vit-b16`: OpenAI CLIP ViT-B/16 as `--pretrained` builds it, the image tower
+ * (QuickGELU) and CLIP's text tower (width 512, 12 layers, 8 heads, vocabulary 49408) trained in
+ * the step on the chexpert14 prompts' real token ids (test/fixtures/prompt-tokens.json, cut to the
+ * longest prompt on both sides), batch 8 at 224 unless given; sized to finish in minutes: wasm
+ * only, 1 warm-up and 2 timed steps, PyTorch once (no THP rerun, no profiled split unless
+ * `--ceiling`) within `--torch-budget` seconds (default 300), after which its reason is printed;
+ * `--models vit-b16` gets the same sizing.
  */
 
 /** One full training step of `preset` on `backend` (the setup the step bench times), run by run(). */
@@ -45,7 +58,7 @@ export async function trainingStep(
   if (tf.getBackend() !== name) await tf.setBackend(name);
   const set = loadLabelSet('chexpert14');
   const L = set.labels.length;
-  const cfg = resolveModelConfig({ preset, imageSize: image, labels: set.labels });
+  const cfg = benchConfig(preset, image);
   const params = initialParams(cfg, 0);
   const model = new CxrModel(cfg, params);
   const mask = decayMask(model.layout);
@@ -85,6 +98,44 @@ export async function trainingStep(
       model.assignFlat(params);
     },
     dispose: () => model.dispose(),
+  };
+}
+
+/** CLIP ViT-B/16's text tower (open_clip ViT-B-16 text_cfg). */
+const CLIP_B16_TEXT: ClipTextShape = {
+  kind: 'clip',
+  vocabSize: 49408,
+  contextLength: 77,
+  width: 512,
+  heads: 8,
+  layers: 12,
+  embedDim: 512,
+  quickGelu: true,
+  prefix: '',
+};
+/** `--pretrained-shape NAME` is a model row named `pretrained:NAME`. */
+const PRETRAINED = 'pretrained:';
+
+/** The chexpert14 prompts' token ids from open_clip's tokenizer, cut to the longest. */
+function clipPromptTokens(): number[][] {
+  const fixture = JSON.parse(readFileSync(path.join(packageRoot, 'test', 'fixtures', 'prompt-tokens.json'), 'utf8')) as {
+    clip_openai: Record<string, number[]>;
+  };
+  const rows = labelPrompts(loadLabelSet('chexpert14').labels).map((p) => fixture.clip_openai[p]!);
+  return trimTokenRows(CLIP_B16_TEXT, rows);
+}
+
+/** A preset's configuration, or the pretrained shape: vit-b16 with QuickGELU and CLIP's text tower in the step. */
+function benchConfig(preset: string, image: number): ModelConfig {
+  const labels = loadLabelSet('chexpert14').labels;
+  if (!preset.startsWith(PRETRAINED)) return resolveModelConfig({ preset, imageSize: image, labels });
+  const shape = preset.slice(PRETRAINED.length);
+  if (shape !== 'vit-b16') throw new UserError(`--pretrained-shape '${shape}' is not one of vit-b16`);
+  const c = resolveModelConfig({ preset: 'vit-b16', imageSize: image, labels });
+  return {
+    ...c,
+    act: 'quick_gelu',
+    text: { kind: 'tower', dim: CLIP_B16_TEXT.embedDim, tower: CLIP_B16_TEXT, tokens: clipPromptTokens() },
   };
 }
 
@@ -240,6 +291,11 @@ interface TorchSteps {
   /** With `profile`: one more step's matMul self time (bench/reference/vit_step.py), or why the profiler failed. */
   matmul_ms?: number;
   profile_error?: string;
+  /** The GEMM rate of one [1024, 768] x [768, 3072] product, and the BLAS library PyTorch loaded. */
+  gemm_gflops?: number;
+  blas?: string;
+  /** Set when the reference stopped at its budget (no step times then). */
+  error?: string;
 }
 
 function torchStepMs(
@@ -250,8 +306,21 @@ function torchStepMs(
   warmup: number,
   env: NodeJS.ProcessEnv = {},
   profile = false,
+  budgetS = 0,
 ): TorchSteps | string {
-  const cfg = resolveModelConfig({ preset, imageSize: image, labels: loadLabelSet('chexpert14').labels });
+  const cfg = benchConfig(preset, image);
+  const text: string[] = [];
+  if (cfg.text.kind === 'tower' && cfg.text.tower.kind === 'clip') {
+    const t = cfg.text.tower;
+    const tokens = path.join(tmpdir(), `cxr-bench-tokens-${process.pid}.json`);
+    writeFileSync(tokens, JSON.stringify(cfg.text.tokens));
+    text.push(
+      ...['--tokens', tokens, '--vocab', t.vocabSize, '--context', t.contextLength, '--text-width', t.width, '--text-layers', t.layers].map(
+        String,
+      ),
+      ...['--text-heads', t.heads, '--quick-gelu', t.quickGelu ? 1 : 0].map(String),
+    );
+  } else if (cfg.act === 'quick_gelu') text.push('--quick-gelu', '1');
   const a = [
     '--image',
     image,
@@ -283,17 +352,25 @@ function torchStepMs(
     cfg.inputNorm === 'image' ? 1 : 0,
     '--profile',
     profile ? 1 : 0,
+    '--budget-s',
+    budgetS,
   ].map(String);
-  return runTorchReference<TorchSteps>('vit_step.py', a, env);
+  return runTorchReference<TorchSteps>('vit_step.py', [...a, ...text], env);
 }
 
 export async function run(argv: string[]): Promise<void> {
-  const models = arg(argv, 'models', 'tiny,small').split(',');
-  const backends = arg(argv, 'backends', arg(argv, 'backend', 'wasm,cpu')).split(',') as BackendChoice[];
-  const batch = Number(arg(argv, 'batch', '32'));
-  const image = Number(arg(argv, 'image', '64'));
-  const steps = Number(arg(argv, 'steps', '5'));
-  const warmup = Number(arg(argv, 'warmup', '5'));
+  const shape = arg(argv, 'pretrained-shape', '');
+  const models = shape ? [PRETRAINED + shape] : arg(argv, 'models', 'tiny,small').split(',');
+  // ViT-B/16-sized steps take tens of seconds each here (docs/performance.md): the defaults for
+  // them keep the whole run to minutes.
+  const big = models.some((m) => m === 'vit-b16' || m.startsWith(PRETRAINED));
+  const backends = arg(argv, 'backends', arg(argv, 'backend', big ? 'wasm' : 'wasm,cpu')).split(',') as BackendChoice[];
+  const batch = Number(arg(argv, 'batch', shape ? '8' : '32'));
+  const image = Number(arg(argv, 'image', shape ? '224' : '64'));
+  const steps = Number(arg(argv, 'steps', big ? '2' : '5'));
+  const warmup = Number(arg(argv, 'warmup', big ? '1' : '5'));
+  const ceiling = !big || argv.includes('--ceiling');
+  const budget = Number(arg(argv, 'torch-budget', big ? '300' : '0'));
   // PyTorch on one CPU thread is the wasm backend's yardstick, not a GPU's: off by default for WebGPU alone.
   const reference = arg(argv, 'reference', backends.every((b) => b.startsWith('webgpu')) ? 'off' : 'on');
   if (!['on', 'off'].includes(reference)) throw new UserError(`--reference must be on or off, got '${reference}'`);
@@ -333,8 +410,21 @@ export async function run(argv: string[]): Promise<void> {
   let adapter: string | null = null; // the WebGPU adapter, once it ran
   for (const preset of models) {
     const off = 'PyTorch reference not run (--reference on runs it)';
-    const ref = reference === 'on' ? torchStepMs(preset, batch, image, steps, warmup, {}, backends.includes('wasm')) : off;
-    const refThp = reference === 'on' ? torchStepMs(preset, batch, image, steps, warmup, TORCH_THP_ENV) : off;
+    const t0 = performance.now();
+    const ran =
+      reference === 'on' ? torchStepMs(preset, batch, image, steps, warmup, {}, ceiling && backends.includes('wasm'), budget) : off;
+    const torchS = (performance.now() - t0) / 1000;
+    // A reference stopped at its budget is a reason, with the BLAS it found.
+    const ref: TorchSteps | string =
+      typeof ran !== 'string' && ran.error
+        ? `PyTorch reference ${ran.error} (${steps + warmup} steps asked; its BLAS ${ran.blas} multiplies at ${ran.gemm_gflops?.toFixed(2)} GFLOP/s)`
+        : ran;
+    const refThp =
+      reference !== 'on'
+        ? off
+        : big
+          ? 'not run for this size (--models tiny,small run it)'
+          : torchStepMs(preset, batch, image, steps, warmup, TORCH_THP_ENV);
     let wasmMs: number | null = null; // the step with every switch on, for the ceiling lines
     for (const be of backends) {
       // The cpu backend is ~10x slower; one step of `small` on it takes minutes, so it gets one, after one.
@@ -357,7 +447,7 @@ export async function run(argv: string[]): Promise<void> {
         );
       }
     }
-    if (wasmMs !== null) {
+    if (wasmMs !== null && ceiling) {
       const [torchMs, torchMatMulMs] = typeof ref === 'string' ? [null, null] : [median(ref.ms), ref.matmul_ms ?? null];
       process.stdout.write(await wasmCeiling(preset, batch, image, wasmMs, torchMs, torchMatMulMs));
       if (typeof ref !== 'string' && ref.profile_error)
@@ -365,9 +455,9 @@ export async function run(argv: string[]): Promise<void> {
     }
     if (typeof ref === 'string') process.stdout.write(`  ${ref}\n`);
     else {
-      const ours = initialParams(resolveModelConfig({ preset, imageSize: image, labels: loadLabelSet('chexpert14').labels }), 0).length;
+      const ours = initialParams(benchConfig(preset, image), 0).length;
       process.stdout.write(
-        `  PyTorch ${ref.torch}, one thread; parameters: PyTorch ${ref.params}, tfjs ${ours}${ref.params === ours ? ' (same model)' : ' (MISMATCH)'}\n`,
+        `  PyTorch ${ref.torch}, one thread, ${torchS.toFixed(0)} s for its phase, BLAS ${ref.blas} at ${ref.gemm_gflops?.toFixed(1)} GFLOP/s on a [1024, 768] x [768, 3072] product; parameters: PyTorch ${ref.params}, tfjs ${ours}${ref.params === ours ? ' (same model)' : ' (MISMATCH)'}\n`,
       );
     }
     if (typeof refThp === 'string') process.stdout.write(`  PyTorch THP: ${refThp}\n`);

@@ -3,7 +3,16 @@ import { z } from 'zod';
 import { AUGMENT_LEVELS, augmentPolicy } from '../shared/augment/policy.js';
 import { UserError } from '../shared/util/errors.js';
 import { BACKEND_CHOICES } from '../kernels/backend.js';
-import { checkRgb, checkVisualHead, MODEL_PRESETS, type ModelConfig, type Rgb, VISUAL_HEADS } from './config.js';
+import {
+  checkRgb,
+  checkVisualHead,
+  MODEL_PRESETS,
+  type ModelConfig,
+  type Rgb,
+  TEXT_TOWER_MODES,
+  type TextTowerMode,
+  VISUAL_HEADS,
+} from './config.js';
 import { PRIOR_SCOPES, type PriorScope } from './prior-scope.js';
 import { parseFreeze } from './param-groups.js';
 import type { LabelPriorKind } from './label-prior.js';
@@ -62,6 +71,7 @@ const trainFlagsSchema = z.object({
   posWeight: z.enum(['none', 'balanced']),
   bootstrap: z.number(),
   pretrained: z.string().optional(),
+  textTower: z.enum(TEXT_TOWER_MODES as [TextTowerMode, ...TextTowerMode[]]).optional(),
   imageMean: z.array(z.number()).optional(),
   imageStd: z.array(z.number()).optional(),
   augment: z.enum(AUGMENT_LEVELS).optional(),
@@ -87,6 +97,7 @@ export type TrainConfig = Omit<
   | 'headLr'
   | 'lrLayerDecay'
   | 'pretrained'
+  | 'textTower'
   | 'imageMean'
   | 'imageStd'
   | 'augment'
@@ -109,6 +120,11 @@ export type TrainConfig = Omit<
   lrLayerDecay?: number;
   /** A pretrained model directory (--pretrained): the model's shape and initial weights; null: --model. */
   pretrained?: string | null;
+  /**
+   * --text-tower with --pretrained: the directory's text tower encodes the prompts once (frozen) or
+   * is trained in the step (finetune); null: frozen when the weights hold a text tower.
+   */
+  textTower?: TextTowerMode | null;
   /** --image-mean / --image-std: RGB preprocessing of imported and exported weights (both or neither); null: the model's default. */
   imageMean?: number[] | null;
   imageStd?: number[] | null;
@@ -150,6 +166,7 @@ export function parseTrainConfig(flags: TrainFlags | Record<string, unknown>): T
     headLr: a.headLr ?? null,
     lrLayerDecay: a.lrLayerDecay ?? 1,
     pretrained: a.pretrained ? path.resolve(a.pretrained) : null,
+    textTower: a.textTower ?? null,
     imageMean: image ? [...image.mean] : null,
     imageStd: image ? [...image.std] : null,
     augment: a.augment ?? 'none',

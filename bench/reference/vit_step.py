@@ -3,12 +3,21 @@ trains (grayscale CLIP-style ViT + label text branch, classification + contrasti
 losses, AdamW), on one thread. Prints one JSON line: {"ms": [per-step times], "params": N}; with
 --profile 1 also "matmul_ms": the self time of one more step's matrix products under torch.profiler
 (aten::mm, addmm, bmm, baddbmm and the patch-embedding convolution both ways, where BLAS runs).
+With --tokens FILE (JSON token rows, cut to the longest prompt) the prompts come from CLIP's text
+transformer (open_clip TextTransformer: causal blocks, ln_final, argmax pooling, text_projection)
+trained in the step, as `--text-tower finetune` does; --quick-gelu 1 puts QuickGELU in every MLP.
+Always also "gemm_gflops" (a [1024, 768] x [768, 3072] product, as the ViT's MLP does it) and
+"blas" (the BLAS library the process loaded): a reference BLAS makes every step hundreds of times
+slower. --budget-s S stops the run after S seconds with {"error": ...} and those two fields.
 
 Run as: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE /usr/bin/python3 vit_step.py --width 128 ...
 """
 import argparse
 import json
 import math
+import os
+import signal
+import sys
 import time
 
 import torch
@@ -16,23 +25,49 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def quick_gelu(x):
+    return x * torch.sigmoid(1.702 * x)
+
+
 class Block(nn.Module):
-    def __init__(self, w, heads):
+    def __init__(self, w, heads, act=F.gelu):
         super().__init__()
         self.ln_1 = nn.LayerNorm(w)
         self.attn = nn.MultiheadAttention(w, heads, batch_first=True)
         self.ln_2 = nn.LayerNorm(w)
         self.c_fc = nn.Linear(w, 4 * w)
         self.c_proj = nn.Linear(4 * w, w)
+        self.act = act
 
-    def forward(self, x):
+    def forward(self, x, mask=None):
         a = self.ln_1(x)
-        x = x + self.attn(a, a, a, need_weights=False)[0]
-        return x + self.c_proj(F.gelu(self.c_fc(self.ln_2(x))))
+        x = x + self.attn(a, a, a, need_weights=False, attn_mask=mask)[0]
+        return x + self.c_proj(self.act(self.c_fc(self.ln_2(x))))
+
+
+class TextTransformer(nn.Module):
+    """open_clip's TextTransformer on token rows [N, T] (T <= context: causal, so rows cut to the longest prompt give the same output)."""
+
+    def __init__(self, vocab, context, w, layers, heads, dim, act):
+        super().__init__()
+        self.token_embedding = nn.Embedding(vocab, w)
+        self.positional_embedding = nn.Parameter(torch.randn(context, w) * 0.01)
+        self.blocks = nn.ModuleList([Block(w, heads, act) for _ in range(layers)])
+        self.ln_final = nn.LayerNorm(w)
+        self.text_projection = nn.Parameter(torch.randn(w, dim) * w ** -0.5)
+
+    def forward(self, ids):
+        T = ids.shape[1]
+        mask = torch.full((T, T), float('-inf')).triu_(1)
+        x = self.token_embedding(ids) + self.positional_embedding[:T]
+        for b in self.blocks:
+            x = b(x, mask)
+        x = self.ln_final(x[torch.arange(x.shape[0]), ids.argmax(dim=-1)])
+        return x @ self.text_projection
 
 
 class Model(nn.Module):
-    def __init__(self, image, patch, w, layers, heads, dim, labels, text_dim, pool, rank):
+    def __init__(self, image, patch, w, layers, heads, dim, labels, text_dim, pool, rank, act=F.gelu, text=None, text_tokens=None):
         super().__init__()
         tokens = (image // patch) ** 2 + 1
         self.pool = pool
@@ -43,10 +78,12 @@ class Model(nn.Module):
         self.class_embedding = nn.Parameter(torch.randn(w) * w ** -0.5)
         self.positional_embedding = nn.Parameter(torch.randn(tokens, w) * w ** -0.5)
         self.ln_pre = nn.LayerNorm(w)
-        self.blocks = nn.ModuleList([Block(w, heads) for _ in range(layers)])
+        self.blocks = nn.ModuleList([Block(w, heads, act) for _ in range(layers)])
         self.ln_post = nn.LayerNorm(w)
         self.proj = nn.Parameter(torch.randn(w, dim) * w ** -0.5)
-        self.prompts = nn.Parameter(torch.randn(3 * labels, text_dim))
+        self.text, self.text_tokens = text, text_tokens
+        if text is None:
+            self.prompts = nn.Parameter(torch.randn(3 * labels, text_dim))
         self.fc1 = nn.Linear(text_dim, dim)
         self.fc2 = nn.Linear(dim, dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
@@ -68,7 +105,7 @@ class Model(nn.Module):
         return self.ln_post(x[:, 0]) @ self.proj
 
     def encode_text(self):
-        h = self.fc1(self.prompts)
+        h = self.fc1(self.prompts if self.text is None else self.text(self.text_tokens))
         t = h + self.fc2(F.gelu(h))
         L = self.labels
         return t[:L], t[L:2 * L], t[2 * L:]
@@ -109,6 +146,24 @@ def matmul_ms(run):
     return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in MATMUL_OPS) / 1000
 
 
+def blas_library():
+    """The BLAS shared object this process mapped (Debian's alternatives pick it), e.g. libopenblas or the reference libblas."""
+    try:
+        with open('/proc/self/maps') as f:
+            libs = {line.split()[-1] for line in f if 'blas' in line.lower() and '.so' in line}
+        return ', '.join(sorted(os.path.realpath(x) for x in libs)) or 'none mapped'
+    except OSError as e:
+        return repr(e)
+
+
+def gemm_gflops():
+    a, b = torch.randn(1024, 768), torch.randn(768, 3072)
+    torch.mm(a, b)
+    t = time.perf_counter()
+    torch.mm(a, b)
+    return 2 * 1024 * 768 * 3072 / (time.perf_counter() - t) / 1e9
+
+
 def main():
     p = argparse.ArgumentParser()
     for k, d in [('image', 64), ('patch', 8), ('width', 128), ('layers', 4), ('heads', 4), ('dim', 128), ('labels', 14), ('batch', 32), ('steps', 5), ('warmup', 2), ('threads', 1)]:
@@ -117,10 +172,27 @@ def main():
     p.add_argument('--rank', type=int, default=16)
     p.add_argument('--image-norm', type=int, default=0)
     p.add_argument('--profile', type=int, default=0)
+    p.add_argument('--quick-gelu', type=int, default=0)
+    p.add_argument('--tokens', default=None)
+    for k, d in [('vocab', 49408), ('context', 77), ('text-width', 512), ('text-layers', 12), ('text-heads', 8), ('budget-s', 0)]:
+        p.add_argument('--' + k, type=int, default=d)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = Model(a.image, a.patch, a.width, a.layers, a.heads, a.dim, a.labels, a.dim, a.pool, a.rank)
+    env = {'gemm_gflops': gemm_gflops(), 'blas': blas_library()}
+    if a.budget_s:
+        def over(*_):
+            print(json.dumps({'error': f'stopped after its budget of {a.budget_s} s', **env}))
+            sys.stdout.flush()
+            os._exit(0)
+        signal.signal(signal.SIGALRM, over)
+        signal.alarm(a.budget_s)
+    act = quick_gelu if a.quick_gelu else F.gelu
+    text = tokens = None
+    if a.tokens:
+        tokens = torch.tensor(json.load(open(a.tokens)), dtype=torch.long)
+        text = TextTransformer(a.vocab, a.context, a.text_width, a.text_layers, a.text_heads, a.dim, act)
+    model = Model(a.image, a.patch, a.width, a.layers, a.heads, a.dim, a.labels, a.dim, a.pool, a.rank, act, text, tokens)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.05)
     x = torch.randn(a.batch, 1, a.image, a.image)
     raw = torch.randint(0, 2, (a.batch, a.labels)).float()
@@ -134,7 +206,7 @@ def main():
         t = time.perf_counter()
         step(model, opt, x, raw, mask, groups, S, a.image_norm)
         times.append((time.perf_counter() - t) * 1000)
-    out = {'ms': times, 'params': sum(q.numel() for q in model.parameters()), 'torch': torch.__version__, 'threads': torch.get_num_threads()}
+    out = {'ms': times, 'params': sum(q.numel() for q in model.parameters()), 'torch': torch.__version__, 'threads': torch.get_num_threads(), **env}
     if a.profile:
         try:
             out['matmul_ms'] = matmul_ms(lambda: step(model, opt, x, raw, mask, groups, S, a.image_norm))

@@ -1,7 +1,7 @@
 import type { Argv, CommandModule } from 'yargs';
 import { BACKEND_CHOICES, type BackendChoice } from '../../kernels/backend.js';
 import { UNCERTAINTY_POLICIES } from '../../model/targets.js';
-import { MODEL_PRESETS, VISUAL_HEADS } from '../../model/config.js';
+import { MODEL_PRESETS, TEXT_TOWER_MODES, VISUAL_HEADS } from '../../model/config.js';
 import { PRIOR_SCOPES, type PriorScope } from '../../model/prior-scope.js';
 import { parseTrainConfig, type TrainFlags } from '../../model/train-config.js';
 import { createLogger } from '../../shared/util/log.js';
@@ -115,6 +115,11 @@ export function trainOptions<T>(y: Argv<T>) {
       type: 'string',
       describe:
         'open_clip / model hub directory (open_clip_config.json + weights): the model shape and initial weights, instead of --model',
+    })
+    .option('text-tower', {
+      choices: TEXT_TOWER_MODES,
+      describe:
+        "with --pretrained: the directory's text tower encodes the prompts once at start (frozen) or is trained with the rest (finetune); default frozen when the weights hold a text tower",
     })
     .option('image-mean', imageNormOption('mean'))
     .option('image-std', imageNormOption('std'));

@@ -5,7 +5,9 @@ import type { Logger } from '../../shared/util/log.js';
 import { labelPriorTarget } from '../../model/label-prior.js';
 import { uncertaintyPolicies } from '../../model/targets.js';
 import { type Rgb, withVisualHead } from '../../model/config.js';
+import { readPretrainedDir } from '../../model/pretrained/dir.js';
 import { modelConfigFor } from '../../model/pretrained/model.js';
+import { pretrainedTextSource } from '../../model/text/pretrained.js';
 import { loadTextEmbeddings } from '../../model/text-embeddings.js';
 import { DEFAULT_ADAMW, type RunConfig, type TrainConfig } from '../../model/train-config.js';
 import { modelLayout } from '../../model/vit.js';
@@ -20,7 +22,7 @@ import { trainingPosWeights } from './pos-weights.js';
 export interface ResolvedRun {
   /** The config and what was derived from it: config.json, and what the ranks build from. */
   readonly run: RunConfig;
-  /** Fixed prompt vectors (--text-embeddings), or null for learnable text. */
+  /** Fixed prompt vectors (--text-embeddings, or a frozen pretrained text tower's), or null. */
   readonly fixedPrompts: number[] | null;
   readonly layout: ParamLayout;
   readonly source: RowSource;
@@ -47,7 +49,7 @@ export async function resolveRun(cfg: TrainConfig, ds: Dataset, log: Logger): Pr
     throw new UserError(`the ${cfg.eval} split of ${cfg.data} is empty; use --eval with another split or none`);
   const text = cfg.textEmbeddings ? loadTextEmbeddings(cfg.textEmbeddings, labels) : null;
   const image = cfg.imageMean && cfg.imageStd ? { mean: cfg.imageMean as unknown as Rgb, std: cfg.imageStd as unknown as Rgb } : undefined;
-  const model = withVisualHead(
+  let model = withVisualHead(
     await modelConfigFor(cfg.pretrained ?? null, {
       preset: cfg.model,
       imageSize: height,
@@ -62,6 +64,21 @@ export async function resolveRun(cfg: TrainConfig, ds: Dataset, log: Logger): Pr
   );
   if (model.pretrained)
     log.info(`pretrained ${model.pretrained.tower} image tower from ${model.pretrained.weights} (sha256 ${model.pretrained.sha256})`);
+  let fixedPrompts = text ? Array.from(text.vectors) : null;
+  if (cfg.textTower && (!cfg.pretrained || cfg.textEmbeddings || cfg.head !== 'text'))
+    throw new UserError(
+      '--text-tower needs --pretrained DIR and the text head, without --text-embeddings (which fixes the prompts itself)',
+    );
+  if (cfg.pretrained && cfg.head === 'text' && !cfg.textEmbeddings) {
+    const towered = await pretrainedTextSource(await readPretrainedDir(cfg.pretrained), labels, cfg.textTower ?? null);
+    if (towered) {
+      model = { ...model, text: towered.text };
+      fixedPrompts = towered.fixedPrompts ? Array.from(towered.fixedPrompts) : null;
+      log.info(
+        `pretrained ${towered.text.kind === 'tower' ? 'text tower trained in the step' : 'text tower, prompts encoded once (frozen)'}`,
+      );
+    } else log.info('the pretrained weights hold no text tower: the prompts are learned (--text-embeddings gives fixed ones)');
+  }
   const set = labelSetFor(ds.manifest.labelSet, labels);
   const posWeight = cfg.posWeight === 'balanced' ? await trainingPosWeights(ds) : null;
   const layout = modelLayout(model);
@@ -84,5 +101,5 @@ export async function resolveRun(cfg: TrainConfig, ds: Dataset, log: Logger): Pr
       competition: [...(set?.competition ?? [])],
     },
   };
-  return { run, fixedPrompts: text ? Array.from(text.vectors) : null, layout, source, sampler };
+  return { run, fixedPrompts, layout, source, sampler };
 }

@@ -2,6 +2,7 @@ import { UserError } from '../../shared/util/errors.js';
 import { type InitWeights, loadInitWeights, type TorchFormat } from '../../shared/interop/open-clip.js';
 import { sha256File } from '../../shared/interop/state-dict.js';
 import { type ModelConfig, type PretrainedSource, resolveModelConfig, type Rgb } from '../config.js';
+import { textTowerSpecs } from '../text/tower.js';
 import { initialParams, modelLayout } from '../vit.js';
 import { type PretrainedDir, readPretrainedDir } from './dir.js';
 
@@ -72,8 +73,8 @@ export function torchFormat(c: ModelConfig): TorchFormat {
 
 /**
  * The initial parameters of a run started from --pretrained: `init` (fresh) with every image-tower
- * tensor and logit_scale read from the weights file. The image tower must be complete in the
- * file; the heads keep their fresh values. The file must still be the one the run recorded.
+ * tensor and logit_scale read from the weights file (and the text tower's, when the model has it).
+ * The towers must be complete in the file; the heads keep their fresh values. The file must still be the one the run recorded.
  */
 export async function loadPretrainedParams(c: ModelConfig, init: Float32Array): Promise<InitWeights> {
   const src = c.pretrained;
@@ -85,13 +86,15 @@ export async function loadPretrainedParams(c: ModelConfig, init: Float32Array): 
     throw new UserError(
       `${src.weights}: sha256 ${sha.slice(0, 12)}... is not the ${src.sha256.slice(0, 12)}... this run was configured with; the file changed`,
     );
-  // The image tower must be in the file; the visual head (--visual-head) never is, and starts fresh.
+  // The image tower must be in the file (the visual head, --visual-head, never is: it starts fresh),
+  // and so must a text tower in the model (--text-tower finetune).
+  const text = new Set(c.text.kind === 'tower' ? textTowerSpecs(c.text.tower).map((x) => x.name) : []);
   return loadInitWeights(
     src.weights,
     modelLayout(c),
     init,
     torchFormat(c),
-    (name) => name.startsWith('visual.') && !name.startsWith('visual.head.'),
+    (name) => (name.startsWith('visual.') && !name.startsWith('visual.head.')) || text.has(name),
   );
 }
 

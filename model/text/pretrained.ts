@@ -2,9 +2,11 @@ import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { fromOpenClipLayout, openClipShape } from '../../shared/interop/open-clip.js';
-import type { StateDict } from '../../shared/interop/state-dict.js';
+import { openStateDict, type StateDict } from '../../shared/interop/state-dict.js';
 import { UserError } from '../../shared/util/errors.js';
 import type { ParamGetter } from '../blocks.js';
+import type { TextSource, TextTowerMode } from '../config.js';
+import { labelPrompts } from '../vit.js';
 import type { PretrainedDir } from '../pretrained/dir.js';
 import { BERT_POOLERS, type BertPooler, type BertProj, type BertTextShape } from './bert-text.js';
 import type { ClipTextShape } from './clip-text.js';
@@ -173,4 +175,31 @@ export async function embedPrompts(t: PretrainedText, prompts: readonly string[]
   const out = Float32Array.from(await y.data());
   y.dispose();
   return out;
+}
+
+/**
+ * The prompts' source for a run started from a pretrained directory (--text-tower): `frozen`
+ * encodes them once here and fixes the vectors (like --text-embeddings, stored with the model);
+ * `finetune` puts the tower in the model, its weights read by every rank with the image tower's.
+ * Without a mode, frozen when the weights hold the text tower, else null (learnable prompts).
+ */
+export async function pretrainedTextSource(
+  pd: PretrainedDir,
+  labels: readonly string[],
+  mode: TextTowerMode | null,
+): Promise<{ text: TextSource; fixedPrompts: Float32Array | null } | null> {
+  const sd = await openStateDict(pd.weightsFile);
+  try {
+    // CLIP's token embedding (top-level or under text.) or an HFTextEncoder's tensors.
+    const hasTower = [...sd.tensors.keys()].some((n) => /^(text\.)?token_embedding\.weight$|^text\.transformer\./.test(n));
+    if (!mode && !hasTower) return null;
+    const text = await loadPretrainedText(pd, sd);
+    const prompts = labelPrompts(labels);
+    const dim = text.shape.embedDim;
+    if ((mode ?? 'frozen') === 'frozen')
+      return { text: { kind: 'frozen', dim, tower: text.shape }, fixedPrompts: await embedPrompts(text, prompts) };
+    return { text: { kind: 'tower', dim, tower: text.shape, tokens: promptTokenRows(text, prompts) }, fixedPrompts: null };
+  } finally {
+    await sd.close();
+  }
 }
