@@ -26,10 +26,13 @@ export function parseFreeze(values: readonly string[]): Freeze[] {
   });
 }
 
+const CLIP_TEXT_TOP = /^(token_embedding\.|positional_embedding$|transformer\.resblocks\.|ln_final\.|text_projection$)/;
+
 /** Which tower a parameter belongs to and its depth there, or null for heads, prompts and scales. */
 export function towerDepth(name: string): { tower: Tower; block: number | null; top: boolean } | null {
   if (name.startsWith('visual.head.') || name.startsWith('text.head.') || name === 'text.prompt_embeddings') return null;
-  const tower: Tower | null = name.startsWith('visual.') ? 'visual' : name.startsWith('text.') ? 'text' : null;
+  // CLIP's text tower is top-level in open_clip's CLIP class (token_embedding, transformer.resblocks, ...).
+  const tower: Tower | null = name.startsWith('visual.') ? 'visual' : name.startsWith('text.') || CLIP_TEXT_TOP.test(name) ? 'text' : null;
   if (!tower) return null;
   const b = /\.(?:resblocks|layer)\.(\d+)\./.exec(name);
   if (b) return { tower, block: Number(b[1]), top: false };

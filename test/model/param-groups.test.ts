@@ -26,6 +26,13 @@ test('param groups: tower depths, --freeze parsing and its errors', () => {
   assert.deepEqual(towerDepth('visual.transformer.resblocks.2.ln_1.weight'), { tower: 'visual', block: 2, top: false });
   assert.deepEqual(towerDepth('visual.proj'), { tower: 'visual', block: null, top: true });
   assert.deepEqual(towerDepth('text.transformer.encoder.layer.5.output.dense.weight'), { tower: 'text', block: 5, top: false });
+  // CLIP's text tower under the CLIP class's top-level names (model/text/clip-text.ts).
+  assert.deepEqual(towerDepth('token_embedding.weight'), { tower: 'text', block: null, top: false });
+  assert.deepEqual(towerDepth('positional_embedding'), { tower: 'text', block: null, top: false });
+  assert.deepEqual(towerDepth('transformer.resblocks.3.attn.in_proj_weight'), { tower: 'text', block: 3, top: false });
+  assert.deepEqual(towerDepth('ln_final.weight'), { tower: 'text', block: null, top: true });
+  assert.deepEqual(towerDepth('text_projection'), { tower: 'text', block: null, top: true });
+  assert.equal(towerDepth('logit_scale'), null);
   assert.equal(towerDepth('visual.head.fc1.weight'), null);
   assert.equal(towerDepth('text.prompt_embeddings'), null);
   assert.equal(towerDepth('logit_scale'), null);
