@@ -6,7 +6,7 @@ import { parseArgs } from 'node:util';
 import { configureDecoder, decodeGray } from '../coordinator/data/decode.js';
 import { runPrepare } from '../coordinator/data/prepare.js';
 import { drawAnatomy, renderStudy } from '../coordinator/data/synth-image.js';
-import { Prng } from '../shared/random/sfc32.js';
+import { Prng } from '../shared/random/generators.js';
 import { readManifest, SPLITS } from '../shared/dataset/manifest.js';
 import { shardBytes, verifyShards } from '../shared/dataset/verify.js';
 

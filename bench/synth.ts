@@ -7,7 +7,7 @@ import '@tensorflow/tfjs-backend-wasm';
 import { runSynth } from '../coordinator/data/synth-run.js';
 import { openDataset } from '../shared/dataset/reader.js';
 import type { SampleBatch } from '../shared/dataset/columns.js';
-import { Prng } from '../shared/random/sfc32.js';
+import { Prng } from '../shared/random/generators.js';
 import { UserError } from '../shared/util/errors.js';
 import { runTorchReference } from './torch-reference.js';
 

@@ -6,6 +6,7 @@ import { writeFileAtomic, writeJsonAtomic } from '../shared/util/fs-atomic.js';
 import { layoutMismatch, type ParamLayout } from '../shared/params.js';
 import type { ModelConfig } from './config.js';
 import { modelLayout } from './vit.js';
+import { MODEL_BIN_FILE, MODEL_JSON_FILE } from '../shared/run/files.js';
 
 /**
  * Interim single-file parameter format (until sharded checkpoints replace it):
@@ -13,8 +14,6 @@ import { modelLayout } from './vit.js';
  * last, names the configuration, the layout and the sha256 of model.bin. A directory without
  * model.json holds no model.
  */
-export const PARAMS_BIN = 'model.bin';
-export const PARAMS_JSON = 'model.json';
 export const PARAMS_FORMAT = 'cxr-align-params';
 
 export interface ParamsDoc {
@@ -39,7 +38,7 @@ export async function saveParams(
   await fsp.mkdir(dir, { recursive: true });
   const bytes = new Uint8Array(params.buffer, params.byteOffset, params.byteLength);
   const layout = modelLayout(config);
-  await writeFileAtomic(path.join(dir, PARAMS_BIN), bytes);
+  await writeFileAtomic(path.join(dir, MODEL_BIN_FILE), bytes);
   const doc: ParamsDoc = {
     format: PARAMS_FORMAT,
     version: 1,
@@ -50,13 +49,13 @@ export async function saveParams(
     layout: layout.entries.map((e) => ({ name: e.name, shape: [...e.shape], offset: e.offset })),
     ...(fixedPrompts ? { fixedPrompts: Array.from(fixedPrompts) } : {}),
   };
-  await writeJsonAtomic(path.join(dir, PARAMS_JSON), doc);
+  await writeJsonAtomic(path.join(dir, MODEL_JSON_FILE), doc);
 }
 
 /** Load a saved model from its directory (or the path of its model.json), verifying shape and checksum. */
 export async function loadParams(where: string): Promise<{ doc: ParamsDoc; params: Float32Array; layout: ParamLayout }> {
   const dir = where.endsWith('.json') ? path.dirname(where) : where;
-  const jsonPath = path.join(dir, PARAMS_JSON);
+  const jsonPath = path.join(dir, MODEL_JSON_FILE);
   let doc: ParamsDoc;
   try {
     doc = JSON.parse(await fsp.readFile(jsonPath, 'utf8')) as ParamsDoc;
@@ -73,13 +72,13 @@ export async function loadParams(where: string): Promise<{ doc: ParamsDoc; param
   };
   const mismatch = layoutMismatch(layout, saved);
   if (mismatch) throw new UserError(`${jsonPath}: ${mismatch}`);
-  const binPath = path.join(dir, PARAMS_BIN);
+  const binPath = path.join(dir, MODEL_BIN_FILE);
   const buf = await fsp.readFile(binPath).catch((e: Error) => {
     throw new UserError(`${binPath}: ${e.message}`);
   });
   if (buf.length !== layout.total * 4) throw new UserError(`${binPath}: ${buf.length} bytes, expected ${layout.total * 4}`);
   if (createHash('sha256').update(buf).digest('hex') !== doc.sha256)
-    throw new UserError(`${binPath}: sha256 does not match ${PARAMS_JSON}; the file is damaged, retrain or restore it`);
+    throw new UserError(`${binPath}: sha256 does not match ${MODEL_JSON_FILE}; the file is damaged, retrain or restore it`);
   const params = new Float32Array(layout.total);
   new Uint8Array(params.buffer).set(buf);
   return { doc, params, layout };

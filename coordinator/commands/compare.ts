@@ -3,6 +3,7 @@ import type { CommandModule } from 'yargs';
 import { UserError } from '../../shared/util/errors.js';
 import { compareEvals, formatComparisonTable } from '../report/compare.js';
 import { readRunDir } from '../report/run-dir.js';
+import { EVAL_FILE } from '../../shared/run/files.js';
 
 interface CompareArgs {
   runA: string;
@@ -31,7 +32,7 @@ export const compareCommand: CommandModule<object, CompareArgs> = {
     const [a, b] = await Promise.all([readRunDir(argv.runA), readRunDir(argv.runB)]);
     for (const r of [a, b])
       if (!r.evaluation)
-        throw new UserError(`${path.join(r.dir, 'eval.json')}: missing; evaluate the run first (it is written at the end of training)`);
+        throw new UserError(`${path.join(r.dir, EVAL_FILE)}: missing; evaluate the run first (it is written at the end of training)`);
     const rows = compareEvals(a.evaluation!, b.evaluation!);
     if (argv.json) {
       process.stdout.write(JSON.stringify(rows, null, 2) + '\n');

@@ -8,6 +8,7 @@ import { inspectDataset, type InspectReport } from '../data/inspect.js';
 import { summaryTable } from '../data/summary.js';
 import { runSynth, synthSource } from '../data/synth-run.js';
 import type { SynthOptions } from '../data/synth.js';
+import { REPORT_FILE } from '../../shared/run/files.js';
 
 interface Args {
   dir: string;
@@ -87,7 +88,7 @@ export const demoCommand: CommandModule<object, Args> = {
     ];
     const targs = (await checkpointFlags(jobOptions(trainOptions(yargs(argv).strict()))).parseAsync()) as unknown as TrainArgs;
     await runTraining(targs);
-    process.stdout.write(`demo: done; open ${path.join(runDir, 'report.html')} in a browser\n`);
+    process.stdout.write(`demo: done; open ${path.join(runDir, REPORT_FILE)} in a browser\n`);
   },
 };
 

@@ -1,4 +1,4 @@
-import type { Prng } from '../../shared/random/sfc32.js';
+import type { Prng } from '../../shared/random/generators.js';
 
 /**
  * Chest-X-ray-like pictures drawn from a list of findings: a pure function of (findings, patient

@@ -1,5 +1,5 @@
 import { loadLabelSet } from '../../shared/labels.js';
-import { Prng, deriveSeed } from '../../shared/random/sfc32.js';
+import { Prng, deriveSeed } from '../../shared/random/generators.js';
 import { splitPatients, type SplitFractions } from '../../shared/dataset/split.js';
 import type { SplitName } from '../../shared/dataset/manifest.js';
 import type { Sample } from '../../shared/dataset/writer.js';

@@ -7,11 +7,12 @@ import type { LabelSet } from '../../shared/labels.js';
 import { aurocReport, type AurocReport } from '../../shared/metrics/auroc.js';
 import { initBackend, type BackendChoice } from '../../kernels/backend.js';
 import type { ModelConfig } from '../../model/config.js';
-import { loadParams, PARAMS_JSON } from '../../model/params-file.js';
+import { loadParams } from '../../model/params-file.js';
 import { CxrModel } from '../../model/vit.js';
 import { loadPretrainedModel } from '../../model/pretrained/model.js';
 import { scoreRows } from '../../model/predict.js';
 import { labelSetFor, type SplitName, type TrainData } from '../train/config.js';
+import { CHECKPOINT_MANIFEST_FILE, MODEL_JSON_FILE } from '../../shared/run/files.js';
 
 /** A saved model (run directory or checkpoint), loaded and evaluated in this process: `coordinator eval`, `embed`. */
 
@@ -49,8 +50,8 @@ export async function evaluate(
 export async function loadSavedModel(
   where: string,
 ): Promise<{ doc: { config: ModelConfig; fixedPrompts?: number[] | null }; params: Float32Array }> {
-  const isStep = existsSync(path.join(where, 'manifest.json'));
-  const isRunWithoutModel = !existsSync(path.join(where, PARAMS_JSON)) && existsSync(checkpointsDir(where)) && !where.endsWith('.json');
+  const isStep = existsSync(path.join(where, CHECKPOINT_MANIFEST_FILE));
+  const isRunWithoutModel = !existsSync(path.join(where, MODEL_JSON_FILE)) && existsSync(checkpointsDir(where)) && !where.endsWith('.json');
   if (!isStep && !isRunWithoutModel) return loadParams(where);
   const ck = await loadCheckpoint(where, { layout: 'checkpoint', world: 1, rank: 0, moments: false });
   const c = ck.manifest.config as { model?: ModelConfig; fixedPrompts?: number[] | null } | null;

@@ -1,3 +1,4 @@
+import { Xoshiro128 } from '../../shared/random/generators.js';
 import { shardRange } from '../../shared/shard.js';
 
 /**
@@ -16,8 +17,7 @@ import { shardRange } from '../../shared/shard.js';
  *   globalBatch, dropLast), never on the number of workers: 1 worker with batch N*b sees exactly
  *   the rows that N workers with batch b see, in the same order.
  *
- * PRNG: xoshiro128** (Blackman & Vigna), 32-bit arithmetic, seeded by running splitmix32 over
- * (seed, epoch); bounded integers by Lemire's multiply-shift with rejection, so the shuffle is
+ * PRNG: xoshiro128** seeded by (seed, epoch) (shared/random/generators.ts), so the shuffle is
  * unbiased. Math.random is never used.
  */
 
@@ -54,66 +54,6 @@ export function validateSamplerConfig(c: SamplerConfig): void {
 
 export function stepsPerEpoch(c: SamplerConfig): number {
   return (c.dropLast ?? true) ? Math.floor(c.size / c.globalBatch) : Math.ceil(c.size / c.globalBatch);
-}
-
-/** splitmix32 (a 32-bit variant of Steele et al.'s SplitMix): turns (seed, epoch) into well-mixed state words. */
-function splitmix32(state: { s: number }): number {
-  state.s = (state.s + 0x9e3779b9) | 0;
-  let z = state.s;
-  z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
-  z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
-  return (z ^ (z >>> 16)) >>> 0;
-}
-
-/** xoshiro128** generator; `next()` returns a uint32. */
-export class Xoshiro128 {
-  private a: number;
-  private b: number;
-  private c: number;
-  private d: number;
-
-  constructor(seed: number, stream = 0) {
-    const st = { s: (seed ^ Math.imul(stream + 1, 0x632be5ab)) | 0 };
-    // Mix the seed through a few rounds first so that seeds 0, 1, 2... do not start correlated.
-    for (let i = 0; i < 4; i++) splitmix32(st);
-    this.a = splitmix32(st);
-    this.b = splitmix32(st);
-    this.c = splitmix32(st);
-    this.d = splitmix32(st);
-    if ((this.a | this.b | this.c | this.d) === 0) this.a = 1;
-  }
-
-  next(): number {
-    const result = Math.imul(rotl(Math.imul(this.b, 5), 7), 9) >>> 0;
-    const t = this.b << 9;
-    this.c ^= this.a;
-    this.d ^= this.b;
-    this.b ^= this.c;
-    this.a ^= this.d;
-    this.c ^= t;
-    this.d = rotl(this.d, 11);
-    return result;
-  }
-
-  /** Uniform integer in [0, bound), bound <= 2^32, unbiased (Lemire 2019). */
-  below(bound: number): number {
-    if (bound <= 1) return 0;
-    for (;;) {
-      const x = this.next();
-      // The 64-bit product x * bound, computed in 16-bit halves of x so every partial stays
-      // below 2^53 and exact in a double: hi = product >>> 32, lo = product mod 2^32.
-      const p1 = (x >>> 16) * bound;
-      const p0 = (x & 0xffff) * bound;
-      const mid = (p1 % 0x10000) * 0x10000 + p0;
-      const lo = mid % 0x1_0000_0000;
-      const hi = Math.floor(p1 / 0x10000) + Math.floor(mid / 0x1_0000_0000);
-      if (lo >= (0x1_0000_0000 - bound) % bound) return hi;
-    }
-  }
-}
-
-function rotl(x: number, k: number): number {
-  return (x << k) | (x >>> (32 - k));
 }
 
 /** The permutation of 0..size-1 for one epoch. */

@@ -1,6 +1,7 @@
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { MetricsLine } from '../../shared/run/files.js';
 import { UserError } from '../../shared/util/errors.js';
 
 /**
@@ -8,23 +9,6 @@ import { UserError } from '../../shared/util/errors.js';
  * endpoint (`GET /healthz`, 200 healthy / 503 not, JSON body saying why) for Kubernetes probes.
  * The training loop feeds it through `TrainingMetrics`; every metric is named `cxr_*`.
  */
-
-/** One training step as the coordinator aggregates it: the same keys as a metrics.jsonl line. */
-export interface StepReport {
-  step: number;
-  epoch?: number;
-  lr?: number;
-  images_per_s?: number;
-  loss?: number | null;
-  time_compute_s?: number;
-  time_gather_s?: number;
-  time_reduce_s?: number;
-  time_data_wait_s?: number;
-  /** Whole step wall time; default the sum of the phases. */
-  time_step_s?: number;
-  /** Any further `loss_<term>` values. */
-  [key: string]: unknown;
-}
 
 export type RunPhase = 'starting' | 'training' | 'evaluating' | 'checkpointing' | 'done' | 'failed';
 const PHASES: RunPhase[] = ['starting', 'training', 'evaluating', 'checkpointing', 'done', 'failed'];
@@ -153,8 +137,8 @@ export class TrainingMetrics {
     this.setPhase('starting');
   }
 
-  /** Record one training step (call once per step, with the aggregated report). */
-  observeStep(r: StepReport): void {
+  /** Record one training step (call once per step, with its metrics.jsonl line). */
+  observeStep(r: MetricsLine): void {
     this.step.set(r.step);
     if (typeof r.epoch === 'number') this.epoch.set(r.epoch);
     if (typeof r.lr === 'number') this.lr.set(r.lr);

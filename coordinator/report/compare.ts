@@ -1,4 +1,4 @@
-import type { EvalResult } from './run-dir.js';
+import type { EvalResult } from '../../shared/run/files.js';
 
 /**
  * Run-vs-run comparison of per-label AUROC, the research's headline picture. Differences are

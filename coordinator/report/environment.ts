@@ -4,6 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { writeJsonAtomic } from '../../shared/util/fs-atomic.js';
 import { packageRoot } from '../../shared/util/paths.js';
+import { ENVIRONMENT_FILE } from '../../shared/run/files.js';
 
 /**
  * The environment a run executed in, for its report: what produced the numbers. The trainer
@@ -72,6 +73,6 @@ export function captureEnvironment(extra: Record<string, unknown> = {}): Environ
  */
 export async function writeRunEnvironment(runDir: string, extra: Record<string, unknown> = {}): Promise<EnvironmentInfo> {
   const env = captureEnvironment(extra);
-  await writeJsonAtomic(path.join(runDir, 'environment.json'), env);
+  await writeJsonAtomic(path.join(runDir, ENVIRONMENT_FILE), env);
   return env;
 }

@@ -3,10 +3,10 @@ export { writeReport, type WriteReportOptions, type WrittenReport } from './writ
 export {
   writeRunEmbeddings,
   readRunEmbeddings,
-  EMBEDDINGS_FILE,
   type RunEmbeddingsInput,
   type RunEmbeddings,
 } from '../../shared/run/embeddings.js';
 export { writeRunEnvironment, captureEnvironment, type EnvironmentInfo } from './environment.js';
-export { readRunDir, type RunData, type EvalResult, type MetricsLine } from './run-dir.js';
+export { readRunDir, type RunData } from './run-dir.js';
+export { EMBEDDINGS_FILE, type EvalResult, type MetricsLine } from '../../shared/run/files.js';
 export { compareEvals, formatComparisonTable, SIGNIFICANT_POINTS, type ComparisonRow } from './compare.js';

@@ -3,6 +3,16 @@ import * as path from 'node:path';
 import { z } from 'zod';
 import { UserError } from '../../shared/util/errors.js';
 import { readRunEmbeddings, type RunEmbeddings } from '../../shared/run/embeddings.js';
+import {
+  CONFIG_FILE,
+  ENVIRONMENT_FILE,
+  EVAL_FILE,
+  type EvalResult,
+  evalSchema,
+  METRICS_FILE,
+  type MetricsLine,
+  metricsLineSchema,
+} from '../../shared/run/files.js';
 
 /**
  * Readers for the files a training run leaves in its run directory (written by the trainer):
@@ -10,31 +20,6 @@ import { readRunEmbeddings, type RunEmbeddings } from '../../shared/run/embeddin
  * Every reader names the file (and line) of anything malformed, so a broken run directory
  * gives one clear error instead of a blank chart.
  */
-
-/** One line of `metrics.jsonl`: one training step. Loss terms are the keys starting with `loss`. */
-const metricsLineSchema = z
-  .object({
-    step: z.number().int().nonnegative(),
-    epoch: z.number().nonnegative(),
-    lr: z.number().nonnegative(),
-    images_per_s: z.number().nonnegative(),
-    loss: z.number().nullable(),
-  })
-  .catchall(z.unknown());
-export type MetricsLine = z.infer<typeof metricsLineSchema>;
-
-const aurocValue = z.number().min(0).max(1).nullable();
-const evalSchema = z
-  .object({
-    split: z.string(),
-    n: z.number().int().nonnegative(),
-    auroc: z.record(z.string(), aurocValue),
-    mean_auroc: aurocValue,
-    mean_auroc_competition: aurocValue,
-    ci: z.record(z.string(), z.tuple([z.number(), z.number()]).nullable()).optional(),
-  })
-  .catchall(z.unknown());
-export type EvalResult = z.infer<typeof evalSchema>;
 
 const environmentSchema = z.record(z.string(), z.unknown());
 export type RunEnvironment = Record<string, unknown>;
@@ -137,23 +122,22 @@ export async function readRunDir(dir: string): Promise<RunData> {
   const notes: string[] = [];
   const file = (name: string) => path.join(abs, name);
 
-  const configText = await readText(file('config.json'));
+  const configText = await readText(file(CONFIG_FILE));
   let config: Record<string, unknown> | null = null;
   if (configText !== null) {
-    const doc = parseJson(configText, file('config.json'));
-    if (typeof doc !== 'object' || doc === null || Array.isArray(doc))
-      throw new UserError(`${file('config.json')}: expected a JSON object`);
+    const doc = parseJson(configText, file(CONFIG_FILE));
+    if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw new UserError(`${file(CONFIG_FILE)}: expected a JSON object`);
     config = doc as Record<string, unknown>;
   }
-  const metricsText = await readText(file('metrics.jsonl'));
-  const metrics = metricsText === null ? [] : parseMetricsJsonl(metricsText, file('metrics.jsonl'), notes);
-  const evalText = await readText(file('eval.json'));
-  const evaluation = evalText === null ? null : parseEval(parseJson(evalText, file('eval.json')), file('eval.json'));
-  const envText = await readText(file('environment.json'));
+  const metricsText = await readText(file(METRICS_FILE));
+  const metrics = metricsText === null ? [] : parseMetricsJsonl(metricsText, file(METRICS_FILE), notes);
+  const evalText = await readText(file(EVAL_FILE));
+  const evaluation = evalText === null ? null : parseEval(parseJson(evalText, file(EVAL_FILE)), file(EVAL_FILE));
+  const envText = await readText(file(ENVIRONMENT_FILE));
   let environment: RunEnvironment | null = null;
   if (envText !== null) {
-    const parsed = environmentSchema.safeParse(parseJson(envText, file('environment.json')));
-    if (!parsed.success) throw new UserError(`${file('environment.json')}: expected a JSON object`);
+    const parsed = environmentSchema.safeParse(parseJson(envText, file(ENVIRONMENT_FILE)));
+    if (!parsed.success) throw new UserError(`${file(ENVIRONMENT_FILE)}: expected a JSON object`);
     environment = parsed.data;
   }
   const embeddings = await readRunEmbeddings(abs);

@@ -4,6 +4,7 @@ import { writeFileAtomic } from '../../shared/util/fs-atomic.js';
 import { UserError } from '../../shared/util/errors.js';
 import { buildReport } from './build.js';
 import { readRunDir } from './run-dir.js';
+import { REPORT_FILE } from '../../shared/run/files.js';
 
 export interface WriteReportOptions {
   /** A second run to compare against (its AUROC side by side, differences coloured). */
@@ -25,7 +26,7 @@ export interface WrittenReport {
 export async function writeReport(runDir: string, opts: WriteReportOptions = {}): Promise<WrittenReport> {
   const run = await readRunDir(runDir);
   const compare = opts.compareDir ? await readRunDir(opts.compareDir) : undefined;
-  const out = path.resolve(opts.out ?? path.join(run.dir, 'report.html'));
+  const out = path.resolve(opts.out ?? path.join(run.dir, REPORT_FILE));
   const dir = path.dirname(out);
   const st = await fsp.stat(dir).catch(() => null);
   if (!st?.isDirectory()) throw new UserError(`--out ${out}: the folder ${dir} does not exist; create it first`);

@@ -1,24 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import type { StepSummary } from '../job/control-server.js';
-
-/** One line of metrics.jsonl. */
-export interface MetricsRecord {
-  step: number;
-  epoch: number;
-  loss: number;
-  loss_classification: number;
-  loss_contrastive: number;
-  loss_label_prior: number;
-  lr: number;
-  grad_norm: number;
-  images_per_s: number;
-  time_compute_s: number;
-  time_gather_s: number;
-  time_reduce_s: number;
-  time_data_wait_s: number;
-  time_step_s: number;
-}
+import { METRICS_FILE, type MetricsRecord } from '../../shared/run/files.js';
 
 /** The metrics.jsonl line of one step, from the ranks' reports (losses are global; times are the slowest rank's). */
 export function metricsRecord(s: StepSummary, stepSeconds: number): MetricsRecord {
@@ -64,7 +47,7 @@ export class MetricsLog {
    * a crash, lost with it) are dropped so that every step appears once.
    */
   static async open(out: string, startStep: number): Promise<MetricsLog> {
-    const file = path.join(out, 'metrics.jsonl');
+    const file = path.join(out, METRICS_FILE);
     const kept = startStep > 0 ? linesUpTo(await fsp.readFile(file, 'utf8').catch(() => ''), startStep) : '';
     await fsp.writeFile(file, kept);
     return new MetricsLog(file, await fsp.open(file, 'a'));

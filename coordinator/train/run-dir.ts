@@ -6,6 +6,7 @@ import { writeJsonAtomic } from '../../shared/util/fs-atomic.js';
 import type { Logger } from '../../shared/util/log.js';
 import type { RunConfig } from '../../model/train-config.js';
 import { writeRunEnvironment } from '../report/environment.js';
+import { CONFIG_FILE, isEvalFile, METRICS_FILE, MODEL_JSON_FILE } from '../../shared/run/files.js';
 
 /**
  * Make the run directory ready for the job: refuse to overwrite another run, clear what an
@@ -20,7 +21,7 @@ export async function prepareRunDir(
   // would be mixed up), except with --resume auto and nothing committed: a restart of a run that
   // died before its first checkpoint starts it over.
   if (!o.resumesInside && !o.resumeAuto)
-    for (const f of ['metrics.jsonl', 'model.json'])
+    for (const f of [METRICS_FILE, MODEL_JSON_FILE])
       if (await exists(path.join(run.out, f)))
         throw new UserError(
           `--out ${run.out} already holds a run (${f}); choose a new run directory, remove it, or continue it with --resume ${run.out}`,
@@ -32,12 +33,10 @@ export async function prepareRunDir(
     log.warn(
       `removed ${removed.length} uncommitted checkpoint director${removed.length > 1 ? 'ies' : 'y'} of an interrupted save: ${removed.join(', ')}`,
     );
-  await writeJsonAtomic(path.join(run.out, 'config.json'), run);
+  await writeJsonAtomic(path.join(run.out, CONFIG_FILE), run);
   await writeRunEnvironment(run.out, { workers: run.workers });
   // Stale results of an earlier run in the same directory would be read as this run's.
-  if (o.startStep === 0)
-    for (const f of await fsp.readdir(run.out))
-      if (f === 'eval.json' || /^eval-epoch-\d+\.json$/.test(f)) await fsp.rm(path.join(run.out, f));
+  if (o.startStep === 0) for (const f of await fsp.readdir(run.out)) if (isEvalFile(f)) await fsp.rm(path.join(run.out, f));
 }
 
 const exists = (file: string) =>

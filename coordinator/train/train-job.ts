@@ -19,6 +19,7 @@ import { metricsRecord, MetricsLog } from './metrics-log.js';
 import { resolveRun, type ResolvedRun } from './resolve.js';
 import { chooseResume, newestCommitted, resumesInside } from './resume.js';
 import { prepareRunDir } from './run-dir.js';
+import { EVAL_FILE } from '../../shared/run/files.js';
 
 /** Where and how the workers run (the rest of the run is TrainConfig). */
 export interface TrainJobOptions {
@@ -284,7 +285,7 @@ function stepObserver(
     const rec = metricsRecord(s, Math.max(s.timings.total, (now - lastAt) / 1000));
     lastAt = now;
     log.append(rec);
-    metrics.observeStep(rec as unknown as Parameters<TrainingMetrics['observeStep']>[0]);
+    metrics.observeStep(rec);
     // The ZeRO-1 reduce-scatter + parameter all-gather move an all-reduce's bytes.
     if (workers > 1 && rec.time_reduce_s > 0) metrics.observeCollective('allreduce', parameters * 4, rec.time_reduce_s, workers);
     barImages += s.images;
@@ -294,7 +295,7 @@ function stepObserver(
 
 /** The final evaluation the ranks wrote to eval.json, for the summary line and the metrics. */
 async function finalEvaluation(out: string, metrics: TrainingMetrics): Promise<TrainJobResult['evalReport']> {
-  const report = JSON.parse(await fsp.readFile(path.join(out, 'eval.json'), 'utf8'));
+  const report = JSON.parse(await fsp.readFile(path.join(out, EVAL_FILE), 'utf8'));
   metrics.observeEval(report as unknown as Parameters<TrainingMetrics['observeEval']>[0]);
   return report;
 }

@@ -4,7 +4,8 @@ import { UserError, errorMessage } from '../util/errors.js';
 import { buildLayout, layoutMismatch, type ParamLayout } from '../params.js';
 import { shardRange, type ShardRange } from '../shard.js';
 import { STEP_DIR_RE, layoutHash } from './format.js';
-import { MANIFEST_FILE, checkpointsDir, listCheckpoints, readManifest, type CheckpointManifest } from './manifest.js';
+import { CHECKPOINT_MANIFEST_FILE } from '../run/files.js';
+import { checkpointsDir, listCheckpoints, readManifest, type CheckpointManifest } from './manifest.js';
 import { ShardReader } from './shard-reader.js';
 
 /** A checkpoint whose bytes fail their checks: resuming from a run directory falls back past it. */
@@ -64,10 +65,10 @@ export async function checkpointCandidates(p: string): Promise<{ dirs: string[];
   if (!existsSync(abs)) throw new UserError(`checkpoint path ${abs} does not exist`);
   if (!statSync(abs).isDirectory())
     throw new UserError(`checkpoint path ${abs} is not a directory (give a run directory or a step-NNNNNNN directory)`);
-  if (STEP_DIR_RE.test(path.basename(abs)) || existsSync(path.join(abs, MANIFEST_FILE))) {
-    if (!existsSync(path.join(abs, MANIFEST_FILE)))
+  if (STEP_DIR_RE.test(path.basename(abs)) || existsSync(path.join(abs, CHECKPOINT_MANIFEST_FILE))) {
+    if (!existsSync(path.join(abs, CHECKPOINT_MANIFEST_FILE)))
       throw new UserError(
-        `${abs} has no ${MANIFEST_FILE}: the save that wrote it never committed, so it cannot be loaded; ` +
+        `${abs} has no ${CHECKPOINT_MANIFEST_FILE}: the save that wrote it never committed, so it cannot be loaded; ` +
           `give the run directory to resume from its latest committed checkpoint`,
       );
     return { dirs: [abs], single: true };
@@ -119,12 +120,12 @@ function checkCompatible(dir: string, m: CheckpointManifest, o: ResolveOptions):
 function checkManifest(dir: string, m: CheckpointManifest): void {
   const saved = buildLayout(m.layout.entries);
   if (saved.total !== m.layout.total || layoutHash(saved) !== m.layout.hash)
-    throw new Error(`${dir}/${MANIFEST_FILE}: layout hash or total does not match its entries`);
-  if (m.shards.length !== m.world) throw new Error(`${dir}/${MANIFEST_FILE}: ${m.shards.length} shards for world ${m.world}`);
+    throw new Error(`${dir}/${CHECKPOINT_MANIFEST_FILE}: layout hash or total does not match its entries`);
+  if (m.shards.length !== m.world) throw new Error(`${dir}/${CHECKPOINT_MANIFEST_FILE}: ${m.shards.length} shards for world ${m.world}`);
   m.shards.forEach((s, r) => {
     const want = shardRange(m.layout.total, m.world, r);
     if (s.rank !== r || s.start !== want.start || s.end !== want.end)
-      throw new Error(`${dir}/${MANIFEST_FILE}: shard ${r} has range [${s.start}, ${s.end})`);
+      throw new Error(`${dir}/${CHECKPOINT_MANIFEST_FILE}: shard ${r} has range [${s.start}, ${s.end})`);
   });
 }
 
@@ -134,14 +135,14 @@ async function openShards(dir: string, m: CheckpointManifest, only?: Set<number>
     for (const s of m.shards) {
       if (only && !only.has(s.rank)) continue;
       const file = path.join(dir, s.file);
-      if (!existsSync(file)) throw new Error(`${file}: missing (listed in ${MANIFEST_FILE})`);
+      if (!existsSync(file)) throw new Error(`${file}: missing (listed in ${CHECKPOINT_MANIFEST_FILE})`);
       const r = await ShardReader.open(file);
       out.set(s.rank, r);
       const h = r.header;
       if (r.bytes !== s.bytes) throw new Error(`${file}: ${r.bytes} bytes, the manifest says ${s.bytes}`);
       if (r.digest !== s.digest)
         throw new Error(
-          `${file}: header or block checksums differ from those ${MANIFEST_FILE} recorded (digest ${r.digest}, expected ${s.digest})`,
+          `${file}: header or block checksums differ from those ${CHECKPOINT_MANIFEST_FILE} recorded (digest ${r.digest}, expected ${s.digest})`,
         );
       if (
         h.rank !== s.rank ||
@@ -151,7 +152,7 @@ async function openShards(dir: string, m: CheckpointManifest, only?: Set<number>
         h.step !== m.step ||
         h.layoutHash !== m.layout.hash
       )
-        throw new Error(`${file}: header (step ${h.step}, rank ${h.rank}/${h.world}) does not match ${MANIFEST_FILE}`);
+        throw new Error(`${file}: header (step ${h.step}, rank ${h.rank}/${h.world}) does not match ${CHECKPOINT_MANIFEST_FILE}`);
     }
   } catch (e) {
     for (const r of out.values()) await r.close();

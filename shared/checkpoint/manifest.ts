@@ -4,10 +4,10 @@ import { z } from 'zod';
 import { fsyncDir, writeJsonAtomic } from '../util/fs-atomic.js';
 import type { ParamLayout } from '../params.js';
 import { shardRange } from '../shard.js';
+import { CHECKPOINT_MANIFEST_FILE, CHECKPOINTS_DIR } from '../run/files.js';
 import { STEP_DIR_RE, SHARD_HEADER_BYTES, decodeHeader, layoutHash, shardFileName, stepDirName } from './format.js';
 import type { ShardWritten } from './shard-writer.js';
 
-export const MANIFEST_FILE = 'manifest.json';
 export const MANIFEST_FORMAT = 'cxr-align-checkpoint';
 export const MANIFEST_VERSION = 1;
 
@@ -59,7 +59,7 @@ export interface CommitInput {
 
 /** `RUN/checkpoints`: where a run keeps its step directories. */
 export function checkpointsDir(runDir: string): string {
-  return path.join(runDir, 'checkpoints');
+  return path.join(runDir, CHECKPOINTS_DIR);
 }
 
 export function stepDir(checkpointsRoot: string, step: number): string {
@@ -121,13 +121,13 @@ export async function commitCheckpoint(stepDirPath: string, c: CommitInput): Pro
     created: new Date().toISOString(),
     ...(c.meta !== undefined ? { meta: c.meta } : {}),
   };
-  await writeJsonAtomic(path.join(stepDirPath, MANIFEST_FILE), manifest);
+  await writeJsonAtomic(path.join(stepDirPath, CHECKPOINT_MANIFEST_FILE), manifest);
   return manifest;
 }
 
 /** Parse a step directory's manifest; throws a plain Error with the reason (callers wrap it). */
 export async function readManifest(stepDirPath: string): Promise<CheckpointManifest> {
-  const file = path.join(stepDirPath, MANIFEST_FILE);
+  const file = path.join(stepDirPath, CHECKPOINT_MANIFEST_FILE);
   const text = await fsp.readFile(file, 'utf8');
   let doc: unknown;
   try {
@@ -164,14 +164,14 @@ export async function listCheckpoints(checkpointsRoot: string): Promise<StepDirI
     const m = STEP_DIR_RE.exec(name);
     if (!m) continue;
     const dir = path.join(checkpointsRoot, name);
-    out.push({ step: Number(m[1]), dir, committed: existsSync(path.join(dir, MANIFEST_FILE)) });
+    out.push({ step: Number(m[1]), dir, committed: existsSync(path.join(dir, CHECKPOINT_MANIFEST_FILE)) });
   }
   return out.sort((a, b) => a.step - b.step);
 }
 
 /** Delete a step directory so that no crash midway can leave it looking committed: manifest first. */
 async function removeStepDir(dir: string): Promise<void> {
-  await fsp.rm(path.join(dir, MANIFEST_FILE), { force: true });
+  await fsp.rm(path.join(dir, CHECKPOINT_MANIFEST_FILE), { force: true });
   await fsyncDir(dir).catch(() => {});
   await fsp.rm(dir, { recursive: true, force: true });
 }

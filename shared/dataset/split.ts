@@ -1,6 +1,6 @@
 import { UserError } from '../util/errors.js';
 import type { SplitName } from './manifest.js';
-import { Prng, deriveSeed } from '../random/sfc32.js';
+import { Prng, deriveSeed } from '../random/generators.js';
 
 export interface SplitFractions {
   val: number;

@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { z } from 'zod';
 import { UserError } from '../util/errors.js';
 import { writeJsonAtomic } from '../util/fs-atomic.js';
+import { EMBEDDINGS_FILE } from './files.js';
 
 /**
  * `RUN/embeddings.json`: what the report needs for the label-similarity heatmap and the
@@ -21,7 +22,6 @@ import { writeJsonAtomic } from '../util/fs-atomic.js';
  *             "labels": [[1, 0, -1, null, ...], ...] } }  // 1 pos, 0 neg, -1 uncertain, null blank
  * ```
  */
-export const EMBEDDINGS_FILE = 'embeddings.json';
 export const EMBEDDINGS_FORMAT = 'cxr-align/embeddings@1';
 export const DEFAULT_MAX_TEST_ROWS = 2000;
 

@@ -12,7 +12,7 @@ import { runJob } from '../../coordinator/job/run-job.js';
 import { datasetRowSource } from '../../coordinator/data/dataset-source.js';
 import { Sampler } from '../../coordinator/job/sampler.js';
 import { createLogger } from '../../shared/util/log.js';
-import { Prng } from '../../shared/random/sfc32.js';
+import { Prng } from '../../shared/random/generators.js';
 
 /**
  * Augmentation on the real data path (feed, worker processes, the augmentation thread): every

@@ -1,7 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { Sampler, Xoshiro128, epochPermutation } from '../../coordinator/job/sampler.js';
+import { Sampler, epochPermutation } from '../../coordinator/job/sampler.js';
+import { Xoshiro128 } from '../../shared/random/generators.js';
 
 test('every row appears exactly once per epoch; with drop_last the batches hold all but size % batch of them', () => {
   fc.assert(

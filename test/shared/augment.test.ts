@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { AUGMENT_PRESETS, augmentDraw, augmentPolicy, type AugmentDraw, type AugmentPolicy } from '../../shared/augment/policy.js';
 import { augmentImages, warpImage } from '../../shared/augment/warp.js';
-import { Prng } from '../../shared/random/sfc32.js';
+import { Prng } from '../../shared/random/generators.js';
 
 const still: AugmentPolicy = { scale: [1, 1], ratio: [1, 1], rotate: 0, translate: 0, brightness: 0, contrast: 0, hflip: 0 };
 const identity: AugmentDraw = { ax: 1, bx: 0, cx: 0, ay: 0, by: 1, cy: 0, brightness: 1, contrast: 1 };

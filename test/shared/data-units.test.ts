@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { CsvParser, type CsvRecord } from '../../shared/dataset/csv.js';
 import { splitPatients } from '../../shared/dataset/split.js';
-import { Prng } from '../../shared/random/sfc32.js';
+import { Prng } from '../../shared/random/generators.js';
 import { drawFindings, planSynth, reportLabels } from '../../coordinator/data/synth.js';
 import { loadLabelSet } from '../../shared/labels.js';
 

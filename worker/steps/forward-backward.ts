@@ -71,7 +71,7 @@ export interface StepTerms {
   total: number;
 }
 
-export interface StepResult {
+export interface Gradients {
   /** Gradient of the global loss (flat layout): summed over ranks, or this rank's part with `reduce` false. */
   grads: Float32Array;
   terms: StepTerms;
@@ -96,7 +96,7 @@ export async function computeGradients(
   opts: StepOptions,
   reduce = true,
   into?: Float32Array,
-): Promise<StepResult> {
+): Promise<Gradients> {
   const L = model.config.labels.length;
   const { n } = batch;
   const textHead = model.config.head === 'text';

@@ -1,6 +1,6 @@
 import type { SampleBatch } from '../../shared/dataset/reader.js';
 import { paramsSha256 } from '../../shared/params-hash.js';
-import { evalEpochFile } from '../../shared/run/files.js';
+import { EVAL_FILE, evalEpochFile } from '../../shared/run/files.js';
 import { shardRanges } from '../../shared/shard.js';
 import { initBackend } from '../../kernels/backend.js';
 import { saveParams } from '../../model/params-file.js';
@@ -92,7 +92,7 @@ async function trainStepWith(ctx: StepContext, t: TrainStepConfig, pg: ThreadedP
       if (info.checkpoint) await saver.save(S, optimizer.params, optimizer.moments.m, optimizer.moments.v, last || info.final);
       if (last && rank === 0) await saveParams(run.out, run.resolved.model, optimizer.params, S, fixedPrompts);
       if (info.epochStep === job.stepsPerEpoch - 1 && !last) await evaluator.evaluate(evalEpochFile(info.epoch), false, S, info.epoch);
-      if (last) await evaluator.evaluate('eval.json', true, S, info.epoch);
+      if (last) await evaluator.evaluate(EVAL_FILE, true, S, info.epoch);
       return { images: b.n, losses: u.losses, timings: { compute: computeSeconds, gather: comm.gatherSeconds, reduce: u.reduceSeconds } };
     },
     paramsHash: () => paramsSha256(optimizer.params),
