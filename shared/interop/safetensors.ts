@@ -10,7 +10,8 @@ import { writeAtomically } from '../util/fs-atomic.js';
  * Reading keeps only the header in memory and reads one tensor at a time at its offset; writing
  * streams tensor by tensor to a temp file, fsync, rename.
  */
-const DTYPE_BYTES = {
+/** Bytes per element of each safetensors dtype (also the element sizes of PyTorch storages). */
+export const DTYPE_BYTES = {
   F64: 8,
   F32: 4,
   F16: 2,

@@ -1,6 +1,6 @@
 import { promises as fsp } from 'node:fs';
 import { UserError } from '../util/errors.js';
-import { type Dtype, f16ToF32 } from './safetensors.js';
+import { DTYPE_BYTES, type Dtype, f16ToF32 } from './safetensors.js';
 import { ZipReader } from './zip.js';
 
 /**
@@ -28,23 +28,6 @@ const STORAGES: Record<string, Dtype> = {
 };
 const CALLABLES = ['collections.OrderedDict', 'torch._utils._rebuild_tensor_v2', 'torch._utils._rebuild_parameter'];
 const ALLOWED = new Set([...CALLABLES, ...Object.keys(STORAGES).map((s) => `torch.${s}`)]);
-const BYTES: Record<Dtype, number> = {
-  F64: 8,
-  F32: 4,
-  F16: 2,
-  BF16: 2,
-  I64: 8,
-  I32: 4,
-  I16: 2,
-  I8: 1,
-  U64: 8,
-  U32: 4,
-  U16: 2,
-  U8: 1,
-  BOOL: 1,
-  F8_E4M3: 1,
-  F8_E5M2: 1,
-};
 
 interface Global {
   kind: 'global';
@@ -110,7 +93,7 @@ export class TorchZipFile {
       for (const t of tensors.values()) {
         const entry = zip.entries.get(`${prefix}data/${t.storageKey}`);
         if (!entry) throw new UserError(`${file}: tensor '${t.name}' refers to storage '${t.storageKey}', which the archive lacks`);
-        const need = (t.offset + span(t)) * BYTES[t.dtype];
+        const need = (t.offset + span(t)) * DTYPE_BYTES[t.dtype];
         if (t.shape.every((d) => d > 0) && need > entry.size)
           throw new UserError(`${file}: tensor '${t.name}' needs ${need} bytes of storage '${t.storageKey}', which has ${entry.size}`);
       }
@@ -132,7 +115,7 @@ export class TorchZipFile {
     const n = t.shape.reduce((a, b) => a * b, 1);
     const out = new Float32Array(n);
     if (n === 0) return out;
-    const eb = BYTES[t.dtype];
+    const eb = DTYPE_BYTES[t.dtype];
     const raw = await this.zip.read(`${this.prefix}data/${t.storageKey}`, t.offset * eb, (span(t) + 1) * eb);
     if (t.dtype === 'F32' && contiguous(t)) {
       new Uint8Array(out.buffer).set(raw.subarray(0, n * 4));
