@@ -2,6 +2,7 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import type { StepSummary } from '../job/control-server.js';
 import { METRICS_FILE, type MetricsRecord } from '../../shared/run/files.js';
+import { diskFull } from '../../shared/util/errors.js';
 
 /** The metrics.jsonl line of one step, from the ranks' reports (losses are global; times are the slowest rank's). */
 export function metricsRecord(s: StepSummary, stepSeconds: number): MetricsRecord {
@@ -63,7 +64,15 @@ export class MetricsLog {
   }
 
   append(rec: MetricsRecord): void {
-    this.writing = this.writing.then(() => this.file.write(JSON.stringify(rec) + '\n'));
+    this.writing = this.writing.then(async () => {
+      await this.file.write(JSON.stringify(rec) + '\n').catch((e: unknown) => {
+        throw diskFull(
+          e,
+          this.path,
+          `the lines before step ${rec.step} and the committed checkpoints are intact: free space, then resume the run`,
+        );
+      });
+    });
   }
 
   /** Every appended line written. */

@@ -1,6 +1,7 @@
 import { existsSync, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { z } from 'zod';
+import { diskFull } from '../util/errors.js';
 import { fsyncDir, writeJsonAtomic } from '../util/fs-atomic.js';
 import type { ParamLayout } from '../params.js';
 import { shardRange } from '../shard.js';
@@ -121,7 +122,14 @@ export async function commitCheckpoint(stepDirPath: string, c: CommitInput): Pro
     created: new Date().toISOString(),
     ...(c.meta !== undefined ? { meta: c.meta } : {}),
   };
-  await writeJsonAtomic(path.join(stepDirPath, CHECKPOINT_MANIFEST_FILE), manifest);
+  const target = path.join(stepDirPath, CHECKPOINT_MANIFEST_FILE);
+  await writeJsonAtomic(target, manifest).catch((e: unknown) => {
+    throw diskFull(
+      e,
+      target,
+      `step ${c.step} is not committed and the previous committed checkpoint in ${path.dirname(stepDirPath)} is intact: free space, then resume the run`,
+    );
+  });
   return manifest;
 }
 

@@ -17,6 +17,7 @@ import { sha256File } from '../../shared/interop/state-dict.js';
 import { createLogger } from '../../shared/util/log.js';
 import { coordinatorEntry } from '../../shared/util/paths.js';
 import { torchReference } from '../helpers/torch.js';
+import { SMALL_RUN_FLAGS } from '../helpers/small-run.js';
 
 const run = promisify(execFile);
 const opts = (checkpoints: TrainJobOptions['checkpoints']): TrainJobOptions => ({
@@ -28,10 +29,10 @@ const opts = (checkpoints: TrainJobOptions['checkpoints']): TrainJobOptions => (
 
 function args(data: string, out: string, pretrained: string, steps: number, lr = 1e-3): TrainArgs {
   return {
+    ...SMALL_RUN_FLAGS,
     workers: 1,
     data,
     out,
-    model: 'tiny',
     steps,
     'batch-size': 8,
     seed: 2,
@@ -39,19 +40,8 @@ function args(data: string, out: string, pretrained: string, steps: number, lr =
     backend: 'wasm',
     lr,
     'warmup-steps': 1,
-    'min-lr-ratio': 0.1,
-    'weight-decay': 0.05,
-    'clip-norm': 1,
-    head: 'text',
-    'w-cls': 1,
-    'w-con': 0.5,
-    'w-prior': 0.1,
-    'label-prior': 'graph',
     uncertainty: 'ignore',
-    'uncertainty-label': [],
-    blank: 'mask',
     'pos-weight': 'none',
-    bootstrap: 0,
     gpu: false,
     prefetch: 2,
     'params-check-every': 1,

@@ -12,15 +12,16 @@ import { textTowerSpecs } from '../../model/text/tower.js';
 import { createLogger } from '../../shared/util/log.js';
 import { addPretrainedText } from '../helpers/pretrained-text.js';
 import { torchReference } from '../helpers/torch.js';
+import { SMALL_RUN_FLAGS } from '../helpers/small-run.js';
 
 const opts = { log: createLogger('test', 'warn'), progress: false, workerOutput: () => {} };
 
 function args(data: string, out: string, pretrained: string, workers: number, textTower: 'frozen' | 'finetune'): TrainArgs {
   return {
+    ...SMALL_RUN_FLAGS,
     workers,
     data,
     out,
-    model: 'tiny',
     steps: 20,
     'batch-size': 8,
     seed: 4,
@@ -28,19 +29,8 @@ function args(data: string, out: string, pretrained: string, workers: number, te
     backend: 'wasm',
     lr: 1e-3,
     'warmup-steps': 2,
-    'min-lr-ratio': 0.1,
-    'weight-decay': 0.05,
-    'clip-norm': 1,
-    head: 'text',
-    'w-cls': 1,
-    'w-con': 0.5,
-    'w-prior': 0.1,
-    'label-prior': 'graph',
     uncertainty: 'ignore',
-    'uncertainty-label': [],
-    blank: 'mask',
     'pos-weight': 'none',
-    bootstrap: 0,
     gpu: false,
     prefetch: 2,
     'params-check-every': 1,

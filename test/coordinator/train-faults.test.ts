@@ -13,6 +13,7 @@ import { checkpointsDir } from '../../shared/checkpoint/index.js';
 import { createLogger } from '../../shared/util/log.js';
 import { coordinatorEntry, workerEntry } from '../../shared/util/paths.js';
 import { freePorts } from '../../shared/util/free-ports.js';
+import { SMALL_RUN_FLAGS } from '../helpers/small-run.js';
 
 // Faults in real processes against an undisturbed run of the same 24 steps (docs/reliability.md).
 const STEPS = 24;
@@ -102,10 +103,10 @@ before(async () => {
   await runSynth(data, false, { count: 100, imageSize: 32, seed: 3, fractions: { val: 0.1, test: 0.2 } });
   const straight = path.join(dir, 'straight');
   base = {
+    ...SMALL_RUN_FLAGS,
     workers: 2,
     data,
     out: straight,
-    model: 'tiny',
     steps: STEPS,
     'batch-size': 16,
     seed: 5,
@@ -113,19 +114,8 @@ before(async () => {
     backend: 'wasm',
     lr: 3e-3,
     'warmup-steps': 2,
-    'min-lr-ratio': 0.1,
-    'weight-decay': 0.05,
-    'clip-norm': 1,
-    head: 'text',
-    'w-cls': 1,
-    'w-con': 0.5,
-    'w-prior': 0.1,
-    'label-prior': 'graph',
     uncertainty: 'ignore',
-    'uncertainty-label': [],
-    blank: 'mask',
     'pos-weight': 'none',
-    bootstrap: 0,
   } as unknown as TrainArgs;
   await trainDistributed(parseTrainConfig(base), { log: createLogger('test', 'warn'), progress: false, workerOutput: () => {} });
   want = await readFile(path.join(straight, 'model.bin'));

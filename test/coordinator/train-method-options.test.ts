@@ -11,16 +11,17 @@ import { createLogger } from '../../shared/util/log.js';
 import { evalSaved } from '../../coordinator/eval/saved-model.js';
 import { openTrainData } from '../../coordinator/train/data.js';
 import { initialParams, modelLayout } from '../../model/vit.js';
+import { SMALL_RUN_FLAGS } from '../helpers/small-run.js';
 
 const log = createLogger('test', 'warn');
 const quiet = () => {};
 
 function args(data: string, out: string, workers: number, extra: Partial<TrainArgs> = {}): TrainArgs {
   return {
+    ...SMALL_RUN_FLAGS,
     workers,
     data,
     out,
-    model: 'tiny',
     steps: 6,
     'batch-size': 16,
     seed: 3,
@@ -28,19 +29,8 @@ function args(data: string, out: string, workers: number, extra: Partial<TrainAr
     backend: 'wasm',
     lr: 3e-3,
     'warmup-steps': 2,
-    'min-lr-ratio': 0.1,
-    'weight-decay': 0.05,
-    'clip-norm': 1,
-    head: 'text',
-    'w-cls': 1,
-    'w-con': 0.5,
-    'w-prior': 0.1,
-    'label-prior': 'graph',
     uncertainty: 'lsr-ones',
-    'uncertainty-label': [],
-    blank: 'mask',
     'pos-weight': 'none',
-    bootstrap: 0,
     gpu: false,
     prefetch: 2,
     'params-check-every': 1,

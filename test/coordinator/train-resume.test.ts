@@ -13,6 +13,7 @@ import { trainDistributed, type TrainJobOptions } from '../../coordinator/train/
 import { checkpointsDir, stepDir } from '../../shared/checkpoint/index.js';
 import { createLogger } from '../../shared/util/log.js';
 import { coordinatorEntry } from '../../shared/util/paths.js';
+import { SMALL_RUN_FLAGS } from '../helpers/small-run.js';
 
 const run = promisify(execFile);
 const log = createLogger('test', 'warn');
@@ -41,10 +42,10 @@ const COMMON = [
 
 function args(data: string, out: string, workers: number, steps: number): TrainArgs {
   return {
+    ...SMALL_RUN_FLAGS,
     workers,
     data,
     out,
-    model: 'tiny',
     steps,
     'batch-size': 16,
     seed: 5,
@@ -52,19 +53,8 @@ function args(data: string, out: string, workers: number, steps: number): TrainA
     backend: 'wasm',
     lr: 3e-3,
     'warmup-steps': 2,
-    'min-lr-ratio': 0.1,
-    'weight-decay': 0.05,
-    'clip-norm': 1,
-    head: 'text',
-    'w-cls': 1,
-    'w-con': 0.5,
-    'w-prior': 0.1,
-    'label-prior': 'graph',
     uncertainty: 'lsr-ones',
-    'uncertainty-label': [],
-    blank: 'mask',
     'pos-weight': 'none',
-    bootstrap: 0,
     gpu: false,
     prefetch: 2,
     'params-check-every': 1,

@@ -10,6 +10,7 @@ import { trainDistributed, type TrainJobOptions } from '../../coordinator/train/
 import { checkpointsDir, stepDir } from '../../shared/checkpoint/index.js';
 import { createLogger } from '../../shared/util/log.js';
 import { relativeDifference, webGpuMissing } from '../helpers/webgpu.js';
+import { SMALL_RUN_FLAGS } from '../helpers/small-run.js';
 
 /**
  * The WebGPU acceptance on the software adapter (slow, so small: tiny at 16 px, batch 8):
@@ -24,10 +25,10 @@ const quiet = () => {};
 
 function args(data: string, out: string, backend: TrainArgs['backend'], steps: number): TrainArgs {
   return {
+    ...SMALL_RUN_FLAGS,
     workers: 2,
     data,
     out,
-    model: 'tiny',
     steps,
     'batch-size': 8,
     seed: 5,
@@ -35,19 +36,8 @@ function args(data: string, out: string, backend: TrainArgs['backend'], steps: n
     backend,
     lr: 3e-3,
     'warmup-steps': 2,
-    'min-lr-ratio': 0.1,
-    'weight-decay': 0.05,
-    'clip-norm': 1,
-    head: 'text',
-    'w-cls': 1,
-    'w-con': 0.5,
-    'w-prior': 0.1,
-    'label-prior': 'graph',
     uncertainty: 'lsr-ones',
-    'uncertainty-label': [],
-    blank: 'mask',
     'pos-weight': 'none',
-    bootstrap: 0,
     gpu: false,
     prefetch: 2,
     'params-check-every': 0,

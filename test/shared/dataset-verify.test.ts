@@ -14,13 +14,14 @@ import { readManifest } from '../../shared/dataset/manifest.js';
 import { invalidLabel } from '../../shared/dataset/columns.js';
 import { DatasetWriter } from '../../shared/dataset/writer.js';
 import { createLogger } from '../../shared/util/log.js';
+import { SMALL_RUN_FLAGS } from '../helpers/small-run.js';
 
 const args = (data: string, out: string): TrainArgs =>
   ({
+    ...SMALL_RUN_FLAGS,
     workers: 1,
     data,
     out,
-    model: 'tiny',
     steps: 4,
     'batch-size': 8,
     seed: 1,
@@ -28,19 +29,8 @@ const args = (data: string, out: string): TrainArgs =>
     backend: 'wasm',
     lr: 1e-3,
     'warmup-steps': 1,
-    'min-lr-ratio': 0.1,
-    'weight-decay': 0.05,
-    'clip-norm': 1,
-    head: 'text',
-    'w-cls': 1,
-    'w-con': 0.5,
-    'w-prior': 0.1,
-    'label-prior': 'graph',
     uncertainty: 'ignore',
-    'uncertainty-label': [],
-    blank: 'mask',
     'pos-weight': 'none',
-    bootstrap: 0,
   }) as unknown as TrainArgs;
 
 test('invalidLabel finds the first value other than 1, 0, -1 and NaN', () => {
