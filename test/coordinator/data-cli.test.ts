@@ -10,6 +10,7 @@ import { coordinatorEntry, teamSharedDir } from '../../shared/util/paths.js';
 import { openDataset } from '../../shared/dataset/reader.js';
 import { readManifest, SPLITS } from '../../shared/dataset/manifest.js';
 import { decodeGray } from '../../coordinator/data/decode.js';
+import { loadLabelSet } from '../../shared/labels.js';
 
 interface Run {
   code: number | null;
@@ -235,22 +236,7 @@ test('data prepare --format chexpert: Path column, gzip CSV, JPEG and 16-bit PNG
   await sharp(g, { raw: { width: 24, height: 30, channels: 1 } })
     .png()
     .toFile(path.join(images, base, 'patient00002/study1/view2_lateral.png'));
-  const labels = [
-    'No Finding',
-    'Enlarged Cardiomediastinum',
-    'Cardiomegaly',
-    'Lung Opacity',
-    'Lung Lesion',
-    'Edema',
-    'Consolidation',
-    'Pneumonia',
-    'Atelectasis',
-    'Pneumothorax',
-    'Pleural Effusion',
-    'Pleural Other',
-    'Fracture',
-    'Support Devices',
-  ];
+  const labels = loadLabelSet('chexpert14').labels;
   const csv = [
     `Path,Sex,Age,Frontal/Lateral,AP/PA,${labels.join(',')}`,
     `${base}/patient00001/study1/view1_frontal.jpg,Female,68,Frontal,AP,1.0,,,,,,,,,0.0,,,,1.0`,
@@ -458,22 +444,7 @@ test('data prepare interrupted with SIGINT leaves no output and no temp director
 test('data prepare --format chexpert with MIMIC-CXR columns: images found by dicom_id, patient from subject_id', async (t) => {
   const d = tempDir(t);
   const images = path.join(d, 'mimic');
-  const labels = [
-    'No Finding',
-    'Enlarged Cardiomediastinum',
-    'Cardiomegaly',
-    'Lung Opacity',
-    'Lung Lesion',
-    'Edema',
-    'Consolidation',
-    'Pneumonia',
-    'Atelectasis',
-    'Pneumothorax',
-    'Pleural Effusion',
-    'Pleural Other',
-    'Fracture',
-    'Support Devices',
-  ];
+  const labels = loadLabelSet('chexpert14').labels;
   const rows = [`subject_id,study_id,dicom_id,${labels.join(',')}`];
   for (let i = 0; i < 4; i++) {
     const sub = `1000003${i >> 1}`;
