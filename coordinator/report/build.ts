@@ -154,8 +154,9 @@ function aurocTable(run: RunData): string {
     const ci = ev.ci?.[label];
     rows += `<tr><td>${esc(label)}</td><td class="num">${fmt4(v)}</td><td class="num">${ci ? `${ci[0].toFixed(4)} \u2013 ${ci[1].toFixed(4)}` : '\u2013'}</td></tr>`;
   }
-  rows += `<tr class="summary"><td>Mean</td><td class="num">${fmt4(ev.mean_auroc)}</td><td></td></tr>`;
-  rows += `<tr class="summary"><td>Competition mean</td><td class="num">${fmt4(ev.mean_auroc_competition)}</td><td></td></tr>`;
+  const fmtCi = (ci: [number, number] | null | undefined) => (ci ? `${ci[0].toFixed(4)} \u2013 ${ci[1].toFixed(4)}` : '');
+  rows += `<tr class="summary"><td>Mean</td><td class="num">${fmt4(ev.mean_auroc)}</td><td class="num">${fmtCi(ev.mean_auroc_ci)}</td></tr>`;
+  rows += `<tr class="summary"><td>Competition mean</td><td class="num">${fmt4(ev.mean_auroc_competition)}</td><td class="num">${fmtCi(ev.mean_auroc_competition_ci)}</td></tr>`;
   return `<table class="data"><thead><tr><th>label</th><th>AUROC</th><th>95% CI</th></tr></thead><tbody>${rows}</tbody></table>`;
 }
 
@@ -250,6 +251,10 @@ export function buildReport(run: RunData, compare: RunData | readonly RunData[] 
         auroc: r.evaluation!.auroc,
         ...(r.evaluation!.ci ? { ci: r.evaluation!.ci } : {}),
         color: runColor(runs.indexOf(r)),
+        means: [
+          { label: 'Mean', value: r.evaluation!.mean_auroc, ci: r.evaluation!.mean_auroc_ci ?? null },
+          { label: 'Competition mean', value: r.evaluation!.mean_auroc_competition, ci: r.evaluation!.mean_auroc_competition_ci ?? null },
+        ],
       }));
     const auroc: Chart = { name: 'auroc', title: 'Per-label AUROC', section: 'evaluation', svg: aurocChart(labels, aurocRuns) };
     charts.push(auroc);
