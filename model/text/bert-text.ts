@@ -110,7 +110,7 @@ export function encodeBertText(p: ParamGetter, s: BertTextShape, ids: readonly (
     keep.map((k) => (k ? 0 : -3.4028234663852886e38)),
     [N, 1, 1, T],
   );
-  for (let i = 0; i < s.layers; i++) h = bertLayer(p, `${T_}encoder.layer.${i}`, h, N, T, s, mask);
+  for (let i = 0; i < s.layers; i++) h = tf.tidy(() => bertLayer(p, `${T_}encoder.layer.${i}`, h, N, T, s, mask));
   const rows = tf.reshape(h, [N, T, W]);
   let pooled: tf.Tensor2D;
   if (s.pooler === 'mean_pooler') {

@@ -79,7 +79,7 @@ export function encodeClipText(p: ParamGetter, s: ClipTextShape, ids: readonly (
   let h = tf.reshape(tf.add(tf.reshape(tokens, [N, T, W]), pos), [N * T, W]) as tf.Tensor2D;
   const mask = causalMask(T);
   for (let i = 0; i < s.layers; i++)
-    h = residualAttentionBlock(p, n(`transformer.resblocks.${i}`), h, N, T, s.heads, { mask, quickGelu: s.quickGelu });
+    h = tf.tidy(() => residualAttentionBlock(p, n(`transformer.resblocks.${i}`), h, N, T, s.heads, { mask, quickGelu: s.quickGelu }));
   // The eot row of each sequence (torch's argmax: the first position of the highest id), then
   // ln_final on those rows only (it is per row).
   const at = ids.map((r, k) => k * T + r.indexOf(Math.max(...r)));
