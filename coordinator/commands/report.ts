@@ -15,14 +15,19 @@ export const reportCommand: CommandModule<object, ReportArgs> = {
   builder: (y) =>
     y
       .positional('run', { type: 'string', demandOption: true, describe: 'run directory (holds config.json, metrics.jsonl, eval.json)' })
-      .option('compare', { type: 'string', describe: 'a second run directory: AUROC side by side, differences over 0.5 points coloured' })
+      .option('compare', {
+        type: 'string',
+        describe:
+          'a second run directory or eval .json file (e.g. a zero-shot eval): AUROC side by side, differences over 0.5 points coloured',
+      })
       .option('out', {
         type: 'string',
         describe: 'HTML file to write (charts go next to it as report-*.svg)',
         defaultDescription: 'RUN/report.html',
       })
       .example('$0 report runs/visual-text', 'write runs/visual-text/report.html and report-*.svg')
-      .example('$0 report runs/visual-only --compare runs/visual-text --out paper/fig.html', 'visual-only vs visual+text') as never,
+      .example('$0 report runs/visual-only --compare runs/visual-text --out paper/fig.html', 'visual-only vs visual+text')
+      .example('$0 report runs/a --compare runs/a/zero-shot-eval.json', 'the run against its own zero-shot prompt score') as never,
   handler: async (argv) => {
     const written = await writeReport(argv.run, {
       ...(argv.compare ? { compareDir: argv.compare } : {}),
