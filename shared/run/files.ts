@@ -85,6 +85,8 @@ export const evalSchema = z
     mean_auroc: aurocValue,
     mean_auroc_competition: aurocValue,
     ci: z.record(z.string(), z.tuple([z.number(), z.number()]).nullable()).optional(),
+    mean_auroc_ci: z.tuple([z.number(), z.number()]).nullable().optional(),
+    mean_auroc_competition_ci: z.tuple([z.number(), z.number()]).nullable().optional(),
     zero_shot: zeroShotSchema.optional(),
   })
   .catchall(z.unknown());
