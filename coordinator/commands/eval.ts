@@ -25,7 +25,8 @@ export function savedModelOptions(y: Argv, out: string): Argv<SavedModelArgs> {
     })
     .option('pretrained', {
       type: 'string',
-      describe: 'instead of --checkpoint: an open_clip / model hub directory (its image tower as imported, the heads untrained)',
+      describe:
+        'instead of --checkpoint: an open_clip / model hub directory (its image tower as imported, the heads untrained; eval --zero-shot: both towers, no heads)',
     })
     .option('data', { type: 'string', demandOption: true, describe: 'dataset directory' })
     .option('split', { choices: ['train', 'val', 'test'] as const, default: 'test' as const })
