@@ -298,28 +298,15 @@ export class CxrModel {
     return dense(hid, this.p('visual.head.fc2.weight'), this.p('visual.head.fc2.bias'), { residual: z });
   }
 
-  /** Label-prompt embeddings through the trainable head (text head only). */
-  encodeText(): TextEmbeddings {
+  /**
+   * The label prompts' embeddings before the text head's MLP [3L, text dim], rows in labelPrompts
+   * order: the text tower's output (run now, or fixed once), a file's vectors, or the learnable
+   * ones. Under --text-head transformer the head's blocks run on the tower's token states (run
+   * now, or fixed once for a frozen tower) before the tower's readout.
+   */
+  promptEmbeddings(): tf.Tensor2D {
     const c = this.config;
     if (c.head !== 'text') throw new Error('model: the linear head has no text branch');
-    const L = c.labels.length;
-    const e = this.promptEmbeddings();
-    let t = e;
-    if (!c.textHead) {
-      const h = dense(e, this.p('text.head.fc1.weight'), this.p('text.head.fc1.bias'));
-      t = dense(gelu(h), this.p('text.head.fc2.weight'), this.p('text.head.fc2.bias'), { residual: h });
-    }
-    const [names, positive, negative] = tf.split(t, [L, L, L], 0) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
-    return { names, positive, negative };
-  }
-
-  /**
-   * The prompts' embeddings [3L, dim] before an MLP text head: learned, fixed, or the text tower's;
-   * under --text-head transformer the head's blocks run on the tower's token states (computed, or
-   * fixed for a frozen tower) before the tower's readout.
-   */
-  private promptEmbeddings(): tf.Tensor2D {
-    const c = this.config;
     const text = c.text;
     if (c.textHead === 'transformer') {
       const tokens = text.kind === 'tower' || text.kind === 'frozen' ? text.tokens : undefined;
@@ -330,6 +317,20 @@ export class CxrModel {
     }
     if (text.kind === 'tower') return encodeTextTower(this.param, text.tower, text.tokens);
     return this.fixedPrompts ?? this.p<tf.Tensor2D>('text.prompt_embeddings');
+  }
+
+  /** Label-prompt embeddings through the trainable head (text head only). */
+  encodeText(): TextEmbeddings {
+    const c = this.config;
+    const L = c.labels.length;
+    const e = this.promptEmbeddings();
+    let t = e;
+    if (!c.textHead) {
+      const h = dense(e, this.p('text.head.fc1.weight'), this.p('text.head.fc1.bias'));
+      t = dense(gelu(h), this.p('text.head.fc2.weight'), this.p('text.head.fc2.bias'), { residual: h });
+    }
+    const [names, positive, negative] = tf.split(t, [L, L, L], 0) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
+    return { names, positive, negative };
   }
 
   /**

@@ -3,7 +3,7 @@ import { type InitWeights, loadInitWeights, openClipTensors, type TorchFormat } 
 import type { TensorOut } from '../../shared/interop/safetensors.js';
 import { openStateDict, sha256File } from '../../shared/interop/state-dict.js';
 import { buildLayout } from '../../shared/params.js';
-import { readTextTowerParams } from '../text/pretrained.js';
+import { pretrainedTextSource, readTextTowerParams } from '../text/pretrained.js';
 import { textTowerSpecs } from '../text/tower.js';
 import { type ModelConfig, type PretrainedSource, resolveModelConfig, type Rgb } from '../config.js';
 import { initialParams, modelLayout, textTowerParams } from '../vit.js';
@@ -140,18 +140,24 @@ export async function modelConfigFor(pretrained: string | null, opts: Parameters
   return pretrainedModelConfig(pre, { ...opts, source: await pretrainedSource(pre) });
 }
 
-/** A model configuration and its initial parameters from a pretrained directory (eval, embed, export without a run). */
+/**
+ * A model configuration and its initial parameters from a pretrained directory (eval, embed, export
+ * without a run). With `textTower`, the label prompts are the directory's text tower's, encoded once
+ * (as a run started from DIR has them at step 0: `fixedPrompts`), when its weights hold one.
+ */
 export async function loadPretrainedModel(
   dir: string,
-  opts: { imageSize?: number; labels: string[]; image?: { mean: Rgb; std: Rgb } },
-): Promise<{ config: ModelConfig; params: Float32Array }> {
+  opts: { imageSize?: number; labels: string[]; image?: { mean: Rgb; std: Rgb }; textTower?: boolean },
+): Promise<{ config: ModelConfig; params: Float32Array; fixedPrompts: Float32Array | null }> {
   const pre = await readPretrainedDir(dir);
-  const config = pretrainedModelConfig(pre, {
+  let config = pretrainedModelConfig(pre, {
     imageSize: opts.imageSize ?? pre.vision.imageSize,
     labels: opts.labels,
     ...(opts.image ? { image: opts.image } : {}),
     source: await pretrainedSource(pre),
   });
+  const towered = opts.textTower ? await pretrainedTextSource(pre, opts.labels, null) : null;
+  if (towered) config = { ...config, text: towered.text };
   const w = await loadPretrainedParams(config, initialParams(config, 0));
-  return { config, params: w.params };
+  return { config, params: w.params, fixedPrompts: towered?.fixedPrompts ?? null };
 }
