@@ -52,7 +52,9 @@ window.addEventListener('load', function () {
     faded = document.querySelectorAll('svg[data-chart="projection"] g.group[fill-opacity="0.06"]').length;
   }
   var out = { charts: charts, faded: faded, groups: document.querySelectorAll('svg[data-chart="projection"] g.group').length,
-    height: document.documentElement.scrollHeight, title: document.title, bold: document.querySelectorAll('main b b, td b').length };
+    height: document.documentElement.scrollHeight, title: document.title, bold: document.querySelectorAll('main b b, td b').length,
+    diffColors: Array.prototype.map.call(document.querySelectorAll('td.diff.gain, td.diff.loss'), function (td) {
+      return (td.classList.contains('gain') ? 'gain ' : 'loss ') + getComputedStyle(td).color; }) };
   var p = document.createElement('pre'); p.id = '__probe';
   p.textContent = btoa(unescape(encodeURIComponent(JSON.stringify(out))));
   document.body.appendChild(p);
@@ -65,6 +67,7 @@ interface Probe {
   groups: number;
   height: number;
   title: string;
+  diffColors: string[];
 }
 
 function consoleLines(stderr: string): string[] {
@@ -79,6 +82,10 @@ test('the report renders in headless Chromium: no console messages, every chart 
       out = path.join(tmp, 'out');
     await writeFixtureRun(a, { seed: 1, quality: 0.42, steps: 300, testImages: 300 });
     await writeFixtureRun(b, { seed: 2, quality: 0.5, steps: 300, testImages: 300, extraLabels: ['<script>alert(1)</script> & "quoted"'] });
+    // B's evaluation marked zero-shot (coordinator eval --zero-shot): named so, its prompt source said.
+    const bEval = JSON.parse(await fsp.readFile(path.join(b, 'eval.json'), 'utf8'));
+    bEval.zero_shot = { prompts: 'tower', from: '/models/clip', weights: '/models/clip/open_clip_pytorch_model.bin', logit_scale: 100 };
+    await fsp.writeFile(path.join(b, 'eval.json'), JSON.stringify(bEval));
     await fsp.mkdir(out);
     const written = await writeReport(a, { compareDir: b, out: path.join(out, 'report.html') });
     const html = await fsp.readFile(written.html, 'utf8');
@@ -104,7 +111,11 @@ test('the report renders in headless Chromium: no console messages, every chart 
     }
     assert.ok(probe.groups > 3, 'projection has finding groups');
     assert.equal(probe.faded, probe.groups - 1, 'highlighting one finding fades all the others');
-    assert.match(probe.title, /visual-only vs visual-text/);
+    assert.match(probe.title, /visual-only vs visual-text \(zero-shot\)/);
+    assert.match(html, /visual-text \(zero-shot\): each label scored by the softmax over its Positive\/Negative prompt similarities/);
+    // Beyond 0.5 points the diff cells are drawn green (gain) or red (loss).
+    assert.ok(probe.diffColors.length > 0, 'some difference is over 0.5 points');
+    for (const c of probe.diffColors) assert.ok(c === 'gain rgb(26, 150, 65)' || c === 'loss rgb(215, 25, 28)', c);
     assert.ok(!/<script>alert\(1\)/.test(html), 'label text is escaped');
 
     // The exported SVGs open on their own (as an image document, no console messages either).
@@ -127,6 +138,50 @@ test('the report renders in headless Chromium: no console messages, every chart 
     if (process.env.CXR_TEST_ARTIFACTS) {
       await fsp.mkdir(process.env.CXR_TEST_ARTIFACTS, { recursive: true });
       await fsp.copyFile(png, path.join(process.env.CXR_TEST_ARTIFACTS, 'report.png'));
+    }
+  } finally {
+    await fsp.rm(tmp, { recursive: true, force: true });
+  }
+});
+
+test("a four-run comparison renders in headless Chromium: every run's marks drawn, no console messages", async () => {
+  const tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'cxr-report-chromium-4-'));
+  try {
+    const names = ['names', 'states', 'all', 'visual-only'];
+    const dirs = names.map((n) => path.join(tmp, n));
+    for (const [i, d] of dirs.entries()) await writeFixtureRun(d, { seed: i + 1, quality: 0.35 + 0.05 * i, steps: 100, testImages: 200 });
+    const out = path.join(tmp, 'out');
+    await fsp.mkdir(out);
+    const written = await writeReport(dirs[0]!, { compareDir: dirs.slice(1), out: path.join(out, 'report.html') });
+    const html = await fsp.readFile(written.html, 'utf8');
+    const probed = path.join(out, 'probed.html');
+    await fsp.writeFile(probed, html.replace('</body>', `${PROBE}</body>`));
+    const dump = await chromium(['--dump-dom', `file://${probed}`], path.join(tmp, 'profile-1'));
+    assert.deepEqual(consoleLines(dump.stderr), [], 'the page logged console messages');
+    const m = /<pre id="__probe">([A-Za-z0-9+/=]+)<\/pre>/.exec(dump.stdout);
+    assert.ok(m, 'the probe did not run (page failed to load?)');
+    const probe = JSON.parse(Buffer.from(m[1]!, 'base64').toString('utf8')) as Probe;
+    for (const c of probe.charts) {
+      assert.ok(c.width > 200 && c.height > 150, `chart ${c.chart} is rendered ${c.width}x${c.height}`);
+      assert.ok(c.marks > 0 && c.drawn === c.marks, `chart ${c.chart}: ${c.drawn} of ${c.marks} marks drawn`);
+    }
+    // 14 labels (+2 means in the differences): a mark per run and label, a bar per compared run.
+    const marks = (kind: string) => probe.charts.find((c) => c.chart === kind)!.marks;
+    assert.ok(marks('auroc') >= 4 * 12, `auroc marks: ${marks('auroc')}`);
+    assert.ok(marks('compare') >= 3 * 12, `difference bars: ${marks('compare')}`);
+    assert.match(probe.title, /names vs states, all, visual-only/);
+
+    const png = path.join(out, 'report.png');
+    const height = Math.min(16000, Math.max(800, Math.ceil(probe.height)));
+    const shot = await chromium(
+      [`--window-size=1280,${height}`, `--screenshot=${png}`, `file://${written.html}`],
+      path.join(tmp, 'profile-2'),
+    );
+    assert.deepEqual(consoleLines(shot.stderr), []);
+    assert.deepEqual([...(await fsp.readFile(png)).subarray(1, 4)], [...Buffer.from('PNG')], 'screenshot is a PNG');
+    if (process.env.CXR_TEST_ARTIFACTS) {
+      await fsp.mkdir(process.env.CXR_TEST_ARTIFACTS, { recursive: true });
+      await fsp.copyFile(png, path.join(process.env.CXR_TEST_ARTIFACTS, 'report-four-runs.png'));
     }
   } finally {
     await fsp.rm(tmp, { recursive: true, force: true });
