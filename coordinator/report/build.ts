@@ -175,6 +175,17 @@ function comparisonTable(base: string, runs: readonly { name: string; rows: read
   return `<table class="data compare"><thead><tr><th>label</th><th>${esc(base)}</th>${head}</tr></thead><tbody>${body}</tbody></table>`;
 }
 
+/** What a zero-shot evaluation scored with, said once under the AUROC chart. */
+function zeroShotNote(r: RunData): string {
+  const zs = r.evaluation?.zero_shot;
+  if (!zs) return '';
+  const from =
+    zs.prompts === 'tower'
+      ? `the pretrained towers as imported from ${esc(zs.weights ?? zs.from)}`
+      : `the prompt embeddings of ${esc(zs.from)} through its heads`;
+  return `<p class="note zero-shot">${esc(r.name)}: each label scored by the softmax over its Positive/Negative prompt similarities (scale ${zs.logit_scale.toFixed(2)}), ${from}; no classifier trained.</p>`;
+}
+
 function kvTable(obj: Record<string, unknown>): string {
   let rows = '';
   for (const [k, v] of Object.entries(obj)) {
@@ -261,6 +272,7 @@ export function buildReport(run: RunData, compare: RunData | readonly RunData[] 
     evalHtml += `<section id="evaluation"><h2>Evaluation: per-label AUROC</h2>`;
     if (run.evaluation)
       evalHtml += `<p class="note">${esc(run.name)}: split <b>${esc(run.evaluation.split)}</b>, ${run.evaluation.n} images. Whiskers are the 95% confidence intervals from eval.json.</p>`;
+    for (const r of runs) evalHtml += zeroShotNote(r);
     evalHtml += `<div class="row">${figure(auroc)}${run.evaluation ? aurocTable(run) : ''}</div></section>`;
     const compared = run.evaluation ? others.filter((r) => r.evaluation) : [];
     const unevaluated = (run.evaluation ? others : [run]).filter((r) => !r.evaluation).map((r) => r.name);
