@@ -136,6 +136,11 @@ export type TrainConfig = Omit<
 
 const kebab = (k: string) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 
+function isArrayFlag(key: string): boolean {
+  const field = (trainFlagsSchema.shape as Record<string, z.ZodType>)[key];
+  return field instanceof z.ZodArray || (field instanceof z.ZodOptional && field.unwrap() instanceof z.ZodArray);
+}
+
 /** The training flags (kebab-case keys, as yargs gives them) as a TrainConfig; a bad value is a UserError naming its flag. */
 export function parseTrainConfig(flags: TrainFlags | Record<string, unknown>): TrainConfig {
   const f = flags as Record<string, unknown>;
@@ -144,7 +149,13 @@ export function parseTrainConfig(flags: TrainFlags | Record<string, unknown>): T
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
     const key = String(issue.path[0]);
-    throw new UserError(`--${kebab(key)} ${issue.message}, got ${JSON.stringify(input[key])}`);
+    const value = input[key];
+    // yargs turns a scalar flag given twice into an array; say that rather than "expected number".
+    if (Array.isArray(value) && !isArrayFlag(key))
+      throw new UserError(
+        `--${kebab(key)} was given ${value.length} times (${value.map((v) => JSON.stringify(v)).join(', ')}): give it once`,
+      );
+    throw new UserError(`--${kebab(key)} ${issue.message}, got ${JSON.stringify(value)}`);
   }
   const a = parsed.data;
   if (a.epochs !== undefined && a.steps !== undefined) throw new UserError('give --epochs or --steps, not both');

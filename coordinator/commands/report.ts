@@ -4,7 +4,7 @@ import { writeReport } from '../report/write.js';
 
 interface ReportArgs {
   run: string;
-  compare?: string;
+  compare?: string[];
   out?: string;
 }
 
@@ -15,17 +15,22 @@ export const reportCommand: CommandModule<object, ReportArgs> = {
   builder: (y) =>
     y
       .positional('run', { type: 'string', demandOption: true, describe: 'run directory (holds config.json, metrics.jsonl, eval.json)' })
-      .option('compare', { type: 'string', describe: 'a second run directory: AUROC side by side, differences over 0.5 points coloured' })
+      .option('compare', {
+        type: 'string',
+        array: true,
+        describe: 'a run directory to compare with (repeatable): AUROC side by side, differences from RUN over 0.5 points coloured',
+      })
       .option('out', {
         type: 'string',
         describe: 'HTML file to write (charts go next to it as report-*.svg)',
         defaultDescription: 'RUN/report.html',
       })
       .example('$0 report runs/visual-text', 'write runs/visual-text/report.html and report-*.svg')
-      .example('$0 report runs/visual-only --compare runs/visual-text --out paper/fig.html', 'visual-only vs visual+text') as never,
+      .example('$0 report runs/visual-only --compare runs/visual-text --out paper/fig.html', 'visual-only vs visual+text')
+      .example('$0 report runs/names --compare runs/states --compare runs/all', 'three runs against one baseline') as never,
   handler: async (argv) => {
     const written = await writeReport(argv.run, {
-      ...(argv.compare ? { compareDir: argv.compare } : {}),
+      ...(argv.compare?.length ? { compareDir: argv.compare } : {}),
       ...(argv.out ? { out: argv.out } : {}),
     });
     const rel = (f: string) => {

@@ -1,8 +1,8 @@
-import { compareEvals, fmtPoints, type ComparisonRow } from './compare.js';
+import { compareEvalsMany, fmtPoints, type ComparisonRow } from './compare.js';
 import { captureEnvironment } from './environment.js';
 import { cosineMatrix, downsampleMinMax, ema, pca2 } from './math.js';
 import { lossKeys, timeKeys, type RunData } from './run-dir.js';
-import { NEUTRAL, PALETTE, aurocChart, diffChart, esc, heatmap, lineChart, scatter, type ScatterGroup, type Series } from './svg.js';
+import { NEUTRAL, PALETTE, aurocChart, diffsChart, esc, heatmap, lineChart, scatter, type ScatterGroup, type Series } from './svg.js';
 
 /**
  * Assemble the run report: one self-contained HTML page (inline SVG, CSS and a few lines of
@@ -24,7 +24,10 @@ export interface BuiltReport {
   charts: Chart[];
 }
 
-const RUN_COLORS = ['#4e79a7', '#f28e2b'];
+/** Runs' colours: the palette without its red and green, which mean loss and gain in the differences. */
+const RUN_COLORS = PALETTE.filter((c) => c !== '#e15759' && c !== '#59a14f');
+/** A run's colour in every chart of the report: the baseline first, then the compared runs. */
+const runColor = (i: number) => RUN_COLORS[i % RUN_COLORS.length]!;
 /** Curves are downsampled to this many buckets (x3 points at most) so long runs stay light. */
 const CURVE_BUCKETS = 600;
 
@@ -58,7 +61,7 @@ function trainingCharts(runs: RunData[]): Chart[] {
   for (const key of keys) {
     const series: Series[] = [];
     runs.forEach((r, i) => {
-      const color = RUN_COLORS[i]!;
+      const color = runColor(i);
       series.push({ name: `${r.name} (raw)`, points: curve(r, key), color, faint: true, noLegend: true });
       series.push({ name: multi ? r.name : 'EMA 0.9', points: smoothed(r, key), color });
     });
@@ -70,7 +73,7 @@ function trainingCharts(runs: RunData[]): Chart[] {
     });
   }
   const simple = (name: string, key: string, title: string, yLabel: string) => {
-    const series = runs.map((r, i) => ({ name: r.name, points: curve(r, key), color: RUN_COLORS[i]!, noLegend: !multi }));
+    const series = runs.map((r, i) => ({ name: r.name, points: curve(r, key), color: runColor(i), noLegend: !multi }));
     if (series.every((s) => s.points.length === 0)) return;
     charts.push({ name, title, section: 'training', svg: lineChart({ kind: name, title, xLabel: 'step', yLabel, series }) });
   };
@@ -156,13 +159,19 @@ function aurocTable(run: RunData): string {
   return `<table class="data"><thead><tr><th>label</th><th>AUROC</th><th>95% CI</th></tr></thead><tbody>${rows}</tbody></table>`;
 }
 
-function comparisonTable(rows: readonly ComparisonRow[], nameA: string, nameB: string): string {
+/** The baseline's AUROC, then each run's AUROC and its difference from the baseline. */
+function comparisonTable(base: string, runs: readonly { name: string; rows: readonly ComparisonRow[] }[]): string {
   let body = '';
-  for (const r of rows) {
-    body += `<tr class="${r.summary ? 'summary' : ''}"><td>${esc(r.label)}</td><td class="num">${fmt4(r.a)}</td><td class="num">${fmt4(r.b)}</td>`;
-    body += `<td class="num diff ${r.verdict === 'n/a' ? 'na' : r.verdict}">${esc(fmtPoints(r.diffPoints))}</td></tr>`;
-  }
-  return `<table class="data compare"><thead><tr><th>label</th><th>${esc(nameA)}</th><th>${esc(nameB)}</th><th>diff (points)</th></tr></thead><tbody>${body}</tbody></table>`;
+  runs[0]!.rows.forEach((r0, i) => {
+    body += `<tr class="${r0.summary ? 'summary' : ''}"><td>${esc(r0.label)}</td><td class="num">${fmt4(r0.a)}</td>`;
+    for (const run of runs) {
+      const r = run.rows[i]!;
+      body += `<td class="num">${fmt4(r.b)}</td><td class="num diff ${r.verdict === 'n/a' ? 'na' : r.verdict}">${esc(fmtPoints(r.diffPoints))}</td>`;
+    }
+    body += '</tr>';
+  });
+  const head = runs.map((run) => `<th>${esc(run.name)}</th><th>diff (points)</th>`).join('');
+  return `<table class="data compare"><thead><tr><th>label</th><th>${esc(base)}</th>${head}</tr></thead><tbody>${body}</tbody></table>`;
 }
 
 function kvTable(obj: Record<string, unknown>): string {
@@ -225,20 +234,22 @@ const SCRIPT = `
 })();
 `;
 
-export function buildReport(run: RunData, compare?: RunData): BuiltReport {
-  const runs = compare ? [run, compare] : [run];
+/** The report of `run`; with `compare`, one run or several, each is drawn beside it and against it. */
+export function buildReport(run: RunData, compare: RunData | readonly RunData[] = []): BuiltReport {
+  const others: readonly RunData[] = 'dir' in compare ? [compare] : compare;
+  const runs = [run, ...others];
   const charts: Chart[] = [...trainingCharts(runs)];
   let evalHtml = '';
-  if (run.evaluation || compare?.evaluation) {
+  if (runs.some((r) => r.evaluation)) {
     const labels: string[] = [];
     for (const r of runs) for (const l of Object.keys(r.evaluation?.auroc ?? {})) if (!labels.includes(l)) labels.push(l);
     const aurocRuns = runs
       .filter((r) => r.evaluation)
-      .map((r, i) => ({
+      .map((r) => ({
         name: r.name,
         auroc: r.evaluation!.auroc,
         ...(r.evaluation!.ci ? { ci: r.evaluation!.ci } : {}),
-        color: RUN_COLORS[i]!,
+        color: runColor(runs.indexOf(r)),
       }));
     const auroc: Chart = { name: 'auroc', title: 'Per-label AUROC', section: 'evaluation', svg: aurocChart(labels, aurocRuns) };
     charts.push(auroc);
@@ -246,20 +257,22 @@ export function buildReport(run: RunData, compare?: RunData): BuiltReport {
     if (run.evaluation)
       evalHtml += `<p class="note">${esc(run.name)}: split <b>${esc(run.evaluation.split)}</b>, ${run.evaluation.n} images. Whiskers are the 95% confidence intervals from eval.json.</p>`;
     evalHtml += `<div class="row">${figure(auroc)}${run.evaluation ? aurocTable(run) : ''}</div></section>`;
-    if (compare && run.evaluation && compare.evaluation) {
-      const rows = compareEvals(run.evaluation, compare.evaluation);
-      const diff: Chart = {
-        name: 'compare',
-        title: 'AUROC difference',
-        section: 'evaluation',
-        svg: diffChart(rows, run.name, compare.name),
-      };
+    const compared = run.evaluation ? others.filter((r) => r.evaluation) : [];
+    const unevaluated = (run.evaluation ? others : [run]).filter((r) => !r.evaluation).map((r) => r.name);
+    if (compared.length) {
+      const rows = compareEvalsMany(
+        run.evaluation!,
+        compared.map((r) => r.evaluation!),
+      );
+      const diffRuns = compared.map((r, k) => ({ name: r.name, color: runColor(runs.indexOf(r)), rows: rows[k]! }));
+      const diff: Chart = { name: 'compare', title: 'AUROC difference', section: 'evaluation', svg: diffsChart(run.name, diffRuns) };
       charts.push(diff);
-      evalHtml += `<section id="comparison"><h2>Comparison: ${esc(compare.name)} vs ${esc(run.name)}</h2>`;
-      evalHtml += `<p class="note">Differences in AUROC points (AUROC \u00d7 100). Beyond \u00b10.5 points: <span style="color:var(--gain);font-weight:600">green = gain</span>, <span style="color:var(--loss);font-weight:600">red = loss</span>.</p>`;
-      evalHtml += `<div class="row">${figure(diff)}${comparisonTable(rows, run.name, compare.name)}</div></section>`;
-    } else if (compare) {
-      evalHtml += `<section id="comparison"><h2>Comparison</h2><p class="note">No comparison: ${esc(!run.evaluation ? run.name : compare.name)} has no eval.json.</p></section>`;
+      evalHtml += `<section id="comparison"><h2>Comparison: ${esc(compared.map((r) => r.name).join(', '))} vs ${esc(run.name)}</h2>`;
+      evalHtml += `<p class="note">Differences from ${esc(run.name)} in AUROC points (AUROC \u00d7 100). Beyond \u00b10.5 points: <span style="color:var(--gain);font-weight:600">green = gain</span>, <span style="color:var(--loss);font-weight:600">red = loss</span>.`;
+      if (unevaluated.length) evalHtml += ` Not compared (no eval.json): ${esc(unevaluated.join(', '))}.`;
+      evalHtml += `</p><div class="row">${figure(diff)}${comparisonTable(run.name, diffRuns)}</div></section>`;
+    } else if (others.length) {
+      evalHtml += `<section id="comparison"><h2>Comparison</h2><p class="note">No comparison: ${esc(unevaluated.join(', '))} ${unevaluated.length > 1 ? 'have' : 'has'} no eval.json.</p></section>`;
     }
   }
   const embCharts = embeddingCharts(run);
@@ -291,7 +304,7 @@ export function buildReport(run: RunData, compare?: RunData): BuiltReport {
     .filter((c) => c.section === 'training')
     .map(figure)
     .join('');
-  const notes = [...run.notes, ...(compare?.notes ?? [])];
+  const notes = runs.flatMap((r) => r.notes);
   let projectionPicker = '';
   const projection = embCharts.find((c) => c.name === 'projection');
   if (projection && run.embeddings?.test) {
@@ -306,11 +319,11 @@ export function buildReport(run: RunData, compare?: RunData): BuiltReport {
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>cxr-align report: ${esc(run.name)}${compare ? ` vs ${esc(compare.name)}` : ''}</title>
+<title>cxr-align report: ${esc(run.name)}${others.length ? ` vs ${esc(others.map((r) => r.name).join(', '))}` : ''}</title>
 <style>${CSS}</style></head>
 <body>
-<header><h1>cxr-align run report: ${esc(run.name)}${compare ? ` <span style="font-weight:400">vs</span> ${esc(compare.name)}` : ''}</h1>
-<div class="sub">${esc(run.dir)}${compare ? ` \u00b7 compared with ${esc(compare.dir)}` : ''} \u00b7 generated ${esc(new Date().toISOString())}</div></header>
+<header><h1>cxr-align run report: ${esc(run.name)}${others.length ? ` <span style="font-weight:400">vs</span> ${esc(others.map((r) => r.name).join(', '))}` : ''}</h1>
+<div class="sub">${esc(run.dir)}${others.length ? ` \u00b7 compared with ${esc(others.map((r) => r.dir).join(', '))}` : ''} \u00b7 generated ${esc(new Date().toISOString())}</div></header>
 <main>
 <div class="cards">${cards}</div>
 ${notes.length ? `<section><h2>Notes</h2><ul class="notes">${notes.map((n) => `<li>${esc(n)}</li>`).join('')}</ul></section>` : ''}

@@ -37,13 +37,21 @@ function row(label: string, a: number | null | undefined, b: number | null | und
 
 /** Rows for every label of either run (A's order first), then the mean and competition-mean rows. */
 export function compareEvals(a: EvalResult, b: EvalResult): ComparisonRow[] {
-  const labels = [...Object.keys(a.auroc)];
-  for (const l of Object.keys(b.auroc)) if (!labels.includes(l)) labels.push(l);
-  return [
-    ...labels.map((l) => row(l, a.auroc[l], b.auroc[l])),
-    row('Mean', a.mean_auroc, b.mean_auroc, true),
-    row('Competition mean', a.mean_auroc_competition, b.mean_auroc_competition, true),
-  ];
+  return compareEvalsMany(a, [b])[0]!;
+}
+
+/**
+ * Each run against one baseline: one row list per run, all over the same labels (every run's
+ * label, the baseline's order first), so the lists line up row by row in a grouped chart.
+ */
+export function compareEvalsMany(base: EvalResult, runs: readonly EvalResult[]): ComparisonRow[][] {
+  const labels = [...Object.keys(base.auroc)];
+  for (const r of runs) for (const l of Object.keys(r.auroc)) if (!labels.includes(l)) labels.push(l);
+  return runs.map((b) => [
+    ...labels.map((l) => row(l, base.auroc[l], b.auroc[l])),
+    row('Mean', base.mean_auroc, b.mean_auroc, true),
+    row('Competition mean', base.mean_auroc_competition, b.mean_auroc_competition, true),
+  ]);
 }
 
 const fmtAuroc = (x: number | null) => (x === null ? '-' : x.toFixed(4));

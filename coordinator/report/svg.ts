@@ -160,7 +160,8 @@ export interface AurocRun {
 
 /** Per-label AUROC as dots with confidence-interval whiskers; one row per label, one dot per run. */
 export function aurocChart(labels: readonly string[], runs: readonly AurocRun[], title = 'Per-label AUROC (95% CI)'): string {
-  const rowH = runs.length > 1 ? 26 : 20;
+  // Runs' dots sit 9 px apart within a label's row.
+  const rowH = runs.length > 1 ? Math.max(26, 9 * runs.length + 8) : 20;
   const m = { l: labelMargin(labels), r: 70, t: 44, b: 40 };
   const W = m.l + 440,
     H = m.t + m.b + rowH * Math.max(1, labels.length);
@@ -214,13 +215,34 @@ export function aurocChart(labels: readonly string[], runs: readonly AurocRun[],
 
 /** Diverging bars of B - A in AUROC points; green gains and red losses beyond the threshold. */
 export function diffChart(rows: readonly ComparisonRow[], nameA: string, nameB: string): string {
-  const rowH = 20;
-  const m = { l: labelMargin(rows.map((r) => r.label)), r: 60, t: 44, b: 40 };
+  return diffsChart(nameA, [{ name: nameB, color: NEUTRAL, rows }]);
+}
+
+export interface DiffRun {
+  name: string;
+  color: string;
+  /** The run against the baseline (compareEvalsMany: every run's rows have the same labels, in order). */
+  rows: readonly ComparisonRow[];
+}
+
+/**
+ * Diverging bars of each run minus the baseline in AUROC points; green gains and red losses beyond
+ * the threshold. With several runs each label's row holds one bar per run, in legend order, each
+ * tagged at the axis with the run's colour (the colour it has in the AUROC chart).
+ */
+export function diffsChart(nameA: string, runs: readonly DiffRun[]): string {
+  const multi = runs.length > 1;
+  const rows = runs[0]?.rows ?? [];
+  const sub = 11;
+  const rowH = multi ? runs.length * sub + 8 : 20;
+  const barH = multi ? sub - 2 : rowH - 8;
+  const m = { l: labelMargin(rows.map((r) => r.label)) + (multi ? 10 : 0), r: 60, t: 44, b: 40 };
   const W = m.l + 440,
     H = m.t + m.b + rowH * rows.length + 8;
   const pw = W - m.l - m.r;
-  let out = svgOpen('compare', W, H, `AUROC difference: ${nameB} \u2212 ${nameA} (points)`);
-  const diffs = rows.map((r) => r.diffPoints).filter((x): x is number => x !== null);
+  const title = multi ? `AUROC difference from ${nameA} (points)` : `AUROC difference: ${runs[0]?.name ?? ''} \u2212 ${nameA} (points)`;
+  let out = svgOpen('compare', W, H, title);
+  const diffs = runs.flatMap((run) => run.rows.map((r) => r.diffPoints)).filter((x): x is number => x !== null);
   const lim = Math.max(1, ...diffs.map(Math.abs)) * 1.1;
   const sx = (x: number) => m.l + ((x + lim) / (2 * lim)) * pw;
   out += `<rect x="${n2(sx(-SIGNIFICANT_POINTS))}" y="${m.t - 4}" width="${n2(sx(SIGNIFICANT_POINTS) - sx(-SIGNIFICANT_POINTS))}" height="${H - m.t - m.b + 4}" fill="#eee"/>`;
@@ -229,26 +251,42 @@ export function diffChart(rows: readonly ComparisonRow[], nameA: string, nameB: 
   for (const t of ticks)
     out += `<line x1="${n2(sx(t))}" x2="${n2(sx(t))}" y1="${H - m.b}" y2="${H - m.b + 4}" stroke="#999"/><text x="${n2(sx(t))}" y="${H - m.b + 16}">${esc(fmtTick(t))}</text>`;
   out += `</g><text x="${m.l + pw / 2}" y="${H - 6}" text-anchor="middle" fill="#444">AUROC points (\u00b1${SIGNIFICANT_POINTS} band shaded)</text>`;
-  rows.forEach((r, i) => {
-    const y = m.t + i * rowH + (r.summary ? 8 : 0);
-    const color = r.verdict === 'gain' ? GAIN : r.verdict === 'loss' ? LOSS : NEUTRAL;
-    out += `<text x="${m.l - 8}" y="${y + 14}" text-anchor="end" fill="#222"${r.summary ? ' font-weight="600"' : ''}>${esc(clip(r.label))}<title>${esc(r.label)}</title></text>`;
-    if (r.diffPoints === null) {
-      out += `<text x="${n2(sx(0) + 6)}" y="${y + 14}" fill="#999">n/a</text>`;
-      return;
-    }
-    const a = sx(Math.min(0, r.diffPoints)),
-      b = sx(Math.max(0, r.diffPoints));
-    out += `<rect class="bar ${r.verdict}" data-label="${esc(r.label)}" x="${n2(a)}" y="${y + 4}" width="${n2(Math.max(1, b - a))}" height="${rowH - 8}" fill="${color}">`;
-    out += `<title>${esc(`${r.label}: ${fmtPoints(r.diffPoints)} points`)}</title></rect>`;
-    // The value goes beyond the bar's end, or inside it (white) when that would run into the axis labels.
-    const text = fmtPoints(r.diffPoints);
-    const inside = r.diffPoints < 0 ? a - 4 - textWidth(text) < m.l : b + 4 + textWidth(text) > W - 4;
-    const tx = r.diffPoints >= 0 ? (inside ? b - 4 : b + 4) : inside ? a + 4 : a - 4;
-    const anchor = r.diffPoints >= 0 !== inside ? 'start' : 'end';
-    out += `<text x="${n2(tx)}" y="${y + 14}" text-anchor="${anchor}" fill="${inside ? '#fff' : color}">${esc(text)}</text>`;
+  rows.forEach((label, i) => {
+    const y = m.t + i * rowH + (label.summary ? 8 : 0);
+    out += `<text x="${m.l - (multi ? 18 : 8)}" y="${n2(y + rowH / 2 + 4)}" text-anchor="end" fill="#222"${label.summary ? ' font-weight="600"' : ''}>${esc(clip(label.label))}<title>${esc(label.label)}</title></text>`;
+    runs.forEach((run, k) => {
+      const r = run.rows[i]!;
+      const by = y + 4 + k * sub;
+      const ty = multi ? by + barH / 2 + 3.5 : y + 14;
+      const size = multi ? ' font-size="9.5"' : '';
+      if (multi)
+        out += `<rect class="tag" x="${m.l - 14}" y="${by + 1}" width="7" height="${barH - 2}" fill="${run.color}"><title>${esc(run.name)}</title></rect>`;
+      if (r.diffPoints === null) {
+        out += `<text x="${n2(sx(0) + 6)}" y="${ty}"${size} fill="#999">n/a</text>`;
+        return;
+      }
+      const color = r.verdict === 'gain' ? GAIN : r.verdict === 'loss' ? LOSS : NEUTRAL;
+      const a = sx(Math.min(0, r.diffPoints)),
+        b = sx(Math.max(0, r.diffPoints));
+      const tip = multi ? `${run.name} \u2212 ${nameA}, ${r.label}` : r.label;
+      out += `<rect class="bar ${r.verdict}" data-label="${esc(r.label)}"${multi ? ` data-run="${esc(run.name)}"` : ''} x="${n2(a)}" y="${by}" width="${n2(Math.max(1, b - a))}" height="${barH}" fill="${color}">`;
+      out += `<title>${esc(`${tip}: ${fmtPoints(r.diffPoints)} points`)}</title></rect>`;
+      // The value goes beyond the bar's end, or inside it (white) when that would run into the axis labels.
+      const text = fmtPoints(r.diffPoints);
+      const inside = r.diffPoints < 0 ? a - 4 - textWidth(text) < m.l : b + 4 + textWidth(text) > W - 4;
+      const tx = r.diffPoints >= 0 ? (inside ? b - 4 : b + 4) : inside ? a + 4 : a - 4;
+      const anchor = r.diffPoints >= 0 !== inside ? 'start' : 'end';
+      out += `<text x="${n2(tx)}" y="${n2(ty)}" text-anchor="${anchor}"${size} fill="${inside ? '#fff' : color}">${esc(text)}</text>`;
+    });
   });
   out += `<line x1="${n2(sx(0))}" x2="${n2(sx(0))}" y1="${m.t - 4}" y2="${H - m.b}" stroke="#444"/>`;
+  if (multi) {
+    let lx = W - m.r;
+    for (const run of [...runs].reverse()) {
+      lx -= 34 + textWidth(run.name);
+      out += `<rect x="${n2(lx + 2)}" y="27" width="8" height="8" fill="${run.color}"/><text x="${n2(lx + 14)}" y="34" fill="#333">${esc(run.name)}</text>`;
+    }
+  }
   return out + '</svg>';
 }
 

@@ -7,8 +7,8 @@ import { readRunDir } from './run-dir.js';
 import { REPORT_FILE } from '../../shared/run/files.js';
 
 export interface WriteReportOptions {
-  /** A second run to compare against (its AUROC side by side, differences coloured). */
-  compareDir?: string;
+  /** A run to compare against, or several (their AUROC side by side, differences from this run coloured). */
+  compareDir?: string | readonly string[];
   /** The HTML file to write; default `RUN/report.html`. Charts go next to it as `report-*.svg`. */
   out?: string;
 }
@@ -25,7 +25,7 @@ export interface WrittenReport {
  */
 export async function writeReport(runDir: string, opts: WriteReportOptions = {}): Promise<WrittenReport> {
   const run = await readRunDir(runDir);
-  const compare = opts.compareDir ? await readRunDir(opts.compareDir) : undefined;
+  const compare = await Promise.all([opts.compareDir ?? []].flat().map((d) => readRunDir(d)));
   const out = path.resolve(opts.out ?? path.join(run.dir, REPORT_FILE));
   const dir = path.dirname(out);
   const st = await fsp.stat(dir).catch(() => null);

@@ -2,7 +2,8 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import type { StepSummary } from '../job/control-server.js';
 import { METRICS_FILE, type MetricsRecord } from '../../shared/run/files.js';
-import { diskFull } from '../../shared/util/errors.js';
+import { diskFull, UserError } from '../../shared/util/errors.js';
+import { writeFileAtomic } from '../../shared/util/fs-atomic.js';
 
 /** The metrics.jsonl line of one step, from the ranks' reports (losses are global; times are the slowest rank's). */
 export function metricsRecord(s: StepSummary, stepSeconds: number): MetricsRecord {
@@ -25,13 +26,29 @@ export function metricsRecord(s: StepSummary, stepSeconds: number): MetricsRecor
   };
 }
 
-/** The lines of a metrics.jsonl up to and including `step`. */
-export function linesUpTo(text: string, step: number): string {
-  return text
-    .split('\n')
-    .filter((l) => l.trim() && (JSON.parse(l) as { step: number }).step <= step)
-    .map((l) => l + '\n')
-    .join('');
+/**
+ * The lines of a metrics.jsonl up to and including `step`. A last line without its newline is
+ * what a run killed mid-write leaves: it is dropped (its step is rerun). Any other bad line is an
+ * error naming the file and line, since dropping it would lose history silently.
+ */
+export function linesUpTo(text: string, step: number, file = METRICS_FILE): string {
+  const lines = text.split('\n');
+  const torn = text.length > 0 && !text.endsWith('\n');
+  const kept: string[] = [];
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i]!;
+    if (!line.trim()) continue;
+    let rec: { step?: unknown };
+    try {
+      rec = JSON.parse(line) as { step?: unknown };
+    } catch (e) {
+      if (torn && i === lines.length - 1) break;
+      throw new UserError(`${file}:${i + 1}: not valid JSON (${(e as Error).message}); remove or fix that line, then resume`);
+    }
+    if (typeof rec.step !== 'number') throw new UserError(`${file}:${i + 1}: no numeric 'step'; remove or fix that line, then resume`);
+    if (rec.step <= step) kept.push(line + '\n');
+  }
+  return kept.join('');
 }
 
 /** The run's metrics.jsonl, appended to in step order without blocking the step reports. */
@@ -49,8 +66,8 @@ export class MetricsLog {
    */
   static async open(out: string, startStep: number): Promise<MetricsLog> {
     const file = path.join(out, METRICS_FILE);
-    const kept = startStep > 0 ? linesUpTo(await fsp.readFile(file, 'utf8').catch(() => ''), startStep) : '';
-    await fsp.writeFile(file, kept);
+    const kept = startStep > 0 ? linesUpTo(await fsp.readFile(file, 'utf8').catch(() => ''), startStep, file) : '';
+    await writeFileAtomic(file, kept);
     return new MetricsLog(file, await fsp.open(file, 'a'));
   }
 
@@ -58,7 +75,7 @@ export class MetricsLog {
   async rewind(step: number): Promise<void> {
     await this.writing.catch(() => {});
     await this.file.close();
-    await fsp.writeFile(this.path, step > 0 ? linesUpTo(await fsp.readFile(this.path, 'utf8'), step) : '');
+    await writeFileAtomic(this.path, step > 0 ? linesUpTo(await fsp.readFile(this.path, 'utf8'), step, this.path) : '');
     this.file = await fsp.open(this.path, 'a');
     this.writing = Promise.resolve();
   }

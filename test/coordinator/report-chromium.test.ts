@@ -132,3 +132,47 @@ test('the report renders in headless Chromium: no console messages, every chart 
     await fsp.rm(tmp, { recursive: true, force: true });
   }
 });
+
+test("a four-run comparison renders in headless Chromium: every run's marks drawn, no console messages", async () => {
+  const tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'cxr-report-chromium-4-'));
+  try {
+    const names = ['names', 'states', 'all', 'visual-only'];
+    const dirs = names.map((n) => path.join(tmp, n));
+    for (const [i, d] of dirs.entries()) await writeFixtureRun(d, { seed: i + 1, quality: 0.35 + 0.05 * i, steps: 100, testImages: 200 });
+    const out = path.join(tmp, 'out');
+    await fsp.mkdir(out);
+    const written = await writeReport(dirs[0]!, { compareDir: dirs.slice(1), out: path.join(out, 'report.html') });
+    const html = await fsp.readFile(written.html, 'utf8');
+    const probed = path.join(out, 'probed.html');
+    await fsp.writeFile(probed, html.replace('</body>', `${PROBE}</body>`));
+    const dump = await chromium(['--dump-dom', `file://${probed}`], path.join(tmp, 'profile-1'));
+    assert.deepEqual(consoleLines(dump.stderr), [], 'the page logged console messages');
+    const m = /<pre id="__probe">([A-Za-z0-9+/=]+)<\/pre>/.exec(dump.stdout);
+    assert.ok(m, 'the probe did not run (page failed to load?)');
+    const probe = JSON.parse(Buffer.from(m[1]!, 'base64').toString('utf8')) as Probe;
+    for (const c of probe.charts) {
+      assert.ok(c.width > 200 && c.height > 150, `chart ${c.chart} is rendered ${c.width}x${c.height}`);
+      assert.ok(c.marks > 0 && c.drawn === c.marks, `chart ${c.chart}: ${c.drawn} of ${c.marks} marks drawn`);
+    }
+    // 14 labels (+2 means in the differences): a mark per run and label, a bar per compared run.
+    const marks = (kind: string) => probe.charts.find((c) => c.chart === kind)!.marks;
+    assert.ok(marks('auroc') >= 4 * 12, `auroc marks: ${marks('auroc')}`);
+    assert.ok(marks('compare') >= 3 * 12, `difference bars: ${marks('compare')}`);
+    assert.match(probe.title, /names vs states, all, visual-only/);
+
+    const png = path.join(out, 'report.png');
+    const height = Math.min(16000, Math.max(800, Math.ceil(probe.height)));
+    const shot = await chromium(
+      [`--window-size=1280,${height}`, `--screenshot=${png}`, `file://${written.html}`],
+      path.join(tmp, 'profile-2'),
+    );
+    assert.deepEqual(consoleLines(shot.stderr), []);
+    assert.deepEqual([...(await fsp.readFile(png)).subarray(1, 4)], [...Buffer.from('PNG')], 'screenshot is a PNG');
+    if (process.env.CXR_TEST_ARTIFACTS) {
+      await fsp.mkdir(process.env.CXR_TEST_ARTIFACTS, { recursive: true });
+      await fsp.copyFile(png, path.join(process.env.CXR_TEST_ARTIFACTS, 'report-four-runs.png'));
+    }
+  } finally {
+    await fsp.rm(tmp, { recursive: true, force: true });
+  }
+});

@@ -40,6 +40,18 @@ test('coordinator compare and report as real processes', async () => {
     assert.ok(files.includes('r.html') && files.includes('report-compare.svg') && files.includes('report-auroc.svg'), files.join(' '));
     assert.ok(!files.some((f) => f.includes('.tmp-')), 'no temp files left behind');
 
+    // Several runs against one baseline: one report, every run in its charts.
+    const c = path.join(tmp, 'visual-text-states');
+    await writeFixtureRun(c, { seed: 3, quality: 0.55, steps: 40, testImages: 120, dim: 16 });
+    const multi = await coordinator(['report', a, '--compare', b, '--compare', c, '--out', path.join(tmp, 'multi', 'r.html')]);
+    assert.equal(multi.code, 2, 'the --out folder must exist');
+    await fsp.mkdir(path.join(tmp, 'multi'));
+    const many = await coordinator(['report', a, '--compare', b, '--compare', c, '--out', path.join(tmp, 'multi', 'r.html')]);
+    assert.equal(many.code, 0, many.stderr);
+    const diff = await fsp.readFile(path.join(tmp, 'multi', 'report-compare.svg'), 'utf8');
+    assert.match(diff, /AUROC difference from visual-only/);
+    assert.ok(diff.includes('data-run="visual-text"') && diff.includes('data-run="visual-text-states"'));
+
     await fsp.rm(path.join(b, 'eval.json'));
     const missing = await coordinator(['compare', a, b]);
     assert.equal(missing.code, 2);

@@ -48,6 +48,12 @@ test('parseTrainConfig: a bad value is one line naming its flag', () => {
   assert.throws(() => parseTrainConfig({ ...flags, 'batch-size': 2.5 }), /--batch-size must be a positive integer, got 2.5/);
   assert.throws(() => parseTrainConfig({ ...flags, 'w-prior': -1 }), /--w-prior must be >= 0, got -1/);
   assert.throws(() => parseTrainConfig({ ...flags, epochs: 2, steps: 3 }), /give --epochs or --steps, not both/);
+  // yargs makes an array of a scalar flag given twice: the message says so instead of "expected number".
+  assert.throws(
+    () => parseTrainConfig({ ...flags, lr: [1e-3, 2e-3] } as unknown as TrainFlags),
+    /^UserError: --lr was given 2 times \(0\.001, 0\.002\): give it once$/,
+  );
+  assert.throws(() => parseTrainConfig({ ...flags, head: ['text', 'linear'] } as unknown as TrainFlags), /--head was given 2 times/);
 });
 
 test('lossWeights: the contrastive and prior terms need the text head', () => {
