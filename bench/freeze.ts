@@ -29,7 +29,8 @@ export async function run(argv: string[]): Promise<void> {
   const warmup = Number(arg(argv, 'warmup', '10'));
   const rounds = Number(arg(argv, 'rounds', '2'));
   const size = Number(arg(argv, 'image-size', '64'));
-  if (!(steps > warmup + 1) || !(rounds >= 1) || !(workers >= 2)) throw new Error('freeze: need --steps > --warmup + 1, --rounds >= 1, --workers >= 2');
+  if (!(steps > warmup + 1) || !(rounds >= 1) || !(workers >= 2))
+    throw new Error('freeze: need --steps > --warmup + 1, --rounds >= 1, --workers >= 2');
   const log = createLogger('bench', 'warn');
   const dir = await mkdtemp(path.join(tmpdir(), 'cxr-bench-freeze-'));
   const line = (s: string) => process.stdout.write(s + '\n');
