@@ -9,12 +9,14 @@ export interface ScoredBatch {
   readonly labels: Float32Array;
 }
 
-/** What a scoring pass computes per row: logits [n, L], L2-normalised image embeddings [n, D], or both. */
+/** What a scoring pass computes per row: scores (logits) [n, L], L2-normalised image embeddings [n, D], or both. */
 export interface ScoreOptions<B> {
   /** Rows read and scored at a time (bounds memory). */
   readonly chunk: number;
   readonly scores: boolean;
   readonly embeddings: boolean;
+  /** Scores [n, L] of the image embeddings [n, D]: the model's logits unless given (zero-shot's prompt softmax). */
+  readonly score?: (z: tf.Tensor2D) => tf.Tensor2D;
   /** Each chunk's batch and outputs, as they come (progress bars, extra columns). */
   readonly onChunk?: (b: B, out: { scores: Float32Array | null; embeddings: Float32Array | null }, done: number) => void;
 }
@@ -27,8 +29,8 @@ export interface Scored {
 
 /**
  * The one scoring loop (evaluation during training, `coordinator eval` and `embed`): rows
- * [start, end) of a split, read `chunk` at a time, each chunk's logits (CxrModel.logits) and
- * embeddings computed from one image encoding.
+ * [start, end) of a split, read `chunk` at a time, each chunk's logits (CxrModel.logits, or the
+ * given score) and embeddings computed from one image encoding.
  */
 export async function scoreRows<B extends ScoredBatch>(
   model: CxrModel,
@@ -48,7 +50,7 @@ export async function scoreRows<B extends ScoredBatch>(
     const out = tf.tidy(() => {
       const z = model.encodeImages(model.pixelsToInput(b.images, k));
       const r: Record<string, tf.Tensor2D> = {};
-      if (scores) r.logits = model.logits(z);
+      if (scores) r.logits = o.score ? o.score(z) : model.logits(z);
       if (embeddings) r.z = tf.div(z, tf.maximum(tf.norm(z, 'euclidean', 1, true), 1e-12));
       return r;
     });

@@ -262,15 +262,22 @@ export class CxrModel {
     return dense(hid, this.p('visual.head.fc2.weight'), this.p('visual.head.fc2.bias'), { residual: z });
   }
 
-  /** Label-prompt embeddings through the trainable head (text head only). */
-  encodeText(): TextEmbeddings {
+  /**
+   * The label prompts' embeddings before the text head [3L, text dim], rows in labelPrompts order:
+   * the text tower's output (run now, or fixed once), a file's vectors, or the learnable ones.
+   */
+  promptEmbeddings(): tf.Tensor2D {
     const c = this.config;
     if (c.head !== 'text') throw new Error('model: the linear head has no text branch');
-    const L = c.labels.length;
-    const e =
-      c.text.kind === 'tower'
-        ? encodeTextTower(this.param, c.text.tower, c.text.tokens)
-        : (this.fixedPrompts ?? this.p<tf.Tensor2D>('text.prompt_embeddings'));
+    return c.text.kind === 'tower'
+      ? encodeTextTower(this.param, c.text.tower, c.text.tokens)
+      : (this.fixedPrompts ?? this.p<tf.Tensor2D>('text.prompt_embeddings'));
+  }
+
+  /** Label-prompt embeddings through the trainable head (text head only). */
+  encodeText(): TextEmbeddings {
+    const L = this.config.labels.length;
+    const e = this.promptEmbeddings();
     const h = dense(e, this.p('text.head.fc1.weight'), this.p('text.head.fc1.bias'));
     const t = dense(gelu(h), this.p('text.head.fc2.weight'), this.p('text.head.fc2.bias'), { residual: h });
     const [names, positive, negative] = tf.split(t, [L, L, L], 0) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];

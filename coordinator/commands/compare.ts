@@ -12,14 +12,18 @@ interface CompareArgs {
   json?: boolean;
 }
 
-/** `coordinator compare A B`: per-label AUROC of two runs and B - A in points, in the terminal. */
+/** `coordinator compare A B`: per-label AUROC of two runs (or eval files) and B - A in points, in the terminal. */
 export const compareCommand: CommandModule<object, CompareArgs> = {
   command: 'compare <run-a> <run-b>',
   describe: 'per-label AUROC of two runs side by side, B - A in AUROC points',
   builder: (y) =>
     y
-      .positional('run-a', { type: 'string', demandOption: true, describe: 'baseline run directory' })
-      .positional('run-b', { type: 'string', demandOption: true, describe: 'run directory compared against the baseline' })
+      .positional('run-a', { type: 'string', demandOption: true, describe: 'baseline run directory, or an eval .json file' })
+      .positional('run-b', {
+        type: 'string',
+        demandOption: true,
+        describe: 'run directory (or eval .json file) compared against the baseline',
+      })
       .option('color', {
         type: 'boolean',
         describe: 'colour gains green and losses red',
@@ -27,6 +31,7 @@ export const compareCommand: CommandModule<object, CompareArgs> = {
       })
       .option('json', { type: 'boolean', default: false, describe: 'print the rows as JSON instead of a table' })
       .example('$0 compare runs/visual-only runs/visual-text', 'what the text branch changed, per finding')
+      .example('$0 compare runs/a/zero-shot-eval.json runs/a', 'what fine-tuning added to the zero-shot prompt score')
       .example('$0 compare runs/a runs/b --json | jq ".[] | select(.verdict==\\"loss\\")"', 'the findings that got worse') as never,
   handler: async (argv) => {
     const [a, b] = await Promise.all([readRunDir(argv.runA), readRunDir(argv.runB)]);

@@ -1,3 +1,4 @@
+import { mkdir } from 'node:fs/promises';
 import * as path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { writeJsonAtomic } from '../../shared/util/fs-atomic.js';
@@ -24,7 +25,8 @@ export function savedModelOptions(y: Argv, out: string): Argv<SavedModelArgs> {
     })
     .option('pretrained', {
       type: 'string',
-      describe: 'instead of --checkpoint: an open_clip / model hub directory (its image tower as imported, the heads untrained)',
+      describe:
+        'instead of --checkpoint: an open_clip / model hub directory (its image tower as imported, the heads untrained; eval --zero-shot: both towers, no heads)',
     })
     .option('data', { type: 'string', demandOption: true, describe: 'dataset directory' })
     .option('split', { choices: ['train', 'val', 'test'] as const, default: 'test' as const })
@@ -43,6 +45,7 @@ export function modelSource(a: SavedModelArgs): ModelSource {
 interface EvalArgs extends SavedModelArgs {
   bootstrap: number;
   seed: number;
+  'zero-shot': boolean;
 }
 
 export const evalCommand: CommandModule<object, EvalArgs> = {
@@ -52,18 +55,33 @@ export const evalCommand: CommandModule<object, EvalArgs> = {
     savedModelOptions(y, 'eval.json to write')
       .option('bootstrap', { type: 'number', default: 1000, describe: 'bootstrap replicates for 95% CIs (0: none)' })
       .option('seed', { type: 'number', default: 0, describe: 'bootstrap seed' })
+      .option('zero-shot', {
+        type: 'boolean',
+        default: false,
+        describe:
+          "score each label by the softmax over its Positive/Negative prompt similarities, no classifier: --pretrained DIR's towers as imported, or a run's prompts through its heads",
+      })
+      .example('$0 eval --checkpoint runs/a --data data/nih64 --split test --out runs/a/test-eval.json', 'per-label AUROC with 95% CIs')
       .example(
-        '$0 eval --checkpoint runs/a --data data/nih64 --split test --out runs/a/test-eval.json',
-        'per-label AUROC with 95% CIs',
+        '$0 eval --zero-shot --pretrained models/BiomedCLIP --data data/cxr224 --out runs/zero-shot/eval.json',
+        'zero-shot AUROC; then: coordinator compare runs/zero-shot runs/finetuned',
       ) as never,
   handler: async (a) => {
     const data = await openTrainData(path.resolve(a.data));
-    const rep = await evalSaved(modelSource(a), data, a.split, a.backend, { replicates: a.bootstrap, seed: a.seed }, (l) =>
-      process.stderr.write(l + '\n'),
+    const rep = await evalSaved(
+      modelSource(a),
+      data,
+      a.split,
+      a.backend,
+      { replicates: a.bootstrap, seed: a.seed },
+      (l) => process.stderr.write(l + '\n'),
+      { zeroShot: a['zero-shot'] },
     );
+    // A zero-shot eval often starts its own run-like folder (compare and report read it as a run).
+    await mkdir(path.dirname(path.resolve(a.out)), { recursive: true });
     await writeJsonAtomic(path.resolve(a.out), rep);
     process.stdout.write(
-      `${a.split}: n ${rep.n}, mean AUROC ${rep.mean_auroc?.toFixed(4) ?? 'n/a'} (competition ${rep.mean_auroc_competition?.toFixed(4) ?? 'n/a'}) -> ${a.out}\n`,
+      `${a.split}${rep.zero_shot ? ' (zero-shot)' : ''}: n ${rep.n}, mean AUROC ${rep.mean_auroc?.toFixed(4) ?? 'n/a'} (competition ${rep.mean_auroc_competition?.toFixed(4) ?? 'n/a'}) -> ${a.out}\n`,
     );
   },
 };

@@ -18,7 +18,8 @@ export const reportCommand: CommandModule<object, ReportArgs> = {
       .option('compare', {
         type: 'string',
         array: true,
-        describe: 'a run directory to compare with (repeatable): AUROC side by side, differences from RUN over 0.5 points coloured',
+        describe:
+          'a run directory or eval .json file (e.g. a zero-shot eval) to compare with (repeatable): AUROC side by side, differences from RUN over 0.5 points coloured',
       })
       .option('out', {
         type: 'string',
@@ -27,7 +28,8 @@ export const reportCommand: CommandModule<object, ReportArgs> = {
       })
       .example('$0 report runs/visual-text', 'write runs/visual-text/report.html and report-*.svg')
       .example('$0 report runs/visual-only --compare runs/visual-text --out paper/fig.html', 'visual-only vs visual+text')
-      .example('$0 report runs/names --compare runs/states --compare runs/all', 'three runs against one baseline') as never,
+      .example('$0 report runs/names --compare runs/states --compare runs/all', 'three runs against one baseline')
+      .example('$0 report runs/a --compare runs/a/zero-shot-eval.json', 'the run against its own zero-shot prompt score') as never,
   handler: async (argv) => {
     const written = await writeReport(argv.run, {
       ...(argv.compare?.length ? { compareDir: argv.compare } : {}),

@@ -1,5 +1,6 @@
 import { existsSync } from 'node:fs';
 import * as path from 'node:path';
+import type * as tf from '@tensorflow/tfjs';
 import { checkpointsDir, loadCheckpoint } from '../../shared/checkpoint/index.js';
 import { UserError } from '../../shared/util/errors.js';
 import { createProgress } from '../../shared/util/progress.js';
@@ -11,19 +12,22 @@ import { loadParams } from '../../model/params-file.js';
 import { CxrModel } from '../../model/vit.js';
 import { loadPretrainedModel } from '../../model/pretrained/model.js';
 import { scoreRows } from '../../model/predict.js';
+import { type PromptSource, promptLogits, promptPairs } from '../../model/zero-shot.js';
 import { labelSetFor, type SplitName, type TrainData } from '../train/config.js';
-import { CHECKPOINT_MANIFEST_FILE, MODEL_JSON_FILE } from '../../shared/run/files.js';
+import { CHECKPOINT_MANIFEST_FILE, MODEL_JSON_FILE, type ZeroShotRecord } from '../../shared/run/files.js';
 
 /** A saved model (run directory or checkpoint), loaded and evaluated in this process: `coordinator eval`, `embed`. */
 
-/** Per-label AUROC of a model on a split, reading it in chunks. */
-export async function evaluate(
+/**
+ * Every row's scores [n*L] and raw labels on a split, read in chunks: the model's logits, or
+ * `score` of its image embeddings (zero-shot).
+ */
+export async function scoreSplit(
   model: CxrModel,
   data: TrainData,
   splitName: SplitName,
-  set: LabelSet | null,
-  bootstrap: { replicates: number; seed: number },
-): Promise<AurocReport & { split: string }> {
+  score?: (z: tf.Tensor2D) => tf.Tensor2D,
+): Promise<{ scores: Float32Array; labels: Float32Array; n: number }> {
   const split = data.split(splitName);
   if (split.length === 0) throw new UserError(`the ${splitName} split of the dataset is empty; use --eval with another split or none`);
   const bar = createProgress({ label: `eval ${splitName}`, total: split.length, unit: 'images' });
@@ -31,13 +35,25 @@ export async function evaluate(
     model,
     split,
     { start: 0, end: split.length },
-    { chunk: 64, scores: true, embeddings: false, onChunk: (_b, _out, done) => bar.update(done) },
+    { chunk: 64, scores: true, embeddings: false, ...(score ? { score } : {}), onChunk: (_b, _out, done) => bar.update(done) },
   );
   bar.stop();
-  const competition = set?.competition ?? [];
+  return { scores: scores!, labels, n: split.length };
+}
+
+/** Per-label AUROC of a model on a split (of its logits, or of `score`). */
+export async function evaluate(
+  model: CxrModel,
+  data: TrainData,
+  splitName: SplitName,
+  set: LabelSet | null,
+  bootstrap: { replicates: number; seed: number },
+  score?: (z: tf.Tensor2D) => tf.Tensor2D,
+): Promise<AurocReport & { split: string }> {
+  const { scores, labels, n } = await scoreSplit(model, data, splitName, score);
   const rep = aurocReport(
-    { scores: scores!, labels, n: split.length, labelNames: model.config.labels },
-    competition,
+    { scores, labels, n, labelNames: model.config.labels },
+    set?.competition ?? [],
     bootstrap.replicates > 0 ? bootstrap : undefined,
   );
   return { split: splitName, ...rep };
@@ -62,7 +78,11 @@ export async function loadSavedModel(
   return { doc: { config: c.model, fixedPrompts: c.fixedPrompts ?? null }, params: ck.params };
 }
 
-/** `coordinator eval`: load a saved model and evaluate it on a split. */
+/**
+ * `coordinator eval`: load a saved model and evaluate it on a split; with `zeroShot`, by the
+ * prompt softmax (model/zero-shot.ts, ranked by its log-odds) instead of its classifier, the
+ * report saying so (`zero_shot`).
+ */
 export async function evalSaved(
   checkpoint: ModelSource,
   data: TrainData,
@@ -70,15 +90,74 @@ export async function evalSaved(
   backendChoice: BackendChoice,
   bootstrap: { replicates: number; seed: number },
   log: (line: string) => void,
-) {
+  opts: { zeroShot?: boolean } = {},
+): Promise<AurocReport & { split: string; zero_shot?: ZeroShotRecord }> {
   const backend = await initBackend(backendChoice);
   log(`backend: ${backend.name} (${backend.reason})`);
+  const set = labelSetFor(data.labelSet, data.labelNames);
+  if (opts.zeroShot) {
+    const zs = await loadZeroShot(checkpoint, data.labelNames, data.imageSize);
+    try {
+      log(`zero-shot: ${zs.prompts === 'tower' ? "the pretrained towers' embeddings" : "the run's prompt embeddings through its heads"}`);
+      const pairs = await promptPairs(zs.model, zs.prompts);
+      try {
+        const rep = await evaluate(zs.model, data, splitName, set, bootstrap, (z) => promptLogits(z, pairs));
+        return { ...rep, zero_shot: { ...zs.record, logit_scale: pairs.scale } };
+      } finally {
+        pairs.dispose();
+      }
+    } finally {
+      zs.model.dispose();
+    }
+  }
   const model = await loadModelFor(checkpoint, data.labelNames, data.imageSize);
   try {
-    return await evaluate(model, data, splitName, labelSetFor(data.labelSet, data.labelNames), bootstrap);
+    return await evaluate(model, data, splitName, set, bootstrap);
   } finally {
     model.dispose();
   }
+}
+
+/**
+ * The model of a zero-shot evaluation and where its prompts come from. A pretrained directory:
+ * its towers as imported, the prompts its text tower's (the untrained heads bypassed; refused
+ * without a text tower). A trained run: the run's model, prompts through its text head (refused
+ * for a linear head, which has no prompts).
+ */
+export async function loadZeroShot(
+  source: ModelSource,
+  labels: readonly string[],
+  imageSize: number,
+): Promise<{ model: CxrModel; prompts: PromptSource; record: Omit<ZeroShotRecord, 'logit_scale'> }> {
+  if (typeof source !== 'string') {
+    const { config, params, fixedPrompts } = await loadPretrainedModel(source.pretrained, {
+      imageSize,
+      labels: [...labels],
+      textTower: true,
+    });
+    if (!fixedPrompts)
+      throw new UserError(
+        `${config.pretrained!.weights}: no text tower in the weights; zero-shot scores each label by its Positive and Negative prompts, which needs the text tower (CLIP and BiomedCLIP checkpoints hold both towers)`,
+      );
+    return {
+      model: new CxrModel(config, params, fixedPrompts),
+      prompts: 'tower',
+      record: { prompts: 'tower', from: source.pretrained, weights: config.pretrained!.weights, sha256: config.pretrained!.sha256 },
+    };
+  }
+  const model = await loadModelFor(source, labels, imageSize);
+  if (model.config.head !== 'text') {
+    model.dispose();
+    throw new UserError(
+      `${source}: the model has the linear head (visual only) and no label prompts to score by; zero-shot needs a run with the text head, or --pretrained DIR`,
+    );
+  }
+  const pre = model.config.pretrained;
+  return {
+    model,
+    prompts: 'heads',
+    record: { prompts: 'heads', from: source, ...(pre ? { pretrained: { weights: pre.weights, sha256: pre.sha256 } } : {}) },
+  };
 }
 
 /** Where eval and embed take a model from: a saved run or checkpoint, or a pretrained directory (--pretrained). */

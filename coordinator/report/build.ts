@@ -154,8 +154,9 @@ function aurocTable(run: RunData): string {
     const ci = ev.ci?.[label];
     rows += `<tr><td>${esc(label)}</td><td class="num">${fmt4(v)}</td><td class="num">${ci ? `${ci[0].toFixed(4)} \u2013 ${ci[1].toFixed(4)}` : '\u2013'}</td></tr>`;
   }
-  rows += `<tr class="summary"><td>Mean</td><td class="num">${fmt4(ev.mean_auroc)}</td><td></td></tr>`;
-  rows += `<tr class="summary"><td>Competition mean</td><td class="num">${fmt4(ev.mean_auroc_competition)}</td><td></td></tr>`;
+  const fmtCi = (ci: [number, number] | null | undefined) => (ci ? `${ci[0].toFixed(4)} \u2013 ${ci[1].toFixed(4)}` : '');
+  rows += `<tr class="summary"><td>Mean</td><td class="num">${fmt4(ev.mean_auroc)}</td><td class="num">${fmtCi(ev.mean_auroc_ci)}</td></tr>`;
+  rows += `<tr class="summary"><td>Competition mean</td><td class="num">${fmt4(ev.mean_auroc_competition)}</td><td class="num">${fmtCi(ev.mean_auroc_competition_ci)}</td></tr>`;
   return `<table class="data"><thead><tr><th>label</th><th>AUROC</th><th>95% CI</th></tr></thead><tbody>${rows}</tbody></table>`;
 }
 
@@ -172,6 +173,17 @@ function comparisonTable(base: string, runs: readonly { name: string; rows: read
   });
   const head = runs.map((run) => `<th>${esc(run.name)}</th><th>diff (points)</th>`).join('');
   return `<table class="data compare"><thead><tr><th>label</th><th>${esc(base)}</th>${head}</tr></thead><tbody>${body}</tbody></table>`;
+}
+
+/** What a zero-shot evaluation scored with, said once under the AUROC chart. */
+function zeroShotNote(r: RunData): string {
+  const zs = r.evaluation?.zero_shot;
+  if (!zs) return '';
+  const from =
+    zs.prompts === 'tower'
+      ? `the pretrained towers as imported from ${esc(zs.weights ?? zs.from)}`
+      : `the prompt embeddings of ${esc(zs.from)} through its heads`;
+  return `<p class="note zero-shot">${esc(r.name)}: each label scored by the softmax over its Positive/Negative prompt similarities (scale ${zs.logit_scale.toFixed(2)}), ${from}; no classifier trained.</p>`;
 }
 
 function kvTable(obj: Record<string, unknown>): string {
@@ -250,12 +262,17 @@ export function buildReport(run: RunData, compare: RunData | readonly RunData[] 
         auroc: r.evaluation!.auroc,
         ...(r.evaluation!.ci ? { ci: r.evaluation!.ci } : {}),
         color: runColor(runs.indexOf(r)),
+        means: [
+          { label: 'Mean', value: r.evaluation!.mean_auroc, ci: r.evaluation!.mean_auroc_ci ?? null },
+          { label: 'Competition mean', value: r.evaluation!.mean_auroc_competition, ci: r.evaluation!.mean_auroc_competition_ci ?? null },
+        ],
       }));
     const auroc: Chart = { name: 'auroc', title: 'Per-label AUROC', section: 'evaluation', svg: aurocChart(labels, aurocRuns) };
     charts.push(auroc);
     evalHtml += `<section id="evaluation"><h2>Evaluation: per-label AUROC</h2>`;
     if (run.evaluation)
       evalHtml += `<p class="note">${esc(run.name)}: split <b>${esc(run.evaluation.split)}</b>, ${run.evaluation.n} images. Whiskers are the 95% confidence intervals from eval.json.</p>`;
+    for (const r of runs) evalHtml += zeroShotNote(r);
     evalHtml += `<div class="row">${figure(auroc)}${run.evaluation ? aurocTable(run) : ''}</div></section>`;
     const compared = run.evaluation ? others.filter((r) => r.evaluation) : [];
     const unevaluated = (run.evaluation ? others : [run]).filter((r) => !r.evaluation).map((r) => r.name);

@@ -25,9 +25,15 @@ const environmentSchema = z.record(z.string(), z.unknown());
 export type RunEnvironment = Record<string, unknown>;
 
 export interface RunData {
+  /** The run directory, or the eval file when only one was given (readRunDir). */
   dir: string;
-  /** The run's name in reports: the directory's base name. */
+  /**
+   * The run's name in reports: the directory's base name (an eval file's: its folder's, followed
+   * by its base name unless it is eval.json), marked `(zero-shot)` when the evaluation is zero-shot.
+   */
   name: string;
+  /** Whether `dir` is an eval file alone (no run directory to write a report into). */
+  evalOnly?: boolean;
   config: Record<string, unknown> | null;
   metrics: MetricsLine[];
   evaluation: EvalResult | null;
@@ -114,11 +120,37 @@ export function timeKeys(metrics: readonly MetricsLine[]): string[] {
   return [...keys];
 }
 
-/** Read everything a run directory holds; missing files are null, malformed ones an error. */
+/** A run's name in reports, marked when its evaluation is zero-shot (no classifier trained). */
+function displayName(base: string, evaluation: EvalResult | null): string {
+  return evaluation?.zero_shot && !base.includes('zero-shot') ? `${base} (zero-shot)` : base;
+}
+
+/**
+ * Read everything a run directory holds; missing files are null, malformed ones an error. An eval
+ * JSON file (any `coordinator eval --out`, zero-shot or not) stands for a run that has only it.
+ */
 export async function readRunDir(dir: string): Promise<RunData> {
   const abs = path.resolve(dir);
   const st = await fsp.stat(abs).catch(() => null);
-  if (!st?.isDirectory()) throw new UserError(`${dir}: not a run directory (it does not exist or is not a directory)`);
+  if (st?.isFile() && abs.endsWith('.json')) {
+    const evaluation = parseEval(parseJson((await readText(abs))!, abs), abs);
+    // A folder's eval.json is named as the folder is; another eval file by its folder and base name.
+    const folder = path.basename(path.dirname(abs));
+    const name = path.basename(abs) === EVAL_FILE ? folder : `${folder}/${path.basename(abs, '.json')}`;
+    return {
+      dir: abs,
+      name: displayName(name, evaluation),
+      evalOnly: true,
+      config: null,
+      metrics: [],
+      evaluation,
+      environment: null,
+      embeddings: null,
+      notes: [],
+    };
+  }
+  if (!st?.isDirectory())
+    throw new UserError(`${dir}: not a run directory (it does not exist or is not a directory) nor an eval .json file`);
   const notes: string[] = [];
   const file = (name: string) => path.join(abs, name);
 
@@ -147,5 +179,5 @@ export async function readRunDir(dir: string): Promise<RunData> {
       `${dir}: no config.json, metrics.jsonl or eval.json here; is this a run directory (the --run-dir of a training run)?`,
     );
   }
-  return { dir: abs, name: path.basename(abs), config, metrics, evaluation, environment, embeddings, notes };
+  return { dir: abs, name: displayName(path.basename(abs), evaluation), config, metrics, evaluation, environment, embeddings, notes };
 }

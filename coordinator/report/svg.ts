@@ -156,19 +156,33 @@ export interface AurocRun {
   auroc: Record<string, number | null>;
   ci?: Record<string, [number, number] | null>;
   color: string;
+  /** Summary rows drawn after the labels (the means), in the same order for every run. */
+  means?: { label: string; value: number | null; ci?: [number, number] | null }[];
 }
 
-/** Per-label AUROC as dots with confidence-interval whiskers; one row per label, one dot per run. */
+/**
+ * Per-label AUROC as dots with confidence-interval whiskers; one row per label, one dot per run;
+ * then the runs' summary rows (the means), set apart in bold.
+ */
 export function aurocChart(labels: readonly string[], runs: readonly AurocRun[], title = 'Per-label AUROC (95% CI)'): string {
+  const rows = [
+    ...labels.map((label) => ({ label, summary: false, of: (r: AurocRun) => ({ v: r.auroc[label], ci: r.ci?.[label] }) })),
+    ...(runs.find((r) => r.means)?.means ?? []).map((mean, j) => ({
+      label: mean.label,
+      summary: true,
+      of: (r: AurocRun) => ({ v: r.means?.[j]?.value, ci: r.means?.[j]?.ci }),
+    })),
+  ];
+  const gap = rows.some((r) => r.summary) ? 8 : 0;
   // Runs' dots sit 9 px apart within a label's row.
   const rowH = runs.length > 1 ? Math.max(26, 9 * runs.length + 8) : 20;
-  const m = { l: labelMargin(labels), r: 70, t: 44, b: 40 };
+  const m = { l: labelMargin(rows.map((r) => r.label)), r: 70, t: 44, b: 40 };
   const W = m.l + 440,
-    H = m.t + m.b + rowH * Math.max(1, labels.length);
+    H = m.t + m.b + rowH * Math.max(1, rows.length) + gap;
   const pw = W - m.l - m.r;
   let out = svgOpen('auroc', W, H, title);
   const values = runs
-    .flatMap((r) => labels.flatMap((l) => [r.auroc[l], ...(r.ci?.[l] ?? [])]))
+    .flatMap((r) => rows.flatMap((row) => [row.of(r).v, ...(row.of(r).ci ?? [])]))
     .filter((x): x is number => typeof x === 'number');
   if (values.length === 0) return out + emptyNote(W / 2, H / 2, 'no AUROC values') + '</svg>';
   const x0 = Math.min(0.5, Math.floor(Math.min(...values) * 20) / 20),
@@ -180,14 +194,14 @@ export function aurocChart(labels: readonly string[], runs: readonly AurocRun[],
   out += `</g><g fill="#555" text-anchor="middle">`;
   for (const t of ticks) out += `<text x="${n2(sx(t))}" y="${H - m.b + 16}">${esc(fmtTick(t))}</text>`;
   out += `</g><text x="${m.l + pw / 2}" y="${H - 6}" text-anchor="middle" fill="#444">AUROC</text>`;
-  labels.forEach((label, i) => {
-    const yc = m.t + i * rowH + rowH / 2;
+  rows.forEach((row, i) => {
+    const { label } = row;
+    const yc = m.t + i * rowH + rowH / 2 + (row.summary ? gap : 0);
     if (i % 2 === 0) out += `<rect x="${m.l}" y="${n2(yc - rowH / 2)}" width="${pw}" height="${rowH}" fill="#f7f7f7"/>`;
-    out += `<text x="${m.l - 8}" y="${n2(yc + 4)}" text-anchor="end" fill="#222">${esc(clip(label))}<title>${esc(label)}</title></text>`;
+    out += `<text x="${m.l - 8}" y="${n2(yc + 4)}" text-anchor="end" fill="#222"${row.summary ? ' font-weight="600"' : ''}>${esc(clip(label))}<title>${esc(label)}</title></text>`;
     runs.forEach((run, k) => {
       const y = runs.length > 1 ? yc + (k - (runs.length - 1) / 2) * 9 : yc;
-      const v = run.auroc[label];
-      const ci = run.ci?.[label];
+      const { v, ci } = row.of(run);
       if (typeof v !== 'number') {
         out += `<text class="na" x="${n2(sx(x0) + 6)}" y="${n2(y + 4)}" fill="#999">n/a (${esc(run.name)})</text>`;
         return;

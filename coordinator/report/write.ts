@@ -7,7 +7,7 @@ import { readRunDir } from './run-dir.js';
 import { REPORT_FILE } from '../../shared/run/files.js';
 
 export interface WriteReportOptions {
-  /** A run to compare against, or several (their AUROC side by side, differences from this run coloured). */
+  /** A run (or eval file) to compare against, or several (their AUROC side by side, differences from this run coloured). */
   compareDir?: string | readonly string[];
   /** The HTML file to write; default `RUN/report.html`. Charts go next to it as `report-*.svg`. */
   out?: string;
@@ -26,6 +26,9 @@ export interface WrittenReport {
 export async function writeReport(runDir: string, opts: WriteReportOptions = {}): Promise<WrittenReport> {
   const run = await readRunDir(runDir);
   const compare = await Promise.all([opts.compareDir ?? []].flat().map((d) => readRunDir(d)));
+  // Charts go next to the page: beside an eval file they would overwrite its run's report-*.svg.
+  if (run.evalOnly && !opts.out)
+    throw new UserError(`${run.dir}: an eval file has no run directory to write the report into; give --out FILE.html`);
   const out = path.resolve(opts.out ?? path.join(run.dir, REPORT_FILE));
   const dir = path.dirname(out);
   const st = await fsp.stat(dir).catch(() => null);

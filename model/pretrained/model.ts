@@ -2,6 +2,7 @@ import { UserError } from '../../shared/util/errors.js';
 import { type InitWeights, loadInitWeights, type TorchFormat } from '../../shared/interop/open-clip.js';
 import { sha256File } from '../../shared/interop/state-dict.js';
 import { type ModelConfig, type PretrainedSource, resolveModelConfig, type Rgb } from '../config.js';
+import { pretrainedTextSource } from '../text/pretrained.js';
 import { textTowerSpecs } from '../text/tower.js';
 import { initialParams, modelLayout } from '../vit.js';
 import { type PretrainedDir, readPretrainedDir } from './dir.js';
@@ -108,18 +109,24 @@ export async function modelConfigFor(pretrained: string | null, opts: Parameters
   return pretrainedModelConfig(pre, { ...opts, source: await pretrainedSource(pre) });
 }
 
-/** A model configuration and its initial parameters from a pretrained directory (eval, embed, export without a run). */
+/**
+ * A model configuration and its initial parameters from a pretrained directory (eval, embed, export
+ * without a run). With `textTower`, the label prompts are the directory's text tower's, encoded once
+ * (as a run started from DIR has them at step 0: `fixedPrompts`), when its weights hold one.
+ */
 export async function loadPretrainedModel(
   dir: string,
-  opts: { imageSize?: number; labels: string[]; image?: { mean: Rgb; std: Rgb } },
-): Promise<{ config: ModelConfig; params: Float32Array }> {
+  opts: { imageSize?: number; labels: string[]; image?: { mean: Rgb; std: Rgb }; textTower?: boolean },
+): Promise<{ config: ModelConfig; params: Float32Array; fixedPrompts: Float32Array | null }> {
   const pre = await readPretrainedDir(dir);
-  const config = pretrainedModelConfig(pre, {
+  let config = pretrainedModelConfig(pre, {
     imageSize: opts.imageSize ?? pre.vision.imageSize,
     labels: opts.labels,
     ...(opts.image ? { image: opts.image } : {}),
     source: await pretrainedSource(pre),
   });
+  const towered = opts.textTower ? await pretrainedTextSource(pre, opts.labels, null) : null;
+  if (towered) config = { ...config, text: towered.text };
   const w = await loadPretrainedParams(config, initialParams(config, 0));
-  return { config, params: w.params };
+  return { config, params: w.params, fixedPrompts: towered?.fixedPrompts ?? null };
 }

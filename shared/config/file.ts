@@ -106,7 +106,8 @@ function valueSchema(spec: OptionSpec): z.ZodType {
           : spec.type === 'count'
             ? z.number().int().nonnegative()
             : spec.type === 'array'
-              ? z.array(scalar)
+              ? // One value is a list of one, as on the command line (`--compare b`).
+                z.union([z.array(scalar), scalar.transform((v) => [v])])
               : scalar;
   if (spec.choices) {
     const allowed = spec.choices;

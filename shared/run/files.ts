@@ -60,6 +60,22 @@ export const metricsLineSchema = z
 export type MetricsLine = z.infer<typeof metricsLineSchema>;
 
 const aurocValue = z.number().min(0).max(1).nullable();
+/**
+ * `zero_shot` of an eval.json from `coordinator eval --zero-shot`: the scores are the softmax over
+ * each label's Positive/Negative prompt similarities, not a trained classifier's. `prompts`:
+ * `tower`, a pretrained directory's towers as imported (`from`, its weights file and sha256);
+ * `heads`, a trained run's prompt embeddings through its heads (`from`, the run or checkpoint, and
+ * the pretrained weights it started from, if any). `logit_scale`: exp of the model's, as applied.
+ */
+export const zeroShotSchema = z.object({
+  prompts: z.enum(['tower', 'heads']),
+  from: z.string(),
+  weights: z.string().optional(),
+  sha256: z.string().optional(),
+  pretrained: z.object({ weights: z.string(), sha256: z.string() }).optional(),
+  logit_scale: z.number(),
+});
+export type ZeroShotRecord = z.infer<typeof zeroShotSchema>;
 /** eval.json (and eval-epoch-N.json, which add `step` and `epoch`). */
 export const evalSchema = z
   .object({
@@ -69,6 +85,9 @@ export const evalSchema = z
     mean_auroc: aurocValue,
     mean_auroc_competition: aurocValue,
     ci: z.record(z.string(), z.tuple([z.number(), z.number()]).nullable()).optional(),
+    mean_auroc_ci: z.tuple([z.number(), z.number()]).nullable().optional(),
+    mean_auroc_competition_ci: z.tuple([z.number(), z.number()]).nullable().optional(),
+    zero_shot: zeroShotSchema.optional(),
   })
   .catchall(z.unknown());
 export type EvalResult = z.infer<typeof evalSchema>;

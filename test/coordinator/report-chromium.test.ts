@@ -52,7 +52,9 @@ window.addEventListener('load', function () {
     faded = document.querySelectorAll('svg[data-chart="projection"] g.group[fill-opacity="0.06"]').length;
   }
   var out = { charts: charts, faded: faded, groups: document.querySelectorAll('svg[data-chart="projection"] g.group').length,
-    height: document.documentElement.scrollHeight, title: document.title, bold: document.querySelectorAll('main b b, td b').length };
+    height: document.documentElement.scrollHeight, title: document.title, bold: document.querySelectorAll('main b b, td b').length,
+    diffColors: Array.prototype.map.call(document.querySelectorAll('td.diff.gain, td.diff.loss'), function (td) {
+      return (td.classList.contains('gain') ? 'gain ' : 'loss ') + getComputedStyle(td).color; }) };
   var p = document.createElement('pre'); p.id = '__probe';
   p.textContent = btoa(unescape(encodeURIComponent(JSON.stringify(out))));
   document.body.appendChild(p);
@@ -65,6 +67,7 @@ interface Probe {
   groups: number;
   height: number;
   title: string;
+  diffColors: string[];
 }
 
 function consoleLines(stderr: string): string[] {
@@ -79,6 +82,10 @@ test('the report renders in headless Chromium: no console messages, every chart 
       out = path.join(tmp, 'out');
     await writeFixtureRun(a, { seed: 1, quality: 0.42, steps: 300, testImages: 300 });
     await writeFixtureRun(b, { seed: 2, quality: 0.5, steps: 300, testImages: 300, extraLabels: ['<script>alert(1)</script> & "quoted"'] });
+    // B's evaluation marked zero-shot (coordinator eval --zero-shot): named so, its prompt source said.
+    const bEval = JSON.parse(await fsp.readFile(path.join(b, 'eval.json'), 'utf8'));
+    bEval.zero_shot = { prompts: 'tower', from: '/models/clip', weights: '/models/clip/open_clip_pytorch_model.bin', logit_scale: 100 };
+    await fsp.writeFile(path.join(b, 'eval.json'), JSON.stringify(bEval));
     await fsp.mkdir(out);
     const written = await writeReport(a, { compareDir: b, out: path.join(out, 'report.html') });
     const html = await fsp.readFile(written.html, 'utf8');
@@ -104,7 +111,11 @@ test('the report renders in headless Chromium: no console messages, every chart 
     }
     assert.ok(probe.groups > 3, 'projection has finding groups');
     assert.equal(probe.faded, probe.groups - 1, 'highlighting one finding fades all the others');
-    assert.match(probe.title, /visual-only vs visual-text/);
+    assert.match(probe.title, /visual-only vs visual-text \(zero-shot\)/);
+    assert.match(html, /visual-text \(zero-shot\): each label scored by the softmax over its Positive\/Negative prompt similarities/);
+    // Beyond 0.5 points the diff cells are drawn green (gain) or red (loss).
+    assert.ok(probe.diffColors.length > 0, 'some difference is over 0.5 points');
+    for (const c of probe.diffColors) assert.ok(c === 'gain rgb(26, 150, 65)' || c === 'loss rgb(215, 25, 28)', c);
     assert.ok(!/<script>alert\(1\)/.test(html), 'label text is escaped');
 
     // The exported SVGs open on their own (as an image document, no console messages either).

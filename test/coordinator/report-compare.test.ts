@@ -87,6 +87,20 @@ test('a four-run report: every run in the AUROC chart, each run against the base
       4,
     );
 
+    // The means after the labels, each run's with its bootstrap CI whisker (eval.json mean_auroc_ci).
+    for (const n of names)
+      for (const mean of ['Mean', 'Competition mean'])
+        assert.match(
+          svg('auroc'),
+          new RegExp(
+            `<g class="mark" data-label="${mean}" data-run="${n}"><title>${n} \u2014 ${mean}: 0\\.\\d{4} \\[0\\.\\d{4}, 0\\.\\d{4}\\]</title><line`,
+          ),
+        );
+    assert.match(
+      html,
+      /<tr class="summary"><td>Mean<\/td><td class="num">0\.\d{4}<\/td><td class="num">0\.\d{4} \u2013 0\.\d{4}<\/td><\/tr>/,
+    );
+
     // Differences: one bar per compared run and label (+ the two means), its colour by verdict.
     const diff = svg('compare');
     assert.match(diff, /AUROC difference from names \(points\)/);

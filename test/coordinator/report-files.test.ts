@@ -134,6 +134,39 @@ test('a run directory is read whole; an empty or missing one is a clear error', 
   }
 });
 
+test('an eval file stands for a run: named by its folder, marked zero-shot, compared and reported with --out only', async () => {
+  const { writeReport } = await import('../../coordinator/report/write.js');
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'cxr-evalfile-'));
+  try {
+    const zs = { prompts: 'heads', from: '/runs/a', logit_scale: 30 };
+    const ev = { split: 'test', n: 10, auroc: { A: 0.7 }, mean_auroc: 0.7, mean_auroc_competition: null };
+    await fsp.mkdir(path.join(dir, 'a'));
+    await fsp.mkdir(path.join(dir, 'zero-shot-clip'));
+    await fsp.writeFile(path.join(dir, 'a', 'zs.json'), JSON.stringify({ ...ev, zero_shot: zs }));
+    await fsp.writeFile(path.join(dir, 'a', 'test-eval.json'), JSON.stringify(ev));
+    await fsp.writeFile(path.join(dir, 'zero-shot-clip', 'eval.json'), JSON.stringify({ ...ev, zero_shot: zs }));
+    const file = await readRunDir(path.join(dir, 'a', 'zs.json'));
+    assert.equal(file.name, 'a/zs (zero-shot)');
+    assert.equal(file.evalOnly, true);
+    assert.equal(file.evaluation!.zero_shot!.prompts, 'heads');
+    assert.equal((await readRunDir(path.join(dir, 'a', 'test-eval.json'))).name, 'a/test-eval');
+    // A folder's eval.json is the folder; a name that says zero-shot already is not marked twice.
+    assert.equal((await readRunDir(path.join(dir, 'zero-shot-clip', 'eval.json'))).name, 'zero-shot-clip');
+    assert.equal((await readRunDir(path.join(dir, 'zero-shot-clip'))).name, 'zero-shot-clip');
+    await fsp.writeFile(path.join(dir, 'a', 'bad.json'), JSON.stringify({ ...ev, zero_shot: { prompts: 'guess' } }));
+    await assert.rejects(
+      readRunDir(path.join(dir, 'a', 'bad.json')),
+      isUser(/bad\.json: invalid evaluation result at 'zero_shot\.prompts'/),
+    );
+    await assert.rejects(writeReport(path.join(dir, 'a', 'zs.json')), isUser(/give --out FILE\.html/));
+    const out = path.join(dir, 'r.html');
+    await writeReport(path.join(dir, 'a', 'test-eval.json'), { compareDir: path.join(dir, 'a', 'zs.json'), out });
+    assert.match(await fsp.readFile(out, 'utf8'), /Comparison: a\/zs \(zero-shot\) vs a\/test-eval/);
+  } finally {
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+});
+
 test("environment.json records node, host and this checkout's git commit, plus the run facts given", async () => {
   const { writeRunEnvironment } = await import('../../coordinator/report/environment.js');
   const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'cxr-env-'));

@@ -2,7 +2,7 @@
 """A pretrained model directory in the real open_clip / hub layout, with random weights, and the
 image embeddings PyTorch computes from it, for test/model/pretrained-vision.test.ts.
 
-Usage: python3 test/reference/pretrained_vision.py OUT_DIR openai|biomedclip [SEED]
+Usage: python3 test/reference/pretrained_vision.py OUT_DIR openai|biomedclip [SEED [IMAGES.json]]
 
 Writes OUT_DIR/open_clip_config.json and OUT_DIR/open_clip_pytorch_model.bin (torch.save of a
 state dict) for a small image tower (width 64, 2 layers, 2 heads, patch 8, 32 px):
@@ -13,7 +13,8 @@ state dict) for a small image tower (width 64, 2 layers, 2 heads, patch 8, 32 px
 The module trees are written out here with plain torch.nn under those names (no open_clip or
 timm needed). Prints one JSON line: the test images (uint8 gray, row-major) and their unit
 embeddings with the checkpoint's own preprocessing (gray replicated to RGB, /255, per-channel
-mean/std from preprocess_cfg).
+mean/std from preprocess_cfg), and exp(logit_scale). IMAGES.json (a list of such images) replaces
+the built-in test images (the zero-shot test embeds a dataset split).
 """
 import json, math, os, sys
 from collections import OrderedDict
@@ -201,8 +202,11 @@ images = torch.stack([
     torch.full((SIZE, SIZE), 128),
     torch.where((xx - 16) ** 2 + (yy - 12) ** 2 < 64, 230, 40),
 ]).to(torch.uint8)
+if len(sys.argv) > 4:
+    images = torch.tensor(json.load(open(sys.argv[4])), dtype=torch.uint8).view(-1, SIZE, SIZE)
 x = images.float().div(255).unsqueeze(1).expand(-1, 3, -1, -1)
 x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
 with torch.no_grad():
     emb = F.normalize(model.visual(x), dim=-1)
-print(json.dumps({'size': SIZE, 'images': images.flatten(1).tolist(), 'embeddings': emb.tolist()}))
+print(json.dumps({'size': SIZE, 'images': images.flatten(1).tolist(), 'embeddings': emb.tolist(),
+                  'logit_scale': model.logit_scale.exp().item()}))
