@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { attentionHeads, dense, layerNorm, quickGelu, residualMlp, softmax } from './layers.js';
+import type { ParamSpec } from './param-specs.js';
 
 /** A parameter by its layout name (CxrModel.p, or any map of tensors with open_clip's names). */
 export type ParamGetter = <T extends tf.Tensor = tf.Tensor>(name: string) => T;
@@ -53,4 +54,36 @@ export function residualAttentionBlock(
     p(`${name}.mlp.c_proj.bias`),
     x1,
   );
+}
+
+/**
+ * The parameters of one residualAttentionBlock under `name` (open_clip's names, dense kernels
+ * [in, out]). `outStd` null: the output projections start at zero, so the block starts as the
+ * identity (the heads on a pretrained tower).
+ */
+export function residualBlockSpecs(
+  name: string,
+  width: number,
+  mlpWidth: number,
+  init: { attnStd: number; fcStd: number; outStd: number | null },
+): ParamSpec[] {
+  const ones = { value: 1 };
+  const zeros = { value: 0 };
+  const out = init.outStd === null ? zeros : { std: init.outStd };
+  const W = width;
+  const M = mlpWidth;
+  return [
+    { name: `${name}.ln_1.weight`, shape: [W], decay: false, init: ones },
+    { name: `${name}.ln_1.bias`, shape: [W], decay: false, init: zeros },
+    { name: `${name}.attn.in_proj_weight`, shape: [W, 3 * W], decay: true, init: { std: init.attnStd } },
+    { name: `${name}.attn.in_proj_bias`, shape: [3 * W], decay: false, init: zeros },
+    { name: `${name}.attn.out_proj.weight`, shape: [W, W], decay: true, init: out },
+    { name: `${name}.attn.out_proj.bias`, shape: [W], decay: false, init: zeros },
+    { name: `${name}.ln_2.weight`, shape: [W], decay: false, init: ones },
+    { name: `${name}.ln_2.bias`, shape: [W], decay: false, init: zeros },
+    { name: `${name}.mlp.c_fc.weight`, shape: [W, M], decay: true, init: { std: init.fcStd } },
+    { name: `${name}.mlp.c_fc.bias`, shape: [M], decay: false, init: zeros },
+    { name: `${name}.mlp.c_proj.weight`, shape: [M, W], decay: true, init: out },
+    { name: `${name}.mlp.c_proj.bias`, shape: [W], decay: false, init: zeros },
+  ];
 }

@@ -35,12 +35,15 @@ export interface PretrainedSource {
  * pretrained text tower. `frozen`: the tower encoded the prompts once at start, and the vectors
  * are fixed like a file's (stored with the model); `tower`: the tower is part of the model, its
  * weights in the layout under open_clip's names, and runs on the prompts' token rows (`tokens`,
- * cut to the longest prompt) in every step (--text-tower finetune).
+ * cut to the longest prompt) in every step (--text-tower finetune). A frozen tower under
+ * `--text-head transformer` fixes the last hidden states of its prompts' token rows (`tokens`)
+ * instead of the vectors, and the model holds the tower's readout (final norm, pooling,
+ * projection; frozen) to apply after the head.
  */
 export type TextSource =
   | { kind: 'learnable'; dim: number }
   | { kind: 'file'; path: string; dim: number }
-  | { kind: 'frozen'; dim: number; tower: TextTowerShape }
+  | { kind: 'frozen'; dim: number; tower: TextTowerShape; tokens?: number[][] }
   | { kind: 'tower'; dim: number; tower: TextTowerShape; tokens: number[][] };
 
 /** --text-tower: a pretrained text tower's prompt vectors computed once (frozen) or the tower trained with the rest (finetune). */
@@ -107,6 +110,15 @@ export interface ModelConfig {
    */
   visualHead?: VisualHead;
   visualHeadLayers?: number;
+  /**
+   * The trainable block between the prompt embeddings and the joint space (`--text-head`):
+   * missing means `mlp`, a residual MLP from the prompt embeddings' dimension to the joint one
+   * (`text.head.fc1/fc2`); `none` the prompt embeddings as they are (their dimension must be the
+   * joint one); `transformer` `textHeadLayers` pre-norm blocks of a text tower's width over its
+   * token states before its readout (`text.head.resblocks.N`, model/text/tower.ts).
+   */
+  textHead?: TextHead;
+  textHeadLayers?: number;
   text: TextSource;
   labels: string[];
 }
@@ -126,6 +138,38 @@ export function withVisualHead(config: ModelConfig, kind: string, layers = 1): M
   checkVisualHead(kind, layers);
   if (kind === 'none') return config;
   return { ...config, visualHead: kind as VisualHead, ...(kind === 'transformer' ? { visualHeadLayers: layers } : {}) };
+}
+
+export const TEXT_HEADS = ['none', 'mlp', 'transformer'] as const;
+export type TextHead = Exclude<(typeof TEXT_HEADS)[number], 'mlp'>;
+
+/** Refuses a `--text-head KIND --text-head-layers N` that names no head or no block count. */
+export function checkTextHead(kind: string, layers: number): void {
+  if (!(TEXT_HEADS as readonly string[]).includes(kind))
+    throw new UserError(`--text-head '${kind}': expected one of ${TEXT_HEADS.join(', ')}`);
+  if (!Number.isInteger(layers) || layers < 1) throw new UserError(`--text-head-layers must be a positive integer, got ${layers}`);
+}
+
+/**
+ * `config` with the text head of `--text-head KIND --text-head-layers N` (mlp: as it is). Apply it
+ * once the prompts' source is known: `none` needs prompt embeddings of the joint dimension,
+ * `transformer` a text tower's token states (a pretrained tower, frozen with `tokens` or finetuned).
+ */
+export function withTextHead(config: ModelConfig, kind: string, layers = 1): ModelConfig {
+  checkTextHead(kind, layers);
+  if (kind === 'mlp') return config;
+  if (config.head !== 'text') throw new UserError(`--text-head ${kind}: the linear head (--head linear) has no text branch`);
+  const t = config.text;
+  if (kind === 'transformer' && !(t.kind === 'tower' || (t.kind === 'frozen' && t.tokens)))
+    throw new UserError(
+      `--text-head transformer attends over a text tower's tokens: it needs --pretrained DIR with its text tower (--text-tower frozen or finetune), ` +
+        `not ${t.kind === 'file' ? '--text-embeddings' : 'learnable prompts'}`,
+    );
+  if (t.dim !== config.embedDim)
+    throw new UserError(
+      `--text-head ${kind}: the prompt embeddings have dimension ${t.dim}, the joint space ${config.embedDim}; --text-head mlp maps one to the other`,
+    );
+  return { ...config, textHead: kind as TextHead, ...(kind === 'transformer' ? { textHeadLayers: layers } : {}) };
 }
 
 interface PresetShape {

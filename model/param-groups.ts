@@ -1,5 +1,7 @@
 import { UserError } from '../shared/util/errors.js';
 import type { ParamLayout } from '../shared/params.js';
+import type { ModelConfig } from './config.js';
+import { textTowerParams } from './vit.js';
 
 /**
  * Fine-tuning controls as one learning-rate multiplier per parameter (layout entry): `--freeze`
@@ -51,9 +53,25 @@ export interface GroupOptions {
   readonly freeze: readonly Freeze[];
 }
 
-/** The group options of a run's flags (absent flags: nothing frozen, heads at --lr, no decay). */
-export function groupOptions(cfg: { lr: number; headLr?: number | null; lrLayerDecay?: number; freeze?: readonly string[] }): GroupOptions {
-  return { lr: cfg.lr, headLr: cfg.headLr ?? null, layerDecay: cfg.lrLayerDecay ?? 1, freeze: parseFreeze(cfg.freeze ?? []) };
+/**
+ * The group options of a run's flags (absent flags: nothing frozen, heads at --lr, no decay). A
+ * frozen text tower stays frozen: the part of it the model holds (its readout, under --text-head
+ * transformer) is frozen with the flags' choices.
+ */
+export function groupOptions(cfg: {
+  lr: number;
+  headLr?: number | null;
+  lrLayerDecay?: number;
+  freeze?: readonly string[];
+  resolved?: { model: ModelConfig };
+}): GroupOptions {
+  const frozenText = cfg.resolved?.model.text.kind === 'frozen' && textTowerParams(cfg.resolved.model).length > 0;
+  return {
+    lr: cfg.lr,
+    headLr: cfg.headLr ?? null,
+    layerDecay: cfg.lrLayerDecay ?? 1,
+    freeze: [...parseFreeze(cfg.freeze ?? []), ...(frozenText ? [{ tower: 'text' as const, keepBlocks: null }] : [])],
+  };
 }
 
 /** One multiplier of --lr per layout entry (0: frozen). */

@@ -5,10 +5,12 @@ import { UserError } from '../shared/util/errors.js';
 import { BACKEND_CHOICES } from '../kernels/backend.js';
 import {
   checkRgb,
+  checkTextHead,
   checkVisualHead,
   MODEL_PRESETS,
   type ModelConfig,
   type Rgb,
+  TEXT_HEADS,
   TEXT_TOWER_MODES,
   type TextTowerMode,
   VISUAL_HEADS,
@@ -62,6 +64,8 @@ const trainFlagsSchema = z.object({
   priorScope: z.enum(PRIOR_SCOPES).optional(),
   visualHead: z.enum(VISUAL_HEADS).optional(),
   visualHeadLayers: z.number().optional(),
+  textHead: z.enum(TEXT_HEADS).optional(),
+  textHeadLayers: z.number().optional(),
   freeze: z.array(z.string()).optional(),
   headLr: nonNegative.optional(),
   lrLayerDecay: z.number().optional(),
@@ -93,6 +97,8 @@ export type TrainConfig = Omit<
   | 'priorScope'
   | 'visualHead'
   | 'visualHeadLayers'
+  | 'textHead'
+  | 'textHeadLayers'
   | 'freeze'
   | 'headLr'
   | 'lrLayerDecay'
@@ -112,6 +118,9 @@ export type TrainConfig = Omit<
   /** --visual-head none|mlp|transformer and its block count; absent: none, 1. */
   visualHead?: (typeof VISUAL_HEADS)[number];
   visualHeadLayers?: number;
+  /** --text-head none|mlp|transformer and its block count; absent: mlp, 1. */
+  textHead?: (typeof TEXT_HEADS)[number];
+  textHeadLayers?: number;
   /** Which prompts the label prior covers (--prior-scope); absent: names. */
   priorScope?: PriorScope;
   /** Fine-tuning controls (model/param-groups.ts): --freeze values, --head-lr (null: --lr), --lr-layer-decay; absent: none, null, 1. */
@@ -161,6 +170,7 @@ export function parseTrainConfig(flags: TrainFlags | Record<string, unknown>): T
   if (a.epochs !== undefined && a.steps !== undefined) throw new UserError('give --epochs or --steps, not both');
   augmentPolicy(a.augment ?? 'none', a.augmentHflip ?? 0);
   checkVisualHead(a.visualHead ?? 'none', a.visualHeadLayers ?? 1);
+  checkTextHead(a.textHead ?? 'mlp', a.textHeadLayers ?? 1);
   parseFreeze(a.freeze ?? []);
   const image = imageNorm(a.imageMean, a.imageStd);
   return {
@@ -173,6 +183,8 @@ export function parseTrainConfig(flags: TrainFlags | Record<string, unknown>): T
     priorScope: a.priorScope ?? 'names',
     visualHead: a.visualHead ?? 'none',
     visualHeadLayers: a.visualHeadLayers ?? 1,
+    textHead: a.textHead ?? 'mlp',
+    textHeadLayers: a.textHeadLayers ?? 1,
     freeze: a.freeze ?? [],
     headLr: a.headLr ?? null,
     lrLayerDecay: a.lrLayerDecay ?? 1,

@@ -2,10 +2,19 @@ import * as tf from '@tensorflow/tfjs';
 import { buildLayout, type ParamLayout } from '../shared/params.js';
 import { labelText } from '../shared/labels.js';
 import { type ModelConfig, mlpWidth, tokenCount } from './config.js';
-import { type ParamGetter, residualAttentionBlock } from './blocks.js';
+import { type ParamGetter, residualAttentionBlock, residualBlockSpecs } from './blocks.js';
 import { dense, gelu, layerNorm } from './layers.js';
 import type { ParamSpec } from './param-specs.js';
-import { encodeTextTower, textTowerSpecs } from './text/tower.js';
+import {
+  encodeTextTower,
+  type TextTowerShape,
+  textHeadBlocks,
+  textHeadSpecs,
+  textTowerReadout,
+  textTowerSpecs,
+  textTowerStates,
+  textTowerTailSpecs,
+} from './text/tower.js';
 import { mulberry32, normalSource } from '../shared/random/generators.js';
 import { assignConcatenated, readConcatenated } from './tensor-storage.js';
 import { cosineLogits } from './losses.js';
@@ -40,6 +49,43 @@ function visualHeadLayers(c: ModelConfig): number {
   return c.visualHeadLayers ?? 1;
 }
 
+function textHeadLayers(c: ModelConfig): number {
+  return c.textHeadLayers ?? 1;
+}
+
+/** The text tower of a configuration whose prompts come from one (--text-tower). */
+function textTowerOf(c: ModelConfig): TextTowerShape {
+  if (c.text.kind !== 'tower' && c.text.kind !== 'frozen') throw new Error('model: --text-head transformer needs a text tower');
+  return c.text.tower;
+}
+
+/**
+ * The pretrained text tower's parameters the model holds (open_clip's names, read from the
+ * --pretrained weights): all of them when the tower is trained (finetune), its readout when it is
+ * frozen under --text-head transformer (the head runs between its blocks and its readout; the
+ * readout stays frozen, model/param-groups.ts), else none.
+ */
+export function textTowerParams(c: ModelConfig): ParamSpec[] {
+  if (c.head !== 'text') return [];
+  if (c.text.kind === 'tower') return textTowerSpecs(c.text.tower);
+  if (c.text.kind === 'frozen' && c.textHead === 'transformer') return textTowerTailSpecs(c.text.tower);
+  return [];
+}
+
+/**
+ * The fixed prompt data a configuration takes, as [rows, columns]: vectors [3L, dim] from
+ * --text-embeddings or a frozen tower, or a frozen tower's last hidden states [3L * T, width] of
+ * its token rows under --text-head transformer; null: none (learnable prompts, a trained tower).
+ */
+export function fixedPromptShape(c: ModelConfig): [number, number] | null {
+  if (c.head !== 'text') return null;
+  const rows = 3 * c.labels.length;
+  if (c.text.kind === 'file') return [rows, c.text.dim];
+  if (c.text.kind !== 'frozen') return null;
+  if (c.textHead === 'transformer' && c.text.tokens) return [rows * c.text.tokens[0]!.length, c.text.tower.width];
+  return [rows, c.text.dim];
+}
+
 function spatialRank(c: ModelConfig): number {
   if (!c.spatialRank) throw new Error('model: the spatial readout needs config.spatialRank');
   return c.spatialRank;
@@ -63,21 +109,7 @@ function paramSpecs(c: ModelConfig): ParamSpec[] {
     p('visual.ln_pre.bias', [W], false, zeros);
   }
   // `outStd` null: the block's output projections start at zero, so it starts as the identity.
-  const resblock = (b: string, outStd: number | null) => {
-    const out = outStd === null ? zeros : { std: outStd };
-    p(`${b}.ln_1.weight`, [W], false, ones);
-    p(`${b}.ln_1.bias`, [W], false, zeros);
-    p(`${b}.attn.in_proj_weight`, [W, 3 * W], true, { std: scale });
-    p(`${b}.attn.in_proj_bias`, [3 * W], false, zeros);
-    p(`${b}.attn.out_proj.weight`, [W, W], true, out);
-    p(`${b}.attn.out_proj.bias`, [W], false, zeros);
-    p(`${b}.ln_2.weight`, [W], false, ones);
-    p(`${b}.ln_2.bias`, [W], false, zeros);
-    p(`${b}.mlp.c_fc.weight`, [W, M], true, { std: fcStd });
-    p(`${b}.mlp.c_fc.bias`, [M], false, zeros);
-    p(`${b}.mlp.c_proj.weight`, [M, W], true, out);
-    p(`${b}.mlp.c_proj.bias`, [W], false, zeros);
-  };
+  const resblock = (b: string, outStd: number | null) => s.push(...residualBlockSpecs(b, W, M, { attnStd: scale, fcStd, outStd }));
   for (let i = 0; i < c.layers; i++) resblock(`visual.transformer.resblocks.${i}`, projStd);
   // The visual head starts as the identity (zero output projections), so a pretrained tower's
   // embeddings, and its zero-shot scores, are unchanged at step 0.
@@ -106,11 +138,14 @@ function paramSpecs(c: ModelConfig): ParamSpec[] {
   }
   const T = c.text.dim;
   if (c.text.kind === 'learnable') p('text.prompt_embeddings', [3 * L, T], false, { std: 1 });
-  if (c.text.kind === 'tower') s.push(...textTowerSpecs(c.text.tower));
-  p('text.head.fc1.weight', [T, D], true, { std: T ** -0.5 });
-  p('text.head.fc1.bias', [D], false, zeros);
-  p('text.head.fc2.weight', [D, D], true, { std: D ** -0.5 * 0.1 });
-  p('text.head.fc2.bias', [D], false, zeros);
+  s.push(...textTowerParams(c));
+  if (c.textHead === 'transformer') s.push(...textHeadSpecs(textTowerOf(c), textHeadLayers(c)));
+  if (!c.textHead) {
+    p('text.head.fc1.weight', [T, D], true, { std: T ** -0.5 });
+    p('text.head.fc1.bias', [D], false, zeros);
+    p('text.head.fc2.weight', [D, D], true, { std: D ** -0.5 * 0.1 });
+    p('text.head.fc2.bias', [D], false, zeros);
+  }
   p('logit_scale', [], false, { value: LOGIT_SCALE_INIT });
   p('cls.log_scale', [], false, { value: CLS_SCALE_INIT });
   p('cls.bias', [L], false, zeros);
@@ -157,7 +192,7 @@ export class CxrModel {
   /** Variables in layout order. */
   readonly variables: tf.Variable[];
   private readonly byName = new Map<string, tf.Variable>();
-  /** Fixed prompt embeddings from --text-embeddings or a frozen text tower (not trained), [3L, textDim]. */
+  /** Fixed prompt data (not trained): fixedPromptShape's. */
   private readonly fixedPrompts: tf.Tensor2D | null;
 
   constructor(config: ModelConfig, params: Float32Array, fixedPrompts?: Float32Array) {
@@ -176,10 +211,11 @@ export class CxrModel {
       this.byName.set(e.name, v);
       return v;
     });
-    if (config.head === 'text' && (config.text.kind === 'file' || config.text.kind === 'frozen')) {
-      if (!fixedPrompts || fixedPrompts.length !== 3 * config.labels.length * config.text.dim)
+    const fixed = fixedPromptShape(config);
+    if (fixed) {
+      if (!fixedPrompts || fixedPrompts.length !== fixed[0] * fixed[1])
         throw new Error('model: fixed prompt embeddings missing or of the wrong size');
-      this.fixedPrompts = tf.keep(tf.tensor2d(fixedPrompts, [3 * config.labels.length, config.text.dim]));
+      this.fixedPrompts = tf.keep(tf.tensor2d(fixedPrompts, fixed));
     } else {
       this.fixedPrompts = null;
     }
@@ -263,23 +299,36 @@ export class CxrModel {
   }
 
   /**
-   * The label prompts' embeddings before the text head [3L, text dim], rows in labelPrompts order:
-   * the text tower's output (run now, or fixed once), a file's vectors, or the learnable ones.
+   * The label prompts' embeddings before the text head's MLP [3L, text dim], rows in labelPrompts
+   * order: the text tower's output (run now, or fixed once), a file's vectors, or the learnable
+   * ones. Under --text-head transformer the head's blocks run on the tower's token states (run
+   * now, or fixed once for a frozen tower) before the tower's readout.
    */
   promptEmbeddings(): tf.Tensor2D {
     const c = this.config;
     if (c.head !== 'text') throw new Error('model: the linear head has no text branch');
-    return c.text.kind === 'tower'
-      ? encodeTextTower(this.param, c.text.tower, c.text.tokens)
-      : (this.fixedPrompts ?? this.p<tf.Tensor2D>('text.prompt_embeddings'));
+    const text = c.text;
+    if (c.textHead === 'transformer') {
+      const tokens = text.kind === 'tower' || text.kind === 'frozen' ? text.tokens : undefined;
+      if (!tokens) throw new Error('model: --text-head transformer needs a text tower and its token rows');
+      const tower = textTowerOf(c);
+      const states = text.kind === 'tower' ? textTowerStates(this.param, tower, tokens) : this.fixedPrompts!;
+      return textTowerReadout(this.param, tower, tokens, textHeadBlocks(this.param, tower, tokens, states, textHeadLayers(c)));
+    }
+    if (text.kind === 'tower') return encodeTextTower(this.param, text.tower, text.tokens);
+    return this.fixedPrompts ?? this.p<tf.Tensor2D>('text.prompt_embeddings');
   }
 
   /** Label-prompt embeddings through the trainable head (text head only). */
   encodeText(): TextEmbeddings {
-    const L = this.config.labels.length;
+    const c = this.config;
+    const L = c.labels.length;
     const e = this.promptEmbeddings();
-    const h = dense(e, this.p('text.head.fc1.weight'), this.p('text.head.fc1.bias'));
-    const t = dense(gelu(h), this.p('text.head.fc2.weight'), this.p('text.head.fc2.bias'), { residual: h });
+    let t = e;
+    if (!c.textHead) {
+      const h = dense(e, this.p('text.head.fc1.weight'), this.p('text.head.fc1.bias'));
+      t = dense(gelu(h), this.p('text.head.fc2.weight'), this.p('text.head.fc2.bias'), { residual: h });
+    }
     const [names, positive, negative] = tf.split(t, [L, L, L], 0) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
     return { names, positive, negative };
   }

@@ -6,7 +6,7 @@ import { createLogger } from '../../shared/util/log.js';
 import { loadCheckpoint } from '../../shared/checkpoint/load.js';
 import { openClipTensors, type TorchFormat } from '../../shared/interop/open-clip.js';
 import type { ModelConfig } from '../../model/config.js';
-import { loadPretrainedModel, torchFormat } from '../../model/pretrained/model.js';
+import { loadPretrainedModel, pretrainedTextTowerTensors, torchFormat } from '../../model/pretrained/model.js';
 import { modelLayout } from '../../model/vit.js';
 import { writeSafetensors } from '../../shared/interop/safetensors.js';
 
@@ -17,7 +17,10 @@ interface ExportArgs {
   force: boolean;
 }
 
-/** `coordinator export`: a checkpoint's parameters as safetensors under open_clip's names and layouts. */
+/**
+ * `coordinator export`: a checkpoint's parameters as safetensors under open_clip's names and
+ * layouts, with a frozen pretrained text tower read back from its weights file.
+ */
 export const exportCommand: CommandModule<object, ExportArgs> = {
   command: 'export',
   describe: "a checkpoint's parameters as safetensors with open_clip names (PyTorch layouts)",
@@ -71,6 +74,12 @@ export const exportCommand: CommandModule<object, ExportArgs> = {
     const model = (ck.manifest.config as { model?: ModelConfig } | null)?.model;
     const fmt = model ? torchFormat(model) : {};
     const tensors = openClipTensors(ck.layout, ck.params, fmt);
+    // A frozen text tower is not in the checkpoint (but for its readout under --text-head
+    // transformer, frozen too): the pretrained file's, unchanged, completes the model.
+    if (model?.head === 'text' && model.text.kind === 'frozen') {
+      const have = new Set(tensors.map((t) => t.name));
+      tensors.push(...(await pretrainedTextTowerTensors(model)).filter((t) => !have.has(t.name)));
+    }
     const bytes = await writeSafetensors(out, tensors, {
       format: 'pt',
       'cxr_align.step': String(ck.step),

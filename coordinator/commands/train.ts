@@ -1,7 +1,7 @@
 import type { Argv, CommandModule } from 'yargs';
 import { BACKEND_CHOICES, type BackendChoice } from '../../kernels/backend.js';
 import { UNCERTAINTY_POLICIES } from '../../model/targets.js';
-import { MODEL_PRESETS, TEXT_TOWER_MODES, VISUAL_HEADS } from '../../model/config.js';
+import { MODEL_PRESETS, TEXT_HEADS, TEXT_TOWER_MODES, VISUAL_HEADS } from '../../model/config.js';
 import { PRIOR_SCOPES, type PriorScope } from '../../model/prior-scope.js';
 import { parseTrainConfig, type TrainFlags } from '../../model/train-config.js';
 import { createLogger } from '../../shared/util/log.js';
@@ -75,6 +75,12 @@ export function trainOptions<T>(y: Argv<T>) {
       describe: 'trainable block on the image tower: mlp on the embedding, transformer over the tokens (docs/model.md)',
     })
     .option('visual-head-layers', { type: 'number', default: 1, describe: 'blocks of --visual-head transformer' })
+    .option('text-head', {
+      choices: TEXT_HEADS,
+      default: 'mlp' as const,
+      describe: "trainable block on the prompts: none, mlp on the embeddings, transformer over a text tower's tokens (docs/model.md)",
+    })
+    .option('text-head-layers', { type: 'number', default: 1, describe: 'blocks of --text-head transformer' })
     .option('text-embeddings', { type: 'string', describe: 'JSON of precomputed prompt vectors (docs/model.md); default learnable' })
     .option('w-cls', { type: 'number', default: 1, describe: 'classification loss weight (0: off)' })
     .option('w-con', { type: 'number', default: 0.5, describe: 'contrastive loss weight (0: off)' })

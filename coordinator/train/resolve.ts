@@ -4,7 +4,7 @@ import { UserError } from '../../shared/util/errors.js';
 import type { Logger } from '../../shared/util/log.js';
 import { labelPriorTarget } from '../../model/label-prior.js';
 import { uncertaintyPolicies } from '../../model/targets.js';
-import { type Rgb, withVisualHead } from '../../model/config.js';
+import { type Rgb, withTextHead, withVisualHead } from '../../model/config.js';
 import { readPretrainedDir } from '../../model/pretrained/dir.js';
 import { modelConfigFor } from '../../model/pretrained/model.js';
 import { pretrainedTextSource } from '../../model/text/pretrained.js';
@@ -72,7 +72,9 @@ export async function resolveRun(cfg: TrainConfig, ds: Dataset, log: Logger): Pr
       '--text-tower needs --pretrained DIR and the text head, without --text-embeddings (which fixes the prompts itself)',
     );
   if (cfg.pretrained && cfg.head === 'text' && !cfg.textEmbeddings) {
-    const towered = await pretrainedTextSource(await readPretrainedDir(cfg.pretrained), labels, cfg.textTower ?? null);
+    const towered = await pretrainedTextSource(await readPretrainedDir(cfg.pretrained), labels, cfg.textTower ?? null, {
+      states: cfg.textHead === 'transformer',
+    });
     if (towered) {
       model = { ...model, text: towered.text };
       fixedPrompts = towered.fixedPrompts ? Array.from(towered.fixedPrompts) : null;
@@ -81,6 +83,7 @@ export async function resolveRun(cfg: TrainConfig, ds: Dataset, log: Logger): Pr
       );
     } else log.info('the pretrained weights hold no text tower: the prompts are learned (--text-embeddings gives fixed ones)');
   }
+  model = withTextHead(model, cfg.textHead ?? 'mlp', cfg.textHeadLayers ?? 1);
   const set = labelSetFor(ds.manifest.labelSet, labels);
   const posWeight = cfg.posWeight === 'balanced' ? await trainingPosWeights(ds) : null;
   const layout = modelLayout(model);

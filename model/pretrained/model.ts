@@ -1,10 +1,12 @@
 import { UserError } from '../../shared/util/errors.js';
-import { type InitWeights, loadInitWeights, type TorchFormat } from '../../shared/interop/open-clip.js';
-import { sha256File } from '../../shared/interop/state-dict.js';
-import { type ModelConfig, type PretrainedSource, resolveModelConfig, type Rgb } from '../config.js';
-import { pretrainedTextSource } from '../text/pretrained.js';
+import { type InitWeights, loadInitWeights, openClipTensors, type TorchFormat } from '../../shared/interop/open-clip.js';
+import type { TensorOut } from '../../shared/interop/safetensors.js';
+import { openStateDict, sha256File } from '../../shared/interop/state-dict.js';
+import { buildLayout } from '../../shared/params.js';
+import { pretrainedTextSource, readTextTowerParams } from '../text/pretrained.js';
 import { textTowerSpecs } from '../text/tower.js';
-import { initialParams, modelLayout } from '../vit.js';
+import { type ModelConfig, type PretrainedSource, resolveModelConfig, type Rgb } from '../config.js';
+import { initialParams, modelLayout, textTowerParams } from '../vit.js';
 import { type PretrainedDir, readPretrainedDir } from './dir.js';
 
 /**
@@ -78,18 +80,11 @@ export function torchFormat(c: ModelConfig): TorchFormat {
  * The towers must be complete in the file; the heads keep their fresh values. The file must still be the one the run recorded.
  */
 export async function loadPretrainedParams(c: ModelConfig, init: Float32Array): Promise<InitWeights> {
-  const src = c.pretrained;
-  if (!src) throw new Error('loadPretrainedParams: the configuration has no pretrained source');
-  const sha = await sha256File(src.weights).catch((e: NodeJS.ErrnoException) => {
-    throw new UserError(`${src.weights}: cannot read the pretrained weights (${e.code ?? e.message})`);
-  });
-  if (sha !== src.sha256)
-    throw new UserError(
-      `${src.weights}: sha256 ${sha.slice(0, 12)}... is not the ${src.sha256.slice(0, 12)}... this run was configured with; the file changed`,
-    );
-  // The image tower must be in the file (the visual head, --visual-head, never is: it starts fresh),
-  // and so must a text tower in the model (--text-tower finetune).
-  const text = new Set(c.text.kind === 'tower' ? textTowerSpecs(c.text.tower).map((x) => x.name) : []);
+  const src = await checkedSource(c);
+  // The image tower must be in the file (the heads, --visual-head and --text-head, never are: they
+  // start fresh), and so must the text tower's part the model holds (--text-tower finetune; a frozen
+  // tower's readout under --text-head transformer).
+  const text = new Set(textTowerParams(c).map((x) => x.name));
   return loadInitWeights(
     src.weights,
     modelLayout(c),
@@ -97,6 +92,42 @@ export async function loadPretrainedParams(c: ModelConfig, init: Float32Array): 
     torchFormat(c),
     (name) => (name.startsWith('visual.') && !name.startsWith('visual.head.')) || text.has(name),
   );
+}
+
+/** The run's pretrained source, its weights file checked to be the one the run recorded (sha256). */
+async function checkedSource(c: ModelConfig): Promise<PretrainedSource> {
+  const src = c.pretrained;
+  if (!src) throw new Error('model: the configuration has no pretrained source');
+  const sha = await sha256File(src.weights).catch((e: NodeJS.ErrnoException) => {
+    throw new UserError(`${src.weights}: cannot read the pretrained weights (${e.code ?? e.message})`);
+  });
+  if (sha !== src.sha256)
+    throw new UserError(
+      `${src.weights}: sha256 ${sha.slice(0, 12)}... is not the ${src.sha256.slice(0, 12)}... this run was configured with; the file changed`,
+    );
+  return src;
+}
+
+/**
+ * The pretrained text tower of a run whose prompts came from it, as the weights file holds it
+ * (open_clip's names and PyTorch layouts): what export writes for a frozen tower, which the run
+ * never changed, so the exported file is a complete open_clip model again.
+ */
+export async function pretrainedTextTowerTensors(c: ModelConfig): Promise<TensorOut[]> {
+  if (c.text.kind !== 'frozen' && c.text.kind !== 'tower')
+    throw new Error('pretrainedTextTowerTensors: the prompts come from no text tower');
+  const src = await checkedSource(c);
+  const sd = await openStateDict(src.weights);
+  try {
+    // Read through the layout's checks (every tensor there, of its shape), then back to PyTorch's layouts.
+    const params = await readTextTowerParams(c.text.tower, sd);
+    const layout = buildLayout(textTowerSpecs(c.text.tower));
+    const flat = new Float32Array(layout.total);
+    for (const e of layout.entries) flat.set(params.get(e.name)!, e.offset);
+    return openClipTensors(layout, flat);
+  } finally {
+    await sd.close();
+  }
 }
 
 /**

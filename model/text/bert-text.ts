@@ -93,6 +93,19 @@ export function bertTextSpecs(s: BertTextShape): ParamSpec[] {
  * them: the result is the one open_clip computes at the full context, to rounding.
  */
 export function encodeBertText(p: ParamGetter, s: BertTextShape, ids: readonly (readonly number[])[]): tf.Tensor2D {
+  return bertTextReadout(p, s, ids, bertTextStates(p, s, ids));
+}
+
+/** Hugging Face's extended attention mask [N, 1, 1, T]: the dtype's lowest value added to padded keys' scores. */
+export function bertPadMask(s: BertTextShape, ids: readonly (readonly number[])[]): tf.Tensor4D {
+  return tf.tensor4d(
+    ids.flat().map((id) => (id === s.padId ? -3.4028234663852886e38 : 0)),
+    [ids.length, 1, 1, ids[0]!.length],
+  );
+}
+
+/** The token states [N * T, W] after the last encoder layer (what a text head's blocks attend over). */
+export function bertTextStates(p: ParamGetter, s: BertTextShape, ids: readonly (readonly number[])[]): tf.Tensor2D {
   const N = ids.length;
   const T = ids[0]?.length ?? 0;
   if (N === 0 || T === 0 || T > s.contextLength || ids.some((r) => r.length !== T))
@@ -104,17 +117,23 @@ export function encodeBertText(p: ParamGetter, s: BertTextShape, ids: readonly (
   const type0 = tf.slice(p<tf.Tensor2D>(`${e}.token_type_embeddings.weight`), [0, 0], [1, W]);
   const summed = tf.reshape(tf.add(tf.add(words, pos), type0), [N * T, W]) as tf.Tensor2D;
   let h = layerNorm(summed, p(`${e}.LayerNorm.weight`), p(`${e}.LayerNorm.bias`), s.eps);
-  // Hugging Face's extended attention mask: the dtype's lowest value added to padded keys' scores.
-  const keep = ids.flat().map((id) => (id === s.padId ? 0 : 1));
-  const mask = tf.tensor4d(
-    keep.map((k) => (k ? 0 : -3.4028234663852886e38)),
-    [N, 1, 1, T],
-  );
+  const mask = bertPadMask(s, ids);
   for (let i = 0; i < s.layers; i++) h = bertLayer(p, `${T_}encoder.layer.${i}`, h, N, T, s, mask);
+  return h;
+}
+
+/** The pooler and projection the config names, on the token states [N * T, W]. */
+export function bertTextReadout(p: ParamGetter, s: BertTextShape, ids: readonly (readonly number[])[], h: tf.Tensor2D): tf.Tensor2D {
+  const N = ids.length;
+  const T = ids[0]!.length;
+  const W = s.width;
   const rows = tf.reshape(h, [N, T, W]);
   let pooled: tf.Tensor2D;
   if (s.pooler === 'mean_pooler') {
-    const m = tf.tensor3d(keep, [N, T, 1]);
+    const m = tf.tensor3d(
+      ids.flat().map((id) => (id === s.padId ? 0 : 1)),
+      [N, T, 1],
+    );
     pooled = tf.div(tf.sum(tf.mul(rows, m), 1), tf.sum(m, 1)) as tf.Tensor2D;
   } else {
     pooled = tf.reshape(tf.slice(rows, [0, 0, 0], [N, 1, W]), [N, W]) as tf.Tensor2D;

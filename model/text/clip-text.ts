@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { type ParamGetter, residualAttentionBlock } from '../blocks.js';
+import { type ParamGetter, residualAttentionBlock, residualBlockSpecs } from '../blocks.js';
 import { layerNorm } from '../layers.js';
 import type { ParamSpec } from '../param-specs.js';
 
@@ -39,21 +39,8 @@ export function clipTextSpecs(s: ClipTextShape): ParamSpec[] {
   const zeros = { value: 0 };
   p('token_embedding.weight', [s.vocabSize, W], false, { std: 0.02 });
   p('positional_embedding', [s.contextLength, W], false, { std: 0.01 });
-  for (let i = 0; i < s.layers; i++) {
-    const b = `transformer.resblocks.${i}`;
-    p(`${b}.ln_1.weight`, [W], false, ones);
-    p(`${b}.ln_1.bias`, [W], false, zeros);
-    p(`${b}.attn.in_proj_weight`, [W, 3 * W], true, { std: attnStd });
-    p(`${b}.attn.in_proj_bias`, [3 * W], false, zeros);
-    p(`${b}.attn.out_proj.weight`, [W, W], true, { std: projStd });
-    p(`${b}.attn.out_proj.bias`, [W], false, zeros);
-    p(`${b}.ln_2.weight`, [W], false, ones);
-    p(`${b}.ln_2.bias`, [W], false, zeros);
-    p(`${b}.mlp.c_fc.weight`, [W, 4 * W], true, { std: fcStd });
-    p(`${b}.mlp.c_fc.bias`, [4 * W], false, zeros);
-    p(`${b}.mlp.c_proj.weight`, [4 * W, W], true, { std: projStd });
-    p(`${b}.mlp.c_proj.bias`, [W], false, zeros);
-  }
+  for (let i = 0; i < s.layers; i++)
+    out.push(...residualBlockSpecs(n(`transformer.resblocks.${i}`), W, 4 * W, { attnStd, fcStd, outStd: projStd }));
   p('ln_final.weight', [W], false, ones);
   p('ln_final.bias', [W], false, zeros);
   p('text_projection', [W, s.embedDim], true, { std: W ** -0.5 });
@@ -67,6 +54,11 @@ export function clipTextSpecs(s: ClipTextShape): ParamSpec[] {
  * one open_clip computes at context 77, to rounding.
  */
 export function encodeClipText(p: ParamGetter, s: ClipTextShape, ids: readonly (readonly number[])[]): tf.Tensor2D {
+  return clipTextReadout(p, s, ids, clipTextStates(p, s, ids));
+}
+
+/** The token states [N * T, W] after the last block (what a text head's blocks attend over). */
+export function clipTextStates(p: ParamGetter, s: ClipTextShape, ids: readonly (readonly number[])[]): tf.Tensor2D {
   const N = ids.length;
   const T = ids[0]?.length ?? 0;
   if (N === 0 || T === 0 || T > s.contextLength || ids.some((r) => r.length !== T))
@@ -80,6 +72,13 @@ export function encodeClipText(p: ParamGetter, s: ClipTextShape, ids: readonly (
   const mask = causalMask(T);
   for (let i = 0; i < s.layers; i++)
     h = residualAttentionBlock(p, n(`transformer.resblocks.${i}`), h, N, T, s.heads, { mask, quickGelu: s.quickGelu });
+  return h;
+}
+
+/** ln_final, pooling at the end-of-text token and text_projection of the token states [N * T, W]. */
+export function clipTextReadout(p: ParamGetter, s: ClipTextShape, ids: readonly (readonly number[])[], h: tf.Tensor2D): tf.Tensor2D {
+  const n = (x: string) => s.prefix + x;
+  const T = ids[0]!.length;
   // The eot row of each sequence (torch's argmax: the first position of the highest id), then
   // ln_final on those rows only (it is per row).
   const at = ids.map((r, k) => k * T + r.indexOf(Math.max(...r)));
@@ -89,7 +88,7 @@ export function encodeClipText(p: ParamGetter, s: ClipTextShape, ids: readonly (
 }
 
 /** The additive causal mask [T, T]: 0 on and below the diagonal, -inf above (open_clip's build_causal_mask). */
-function causalMask(T: number): tf.Tensor2D {
+export function causalMask(T: number): tf.Tensor2D {
   const m = new Float32Array(T * T);
   for (let i = 0; i < T; i++) m.fill(Number.NEGATIVE_INFINITY, i * T + i + 1, (i + 1) * T);
   return tf.tensor2d(m, [T, T]);

@@ -11,7 +11,7 @@ import type { PretrainedDir } from '../pretrained/dir.js';
 import { BERT_POOLERS, type BertPooler, type BertProj, type BertTextShape } from './bert-text.js';
 import type { ClipTextShape } from './clip-text.js';
 import { loadTokenizer, type PromptTokenizer } from './tokenizer.js';
-import { encodeTextTower, type TextTowerShape, textTowerSpecs, trimTokenRows } from './tower.js';
+import { encodeTextTower, type TextTowerShape, textTowerSpecs, textTowerStates, trimTokenRows } from './tower.js';
 
 /**
  * The text side of a pretrained directory: which tower `model_cfg.text_cfg` describes, its
@@ -166,10 +166,19 @@ export function promptTokenRows(t: Pick<PretrainedText, 'shape' | 'tokenizer'>, 
 /** Text embeddings [prompts.length * embedDim] (not normalised) of the prompts under the pretrained tower. */
 export async function embedPrompts(t: PretrainedText, prompts: readonly string[]): Promise<Float32Array> {
   const rows = promptTokenRows(t, prompts);
+  return withTower(t, (p) => encodeTextTower(p, t.shape, rows));
+}
+
+/** The tower's last hidden states [rows.length * T * width] of token rows of one length T (before its readout). */
+export async function promptStates(t: PretrainedText, rows: readonly (readonly number[])[]): Promise<Float32Array> {
+  return withTower(t, (p) => textTowerStates(p, t.shape, rows));
+}
+
+/** `f` on the tower's weights as tensors, its result read back. */
+async function withTower(t: PretrainedText, f: (p: ParamGetter) => tf.Tensor): Promise<Float32Array> {
   const y = tf.tidy(() => {
     const tensors = new Map(textTowerSpecs(t.shape).map((s) => [s.name, tf.tensor(t.params.get(s.name)!, s.shape)]));
-    const p = ((name: string) => tensors.get(name)!) as ParamGetter;
-    return encodeTextTower(p, t.shape, rows);
+    return f(((name: string) => tensors.get(name)!) as ParamGetter);
   });
   // Read with await: WebGPU has no synchronous read in Node.
   const out = Float32Array.from(await y.data());
@@ -182,11 +191,14 @@ export async function embedPrompts(t: PretrainedText, prompts: readonly string[]
  * encodes them once here and fixes the vectors (like --text-embeddings, stored with the model);
  * `finetune` puts the tower in the model, its weights read by every rank with the image tower's.
  * Without a mode, frozen when the weights hold the text tower, else null (learnable prompts).
+ * `states` (--text-head transformer): a frozen tower fixes its prompts' last hidden states instead,
+ * for the head's blocks to attend over.
  */
 export async function pretrainedTextSource(
   pd: PretrainedDir,
   labels: readonly string[],
   mode: TextTowerMode | null,
+  opts: { states?: boolean } = {},
 ): Promise<{ text: TextSource; fixedPrompts: Float32Array | null } | null> {
   const sd = await openStateDict(pd.weightsFile);
   try {
@@ -196,6 +208,10 @@ export async function pretrainedTextSource(
     const text = await loadPretrainedText(pd, sd);
     const prompts = labelPrompts(labels);
     const dim = text.shape.embedDim;
+    if ((mode ?? 'frozen') === 'frozen' && opts.states) {
+      const tokens = promptTokenRows(text, prompts);
+      return { text: { kind: 'frozen', dim, tower: text.shape, tokens }, fixedPrompts: await promptStates(text, tokens) };
+    }
     if ((mode ?? 'frozen') === 'frozen')
       return { text: { kind: 'frozen', dim, tower: text.shape }, fixedPrompts: await embedPrompts(text, prompts) };
     return { text: { kind: 'tower', dim, tower: text.shape, tokens: promptTokenRows(text, prompts) }, fixedPrompts: null };

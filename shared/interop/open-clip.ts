@@ -22,8 +22,9 @@ import { openStateDict, type StateDict } from './state-dict.js';
  * unfolds (docs/model.md). The text towers (model/text/) have open_clip's names on both sides; their
  * nn.Linear weights are transposed like the image tower's (CLIP's resblocks; BERT's query, key,
  * value, attention.output.dense, intermediate.dense, output.dense, pooler.dense; HFTextEncoder's
- * proj), embeddings and CLIP's text_projection [width, dim] are not. Everything else (the text
- * head, logit_scale) keeps its name and shape.
+ * proj), embeddings and CLIP's text_projection [width, dim] are not. The text head's blocks
+ * (`text.head.resblocks.N`) are laid out as open_clip's blocks; everything else (the MLP text head,
+ * logit_scale) keeps its name and shape.
  */
 export type ImageTower = 'open-clip-vit' | 'timm-vit';
 
@@ -37,8 +38,8 @@ export interface TorchFormat {
 const TRANSPOSED = new RegExp(
   [
     // open_clip's transformer blocks, in the image tower and in CLIP's text tower (top-level in the
-    // CLIP class, under `text.` in CustomTextCLIP).
-    String.raw`^(visual\..*|(text\.)?transformer\.resblocks\.\d+)\.(attn\.in_proj_weight|attn\.out_proj\.weight|mlp\.c_fc\.weight|mlp\.c_proj\.weight)$`,
+    // CLIP class, under `text.` in CustomTextCLIP), and the text head's blocks (--text-head transformer).
+    String.raw`^(visual\..*|(text\.)?transformer\.resblocks\.\d+|text\.head\.resblocks\.\d+)\.(attn\.in_proj_weight|attn\.out_proj\.weight|mlp\.c_fc\.weight|mlp\.c_proj\.weight)$`,
     // Hugging Face BERT's nn.Linear layers and open_clip's HFTextEncoder projection.
     String.raw`^text\.transformer\.(encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)|pooler\.dense)\.weight$`,
     String.raw`^text\.proj(\.\d+)?\.weight$`,

@@ -74,6 +74,13 @@ test('bad CLI values and a file as --out are one line each', async () => {
     await cli([...without(TRAIN, '--model'), '--data', data, '--out', path.join(dir, 'b16'), '--steps', '2', '--model', 'vit-b16']),
     /--model vit-b16 needs 224x224 images but the dataset has 32x32; prepare the data with --image-size 224/,
   );
+  const headRun = (...flags: string[]) => cli([...TRAIN, '--data', data, '--out', path.join(dir, 'thead'), '--steps', '2', ...flags]);
+  oneLine(await headRun('--text-head', 'transformer', '--text-head-layers', '0'), /--text-head-layers must be a positive integer, got 0/);
+  oneLine(
+    await headRun('--text-head', 'transformer'),
+    /--text-head transformer attends over a text tower's tokens: it needs --pretrained DIR with its text tower .*, not learnable prompts/,
+  );
+  assert.ok(!existsSync(path.join(dir, 'thead', 'model.bin')));
 });
 
 test('`coordinator train --help` is the training command help, and `coordinator train ...` trains like `coordinator ...`', async () => {

@@ -8,12 +8,13 @@ import * as tf from '@tensorflow/tfjs';
 import type { TrainArgs } from '../../coordinator/commands/train.js';
 import { runSynth } from '../../coordinator/data/synth-run.js';
 import { loadModelFor, loadZeroShot, scoreSplit } from '../../coordinator/eval/saved-model.js';
-import { openTrainData } from '../../coordinator/train/data.js';
+import type { TrainData } from '../../coordinator/train/config.js';
 import { trainDistributed } from '../../coordinator/train/train-job.js';
 import { initBackend } from '../../kernels/backend.js';
 import { parseTrainConfig } from '../../model/train-config.js';
 import { labelPrompts } from '../../model/vit.js';
 import { promptPairs, promptSoftmax } from '../../model/zero-shot.js';
+import { openDataset } from '../../shared/dataset/reader.js';
 import { sha256File } from '../../shared/interop/state-dict.js';
 import { aurocReport } from '../../shared/metrics/auroc.js';
 import { loadLabelSet } from '../../shared/labels.js';
@@ -48,67 +49,103 @@ function maxDiff(got: Float32Array, want: number[][]): number {
 }
 
 const labels = loadLabelSet('chexpert14').labels;
+const L = labels.length;
 const bootstrap = { replicates: 50, seed: 1 };
+
+/** A synthetic dataset of 32 px images, its test rows, and those images as a JSON file for the reference script. */
+async function testData(dir: string) {
+  const data = path.join(dir, 'data');
+  await runSynth(data, false, { count: 60, imageSize: 32, seed: 3, fractions: { val: 0.1, test: 0.4 } });
+  const ds = await openDataset(data);
+  const td: TrainData & { close(): Promise<void> } = {
+    labelNames: ds.labelNames,
+    labelSet: ds.manifest.labelSet,
+    imageSize: 32,
+    split: (name) => ds.split(name),
+    close: () => ds.close(),
+  };
+  const testSplit = td.split('test');
+  const rows = await testSplit.read(Array.from({ length: testSplit.length }, (_, i) => i));
+  const imagesFile = path.join(dir, 'images.json');
+  await writeFile(
+    imagesFile,
+    JSON.stringify(Array.from({ length: rows.n }, (_, i) => Array.from(rows.images.subarray(i * 1024, (i + 1) * 1024)))),
+  );
+  return { data, td, rows, imagesFile };
+}
+
+/**
+ * DIR in the real layout with both towers of `variant` (random weights), and the float64 prompt
+ * softmax of PyTorch's unit embeddings of the test images and the prompts; or a reason to skip.
+ */
+function pretrainedWithReference(pre: string, variant: 'openai' | 'biomedclip', imagesFile: string) {
+  const vision = torchReference<{ embeddings: number[][]; logit_scale: number }>('pretrained_vision.py', [pre, variant, '0', imagesFile]);
+  if ('skip' in vision) return vision;
+  const text = addPretrainedText(pre, variant === 'openai' ? 'clip' : 'biomedclip');
+  if ('skip' in text) return text;
+  const prompts = labelPrompts(labels);
+  const ref = promptReference(
+    vision.value.embeddings,
+    prompts.slice(L, 2 * L).map((p) => text.value[p]!),
+    prompts.slice(2 * L).map((p) => text.value[p]!),
+    vision.value.logit_scale,
+  );
+  return { ref, logitScale: vision.value.logit_scale };
+}
+
+/** `eval --zero-shot --pretrained DIR` as a process; its eval.json. */
+async function zeroShotEval(pre: string, data: string, out: string, replicates: number) {
+  const r = await coordinator([
+    'eval',
+    '--zero-shot',
+    '--pretrained',
+    pre,
+    '--data',
+    data,
+    '--out',
+    out,
+    '--backend',
+    'wasm',
+    '--bootstrap',
+    String(replicates),
+    '--seed',
+    String(bootstrap.seed),
+  ]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^test \(zero-shot\): n \d+, mean AUROC 0\.\d{4}/);
+  return JSON.parse(await readFile(out, 'utf8'));
+}
+
+/** The probabilities on the test split by the path eval --zero-shot takes, in this process. */
+async function ourProbabilities(pre: string, td: TrainData): Promise<Float32Array> {
+  await initBackend('wasm');
+  const zsm = await loadZeroShot({ pretrained: pre }, labels, 32);
+  const pairs = await promptPairs(zsm.model, zsm.prompts);
+  try {
+    return (await scoreSplit(zsm.model, td, 'test', (z) => promptSoftmax(z, pairs))).scores;
+  } finally {
+    pairs.dispose();
+    zsm.model.dispose();
+  }
+}
 
 test('eval --zero-shot: a pretrained DIR equals the PyTorch reference, a run fine-tuned from it scores through its heads, compare and report show both', async (t) => {
   const dir = await mkdtemp(path.join(tmpdir(), 'cxr-zero-shot-'));
   try {
-    const data = path.join(dir, 'data');
-    await runSynth(data, false, { count: 60, imageSize: 32, seed: 3, fractions: { val: 0.1, test: 0.4 } });
-    const td = await openTrainData(data);
-    const testSplit = td.split('test');
-    const rows = await testSplit.read(Array.from({ length: testSplit.length }, (_, i) => i));
-    const imagesFile = path.join(dir, 'images.json');
-    await writeFile(
-      imagesFile,
-      JSON.stringify(Array.from({ length: rows.n }, (_, i) => Array.from(rows.images.subarray(i * 1024, (i + 1) * 1024)))),
-    );
-
-    // The real layout with both towers; PyTorch's unit embeddings of the test images and of the prompts.
+    const { data, td, rows, imagesFile } = await testData(dir);
+    // The real layout with both towers (open_clip's CLIP class, QuickGELU).
     const pre = path.join(dir, 'openai');
-    const vision = torchReference<{ embeddings: number[][]; logit_scale: number }>('pretrained_vision.py', [
-      pre,
-      'openai',
-      '0',
-      imagesFile,
-    ]);
-    if ('skip' in vision) return t.skip(vision.skip);
-    const text = addPretrainedText(pre, 'clip');
-    if ('skip' in text) return t.skip(text.skip);
-    const prompts = labelPrompts(labels);
-    const L = labels.length;
-    const ref = promptReference(
-      vision.value.embeddings,
-      prompts.slice(L, 2 * L).map((p) => text.value[p]!),
-      prompts.slice(2 * L).map((p) => text.value[p]!),
-      vision.value.logit_scale,
-    );
+    const made = pretrainedWithReference(pre, 'openai', imagesFile);
+    if ('skip' in made) return t.skip(made.skip);
+    const { ref } = made;
 
     // (a) Straight from the directory, as a run-like folder of its own.
     const zsFile = path.join(dir, 'clip', 'eval.json');
-    const zs = await coordinator([
-      'eval',
-      '--zero-shot',
-      '--pretrained',
-      pre,
-      '--data',
-      data,
-      '--out',
-      zsFile,
-      '--backend',
-      'wasm',
-      '--bootstrap',
-      String(bootstrap.replicates),
-      '--seed',
-      String(bootstrap.seed),
-    ]);
-    assert.equal(zs.code, 0, zs.stderr);
-    assert.match(zs.stdout, /^test \(zero-shot\): n \d+, mean AUROC 0\.\d{4}/);
-    const zsDoc = JSON.parse(await readFile(zsFile, 'utf8'));
+    const zsDoc = await zeroShotEval(pre, data, zsFile, bootstrap.replicates);
     assert.equal(zsDoc.zero_shot.prompts, 'tower');
     assert.equal(zsDoc.zero_shot.weights, path.join(pre, 'open_clip_pytorch_model.bin'));
     assert.equal(zsDoc.zero_shot.sha256, await sha256File(path.join(pre, 'open_clip_pytorch_model.bin')));
-    assert.ok(Math.abs(zsDoc.zero_shot.logit_scale - vision.value.logit_scale) < 1e-4);
+    assert.ok(Math.abs(zsDoc.zero_shot.logit_scale - made.logitScale) < 1e-4);
     assert.equal(Object.keys(zsDoc.ci).length, L);
     // Its AUROC is that of the reference's scores (ranked by log-odds, the same order as p).
     const refRep = aurocReport(
@@ -119,13 +156,9 @@ test('eval --zero-shot: a pretrained DIR equals the PyTorch reference, a run fin
     for (const l of labels) assert.ok(Math.abs((zsDoc.auroc[l] ?? -1) - (refRep.auroc[l] ?? -1)) < 1e-9, l);
 
     // The same path in this process: each probability equals PyTorch's within 1e-5.
-    await initBackend('wasm');
-    const zsm = await loadZeroShot({ pretrained: pre }, labels, 32);
-    const pairs = await promptPairs(zsm.model, zsm.prompts);
-    const ours = await scoreSplit(zsm.model, td, 'test', (z) => promptSoftmax(z, pairs));
-    pairs.dispose();
-    zsm.model.dispose();
-    const diff = maxDiff(ours.scores, ref.p);
+    const ours = await ourProbabilities(pre, td);
+    await td.close();
+    const diff = maxDiff(ours, ref.p);
     t.diagnostic(`zero-shot probabilities: max |ours - PyTorch| ${diff.toExponential(2)}`);
     assert.ok(diff <= 1e-5, `max difference ${diff}`);
 
@@ -222,6 +255,27 @@ test('eval --zero-shot: a pretrained DIR equals the PyTorch reference, a run fin
     const noOut = await coordinator(['report', runZsFile]);
     assert.equal(noOut.code, 2);
     assert.match(noOut.stderr, /an eval file has no run directory to write the report into; give --out/);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('eval --zero-shot on a BiomedCLIP-layout DIR (timm image tower, BERT text tower): the PyTorch reference', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'cxr-zero-shot-bert-'));
+  try {
+    const { data, td, rows, imagesFile } = await testData(dir);
+    const pre = path.join(dir, 'biomedclip');
+    const made = pretrainedWithReference(pre, 'biomedclip', imagesFile);
+    if ('skip' in made) return t.skip(made.skip);
+    const doc = await zeroShotEval(pre, data, path.join(dir, 'zs', 'eval.json'), 0);
+    assert.equal(doc.zero_shot.prompts, 'tower');
+    assert.equal(doc.ci, undefined);
+    const refRep = aurocReport({ scores: Float32Array.from(made.ref.odds.flat()), labels: rows.labels, n: rows.n, labelNames: labels }, []);
+    for (const l of labels) assert.ok(Math.abs((doc.auroc[l] ?? -1) - (refRep.auroc[l] ?? -1)) < 1e-9, l);
+    const diff = maxDiff(await ourProbabilities(pre, td), made.ref.p);
+    await td.close();
+    t.diagnostic(`zero-shot probabilities (BiomedCLIP layout): max |ours - PyTorch| ${diff.toExponential(2)}`);
+    assert.ok(diff <= 1e-5, `max difference ${diff}`);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

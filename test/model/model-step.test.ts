@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../../kernels/backend.js';
-import { resolveModelConfig, withVisualHead } from '../../model/config.js';
+import { resolveModelConfig, withTextHead, withVisualHead } from '../../model/config.js';
 import { CxrModel, initialParams, modelLayout } from '../../model/vit.js';
 import { type TextTowerShape, textTowerSpecs } from '../../model/text/tower.js';
 import { computeGradients, localComm, type StepComm, type StepOptions } from '../../worker/steps/forward-backward.js';
@@ -485,7 +485,7 @@ test('packRows/splitRows: one buffer per rank carries several row-aligned parts,
 });
 
 /** One process on the whole batch against two simulated ranks with uneven slices (4 and 2 rows): gradients within 1e-5 relative. */
-async function unevenRanksMatch(cfg: ReturnType<typeof micro>, o: StepOptions, what: string) {
+async function unevenRanksMatch(cfg: ReturnType<typeof micro>, o: StepOptions, what: string, fixed?: Float32Array) {
   const params = initialParams(cfg, 11);
   const n = 6;
   const { images, labels: lab } = batchOf(n, 2);
@@ -497,9 +497,9 @@ async function unevenRanksMatch(cfg: ReturnType<typeof micro>, o: StepOptions, w
     indices: indices.slice(r, r + k),
     epoch: 0,
   });
-  const one = new CxrModel(cfg, params);
+  const one = new CxrModel(cfg, params, fixed);
   const whole = await computeGradients(one, batch(0, n), localComm, o);
-  const replicas = [new CxrModel(cfg, params), new CxrModel(cfg, params)];
+  const replicas = [new CxrModel(cfg, params, fixed), new CxrModel(cfg, params, fixed)];
   const parts = await simulatedWorld([4, 2], (comm) =>
     computeGradients(replicas[comm.rank]!, batch(comm.rank * 4, comm.rank ? 2 : 4), comm, o),
   );
@@ -526,6 +526,22 @@ test('--prior-scope states and all: two simulated ranks sum to the one-process g
     const rowsOf = (g: Float32Array) => g.subarray(e.offset + L * e.shape[1]!, e.offset + 3 * L * e.shape[1]!);
     assert.notDeepEqual(rowsOf(whole.grads), rowsOf(plain.whole.grads));
     if (priorScope === 'all') assert.ok(whole.terms.labelPrior > plain.whole.terms.labelPrior, 'all adds the state term to the names term');
+  }
+});
+
+test('--text-head none and transformer (CLIP and BERT towers, trained or frozen): two simulated ranks sum to the one-process gradient (1e-5 relative)', async () => {
+  // The heads other than mlp put the prompts straight into the joint space: its dimension is theirs.
+  const joint = <C extends ReturnType<typeof micro>>(c: C): C => ({ ...c, embedDim: c.text.dim });
+  await unevenRanksMatch(withTextHead(joint(micro()), 'none'), opts, '--text-head none, learnable prompts');
+  for (const tower of [clipTower, bertTower]) {
+    const trained = joint(withTower(tower));
+    await unevenRanksMatch(withTextHead(trained, 'none'), opts, `--text-head none, ${tower.kind} tower`);
+    await unevenRanksMatch(withTextHead(trained, 'transformer', 2), opts, `--text-head transformer, ${tower.kind} tower`);
+    // A frozen tower: its prompts' last hidden states are fixed data, its readout frozen parameters.
+    const frozen = { ...trained, text: { kind: 'frozen' as const, dim: tower.embedDim, tower, tokens: trained.text.tokens } };
+    const r = mulberry32(8);
+    const states = Float32Array.from({ length: 12 * trained.text.tokens[0]!.length * tower.width }, () => r() * 2 - 1);
+    await unevenRanksMatch(withTextHead(frozen, 'transformer'), opts, `--text-head transformer, frozen ${tower.kind} tower`, states);
   }
 });
 
