@@ -87,8 +87,6 @@ export async function resolveRun(cfg: TrainConfig, ds: Dataset, log: Logger): Pr
   const set = labelSetFor(ds.manifest.labelSet, labels);
   const posWeight = cfg.posWeight === 'balanced' ? await trainingPosWeights(ds) : null;
   const layout = modelLayout(model);
-  // The fine-tuning controls against this model (a --freeze of a tower it lacks is an error now, not in the workers).
-  const frozen = frozenEntries(layout, lrMultipliers(layout, groupOptions(cfg)));
   const run: RunConfig = {
     ...cfg,
     resolved: {
@@ -106,5 +104,8 @@ export async function resolveRun(cfg: TrainConfig, ds: Dataset, log: Logger): Pr
       competition: [...(set?.competition ?? [])],
     },
   };
+  // The fine-tuning controls against this model (a --freeze of a tower it lacks is an error now, not
+  // in the workers), from the resolved run as the ranks derive them (a frozen text tower's readout included).
+  const frozen = frozenEntries(layout, lrMultipliers(layout, groupOptions(run)));
   return { run, fixedPrompts, layout, frozen, source, sampler };
 }
