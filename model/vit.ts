@@ -266,7 +266,9 @@ export class CxrModel {
     const eps = c.lnEps ?? 1e-5;
     let h = tf.reshape(tokens, [B * Tk, W]) as tf.Tensor2D;
     if (c.lnPre ?? true) h = layerNorm(h, this.p('visual.ln_pre.weight'), this.p('visual.ln_pre.bias'), eps);
-    const block = (b: string) => residualAttentionBlock(this.param, b, h, B, Tk, c.heads, { eps, quickGelu: c.act === 'quick_gelu' });
+    // Each block in a tidy: its temporaries the backward does not keep (qkv, the raw scores) go at its end, not the forward's.
+    const block = (b: string) =>
+      tf.tidy(() => residualAttentionBlock(this.param, b, h, B, Tk, c.heads, { eps, quickGelu: c.act === 'quick_gelu' }));
     for (let i = 0; i < c.layers; i++) h = block(`visual.transformer.resblocks.${i}`);
     if (c.visualHead === 'transformer') for (let i = 0; i < visualHeadLayers(c); i++) h = block(`visual.head.resblocks.${i}`);
     // ln_post on every token, then the patch tokens [B, G, W] (open_clip's final_ln_after_pool=False).

@@ -4,6 +4,7 @@ import { classificationLoss, ContrastiveLoss, packRows, sampleTextEmbeddings } f
 import { scopedPriorLoss, type PriorScope } from '../../model/prior-scope.js';
 import { resolveTargets, type TargetOptions } from '../../model/targets.js';
 import { readsSynchronously } from '../../model/tensor-storage.js';
+import { releasingBackward } from '../../model/backward-release.js';
 
 /**
  * The collectives one training step needs. `allGather` concatenates every rank's buffer in rank
@@ -129,20 +130,24 @@ export async function computeGradients(
     const { x, tgt, msk } = inputs();
     const pw = opts.posWeight ? tf.tensor1d(opts.posWeight) : null;
     const S = usePrior && scope !== 'states' ? tf.tensor2d(opts.priorTarget, [L, L]) : null;
-    return tf.variableGrads(() => {
-      const z = model.encodeImages(x);
-      let con: tf.Scalar = tf.scalar(0);
-      let prior: tf.Scalar = tf.scalar(0);
-      const text = textHead ? model.encodeText() : null;
-      const cls = classificationLoss(model.logits(z, text?.names), tgt, msk, pw, N);
-      if (text && useContrastive) {
-        const t = sampleTextEmbeddings(text.positive, text.negative, tgt, msk);
-        con = contrastive.forward(z, t, batch.labels, model.p<tf.Scalar>('logit_scale'), gatheredBefore);
-      }
-      if (text && usePrior) prior = scopedPriorLoss(text, scope, S, comm.world);
-      kept.push(tf.keep(cls), tf.keep(con), tf.keep(prior));
-      return tf.addN([tf.mul(cls, w.classification), tf.mul(con, w.contrastive), tf.mul(prior, w.labelPrior)]) as tf.Scalar;
-    }, opts.trainable ?? model.variables);
+    // Each node's gradients and saved tensors are freed once the backward has passed it (the peak of a ViT-B/16 step).
+    return tf.variableGrads(
+      releasingBackward(() => {
+        const z = model.encodeImages(x);
+        let con: tf.Scalar = tf.scalar(0);
+        let prior: tf.Scalar = tf.scalar(0);
+        const text = textHead ? model.encodeText() : null;
+        const cls = classificationLoss(model.logits(z, text?.names), tgt, msk, pw, N);
+        if (text && useContrastive) {
+          const t = sampleTextEmbeddings(text.positive, text.negative, tgt, msk);
+          con = contrastive.forward(z, t, batch.labels, model.p<tf.Scalar>('logit_scale'), gatheredBefore);
+        }
+        if (text && usePrior) prior = scopedPriorLoss(text, scope, S, comm.world);
+        kept.push(tf.keep(cls), tf.keep(con), tf.keep(prior));
+        return tf.addN([tf.mul(cls, w.classification), tf.mul(con, w.contrastive), tf.mul(prior, w.labelPrior)]) as tf.Scalar;
+      }),
+      opts.trainable ?? model.variables,
+    );
   });
   // The four scalars in one read (on a GPU backend each read is a round trip).
   const terms = tf.stack([...kept, value]);
