@@ -346,14 +346,20 @@ export class CxrModel {
 
   /**
    * Gradients (keyed by variable name) to one flat vector; a parameter without a gradient gets
-   * zeros. `into` (the layout's size) is reused when given: the step keeps one across steps.
+   * zeros. `into` (the vector's size) is reused when given: the step keeps one across steps.
+   * `variables`: the ones to lay end to end, in layout order (--freeze: the trainable ones, which
+   * is the packed vector of shared/trainable.ts); default all, the flat layout.
    */
-  async flattenGrads(grads: tf.NamedTensorMap, into?: Float32Array): Promise<Float32Array> {
-    if (into && into.length !== this.layout.total)
-      throw new Error(`flattenGrads: a buffer of ${into.length} for a layout of ${this.layout.total}`);
-    const out = into ?? new Float32Array(this.layout.total);
+  async flattenGrads(
+    grads: tf.NamedTensorMap,
+    into?: Float32Array,
+    variables: readonly tf.Variable[] = this.variables,
+  ): Promise<Float32Array> {
+    const total = variables === this.variables ? this.layout.total : variables.reduce((a, v) => a + v.size, 0);
+    if (into && into.length !== total) throw new Error(`flattenGrads: a buffer of ${into.length} for a layout of ${total}`);
+    const out = into ?? new Float32Array(total);
     await readConcatenated(
-      this.variables.map((v) => ({ tensor: grads[v.name] ?? null, size: v.size })),
+      variables.map((v) => ({ tensor: grads[v.name] ?? null, size: v.size })),
       out,
     );
     return out;

@@ -49,7 +49,10 @@ export interface StepOptions {
   priorTarget: Float32Array;
   /** Which prompts the label prior covers (model/prior-scope.ts); absent: names. */
   priorScope?: PriorScope;
-  /** The variables to differentiate (--freeze leaves the frozen ones out: no backward pass into them); absent: all. */
+  /**
+   * The variables to differentiate, in layout order (--freeze leaves the frozen ones out: no
+   * backward pass into them, and the flat gradient is their packed vector, shared/trainable.ts); absent: all.
+   */
   trainable?: tf.Variable[];
 }
 
@@ -73,7 +76,10 @@ export interface StepTerms {
 }
 
 export interface Gradients {
-  /** Gradient of the global loss (flat layout): summed over ranks, or this rank's part with `reduce` false. */
+  /**
+   * Gradient of the global loss (flat layout, or packed over `trainable` when given): summed over
+   * ranks, or this rank's part with `reduce` false.
+   */
   grads: Float32Array;
   terms: StepTerms;
   globalBatch: number;
@@ -87,7 +93,7 @@ export interface Gradients {
  * labels in one synchronous collective, and the global matrices are built with this rank's slice
  * live (the taped tensors), so the forward runs once.
  *
- * `into` (the layout's size), when given, receives the flat gradient and is returned as `grads`:
+ * `into` (the gradient's size), when given, receives the flat gradient and is returned as `grads`:
  * a step that reuses one vector across steps makes no model-sized garbage per step.
  */
 export async function computeGradients(
@@ -149,7 +155,7 @@ export async function computeGradients(
   terms.dispose();
   kept.forEach((t) => t.dispose());
   value.dispose();
-  const flat = await model.flattenGrads(grads, into);
+  const flat = await model.flattenGrads(grads, into, opts.trainable);
   Object.values(grads).forEach((g) => g.dispose());
   // A ZeRO-1 caller reduce-scatters instead (each rank needs only its shard of the sum).
   if (reduce) await comm.allReduceSum(flat);
