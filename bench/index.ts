@@ -8,7 +8,7 @@ import { isUserError } from '../shared/util/errors.js';
 const name = process.argv[2];
 if (!name || name.startsWith('-')) {
   process.stderr.write(
-    'usage: npm run bench -- <name> [options]   (names: prepare, synth, allreduce, step, batch-matmul, norm-gelu, dense, transpose, optimizer, scaling, checkpoint, feed, report)\n',
+    'usage: npm run bench -- <name> [options]   (names: prepare, synth, allreduce, step, batch-matmul, norm-gelu, dense, transpose, optimizer, scaling, checkpoint, feed, freeze, report)\n',
   );
   process.exit(2);
 }

@@ -6,7 +6,8 @@ import { UserError } from '../shared/util/errors.js';
 import { packageRoot } from '../shared/util/paths.js';
 import { loadLabelSet } from '../shared/labels.js';
 import { mulberry32 } from '../shared/random/generators.js';
-import { initBackend, type BackendChoice } from '../kernels/backend.js';
+import { initBackend, wasmHeapBytes, type BackendChoice } from '../kernels/backend.js';
+import { WASM32_MAX_BYTES } from '../kernels/heap-pages.js';
 import { labelPriorTarget } from '../model/label-prior.js';
 import { type ModelConfig, resolveModelConfig } from '../model/config.js';
 import type { ClipTextShape } from '../model/text/clip-text.js';
@@ -161,7 +162,10 @@ function settingOptions(on: Setting): Partial<KernelOptions> {
   };
 }
 
-/** Step times per setting of the wasm switches, the settings alternating step by step. */
+/**
+ * Step times per setting of the wasm switches, the settings alternating step by step: wall clock
+ * and the process's CPU time (all its threads), which a loaded machine inflates less.
+ */
 async function tfjsStepMs(
   backend: BackendChoice,
   preset: string,
@@ -170,24 +174,30 @@ async function tfjsStepMs(
   steps: number,
   warmup: number,
   settings: readonly Setting[],
-): Promise<number[][]> {
+): Promise<{ wall: number[][]; cpu: number[][] }> {
   const step = await trainingStep(backend, preset, batch, image);
-  const times: number[][] = settings.map(() => []);
+  const wall: number[][] = settings.map(() => []);
+  const cpu: number[][] = settings.map(() => []);
   try {
     for (let s = 1; s <= warmup + steps; s++) {
       for (const [i, on] of settings.entries()) {
         await withKernelOptions(settingOptions(on), async () => {
           const t0 = performance.now();
+          const c0 = process.cpuUsage();
           await step.run();
+          const c = process.cpuUsage(c0);
           // The first steps compile the kernels, let V8 optimise tfjs's JavaScript and fault the heap in.
-          if (s > warmup) times[i]!.push(performance.now() - t0);
+          if (s > warmup) {
+            wall[i]!.push(performance.now() - t0);
+            cpu[i]!.push((c.user + c.system) / 1000);
+          }
         });
       }
     }
   } finally {
     step.dispose();
   }
-  return times;
+  return { wall, cpu };
 }
 
 // CxrDense and CxrMatMulMul are matMuls with an epilogue (bias, GELU, residual; a multiply): their time counts as the matMuls'.
@@ -286,6 +296,8 @@ const TORCH_THP_ENV = { GLIBC_TUNABLES: 'glibc.malloc.hugetlb=1' };
 
 interface TorchSteps {
   ms: number[];
+  /** Each timed step's CPU time. */
+  cpu_ms?: number[];
   params: number;
   torch: string;
   /** With `profile`: one more step's matMul self time (bench/reference/vit_step.py), or why the profiler failed. */
@@ -296,6 +308,11 @@ interface TorchSteps {
   blas?: string;
   /** Set when the reference stopped at its budget (no step times then). */
   error?: string;
+}
+
+/** Debian's torch on netlib's reference BLAS (libblas3's `blas/libblas.so`) instead of OpenBLAS: what to install. */
+function blasHint(blas: string | undefined): string {
+  return blas && /\/blas\/libblas\.so/.test(blas) ? " (netlib's reference BLAS: apt-get install -y libopenblas0-pthread)" : '';
 }
 
 function torchStepMs(
@@ -407,6 +424,7 @@ export async function run(argv: string[]): Promise<void> {
     `${'model'.padEnd(6)} ${'backend'.padEnd(8)} ${'tfjs s/step'.padStart(12)} ${'PyTorch s/step'.padStart(15)} ${'ratio'.padStart(7)} ${'PyTorch THP'.padStart(12)} ${'ratio'.padStart(7)}\n`,
   );
   let heap: string | null = null; // what the backend did with the wasm heap, once it ran
+  let heapPeak = 0; // the wasm heap's size after the runs: their high-water mark
   let adapter: string | null = null; // the WebGPU adapter, once it ran
   for (const preset of models) {
     const off = 'PyTorch reference not run (--reference on runs it)';
@@ -417,7 +435,7 @@ export async function run(argv: string[]): Promise<void> {
     // A reference stopped at its budget is a reason, with the BLAS it found.
     const ref: TorchSteps | string =
       typeof ran !== 'string' && ran.error
-        ? `PyTorch reference ${ran.error} (${steps + warmup} steps asked; its BLAS ${ran.blas} multiplies at ${ran.gemm_gflops?.toFixed(2)} GFLOP/s)`
+        ? `PyTorch reference ${ran.error} (${steps + warmup} steps asked; its BLAS ${ran.blas}${blasHint(ran.blas)} multiplies at ${ran.gemm_gflops?.toFixed(2)} GFLOP/s)`
         : ran;
     const refThp =
       reference !== 'on'
@@ -426,12 +444,16 @@ export async function run(argv: string[]): Promise<void> {
           ? 'not run for this size (--models tiny,small run it)'
           : torchStepMs(preset, batch, image, steps, warmup, TORCH_THP_ENV);
     let wasmMs: number | null = null; // the step with every switch on, for the ceiling lines
+    let wasmCpuMs: number | null = null; // its CPU time
     for (const be of backends) {
       // The cpu backend is ~10x slower; one step of `small` on it takes minutes, so it gets one, after one.
       const [n, w] = be === 'cpu' ? [1, 1] : [steps, warmup];
       const settings = be === 'wasm' ? wasmSettings : [ALL_ON];
-      const all = await tfjsStepMs(be, preset, batch, image, n, w, settings);
-      if (be === 'wasm') heap ??= /heap [^;)]*/.exec((await initBackend('wasm')).reason)?.[0] ?? 'heap: not reported';
+      const { wall: all, cpu } = await tfjsStepMs(be, preset, batch, image, n, w, settings);
+      if (be === 'wasm') {
+        heap ??= /heap [^;)]*/.exec((await initBackend('wasm')).reason)?.[0] ?? 'heap: not reported';
+        heapPeak = Math.max(heapPeak, wasmHeapBytes() ?? 0);
+      }
       // Which GPU the figures are for (a GPU machine prints its own with the same command).
       if (be.startsWith('webgpu')) adapter ??= (await initBackend(be)).reason.replace(/^requested with --backend [\w-]+: /, '');
       const refMs = typeof ref === 'string' ? null : median(ref.ms);
@@ -440,7 +462,7 @@ export async function run(argv: string[]): Promise<void> {
         `${(r === null ? 'n/a' : (r / 1000).toFixed(3)).padStart(w)} ${(r === null ? '' : (ms / r).toFixed(2) + 'x').padStart(7)}`;
       for (const [i, on] of settings.entries()) {
         const ms = median(all[i]!);
-        if (be === 'wasm' && Object.values(on).every(Boolean)) wasmMs = ms;
+        if (be === 'wasm' && Object.values(on).every(Boolean)) [wasmMs, wasmCpuMs] = [ms, median(cpu[i]!)];
         const label = be === 'wasm' && labelOf(on) ? `${be} (${labelOf(on)})` : be;
         process.stdout.write(
           `${preset.padEnd(6)} ${label.padEnd(8)} ${(ms / 1000).toFixed(3).padStart(12)} ${cols(ms, refMs, 15)} ${cols(ms, thpMs, 12)}\n`,
@@ -455,9 +477,16 @@ export async function run(argv: string[]): Promise<void> {
     }
     if (typeof ref === 'string') process.stdout.write(`  ${ref}\n`);
     else {
+      if (wasmCpuMs !== null && ref.cpu_ms?.length) {
+        const torchCpu = median(ref.cpu_ms);
+        process.stdout.write(
+          `  CPU time per step (median; each process's own, which other jobs on the machine inflate less than the wall clock): ` +
+            `wasm ${(wasmCpuMs / 1000).toFixed(3)} s, PyTorch ${(torchCpu / 1000).toFixed(3)} s, ${(wasmCpuMs / torchCpu).toFixed(2)}x\n`,
+        );
+      }
       const ours = initialParams(benchConfig(preset, image), 0).length;
       process.stdout.write(
-        `  PyTorch ${ref.torch}, one thread, ${torchS.toFixed(0)} s for its phase, BLAS ${ref.blas} at ${ref.gemm_gflops?.toFixed(1)} GFLOP/s on a [1024, 768] x [768, 3072] product; parameters: PyTorch ${ref.params}, tfjs ${ours}${ref.params === ours ? ' (same model)' : ' (MISMATCH)'}\n`,
+        `  PyTorch ${ref.torch}, one thread, ${torchS.toFixed(0)} s for its phase, BLAS ${ref.blas}${blasHint(ref.blas)} at ${ref.gemm_gflops?.toFixed(1)} GFLOP/s on a [1024, 768] x [768, 3072] product; parameters: PyTorch ${ref.params}, tfjs ${ours}${ref.params === ours ? ' (same model)' : ' (MISMATCH)'}\n`,
       );
     }
     if (typeof refThp === 'string') process.stdout.write(`  PyTorch THP: ${refThp}\n`);
@@ -465,7 +494,9 @@ export async function run(argv: string[]): Promise<void> {
   process.stdout.write(
     `PyTorch THP: the same reference with ${Object.entries(TORCH_THP_ENV)
       .map(([k, v]) => `${k}=${v}`)
-      .join(' ')} (its tensors on transparent huge pages); wasm: ${heap ?? 'not run'}\n`,
+      .join(' ')} (its tensors on transparent huge pages); wasm: ${heap ?? 'not run'}${
+      heapPeak ? `, grown to ${(heapPeak / 2 ** 20).toFixed(0)} MiB of the ${WASM32_MAX_BYTES / 2 ** 20} MiB a wasm32 memory can reach` : ''
+    }\n`,
   );
   if (adapter) process.stdout.write(`webgpu: ${adapter}\n`);
 }

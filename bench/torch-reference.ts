@@ -14,6 +14,6 @@ export function runTorchReference<T>(script: string, args: readonly string[], ex
   delete env.OPENBLAS_L2_SIZE;
   const r = spawnSync('/usr/bin/python3', [path.join(packageRoot, 'bench', 'reference', script), ...args], { env, encoding: 'utf8' });
   if (r.status !== 0)
-    return `PyTorch reference ${script} unavailable (${(r.stderr || r.error?.message || '').trim().split('\n').pop()}); apt-get install -y python3-torch`;
+    return `PyTorch reference ${script} unavailable (${(r.stderr || r.error?.message || '').trim().split('\n').pop()}); apt-get install -y python3-torch libopenblas0-pthread`;
   return JSON.parse(r.stdout.trim().split('\n').pop()!) as T;
 }

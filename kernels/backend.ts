@@ -83,6 +83,16 @@ async function useWasm(): Promise<string> {
   return `${relaxed}; ${pages}`;
 }
 
+/**
+ * The wasm backend's heap as it stands, or null off wasm. A wasm memory only grows, so after a run
+ * this is its high-water mark (allocator fragmentation included), against WASM32_MAX_BYTES.
+ */
+export function wasmHeapBytes(): number | null {
+  if (tf.getBackend() !== 'wasm') return null;
+  const memory = (tf.backend() as { wasm?: { asm?: { memory?: { buffer?: ArrayBuffer } } } }).wasm?.asm?.memory;
+  return memory?.buffer instanceof ArrayBuffer ? memory.buffer.byteLength : null;
+}
+
 let active: BackendInfo | null = null;
 
 /**

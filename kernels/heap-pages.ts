@@ -11,8 +11,8 @@ import { shmNative } from '../native/addon.js';
  * huge. The gain is measured in docs/performance.md, "Huge pages for the heap".
  */
 
-/** The most a 32-bit WebAssembly memory can grow to: what the advice covers from the heap's start. */
-const WASM32_MAX_BYTES = 2 ** 32;
+/** The most a 32-bit WebAssembly memory can grow to: what the advice covers from the heap's start, and the ceiling of every wasm run. */
+export const WASM32_MAX_BYTES = 2 ** 32;
 
 /** The kernel's THP policy ('always', 'madvise', 'never'), or null where there is none to read (not Linux). */
 export function thpPolicy(file = '/sys/kernel/mm/transparent_hugepage/enabled'): string | null {

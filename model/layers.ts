@@ -27,16 +27,17 @@ export function layerNorm(x: tf.Tensor2D, gamma: tf.Tensor1D, beta: tf.Tensor1D,
     const xhat = tf.mul(tf.sub(xi, mean), rstd);
     (save as tf.GradSaveFunc)([xhat, rstd, gIn as tf.Tensor]);
     const value = tf.add(tf.mul(xhat, gIn as tf.Tensor), bIn as tf.Tensor) as tf.Tensor2D;
-    const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]) => {
-      const [xh, rs, g] = saved as [tf.Tensor2D, tf.Tensor2D, tf.Tensor1D];
-      const dxhat = tf.mul(dy, g);
-      const m1 = tf.mean(dxhat, -1, true);
-      const m2 = tf.mean(tf.mul(dxhat, xh), -1, true);
-      const dx = tf.mul(tf.sub(tf.sub(dxhat, m1), tf.mul(xh, m2)), rs);
-      const dg = tf.sum(tf.mul(dy, xh), 0);
-      const db = tf.sum(dy, 0);
-      return [dx, dg, db];
-    };
+    const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]) =>
+      tf.tidy(() => {
+        const [xh, rs, g] = saved as [tf.Tensor2D, tf.Tensor2D, tf.Tensor1D];
+        const dxhat = tf.mul(dy, g);
+        const m1 = tf.mean(dxhat, -1, true);
+        const m2 = tf.mean(tf.mul(dxhat, xh), -1, true);
+        const dx = tf.mul(tf.sub(tf.sub(dxhat, m1), tf.mul(xh, m2)), rs);
+        const dg = tf.sum(tf.mul(dy, xh), 0);
+        const db = tf.sum(dy, 0);
+        return [dx, dg, db];
+      });
     return { value, gradFunc };
   });
   return f(x, gamma, beta) as tf.Tensor2D;
@@ -81,19 +82,40 @@ export function gelu<T extends tf.Tensor>(x: T): T {
     (save as tf.GradSaveFunc)([xi, cdf]);
     return {
       value: tf.mul(xi, cdf),
-      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-        const [xs, c] = saved as [tf.Tensor, tf.Tensor];
-        const pdf = tf.mul(tf.exp(tf.mul(tf.square(xs), -0.5)), INV_SQRT_2PI);
-        return [tf.mul(dy, tf.add(c, tf.mul(xs, pdf)))];
-      },
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
+        tf.tidy(() => {
+          const [xs, c] = saved as [tf.Tensor, tf.Tensor];
+          const pdf = tf.mul(tf.exp(tf.mul(tf.square(xs), -0.5)), INV_SQRT_2PI);
+          return [tf.mul(dy, tf.add(c, tf.mul(xs, pdf)))];
+        }),
     };
   });
   return f(x) as T;
 }
 
-/** QuickGELU, x sigmoid(1.702 x): the activation OpenAI's CLIP weights were trained with (open_clip `quick_gelu`). */
+/**
+ * QuickGELU, x sigmoid(1.702 x): the activation OpenAI's CLIP weights were trained with (open_clip
+ * `quick_gelu`). A custom gradient keeps only x for the backward (autodiff keeps x and the sigmoid,
+ * and 1.702 x lives to the end of the forward: three [tokens, 4 * width] tensors per block instead
+ * of one), which recomputes the sigmoid; its kernels are autodiff's, in its order: the same bits.
+ */
 export function quickGelu<T extends tf.Tensor>(x: T): T {
-  return tf.mul(x, tf.sigmoid(tf.mul(x, 1.702))) as T;
+  const f = tf.customGrad((xIn, save) => {
+    const xi = xIn as tf.Tensor;
+    (save as tf.GradSaveFunc)([xi]);
+    return {
+      value: tf.mul(xi, tf.sigmoid(tf.mul(xi, 1.702))),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
+        tf.tidy(() => {
+          const xs = saved[0]!;
+          const s = tf.sigmoid(tf.mul(xs, 1.702));
+          // d/dx through the product's x, then through the sigmoid (its gradient dy * y(1 - y)) and the scale.
+          const ds = tf.mul(tf.mul(dy, xs), tf.mul(s, tf.sub(1, s)));
+          return [tf.add(tf.mul(dy, s), tf.mul(ds, 1.702))];
+        }),
+    };
+  });
+  return f(x) as T;
 }
 
 /** gelu on the wasm backend's SIMD kernels (same formula; erf by a rational approximation). */
@@ -176,7 +198,7 @@ function simdDense(x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D, withGelu: boo
     }
     const [y, slope] = tf.engine().runKernel(DENSE_KERNEL, inputs, { gelu: true }) as tf.Tensor[];
     (save as tf.GradSaveFunc)([xIn as tf.Tensor, wIn as tf.Tensor, slope!]);
-    const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]) => backward(tf.mul(dy, saved[2]!), saved[0]!, saved[1]!);
+    const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]) => tf.tidy(() => backward(tf.mul(dy, saved[2]!), saved[0]!, saved[1]!));
     return { value: y!, gradFunc };
   });
   return f(x, w, b) as tf.Tensor2D;
@@ -219,17 +241,21 @@ export function residualMlp(
         { gelu: false },
       ) as tf.Tensor;
     (save as tf.GradSaveFunc)([xIn as tf.Tensor, w1In as tf.Tensor, hid!, slope!, w2In as tf.Tensor]);
-    const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]) => {
-      const [xs, w1s, hs, sl, w2s] = saved as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
-      // c_proj's gradients, then c_fc's from dz = (dy W2^T) * gelu'(z).
-      const dw2 = tf.matMul(hs, dy as tf.Tensor2D, true, false);
-      const db2 = tf.sum(dy, 0);
-      const dz = tf.engine().runKernel(MATMUL_MUL_KERNEL, { a: dy, b: w2s, s: sl }, { transposeA: false, transposeB: true }) as tf.Tensor2D;
-      const dx = tf.matMul(dz, w1s, false, true);
-      const dw1 = tf.matMul(xs, dz, true, false);
-      const db1 = tf.sum(dz, 0);
-      return [dx, dw1, db1, dw2, db2, tf.reshape(dy, dy.shape)];
-    };
+    // In a tidy: dz would otherwise live to the end of the backward.
+    const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]) =>
+      tf.tidy(() => {
+        const [xs, w1s, hs, sl, w2s] = saved as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
+        // c_proj's gradients, then c_fc's from dz = (dy W2^T) * gelu'(z).
+        const dw2 = tf.matMul(hs, dy as tf.Tensor2D, true, false);
+        const db2 = tf.sum(dy, 0);
+        const dz = tf
+          .engine()
+          .runKernel(MATMUL_MUL_KERNEL, { a: dy, b: w2s, s: sl }, { transposeA: false, transposeB: true }) as tf.Tensor2D;
+        const dx = tf.matMul(dz, w1s, false, true);
+        const dw1 = tf.matMul(xs, dz, true, false);
+        const db1 = tf.sum(dz, 0);
+        return [dx, dw1, db1, dw2, db2, tf.reshape(dy, dy.shape)];
+      });
     return { value: y, gradFunc };
   });
   return f(x, w1, b1, w2, b2, residual) as tf.Tensor2D;

@@ -98,3 +98,8 @@ export function lrMultipliers(layout: ParamLayout, o: GroupOptions): Float64Arra
     return o.layerDecay ** (L + 1 - level);
   });
 }
+
+/** The names of the entries a run freezes (multiplier 0), in layout order: what shared/trainable.ts packs out. */
+export function frozenEntries(layout: ParamLayout, scales: ArrayLike<number>): string[] {
+  return layout.entries.filter((_, k) => scales[k] === 0).map((e) => e.name);
+}

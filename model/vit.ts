@@ -266,7 +266,9 @@ export class CxrModel {
     const eps = c.lnEps ?? 1e-5;
     let h = tf.reshape(tokens, [B * Tk, W]) as tf.Tensor2D;
     if (c.lnPre ?? true) h = layerNorm(h, this.p('visual.ln_pre.weight'), this.p('visual.ln_pre.bias'), eps);
-    const block = (b: string) => residualAttentionBlock(this.param, b, h, B, Tk, c.heads, { eps, quickGelu: c.act === 'quick_gelu' });
+    // Each block in a tidy: its temporaries the backward does not keep (qkv, the raw scores) go at its end, not the forward's.
+    const block = (b: string) =>
+      tf.tidy(() => residualAttentionBlock(this.param, b, h, B, Tk, c.heads, { eps, quickGelu: c.act === 'quick_gelu' }));
     for (let i = 0; i < c.layers; i++) h = block(`visual.transformer.resblocks.${i}`);
     if (c.visualHead === 'transformer') for (let i = 0; i < visualHeadLayers(c); i++) h = block(`visual.head.resblocks.${i}`);
     // ln_post on every token, then the patch tokens [B, G, W] (open_clip's final_ln_after_pool=False).
@@ -344,14 +346,20 @@ export class CxrModel {
 
   /**
    * Gradients (keyed by variable name) to one flat vector; a parameter without a gradient gets
-   * zeros. `into` (the layout's size) is reused when given: the step keeps one across steps.
+   * zeros. `into` (the vector's size) is reused when given: the step keeps one across steps.
+   * `variables`: the ones to lay end to end, in layout order (--freeze: the trainable ones, which
+   * is the packed vector of shared/trainable.ts); default all, the flat layout.
    */
-  async flattenGrads(grads: tf.NamedTensorMap, into?: Float32Array): Promise<Float32Array> {
-    if (into && into.length !== this.layout.total)
-      throw new Error(`flattenGrads: a buffer of ${into.length} for a layout of ${this.layout.total}`);
-    const out = into ?? new Float32Array(this.layout.total);
+  async flattenGrads(
+    grads: tf.NamedTensorMap,
+    into?: Float32Array,
+    variables: readonly tf.Variable[] = this.variables,
+  ): Promise<Float32Array> {
+    const total = variables === this.variables ? this.layout.total : variables.reduce((a, v) => a + v.size, 0);
+    if (into && into.length !== total) throw new Error(`flattenGrads: a buffer of ${into.length} for a layout of ${total}`);
+    const out = into ?? new Float32Array(total);
     await readConcatenated(
-      this.variables.map((v) => ({ tensor: grads[v.name] ?? null, size: v.size })),
+      variables.map((v) => ({ tensor: grads[v.name] ?? null, size: v.size })),
       out,
     );
     return out;

@@ -30,6 +30,9 @@ export async function promptPairs(model: CxrModel, source: PromptSource): Promis
   const L = c.labels.length;
   if (c.head !== 'text') throw new Error('zero-shot: the linear head has no label prompts');
   if (source === 'tower' && c.text.kind === 'learnable') throw new Error('zero-shot: learnable prompt vectors are no text tower');
+  // A transformer text head runs inside the tower (before its readout): no head-free prompts there.
+  if (source === 'tower' && c.textHead === 'transformer')
+    throw new Error('zero-shot: the transformer text head is inside the tower output');
   if (source === 'tower' && c.text.dim !== c.embedDim)
     throw new Error(`zero-shot: prompt embeddings of dimension ${c.text.dim} against image embeddings of ${c.embedDim}`);
   const stateRows = (): tf.Tensor2D[] => {

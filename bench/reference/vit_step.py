@@ -6,6 +6,7 @@ losses, AdamW), on one thread. Prints one JSON line: {"ms": [per-step times], "p
 With --tokens FILE (JSON token rows, cut to the longest prompt) the prompts come from CLIP's text
 transformer (open_clip TextTransformer: causal blocks, ln_final, argmax pooling, text_projection)
 trained in the step, as `--text-tower finetune` does; --quick-gelu 1 puts QuickGELU in every MLP.
+"cpu_ms": each timed step's CPU time (time.process_time), which a loaded machine inflates less.
 Always also "gemm_gflops" (a [1024, 768] x [768, 3072] product, as the ViT's MLP does it) and
 "blas" (the BLAS library the process loaded): a reference BLAS makes every step hundreds of times
 slower. --budget-s S stops the run after S seconds with {"error": ...} and those two fields.
@@ -201,12 +202,13 @@ def main():
     S = torch.eye(a.labels)
     for _ in range(a.warmup):
         step(model, opt, x, raw, mask, groups, S, a.image_norm)
-    times = []
+    times, cpu = [], []
     for _ in range(a.steps):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         step(model, opt, x, raw, mask, groups, S, a.image_norm)
         times.append((time.perf_counter() - t) * 1000)
-    out = {'ms': times, 'params': sum(q.numel() for q in model.parameters()), 'torch': torch.__version__, 'threads': torch.get_num_threads(), **env}
+        cpu.append((time.process_time() - c) * 1000)
+    out = {'ms': times, 'cpu_ms': cpu, 'params': sum(q.numel() for q in model.parameters()), 'torch': torch.__version__, 'threads': torch.get_num_threads(), **env}
     if a.profile:
         try:
             out['matmul_ms'] = matmul_ms(lambda: step(model, opt, x, raw, mask, groups, S, a.image_norm))

@@ -55,7 +55,12 @@ export function compareEvalsMany(base: EvalResult, runs: readonly EvalResult[]):
 }
 
 const fmtAuroc = (x: number | null) => (x === null ? '-' : x.toFixed(4));
-export const fmtPoints = (d: number | null) => (d === null ? '-' : `${d > 0 ? '+' : d < 0 ? '\u2212' : '\u00b1'}${Math.abs(d).toFixed(2)}`);
+/** Signed to two decimals; the sign is the shown value's (-0.003 is \u00b10.00, not \u22120.00). */
+export const fmtPoints = (d: number | null) => {
+  if (d === null) return '-';
+  const shown = Math.round(d * 100) / 100;
+  return `${shown > 0 ? '+' : shown < 0 ? '\u2212' : '\u00b1'}${Math.abs(shown).toFixed(2)}`;
+};
 
 /**
  * The comparison as a terminal table. With colour, gains are green and losses red; without

@@ -30,6 +30,8 @@ export class CheckpointCommits {
       samplerInfo: { seed: number; globalBatch: number; size: number };
       config: unknown;
       layout: ParamLayout;
+      /** The entries the ranks keep no moments for (--freeze). */
+      frozen: readonly string[];
       metrics: TrainingMetrics;
       log: Logger;
     },
@@ -68,6 +70,7 @@ export class CheckpointCommits {
         },
         config: this.o.config,
         layout: this.o.layout,
+        frozen: this.o.frozen,
         world: this.o.world,
         shards: got,
       });

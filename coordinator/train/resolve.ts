@@ -11,7 +11,7 @@ import { pretrainedTextSource } from '../../model/text/pretrained.js';
 import { loadTextEmbeddings } from '../../model/text-embeddings.js';
 import { DEFAULT_ADAMW, type RunConfig, type TrainConfig } from '../../model/train-config.js';
 import { modelLayout } from '../../model/vit.js';
-import { groupOptions, lrMultipliers } from '../../model/param-groups.js';
+import { frozenEntries, groupOptions, lrMultipliers } from '../../model/param-groups.js';
 import { datasetRowSource } from '../data/dataset-source.js';
 import type { RowSource } from '../job/data-feed.js';
 import { Sampler } from '../job/sampler.js';
@@ -25,6 +25,8 @@ export interface ResolvedRun {
   /** Fixed prompt vectors (--text-embeddings, or a frozen pretrained text tower's), or null. */
   readonly fixedPrompts: number[] | null;
   readonly layout: ParamLayout;
+  /** The entries --freeze leaves out of the optimizer state (the checkpoints record them). */
+  readonly frozen: readonly string[];
   readonly source: RowSource;
   readonly sampler: Sampler;
 }
@@ -85,8 +87,6 @@ export async function resolveRun(cfg: TrainConfig, ds: Dataset, log: Logger): Pr
   const set = labelSetFor(ds.manifest.labelSet, labels);
   const posWeight = cfg.posWeight === 'balanced' ? await trainingPosWeights(ds) : null;
   const layout = modelLayout(model);
-  // The fine-tuning controls against this model (a --freeze of a tower it lacks is an error now, not in the workers).
-  lrMultipliers(layout, groupOptions(cfg));
   const run: RunConfig = {
     ...cfg,
     resolved: {
@@ -104,5 +104,8 @@ export async function resolveRun(cfg: TrainConfig, ds: Dataset, log: Logger): Pr
       competition: [...(set?.competition ?? [])],
     },
   };
-  return { run, fixedPrompts, layout, source, sampler };
+  // The fine-tuning controls against this model (a --freeze of a tower it lacks is an error now, not
+  // in the workers), from the resolved run as the ranks derive them (a frozen text tower's readout included).
+  const frozen = frozenEntries(layout, lrMultipliers(layout, groupOptions(run)));
+  return { run, fixedPrompts, layout, frozen, source, sampler };
 }

@@ -123,6 +123,7 @@ async function launch(
     samplerInfo: { seed: cfg.seed, globalBatch: cfg.batchSize, size: r.source.size },
     config: saved,
     layout: r.layout,
+    frozen: r.frozen,
     metrics,
     log: o.log,
   });

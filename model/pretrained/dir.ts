@@ -145,18 +145,32 @@ const TIMM_VIT: Record<string, { width: number; layers: number; heads: number }>
   large: { width: 1024, layers: 24, heads: 16 },
 };
 
+/** timm ViT keywords that only matter in training (dropout), so a config may set them. */
+const TIMM_DROPOUT = ['drop_rate', 'pos_drop_rate', 'patch_drop_rate', 'proj_drop_rate', 'attn_drop_rate', 'drop_path_rate'];
+
 function visionSpec(v: Obj, quickGelu: boolean, at: (k: string) => Fail): VisionSpec {
   const unsupported = (k: string, why: string) => at(k)(`${why}; this trainer reads open_clip ViTs and timm ViTs (vit_*_patchP_S)`);
   if (typeof v.timm_model_name === 'string' && v.timm_model_name) {
     const name = v.timm_model_name;
-    const parsed = /^vit_(tiny|small|medium|base|large)_patch(\d+)_(?:clip_)?(\d+)(?:\.|$)/.exec(name);
+    // timm's *_clip_* ViTs differ (a pre-norm, LayerNorm eps 1e-5, no patch-embedding bias): not read as these.
+    if (/^vit_\w+_clip_/.test(name))
+      throw unsupported('timm_model_name', `is '${name}', a timm CLIP ViT (pre-norm, eps 1e-5), which is not read under timm names`);
+    const parsed = /^vit_(tiny|small|medium|base|large)_patch(\d+)_(\d+)(?:\.|$)/.exec(name);
     if (!parsed) throw unsupported('timm_model_name', `is '${name}', not a timm ViT this trainer knows`);
+    // With timm_proj 'linear' open_clip's TimmModel builds the trunk with its own pool (these ViTs:
+    // the class token, so `norm` on every token and no fc_norm), then reset_classifier(global_pool=pool):
+    // 'avg' is then the mean of the normed patch tokens, which is open_clip's pool_type 'avg' here.
     const pool = v.timm_pool ?? 'avg';
-    if (pool !== '' && pool !== 'token')
-      throw unsupported('timm_pool', `is '${pool}'; only the class token ('' or 'token', as BiomedCLIP) is read`);
+    if (pool !== '' && pool !== 'token' && pool !== 'avg')
+      throw unsupported('timm_pool', `is '${pool}'; the class token ('' or 'token', as BiomedCLIP) and 'avg' are read`);
     if ((v.timm_proj ?? 'linear') !== 'linear') throw unsupported('timm_proj', `is '${v.timm_proj}'; only 'linear' is read`);
     if (v.timm_proj_bias === true) throw unsupported('timm_proj_bias', 'is true; only a projection without bias is read');
     const kw = isObj(v.timm_model_kwargs) ? v.timm_model_kwargs : {};
+    // Any other keyword changes the trunk (global_pool or fc_norm move the final norm after the pool, class_token, pre_norm, ...).
+    const known = ['embed_dim', 'depth', 'num_heads', 'patch_size', 'img_size', 'mlp_ratio', ...TIMM_DROPOUT];
+    for (const k of Object.keys(kw))
+      if (!known.includes(k))
+        throw unsupported(`timm_model_kwargs.${k}`, `is set; only ${known.slice(0, 6).join(', ')} and dropout rates are read`);
     const base = TIMM_VIT[parsed[1]!]!;
     const width = kw.embed_dim === undefined ? base.width : posInt(kw.embed_dim, at('timm_model_kwargs.embed_dim'));
     const mlpRatio = kw.mlp_ratio === undefined ? 4 : Number(kw.mlp_ratio);
@@ -179,7 +193,7 @@ function visionSpec(v: Obj, quickGelu: boolean, at: (k: string) => Fail): Vision
         lnEps: 1e-6,
         lnPre: false,
         act: 'gelu',
-        pool: 'tok',
+        pool: pool === 'avg' ? 'avg' : 'tok',
       },
       at,
     );

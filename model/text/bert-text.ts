@@ -118,7 +118,7 @@ export function bertTextStates(p: ParamGetter, s: BertTextShape, ids: readonly (
   const summed = tf.reshape(tf.add(tf.add(words, pos), type0), [N * T, W]) as tf.Tensor2D;
   let h = layerNorm(summed, p(`${e}.LayerNorm.weight`), p(`${e}.LayerNorm.bias`), s.eps);
   const mask = bertPadMask(s, ids);
-  for (let i = 0; i < s.layers; i++) h = bertLayer(p, `${T_}encoder.layer.${i}`, h, N, T, s, mask);
+  for (let i = 0; i < s.layers; i++) h = tf.tidy(() => bertLayer(p, `${T_}encoder.layer.${i}`, h, N, T, s, mask));
   return h;
 }
 

@@ -71,7 +71,7 @@ export function clipTextStates(p: ParamGetter, s: ClipTextShape, ids: readonly (
   let h = tf.reshape(tf.add(tf.reshape(tokens, [N, T, W]), pos), [N * T, W]) as tf.Tensor2D;
   const mask = causalMask(T);
   for (let i = 0; i < s.layers; i++)
-    h = residualAttentionBlock(p, n(`transformer.resblocks.${i}`), h, N, T, s.heads, { mask, quickGelu: s.quickGelu });
+    h = tf.tidy(() => residualAttentionBlock(p, n(`transformer.resblocks.${i}`), h, N, T, s.heads, { mask, quickGelu: s.quickGelu }));
   return h;
 }
 

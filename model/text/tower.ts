@@ -1,4 +1,4 @@
-import type * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs';
 import { type ParamGetter, residualAttentionBlock, residualBlockSpecs } from '../blocks.js';
 import type { ParamSpec } from '../param-specs.js';
 import { type BertTextShape, bertPadMask, bertTextReadout, bertTextSpecs, bertTextStates, encodeBertText } from './bert-text.js';
@@ -60,7 +60,8 @@ export function textHeadBlocks(
   const T = ids[0]!.length;
   const mask = s.kind === 'clip' ? causalMask(T) : bertPadMask(s, ids);
   const quickGelu = s.kind === 'clip' && s.quickGelu;
-  for (let i = 0; i < layers; i++) h = residualAttentionBlock(p, `text.head.resblocks.${i}`, h, N, T, s.heads, { mask, quickGelu });
+  for (let i = 0; i < layers; i++)
+    h = tf.tidy(() => residualAttentionBlock(p, `text.head.resblocks.${i}`, h, N, T, s.heads, { mask, quickGelu }));
   return h;
 }
 

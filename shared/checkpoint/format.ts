@@ -8,6 +8,9 @@ import type { ParamLayout } from '../params.js';
  *   [0, 128)          fixed header: magic, version, rank, world, range, step, layout hash,
  *                     block size, section byte lengths, crc32 of the header itself
  *   sections          params slice, AdamW m slice, AdamW v slice (float32), extra state (bytes)
+ *                     (version 2: m and v are the rank's range of the packed trainable vector,
+ *                     shared/trainable.ts, whose length the header gives; the manifest says which
+ *                     entries it leaves out)
  *   trailer           crc32 of every block of every section (blocks of `blockBytes`, counted
  *                     from each section's start), crc32 of that table, end magic
  *
@@ -17,7 +20,10 @@ import type { ParamLayout } from '../params.js';
  */
 export const SHARD_MAGIC = 'CXRSHRD\0';
 export const SHARD_END_MAGIC = 'CXRSHEND';
+/** The version of a shard whose moments cover its parameter range. */
 export const SHARD_VERSION = 1;
+/** The version of a shard whose moments cover a range of the packed trainable vector (--freeze). */
+export const PACKED_SHARD_VERSION = 2;
 export const SHARD_HEADER_BYTES = 128;
 export const DEFAULT_BLOCK_BYTES = 1 << 20;
 export const SECTION_NAMES = ['params', 'm', 'v', 'extra'] as const;
@@ -42,7 +48,7 @@ export interface ShardHeader {
   /** sha256 (hex) of the layout's names and shapes: a shard is refused by a model of another shape. */
   readonly layoutHash: string;
   readonly blockBytes: number;
-  /** Byte lengths of params, m, v, extra. */
+  /** Byte lengths of params, m, v, extra (version 2: m and v need not be as long as params). */
   readonly sectionBytes: readonly [number, number, number, number];
 }
 
@@ -132,7 +138,8 @@ export function decodeHeader(b: Uint8Array, where: string): ShardHeader {
   if (buf.toString('latin1', 0, 8) !== SHARD_MAGIC) throw new Error(`${where}: not a cxr-align checkpoint shard (bad magic)`);
   if (buf.readUInt32LE(120) !== crc32(buf.subarray(0, 120))) throw new Error(`${where}: shard header checksum mismatch`);
   const version = buf.readUInt32LE(8);
-  if (version !== SHARD_VERSION) throw new Error(`${where}: shard format version ${version}, this build reads ${SHARD_VERSION}`);
+  if (version !== SHARD_VERSION && version !== PACKED_SHARD_VERSION)
+    throw new Error(`${where}: shard format version ${version}, this build reads ${SHARD_VERSION} and ${PACKED_SHARD_VERSION}`);
   const num = (off: number) => Number(buf.readBigUInt64LE(off));
   const h: ShardHeader = {
     version,
@@ -146,7 +153,14 @@ export function decodeHeader(b: Uint8Array, where: string): ShardHeader {
     sectionBytes: [num(88), num(96), num(104), num(112)],
   };
   const floats = (h.end - h.start) * 4;
-  if (h.end < h.start || h.sectionBytes[0] !== floats || h.sectionBytes[1] !== floats || h.sectionBytes[2] !== floats)
+  const moments = version === SHARD_VERSION ? floats : h.sectionBytes[1];
+  if (
+    h.end < h.start ||
+    h.sectionBytes[0] !== floats ||
+    h.sectionBytes[1] !== moments ||
+    h.sectionBytes[2] !== moments ||
+    moments % 4 !== 0
+  )
     throw new Error(`${where}: shard header sections do not match its range [${h.start}, ${h.end})`);
   if (h.blockBytes < 4 || h.blockBytes % 4 !== 0) throw new Error(`${where}: bad block size ${h.blockBytes}`);
   return h;

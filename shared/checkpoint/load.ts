@@ -2,7 +2,8 @@ import { existsSync, statSync } from 'node:fs';
 import * as path from 'node:path';
 import { UserError, errorMessage } from '../util/errors.js';
 import { buildLayout, layoutMismatch, type ParamLayout } from '../params.js';
-import { shardRange, type ShardRange } from '../shard.js';
+import { shardRange, shardRanges, type ShardRange } from '../shard.js';
+import { carryOver, packing, type Packing, type Piece } from '../trainable.js';
 import { STEP_DIR_RE, layoutHash } from './format.js';
 import { CHECKPOINT_MANIFEST_FILE } from '../run/files.js';
 import { checkpointsDir, listCheckpoints, readManifest, type CheckpointManifest } from './manifest.js';
@@ -34,6 +35,12 @@ export interface LoadOptions extends ResolveOptions {
   readonly params?: 'full' | 'shard' | 'none';
   /** false: skip the AdamW moments (m and v come back empty), e.g. for export or evaluation. */
   readonly moments?: boolean;
+  /**
+   * The entries this run trains with no moments (--freeze): m and v come back for this rank's
+   * range of the packed vector of the others (shared/trainable.ts), carried over from the saved
+   * moments where the checkpoint has them and zero for entries it froze. Absent: none.
+   */
+  readonly frozen?: readonly string[];
 }
 
 export interface LoadedCheckpoint {
@@ -47,6 +54,8 @@ export interface LoadedCheckpoint {
   readonly range: ShardRange;
   /** Elements the `params` array covers: [0, total) for 'full', `range` for 'shard'. */
   readonly paramsRange: ShardRange;
+  /** Elements of the packed trainable vector `m` and `v` cover (`range` when nothing is frozen). */
+  readonly momentsRange: ShardRange;
   readonly params: Float32Array;
   readonly m: Float32Array;
   readonly v: Float32Array;
@@ -127,10 +136,17 @@ function checkManifest(dir: string, m: CheckpointManifest): void {
     if (s.rank !== r || s.start !== want.start || s.end !== want.end)
       throw new Error(`${dir}/${CHECKPOINT_MANIFEST_FILE}: shard ${r} has range [${s.start}, ${s.end})`);
   });
+  savedPacking(m);
+}
+
+/** The packing the checkpoint's moments are in (old checkpoints and runs without --freeze: every entry). */
+function savedPacking(m: CheckpointManifest): Packing {
+  return packing(buildLayout(m.layout.entries), m.frozen ?? []);
 }
 
 async function openShards(dir: string, m: CheckpointManifest, only?: Set<number>): Promise<Map<number, ShardReader>> {
   const out = new Map<number, ShardReader>();
+  const moments = shardRanges(savedPacking(m).size, m.world);
   try {
     for (const s of m.shards) {
       if (only && !only.has(s.rank)) continue;
@@ -150,7 +166,8 @@ async function openShards(dir: string, m: CheckpointManifest, only?: Set<number>
         h.start !== s.start ||
         h.end !== s.end ||
         h.step !== m.step ||
-        h.layoutHash !== m.layout.hash
+        h.layoutHash !== m.layout.hash ||
+        h.sectionBytes[1] !== (moments[s.rank]!.end - moments[s.rank]!.start) * 4
       )
         throw new Error(`${file}: header (step ${h.step}, rank ${h.rank}/${h.world}) does not match ${CHECKPOINT_MANIFEST_FILE}`);
     }
@@ -161,20 +178,33 @@ async function openShards(dir: string, m: CheckpointManifest, only?: Set<number>
   return out;
 }
 
-/** Copy elements [range) of a section out of whichever old shards overlap it. */
+/** Copy elements [range) of a section out of whichever old shards overlap it; `held`: each old shard's range of the section. */
 async function gather(
-  m: CheckpointManifest,
   readers: Map<number, ShardReader>,
   section: 'params' | 'm' | 'v',
+  held: readonly ShardRange[],
   range: ShardRange,
+  out = new Float32Array(range.end - range.start),
 ): Promise<Float32Array> {
-  const out = new Float32Array(range.end - range.start);
-  for (const s of m.shards) {
+  for (const [rank, s] of held.entries()) {
     const a = Math.max(s.start, range.start);
     const b = Math.min(s.end, range.end);
     if (a >= b) continue;
-    await readers.get(s.rank)!.readFloats(section, a, b, out.subarray(a - range.start, b - range.start));
+    await readers.get(rank)!.readFloats(section, a, b, out.subarray(a - range.start, b - range.start), s.start);
   }
+  return out;
+}
+
+/** This rank's range of the current packing's moments: the saved moments of each entry that has them, zero elsewhere. */
+async function gatherMoments(
+  readers: Map<number, ShardReader>,
+  section: 'm' | 'v',
+  held: readonly ShardRange[],
+  pieces: readonly Piece[],
+  n: number,
+): Promise<Float32Array> {
+  const out = new Float32Array(n);
+  for (const p of pieces) await gather(readers, section, held, { start: p.from, end: p.from + p.n }, out.subarray(p.to, p.to + p.n));
   return out;
 }
 
@@ -229,20 +259,28 @@ export async function loadCheckpoint(p: string, o: LoadOptions): Promise<LoadedC
   const { value, skipped } = await withFallback(p, o, async (dir, manifest) => {
     const layout = buildLayout(manifest.layout.entries);
     const range = shardRange(layout.total, o.world, o.rank);
-    const momentsRange = moments ? range : { start: 0, end: 0 };
+    const saved = savedPacking(manifest);
+    const now = packing(layout, o.frozen ?? []);
+    const momentsRange = moments ? shardRange(now.size, o.world, o.rank) : { start: 0, end: 0 };
+    // Where this rank's moments come from in the saved packed vector (identity when both packings agree).
+    const pieces = carryOver(saved, now, momentsRange);
+    const held = manifest.shards.map((s) => ({ start: s.start, end: s.end }));
+    const heldMoments = shardRanges(saved.size, manifest.world);
     const need = new Set<number>();
     const paramsRange = mode === 'full' ? { start: 0, end: manifest.layout.total } : mode === 'shard' ? range : { start: 0, end: 0 };
     for (const s of manifest.shards) {
-      const overlaps = (r: ShardRange) => Math.max(s.start, r.start) < Math.min(s.end, r.end);
-      if (overlaps(momentsRange) || overlaps(paramsRange) || (manifest.world === o.world && s.rank === o.rank)) need.add(s.rank);
+      const overlaps = (a: ShardRange, r: ShardRange) => Math.max(a.start, r.start) < Math.min(a.end, r.end);
+      const mine = pieces.some((p) => overlaps(heldMoments[s.rank]!, { start: p.from, end: p.from + p.n }));
+      if (mine || overlaps(s, paramsRange) || (manifest.world === o.world && s.rank === o.rank)) need.add(s.rank);
     }
     const readers = await openShards(dir, manifest, need);
     try {
-      const params = await gather(manifest, readers, 'params', paramsRange);
-      const m = await gather(manifest, readers, 'm', momentsRange);
-      const v = await gather(manifest, readers, 'v', momentsRange);
+      const n = momentsRange.end - momentsRange.start;
+      const params = await gather(readers, 'params', held, paramsRange);
+      const m = await gatherMoments(readers, 'm', heldMoments, pieces, n);
+      const v = await gatherMoments(readers, 'v', heldMoments, pieces, n);
       const extra = manifest.world === o.world ? await readers.get(o.rank)!.readExtra() : null;
-      return { dir, manifest, layout, step: manifest.step, epoch: manifest.epoch, range, paramsRange, params, m, v, extra };
+      return { dir, manifest, layout, step: manifest.step, epoch: manifest.epoch, range, paramsRange, momentsRange, params, m, v, extra };
     } finally {
       for (const r of readers.values()) await r.close();
     }

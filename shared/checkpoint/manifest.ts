@@ -5,8 +5,18 @@ import { diskFull } from '../util/errors.js';
 import { fsyncDir, writeJsonAtomic } from '../util/fs-atomic.js';
 import type { ParamLayout } from '../params.js';
 import { shardRange } from '../shard.js';
+import { packing } from '../trainable.js';
 import { CHECKPOINT_MANIFEST_FILE, CHECKPOINTS_DIR } from '../run/files.js';
-import { STEP_DIR_RE, SHARD_HEADER_BYTES, decodeHeader, layoutHash, shardFileName, stepDirName } from './format.js';
+import {
+  PACKED_SHARD_VERSION,
+  STEP_DIR_RE,
+  SHARD_HEADER_BYTES,
+  SHARD_VERSION,
+  decodeHeader,
+  layoutHash,
+  shardFileName,
+  stepDirName,
+} from './format.js';
 import type { ShardWritten } from './shard-writer.js';
 
 export const MANIFEST_FORMAT = 'cxr-align-checkpoint';
@@ -35,6 +45,11 @@ const manifestSchema = z.object({
     total: z.number().int().nonnegative(),
     entries: z.array(z.object({ name: z.string(), shape: z.array(z.number().int().nonnegative()), decay: z.boolean() })),
   }),
+  /**
+   * Entries trained with no optimizer state (--freeze): the shards' m and v are ranges of the
+   * packed vector of the other entries (shared/trainable.ts). Absent: every entry has moments.
+   */
+  frozen: z.array(z.string()).optional(),
   shards: z.array(shardRecord),
   created: z.string(),
   meta: z.unknown().optional(),
@@ -53,6 +68,8 @@ export interface CommitInput {
   readonly config: unknown;
   readonly layout: ParamLayout;
   readonly world: number;
+  /** Names of the entries the shards hold no moments for (--freeze); absent or empty: none. */
+  readonly frozen?: readonly string[];
   /** Every rank's report from its writer (ShardWritten), in any order. */
   readonly shards: readonly Pick<ShardWritten, 'file' | 'rank' | 'start' | 'end' | 'bytes' | 'digest'>[];
   readonly meta?: unknown;
@@ -75,6 +92,9 @@ export function stepDir(checkpointsRoot: string, step: number): string {
  */
 export async function commitCheckpoint(stepDirPath: string, c: CommitInput): Promise<CheckpointManifest> {
   const hash = layoutHash(c.layout);
+  const pk = c.frozen?.length ? packing(c.layout, c.frozen) : null;
+  const frozen = pk ? [...pk.frozen] : null;
+  const packed = pk ? pk.size : c.layout.total;
   const byRank = new Map(c.shards.map((s) => [s.rank, s]));
   const shards: ShardRecord[] = [];
   for (let r = 0; r < c.world; r++) {
@@ -94,6 +114,11 @@ export async function commitCheckpoint(stepDirPath: string, c: CommitInput): Pro
       const h = decodeHeader(head, p);
       if (h.step !== c.step || h.rank !== r || h.world !== c.world || h.layoutHash !== hash)
         throw new Error(`commit step ${c.step}: ${p} holds step ${h.step} rank ${h.rank}/${h.world} of another layout or save`);
+      const mr = shardRange(packed, c.world, r);
+      if (h.version !== (pk ? PACKED_SHARD_VERSION : SHARD_VERSION) || h.sectionBytes[1] !== (mr.end - mr.start) * 4)
+        throw new Error(
+          `commit step ${c.step}: ${p} holds ${h.sectionBytes[1] / 4} moments (format version ${h.version}), expected ${mr.end - mr.start} (${frozen ? `${frozen.length} entries frozen` : 'none frozen'})`,
+        );
     } finally {
       await fh.close();
     }
@@ -118,6 +143,7 @@ export async function commitCheckpoint(stepDirPath: string, c: CommitInput): Pro
     config: c.config ?? null,
     world: c.world,
     layout: { hash, total: c.layout.total, entries: c.layout.entries.map((e) => ({ name: e.name, shape: [...e.shape], decay: e.decay })) },
+    ...(frozen ? { frozen } : {}),
     shards,
     created: new Date().toISOString(),
     ...(c.meta !== undefined ? { meta: c.meta } : {}),

@@ -119,17 +119,21 @@ export class ShardReader {
     }
   }
 
-  /** Elements [start, end) of the flat vector (absolute indices inside this shard's range). */
-  async readFloats(section: 'params' | 'm' | 'v', start: number, end: number, dest: Float32Array): Promise<void> {
-    const h = this.header;
-    if (start < h.start || end > h.end)
-      throw new Error(`${this.path}: elements [${start}, ${end}) outside its range [${h.start}, ${h.end})`);
-    await this.readBytes(
-      section,
-      (start - h.start) * 4,
-      (end - h.start) * 4,
-      new Uint8Array(dest.buffer, dest.byteOffset, dest.byteLength),
-    );
+  /**
+   * Elements [start, end) of the flat vector (absolute indices inside this shard's range). `first`:
+   * the index of the section's first element where it is not the range's (packed moments).
+   */
+  async readFloats(
+    section: 'params' | 'm' | 'v',
+    start: number,
+    end: number,
+    dest: Float32Array,
+    first = this.header.start,
+  ): Promise<void> {
+    const last = first + this.header.sectionBytes[SECTION_NAMES.indexOf(section)]! / 4;
+    if (start < first || end > last)
+      throw new Error(`${this.path}: elements [${start}, ${end}) outside its ${section} [${first}, ${last})`);
+    await this.readBytes(section, (start - first) * 4, (end - first) * 4, new Uint8Array(dest.buffer, dest.byteOffset, dest.byteLength));
   }
 
   async readExtra(): Promise<Uint8Array> {

@@ -6,6 +6,7 @@ import {
   DEFAULT_BLOCK_BYTES,
   SHARD_END_MAGIC,
   SHARD_VERSION,
+  PACKED_SHARD_VERSION,
   crc32,
   encodeHeader,
   shardDigest,
@@ -23,10 +24,15 @@ export interface ShardData {
   /** Element range [start, end) of the flat vector (`shardRange(total, world, rank)`). */
   readonly start: number;
   readonly end: number;
-  /** This rank's slices: params[start, end), m and v of its ZeRO-1 shard; each end - start long. */
+  /** This rank's slices: params[start, end), m and v of its ZeRO-1 shard (end - start long unless `packed`). */
   readonly params: Float32Array;
   readonly m: Float32Array;
   readonly v: Float32Array;
+  /**
+   * m and v are the rank's range of the packed trainable vector (--freeze; shared/trainable.ts),
+   * of any length: written as format version 2. The commit checks their length.
+   */
+  readonly packed?: boolean;
   /** Opaque per-rank state (e.g. a worker's RNG), stored and checksummed as bytes. */
   readonly extra?: Uint8Array;
   readonly blockBytes?: number;
@@ -63,7 +69,8 @@ function bytesOf(a: ArrayBufferView): Uint8Array {
 export async function writeShard(stepDir: string, d: ShardData): Promise<ShardWritten> {
   const t0 = performance.now();
   const n = d.end - d.start;
-  if (!(n >= 0) || d.params.length !== n || d.m.length !== n || d.v.length !== n)
+  const k = d.packed ? d.m.length : n;
+  if (!(n >= 0) || d.params.length !== n || d.m.length !== k || d.v.length !== k)
     throw new Error(
       `writeShard rank ${d.rank}: range [${d.start}, ${d.end}) has ${n} elements but params/m/v have ` +
         `${d.params.length}/${d.m.length}/${d.v.length}`,
@@ -75,7 +82,7 @@ export async function writeShard(stepDir: string, d: ShardData): Promise<ShardWr
   const extra = d.extra ?? new Uint8Array(0);
   const blockBytes = d.blockBytes ?? DEFAULT_BLOCK_BYTES;
   const header: ShardHeader = {
-    version: SHARD_VERSION,
+    version: d.packed ? PACKED_SHARD_VERSION : SHARD_VERSION,
     rank: d.rank,
     world: d.world,
     start: d.start,
@@ -83,7 +90,7 @@ export async function writeShard(stepDir: string, d: ShardData): Promise<ShardWr
     step: d.step,
     layoutHash: d.layoutHash,
     blockBytes,
-    sectionBytes: [n * 4, n * 4, n * 4, extra.byteLength],
+    sectionBytes: [n * 4, k * 4, k * 4, extra.byteLength],
   };
   const file = shardFileName(d.rank, d.world);
   const target = path.join(stepDir, file);

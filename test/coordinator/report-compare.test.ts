@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { compareEvals, compareEvalsMany, formatComparisonTable, verdictOf } from '../../coordinator/report/compare.js';
+import { compareEvals, compareEvalsMany, fmtPoints, formatComparisonTable, verdictOf } from '../../coordinator/report/compare.js';
 import { buildReport } from '../../coordinator/report/build.js';
 import { readRunDir } from '../../coordinator/report/run-dir.js';
 import { writeReport } from '../../coordinator/report/write.js';
@@ -18,11 +18,13 @@ const ev = (auroc: Record<string, number | null>, mean: number | null, comp: num
   mean_auroc_competition: comp,
 });
 
-test('verdicts: beyond 0.5 AUROC points is a gain or a loss, exactly 0.5 is not', () => {
+test('verdicts: beyond 0.5 AUROC points is a gain or a loss, exactly 0.5 is not; a shown zero has no sign', () => {
   assert.equal(verdictOf(0.51), 'gain');
   assert.equal(verdictOf(0.5), 'same');
   assert.equal(verdictOf(-0.51), 'loss');
   assert.equal(verdictOf(null), 'n/a');
+  // The sign is the shown value's: a difference that rounds to zero has none.
+  assert.deepEqual([-0.003, 0.004, -0.005001, 1.236, null].map(fmtPoints), ['\u00b10.00', '\u00b10.00', '\u22120.01', '+1.24', '-']);
 });
 
 test('comparison rows cover both runs, in points, with the mean rows last', () => {

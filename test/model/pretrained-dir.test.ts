@@ -113,9 +113,24 @@ test('pretrained dir: a malformed directory gets one error naming the file and w
       /vision_cfg\.timm_model_name is 'convnext_base', not a timm ViT/,
     ],
     [
-      { model_cfg: { ...BIOMEDCLIP.model_cfg, vision_cfg: { timm_model_name: 'vit_base_patch16_224', timm_pool: 'avg' } } },
+      { model_cfg: { ...BIOMEDCLIP.model_cfg, vision_cfg: { timm_model_name: 'vit_base_patch16_224', timm_pool: 'max' } } },
       ['w.bin'],
-      /vision_cfg\.timm_pool is 'avg'/,
+      /vision_cfg\.timm_pool is 'max'; the class token \('' or 'token', as BiomedCLIP\) and 'avg' are read/,
+    ],
+    [
+      {
+        model_cfg: {
+          ...BIOMEDCLIP.model_cfg,
+          vision_cfg: { timm_model_name: 'vit_base_patch16_224', timm_pool: 'avg', timm_model_kwargs: { global_pool: 'avg' } },
+        },
+      },
+      ['w.bin'],
+      /vision_cfg\.timm_model_kwargs\.global_pool is set; only embed_dim, depth, num_heads, patch_size, img_size, mlp_ratio and dropout rates are read/,
+    ],
+    [
+      { model_cfg: { ...BIOMEDCLIP.model_cfg, vision_cfg: { timm_model_name: 'vit_base_patch16_clip_224' } } },
+      ['w.bin'],
+      /vision_cfg\.timm_model_name is 'vit_base_patch16_clip_224', a timm CLIP ViT \(pre-norm, eps 1e-5\)/,
     ],
   ];
   for (const [config, files, want] of cases) {

@@ -37,7 +37,7 @@ function maxAbsDiff(a: number[][], b: number[][]): number {
   return Math.max(...a.flatMap((row, i) => row.map((v, j) => Math.abs(v - b[i]![j]!))));
 }
 
-for (const variant of ['openai', 'biomedclip'] as const) {
+for (const variant of ['openai', 'biomedclip', 'timm-avg'] as const) {
   test(`pretrained ${variant}: image embeddings from a torch.save directory equal PyTorch's with the checkpoint's preprocessing (<= 1e-4)`, async (t) => {
     const dir = mkdtempSync(path.join(os.tmpdir(), `cxr-pv-${variant}-`));
     try {
@@ -52,6 +52,7 @@ for (const variant of ['openai', 'biomedclip'] as const) {
         assert.ok(w.loaded.includes('logit_scale'));
         assert.equal(config.act, variant === 'openai' ? 'quick_gelu' : 'gelu');
         assert.equal(config.pretrained?.tower, variant === 'openai' ? 'open-clip-vit' : 'timm-vit');
+        assert.equal(config.pool, variant === 'timm-avg' ? 'avg' : 'tok');
         assert.match(config.pretrained?.sha256 ?? '', /^[0-9a-f]{64}$/);
       }
 
@@ -60,7 +61,7 @@ for (const variant of ['openai', 'biomedclip'] as const) {
       const layout = modelLayout(config);
       const file = path.join(dir, 'export.safetensors');
       const tensors = openClipTensors(layout, w.params, torchFormat(config));
-      if (variant === 'biomedclip') assert.ok(tensors.some((x) => x.name === 'visual.trunk.patch_embed.proj.bias'));
+      if (variant !== 'openai') assert.ok(tensors.some((x) => x.name === 'visual.trunk.patch_embed.proj.bias'));
       else assert.ok(tensors.some((x) => x.name === 'visual.conv1.weight'));
       await writeSafetensors(file, tensors);
       const back = await loadInitWeights(file, layout, new Float32Array(layout.total), torchFormat(config));

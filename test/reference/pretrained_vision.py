@@ -2,7 +2,7 @@
 """A pretrained model directory in the real open_clip / hub layout, with random weights, and the
 image embeddings PyTorch computes from it, for test/model/pretrained-vision.test.ts.
 
-Usage: python3 test/reference/pretrained_vision.py OUT_DIR openai|biomedclip [SEED [IMAGES.json]]
+Usage: python3 test/reference/pretrained_vision.py OUT_DIR openai|biomedclip|timm-avg [SEED [IMAGES.json]]
 
 Writes OUT_DIR/open_clip_config.json and OUT_DIR/open_clip_pytorch_model.bin (torch.save of a
 state dict) for a small image tower (width 64, 2 layers, 2 heads, patch 8, 32 px):
@@ -10,6 +10,9 @@ state dict) for a small image tower (width 64, 2 layers, 2 heads, patch 8, 32 px
   biomedclip  open_clip's TimmModel over timm's VisionTransformer as BiomedCLIP configures it
               (timm_pool '', timm_proj 'linear': class token after `norm`, eps 1e-6, no ln_pre,
               a patch-embedding bias, GELU), names visual.trunk.* and visual.head.proj.weight
+  timm-avg    the same with timm_pool 'avg': TimmModel builds the trunk with its default pool
+              (the class token: `norm` on every token, fc_norm an Identity), then
+              reset_classifier(0, global_pool='avg'): the mean of the normed patch tokens
 The module trees are written out here with plain torch.nn under those names (no open_clip or
 timm needed). Prints one JSON line: the test images (uint8 gray, row-major) and their unit
 embeddings with the checkpoint's own preprocessing (gray replicated to RGB, /255, per-channel
@@ -127,8 +130,9 @@ class PatchEmbed(nn.Module):
 class TimmVisionTransformer(nn.Module):
     """timm's VisionTransformer (class token, global_pool 'token', no pre-norm, no fc_norm), classifier removed."""
 
-    def __init__(self):
+    def __init__(self, pool='token'):
         super().__init__()
+        self.pool = pool
         self.cls_token = nn.Parameter(torch.randn(1, 1, W) * 0.5)
         self.pos_embed = nn.Parameter(torch.randn(1, TOKENS, W) * 0.5)
         self.patch_embed = PatchEmbed()
@@ -140,13 +144,15 @@ class TimmVisionTransformer(nn.Module):
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
         for b in self.blocks:
             x = b(x)
-        return self.norm(x)[:, 0]
+        x = self.norm(x)
+        # timm's global_pool_nlc: 'token' the class token, 'avg' the mean of the tokens after the prefix.
+        return x[:, 1:].mean(dim=1) if self.pool == 'avg' else x[:, 0]
 
 
 class TimmModel(nn.Module):
-    def __init__(self):
+    def __init__(self, pool='token'):
         super().__init__()
-        self.trunk = TimmVisionTransformer()
+        self.trunk = TimmVisionTransformer(pool)
         self.head = nn.Sequential(OrderedDict(drop=nn.Dropout(0.0), proj=nn.Linear(W, EMBED, bias=False)))
 
     def forward(self, x):
@@ -164,12 +170,12 @@ if variant == 'openai':
     model = Clip(OpenClipVisionTransformer())
     vision_cfg = {'image_size': SIZE, 'layers': LAYERS, 'width': W, 'head_width': W // HEADS, 'patch_size': PATCH}
     model_cfg = {'embed_dim': EMBED, 'quick_gelu': True, 'vision_cfg': vision_cfg}
-elif variant == 'biomedclip':
-    model = Clip(TimmModel())
+elif variant in ('biomedclip', 'timm-avg'):
+    model = Clip(TimmModel('avg' if variant == 'timm-avg' else 'token'))
     vision_cfg = {
         'timm_model_name': 'vit_base_patch16_224',
         'timm_model_pretrained': False,
-        'timm_pool': '',
+        'timm_pool': 'avg' if variant == 'timm-avg' else '',
         'timm_proj': 'linear',
         'image_size': SIZE,
         'timm_model_kwargs': {'embed_dim': W, 'depth': LAYERS, 'num_heads': HEADS, 'patch_size': PATCH, 'img_size': SIZE},

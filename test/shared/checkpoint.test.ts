@@ -20,6 +20,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { buildLayout, type ParamLayout } from '../../shared/params.js';
 import { shardRange } from '../../shared/shard.js';
+import { pack, packing, unpack } from '../../shared/trainable.js';
 import { UserError } from '../../shared/util/errors.js';
 import {
   CheckpointWriter,
@@ -63,13 +64,18 @@ function randomState(): State {
   return { params: randomFloats(layout.total), m: randomFloats(layout.total), v: randomFloats(layout.total) };
 }
 
-/** Every rank of `world` writes its shard concurrently (own writer thread each), then the commit. */
-async function save(runDir: string, step: number, world: number, s: State, blockBytes = 64): Promise<void> {
+/**
+ * Every rank of `world` writes its shard concurrently (own writer thread each), then the commit.
+ * With `frozen` entries s.m and s.v are the packed trainable vector's moments (--freeze).
+ */
+async function save(runDir: string, step: number, world: number, s: State, blockBytes = 64, frozen: string[] = []): Promise<void> {
   const dir = stepDir(checkpointsDir(runDir), step);
   const writers = Array.from({ length: world }, () => new CheckpointWriter());
+  const moments = frozen.length ? packing(layout, frozen).size : layout.total;
   const reports: ShardWritten[] = await Promise.all(
     writers.map((w, rank) => {
       const r = shardRange(layout.total, world, rank);
+      const mr = shardRange(moments, world, rank);
       return w.save(dir, {
         rank,
         world,
@@ -78,8 +84,9 @@ async function save(runDir: string, step: number, world: number, s: State, block
         start: r.start,
         end: r.end,
         params: s.params.subarray(r.start, r.end),
-        m: s.m.subarray(r.start, r.end),
-        v: s.v.subarray(r.start, r.end),
+        m: s.m.subarray(mr.start, mr.end),
+        v: s.v.subarray(mr.start, mr.end),
+        packed: frozen.length > 0,
         extra: new TextEncoder().encode(JSON.stringify({ rank, step })),
         blockBytes,
       });
@@ -93,6 +100,7 @@ async function save(runDir: string, step: number, world: number, s: State, block
     rng: { seed: 7 },
     config: { model: { preset: 'tiny' }, labelSet: 'chexpert14' },
     layout,
+    frozen,
     world,
     shards: reports,
   });
@@ -136,6 +144,68 @@ test('resharding is exact: saved by 2 ranks, loaded by 1, 2, 4 (and 4 -> 2) bit 
     assert.ok(bits(two[1]!.params).equals(bits(s4.params)));
     const shard = await loadCheckpoint(run, { world: 4, rank: 3, layout, params: 'shard' });
     assert.ok(bits(shard.params).equals(bits(s4.params.subarray(shard.range.start, shard.range.end))));
+  } finally {
+    rmSync(run, { recursive: true, force: true });
+  }
+});
+
+test('packed moments (--freeze): only the trainable entries have m and v; resharded, with another frozen set (zero for newly trainable ones) and from a full checkpoint', async () => {
+  const run = tmpRun();
+  try {
+    const frozen = ['visual.conv1.weight', 'logit_scale'];
+    const p = packing(layout, frozen);
+    const s = { params: randomFloats(layout.total), m: randomFloats(p.size), v: randomFloats(p.size) };
+    await save(run, 10, 2, s, 64, frozen);
+    const dir = stepDir(checkpointsDir(run), 10);
+    const files = readdirSync(dir).filter((f) => f.endsWith('.bin'));
+    // Each shard holds its whole params slice and its slice of the packed moments: 2 * 4 bytes per frozen element fewer in all.
+    const sections = files.map((f) => {
+      const b = Buffer.alloc(128);
+      const fd = openSync(path.join(dir, f), 'r');
+      readSync(fd, b, 0, 128, 0);
+      closeSync(fd);
+      return { version: b.readUInt32LE(8), params: Number(b.readBigUInt64LE(88)), m: Number(b.readBigUInt64LE(96)) };
+    });
+    assert.deepEqual(
+      sections.map((x) => x.version),
+      [2, 2],
+    );
+    assert.equal(
+      sections.reduce((a, x) => a + x.params, 0),
+      layout.total * 4,
+    );
+    assert.equal(
+      sections.reduce((a, x) => a + x.m, 0),
+      (layout.total - 4 * 4 * 8 - 1) * 4,
+    );
+    for (const world of [1, 2, 3]) {
+      const parts = [];
+      for (let rank = 0; rank < world; rank++) parts.push(await loadCheckpoint(run, { world, rank, layout, frozen }));
+      for (const q of parts) assert.ok(bits(q.params).equals(bits(s.params)), `params world ${world}`);
+      assert.ok(Buffer.concat(parts.map((q) => bits(q.m))).equals(bits(s.m)), `m world ${world}`);
+      assert.ok(Buffer.concat(parts.map((q) => bits(q.v))).equals(bits(s.v)), `v world ${world}`);
+      parts.forEach((q, r) => assert.deepEqual(q.momentsRange, shardRange(p.size, world, r)));
+    }
+    // Another --freeze: what both train keeps its moments, what this run trains anew starts at zero.
+    const now = packing(layout, ['head.bias']);
+    const unpacked = (x: Float32Array) => {
+      const f = new Float32Array(layout.total);
+      unpack(p, x, f);
+      return f;
+    };
+    const parts = [0, 1].map((rank) => loadCheckpoint(run, { world: 2, rank, layout, frozen: ['head.bias'] }));
+    const m = Buffer.concat((await Promise.all(parts)).map((q) => bits(q.m)));
+    assert.ok(m.equals(bits(pack(now, unpacked(s.m)))));
+    // A checkpoint with every entry's moments (before --freeze existed) resumes a frozen run: it takes the trainable ones.
+    const old = randomState();
+    await save(run, 20, 2, old);
+    const sub = await Promise.all([0, 1, 2].map((rank) => loadCheckpoint(run, { world: 3, rank, layout, frozen })));
+    assert.ok(Buffer.concat(sub.map((q) => bits(q.v))).equals(bits(pack(p, old.v))));
+    // The commit checks the moments' length against the frozen set.
+    await assert.rejects(
+      save(run, 30, 2, old, 64, []).then(() => save(run, 31, 2, s, 64, ['logit_scale'])),
+      /holds \d+ moments \(format version 2\), expected/,
+    );
   } finally {
     rmSync(run, { recursive: true, force: true });
   }

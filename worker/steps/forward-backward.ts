@@ -4,6 +4,7 @@ import { classificationLoss, ContrastiveLoss, packRows, sampleTextEmbeddings } f
 import { scopedPriorLoss, type PriorScope } from '../../model/prior-scope.js';
 import { resolveTargets, type TargetOptions } from '../../model/targets.js';
 import { readsSynchronously } from '../../model/tensor-storage.js';
+import { releasingBackward } from '../../model/backward-release.js';
 
 /**
  * The collectives one training step needs. `allGather` concatenates every rank's buffer in rank
@@ -48,7 +49,10 @@ export interface StepOptions {
   priorTarget: Float32Array;
   /** Which prompts the label prior covers (model/prior-scope.ts); absent: names. */
   priorScope?: PriorScope;
-  /** The variables to differentiate (--freeze leaves the frozen ones out: no backward pass into them); absent: all. */
+  /**
+   * The variables to differentiate, in layout order (--freeze leaves the frozen ones out: no
+   * backward pass into them, and the flat gradient is their packed vector, shared/trainable.ts); absent: all.
+   */
   trainable?: tf.Variable[];
 }
 
@@ -72,7 +76,10 @@ export interface StepTerms {
 }
 
 export interface Gradients {
-  /** Gradient of the global loss (flat layout): summed over ranks, or this rank's part with `reduce` false. */
+  /**
+   * Gradient of the global loss (flat layout, or packed over `trainable` when given): summed over
+   * ranks, or this rank's part with `reduce` false.
+   */
   grads: Float32Array;
   terms: StepTerms;
   globalBatch: number;
@@ -86,7 +93,7 @@ export interface Gradients {
  * labels in one synchronous collective, and the global matrices are built with this rank's slice
  * live (the taped tensors), so the forward runs once.
  *
- * `into` (the layout's size), when given, receives the flat gradient and is returned as `grads`:
+ * `into` (the gradient's size), when given, receives the flat gradient and is returned as `grads`:
  * a step that reuses one vector across steps makes no model-sized garbage per step.
  */
 export async function computeGradients(
@@ -123,20 +130,24 @@ export async function computeGradients(
     const { x, tgt, msk } = inputs();
     const pw = opts.posWeight ? tf.tensor1d(opts.posWeight) : null;
     const S = usePrior && scope !== 'states' ? tf.tensor2d(opts.priorTarget, [L, L]) : null;
-    return tf.variableGrads(() => {
-      const z = model.encodeImages(x);
-      let con: tf.Scalar = tf.scalar(0);
-      let prior: tf.Scalar = tf.scalar(0);
-      const text = textHead ? model.encodeText() : null;
-      const cls = classificationLoss(model.logits(z, text?.names), tgt, msk, pw, N);
-      if (text && useContrastive) {
-        const t = sampleTextEmbeddings(text.positive, text.negative, tgt, msk);
-        con = contrastive.forward(z, t, batch.labels, model.p<tf.Scalar>('logit_scale'), gatheredBefore);
-      }
-      if (text && usePrior) prior = scopedPriorLoss(text, scope, S, comm.world);
-      kept.push(tf.keep(cls), tf.keep(con), tf.keep(prior));
-      return tf.addN([tf.mul(cls, w.classification), tf.mul(con, w.contrastive), tf.mul(prior, w.labelPrior)]) as tf.Scalar;
-    }, opts.trainable ?? model.variables);
+    // Each node's gradients and saved tensors are freed once the backward has passed it (the peak of a ViT-B/16 step).
+    return tf.variableGrads(
+      releasingBackward(() => {
+        const z = model.encodeImages(x);
+        let con: tf.Scalar = tf.scalar(0);
+        let prior: tf.Scalar = tf.scalar(0);
+        const text = textHead ? model.encodeText() : null;
+        const cls = classificationLoss(model.logits(z, text?.names), tgt, msk, pw, N);
+        if (text && useContrastive) {
+          const t = sampleTextEmbeddings(text.positive, text.negative, tgt, msk);
+          con = contrastive.forward(z, t, batch.labels, model.p<tf.Scalar>('logit_scale'), gatheredBefore);
+        }
+        if (text && usePrior) prior = scopedPriorLoss(text, scope, S, comm.world);
+        kept.push(tf.keep(cls), tf.keep(con), tf.keep(prior));
+        return tf.addN([tf.mul(cls, w.classification), tf.mul(con, w.contrastive), tf.mul(prior, w.labelPrior)]) as tf.Scalar;
+      }),
+      opts.trainable ?? model.variables,
+    );
   });
   // The four scalars in one read (on a GPU backend each read is a round trip).
   const terms = tf.stack([...kept, value]);
@@ -144,7 +155,7 @@ export async function computeGradients(
   terms.dispose();
   kept.forEach((t) => t.dispose());
   value.dispose();
-  const flat = await model.flattenGrads(grads, into);
+  const flat = await model.flattenGrads(grads, into, opts.trainable);
   Object.values(grads).forEach((g) => g.dispose());
   // A ZeRO-1 caller reduce-scatters instead (each rank needs only its shard of the sum).
   if (reduce) await comm.allReduceSum(flat);

@@ -1,5 +1,6 @@
 import { loadCheckpoint, loadInitWeights } from '../../shared/checkpoint/index.js';
 import { shardRange } from '../../shared/shard.js';
+import type { Packing } from '../../shared/trainable.js';
 import type { Logger } from '../../shared/util/log.js';
 import { loadPretrainedParams } from '../../model/pretrained/model.js';
 import type { TrainStepConfig } from '../../model/train-config.js';
@@ -10,22 +11,24 @@ import type { OptimizerState } from './sharded-adamw.js';
 /**
  * The model and this rank's optimizer state at the job's first step: fresh from the seed (every
  * rank builds the same; the rendezvous hash check proves it), from the checkpoint the coordinator
- * chose, or from --init-weights.
+ * chose, or from --init-weights. With frozen entries (`packing`) the moments are those of the
+ * rank's range of the packed trainable vector.
  */
 export async function buildTrainState(
   t: TrainStepConfig,
-  o: { rank: number; world: number; seed: number; startStep: number; log: Logger },
+  o: { rank: number; world: number; seed: number; startStep: number; log: Logger; packing: Packing | null },
 ): Promise<{ model: CxrModel; state: OptimizerState; fixedPrompts: Float32Array | undefined }> {
   const config = t.run.resolved.model;
   let params: Float32Array = initialParams(config, o.seed);
   const fixedPrompts = t.fixedPrompts ? Float32Array.from(t.fixedPrompts) : undefined;
   const model = new CxrModel(config, params, fixedPrompts);
-  const own = shardRange(model.layout.total, o.world, o.rank);
+  const own = shardRange(o.packing?.size ?? model.layout.total, o.world, o.rank);
   let m: Float32Array = new Float32Array(own.end - own.start);
   let v: Float32Array = new Float32Array(own.end - own.start);
   if (t.resume) {
-    // Any world size: this rank reads the whole vector and m, v of its new range from the overlapping old shards.
-    const ck = await loadCheckpoint(t.resume, { layout: model.layout, world: o.world, rank: o.rank });
+    // Any world size: this rank reads the whole vector and m, v of its new range from the overlapping
+    // old shards; entries this run trains that the checkpoint froze (another --freeze) start at zero moments.
+    const ck = await loadCheckpoint(t.resume, { layout: model.layout, world: o.world, rank: o.rank, frozen: o.packing?.frozen ?? [] });
     if (ck.step !== o.startStep) throw new Error(`the coordinator resumes at step ${o.startStep} but ${t.resume} holds step ${ck.step}`);
     params = ck.params;
     m = ck.m;

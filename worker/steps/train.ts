@@ -11,7 +11,9 @@ import { ShardSaver } from './checkpoint-save.js';
 import { Evaluator } from './eval.js';
 import { computeGradients, type StepOptions } from './forward-backward.js';
 import { ShardedAdamW } from './sharded-adamw.js';
-import { groupOptions, lrMultipliers } from '../../model/param-groups.js';
+import { frozenEntries, groupOptions, lrMultipliers } from '../../model/param-groups.js';
+import { modelLayout } from '../../model/vit.js';
+import { packing } from '../../shared/trainable.js';
 import { groupComm } from './step-comm.js';
 import { buildTrainState } from './train-state.js';
 
@@ -54,11 +56,22 @@ async function trainStepWith(ctx: StepContext, t: TrainStepConfig, pg: ThreadedP
   const job = ctx.config.job;
   const { rank, world } = ctx;
   const run = t.run;
-  const { model, state, fixedPrompts } = await buildTrainState(t, { rank, world, seed: job.seed, startStep: job.startStep, log: ctx.log });
-  // Fine-tuning controls: rates per parameter; frozen ones left out of the backward pass and never written.
-  const scales = lrMultipliers(model.layout, groupOptions(run));
+  // Fine-tuning controls: rates per parameter. Frozen ones are left out of the backward pass, and
+  // the gradient, its reduction and AdamW's moments cover the others only (packed).
+  const layout = modelLayout(run.resolved.model);
+  const scales = lrMultipliers(layout, groupOptions(run));
   const tuned = scales.some((s) => s !== 1);
-  const optimizer = new ShardedAdamW(pg, state, model.layout, { rank, world, run, lrScales: tuned ? scales : null });
+  const frozen = frozenEntries(layout, scales);
+  const packed = frozen.length ? packing(layout, frozen) : null;
+  const { model, state, fixedPrompts } = await buildTrainState(t, {
+    rank,
+    world,
+    seed: job.seed,
+    startStep: job.startStep,
+    log: ctx.log,
+    packing: packed,
+  });
+  const optimizer = new ShardedAdamW(pg, state, model.layout, { rank, world, run, lrScales: tuned ? scales : null, packing: packed });
   const comm = groupComm(
     pg,
     rank,
@@ -73,7 +86,7 @@ async function trainStepWith(ctx: StepContext, t: TrainStepConfig, pg: ThreadedP
     priorScope: run.priorScope ?? 'names',
     ...(tuned ? { trainable: model.variables.filter((_, k) => scales[k] !== 0) } : {}),
   };
-  const saver = new ShardSaver({ out: run.out, rank, world, own: optimizer.own, control: ctx.control }, model.layout);
+  const saver = new ShardSaver({ out: run.out, rank, world, packed: packed !== null, control: ctx.control }, model.layout);
   const evaluator = new Evaluator(model, run, pg, { rank, world, seed: job.seed });
 
   return {
