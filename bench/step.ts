@@ -45,7 +45,9 @@ import { arg } from './args.js';
  * longest prompt on both sides), batch 8 at 224 unless given; sized to finish in minutes: wasm
  * only, 1 warm-up and 2 timed steps, PyTorch once (no THP rerun, no profiled split unless
  * `--ceiling`) within `--torch-budget` seconds (default 300), after which its reason is printed;
- * `--models vit-b16` gets the same sizing.
+ * `--models vit-b16` gets the same sizing. Every run also prints each side's CPU time per step (wasm
+ * with every switch on; less inflated than the wall clock by other jobs on a shared machine) and
+ * the wasm heap's high-water mark against the 4 GiB a wasm32 memory can reach.
  */
 
 /** One full training step of `preset` on `backend` (the setup the step bench times), run by run(). */

@@ -76,7 +76,7 @@ export const evalCommand: CommandModule<object, EvalArgs> = {
       { replicates: a.bootstrap, seed: a.seed },
       (l) => process.stderr.write(l + '\n'),
       { zeroShot: a['zero-shot'] },
-    );
+    ).finally(() => data.close());
     // A zero-shot eval often starts its own run-like folder (compare and report read it as a run).
     await mkdir(path.dirname(path.resolve(a.out)), { recursive: true });
     await writeJsonAtomic(path.resolve(a.out), rep);

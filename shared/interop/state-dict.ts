@@ -22,19 +22,23 @@ export interface StateDict {
 
 /**
  * Opens a safetensors file or a PyTorch zip checkpoint (`.bin`, `.pt`, `.pth`), told apart by
- * their first bytes (a zip starts with 'PK'), not by the extension.
+ * their first bytes (a zip starts with 'PK', safetensors' JSON header at byte 8), not by the extension.
  */
 export async function openStateDict(file: string): Promise<StateDict> {
   let head: Buffer;
   try {
     const fh = await fsp.open(file, 'r');
-    head = Buffer.alloc(4);
-    await fh.read(head, 0, 4, 0).finally(() => fh.close());
+    head = Buffer.alloc(9);
+    await fh.read(head, 0, 9, 0).finally(() => fh.close());
   } catch (e) {
     throw new UserError(`${file}: cannot open (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
   if (head[0] === 0x50 && head[1] === 0x4b) return TorchZipFile.open(file);
-  if (head[0] === 0x80) return TorchZipFile.open(file); // legacy pickle: refused there with a reason
+  // safetensors: an 8-byte little-endian header length, then the JSON header. Its first byte may
+  // be 0x80 too (a header of 128 + 256k bytes), so the '{' decides before the pickle opcode does.
+  if (head[8] === 0x7b) return SafetensorsFile.open(file);
+  // A legacy torch.save file: pickle's PROTO opcode and a protocol number; refused there with a reason.
+  if (head[0] === 0x80 && head[1]! >= 2 && head[1]! <= 5) return TorchZipFile.open(file);
   return SafetensorsFile.open(file);
 }
 

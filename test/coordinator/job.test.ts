@@ -278,7 +278,8 @@ test('a worker hung mid-run (SIGSTOP) is named after the heartbeat timeout; one 
     hung.error.message,
     new RegExp(`worker rank 1 \\(host .*, pid ${w1.pid}, device \\d\\) sent no heartbeat for \\d+\\.\\d s \\(timeout 1\\.5 s`),
   );
-  assert.ok(waited >= 1400 && waited < 6000, `detected after ${waited} ms`);
+  // Not before the timeout; the upper bound only tells detection from a hang (a loaded machine is slow to notice).
+  assert.ok(waited >= 1400 && waited < 30_000, `detected after ${waited} ms`);
   for (const w of hung.workers) assert.ok(!alive(w.pid), `worker pid ${w.pid} was stopped`);
 
   let killed = false;
@@ -320,18 +321,19 @@ test('heartbeats keep flowing while a step holds the worker main thread for long
   try {
     const r = await runJob({
       workers: 2,
-      step: { name: 'checksum', options: { spinMs: 3000 } },
+      step: { name: 'checksum', options: { spinMs: 6000 } },
       source: datasetRowSource(ds),
       seed: 2,
       globalBatch: 4,
       steps: 1,
       heartbeatIntervalMs: 100,
-      heartbeatTimeoutMs: 1500,
+      // Long enough that a heartbeat thread starved by a loaded machine still makes it; the step holds twice that.
+      heartbeatTimeoutMs: 3000,
       log,
       workerOutput: () => {},
     });
     assert.equal(r.stepsRun, 1);
-    assert.ok(r.lastStep!.timings.compute >= 3, 'the step held the main thread for twice the heartbeat timeout');
+    assert.ok(r.lastStep!.timings.compute >= 6, 'the step held the main thread for twice the heartbeat timeout');
   } finally {
     await ds.close();
   }

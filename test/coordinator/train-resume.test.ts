@@ -11,6 +11,8 @@ import type { TrainArgs } from '../../coordinator/commands/train.js';
 import { parseTrainConfig } from '../../model/train-config.js';
 import { trainDistributed, type TrainJobOptions } from '../../coordinator/train/train-job.js';
 import { checkpointsDir, stepDir } from '../../shared/checkpoint/index.js';
+import { writeSafetensors } from '../../shared/interop/safetensors.js';
+import { openStateDict } from '../../shared/interop/state-dict.js';
 import { createLogger } from '../../shared/util/log.js';
 import { coordinatorEntry } from '../../shared/util/paths.js';
 import { SMALL_RUN_FLAGS } from '../helpers/small-run.js';
@@ -110,6 +112,26 @@ test('resume: 20 steps straight = 10 + resume to 20 bit for bit (same world); 2 
     const init = path.join(dir, 'init');
     await trainDistributed(parseTrainConfig({ ...args(data, init, 2, 1), lr: 0 }), opts({ initWeights: st }));
     assert.deepEqual(await readFile(path.join(init, 'model.bin')), await readFile(path.join(straight, 'model.bin')));
+
+    // --init-weights without the tensors of a frozen tower: refused, since they would stay random for the whole run.
+    const sd = await openStateDict(st);
+    const headOnly = path.join(dir, 'head-only.safetensors');
+    try {
+      const kept = [...sd.tensors.entries()].filter(([name]) => !name.startsWith('visual.'));
+      await writeSafetensors(
+        headOnly,
+        await Promise.all(kept.map(async ([name, t]) => ({ name, shape: t.shape, data: await sd.readF32(name) }))),
+      );
+    } finally {
+      await sd.close();
+    }
+    await assert.rejects(
+      trainDistributed(
+        parseTrainConfig({ ...args(data, path.join(dir, 'frozen-init'), 2, 1), freeze: ['visual'] }),
+        opts({ initWeights: headOnly }),
+      ),
+      /head-only\.safetensors: no tensor for \d+ frozen parameters \(visual\..*which would stay at their random start/,
+    );
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -54,6 +54,15 @@ test('parseTrainConfig: a bad value is one line naming its flag', () => {
     /^UserError: --lr was given 2 times \(0\.001, 0\.002\): give it once$/,
   );
   assert.throws(() => parseTrainConfig({ ...flags, head: ['text', 'linear'] } as unknown as TrainFlags), /--head was given 2 times/);
+  assert.throws(
+    () => parseTrainConfig({ ...flags, 'text-head': 'lstm' } as unknown as TrainFlags),
+    /^UserError: --text-head .*got "lstm"$/,
+  );
+  assert.throws(
+    () => parseTrainConfig({ ...flags, 'text-head': 'transformer', 'text-head-layers': 1.5 }),
+    /^UserError: --text-head-layers must be a positive integer, got 1\.5$/,
+  );
+  assert.deepEqual([parseTrainConfig(flags).textHead, parseTrainConfig(flags).textHeadLayers], ['mlp', 1]);
 });
 
 test('lossWeights: the contrastive and prior terms need the text head', () => {

@@ -57,6 +57,18 @@ test('torch-zip: files that are not zip checkpoints get one clear error naming t
     writeFileSync(junk, Buffer.from('PK\x03\x04 not really a zip'));
     await assert.rejects(openStateDict(junk), /junk.pt: not a PyTorch zip checkpoint/);
     await assert.rejects(openStateDict(path.join(dir, 'absent.bin')), /absent.bin: cannot open \(ENOENT\)/);
+    // A safetensors header of 128 bytes starts the file with 0x80, pickle's PROTO opcode: still safetensors.
+    const json = Buffer.from(JSON.stringify({ a: { dtype: 'F32', shape: [1], data_offsets: [0, 4] } }).padEnd(128, ' '));
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(json.length));
+    const st = path.join(dir, 'header-128.safetensors');
+    writeFileSync(st, Buffer.concat([len, json, Buffer.from(new Float32Array([2.5]).buffer)]));
+    const sd = await openStateDict(st);
+    try {
+      assert.deepEqual([...(await sd.readF32('a'))], [2.5]);
+    } finally {
+      await sd.close();
+    }
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

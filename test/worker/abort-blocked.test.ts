@@ -74,7 +74,8 @@ test('an abort from the coordinator stops a worker blocked in a collective with 
       globalBatch: 4,
       steps: 2,
       heartbeatIntervalMs: 200,
-      heartbeatTimeoutMs: 1500,
+      // Generous: on a loaded 2-core machine a live rank can miss a short window and be named instead.
+      heartbeatTimeoutMs: 5000,
       log: createLogger('test', 'silent'),
       onListening: ({ control, token }) => [0, 1].forEach((r) => start(control, token, r)),
     });
@@ -98,7 +99,7 @@ test('an abort from the coordinator stops a worker blocked in a collective with 
     assert.match(r0.stderr, /aborted by the coordinator: worker rank 1 .*sent no heartbeat/);
     // Well inside the group's own timeout: the abort, not the gather's timeout, ended the wait.
     const took = r0.at - stoppedAt;
-    assert.ok(took < 10_000, `rank 0 exited ${took} ms after rank 1 stopped (group timeout ${STALL_GROUP_TIMEOUT_MS} ms)`);
+    assert.ok(took < 30_000, `rank 0 exited ${took} ms after rank 1 stopped (group timeout ${STALL_GROUP_TIMEOUT_MS} ms)`);
     assert.doesNotMatch(r0.stderr, /internal error|gave no answer within/);
   } finally {
     for (const p of procs) {

@@ -1,6 +1,7 @@
 import { loadCheckpoint, loadInitWeights } from '../../shared/checkpoint/index.js';
 import { shardRange } from '../../shared/shard.js';
 import type { Packing } from '../../shared/trainable.js';
+import { UserError } from '../../shared/util/errors.js';
 import type { Logger } from '../../shared/util/log.js';
 import { loadPretrainedParams } from '../../model/pretrained/model.js';
 import type { TrainStepConfig } from '../../model/train-config.js';
@@ -37,6 +38,13 @@ export async function buildTrainState(
     o.log.info(`resumed from ${ck.dir} (step ${ck.step}, saved by ${ck.manifest.world} worker${ck.manifest.world > 1 ? 's' : ''})`);
   } else if (t.initWeights) {
     const w = await loadInitWeights(t.initWeights, model.layout, params);
+    // A frozen entry the file lacks would keep its random start for the whole run.
+    const frozen = new Set(o.packing?.frozen ?? []);
+    const stuck = w.missing.filter((n) => frozen.has(n));
+    if (stuck.length > 0)
+      throw new UserError(
+        `${t.initWeights}: no tensor for ${stuck.length} frozen parameter${stuck.length > 1 ? 's' : ''} (${stuck.slice(0, 3).join(', ')}${stuck.length > 3 ? ', ...' : ''}), which would stay at their random start: give weights that have them, or do not freeze them`,
+      );
     params = w.params;
     model.assignFlat(params);
     if (o.rank === 0)
