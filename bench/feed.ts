@@ -21,7 +21,8 @@ import { median } from './median.js';
  *    batches as fast as the coordinator can read, encode and send them. Reference: the same slices
  *    read, encoded and decoded in one process with no transport, measured in the same run.
  * 2. Data wait under load: the step holds each worker's main thread for --compute-ms (a stand-in
- *    for a training step); reported is the share of step time spent waiting for data (the goal of
+ *    for a training step: `--compute spin` burns the CPU as a CPU backend does, `block` waits
+ *    without it as a rank waiting for its GPU does); reported is the share of step time spent waiting for data (the goal of
  *    the scaling issue is under 2%), next to the step's compute time. Then the same with every
  *    slice augmented (--augment, default strong; a worker thread decodes and augments it while the
  *    step computes), next to the time one slice's augmentation takes on one thread.
@@ -34,6 +35,11 @@ export async function run(argv: string[]): Promise<void> {
     .option('batch', { type: 'number', default: 32, describe: 'rows per worker per step' })
     .option('prefetch', { type: 'number', default: 2 })
     .option('compute-ms', { type: 'number', default: 100, describe: 'simulated compute per step in part 2' })
+    .option('compute', {
+      choices: ['spin', 'block'] as const,
+      default: 'spin' as const,
+      describe: "part 2's stand-in: spin the CPU (a CPU backend) or block without it (waiting for a GPU)",
+    })
     .option('steps', { type: 'number', default: 40, describe: 'steps in part 2' })
     .option('augment', { choices: ['none', 'light', 'strong'] as const, default: 'strong' as const, describe: 'augmentation in part 2b' })
     .strict()
@@ -96,7 +102,7 @@ export async function run(argv: string[]): Promise<void> {
     // Part 2: a compute-bound step; how much of it is spent waiting for data?
     const n = Math.min(a.steps, steps);
     const underLoad = async (label: string, augment: AugmentPolicy | null) => {
-      const slow = await feedRun({ spinMs: a['compute-ms'] }, n, augment);
+      const slow = await feedRun(a.compute === 'spin' ? { spinMs: a['compute-ms'] } : { blockMs: a['compute-ms'] }, n, augment);
       const steady = slow.summaries.slice(2);
       const sum = (f: (s: StepSummary) => number) => steady.reduce((x, s) => x + f(s), 0);
       // Per rank, then the worst rank: the step waits for the slowest.
@@ -112,7 +118,7 @@ export async function run(argv: string[]): Promise<void> {
       const meanAck = sum((s) => Math.max(...s.reports.map((x) => x.counters.ack_wait_seconds!))) / steady.length;
       const meanCompute = sum((s) => Math.max(...s.reports.map((x) => x.timings.compute))) / steady.length;
       process.stdout.write(
-        `${label} data wait with ${a['compute-ms']} ms of compute per step (steps 3..${n}): ${(waitShare * 100).toFixed(2)}% of step time on the worst rank` +
+        `${label} data wait with ${a['compute-ms']} ms of ${a.compute === 'spin' ? 'compute' : 'blocked wait (no CPU)'} per step (steps 3..${n}): ${(waitShare * 100).toFixed(2)}% of step time on the worst rank` +
           `   (goal < 2%)\n` +
           `   time between step completions ${(perStep * 1000).toFixed(1)} ms; inside the worker loop ${(meanTotal * 1000).toFixed(1)} ms, of it in the step ${(meanCompute * 1000).toFixed(1)} ms, decoding on the main thread ${(meanDecode * 1000).toFixed(2)} ms, waiting for the previous report's ack ${(meanAck * 1000).toFixed(2)} ms` +
           ` (reference: ${a['compute-ms']} ms of compute alone)\n`,

@@ -12,12 +12,14 @@ import type { StepContext, StepInfo, StepResult, WorkerStep } from './api.js';
  * Options (fault injection, to exercise the failure paths end to end):
  * - `delayMs`: sleep this long per step (a slow worker: fills its prefetch queue).
  * - `spinMs`: hold the main thread this long per step, as a synchronous compute kernel does.
+ * - `blockMs`: block the main thread this long per step without using the CPU, as a synchronous
+ *   wait for an accelerator does.
  * - `failRank`, `failAtStep`: that rank throws at that step (-1: while the step is being created).
  * - `divergeRank`, `divergeAtStep`: that rank's parameters change after that step (-1: from the start).
  */
 export async function createChecksumStep(ctx: StepContext): Promise<WorkerStep> {
   const o = ctx.config.job.step.options as Partial<
-    Record<'delayMs' | 'spinMs' | 'failRank' | 'failAtStep' | 'divergeRank' | 'divergeAtStep', number>
+    Record<'delayMs' | 'spinMs' | 'blockMs' | 'failRank' | 'failAtStep' | 'divergeRank' | 'divergeAtStep', number>
   >;
   const mine = (r: number | undefined) => r === ctx.rank;
   if (mine(o.failRank) && o.failAtStep === -1) throw new Error(`checksum step: injected start-up failure on rank ${ctx.rank}`);
@@ -32,6 +34,7 @@ export async function createChecksumStep(ctx: StepContext): Promise<WorkerStep> 
       const counters = batchChecksum(b, info.indices);
       if (o.delayMs) await new Promise((r) => setTimeout(r, o.delayMs));
       if (o.spinMs) for (const end = performance.now() + o.spinMs; performance.now() < end; );
+      if (o.blockMs) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, o.blockMs);
       if (mine(o.divergeRank) && o.divergeAtStep === info.step) params[1]! += 1;
       return {
         images: b.n,
