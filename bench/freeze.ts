@@ -2,13 +2,13 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { loadavg, tmpdir, cpus } from 'node:os';
 import * as path from 'node:path';
 import { runSynth } from '../coordinator/data/synth-run.js';
-import type { TrainArgs } from '../coordinator/commands/train.js';
 import { parseTrainConfig } from '../model/train-config.js';
 import { trainDistributed } from '../coordinator/train/train-job.js';
 import { checkpointsDir, readManifest, ShardReader, stepDir } from '../shared/checkpoint/index.js';
 import { createLogger } from '../shared/util/log.js';
 import { arg } from './args.js';
 import { median } from './median.js';
+import { benchTrainArgs } from './train-args.js';
 
 /**
  * `npm run bench -- freeze [--freeze visual] [--model tiny] [--workers 2] [--per-worker 16] [--steps 30] [--warmup 10] [--rounds 2] [--image-size 64]`:
@@ -45,40 +45,7 @@ export async function run(argv: string[]): Promise<void> {
     const train = async (spec: string[]) => {
       const out = path.join(dir, spec.length ? 'frozen' : 'plain');
       await rm(out, { recursive: true, force: true });
-      const args = {
-        workers,
-        data,
-        out,
-        model,
-        steps,
-        'batch-size': b * workers,
-        seed: 0,
-        eval: 'none',
-        backend: 'wasm',
-        lr: 1e-3,
-        'warmup-steps': 2,
-        'min-lr-ratio': 0.1,
-        'weight-decay': 0.05,
-        'clip-norm': 1,
-        head: 'text',
-        'w-cls': 1,
-        'w-con': 0.5,
-        'w-prior': 0.1,
-        'label-prior': 'graph',
-        uncertainty: 'ignore',
-        'uncertainty-label': [],
-        blank: 'mask',
-        'pos-weight': 'none',
-        bootstrap: 0,
-        gpu: false,
-        prefetch: 2,
-        'params-check-every': 0,
-        report: false,
-        'checkpoint-every': 0,
-        'checkpoint-every-minutes': 0,
-        'keep-checkpoints': 1,
-        freeze: spec,
-      } as unknown as TrainArgs;
+      const args = benchTrainArgs({ workers, data, out, model, steps, 'batch-size': b * workers, freeze: spec });
       await trainDistributed(parseTrainConfig(args), { log, progress: false, workerOutput: () => {} });
       const ck = stepDir(checkpointsDir(out), steps);
       const manifest = await readManifest(ck);

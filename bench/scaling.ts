@@ -5,12 +5,12 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { runSynth } from '../coordinator/data/synth-run.js';
-import type { TrainArgs } from '../coordinator/commands/train.js';
 import { parseTrainConfig } from '../model/train-config.js';
 import { trainDistributed } from '../coordinator/train/train-job.js';
 import { createLogger } from '../shared/util/log.js';
 import { COLLECTIVES_ENV } from '../shared/config/worker-env.js';
 import type { ProbeJob } from './scaling-probe.js';
+import { benchTrainArgs } from './train-args.js';
 
 const probeScript = path.join(path.dirname(fileURLToPath(import.meta.url)), 'scaling-probe.js');
 
@@ -120,39 +120,15 @@ export async function run(argv: string[]): Promise<void> {
     const train = async (w: number): Promise<RunFigures> => {
       const out = path.join(dir, `w${w}`);
       await rm(out, { recursive: true, force: true });
-      const args = {
+      const args = benchTrainArgs({
         workers: w,
         data,
         out,
-        model: 'tiny',
         steps,
         'batch-size': b * w,
-        seed: 0,
-        eval: 'none',
         backend: values.backend,
-        lr: 1e-3,
-        'warmup-steps': 2,
-        'min-lr-ratio': 0.1,
-        'weight-decay': 0.05,
-        'clip-norm': 1,
-        head: 'text',
-        'w-cls': 1,
         'w-con': Number(values['w-con']),
-        'w-prior': 0.1,
-        'label-prior': 'graph',
-        uncertainty: 'ignore',
-        'uncertainty-label': [],
-        blank: 'mask',
-        'pos-weight': 'none',
-        bootstrap: 0,
-        gpu: false,
-        prefetch: 2,
-        'params-check-every': 0,
-        report: false,
-        'checkpoint-every': 0,
-        'checkpoint-every-minutes': 0,
-        'keep-checkpoints': 1,
-      } as unknown as TrainArgs;
+      } as Parameters<typeof benchTrainArgs>[0]);
       await trainDistributed(parseTrainConfig(args), { log, progress: false, workerOutput: () => {} });
       const recs = (await readFile(path.join(out, 'metrics.jsonl'), 'utf8'))
         .trim()

@@ -123,32 +123,26 @@ export interface ModelConfig {
   labels: string[];
 }
 
-export const VISUAL_HEADS = ['none', 'mlp', 'transformer'] as const;
+/** The heads either tower may have (`--visual-head`, `--text-head`). */
+const HEADS = ['none', 'mlp', 'transformer'] as const;
+export const VISUAL_HEADS = HEADS;
 export type VisualHead = Exclude<(typeof VISUAL_HEADS)[number], 'none'>;
 
-/** Refuses a `--visual-head KIND --visual-head-layers N` that names no head or no block count. */
-export function checkVisualHead(kind: string, layers: number): void {
-  if (!(VISUAL_HEADS as readonly string[]).includes(kind))
-    throw new UserError(`--visual-head '${kind}': expected one of ${VISUAL_HEADS.join(', ')}`);
-  if (!Number.isInteger(layers) || layers < 1) throw new UserError(`--visual-head-layers must be a positive integer, got ${layers}`);
+/** Refuses a `--TOWER-head KIND --TOWER-head-layers N` that names no head or no block count. */
+export function checkHead(tower: 'visual' | 'text', kind: string, layers: number): void {
+  if (!(HEADS as readonly string[]).includes(kind)) throw new UserError(`--${tower}-head '${kind}': expected one of ${HEADS.join(', ')}`);
+  if (!Number.isInteger(layers) || layers < 1) throw new UserError(`--${tower}-head-layers must be a positive integer, got ${layers}`);
 }
 
 /** `config` with the visual head of `--visual-head KIND --visual-head-layers N` (none: as it is). */
 export function withVisualHead(config: ModelConfig, kind: string, layers = 1): ModelConfig {
-  checkVisualHead(kind, layers);
+  checkHead('visual', kind, layers);
   if (kind === 'none') return config;
   return { ...config, visualHead: kind as VisualHead, ...(kind === 'transformer' ? { visualHeadLayers: layers } : {}) };
 }
 
-export const TEXT_HEADS = ['none', 'mlp', 'transformer'] as const;
+export const TEXT_HEADS = HEADS;
 export type TextHead = Exclude<(typeof TEXT_HEADS)[number], 'mlp'>;
-
-/** Refuses a `--text-head KIND --text-head-layers N` that names no head or no block count. */
-export function checkTextHead(kind: string, layers: number): void {
-  if (!(TEXT_HEADS as readonly string[]).includes(kind))
-    throw new UserError(`--text-head '${kind}': expected one of ${TEXT_HEADS.join(', ')}`);
-  if (!Number.isInteger(layers) || layers < 1) throw new UserError(`--text-head-layers must be a positive integer, got ${layers}`);
-}
 
 /**
  * `config` with the text head of `--text-head KIND --text-head-layers N` (mlp: as it is). Apply it
@@ -156,7 +150,7 @@ export function checkTextHead(kind: string, layers: number): void {
  * `transformer` a text tower's token states (a pretrained tower, frozen with `tokens` or finetuned).
  */
 export function withTextHead(config: ModelConfig, kind: string, layers = 1): ModelConfig {
-  checkTextHead(kind, layers);
+  checkHead('text', kind, layers);
   if (kind === 'mlp') return config;
   if (config.head !== 'text') throw new UserError(`--text-head ${kind}: the linear head (--head linear) has no text branch`);
   const t = config.text;

@@ -5,8 +5,7 @@ import { UserError } from '../shared/util/errors.js';
 import { BACKEND_CHOICES } from '../kernels/backend.js';
 import {
   checkRgb,
-  checkTextHead,
-  checkVisualHead,
+  checkHead,
   MODEL_PRESETS,
   type ModelConfig,
   type Rgb,
@@ -169,8 +168,8 @@ export function parseTrainConfig(flags: TrainFlags | Record<string, unknown>): T
   const a = parsed.data;
   if (a.epochs !== undefined && a.steps !== undefined) throw new UserError('give --epochs or --steps, not both');
   augmentPolicy(a.augment ?? 'none', a.augmentHflip ?? 0);
-  checkVisualHead(a.visualHead ?? 'none', a.visualHeadLayers ?? 1);
-  checkTextHead(a.textHead ?? 'mlp', a.textHeadLayers ?? 1);
+  checkHead('visual', a.visualHead ?? 'none', a.visualHeadLayers ?? 1);
+  checkHead('text', a.textHead ?? 'mlp', a.textHeadLayers ?? 1);
   parseFreeze(a.freeze ?? []);
   const image = imageNorm(a.imageMean, a.imageStd);
   return {
