@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { z } from 'zod';
 import { UserError } from '../../shared/util/errors.js';
 import { readRunEmbeddings, type RunEmbeddings } from '../../shared/run/embeddings.js';
+import { parseJsonl } from '../../shared/run/jsonl.js';
 import {
   CONFIG_FILE,
   ENVIRONMENT_FILE,
@@ -71,28 +72,14 @@ function zodProblem(err: z.ZodError): string {
  * leaves behind; it is skipped with a note. Any other bad line is an error naming the line.
  */
 export function parseMetricsJsonl(text: string, file: string, notes: string[] = []): MetricsLine[] {
-  const out: MetricsLine[] = [];
-  const lines = text.split('\n');
-  const torn = !text.endsWith('\n') && text.length > 0;
-  for (let i = 0; i < lines.length; i++) {
-    const line = lines[i]!.trim();
-    if (line === '') continue;
-    const last = i === lines.length - 1;
-    let doc: unknown;
-    try {
-      doc = JSON.parse(line);
-    } catch (e) {
-      if (last && torn) {
-        notes.push(`${path.basename(file)}: skipped the incomplete last line ${i + 1} (the run was interrupted while writing it)`);
-        break;
-      }
-      throw new UserError(`${file}:${i + 1}: not valid JSON (${(e as Error).message})`);
-    }
-    const parsed = metricsLineSchema.safeParse(doc);
-    if (!parsed.success) throw new UserError(`${file}:${i + 1}: ${zodProblem(parsed.error)}`);
-    out.push(parsed.data);
-  }
-  return out;
+  const { lines, torn } = parseJsonl(text, file);
+  if (torn !== null)
+    notes.push(`${path.basename(file)}: skipped the incomplete last line ${torn} (the run was interrupted while writing it)`);
+  return lines.map((l) => {
+    const parsed = metricsLineSchema.safeParse(l.doc);
+    if (!parsed.success) throw new UserError(`${file}:${l.n}: ${zodProblem(parsed.error)}`);
+    return parsed.data;
+  });
 }
 
 export function parseEval(doc: unknown, file: string): EvalResult {

@@ -2,6 +2,7 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import type { StepSummary } from '../job/control-server.js';
 import { METRICS_FILE, type MetricsRecord } from '../../shared/run/files.js';
+import { parseJsonl } from '../../shared/run/jsonl.js';
 import { diskFull, UserError } from '../../shared/util/errors.js';
 import { writeFileAtomic } from '../../shared/util/fs-atomic.js';
 
@@ -32,21 +33,11 @@ export function metricsRecord(s: StepSummary, stepSeconds: number): MetricsRecor
  * error naming the file and line, since dropping it would lose history silently.
  */
 export function linesUpTo(text: string, step: number, file = METRICS_FILE): string {
-  const lines = text.split('\n');
-  const torn = text.length > 0 && !text.endsWith('\n');
   const kept: string[] = [];
-  for (let i = 0; i < lines.length; i++) {
-    const line = lines[i]!;
-    if (!line.trim()) continue;
-    let rec: { step?: unknown };
-    try {
-      rec = JSON.parse(line) as { step?: unknown };
-    } catch (e) {
-      if (torn && i === lines.length - 1) break;
-      throw new UserError(`${file}:${i + 1}: not valid JSON (${(e as Error).message}); remove or fix that line, then resume`);
-    }
-    if (typeof rec.step !== 'number') throw new UserError(`${file}:${i + 1}: no numeric 'step'; remove or fix that line, then resume`);
-    if (rec.step <= step) kept.push(line + '\n');
+  for (const l of parseJsonl(text, file, 'remove or fix that line, then resume').lines) {
+    const at = typeof l.doc === 'object' && l.doc !== null ? (l.doc as { step?: unknown }).step : undefined;
+    if (typeof at !== 'number') throw new UserError(`${file}:${l.n}: no numeric 'step'; remove or fix that line, then resume`);
+    if (at <= step) kept.push(l.text + '\n');
   }
   return kept.join('');
 }
