@@ -12,7 +12,7 @@ import { loadParams } from '../../model/params-file.js';
 import { CxrModel } from '../../model/vit.js';
 import { loadPretrainedModel } from '../../model/pretrained/model.js';
 import { scoreRows } from '../../model/predict.js';
-import { type PromptSource, promptLogits, promptPairs } from '../../model/zero-shot.js';
+import { promptLogits, promptPairs } from '../../model/zero-shot.js';
 import { labelSetFor, type SplitName, type TrainData } from '../train/config.js';
 import { CHECKPOINT_MANIFEST_FILE, MODEL_JSON_FILE, type ZeroShotRecord } from '../../shared/run/files.js';
 
@@ -98,8 +98,10 @@ export async function evalSaved(
   if (opts.zeroShot) {
     const zs = await loadZeroShot(checkpoint, data.labelNames, data.imageSize);
     try {
-      log(`zero-shot: ${zs.prompts === 'tower' ? "the pretrained towers' embeddings" : "the run's prompt embeddings through its heads"}`);
-      const pairs = await promptPairs(zs.model, zs.prompts);
+      log(
+        `zero-shot: ${zs.record.prompts === 'tower' ? "the pretrained towers' embeddings" : "the run's prompt embeddings through its heads"}`,
+      );
+      const pairs = await promptPairs(zs.model, zs.record.prompts);
       try {
         const rep = await evaluate(zs.model, data, splitName, set, bootstrap, (z) => promptLogits(z, pairs));
         return { ...rep, zero_shot: { ...zs.record, logit_scale: pairs.scale } };
@@ -128,7 +130,7 @@ export async function loadZeroShot(
   source: ModelSource,
   labels: readonly string[],
   imageSize: number,
-): Promise<{ model: CxrModel; prompts: PromptSource; record: Omit<ZeroShotRecord, 'logit_scale'> }> {
+): Promise<{ model: CxrModel; record: Omit<ZeroShotRecord, 'logit_scale'> }> {
   if (typeof source !== 'string') {
     const { config, params, fixedPrompts } = await loadPretrainedModel(source.pretrained, {
       imageSize,
@@ -141,7 +143,6 @@ export async function loadZeroShot(
       );
     return {
       model: new CxrModel(config, params, fixedPrompts),
-      prompts: 'tower',
       record: { prompts: 'tower', from: source.pretrained, weights: config.pretrained!.weights, sha256: config.pretrained!.sha256 },
     };
   }
@@ -155,7 +156,6 @@ export async function loadZeroShot(
   const pre = model.config.pretrained;
   return {
     model,
-    prompts: 'heads',
     record: { prompts: 'heads', from: source, ...(pre ? { pretrained: { weights: pre.weights, sha256: pre.sha256 } } : {}) },
   };
 }

@@ -120,7 +120,7 @@ async function zeroShotEval(pre: string, data: string, out: string, replicates: 
 async function ourProbabilities(pre: string, td: TrainData): Promise<Float32Array> {
   await initBackend('wasm');
   const zsm = await loadZeroShot({ pretrained: pre }, labels, 32);
-  const pairs = await promptPairs(zsm.model, zsm.prompts);
+  const pairs = await promptPairs(zsm.model, zsm.record.prompts);
   try {
     return (await scoreSplit(zsm.model, td, 'test', (z) => promptSoftmax(z, pairs))).scores;
   } finally {

@@ -1,4 +1,5 @@
 import type { ParamLayout } from '../../shared/params.js';
+import type { MetricsRecord } from '../../shared/run/files.js';
 import { shardRange, shardRanges } from '../../shared/shard.js';
 import { pack, unpack, type Packing } from '../../shared/trainable.js';
 import { DEFAULT_ADAMW, type RunConfig } from '../../model/train-config.js';
@@ -29,14 +30,7 @@ export interface OptimizerState {
 
 /** What one update reports: the global loss values and its seconds in collectives and in AdamW. */
 export interface UpdateReport {
-  readonly losses: {
-    loss: number;
-    loss_classification: number;
-    loss_contrastive: number;
-    loss_label_prior: number;
-    lr: number;
-    grad_norm: number;
-  };
+  readonly losses: Pick<MetricsRecord, 'loss' | 'loss_classification' | 'loss_contrastive' | 'loss_label_prior' | 'lr' | 'grad_norm'>;
   readonly reduceSeconds: number;
   readonly optSeconds: number;
 }
